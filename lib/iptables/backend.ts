@@ -1,0 +1,212 @@
+/**
+ * The iptables backend: applies the planner's steps to each family through
+ * the target's `iptables-restore` / `ip6tables-restore`, families in
+ * parallel, with retries under concurrency and rollback on failure.
+ *
+ * @module
+ */
+
+import { NetlockError } from "../errors.ts";
+import { assertToolSuccess, type ToolExec } from "../nsenter.ts";
+import type { RunResult } from "../runner.ts";
+import type { Family } from "../types.ts";
+import {
+  inspectIptablesLock,
+  type IptablesLockState,
+  sameLockState,
+  UNLOCKED_STATE,
+} from "./lock_state.ts";
+import { type IptablesStep, planIptablesLock, planIptablesUnlock } from "./planner.ts";
+import type { LockRules } from "./ruleset.ts";
+import { parseIptablesSave } from "./save_parser.ts";
+
+/** Everything the backend needs for one target. */
+export interface IptablesContext {
+  /** Runs a tool in the target's namespace. */
+  exec: ToolExec;
+  /** The lock's name and mark. */
+  rules: LockRules;
+  /** The families to act on. */
+  families: Family[];
+  /** Log the steps instead of applying them. */
+  dryRun: boolean;
+  /** Where dry-run steps are reported. */
+  log?: (line: string) => void;
+}
+
+interface FamilyTools {
+  restore: string;
+  save: string;
+  nftFamily: "ip" | "ip6";
+}
+
+const TOOLS: Record<Family, FamilyTools> = {
+  ipv4: { restore: "iptables-restore", save: "iptables-save", nftFamily: "ip" },
+  ipv6: { restore: "ip6tables-restore", save: "ip6tables-save", nftFamily: "ip6" },
+};
+
+// Each failed attempt means another caller changed the table in between, so
+// this bounds how many concurrent changes one call waits out.
+const MAX_ATTEMPTS = 12;
+
+/**
+ * Locks every family of the context, all or nothing: if one family fails,
+ * the families this call changed are unlocked again before the error is
+ * thrown.
+ *
+ * @param ctx The target's exec, the rules and the families.
+ * @returns Whether anything changed.
+ */
+export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boolean }> {
+  const outcomes = await Promise.allSettled(ctx.families.map((family) => lockFamily(ctx, family)));
+  const failure = outcomes.find((outcome) => outcome.status === "rejected");
+  if (!failure) return { changed: outcomes.some((o) => o.status === "fulfilled" && o.value) };
+  // Roll back every family this call may have touched: changed ones, and
+  // failed ones (a killed tool may have committed before it died).
+  const touched = ctx.families.filter((_, i) => {
+    const outcome = outcomes[i];
+    return outcome.status === "rejected" || outcome.value;
+  });
+  const rollback = await Promise.allSettled(touched.map((family) => unlockFamily(ctx, family)));
+  throw withRollbackNote(failure.reason, rollback);
+}
+
+/**
+ * Unlocks every family of the context, all or nothing: if one family fails,
+ * the families this call unlocked are locked again before the error is
+ * thrown.
+ *
+ * @param ctx The target's exec, the rules and the families.
+ * @returns Whether anything changed.
+ */
+export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: boolean }> {
+  const outcomes = await Promise.allSettled(
+    ctx.families.map((family) => unlockFamily(ctx, family)),
+  );
+  const failure = outcomes.find((outcome) => outcome.status === "rejected");
+  if (!failure) return { changed: outcomes.some((o) => o.status === "fulfilled" && o.value) };
+  const unlocked = ctx.families.filter((_, i) => {
+    const outcome = outcomes[i];
+    return outcome.status === "fulfilled" && outcome.value;
+  });
+  const rollback = await Promise.allSettled(unlocked.map((family) => lockFamily(ctx, family)));
+  throw withRollbackNote(failure.reason, rollback);
+}
+
+/**
+ * Reads the lock state of every family of the context.
+ *
+ * @param ctx The target's exec, the rules and the families.
+ * @returns The state per family, in the context's order.
+ */
+export function iptablesStatus(ctx: IptablesContext): Promise<IptablesLockState[]> {
+  return Promise.all(ctx.families.map((family) => readState(ctx, family)));
+}
+
+async function lockFamily(ctx: IptablesContext, family: Family): Promise<boolean> {
+  // Optimistic: assume no lock and try; only a failure costs a read.
+  let state = ctx.dryRun ? await readState(ctx, family) : UNLOCKED_STATE;
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const step = planIptablesLock(state, ctx.rules);
+    if (!step) return false;
+    const result = await applyStep(ctx, family, step);
+    if (result.success && !result.stdinClosedEarly) return true;
+    const next = await readStateAfterFailure(ctx, family, result, step);
+    if (next.status === "locked") return false;
+    if (sameLockState(next, state)) assertToolSuccess(result, toolName(family, step));
+    state = next;
+  }
+  throw conflict(family);
+}
+
+async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boolean> {
+  let state = await readState(ctx, family);
+  let mayDeleteTable = true;
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const step = planIptablesUnlock(state, ctx.rules, {
+      nftFamily: TOOLS[family].nftFamily,
+      mayDeleteTable,
+    });
+    if (!step) return false;
+    const result = await applyStep(ctx, family, step);
+    if (result.success && !result.stdinClosedEarly) return true;
+    if (step.tool === "nft" && isNotFound(result)) {
+      // Without nft the empty table stays, as it does after CRIU's unlock.
+      ctx.log?.("  nft not found: the empty filter table is left in place");
+      mayDeleteTable = false;
+      continue;
+    }
+    const next = await readStateAfterFailure(ctx, family, result, step);
+    if (next.status === "unlocked") return false;
+    if (sameLockState(next, state)) assertToolSuccess(result, toolName(family, step));
+    state = next;
+  }
+  throw conflict(family);
+}
+
+async function applyStep(
+  ctx: IptablesContext,
+  family: Family,
+  step: IptablesStep,
+): Promise<RunResult> {
+  const [tool, args] = step.tool === "restore"
+    ? [TOOLS[family].restore, ["-w", "--noflush"]]
+    : ["nft", ["-f", "-"]];
+  if (ctx.dryRun) {
+    ctx.log?.(`would run: ${tool} ${args.join(" ")} <<EOF\n${step.script}EOF`);
+    return {
+      argv: [],
+      code: 0,
+      signal: null,
+      success: true,
+      stdout: "",
+      stderr: "",
+      stdinClosedEarly: false,
+    };
+  }
+  return await ctx.exec(tool, args, step.script);
+}
+
+async function readState(ctx: IptablesContext, family: Family): Promise<IptablesLockState> {
+  const tool = TOOLS[family].save;
+  const result = await ctx.exec(tool, ["-t", "filter"]);
+  assertToolSuccess(result, tool);
+  return inspectIptablesLock(parseIptablesSave(result.stdout), ctx.rules);
+}
+
+async function readStateAfterFailure(
+  ctx: IptablesContext,
+  family: Family,
+  result: RunResult,
+  step: IptablesStep,
+): Promise<IptablesLockState> {
+  // A missing tool or a refusal will not go away by retrying.
+  if (isNotFound(result) || result.stdinClosedEarly && result.success) {
+    assertToolSuccess(result, toolName(family, step));
+  }
+  return await readState(ctx, family);
+}
+
+function toolName(family: Family, step: IptablesStep): string {
+  return step.tool === "restore" ? TOOLS[family].restore : "nft";
+}
+
+function isNotFound(result: RunResult): boolean {
+  return result.code === 127 && /nsenter: failed to execute/.test(result.stderr);
+}
+
+function conflict(family: Family): NetlockError {
+  return new NetlockError(
+    "CONFLICT",
+    `the ${family} filter table kept changing under concurrent callers; gave up after ${MAX_ATTEMPTS} attempts`,
+  );
+}
+
+function withRollbackNote(reason: unknown, rollback: PromiseSettledResult<boolean>[]): unknown {
+  const failed = rollback.find((outcome) => outcome.status === "rejected");
+  if (!failed || !(reason instanceof NetlockError)) return reason;
+  const why = failed.reason instanceof Error ? failed.reason.message : String(failed.reason);
+  return new NetlockError(reason.code, `${reason.message} (and the rollback failed: ${why})`, {
+    cause: reason,
+  });
+}

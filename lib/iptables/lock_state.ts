@@ -1,0 +1,119 @@
+/**
+ * Pure inspection of a parsed filter table: is netlock's lock there, whole,
+ * partly, or not at all, and is there anything else in the table.
+ *
+ * @module
+ */
+
+import type { SavedTable } from "./save_parser.ts";
+import type { LockRules } from "./ruleset.ts";
+
+/** The state of one family's lock, as the planner needs it. */
+export interface IptablesLockState {
+  /** `locked`: chain with exactly the lock's rules and one jump from each of INPUT and OUTPUT. */
+  status: "locked" | "unlocked" | "partial";
+  /** Whether the lock chain exists. */
+  chainExists: boolean;
+  /** Whether the lock chain holds exactly the lock's two rules. */
+  chainRulesMatch: boolean;
+  /** How many `-j NAME` rules INPUT holds. */
+  inputJumps: number;
+  /** How many `-j NAME` rules OUTPUT holds. */
+  outputJumps: number;
+  /** Whether the table holds anything besides the lock (rules, chains, non-ACCEPT policies). */
+  otherContent: boolean;
+  /** The iptables flavour that printed the table. */
+  flavour: SavedTable["flavour"];
+}
+
+const BUILTIN_CHAINS = new Set(["INPUT", "FORWARD", "OUTPUT"]);
+
+/** The state of a table that holds no lock at all (the optimistic assumption). */
+export const UNLOCKED_STATE: IptablesLockState = {
+  status: "unlocked",
+  chainExists: false,
+  chainRulesMatch: false,
+  inputJumps: 0,
+  outputJumps: 0,
+  otherContent: true,
+  flavour: "unknown",
+};
+
+/**
+ * Finds netlock's lock in a parsed filter table.
+ *
+ * @example
+ * ```ts
+ * import { inspectIptablesLock } from "./lock_state.ts";
+ * import { parseIptablesSave } from "./save_parser.ts";
+ *
+ * const state = inspectIptablesLock(parseIptablesSave(
+ *   "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:NETLOCK - [0:0]\n" +
+ *     "-A INPUT -j NETLOCK\n-A OUTPUT -j NETLOCK\n" +
+ *     "-A NETLOCK -m mark --mark 0xc114 -j ACCEPT\n-A NETLOCK -j DROP\nCOMMIT\n",
+ * ), { name: "NETLOCK", mark: 0xC114 });
+ * console.assert(state.status === "locked" && !state.otherContent);
+ * ```
+ *
+ * @param table The parsed `iptables-save -t filter` output.
+ * @param rules The lock's name and mark.
+ * @returns What of the lock is present, and whether anything else is.
+ */
+export function inspectIptablesLock(table: SavedTable, rules: LockRules): IptablesLockState {
+  const jump = `-j ${rules.name}`;
+  const count = (chain: string) =>
+    table.rules.filter((rule) => rule.chain === chain && rule.spec === jump).length;
+  const chainExists = table.chains.some((chain) => chain.name === rules.name);
+  const lockRules = table.rules.filter((rule) => rule.chain === rules.name).map((r) => r.spec);
+  const chainRulesMatch = lockRules.length === 2 && isMarkAccept(lockRules[0], rules.mark) &&
+    lockRules[1] === "-j DROP";
+  const inputJumps = count("INPUT");
+  const outputJumps = count("OUTPUT");
+  const otherContent = !table.compatible ||
+    table.chains.some((chain) =>
+      chain.name !== rules.name && (!BUILTIN_CHAINS.has(chain.name) || chain.policy !== "ACCEPT")
+    ) ||
+    table.rules.some((rule) =>
+      rule.chain !== rules.name &&
+      !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)
+    );
+  const status = chainExists && chainRulesMatch && inputJumps === 1 && outputJumps === 1
+    ? "locked"
+    : !chainExists && inputJumps === 0 && outputJumps === 0
+    ? "unlocked"
+    : "partial";
+  return {
+    status,
+    chainExists,
+    chainRulesMatch,
+    inputJumps,
+    outputJumps,
+    otherContent,
+    flavour: table.flavour,
+  };
+}
+
+/**
+ * Whether two states are the same as far as the lock is concerned (used to
+ * tell a tool's own failure from a concurrent change).
+ *
+ * @example
+ * ```ts
+ * import { sameLockState, UNLOCKED_STATE } from "./lock_state.ts";
+ * console.assert(sameLockState(UNLOCKED_STATE, { ...UNLOCKED_STATE, otherContent: false }));
+ * ```
+ *
+ * @param a One state.
+ * @param b The other.
+ * @returns `true` when the lock's parts are the same in both.
+ */
+export function sameLockState(a: IptablesLockState, b: IptablesLockState): boolean {
+  return a.status === b.status && a.chainExists === b.chainExists &&
+    a.chainRulesMatch === b.chainRulesMatch && a.inputJumps === b.inputJumps &&
+    a.outputJumps === b.outputJumps;
+}
+
+function isMarkAccept(spec: string, mark: number): boolean {
+  const match = spec.match(/^-m mark --mark (0x[0-9a-fA-F]+|[0-9]+)(\/0xffffffff)? -j ACCEPT$/);
+  return match !== null && Number(match[1]) === mark;
+}

@@ -1,0 +1,110 @@
+/**
+ * Pure renderers of the iptables-restore scripts of a namespace lock.
+ *
+ * @module
+ */
+
+import { formatMark } from "../options.ts";
+
+/** The parameters of a lock ruleset. */
+export interface LockRules {
+  /** The lock chain's name (`NETLOCK`; CRIU uses `CRIU`). */
+  name: string;
+  /** Packets with this mark pass (CRIU's `SOCCR_MARK`, 0xC114). */
+  mark: number;
+}
+
+/** A change of the filter table, rendered by {@linkcode renderIptablesChange}. */
+export interface IptablesChange {
+  /** How many `-j NAME` jumps to delete from INPUT and from OUTPUT. */
+  removeJumps: { input: number; output: number };
+  /** What to do with the lock chain before adding rules. */
+  chain: "create" | "flush" | "delete" | "keep";
+  /** Whether to add the lock's rules and jumps. */
+  addLock: boolean;
+}
+
+/**
+ * The canonical lock ruleset: CRIU's text, with the lock name in place of
+ * `CRIU`. With `{ name: "CRIU", mark: 0xC114 }` it is byte for byte CRIU's.
+ *
+ * @example
+ * ```ts
+ * import { renderIptablesLock } from "./ruleset.ts";
+ *
+ * console.assert(renderIptablesLock({ name: "CRIU", mark: 0xC114 }) ===
+ *   "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n" +
+ *   "-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n");
+ * ```
+ *
+ * @param rules The lock name and mark.
+ * @returns The `iptables-restore --noflush` input.
+ */
+export function renderIptablesLock(rules: LockRules): string {
+  return wrapFilter([`:${rules.name} - [0:0]`, ...lockLines(rules)]);
+}
+
+/**
+ * The canonical unlock script of one lock: the jumps, then the chain.
+ *
+ * @example
+ * ```ts
+ * import { renderIptablesUnlock } from "./ruleset.ts";
+ *
+ * console.assert(renderIptablesUnlock({ name: "NETLOCK", mark: 0xC114 }) ===
+ *   "*filter\n-D INPUT -j NETLOCK\n-D OUTPUT -j NETLOCK\n-F NETLOCK\n-X NETLOCK\nCOMMIT\n");
+ * ```
+ *
+ * @param rules The lock name (the mark is not needed to unlock).
+ * @returns The `iptables-restore --noflush` input.
+ */
+export function renderIptablesUnlock(rules: LockRules): string {
+  return renderIptablesChange(rules, {
+    removeJumps: { input: 1, output: 1 },
+    chain: "delete",
+    addLock: false,
+  });
+}
+
+/**
+ * Renders any change the planner decides: delete jumps, create / flush /
+ * delete the chain, add the lock. The script is one `COMMIT`, so
+ * `iptables-restore` applies all of it or nothing.
+ *
+ * @example Lock a clean table so that a second lock fails instead of duplicating jumps
+ * ```ts
+ * import { renderIptablesChange } from "./ruleset.ts";
+ *
+ * const script = renderIptablesChange({ name: "NETLOCK", mark: 0xC114 }, {
+ *   removeJumps: { input: 0, output: 0 }, chain: "create", addLock: true,
+ * });
+ * console.assert(script.startsWith("*filter\n-N NETLOCK\n-I INPUT -j NETLOCK\n"));
+ * ```
+ *
+ * @param rules The lock name and mark.
+ * @param change What to change.
+ * @returns The `iptables-restore --noflush` input.
+ */
+export function renderIptablesChange(rules: LockRules, change: IptablesChange): string {
+  const lines: string[] = [];
+  for (let i = 0; i < change.removeJumps.input; i++) lines.push(`-D INPUT -j ${rules.name}`);
+  for (let i = 0; i < change.removeJumps.output; i++) lines.push(`-D OUTPUT -j ${rules.name}`);
+  if (change.chain === "create") lines.push(`-N ${rules.name}`);
+  if (change.chain === "flush" || change.chain === "delete") lines.push(`-F ${rules.name}`);
+  if (change.chain === "delete") lines.push(`-X ${rules.name}`);
+  if (change.addLock) lines.push(...lockLines(rules));
+  return wrapFilter(lines);
+}
+
+function lockLines(rules: LockRules): string[] {
+  return [
+    `-I INPUT -j ${rules.name}`,
+    `-I OUTPUT -j ${rules.name}`,
+    `-A ${rules.name} -m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
+    `-A ${rules.name} -j DROP`,
+  ];
+}
+
+function wrapFilter(lines: string[]): string {
+  return ["*filter", ...lines, "COMMIT", ""].join("\n");
+}

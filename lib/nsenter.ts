@@ -1,0 +1,119 @@
+/**
+ * Running a tool inside a target's network namespace through `nsenter`, the
+ * way CRIU does `switch_ns()` + `cr_system()`.
+ *
+ * Deno cannot `setns()` (it is multi-threaded) and cannot read `/proc`
+ * without `--allow-all`, so `nsenter` is the one binary netlock spawns.
+ *
+ * @module
+ */
+
+import { NetlockError } from "./errors.ts";
+import { assertSuccess, firstLine, runCommand, type RunResult } from "./runner.ts";
+
+/** Runs TOOL with ARGS (and optional stdin) in one namespace. */
+export type ToolExec = (
+  tool: string,
+  args: readonly string[],
+  stdin?: string,
+) => Promise<RunResult>;
+
+/** How every tool of one operation is spawned. */
+export interface ExecSettings {
+  /** Timeout of each spawned tool in milliseconds. */
+  timeoutMs: number;
+  /** Cancels running tools. */
+  signal?: AbortSignal;
+  /** Receives each spawned command and its stderr. */
+  log?: (line: string) => void;
+}
+
+/**
+ * Returns a {@linkcode ToolExec} that runs tools through
+ * `nsenter NSENTER_ARGS -- TOOL ARGS...`. With no `nsenterArgs`, the tool
+ * runs in netlock's own namespaces (no privilege needed for that).
+ *
+ * @example
+ * ```ts
+ * import { nsenterExec } from "./nsenter.ts";
+ *
+ * const exec = nsenterExec([], { timeoutMs: 5000 });
+ * const result = await exec("readlink", ["/proc/self/ns/net"]);
+ * console.assert(result.stdout.startsWith("net:["));
+ * ```
+ *
+ * @param nsenterArgs The namespace flags, e.g. `["--target", "1234", "--net"]`.
+ * @param settings Timeout, signal and logger.
+ * @returns A function that runs one tool in that namespace.
+ */
+export function nsenterExec(nsenterArgs: readonly string[], settings: ExecSettings): ToolExec {
+  return (tool, args, stdin) =>
+    runCommand("nsenter", {
+      args: [...nsenterArgs, "--", tool, ...args],
+      stdin,
+      timeoutMs: settings.timeoutMs,
+      signal: settings.signal,
+      log: settings.log,
+      env: toolEnv(),
+    });
+}
+
+/**
+ * Throws the right {@linkcode NetlockError} for a tool run through nsenter
+ * that failed: `TOOL_NOT_FOUND` when nsenter could not execute it,
+ * `NOT_PERMITTED` when the kernel refused, else `TOOL_FAILED` /
+ * `BROKEN_PIPE` with the tool's exit code and first stderr line.
+ *
+ * @example
+ * ```ts
+ * import { assertToolSuccess, nsenterExec } from "./nsenter.ts";
+ *
+ * const exec = nsenterExec([], { timeoutMs: 5000 });
+ * assertToolSuccess(await exec("true", []), "true");
+ * ```
+ *
+ * @param result What the exec returned.
+ * @param tool The tool's name, for the message.
+ */
+export function assertToolSuccess(result: RunResult, tool: string): void {
+  if (result.success && !result.stdinClosedEarly) return;
+  const stderr = result.stderr;
+  if (result.code === 127 && /nsenter: failed to execute/.test(stderr)) {
+    throw new NetlockError(
+      "TOOL_NOT_FOUND",
+      `${tool} not found (install it, and make sure its directory is on PATH)`,
+    );
+  }
+  if (isPermissionProblem(stderr)) {
+    throw new NetlockError(
+      "NOT_PERMITTED",
+      `needs root (CAP_NET_ADMIN): ${tool} was refused: ${firstLine(stderr)}`,
+    );
+  }
+  assertSuccess(result, tool);
+}
+
+/** Whether a tool's stderr says the kernel refused for lack of privilege. */
+export function isPermissionProblem(stderr: string): boolean {
+  return /Operation not permitted|Permission denied|you must be root/.test(stderr);
+}
+
+let cachedEnv: Record<string, string> | undefined;
+
+/**
+ * The environment for spawned tools: nsenter looks TOOL up on the child's
+ * PATH, so keep the caller's PATH first (tests put fake tools there) and make
+ * sure the sbin directories, where iptables and nft live, are on it. Without
+ * `--allow-env=PATH` the PATH is inherited unchanged.
+ */
+function toolEnv(): Record<string, string> {
+  if (cachedEnv) return cachedEnv;
+  const granted = Deno.permissions.querySync({ name: "env", variable: "PATH" }).state === "granted";
+  if (!granted) return cachedEnv = {};
+  const path = Deno.env.get("PATH") ?? "";
+  const parts = path.split(":").filter((part) => part !== "");
+  for (const dir of ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
+    if (!parts.includes(dir)) parts.push(dir);
+  }
+  return cachedEnv = { PATH: parts.join(":") };
+}

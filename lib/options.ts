@@ -1,0 +1,251 @@
+/**
+ * Validation of every user-supplied value, before anything runs.
+ *
+ * Each parser accepts exactly the documented forms and throws a built-in
+ * `TypeError` or `RangeError` with a one-line message otherwise. Values that
+ * reach a ruleset are validated here so that nothing can be injected into it.
+ *
+ * @module
+ */
+
+/** The highest PID Linux can hand out (`PID_MAX_LIMIT`). */
+export const PID_MAX = 4_194_304;
+/** The default lock name (CRIU uses `CRIU`). */
+export const DEFAULT_NAME = "NETLOCK";
+/** CRIU's `SOCCR_MARK`: packets with this mark pass the lock. */
+export const DEFAULT_MARK = 0xC114;
+/** The default timeout of one spawned tool, in milliseconds. */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+
+/** Which firewall tool makes the lock. */
+export type Backend = "iptables" | "nftables" | "auto";
+/** Which lock: the whole namespace, or the target's TCP connections. */
+export type Mode = "auto" | "netns" | "connections";
+/** Whether to lock IPv6 too (iptables backend). */
+export type Ipv6Choice = "auto" | "on" | "off";
+
+const NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_-]{0,27}$/;
+
+/**
+ * Parses a PID: decimal digits only, 1..4194304.
+ *
+ * @example
+ * ```ts
+ * import { parsePid } from "./options.ts";
+ * console.assert(parsePid("1234") === 1234);
+ * ```
+ *
+ * @param text The PID as typed.
+ * @returns The PID as a number.
+ */
+export function parsePid(text: string): number {
+  if (!/^[0-9]+$/.test(text)) {
+    throw new TypeError(
+      `Invalid PID ${quote(text)}: expected a decimal number from 1 to ${PID_MAX}`,
+    );
+  }
+  const pid = Number(text);
+  if (pid < 1 || pid > PID_MAX) {
+    throw new RangeError(`Invalid PID ${quote(text)}: expected a number from 1 to ${PID_MAX}`);
+  }
+  return pid;
+}
+
+/**
+ * Checks a PID given as a number (library callers).
+ *
+ * @example
+ * ```ts
+ * import { validatePid } from "./options.ts";
+ * console.assert(validatePid(42) === 42);
+ * ```
+ *
+ * @param pid The PID.
+ * @returns The same PID.
+ */
+export function validatePid(pid: number): number {
+  if (!Number.isSafeInteger(pid) || pid < 1 || pid > PID_MAX) {
+    throw new RangeError(`Invalid PID ${pid}: expected an integer from 1 to ${PID_MAX}`);
+  }
+  return pid;
+}
+
+/**
+ * Parses a packet mark: decimal or `0x` hexadecimal, 0..0xFFFFFFFF.
+ *
+ * @example
+ * ```ts
+ * import { parseMark } from "./options.ts";
+ * console.assert(parseMark("0xC114") === 0xC114);
+ * console.assert(parseMark("49428") === 0xC114);
+ * ```
+ *
+ * @param text The mark as typed.
+ * @returns The mark as a number.
+ */
+export function parseMark(text: string): number {
+  if (!/^(0x[0-9A-Fa-f]{1,8}|[0-9]{1,10})$/.test(text)) {
+    throw new TypeError(
+      `Invalid mark ${quote(text)}: expected a decimal or 0x-hex number from 0 to 0xFFFFFFFF`,
+    );
+  }
+  return validateMark(Number(text));
+}
+
+/**
+ * Checks a mark given as a number (library callers).
+ *
+ * @example
+ * ```ts
+ * import { validateMark } from "./options.ts";
+ * console.assert(validateMark(0) === 0);
+ * ```
+ *
+ * @param mark The mark.
+ * @returns The same mark.
+ */
+export function validateMark(mark: number): number {
+  if (!Number.isSafeInteger(mark) || mark < 0 || mark > 0xFFFF_FFFF) {
+    throw new RangeError(`Invalid mark ${mark}: expected a number from 0 to 0xFFFFFFFF`);
+  }
+  return mark;
+}
+
+/**
+ * The mark as netlock prints it in rulesets: `0x` and upper-case hex digits,
+ * so the default is CRIU's `0xC114`.
+ *
+ * @example
+ * ```ts
+ * import { formatMark } from "./options.ts";
+ * console.assert(formatMark(0xC114) === "0xC114");
+ * ```
+ *
+ * @param mark A validated mark.
+ * @returns The mark as `0x...`.
+ */
+export function formatMark(mark: number): string {
+  return `0x${mark.toString(16).toUpperCase()}`;
+}
+
+/**
+ * Checks a lock name: a letter, then up to 27 letters, digits, `_` or `-`
+ * (iptables chain names are at most 28 characters).
+ *
+ * @example
+ * ```ts
+ * import { validateName } from "./options.ts";
+ * console.assert(validateName("CRIU") === "CRIU");
+ * ```
+ *
+ * @param name The name.
+ * @returns The same name.
+ */
+export function validateName(name: string): string {
+  if (!NAME_PATTERN.test(name)) {
+    throw new TypeError(
+      `Invalid name ${quote(name)}: expected a letter, then up to 27 letters, digits, '_' or '-'`,
+    );
+  }
+  return name;
+}
+
+/**
+ * Parses `--timeout SECONDS`: a positive decimal number of seconds, at most
+ * one day.
+ *
+ * @example
+ * ```ts
+ * import { parseTimeoutSeconds } from "./options.ts";
+ * console.assert(parseTimeoutSeconds("2.5") === 2500);
+ * ```
+ *
+ * @param text The seconds as typed.
+ * @returns The timeout in milliseconds.
+ */
+export function parseTimeoutSeconds(text: string): number {
+  if (!/^[0-9]{1,6}(\.[0-9]{1,3})?$/.test(text) || Number(text) <= 0 || Number(text) > 86_400) {
+    throw new RangeError(
+      `Invalid timeout ${quote(text)}: expected a number of seconds above 0, at most 86400`,
+    );
+  }
+  return Math.round(Number(text) * 1000);
+}
+
+/**
+ * Checks a timeout in milliseconds (library callers).
+ *
+ * @example
+ * ```ts
+ * import { validateTimeoutMs } from "./options.ts";
+ * console.assert(validateTimeoutMs(500) === 500);
+ * ```
+ *
+ * @param ms The timeout.
+ * @returns The same timeout.
+ */
+export function validateTimeoutMs(ms: number): number {
+  if (!Number.isFinite(ms) || ms <= 0 || ms > 86_400_000) {
+    throw new RangeError(`Invalid timeout ${ms} ms: expected above 0, at most one day`);
+  }
+  return ms;
+}
+
+/**
+ * Checks a value against a fixed list of choices (for `--backend`, `--mode`, `--ipv6`).
+ *
+ * @example
+ * ```ts
+ * import { parseChoice } from "./options.ts";
+ * console.assert(parseChoice("--ipv6", "on", ["auto", "on", "off"] as const) === "on");
+ * ```
+ *
+ * @param flag The flag name for the message.
+ * @param value The value as typed.
+ * @param choices The accepted values.
+ * @returns The value, typed as one of the choices.
+ */
+export function parseChoice<T extends string>(
+  flag: string,
+  value: string,
+  choices: readonly T[],
+): T {
+  if (!(choices as readonly string[]).includes(value)) {
+    throw new TypeError(`Invalid ${flag} ${quote(value)}: expected one of ${choices.join(", ")}`);
+  }
+  return value as T;
+}
+
+/**
+ * Checks a `--netns` value and turns it into a path: a bare NAME (no `/`)
+ * means `/run/netns/NAME`, as `ip netns exec` reads it.
+ *
+ * @example
+ * ```ts
+ * import { resolveNetnsPath } from "./options.ts";
+ * console.assert(resolveNetnsPath("blue") === "/run/netns/blue");
+ * console.assert(resolveNetnsPath("/proc/42/ns/net") === "/proc/42/ns/net");
+ * ```
+ *
+ * @param value The value as typed.
+ * @returns An absolute or relative path to a namespace file.
+ */
+export function resolveNetnsPath(value: string): string {
+  // deno-lint-ignore no-control-regex
+  if (value === "" || /[\u0000-\u001f\u007f]/.test(value) || value.length > 4096) {
+    throw new TypeError(
+      `Invalid --netns ${quote(value)}: expected a namespace file path or a name from /run/netns`,
+    );
+  }
+  if (value.includes("/")) return value;
+  if (value === "." || value === "..") {
+    throw new TypeError(`Invalid --netns ${quote(value)}: not a namespace name`);
+  }
+  return `/run/netns/${value}`;
+}
+
+/** Quotes a user value for a one-line message, escaping control characters. */
+export function quote(value: string): string {
+  const shown = value.length > 64 ? `${value.slice(0, 64)}...` : value;
+  return JSON.stringify(shown);
+}

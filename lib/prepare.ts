@@ -1,0 +1,164 @@
+/**
+ * What every operation does first: validate the options, probe the target,
+ * decide the mode and the families.
+ *
+ * @module
+ */
+
+import { NetlockError } from "./errors.ts";
+import { type ExecSettings, nsenterExec, type ToolExec } from "./nsenter.ts";
+import {
+  type Backend,
+  DEFAULT_MARK,
+  DEFAULT_NAME,
+  DEFAULT_TIMEOUT_MS,
+  type Ipv6Choice,
+  type Mode,
+  parseChoice,
+  validateMark,
+  validateName,
+  validateTimeoutMs,
+} from "./options.ts";
+import { ownNetns, probeTarget, type TargetProbe, type TargetRef } from "./target.ts";
+import type { Family, NetlockOptions } from "./types.ts";
+
+/** Options after validation, with every default filled in. */
+export interface ResolvedOptions {
+  /** The backend asked for. */
+  backend: Backend;
+  /** The mode asked for. */
+  mode: Mode;
+  /** The mark that passes the lock. */
+  mark: number;
+  /** The lock name. */
+  name: string;
+  /** The IPv6 choice. */
+  ipv6: Ipv6Choice;
+  /** Whether locking netlock's own namespace is allowed. */
+  force: boolean;
+  /** Only report what would be done. */
+  dryRun: boolean;
+  /** How tools are spawned. */
+  exec: ExecSettings;
+}
+
+/** Which operation is being prepared. */
+export type Verb = "lock" | "unlock" | "status";
+
+/** A target ready for a backend. */
+export interface Prepared {
+  /** The probe's findings. */
+  probe: TargetProbe;
+  /** Runs a tool in the target's namespace. */
+  exec: ToolExec;
+  /** The families to act on. */
+  families: Family[];
+}
+
+/**
+ * Validates library options and fills in defaults. Throws `TypeError` or
+ * `RangeError` on a bad value, before anything runs.
+ *
+ * @example
+ * ```ts
+ * import { resolveOptions } from "./prepare.ts";
+ * console.assert(resolveOptions({}).name === "NETLOCK");
+ * ```
+ *
+ * @param options The caller's options.
+ * @returns The validated options.
+ */
+export function resolveOptions(options: NetlockOptions = {}): ResolvedOptions {
+  return {
+    backend: parseChoice(
+      "backend",
+      options.backend ?? "iptables",
+      [
+        "iptables",
+        "nftables",
+        "auto",
+      ] as const,
+    ),
+    mode: parseChoice("mode", options.mode ?? "auto", ["auto", "netns", "connections"] as const),
+    mark: validateMark(options.mark ?? DEFAULT_MARK),
+    name: validateName(options.name ?? DEFAULT_NAME),
+    ipv6: parseChoice("ipv6", options.ipv6 ?? "auto", ["auto", "on", "off"] as const),
+    force: options.force ?? false,
+    dryRun: options.dryRun ?? false,
+    exec: {
+      timeoutMs: validateTimeoutMs(options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
+      signal: options.signal,
+      log: options.log,
+    },
+  };
+}
+
+/**
+ * Probes the target and decides the families; refuses what this version
+ * cannot do (connection mode, nftables) and a namespace lock of netlock's
+ * own namespace without `force`.
+ *
+ * @param ref The validated target.
+ * @param options The validated options.
+ * @param verb The operation.
+ * @returns The probe, the exec and the families.
+ */
+export async function prepare(
+  ref: TargetRef,
+  options: ResolvedOptions,
+  verb: Verb,
+): Promise<Prepared> {
+  if (options.backend !== "iptables") {
+    throw new NetlockError(
+      "UNSUPPORTED",
+      `the ${options.backend} backend is not available in this version; use --backend iptables`,
+    );
+  }
+  if (options.mode === "connections") {
+    throw new NetlockError("UNSUPPORTED", "connection mode is not available in this version");
+  }
+  const exec = nsenterExec(ref.nsenterArgs, options.exec);
+  const checkOwn = verb === "lock" && !(options.mode === "netns" && options.force);
+  const [probe, own] = await Promise.all([
+    probeTarget(ref, exec),
+    checkOwn ? ownNetns(options.exec) : undefined,
+  ]);
+  if (probe.netns === own) refuseOwnNamespace(options);
+  const withIpv6 = options.ipv6 === "on" ||
+    (options.ipv6 === "auto" && probe.ipv6) ||
+    (verb === "unlock" && options.ipv6 !== "off" && probe.ipv6);
+  return { probe, exec, families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"] };
+}
+
+/**
+ * Rewraps an operation's error with what was being done to which target:
+ * `Cannot lock network of process 1234: no such process`. Argument errors
+ * pass through unchanged.
+ *
+ * @param error What was thrown.
+ * @param verb The operation.
+ * @param ref The target.
+ * @returns The error to throw.
+ */
+export function inContext(error: unknown, verb: Verb, ref: TargetRef): unknown {
+  if (!(error instanceof NetlockError)) return error;
+  const what = verb === "status" ? "read the network lock of" : `${verb} network of`;
+  return new NetlockError(error.code, `Cannot ${what} ${ref.label}: ${error.message}`, {
+    cause: error,
+  });
+}
+
+function refuseOwnNamespace(options: ResolvedOptions): never {
+  if (options.mode === "auto") {
+    throw new NetlockError(
+      "UNSUPPORTED",
+      "it shares netlock's own network namespace, which needs connection mode (not available " +
+        "in this version); --mode netns --force would lock this whole namespace",
+    );
+  }
+  throw new NetlockError(
+    "OWN_NAMESPACE",
+    "refusing to lock netlock's own network namespace (it would cut this machine off); " +
+      "add --force to do it anyway",
+  );
+}

@@ -1,0 +1,178 @@
+/**
+ * Pure formatting of operation results for the CLI: JSON lines and the
+ * one-line human summaries.
+ *
+ * @module
+ */
+
+import { NetlockError } from "./errors.ts";
+import type { LockStatus, OperationResult } from "./types.ts";
+
+/** The CLI commands that report per target. */
+export type ReportCommand = "lock" | "unlock" | "status";
+
+/** How a target is named before it was probed. */
+export interface TargetName {
+  /** The PID, for PID targets. */
+  pid?: number;
+  /** The namespace file, for namespace targets. */
+  path?: string;
+}
+
+/**
+ * The `--json` line for a successful operation.
+ *
+ * @example
+ * ```ts
+ * import { jsonSuccess } from "./report.ts";
+ *
+ * const line = jsonSuccess("lock", {
+ *   target: { pid: 1234, netns: "net:[4026532456]" }, locked: true, changed: true,
+ *   mode: "netns", backend: "iptables", families: ["ipv4"], name: "NETLOCK",
+ *   mark: 0xC114, connections: 0, durationMs: 12.5,
+ * });
+ * console.assert(line.startsWith('{"command":"lock","target":{"pid":1234,'));
+ * console.assert(line.includes('"mark":"0xc114"'));
+ * ```
+ *
+ * @param command The command.
+ * @param result What the operation returned.
+ * @returns One line of JSON (no newline).
+ */
+export function jsonSuccess(command: ReportCommand, result: OperationResult | LockStatus): string {
+  const record: Record<string, unknown> = {
+    command,
+    target: targetRecord(result.target),
+    ok: true,
+    locked: result.locked,
+    changed: result.changed,
+  };
+  if ("state" in result) record.state = result.state;
+  Object.assign(record, {
+    mode: result.mode,
+    backend: result.backend,
+    families: result.families,
+    name: result.name,
+    mark: `0x${result.mark.toString(16)}`,
+    connections: result.connections,
+    durationMs: Math.round(result.durationMs * 10) / 10,
+  });
+  return JSON.stringify(record);
+}
+
+/**
+ * The `--json` line for a failed operation.
+ *
+ * @example
+ * ```ts
+ * import { jsonFailure } from "./report.ts";
+ *
+ * const line = jsonFailure("lock", { pid: 7 }, new Error("boom"));
+ * console.assert(line === '{"command":"lock","target":{"pid":7},"ok":false,' +
+ *   '"error":{"code":"ERROR","message":"boom"}}');
+ * ```
+ *
+ * @param command The command.
+ * @param target The target as given.
+ * @param error What was thrown.
+ * @returns One line of JSON (no newline).
+ */
+export function jsonFailure(command: ReportCommand, target: TargetName, error: unknown): string {
+  return JSON.stringify({
+    command,
+    target: targetRecord(target),
+    ok: false,
+    error: { code: errorCode(error), message: errorMessage(error) },
+  });
+}
+
+/**
+ * The human summary of a successful operation.
+ *
+ * @example
+ * ```ts
+ * import { humanSuccess } from "./report.ts";
+ *
+ * const line = humanSuccess("unlock", {
+ *   target: { path: "/run/netns/blue", netns: "net:[4026532456]" }, locked: false,
+ *   changed: false, mode: "netns", backend: "iptables", families: ["ipv4"],
+ *   name: "NETLOCK", mark: 0xC114, connections: 0, durationMs: 3,
+ * });
+ * console.assert(line === "namespace /run/netns/blue (net:[4026532456]) was not locked");
+ * ```
+ *
+ * @param command The command.
+ * @param result What the operation returned.
+ * @returns One line (no newline).
+ */
+export function humanSuccess(command: ReportCommand, result: OperationResult | LockStatus): string {
+  const who = `${targetLabel(result.target)} (${result.target.netns})`;
+  const how = `${result.backend}, ${result.families.join("+")}, chain ${result.name}`;
+  if (command === "status" && "state" in result) {
+    const state = result.state === "partial" ? "partially locked" : result.state;
+    return `${who}: ${state}${result.state === "unlocked" ? "" : ` (${how})`}`;
+  }
+  if (command === "lock") {
+    return result.changed ? `locked ${who}: ${how}` : `${who} was already locked (${how})`;
+  }
+  return result.changed ? `unlocked ${who}` : `${who} was not locked`;
+}
+
+/**
+ * How a target is named in messages: `process 1234` or `namespace PATH`.
+ *
+ * @example
+ * ```ts
+ * import { targetLabel } from "./report.ts";
+ * console.assert(targetLabel({ pid: 1 }) === "process 1");
+ * ```
+ *
+ * @param target The target.
+ * @returns Its label.
+ */
+export function targetLabel(target: TargetName): string {
+  return target.pid !== undefined ? `process ${target.pid}` : `namespace ${target.path}`;
+}
+
+/**
+ * The stable code of an error for JSON output.
+ *
+ * @example
+ * ```ts
+ * import { errorCode } from "./report.ts";
+ * console.assert(errorCode(new TypeError("bad")) === "INVALID_ARGUMENT");
+ * ```
+ *
+ * @param error What was thrown.
+ * @returns A {@linkcode NetlockError} code, `INVALID_ARGUMENT`, or `ERROR`.
+ */
+export function errorCode(error: unknown): string {
+  if (error instanceof NetlockError) return error.code;
+  if (error instanceof TypeError || error instanceof RangeError) return "INVALID_ARGUMENT";
+  return "ERROR";
+}
+
+/**
+ * The one-line message of an error.
+ *
+ * @example
+ * ```ts
+ * import { errorMessage } from "./report.ts";
+ * console.assert(errorMessage(new Error("a\nb")) === "a b");
+ * ```
+ *
+ * @param error What was thrown.
+ * @returns Its message on one line.
+ */
+export function errorMessage(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.replace(/\s*\n\s*/g, " ").trim();
+}
+
+function targetRecord(target: TargetName & { netns?: string }): Record<string, unknown> {
+  const record: Record<string, unknown> = {};
+  if (target.pid !== undefined) record.pid = target.pid;
+  if (target.path !== undefined) record.path = target.path;
+  if (target.netns !== undefined) record.netns = target.netns;
+  return record;
+}

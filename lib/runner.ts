@@ -1,0 +1,272 @@
+/**
+ * The process runner, netlock's `cr_system()`: the only place that spawns.
+ *
+ * It runs an argv (never a shell), feeds stdin from a stream while stdout and
+ * stderr are drained, enforces a timeout and an `AbortSignal`, and reports the
+ * exit code, the signal name, stdout and stderr without collapsing them.
+ *
+ * @module
+ */
+
+import { NetlockError } from "./errors.ts";
+
+/** Options of {@linkcode runCommand}. */
+export interface RunOptions {
+  /** Arguments after the command name; passed as argv, never through a shell. */
+  args?: readonly string[];
+  /**
+   * Data for the child's stdin. A string is UTF-8 encoded. Without it, stdin
+   * is closed (`/dev/null`).
+   */
+  stdin?: string | Uint8Array | ReadableStream<Uint8Array>;
+  /** Kill the child with SIGKILL after this many milliseconds (default 10000). */
+  timeoutMs?: number;
+  /** Kill the child with SIGKILL when this signal aborts. */
+  signal?: AbortSignal;
+  /** Extra environment variables for the child (the rest is inherited). */
+  env?: Record<string, string>;
+  /** Called with one line per spawned command and per stderr line (for `-v`). */
+  log?: (line: string) => void;
+}
+
+/** What a child did: the fields are never collapsed into one number. */
+export interface RunResult {
+  /** The full argv that ran, command first. */
+  argv: string[];
+  /** Exit code; 128 + N when killed by signal N, as a shell reports it. */
+  code: number;
+  /** The name of the signal that killed the child, or `null`. */
+  signal: Deno.Signal | null;
+  /** `true` when the child exited with code 0. */
+  success: boolean;
+  /** Everything the child wrote to stdout, decoded as UTF-8. */
+  stdout: string;
+  /** Everything the child wrote to stderr, decoded as UTF-8. */
+  stderr: string;
+  /** `true` when the child closed stdin before it read all of it (EPIPE). */
+  stdinClosedEarly: boolean;
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+/**
+ * Runs one command and waits for it, like CRIU's `cr_system()`.
+ *
+ * Never rejects with a raw Deno error: a missing binary, a missing Deno
+ * permission, a timeout and an abort become a {@linkcode NetlockError}
+ * (`TOOL_NOT_FOUND`, `DENO_PERMISSION`, `TIMEOUT`, `ABORTED`). A child that
+ * fails is not an error here: inspect `code`, `signal` and `stderr`, or use
+ * {@linkcode assertSuccess}.
+ *
+ * @example Feed stdin and read stdout
+ * ```ts
+ * import { runCommand } from "./runner.ts";
+ *
+ * const result = await runCommand("cat", { stdin: "*filter\nCOMMIT\n" });
+ * console.assert(result.success && result.stdout === "*filter\nCOMMIT\n");
+ * ```
+ *
+ * @param command The binary to run, looked up on PATH.
+ * @param options Arguments, stdin, timeout, signal, environment and logger.
+ * @returns The exit code, signal, stdout and stderr of the child.
+ */
+export async function runCommand(command: string, options: RunOptions = {}): Promise<RunResult> {
+  const args = [...(options.args ?? [])];
+  const argv = [command, ...args];
+  options.log?.(`+ ${argv.map(quoteForLog).join(" ")}`);
+  requireRunPermission(command);
+  options.signal?.throwIfAborted();
+
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(command, {
+      args,
+      stdin: options.stdin === undefined ? "null" : "piped",
+      stdout: "piped",
+      stderr: "piped",
+      // Deno refuses a scoped --allow-run while LD_PRELOAD is inherited; a
+      // privileged tool has no business inheriting a preload anyway.
+      env: { ...options.env, LD_PRELOAD: "" },
+    }).spawn();
+  } catch (error) {
+    throw spawnError(command, error);
+  }
+
+  let stopReason: "timeout" | "abort" | undefined;
+  const stop = (reason: "timeout" | "abort") => {
+    stopReason ??= reason;
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already exited: nothing to kill.
+    }
+  };
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const timer = setTimeout(() => stop("timeout"), timeoutMs);
+  const onAbort = () => stop("abort");
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+
+  try {
+    const [stdinResult, stdout, stderr, status] = await Promise.allSettled([
+      options.stdin === undefined ? Promise.resolve() : feedStdin(options.stdin, child.stdin),
+      new Response(child.stdout).text(),
+      new Response(child.stderr).text(),
+      child.status,
+    ]);
+    if (status.status === "rejected") throw status.reason;
+    const stderrText = stderr.status === "fulfilled" ? stderr.value : "";
+    if (options.log) {
+      for (const line of stderrText.split("\n")) if (line) options.log(`  ${line}`);
+    }
+    if (stopReason === "timeout") {
+      throw new NetlockError(
+        "TIMEOUT",
+        `${command} did not finish within ${timeoutMs / 1000} s and was killed`,
+      );
+    }
+    if (stopReason === "abort") {
+      throw new NetlockError("ABORTED", `${command} was cancelled and killed`, {
+        cause: options.signal?.reason,
+      });
+    }
+    const { code, signal } = status.value;
+    return {
+      argv,
+      code: signal === null ? code : 128 + signalNumber(signal, code),
+      signal,
+      success: code === 0 && signal === null,
+      stdout: stdout.status === "fulfilled" ? stdout.value : "",
+      stderr: stderrText,
+      stdinClosedEarly: stdinResult.status === "rejected",
+    };
+  } finally {
+    clearTimeout(timer);
+    options.signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/**
+ * Throws a {@linkcode NetlockError} unless the child exited with code 0 after
+ * reading all of its stdin. The message reads
+ * `<tool> exited with code N: <first stderr line>`.
+ *
+ * @example
+ * ```ts
+ * import { assertSuccess, runCommand } from "./runner.ts";
+ *
+ * assertSuccess(await runCommand("true"), "true");
+ * ```
+ *
+ * @param result What {@linkcode runCommand} returned.
+ * @param tool The name to use in the message (for example `iptables-restore`).
+ */
+export function assertSuccess(result: RunResult, tool: string): void {
+  if (result.success && !result.stdinClosedEarly) return;
+  if (result.success) {
+    throw new NetlockError(
+      "BROKEN_PIPE",
+      `${tool} exited with code 0 but closed its stdin before reading it all`,
+    );
+  }
+  throw new NetlockError("TOOL_FAILED", describeFailure(result, tool));
+}
+
+/**
+ * One line saying how a child failed, for error messages.
+ *
+ * @example
+ * ```ts
+ * import { describeFailure } from "./runner.ts";
+ *
+ * const line = describeFailure({
+ *   argv: ["iptables-restore"], code: 1, signal: null, success: false,
+ *   stdout: "", stderr: "iptables-restore: line 2 failed\n", stdinClosedEarly: false,
+ * }, "iptables-restore");
+ * console.assert(line === "iptables-restore exited with code 1: iptables-restore: line 2 failed");
+ * ```
+ *
+ * @param result What {@linkcode runCommand} returned.
+ * @param tool The name to use in the message.
+ * @returns `<tool> exited with code N: <first stderr line>` or `<tool> was killed by SIGNAL`.
+ */
+export function describeFailure(result: RunResult, tool: string): string {
+  const how = result.signal === null
+    ? `${tool} exited with code ${result.code}`
+    : `${tool} was killed by ${result.signal}`;
+  const reason = firstLine(result.stderr);
+  return reason ? `${how}: ${reason}` : how;
+}
+
+/** The first non-empty line of a text, trimmed; empty when there is none. */
+export function firstLine(text: string): string {
+  return text.split("\n").map((line) => line.trim()).find((line) => line !== "") ?? "";
+}
+
+async function feedStdin(
+  input: string | Uint8Array | ReadableStream<Uint8Array>,
+  sink: WritableStream<Uint8Array>,
+): Promise<void> {
+  const source = input instanceof ReadableStream ? input : new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(typeof input === "string" ? new TextEncoder().encode(input) : input);
+      controller.close();
+    },
+  });
+  // pipeTo closes the sink at the end and cancels the source on EPIPE.
+  await source.pipeTo(sink);
+}
+
+function requireRunPermission(command: string): void {
+  const state = Deno.permissions.querySync({ name: "run", command }).state;
+  if (state !== "granted") {
+    // Checked up front so that Deno never prompts on a TTY.
+    throw new NetlockError(
+      "DENO_PERMISSION",
+      `requires permission to run ${command}: add --allow-run=${command}`,
+    );
+  }
+}
+
+function spawnError(command: string, error: unknown): NetlockError {
+  if (error instanceof Deno.errors.NotFound) {
+    return new NetlockError("TOOL_NOT_FOUND", `${command} not found on PATH`, { cause: error });
+  }
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    const message = error instanceof Error ? error.message : String(error);
+    return new NetlockError(
+      "DENO_PERMISSION",
+      `Cannot run ${command}: ${firstLine(message)} (add --allow-run=${command})`,
+      { cause: error },
+    );
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  return new NetlockError("TOOL_FAILED", `Cannot run ${command}: ${firstLine(message)}`, {
+    cause: error,
+  });
+}
+
+const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGILL: 4,
+  SIGTRAP: 5,
+  SIGABRT: 6,
+  SIGBUS: 7,
+  SIGFPE: 8,
+  SIGKILL: 9,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGUSR2: 12,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+};
+
+function signalNumber(signal: Deno.Signal, code: number): number {
+  return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
+}
+
+function quoteForLog(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+}

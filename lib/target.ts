@@ -1,0 +1,146 @@
+/**
+ * Target resolution: from a PID or a namespace file to the `nsenter` flags
+ * that enter it, its namespace identity and whether its kernel has IPv6 —
+ * all learned through spawned tools, never by reading `/proc` from Deno.
+ *
+ * @module
+ */
+
+import { NetlockError } from "./errors.ts";
+import { type ExecSettings, isPermissionProblem, nsenterExec, type ToolExec } from "./nsenter.ts";
+import { resolveNetnsPath, validatePid } from "./options.ts";
+import { firstLine } from "./runner.ts";
+import type { Target } from "./types.ts";
+
+/** A validated target and the `nsenter` flags that enter its network namespace. */
+export interface TargetRef {
+  /** The PID, for PID targets. */
+  pid?: number;
+  /** The namespace file, for namespace targets. */
+  path?: string;
+  /** How messages name it: `process 1234` or `namespace /run/netns/blue`. */
+  label: string;
+  /** `["--target", "1234", "--net"]` or `["--net=/run/netns/blue"]`. */
+  nsenterArgs: string[];
+}
+
+/** What a probe of the target learned. */
+export interface TargetProbe {
+  /** The namespace identity, `net:[INODE]`. */
+  netns: string;
+  /** Whether `/proc/sys/net/ipv6` exists in the target (CRIU's test for IPv6). */
+  ipv6: boolean;
+}
+
+/**
+ * Validates a target and computes how to enter it. Pure: nothing is spawned.
+ *
+ * @example
+ * ```ts
+ * import { toTargetRef } from "./target.ts";
+ *
+ * console.assert(toTargetRef(1234).label === "process 1234");
+ * console.assert(toTargetRef({ netns: "blue" }).nsenterArgs[0] === "--net=/run/netns/blue");
+ * ```
+ *
+ * @param target A PID, `{ pid }` or `{ netns }`.
+ * @returns The validated target.
+ */
+export function toTargetRef(target: Target): TargetRef {
+  if (typeof target === "number" || (typeof target === "object" && target && "pid" in target)) {
+    const pid = validatePid(typeof target === "number" ? target : target.pid);
+    return { pid, label: `process ${pid}`, nsenterArgs: ["--target", String(pid), "--net"] };
+  }
+  if (typeof target === "object" && target && typeof target.netns === "string") {
+    const path = resolveNetnsPath(target.netns);
+    return { path, label: `namespace ${path}`, nsenterArgs: [`--net=${path}`] };
+  }
+  throw new TypeError("Invalid target: expected a PID, { pid } or { netns }");
+}
+
+/**
+ * Enters the target's network namespace once and reads its identity and
+ * whether it has IPv6. Fails with `NO_SUCH_TARGET`, `NOT_A_NAMESPACE` or
+ * `NOT_PERMITTED` when nsenter cannot enter it.
+ *
+ * @example
+ * ```ts ignore
+ * import { probeTarget, toTargetRef } from "./target.ts";
+ * import { nsenterExec } from "./nsenter.ts";
+ *
+ * const ref = toTargetRef(1234);
+ * const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, { timeoutMs: 10_000 }));
+ * console.log(probe.netns, probe.ipv6);
+ * ```
+ *
+ * @param ref The validated target.
+ * @param exec Runs a tool in the target's namespace.
+ * @returns The namespace identity and IPv6 presence.
+ */
+export async function probeTarget(ref: TargetRef, exec: ToolExec): Promise<TargetProbe> {
+  // One spawn answers both questions; stat exits 1 when the IPv6 directory is
+  // missing but still prints the namespace line first.
+  const result = await exec("stat", [
+    "-L",
+    "-c",
+    "%n %i",
+    "/proc/self/ns/net",
+    "/proc/sys/net/ipv6",
+  ]);
+  const lines = result.stdout.split("\n");
+  const inode = lines[0]?.match(/^\/proc\/self\/ns\/net ([0-9]+)$/)?.[1];
+  if (!inode || (result.code !== 0 && result.code !== 1)) throw probeError(ref, result.stderr);
+  return {
+    netns: `net:[${inode}]`,
+    ipv6: lines.some((line) => line.startsWith("/proc/sys/net/ipv6 ")),
+  };
+}
+
+let ownNetnsPromise: Promise<string> | undefined;
+
+/**
+ * The identity of netlock's own network namespace, learned once through
+ * `nsenter -- stat` (which needs no privilege).
+ *
+ * @example
+ * ```ts
+ * import { ownNetns } from "./target.ts";
+ * console.assert((await ownNetns({ timeoutMs: 5000 })).startsWith("net:["));
+ * ```
+ *
+ * @param settings Timeout and logger for the spawned tool.
+ * @returns `net:[INODE]` of netlock's own namespace.
+ */
+export function ownNetns(settings: ExecSettings): Promise<string> {
+  ownNetnsPromise ??= probeTarget(
+    { label: "netlock's own namespace", nsenterArgs: [] },
+    nsenterExec([], settings),
+  ).then((probe) => probe.netns);
+  ownNetnsPromise.catch(() => ownNetnsPromise = undefined);
+  return ownNetnsPromise;
+}
+
+function probeError(ref: TargetRef, stderr: string): NetlockError {
+  const line = firstLine(stderr);
+  if (/No such file or directory/.test(line) && /cannot open/.test(line)) {
+    return ref.pid !== undefined
+      ? new NetlockError("NO_SUCH_TARGET", "no such process")
+      : new NetlockError("NO_SUCH_TARGET", `no such namespace file ${ref.path}`);
+  }
+  if (/reassociate to namespace/.test(line) && /Invalid argument/.test(line)) {
+    return new NetlockError(
+      "NOT_A_NAMESPACE",
+      `${ref.path ?? ref.label} is not a network namespace`,
+    );
+  }
+  if (/failed to execute/.test(line)) {
+    return new NetlockError("TOOL_NOT_FOUND", `cannot probe the target: ${line}`);
+  }
+  if (isPermissionProblem(line)) {
+    return new NetlockError(
+      "NOT_PERMITTED",
+      `needs root (CAP_SYS_ADMIN to enter the namespace, CAP_NET_ADMIN to lock it): ${line}`,
+    );
+  }
+  return new NetlockError("TOOL_FAILED", `cannot enter the namespace: ${line || "nsenter failed"}`);
+}

@@ -1,0 +1,94 @@
+/**
+ * The public types of the library: targets, options and results.
+ *
+ * @module
+ */
+
+import type { Backend, Ipv6Choice, Mode } from "./options.ts";
+
+export type { Backend, Ipv6Choice, Mode };
+
+/**
+ * What to lock: a PID (its network namespace), or a namespace file such as
+ * `/run/netns/NAME` (a bare `NAME` means `/run/netns/NAME`).
+ */
+export type Target = number | { pid: number } | { netns: string };
+
+/** An IP family a lock covers. */
+export type Family = "ipv4" | "ipv6";
+
+/** Options shared by {@linkcode lockNetwork}, `unlockNetwork` and `getLockStatus`. */
+export interface NetlockOptions {
+  /** Firewall tool: `iptables` (default), `nftables` or `auto`. */
+  backend?: Backend;
+  /** `auto` (default), `netns` or `connections`. */
+  mode?: Mode;
+  /** Packets with this mark pass the lock (default `0xC114`, CRIU's `SOCCR_MARK`). */
+  mark?: number;
+  /** Name of the lock chain (default `NETLOCK`; CRIU uses `CRIU`). */
+  name?: string;
+  /** Lock IPv6 too: `auto` (default: when the kernel has IPv6), `on` or `off`. */
+  ipv6?: Ipv6Choice;
+  /** Allow a namespace lock of netlock's own network namespace. */
+  force?: boolean;
+  /** Timeout of each spawned tool in milliseconds (default 10000). */
+  timeoutMs?: number;
+  /** Cancels the operation; running tools are killed. */
+  signal?: AbortSignal;
+  /** Report the commands and rulesets through `log`, change nothing. */
+  dryRun?: boolean;
+  /** Receives one line per spawned command and per line of its stderr. */
+  log?: (line: string) => void;
+}
+
+/** Identity of a target as netlock saw it. */
+export interface TargetInfo {
+  /** The PID, for PID targets. */
+  pid?: number;
+  /** The namespace file, for `--netns` targets. */
+  path?: string;
+  /** The namespace identity, as `readlink /proc/PID/ns/net` prints it. */
+  netns: string;
+}
+
+/** What every operation reports. */
+export interface OperationResult {
+  /** The target and its namespace identity. */
+  target: TargetInfo;
+  /** Whether netlock's lock is in place after the operation. */
+  locked: boolean;
+  /** Whether this call changed anything. */
+  changed: boolean;
+  /** `netns` (whole namespace) or `connections`. */
+  mode: "netns" | "connections";
+  /** The backend that holds (or held) the lock. */
+  backend: "iptables" | "nftables";
+  /** The IP families covered. */
+  families: Family[];
+  /** The lock name. */
+  name: string;
+  /** The mark that passes the lock. */
+  mark: number;
+  /** Number of TCP connections locked (connection mode), else 0. */
+  connections: number;
+  /** Wall time of the operation in milliseconds. */
+  durationMs: number;
+}
+
+/** What `unlockNetwork` reports. */
+export type UnlockResult = OperationResult;
+
+/** What `getLockStatus` reports. */
+export interface LockStatus extends OperationResult {
+  /** `locked`, `unlocked`, or `partial` (some part of a lock is present). */
+  state: "locked" | "unlocked" | "partial";
+}
+
+/**
+ * A lock in place. `unlock()` removes it (once; later calls return the first
+ * result), and so does leaving a scope with `await using`.
+ */
+export interface NetworkLock extends OperationResult, AsyncDisposable {
+  /** Removes the lock. */
+  unlock(): Promise<UnlockResult>;
+}

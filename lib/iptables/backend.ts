@@ -16,6 +16,8 @@ import {
   sameLockState,
   UNLOCKED_STATE,
 } from "./lock_state.ts";
+import { hasLockChain, planNftUnlockCommands } from "./nft_unlock_planner.ts";
+import { type NftTableView, parseNftTableJson } from "./nft_view_parser.ts";
 import { type IptablesStep, planIptablesLock, planIptablesUnlock } from "./planner.ts";
 import type { LockRules } from "./ruleset.ts";
 import { parseIptablesSave } from "./save_parser.ts";
@@ -67,28 +69,37 @@ export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boo
     const outcome = outcomes[i];
     return outcome.status === "rejected" || outcome.value;
   });
-  const rollback = await Promise.allSettled(touched.map((family) => unlockFamily(ctx, family)));
+  const rollback = await Promise.allSettled([iptablesUnlock({ ...ctx, families: touched })]);
   throw withRollbackNote(failure.reason, rollback);
 }
 
 /**
  * Unlocks every family of the context, all or nothing: if one family fails,
  * the families this call unlocked are locked again before the error is
- * thrown.
+ * thrown. With iptables-nft, the lock is removed through one nft transaction
+ * for both families, which also removes the table and base chains the lock
+ * created; otherwise (legacy iptables, no nft) through iptables-restore.
  *
  * @param ctx The target's exec, the rules and the families.
  * @returns Whether anything changed.
  */
 export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: boolean }> {
-  const outcomes = await Promise.allSettled(
-    ctx.families.map((family) => unlockFamily(ctx, family)),
-  );
+  const views = await readNftViews(ctx, ctx.families);
+  const viaNft = ctx.families.filter((_, i) => hasLockChain(views[i] ?? null, ctx.rules.name));
+  const viaRestore = ctx.families.filter((family) => !viaNft.includes(family));
+  const [nftOutcome, ...restoreOutcomes] = await Promise.allSettled([
+    viaNft.length > 0 ? unlockViaNft(ctx, viaNft) : Promise.resolve(false),
+    ...viaRestore.map((family) => unlockFamily(ctx, family)),
+  ]);
+  const outcomes = [nftOutcome, ...restoreOutcomes];
   const failure = outcomes.find((outcome) => outcome.status === "rejected");
-  if (!failure) return { changed: outcomes.some((o) => o.status === "fulfilled" && o.value) };
-  const unlocked = ctx.families.filter((_, i) => {
-    const outcome = outcomes[i];
-    return outcome.status === "fulfilled" && outcome.value;
-  });
+  const changed = (outcome: PromiseSettledResult<boolean>) =>
+    outcome.status === "fulfilled" && outcome.value;
+  if (!failure) return { changed: outcomes.some(changed) };
+  const unlocked = [
+    ...(changed(nftOutcome) ? viaNft : []),
+    ...viaRestore.filter((_, i) => changed(restoreOutcomes[i])),
+  ];
   const rollback = await Promise.allSettled(unlocked.map((family) => lockFamily(ctx, family)));
   throw withRollbackNote(failure.reason, rollback);
 }
@@ -121,21 +132,11 @@ async function lockFamily(ctx: IptablesContext, family: Family): Promise<boolean
 
 async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boolean> {
   let state = await readState(ctx, family);
-  let mayDeleteTable = true;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const step = planIptablesUnlock(state, ctx.rules, {
-      nftFamily: TOOLS[family].nftFamily,
-      mayDeleteTable,
-    });
+    const step = planIptablesUnlock(state, ctx.rules);
     if (!step) return false;
     const result = await applyStep(ctx, family, step);
     if (result.success && !result.stdinClosedEarly) return true;
-    if (step.tool === "nft" && isNotFound(result)) {
-      // Without nft the empty table stays, as it does after CRIU's unlock.
-      ctx.log?.("  nft not found: the empty filter table is left in place");
-      mayDeleteTable = false;
-      continue;
-    }
     const next = await readStateAfterFailure(ctx, family, result, step);
     if (next.status === "unlocked") return false;
     if (sameLockState(next, state)) assertToolSuccess(result, toolName(family, step));
@@ -144,14 +145,59 @@ async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boole
   throw conflict(family);
 }
 
+async function unlockViaNft(ctx: IptablesContext, families: Family[]): Promise<boolean> {
+  let views = await readNftViews(ctx, families);
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const commands = views.flatMap((view) =>
+      view ? planNftUnlockCommands(view, ctx.rules.name) : []
+    );
+    if (commands.length === 0) return false;
+    const script = `${commands.join("\n")}\n`;
+    if (ctx.dryRun) {
+      ctx.log?.(`would run: nft -f - <<EOF\n${script}EOF`);
+      return true;
+    }
+    const result = await ctx.exec("nft", ["-f", "-"], script);
+    if (result.success && !result.stdinClosedEarly) return true;
+    const next = await readNftViews(ctx, families);
+    if (next.every((view) => !hasLockChain(view ?? null, ctx.rules.name))) return false;
+    if (JSON.stringify(next) === JSON.stringify(views)) assertToolSuccess(result, "nft");
+    views = next;
+  }
+  throw conflict(families.join("+"));
+}
+
+/**
+ * The nf_tables view of each family's filter table: `null` when the table
+ * does not exist, `undefined` when nft is not installed.
+ */
+async function readNftViews(
+  ctx: IptablesContext,
+  families: Family[],
+): Promise<(NftTableView | null | undefined)[]> {
+  return await Promise.all(families.map(async (family) => {
+    const result = await ctx.exec("nft", [
+      "-j",
+      "list",
+      "table",
+      TOOLS[family].nftFamily,
+      "filter",
+    ]);
+    if (result.success) return parseNftTableJson(result.stdout);
+    if (isNotFound(result)) return undefined;
+    if (/No such file or directory/.test(result.stderr)) return null;
+    assertToolSuccess(result, "nft");
+    return undefined;
+  }));
+}
+
 async function applyStep(
   ctx: IptablesContext,
   family: Family,
   step: IptablesStep,
 ): Promise<RunResult> {
-  const [tool, args] = step.tool === "restore"
-    ? [TOOLS[family].restore, ["-w", "--noflush"]]
-    : ["nft", ["-f", "-"]];
+  const tool = TOOLS[family].restore;
+  const args = ["-w", "--noflush"];
   if (ctx.dryRun) {
     ctx.log?.(`would run: ${tool} ${args.join(" ")} <<EOF\n${step.script}EOF`);
     return {
@@ -187,22 +233,22 @@ async function readStateAfterFailure(
   return await readState(ctx, family);
 }
 
-function toolName(family: Family, step: IptablesStep): string {
-  return step.tool === "restore" ? TOOLS[family].restore : "nft";
+function toolName(family: Family, _step: IptablesStep): string {
+  return TOOLS[family].restore;
 }
 
 function isNotFound(result: RunResult): boolean {
   return result.code === 127 && /nsenter: failed to execute/.test(result.stderr);
 }
 
-function conflict(family: Family): NetlockError {
+function conflict(family: string): NetlockError {
   return new NetlockError(
     "CONFLICT",
     `the ${family} filter table kept changing under concurrent callers; gave up after ${MAX_ATTEMPTS} attempts`,
   );
 }
 
-function withRollbackNote(reason: unknown, rollback: PromiseSettledResult<boolean>[]): unknown {
+function withRollbackNote(reason: unknown, rollback: PromiseSettledResult<unknown>[]): unknown {
   const failed = rollback.find((outcome) => outcome.status === "rejected");
   if (!failed || !(reason instanceof NetlockError)) return reason;
   const why = failed.reason instanceof Error ? failed.reason.message : String(failed.reason);

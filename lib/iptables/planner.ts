@@ -8,12 +8,13 @@
 import type { IptablesLockState } from "./lock_state.ts";
 import { type LockRules, renderIptablesChange } from "./ruleset.ts";
 
-/** Where a step's script goes. */
-export type IptablesStep =
-  /** `iptables-restore -w --noflush` (or `ip6tables-restore`) with this input. */
-  | { tool: "restore"; script: string }
-  /** `nft -f -` with this input: drop the whole table the lock created. */
-  | { tool: "nft"; script: string };
+/** One `iptables-restore -w --noflush` (or `ip6tables-restore`) run with this input. */
+export interface IptablesStep {
+  /** The tool kind. */
+  tool: "restore";
+  /** The tool's stdin. */
+  script: string;
+}
 
 /**
  * Plans a lock. A clean table gets the lock with `-N NAME` (so a concurrent
@@ -47,10 +48,10 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
 }
 
 /**
- * Plans an unlock. When the table would be empty without the lock and
- * iptables is the nf_tables flavour, the step deletes the whole table
- * (iptables-nft created it for the lock; CRIU leaves it behind). Otherwise it
- * deletes every jump to the chain, then the chain.
+ * Plans an unlock through `iptables-restore`: delete every jump to the lock
+ * chain, then the chain, in one transaction. (With iptables-nft and `nft`
+ * available, the backend removes the lock through nft instead, so that the
+ * table and base chains the lock created go too.)
  *
  * @example
  * ```ts
@@ -58,25 +59,20 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
  *
  * const step = planIptablesUnlock({
  *   status: "locked", chainExists: true, chainRulesMatch: true, inputJumps: 1,
- *   outputJumps: 1, otherContent: false, flavour: "nf_tables",
- * }, { name: "NETLOCK", mark: 0xC114 }, { nftFamily: "ip", mayDeleteTable: true });
- * console.assert(step?.tool === "nft" && step.script === "delete table ip filter\n");
+ *   outputJumps: 1, otherContent: false, flavour: "legacy",
+ * }, { name: "NETLOCK", mark: 0xC114 });
+ * console.assert(step?.script.includes("-X NETLOCK"));
  * ```
  *
  * @param state The observed state of the family.
  * @param rules The lock's name.
- * @param options The nft family of the table and whether deleting it is allowed.
  * @returns The step, or `null` when there is nothing to remove.
  */
 export function planIptablesUnlock(
   state: IptablesLockState,
   rules: LockRules,
-  options: { nftFamily: "ip" | "ip6"; mayDeleteTable: boolean },
 ): IptablesStep | null {
   if (state.status === "unlocked") return null;
-  if (options.mayDeleteTable && !state.otherContent && state.flavour === "nf_tables") {
-    return { tool: "nft", script: `delete table ${options.nftFamily} filter\n` };
-  }
   return {
     tool: "restore",
     script: renderIptablesChange(rules, {

@@ -1,0 +1,81 @@
+/**
+ * Plans the unlock of an iptables-nft lock as one nft transaction over both
+ * families, removing exactly what the lock created. Pure: no I/O.
+ *
+ * @module
+ */
+
+import type { NftTableView } from "./nft_view_parser.ts";
+
+/**
+ * Whether a family's table holds netlock's lock chain.
+ *
+ * @example
+ * ```ts
+ * import { hasLockChain } from "./nft_unlock_planner.ts";
+ * console.assert(!hasLockChain(null, "NETLOCK"));
+ * ```
+ *
+ * @param view The table, or `null` when it does not exist.
+ * @param name The lock chain's name.
+ * @returns `true` when the chain is there.
+ */
+export function hasLockChain(view: NftTableView | null, name: string): boolean {
+  return view?.chains.some((chain) => chain.name === name) ?? false;
+}
+
+/**
+ * The nft commands that remove the lock from one family's filter table: the
+ * `-j NAME` rules of INPUT and OUTPUT (by handle), the lock chain, the empty
+ * accept-policy base chains the lock created (handle above the lock chain's),
+ * and the table itself when nothing else is left in it. Deleting a chain
+ * that gained a rule since it was read fails, so a concurrent change aborts
+ * the whole transaction instead of being lost.
+ *
+ * @example
+ * ```ts
+ * import { planNftUnlockCommands } from "./nft_unlock_planner.ts";
+ *
+ * const commands = planNftUnlockCommands({
+ *   family: "ip", otherObjects: 0,
+ *   chains: [
+ *     { name: "NETLOCK", handle: 1 },
+ *     { name: "INPUT", handle: 2, hook: "input", policy: "accept" },
+ *   ],
+ *   rules: [{ chain: "INPUT", handle: 3, plainJumpTo: "NETLOCK" }, { chain: "NETLOCK", handle: 4 }],
+ * }, "NETLOCK");
+ * console.assert(commands.join("\n") === [
+ *   "delete rule ip filter INPUT handle 3",
+ *   "flush chain ip filter NETLOCK",
+ *   "delete chain ip filter NETLOCK",
+ *   "delete chain ip filter INPUT",
+ *   "delete table ip filter",
+ * ].join("\n"));
+ * ```
+ *
+ * @param view The family's filter table as nft lists it.
+ * @param name The lock chain's name.
+ * @returns The commands, in order; empty when there is no lock chain.
+ */
+export function planNftUnlockCommands(view: NftTableView, name: string): string[] {
+  const lockChain = view.chains.find((chain) => chain.name === name);
+  if (!lockChain) return [];
+  const table = `${view.family} filter`;
+  const jumps = view.rules.filter((rule) =>
+    (rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.plainJumpTo === name
+  );
+  const commands = jumps.map((rule) => `delete rule ${table} ${rule.chain} handle ${rule.handle}`);
+  commands.push(`flush chain ${table} ${name}`, `delete chain ${table} ${name}`);
+  const removedRules = new Set([...jumps.map((rule) => rule.handle)]);
+  const remainingRules = view.rules.filter((rule) =>
+    rule.chain !== name && !removedRules.has(rule.handle)
+  );
+  const createdByLock = view.chains.filter((chain) =>
+    (chain.name === "INPUT" || chain.name === "OUTPUT") && chain.handle > lockChain.handle &&
+    chain.policy === "accept" && !remainingRules.some((rule) => rule.chain === chain.name)
+  );
+  for (const chain of createdByLock) commands.push(`delete chain ${table} ${chain.name}`);
+  const remainingChains = view.chains.length - 1 - createdByLock.length;
+  if (remainingChains === 0 && view.otherObjects === 0) commands.push(`delete table ${table}`);
+  return commands;
+}

@@ -1,0 +1,100 @@
+/**
+ * A pure parser of `nft -j list table ip filter`: the nf_tables view of the
+ * table iptables-nft maintains, with the object handles iptables-save hides.
+ *
+ * Handles tell what a lock created: within a table, nf_tables numbers chains
+ * and rules from one counter, so a base chain whose handle is above the lock
+ * chain's was created by (or after) the lock.
+ *
+ * @module
+ */
+
+/** One chain with its handle; base chains have a hook and a policy. */
+export interface NftChain {
+  /** The chain's name. */
+  name: string;
+  /** Its handle within the table. */
+  handle: number;
+  /** `input`, `output`, ... for base chains. */
+  hook?: string;
+  /** `accept` or `drop` for base chains. */
+  policy?: string;
+}
+
+/** One rule, reduced to what the unlock needs. */
+export interface NftRule {
+  /** The chain holding it. */
+  chain: string;
+  /** Its handle within the table. */
+  handle: number;
+  /** The chain it jumps to when it is nothing but a (counted) jump, as iptables' `-j NAME`. */
+  plainJumpTo?: string;
+}
+
+/** The table as nft listed it. */
+export interface NftTableView {
+  /** `ip` or `ip6`. */
+  family: string;
+  /** The table's chains. */
+  chains: NftChain[];
+  /** The table's rules. */
+  rules: NftRule[];
+  /** How many other objects (sets, maps, flowtables, ...) the table holds. */
+  otherObjects: number;
+}
+
+/**
+ * Parses `nft -j list table FAMILY filter` output.
+ *
+ * @example
+ * ```ts
+ * import { parseNftTableJson } from "./nft_view_parser.ts";
+ *
+ * const view = parseNftTableJson(JSON.stringify({ nftables: [
+ *   { table: { family: "ip", name: "filter", handle: 5 } },
+ *   { chain: { family: "ip", table: "filter", name: "NETLOCK", handle: 1 } },
+ *   { rule: { family: "ip", table: "filter", chain: "INPUT", handle: 3,
+ *     expr: [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }] } },
+ * ] }));
+ * console.assert(view.rules[0].plainJumpTo === "NETLOCK");
+ * ```
+ *
+ * @param text What nft printed.
+ * @returns The chains and rules with their handles.
+ */
+export function parseNftTableJson(text: string): NftTableView {
+  const parsed = JSON.parse(text) as { nftables?: Record<string, Record<string, unknown>>[] };
+  const view: NftTableView = { family: "", chains: [], rules: [], otherObjects: 0 };
+  for (const item of parsed.nftables ?? []) {
+    if (item.metainfo) continue;
+    if (item.table) {
+      view.family = String(item.table.family);
+    } else if (item.chain) {
+      const chain = item.chain;
+      view.chains.push({
+        name: String(chain.name),
+        handle: Number(chain.handle),
+        ...(chain.hook === undefined ? {} : { hook: String(chain.hook) }),
+        ...(chain.policy === undefined ? {} : { policy: String(chain.policy) }),
+      });
+    } else if (item.rule) {
+      const rule = item.rule;
+      const jumpTo = plainJumpTarget(rule.expr);
+      view.rules.push({
+        chain: String(rule.chain),
+        handle: Number(rule.handle),
+        ...(jumpTo === undefined ? {} : { plainJumpTo: jumpTo }),
+      });
+    } else {
+      view.otherObjects++;
+    }
+  }
+  return view;
+}
+
+function plainJumpTarget(expr: unknown): string | undefined {
+  if (!Array.isArray(expr)) return undefined;
+  const rest = expr.filter((e) => !(e && typeof e === "object" && "counter" in e));
+  const jump = rest.length === 1 ? (rest[0] as { jump?: { target?: unknown } }).jump : undefined;
+  return typeof jump?.target === "string" ? jump.target : undefined;
+}

@@ -1,0 +1,190 @@
+/**
+ * Helpers of the integration tests: namespaces the test creates and deletes,
+ * the CLI run exactly as users run it, TCP probes inside a namespace, and
+ * snapshots of every ruleset.
+ */
+
+const decoder = new TextDecoder();
+const ROOT = new URL("../../", import.meta.url);
+const CLI = new URL("cli.ts", ROOT).pathname;
+const TCP_TOOL = new URL("tests/fixtures/tcp_tool.ts", ROOT).pathname;
+
+/** `true` in CI, where an integration test must never be skipped. */
+export const IN_CI = Deno.env.get("CI") === "true";
+
+function hasTools(): boolean {
+  const probe = new Deno.Command("sh", {
+    args: ["-c", "command -v nsenter ip iptables-restore ip6tables-restore iptables-save nft"],
+    stdout: "null",
+    stderr: "null",
+    env: { PATH: `${Deno.env.get("PATH")}:/usr/sbin:/sbin` },
+  }).outputSync();
+  return probe.success;
+}
+
+/** Options for integration tests: run as root with the tools, never skipped in CI. */
+export const integration = {
+  ignore: !IN_CI && !(Deno.uid() === 0 && hasTools()),
+  sanitizeOps: true,
+  sanitizeResources: true,
+};
+
+/** The result of a finished command. */
+export interface Output {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs an argv and collects its output. */
+export async function sh(argv: string[], env?: Record<string, string>): Promise<Output> {
+  const output = await new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    stdin: "null",
+    env,
+  }).output();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+/** Runs an argv and throws unless it exits 0. */
+export async function must(argv: string[]): Promise<string> {
+  const result = await sh(argv);
+  if (result.code !== 0) {
+    throw new Error(`${argv.join(" ")} exited with ${result.code}: ${result.stderr}`);
+  }
+  return result.stdout;
+}
+
+/**
+ * Runs the CLI exactly as users do: `deno run --allow-run=nsenter cli.ts ...`.
+ * `permissions` replaces `--allow-run=nsenter`.
+ */
+export function cli(
+  args: string[],
+  options: { env?: Record<string, string>; permissions?: string[] } = {},
+): Promise<Output> {
+  const permissions = options.permissions ?? ["--allow-run=nsenter"];
+  return sh([Deno.execPath(), "run", "--no-config", ...permissions, CLI, ...args], {
+    NO_COLOR: "1",
+    ...options.env,
+  });
+}
+
+let counter = 0;
+
+/** A network namespace the test created; deleted on dispose. */
+export interface TestNetns extends AsyncDisposable {
+  name: string;
+  path: string;
+  /** Runs argv inside the namespace. */
+  run(argv: string[]): Promise<Output>;
+}
+
+/** Creates `/run/netns/nltest-PID-N` with loopback up. */
+export async function createNetns(): Promise<TestNetns> {
+  const name = `nltest-${Deno.pid}-${++counter}`;
+  await must(["ip", "netns", "add", name]);
+  const netns: TestNetns = {
+    name,
+    path: `/run/netns/${name}`,
+    run: (argv) => sh(["nsenter", `--net=/run/netns/${name}`, "--", ...argv]),
+    async [Symbol.asyncDispose]() {
+      await sh(["ip", "netns", "delete", name]);
+    },
+  };
+  await must(["ip", "-n", name, "link", "set", "lo", "up"]);
+  return netns;
+}
+
+/** Everything a lock could touch: both iptables views and the nft ruleset, without counters. */
+export async function snapshot(netns: TestNetns): Promise<string> {
+  const parts = [];
+  for (const argv of [["iptables-save"], ["ip6tables-save"], ["nft", "list", "ruleset"]]) {
+    const result = await netns.run(argv);
+    parts.push(
+      `## ${argv[0]}\n` +
+        result.stdout.split("\n").filter((line) => !line.startsWith("#"))
+          .map((line) => line.replace(/\[[0-9]+:[0-9]+\]/g, "[0:0]")).join("\n"),
+    );
+  }
+  return parts.join("\n");
+}
+
+/** An echo server inside a namespace; killed on dispose. */
+export async function startServer(
+  netns: TestNetns,
+  endpoints: string[],
+): Promise<AsyncDisposable> {
+  const child = new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      Deno.execPath(),
+      "run",
+      "--no-config",
+      "--allow-net",
+      TCP_TOOL,
+      "serve",
+      ...endpoints,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const { value } = await reader.read();
+  if (!value?.startsWith("ready")) throw new Error(`server did not start: ${value}`);
+  return {
+    async [Symbol.asyncDispose]() {
+      child.kill("SIGKILL");
+      await reader.cancel();
+      await child.status;
+    },
+  };
+}
+
+/** Connects from inside the namespace: "ok", "timeout", or the error's name. */
+export async function probe(
+  netns: TestNetns,
+  host: string,
+  port: number,
+  timeoutMs = 1500,
+): Promise<string> {
+  const result = await netns.run([
+    Deno.execPath(),
+    "run",
+    "--no-config",
+    "--allow-net",
+    TCP_TOOL,
+    "connect",
+    host,
+    String(port),
+    String(timeoutMs),
+  ]);
+  return result.stdout.trim() || `exit ${result.code}: ${result.stderr.trim()}`;
+}
+
+/** Counts the lines of a text that match a pattern. */
+export function countLines(text: string, pattern: RegExp): number {
+  return text.split("\n").filter((line) => pattern.test(line)).length;
+}
+
+/** A directory with fake tools to put first on PATH; removed on dispose. */
+export async function fakeTools(
+  tools: Record<string, string>,
+): Promise<{ path: string } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "netlock-fake-" });
+  for (const [name, script] of Object.entries(tools)) {
+    await Deno.writeTextFile(`${dir}/${name}`, script, { mode: 0o755 });
+  }
+  return {
+    path: `${dir}:${Deno.env.get("PATH")}:/usr/sbin:/sbin`,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}

@@ -1,0 +1,175 @@
+/**
+ * What the lock leaves in a namespace: exactly one lock however often or
+ * concurrently it is applied, nothing after unlock, and every other rule,
+ * chain and table untouched.
+ */
+import assert from "node:assert/strict";
+import {
+  cli,
+  countLines,
+  createNetns,
+  fakeTools,
+  integration,
+  must,
+  snapshot,
+} from "./helpers/netns.ts";
+
+Deno.test({
+  ...integration,
+  name:
+    "lock twice leaves one jump per chain; unlock twice succeeds; a fresh namespace is empty again",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
+
+    const first = await cli(["lock", "--json", "--netns", netns.name]);
+    const second = await cli(["lock", "--json", "--netns", netns.name]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal(JSON.parse(first.stdout).changed, true);
+    assert.equal(JSON.parse(second.stdout).changed, false);
+    for (const save of ["iptables-save", "ip6tables-save"]) {
+      const rules = (await netns.run([save])).stdout;
+      assert.equal(countLines(rules, /^-A INPUT -j NETLOCK$/), 1, save);
+      assert.equal(countLines(rules, /^-A OUTPUT -j NETLOCK$/), 1, save);
+      assert.equal(countLines(rules, /^-A NETLOCK -m mark --mark 0xc114 -j ACCEPT$/), 1, save);
+      assert.equal(countLines(rules, /^-A NETLOCK -j DROP$/), 1, save);
+    }
+    const status = await cli(["status", "--netns", netns.name]);
+    assert.equal(status.code, 0, status.stderr);
+
+    const unlock1 = await cli(["unlock", "--json", "--netns", netns.name]);
+    const unlock2 = await cli(["unlock", "--json", "--netns", netns.name]);
+    assert.equal(unlock1.code, 0, unlock1.stderr);
+    assert.equal(unlock2.code, 0, unlock2.stderr);
+    assert.equal(JSON.parse(unlock1.stdout).changed, true);
+    assert.equal(JSON.parse(unlock2.stdout).changed, false);
+    assert.equal(
+      (await netns.run(["nft", "list", "ruleset"])).stdout,
+      "",
+      "no empty filter tables left",
+    );
+    assert.equal(await snapshot(netns), before);
+    assert.equal((await cli(["status", "--netns", netns.name])).code, 3);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "lock + unlock leave the namespace's own rules, chains and tables exactly as they were",
+  async fn() {
+    await using netns = await createNetns();
+    const inNs = (argv: string[]) => must(["nsenter", `--net=${netns.path}`, "--", ...argv]);
+    await inNs(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+    await inNs(["iptables", "-N", "USERCHAIN"]);
+    await inNs(["iptables", "-A", "USERCHAIN", "-s", "10.1.2.3/32", "-j", "RETURN"]);
+    await inNs(["iptables", "-A", "OUTPUT", "-j", "USERCHAIN"]);
+    await inNs(["ip6tables", "-P", "FORWARD", "DROP"]);
+    await inNs(["iptables", "-t", "mangle", "-A", "PREROUTING", "-j", "MARK", "--set-mark", "7"]);
+    await inNs([
+      "nft",
+      "add table inet user; add chain inet user c { type filter hook input priority 10; }; add rule inet user c tcp dport 80 accept",
+    ]);
+    const before = await snapshot(netns);
+
+    const locked = await cli(["lock", "--netns", netns.name]);
+    assert.equal(locked.code, 0, locked.stderr);
+    const during = (await netns.run(["iptables-save", "-t", "filter"])).stdout;
+    assert.match(
+      during,
+      /^-A INPUT -j NETLOCK\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT$/m,
+      "lock jumps come first",
+    );
+    const unlocked = await cli(["unlock", "--netns", netns.name]);
+    assert.equal(unlocked.code, 0, unlocked.stderr);
+    assert.equal(await snapshot(netns), before);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "eight concurrent locks leave exactly one lock; eight concurrent unlocks leave none",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const locks = await Promise.all(
+      Array.from({ length: 8 }, () => cli(["lock", "--netns", netns.name])),
+    );
+    for (const result of locks) assert.equal(result.code, 0, result.stderr);
+    for (const save of ["iptables-save", "ip6tables-save"]) {
+      const rules = (await netns.run([save])).stdout;
+      assert.equal(countLines(rules, /-j NETLOCK$/), 2, save);
+      assert.equal(countLines(rules, /^-A NETLOCK /), 2, save);
+    }
+    const unlocks = await Promise.all(
+      Array.from({ length: 8 }, () => cli(["unlock", "--netns", netns.name])),
+    );
+    for (const result of unlocks) assert.equal(result.code, 0, result.stderr);
+    assert.equal(await snapshot(netns), before);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "a failing ip6tables-restore rolls the IPv4 lock back",
+  async fn() {
+    await using netns = await createNetns();
+    await using fake = await fakeTools({
+      "ip6tables-restore": "#!/bin/sh\necho 'ip6tables-restore: fake failure' >&2\nexit 1\n",
+    });
+    const before = await snapshot(netns);
+    const result = await cli(["lock", "--netns", netns.name], { env: { PATH: fake.path } });
+    assert.equal(result.code, 1);
+    assert.equal(
+      result.stderr,
+      `error: Cannot lock network of namespace ${netns.path}: ip6tables-restore exited with code 1: ip6tables-restore: fake failure\n`,
+    );
+    assert.equal(await snapshot(netns), before, "no IPv4 rules left behind");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "a PID target locks that process's namespace",
+  async fn() {
+    await using netns = await createNetns();
+    const sleeper = new Deno.Command("nsenter", {
+      args: [`--net=${netns.path}`, "--", "sleep", "60"],
+      stdin: "null",
+    }).spawn();
+    try {
+      const locked = await cli(["lock", "--json", String(sleeper.pid)]);
+      assert.equal(locked.code, 0, locked.stderr);
+      const report = JSON.parse(locked.stdout);
+      assert.equal(report.target.pid, sleeper.pid);
+      assert.match(report.target.netns, /^net:\[[0-9]+\]$/);
+      assert.match((await netns.run(["iptables-save"])).stdout, /-A INPUT -j NETLOCK/);
+      const status = await cli(["status", String(sleeper.pid)]);
+      assert.equal(status.code, 0, status.stderr);
+      const unlocked = await cli(["unlock", String(sleeper.pid)]);
+      assert.equal(unlocked.code, 0, unlocked.stderr);
+      assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
+    } finally {
+      sleeper.kill("SIGKILL");
+      await sleeper.status;
+    }
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "--dry-run prints the ruleset and changes nothing",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const result = await cli(["lock", "--dry-run", "--netns", netns.name]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.stdout,
+      /would run: iptables-restore -w --noflush <<EOF\n\*filter\n-N NETLOCK\n/,
+    );
+    assert.match(result.stdout, /would run: ip6tables-restore -w --noflush/);
+    assert.equal(await snapshot(netns), before);
+  },
+});

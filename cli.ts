@@ -248,7 +248,13 @@ function usageMessage(error: unknown): string {
       ? `Invalid PID "${unknown[1]}": expected a decimal number from 1 to 4194304`
       : `unknown option '${unknown[1]}' (see netlock --help)`;
   }
-  return message;
+  const ambiguous = message.match(/^Option '(--?[\w-]+)' argument is ambiguous/);
+  if (ambiguous) {
+    return `${ambiguous[1]} got a value starting with '-': write ${
+      ambiguous[1]
+    }=VALUE if you mean it`;
+  }
+  return message.split(/(?<=\.) /)[0];
 }
 
 function targetName(target: Target): TargetName {

@@ -7,7 +7,7 @@
 const decoder = new TextDecoder();
 const ROOT = new URL("../../", import.meta.url);
 const CLI = new URL("cli.ts", ROOT).pathname;
-const TCP_TOOL = new URL("tests/fixtures/tcp_tool.ts", ROOT).pathname;
+const TCP_TOOL = new URL("scripts/tcp_tool.ts", ROOT).pathname;
 
 /** `true` in CI, where an integration test must never be skipped. */
 export const IN_CI = Deno.env.get("CI") === "true";

@@ -1,0 +1,72 @@
+/**
+ * netlock freezes the network of a Linux process for checkpoint/restore and
+ * live migration, and thaws it again: CRIU's "network lock" step
+ * (`network_lock()` in criu/net.c) as a standalone library.
+ *
+ * While locked, every packet into and out of the target's network namespace
+ * is dropped (IPv4 and IPv6, loopback included) except packets carrying the
+ * mark 0xC114 (CRIU's `SOCCR_MARK`). Locks are idempotent, all or nothing
+ * across families, safe under concurrent calls, and unlocking removes what
+ * the lock created.
+ *
+ * Every look at the target goes through a spawned `nsenter`, so the only
+ * Deno permission needed is `--allow-run=nsenter` (and root on the host).
+ *
+ * @example Lock a namespace for the length of a scope
+ * ```ts ignore
+ * import { lockNetwork } from "./mod.ts";
+ *
+ * {
+ *   await using lock = await lockNetwork({ netns: "/run/netns/blue" });
+ *   // dump the processes here: no packet reaches or leaves them
+ * } // unlocked here, also when the block throws
+ * ```
+ *
+ * @example Print CRIU's ruleset (no root needed)
+ * ```ts
+ * import { renderIptablesLock } from "./mod.ts";
+ *
+ * console.log(renderIptablesLock({ name: "CRIU", mark: 0xC114 }));
+ * ```
+ *
+ * @module
+ */
+
+export { getLockStatus, lockNetwork, unlockNetwork, withNetworkLock } from "./lib/operations.ts";
+export type {
+  Backend,
+  Family,
+  Ipv6Choice,
+  LockStatus,
+  Mode,
+  NetlockOptions,
+  NetworkLock,
+  OperationResult,
+  Target,
+  TargetInfo,
+  UnlockResult,
+} from "./lib/types.ts";
+export { NetlockError, type NetlockErrorCode } from "./lib/errors.ts";
+export {
+  type IptablesChange,
+  type LockRules,
+  renderIptablesChange,
+  renderIptablesLock,
+  renderIptablesUnlock,
+} from "./lib/iptables/ruleset.ts";
+export {
+  assertSuccess,
+  describeFailure,
+  runCommand,
+  type RunOptions,
+  type RunResult,
+} from "./lib/runner.ts";
+export {
+  DEFAULT_MARK,
+  DEFAULT_NAME,
+  formatMark,
+  parseMark,
+  parsePid,
+  validateName,
+} from "./lib/options.ts";
+export { VERSION } from "./lib/version.ts";

@@ -1,0 +1,100 @@
+/**
+ * Bad input on the command line: exit 2, exactly one line `error: ...` on
+ * stderr, nothing on stdout, no stack trace. Needs no root: the arguments are
+ * refused before anything is spawned.
+ */
+import assert from "node:assert/strict";
+import { cli } from "./helpers/netns.ts";
+
+const BAD_INPUTS: [string, string[], RegExp][] = [
+  ["no command", [], /missing command/],
+  ["unknown command", ["freeze", "1"], /Invalid command "freeze"/],
+  ["lock without target", ["lock"], /lock needs a target/],
+  ["letters as PID", ["lock", "abc"], /Invalid PID "abc"/],
+  ["PID 0", ["lock", "0"], /Invalid PID "0"/],
+  ["negative PID", ["lock", "-5"], /Invalid PID "-5"/],
+  ["fractional PID", ["lock", "1.5"], /Invalid PID "1.5"/],
+  ["huge PID", ["lock", "99999999999"], /Invalid PID "99999999999"/],
+  ["PID above pid_max", ["lock", "4194305"], /Invalid PID "4194305"/],
+  ["mark above 32 bits", ["lock", "--mark", "0x1ffffffff", "1"], /Invalid mark "0x1ffffffff"/],
+  ["negative mark", ["lock", "--mark=-1", "1"], /Invalid mark "-1"/],
+  [
+    "mark with newline",
+    ["lock", "--mark", "0xC114\n-A INPUT -j ACCEPT", "1"],
+    /Invalid mark "0xC114\\n-A INPUT/,
+  ],
+  ["mark with spaces", ["lock", "--mark", "1 2", "1"], /Invalid mark "1 2"/],
+  ["empty name", ["lock", "--name", "", "1"], /Invalid name ""/],
+  ["name with space", ["lock", "--name", "a b", "1"], /Invalid name "a b"/],
+  ["name with newline", ["lock", "--name", "X\nCOMMIT", "1"], /Invalid name "X\\nCOMMIT"/],
+  ["name of 29 characters", ["lock", "--name", "A".repeat(29), "1"], /Invalid name "A{29}"/],
+  ["unknown backend", ["lock", "--backend", "foo", "1"], /Invalid --backend "foo"/],
+  ["unknown ipv6 choice", ["lock", "--ipv6", "maybe", "1"], /Invalid --ipv6 "maybe"/],
+  ["unknown mode", ["lock", "--mode", "all", "1"], /Invalid --mode "all"/],
+  ["unknown flag", ["lock", "--frobnicate", "1"], /unknown option '--frobnicate'/],
+  ["negative timeout", ["lock", "--timeout", "-1", "1"], /--timeout got a value starting with '-'/],
+  ["negative timeout with =", ["lock", "--timeout=-1", "1"], /Invalid timeout "-1"/],
+  ["zero timeout", ["lock", "--timeout", "0", "1"], /Invalid timeout "0"/],
+  ["flag without value", ["lock", "1", "--mark"], /--mark/],
+  ["empty --netns", ["lock", "--netns", ""], /Invalid --netns ""/],
+  ["--netns with newline", ["lock", "--netns", "a\nb"], /Invalid --netns "a\\nb"/],
+  ["rules with a target", ["rules", "lock", "1"], /unexpected argument|Invalid rules action/],
+  ["rules with unknown action", ["rules", "freeze"], /Invalid rules action "freeze"/],
+];
+
+for (const [what, args, message] of BAD_INPUTS) {
+  Deno.test(`bad input: ${what} exits 2 with one error line`, async () => {
+    const result = await cli(args);
+    assert.equal(result.code, 2, result.stderr);
+    assert.equal(result.stdout, "");
+    const lines = result.stderr.split("\n").filter((line) => line !== "");
+    assert.equal(lines.length, 1, result.stderr);
+    assert.match(lines[0], /^error: /);
+    assert.match(lines[0], message);
+    assert.doesNotMatch(result.stderr, /Uncaught| {4}at /);
+  });
+}
+
+Deno.test("a bad target among good ones refuses the whole call", async () => {
+  const result = await cli(["lock", "--netns", "blue", "12", "x"]);
+  assert.equal(result.code, 2);
+  assert.equal(
+    result.stderr,
+    'error: Invalid PID "x": expected a decimal number from 1 to 4194304\n',
+  );
+});
+
+Deno.test("without --allow-run the CLI exits 2 and names the flag to add", async () => {
+  const result = await cli(["lock", "--netns", "blue"], { permissions: [] });
+  assert.equal(result.code, 2);
+  assert.equal(
+    result.stderr,
+    "error: Cannot lock network of namespace /run/netns/blue: requires permission to run nsenter: " +
+      "add --allow-run=nsenter\n",
+  );
+});
+
+Deno.test("--help goes to stdout and exits 0; --version prints the version", async () => {
+  const help = await cli(["--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /^netlock [0-9.]+ — /);
+  assert.match(help.stdout, /Exit codes: 0 success/);
+  assert.equal(help.stderr, "");
+  const version = await cli(["-V"]);
+  assert.match(version.stdout, /^netlock [0-9]+\.[0-9]+\.[0-9]+\n$/);
+});
+
+Deno.test("rules prints the exact rulesets without root or target", async () => {
+  const lock = await cli(["rules", "--name", "CRIU"], { permissions: [] });
+  assert.equal(lock.code, 0, lock.stderr);
+  assert.equal(
+    lock.stdout,
+    "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n" +
+      "-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n",
+  );
+  const unlock = await cli(["rules", "unlock", "--mark", "7"], { permissions: [] });
+  assert.equal(
+    unlock.stdout,
+    "*filter\n-D INPUT -j NETLOCK\n-D OUTPUT -j NETLOCK\n-F NETLOCK\n-X NETLOCK\nCOMMIT\n",
+  );
+});

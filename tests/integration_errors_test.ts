@@ -1,0 +1,119 @@
+/**
+ * Failures the target causes: exit 1, one clear line, nothing applied.
+ */
+import assert from "node:assert/strict";
+import { cli, createNetns, integration, snapshot } from "./helpers/netns.ts";
+
+Deno.test({
+  ...integration,
+  name: "a PID that does not exist: exit 1, no such process",
+  async fn() {
+    // pid_max is at most 4194304, so PIDs go up to 4194303: this one never exists.
+    const result = await cli(["lock", "4194304"]);
+    assert.equal(result.code, 1);
+    assert.equal(result.stderr, "error: Cannot lock network of process 4194304: no such process\n");
+    const json = await cli(["unlock", "--json", "4194304"]);
+    assert.equal(json.code, 1);
+    assert.deepEqual(JSON.parse(json.stdout), {
+      command: "unlock",
+      target: { pid: 4194304 },
+      ok: false,
+      error: {
+        code: "NO_SUCH_TARGET",
+        message: "Cannot unlock network of process 4194304: no such process",
+      },
+    });
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "--netns paths that are not namespaces: exit 1 with the reason",
+  async fn() {
+    const missing = await cli(["lock", "--netns", "netlock-no-such-namespace"]);
+    assert.equal(missing.code, 1);
+    assert.equal(
+      missing.stderr,
+      "error: Cannot lock network of namespace /run/netns/netlock-no-such-namespace: " +
+        "no such namespace file /run/netns/netlock-no-such-namespace\n",
+    );
+    for (const path of ["/etc/hostname", "/tmp", "/dev/zero"]) {
+      const result = await cli(["lock", "--netns", path]);
+      assert.equal(result.code, 1, path);
+      assert.equal(
+        result.stderr,
+        `error: Cannot lock network of namespace ${path}: ${path} is not a network namespace\n`,
+      );
+    }
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "netlock's own namespace is refused: auto needs connection mode, netns needs --force",
+  async fn() {
+    const auto = await cli(["lock", String(Deno.pid)]);
+    assert.equal(auto.code, 1);
+    assert.match(
+      auto.stderr,
+      /^error: Cannot lock network of process [0-9]+: it shares netlock's own network namespace, which needs connection mode/,
+    );
+    const netns = await cli(["lock", "--mode", "netns", "--json", String(Deno.pid)]);
+    assert.equal(netns.code, 1);
+    assert.equal(JSON.parse(netns.stdout).error.code, "OWN_NAMESPACE");
+    assert.match(netns.stderr, /add --force/);
+    assert.equal(auto.stderr.split("\n").length, 2, "one line");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "several targets: each reported; one failure makes the exit 1 and leaves the others whole",
+  async fn() {
+    await using a = await createNetns();
+    await using b = await createNetns();
+    const result = await cli([
+      "lock",
+      "--json",
+      "--netns",
+      a.name,
+      "--netns",
+      "netlock-missing",
+      "--netns",
+      b.name,
+    ]);
+    assert.equal(result.code, 1);
+    const lines = result.stdout.trim().split("\n").map((line) => JSON.parse(line));
+    assert.deepEqual(lines.map((line) => line.ok), [true, false, true]);
+    assert.equal((await cli(["status", "--netns", a.name, "--netns", b.name])).code, 0);
+    const status = await cli(["status", "--netns", a.name, "--netns", "netlock-missing"]);
+    assert.equal(status.code, 1);
+    const unlocked = await cli(["unlock", "-q", "--netns", a.name, "--netns", b.name]);
+    assert.equal(unlocked.code, 0, unlocked.stderr);
+    assert.equal(unlocked.stdout, "");
+    assert.equal((await cli(["status", "--netns", a.name])).code, 3);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "bad input against a real namespace applies nothing",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const attempts = [
+      ["lock", "--mark", "0xC114\n-A INPUT -j ACCEPT", "--netns", netns.name],
+      ["lock", "--name", "X\nCOMMIT\n*filter", "--netns", netns.name],
+      ["lock", "--name", "a;reboot", "--netns", netns.name],
+      ["lock", "--backend", "foo", "--netns", netns.name],
+      ["lock", "--ipv6", "maybe", "--netns", netns.name],
+      ["lock", "--netns", netns.name, "abc"],
+      ["lock", "--netns", netns.name, "--timeout", "0"],
+    ];
+    for (const args of attempts) {
+      const result = await cli(args);
+      assert.equal(result.code, 2, JSON.stringify(args));
+    }
+    assert.equal(await snapshot(netns), before);
+  },
+});

@@ -1,0 +1,125 @@
+import assert from "node:assert/strict";
+import { hasLockChain, planNftUnlockCommands } from "../lib/iptables/nft_unlock_planner.ts";
+import { parseNftTableJson } from "../lib/iptables/nft_view_parser.ts";
+
+// What `nft -j list table ip filter` printed after `netlock lock` in a fresh namespace.
+const FRESH_LOCK = JSON.stringify({
+  nftables: [
+    { metainfo: { version: "1.0.6", release_name: "Lester Gooch #5", json_schema_version: 1 } },
+    { table: { family: "ip", name: "filter", handle: 5 } },
+    { chain: { family: "ip", table: "filter", name: "NETLOCK", handle: 1 } },
+    {
+      chain: {
+        family: "ip",
+        table: "filter",
+        name: "INPUT",
+        handle: 2,
+        type: "filter",
+        hook: "input",
+        prio: 0,
+        policy: "accept",
+      },
+    },
+    {
+      chain: {
+        family: "ip",
+        table: "filter",
+        name: "OUTPUT",
+        handle: 4,
+        type: "filter",
+        hook: "output",
+        prio: 0,
+        policy: "accept",
+      },
+    },
+    {
+      rule: {
+        family: "ip",
+        table: "filter",
+        chain: "NETLOCK",
+        handle: 6,
+        expr: [
+          { match: { op: "==", left: { meta: { key: "mark" } }, right: 49428 } },
+          { counter: { packets: 0, bytes: 0 } },
+          { accept: null },
+        ],
+      },
+    },
+    {
+      rule: {
+        family: "ip",
+        table: "filter",
+        chain: "NETLOCK",
+        handle: 7,
+        expr: [{ counter: { packets: 0, bytes: 0 } }, { drop: null }],
+      },
+    },
+    {
+      rule: {
+        family: "ip",
+        table: "filter",
+        chain: "INPUT",
+        handle: 3,
+        expr: [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }],
+      },
+    },
+    {
+      rule: {
+        family: "ip",
+        table: "filter",
+        chain: "OUTPUT",
+        handle: 5,
+        expr: [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }],
+      },
+    },
+  ],
+});
+
+Deno.test("parseNftTableJson() keeps handles, hooks, policies and plain jumps", () => {
+  const view = parseNftTableJson(FRESH_LOCK);
+  assert.equal(view.family, "ip");
+  assert.deepEqual(view.chains[1], { name: "INPUT", handle: 2, hook: "input", policy: "accept" });
+  assert.deepEqual(view.rules.map((rule) => rule.plainJumpTo ?? "-"), [
+    "-",
+    "-",
+    "NETLOCK",
+    "NETLOCK",
+  ]);
+  assert.equal(view.otherObjects, 0);
+  assert.ok(hasLockChain(view, "NETLOCK"));
+  assert.ok(!hasLockChain(view, "CRIU"));
+});
+
+Deno.test("planNftUnlockCommands() removes a lock made in a fresh namespace down to the table", () => {
+  assert.deepEqual(planNftUnlockCommands(parseNftTableJson(FRESH_LOCK), "NETLOCK"), [
+    "delete rule ip filter INPUT handle 3",
+    "delete rule ip filter OUTPUT handle 5",
+    "flush chain ip filter NETLOCK",
+    "delete chain ip filter NETLOCK",
+    "delete chain ip filter INPUT",
+    "delete chain ip filter OUTPUT",
+    "delete table ip filter",
+  ]);
+});
+
+Deno.test("planNftUnlockCommands() keeps base chains and tables that existed before the lock", () => {
+  const view = parseNftTableJson(FRESH_LOCK);
+  // INPUT existed before the lock (lower handle) and holds a user rule; FORWARD is the user's.
+  view.chains[1].handle = 0;
+  view.chains.push({ name: "FORWARD", handle: 9, hook: "forward", policy: "drop" });
+  view.rules.push({ chain: "INPUT", handle: 10 });
+  assert.deepEqual(planNftUnlockCommands(view, "NETLOCK"), [
+    "delete rule ip filter INPUT handle 3",
+    "delete rule ip filter OUTPUT handle 5",
+    "flush chain ip filter NETLOCK",
+    "delete chain ip filter NETLOCK",
+    "delete chain ip filter OUTPUT",
+  ]);
+});
+
+Deno.test("planNftUnlockCommands() keeps a table holding sets, and does nothing without a lock", () => {
+  const view = parseNftTableJson(FRESH_LOCK);
+  view.otherObjects = 1;
+  assert.ok(!planNftUnlockCommands(view, "NETLOCK").includes("delete table ip filter"));
+  assert.deepEqual(planNftUnlockCommands(view, "OTHER"), []);
+});

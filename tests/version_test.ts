@@ -1,0 +1,7 @@
+import assert from "node:assert/strict";
+import { VERSION } from "../lib/version.ts";
+
+Deno.test("VERSION equals deno.json's version", async () => {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  assert.equal(VERSION, config.version);
+});

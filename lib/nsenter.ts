@@ -55,6 +55,7 @@ export function nsenterExec(nsenterArgs: readonly string[], settings: ExecSettin
       signal: settings.signal,
       log: settings.log,
       env: toolEnv(),
+      label: tool,
     });
 }
 
@@ -98,8 +99,6 @@ export function isPermissionProblem(stderr: string): boolean {
   return /Operation not permitted|Permission denied|you must be root/.test(stderr);
 }
 
-let cachedEnv: Record<string, string> | undefined;
-
 /**
  * The environment for spawned tools: nsenter looks TOOL up on the child's
  * PATH, so keep the caller's PATH first (tests put fake tools there) and make
@@ -107,13 +106,12 @@ let cachedEnv: Record<string, string> | undefined;
  * `--allow-env=PATH` the PATH is inherited unchanged.
  */
 function toolEnv(): Record<string, string> {
-  if (cachedEnv) return cachedEnv;
   const granted = Deno.permissions.querySync({ name: "env", variable: "PATH" }).state === "granted";
-  if (!granted) return cachedEnv = {};
+  if (!granted) return {};
   const path = Deno.env.get("PATH") ?? "";
   const parts = path.split(":").filter((part) => part !== "");
   for (const dir of ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
     if (!parts.includes(dir)) parts.push(dir);
   }
-  return cachedEnv = { PATH: parts.join(":") };
+  return { PATH: parts.join(":") };
 }

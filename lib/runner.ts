@@ -27,6 +27,8 @@ export interface RunOptions {
   env?: Record<string, string>;
   /** Called with one line per spawned command and per stderr line (for `-v`). */
   log?: (line: string) => void;
+  /** How timeout and abort messages name the command (default: the command). */
+  label?: string;
 }
 
 /** What a child did: the fields are never collapsed into one number. */
@@ -118,14 +120,15 @@ export async function runCommand(command: string, options: RunOptions = {}): Pro
     if (options.log) {
       for (const line of stderrText.split("\n")) if (line) options.log(`  ${line}`);
     }
+    const label = options.label ?? command;
     if (stopReason === "timeout") {
       throw new NetlockError(
         "TIMEOUT",
-        `${command} did not finish within ${timeoutMs / 1000} s and was killed`,
+        `${label} did not finish within ${timeoutMs / 1000} s and was killed`,
       );
     }
     if (stopReason === "abort") {
-      throw new NetlockError("ABORTED", `${command} was cancelled and killed`, {
+      throw new NetlockError("ABORTED", `${label} was cancelled and killed`, {
         cause: options.signal?.reason,
       });
     }

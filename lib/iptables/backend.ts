@@ -88,7 +88,9 @@ export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: b
   const viaNft = ctx.families.filter((_, i) => hasLockChain(views[i] ?? null, ctx.rules.name));
   const viaRestore = ctx.families.filter((family) => !viaNft.includes(family));
   const [nftOutcome, ...restoreOutcomes] = await Promise.allSettled([
-    viaNft.length > 0 ? unlockViaNft(ctx, viaNft) : Promise.resolve(false),
+    viaNft.length > 0
+      ? unlockViaNft(ctx, viaNft, views.filter((_, i) => viaNft.includes(ctx.families[i])))
+      : Promise.resolve(false),
     ...viaRestore.map((family) => unlockFamily(ctx, family)),
   ]);
   const outcomes = [nftOutcome, ...restoreOutcomes];
@@ -145,8 +147,12 @@ async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boole
   throw conflict(family);
 }
 
-async function unlockViaNft(ctx: IptablesContext, families: Family[]): Promise<boolean> {
-  let views = await readNftViews(ctx, families);
+async function unlockViaNft(
+  ctx: IptablesContext,
+  families: Family[],
+  initialViews: (NftTableView | null | undefined)[],
+): Promise<boolean> {
+  let views = initialViews;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const commands = views.flatMap((view) =>
       view ? planNftUnlockCommands(view, ctx.rules.name) : []

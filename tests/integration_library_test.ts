@@ -1,0 +1,121 @@
+/**
+ * The library API against a real namespace: `await using`, withNetworkLock
+ * on return and throw, status states, dry run, timeout and abort.
+ */
+import assert from "node:assert/strict";
+import {
+  getLockStatus,
+  lockNetwork,
+  NetlockError,
+  unlockNetwork,
+  withNetworkLock,
+} from "../mod.ts";
+import { createNetns, fakeTools, integration, snapshot } from "./helpers/netns.ts";
+
+Deno.test({
+  ...integration,
+  name: "await using unlocks at the end of the scope",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    {
+      await using lock = await lockNetwork({ netns: netns.path });
+      assert.equal(lock.locked, true);
+      assert.equal(lock.changed, true);
+      assert.deepEqual(lock.families, ["ipv4", "ipv6"]);
+      assert.equal((await getLockStatus({ netns: netns.name })).state, "locked");
+    }
+    assert.equal((await getLockStatus({ netns: netns.name })).state, "unlocked");
+    assert.equal(await snapshot(netns), before);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "withNetworkLock() unlocks when the function throws, and returns its value otherwise",
+  async fn() {
+    await using netns = await createNetns();
+    await assert.rejects(
+      withNetworkLock({ netns: netns.path }, () => {
+        throw new Error("dump failed");
+      }),
+      { message: "dump failed" },
+    );
+    assert.equal((await getLockStatus({ netns: netns.path })).state, "unlocked");
+    const value = await withNetworkLock({ netns: netns.path }, async (lock) => {
+      assert.equal((await getLockStatus({ netns: netns.path })).state, "locked");
+      return lock.name;
+    });
+    assert.equal(value, "NETLOCK");
+    assert.equal((await getLockStatus({ netns: netns.path })).state, "unlocked");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "status reports a lock on one family only as partial",
+  async fn() {
+    await using netns = await createNetns();
+    await lockNetwork({ netns: netns.path }, { ipv6: "off" });
+    const status = await getLockStatus({ netns: netns.path });
+    assert.equal(status.state, "partial");
+    assert.equal(status.locked, false);
+    assert.equal((await getLockStatus({ netns: netns.path }, { ipv6: "off" })).state, "locked");
+    const result = await unlockNetwork({ netns: netns.path });
+    assert.equal(result.changed, true);
+    assert.equal((await getLockStatus({ netns: netns.path })).state, "unlocked");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "a hung iptables-restore is killed at the timeout and nothing is left applied",
+  async fn() {
+    await using netns = await createNetns();
+    await using fake = await fakeTools({ "iptables-restore": "#!/bin/sh\nexec sleep 30\n" });
+    const before = await snapshot(netns);
+    Deno.env.set("PATH", fake.path);
+    try {
+      await assert.rejects(
+        lockNetwork({ netns: netns.path }, { timeoutMs: 300 }),
+        (error: unknown) =>
+          error instanceof NetlockError && error.code === "TIMEOUT" &&
+          error.message ===
+            `Cannot lock network of namespace ${netns.path}: iptables-restore did not finish within 0.3 s and was killed`,
+      );
+    } finally {
+      Deno.env.delete("PATH");
+      Deno.env.set("PATH", fake.path.split(":").slice(1).join(":"));
+    }
+    assert.equal(await snapshot(netns), before, "the IPv6 half was rolled back");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "an AbortSignal cancels the lock",
+  async fn() {
+    await using netns = await createNetns();
+    const controller = new AbortController();
+    controller.abort();
+    await assert.rejects(lockNetwork({ netns: netns.path }, { signal: controller.signal }));
+    assert.equal((await getLockStatus({ netns: netns.path })).state, "unlocked");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "dry run on netlock's own namespace with --mode netns --force reports and changes nothing",
+  async fn() {
+    const lines: string[] = [];
+    const result = await lockNetwork(Deno.pid, {
+      mode: "netns",
+      force: true,
+      dryRun: true,
+      log: (line) => lines.push(line),
+    });
+    assert.equal(result.mode, "netns");
+    assert.ok(lines.some((line) => line.startsWith("would run: iptables-restore -w --noflush")));
+    assert.ok(lines.some((line) => line.startsWith("+ nsenter --target")));
+  },
+});

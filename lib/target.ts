@@ -139,7 +139,8 @@ function probeError(ref: TargetRef, stderr: string): NetlockError {
   if (isPermissionProblem(line)) {
     return new NetlockError(
       "NOT_PERMITTED",
-      `needs root (CAP_SYS_ADMIN to enter the namespace, CAP_NET_ADMIN to lock it): ${line}`,
+      `not permitted to enter the namespace (netlock needs root: CAP_SYS_ADMIN to enter, ` +
+        `CAP_NET_ADMIN to lock): ${line}`,
     );
   }
   return new NetlockError("TOOL_FAILED", `cannot enter the namespace: ${line || "nsenter failed"}`);

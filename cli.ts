@@ -32,6 +32,7 @@ import {
   type TargetName,
 } from "./lib/report.ts";
 import { renderIptablesLock, renderIptablesUnlock } from "./lib/iptables/ruleset.ts";
+import { renderNftLock, renderNftUnlock } from "./lib/nftables/ruleset.ts";
 import type { NetlockOptions, OperationResult, Target } from "./lib/types.ts";
 import { VERSION } from "./lib/version.ts";
 
@@ -41,19 +42,24 @@ Usage:
   netlock lock    [options] TARGET...    drop all unmarked traffic of each target
   netlock unlock  [options] TARGET...    remove the lock (succeeds if not locked)
   netlock status  [options] TARGET...    exit 0 if every target is locked, 3 if not
-  netlock rules   [lock|unlock] [options]  print the ruleset; needs no root, no target
+  netlock rules   [lock|unlock] [options]  print the ruleset (--backend nftables:
+                                         the nft script); needs no root, no target
 
 TARGET is a PID (its network namespace). --netns PATH adds a namespace file
 target (a bare NAME means /run/netns/NAME); repeatable.
 
 Options:
-  -b, --backend iptables     firewall tool (default iptables)
+  -b, --backend NAME         iptables (default), nftables, or auto (nftables,
+                             falling back to iptables); unlock and status
+                             look at both whatever the backend
       --mode auto|netns      auto (default): netns unless the target shares
                              netlock's own namespace (refused in this version)
       --mark N               packets with this mark pass (default 0xC114)
       --name NAME            lock chain name (default NETLOCK; CRIU uses CRIU)
       --ipv6 auto|on|off     lock IPv6 too (default auto: if the kernel has it)
       --force                allow --mode netns on netlock's own namespace
+      --criu                 status/unlock: also see and remove locks CRIU
+                             itself left (chain CRIU, tables inet CRIU-*)
       --timeout SECONDS      limit for each spawned tool (default 10)
       --dry-run              print the commands and rulesets, change nothing
       --json                 one JSON object per target per line on stdout
@@ -122,6 +128,7 @@ function parseInvocation(args: string[]): Invocation | "help" | "version" {
       name: { type: "string" },
       ipv6: { type: "string" },
       force: { type: "boolean" },
+      criu: { type: "boolean" },
       timeout: { type: "string" },
       "dry-run": { type: "boolean" },
       json: { type: "boolean" },
@@ -154,6 +161,7 @@ function parseInvocation(args: string[]): Invocation | "help" | "version" {
     name: values.name === undefined ? DEFAULT_NAME : validateName(values.name),
     ipv6: parseChoice("--ipv6", values.ipv6 ?? "auto", ["auto", "on", "off"] as const),
     force: values.force ?? false,
+    criu: values.criu ?? false,
     dryRun: values["dry-run"] ?? false,
   };
   if (values.timeout !== undefined) options.timeoutMs = parseTimeoutSeconds(values.timeout);
@@ -185,13 +193,11 @@ function parseInvocation(args: string[]): Invocation | "help" | "version" {
 
 async function printRules(invocation: Invocation): Promise<number> {
   const rules = { name: invocation.options.name!, mark: invocation.options.mark! };
-  if (invocation.options.backend !== "iptables") {
-    printError(`the ${invocation.options.backend} backend is not available in this version`);
-    return EXIT.failed;
-  }
-  const text = invocation.rulesAction === "lock"
-    ? renderIptablesLock(rules)
-    : renderIptablesUnlock(rules);
+  const nft = invocation.options.backend !== "iptables";
+  const lock = invocation.rulesAction === "lock";
+  const text = nft
+    ? (lock ? renderNftLock(rules) : renderNftUnlock(rules))
+    : (lock ? renderIptablesLock(rules) : renderIptablesUnlock(rules));
   await write(Deno.stdout, text);
   return EXIT.ok;
 }
@@ -205,7 +211,7 @@ async function runTargets(invocation: Invocation): Promise<number> {
     ? (line: string) => writeSync(Deno.stderr, `${line}\n`)
     : undefined;
   const options = { ...invocation.options, log };
-  const operation = command === "lock"
+  const operation: (target: Target) => Promise<OperationResult> = command === "lock"
     ? (target: Target) => lockNetwork(target, options)
     : command === "unlock"
     ? (target: Target) => unlockNetwork(target, options)

@@ -35,6 +35,7 @@
 export { getLockStatus, lockNetwork, unlockNetwork, withNetworkLock } from "./lib/operations.ts";
 export type {
   Backend,
+  CriuLocks,
   Family,
   Ipv6Choice,
   LockStatus,

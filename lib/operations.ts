@@ -5,7 +5,12 @@
  * @module
  */
 
-import { iptablesLock, iptablesStatus, iptablesUnlock } from "./iptables/backend.ts";
+import {
+  lockNamespace,
+  type NamespaceOutcome,
+  namespaceStatus,
+  unlockNamespace,
+} from "./namespace_lock.ts";
 import {
   inContext,
   prepare,
@@ -16,6 +21,7 @@ import {
 } from "./prepare.ts";
 import { type TargetRef, toTargetRef } from "./target.ts";
 import type {
+  Family,
   LockStatus,
   NetlockOptions,
   NetworkLock,
@@ -48,10 +54,7 @@ export async function lockNetwork(
   target: Target,
   options: NetlockOptions = {},
 ): Promise<NetworkLock> {
-  const result = await run(target, options, "lock", async (prepared, opts) => {
-    const { changed } = await iptablesLock(backendContext(prepared, opts));
-    return { locked: true, changed };
-  });
+  const result = await run(target, options, "lock", lockNamespace);
   let unlocking: Promise<UnlockResult> | undefined;
   const unlock = () => unlocking ??= unlockNetwork(target, options);
   return {
@@ -82,10 +85,7 @@ export async function lockNetwork(
  * @returns What was done.
  */
 export function unlockNetwork(target: Target, options: NetlockOptions = {}): Promise<UnlockResult> {
-  return run(target, options, "unlock", async (prepared, opts) => {
-    const { changed } = await iptablesUnlock(backendContext(prepared, opts));
-    return { locked: false, changed };
-  });
+  return run(target, options, "unlock", unlockNamespace);
 }
 
 /**
@@ -108,22 +108,8 @@ export async function getLockStatus(
   target: Target,
   options: NetlockOptions = {},
 ): Promise<LockStatus> {
-  let state: LockStatus["state"] = "unlocked";
-  const result = await run(
-    target,
-    { ...options, dryRun: false },
-    "status",
-    async (prepared, opts) => {
-      const states = await iptablesStatus(backendContext(prepared, opts));
-      state = states.every((s) => s.status === "locked")
-        ? "locked"
-        : states.every((s) => s.status === "unlocked")
-        ? "unlocked"
-        : "partial";
-      return { locked: state === "locked", changed: false };
-    },
-  );
-  return { ...result, state };
+  const result = await run(target, { ...options, dryRun: false }, "status", namespaceStatus);
+  return { ...result, state: result.state ?? "unlocked" };
 }
 
 /**
@@ -153,47 +139,39 @@ export async function withNetworkLock<T>(
   return await fn(lock);
 }
 
-type Body = (
-  prepared: Prepared,
-  options: ResolvedOptions,
-) => Promise<{ locked: boolean; changed: boolean }>;
+type Body = (prepared: Prepared, options: ResolvedOptions) => Promise<NamespaceOutcome>;
 
 async function run(
   target: Target,
   options: NetlockOptions,
   verb: Verb,
   body: Body,
-): Promise<OperationResult> {
+): Promise<OperationResult & Pick<NamespaceOutcome, "state" | "criu">> {
   const start = performance.now();
   // Arguments are checked before anything runs; these throw TypeError/RangeError.
   const opts = resolveOptions(options);
   const ref: TargetRef = toTargetRef(target);
   try {
     const prepared = await prepare(ref, opts, verb);
-    const { locked, changed } = await body(prepared, opts);
+    const outcome = await body(prepared, opts);
+    const families: Family[] = outcome.backend === "nftables"
+      ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
+      : prepared.families;
     return {
       target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
-      locked,
-      changed,
+      locked: verb === "lock" || (verb === "status" && outcome.state === "locked"),
+      changed: outcome.changed,
       mode: "netns",
-      backend: "iptables",
-      families: prepared.families,
+      backend: outcome.backend,
+      families,
       name: opts.name,
       mark: opts.mark,
       connections: 0,
       durationMs: performance.now() - start,
+      ...(outcome.state ? { state: outcome.state } : {}),
+      ...(outcome.criu ? { criu: outcome.criu } : {}),
     };
   } catch (error) {
     throw inContext(error, verb, ref);
   }
-}
-
-function backendContext(prepared: Prepared, opts: ResolvedOptions) {
-  return {
-    exec: prepared.exec,
-    rules: { name: opts.name, mark: opts.mark },
-    families: prepared.families,
-    dryRun: opts.dryRun,
-    log: opts.exec.log,
-  };
 }

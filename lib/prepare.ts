@@ -38,6 +38,8 @@ export interface ResolvedOptions {
   force: boolean;
   /** Only report what would be done. */
   dryRun: boolean;
+  /** Also see and remove the locks CRIU itself left (status and unlock). */
+  criu: boolean;
   /** How tools are spawned. */
   exec: ExecSettings;
 }
@@ -85,6 +87,7 @@ export function resolveOptions(options: NetlockOptions = {}): ResolvedOptions {
     ipv6: parseChoice("ipv6", options.ipv6 ?? "auto", ["auto", "on", "off"] as const),
     force: options.force ?? false,
     dryRun: options.dryRun ?? false,
+    criu: options.criu ?? false,
     exec: {
       timeoutMs: validateTimeoutMs(options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
       signal: options.signal,
@@ -95,8 +98,8 @@ export function resolveOptions(options: NetlockOptions = {}): ResolvedOptions {
 
 /**
  * Probes the target and decides the families; refuses what this version
- * cannot do (connection mode, nftables) and a namespace lock of netlock's
- * own namespace without `force`.
+ * cannot do (connection mode) and a namespace lock of netlock's own
+ * namespace without `force`.
  *
  * @param ref The validated target.
  * @param options The validated options.
@@ -108,12 +111,6 @@ export async function prepare(
   options: ResolvedOptions,
   verb: Verb,
 ): Promise<Prepared> {
-  if (options.backend !== "iptables") {
-    throw new NetlockError(
-      "UNSUPPORTED",
-      `the ${options.backend} backend is not available in this version; use --backend iptables`,
-    );
-  }
   if (options.mode === "connections") {
     throw new NetlockError("UNSUPPORTED", "connection mode is not available in this version");
   }

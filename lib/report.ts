@@ -6,7 +6,7 @@
  */
 
 import { NetlockError } from "./errors.ts";
-import type { LockStatus, OperationResult } from "./types.ts";
+import type { CriuLocks, LockStatus, OperationResult, UnlockResult } from "./types.ts";
 
 /** The CLI commands that report per target. */
 export type ReportCommand = "lock" | "unlock" | "status";
@@ -39,7 +39,10 @@ export interface TargetName {
  * @param result What the operation returned.
  * @returns One line of JSON (no newline).
  */
-export function jsonSuccess(command: ReportCommand, result: OperationResult | LockStatus): string {
+export function jsonSuccess(
+  command: ReportCommand,
+  result: OperationResult | LockStatus | UnlockResult,
+): string {
   const record: Record<string, unknown> = {
     command,
     target: targetRecord(result.target),
@@ -47,7 +50,7 @@ export function jsonSuccess(command: ReportCommand, result: OperationResult | Lo
     locked: result.locked,
     changed: result.changed,
   };
-  if ("state" in result) record.state = result.state;
+  if ("state" in result && result.state !== undefined) record.state = result.state;
   Object.assign(record, {
     mode: result.mode,
     backend: result.backend,
@@ -57,6 +60,7 @@ export function jsonSuccess(command: ReportCommand, result: OperationResult | Lo
     connections: result.connections,
     durationMs: Math.round(result.durationMs * 10) / 10,
   });
+  if ("criu" in result && result.criu) record.criu = result.criu;
   return JSON.stringify(record);
 }
 
@@ -105,17 +109,34 @@ export function jsonFailure(command: ReportCommand, target: TargetName, error: u
  * @param result What the operation returned.
  * @returns One line (no newline).
  */
-export function humanSuccess(command: ReportCommand, result: OperationResult | LockStatus): string {
+export function humanSuccess(
+  command: ReportCommand,
+  result: OperationResult | LockStatus | UnlockResult,
+): string {
   const who = `${targetLabel(result.target)} (${result.target.netns})`;
-  const how = `${result.backend}, ${result.families.join("+")}, chain ${result.name}`;
+  const what = result.backend === "nftables" ? "table inet" : "chain";
+  const how = `${result.backend}, ${result.families.join("+")}, ${what} ${result.name}`;
+  const criu = "criu" in result && result.criu ? criuNote(command, result.criu) : "";
   if (command === "status" && "state" in result) {
     const state = result.state === "partial" ? "partially locked" : result.state;
-    return `${who}: ${state}${result.state === "unlocked" ? "" : ` (${how})`}`;
+    return `${who}: ${state}${result.state === "unlocked" ? "" : ` (${how})`}${criu}`;
   }
   if (command === "lock") {
     return result.changed ? `locked ${who}: ${how}` : `${who} was already locked (${how})`;
   }
-  return result.changed ? `unlocked ${who}` : `${who} was not locked`;
+  const netlockLock = result.changed && !(criu && !result.backend)
+    ? `unlocked ${who}`
+    : `${who} was not locked`;
+  return `${netlockLock}${criu}`;
+}
+
+function criuNote(command: ReportCommand, criu: CriuLocks): string {
+  const parts = [
+    ...(criu.iptables.length ? [`chain CRIU (${criu.iptables.join("+")})`] : []),
+    ...criu.nftables.map((name) => `table inet ${name}`),
+  ];
+  if (parts.length === 0) return command === "status" ? "; no CRIU lock" : "";
+  return `; CRIU's lock ${command === "status" ? "present" : "removed"}: ${parts.join(", ")}`;
 }
 
 /**

@@ -37,6 +37,11 @@ export interface NetlockOptions {
   signal?: AbortSignal;
   /** Report the commands and rulesets through `log`, change nothing. */
   dryRun?: boolean;
+  /**
+   * Status and unlock: also see and remove the locks CRIU itself left behind
+   * (iptables chain `CRIU`, nftables tables `inet CRIU-*`).
+   */
+  criu?: boolean;
   /** Receives one line per spawned command and per line of its stderr. */
   log?: (line: string) => void;
 }
@@ -75,13 +80,26 @@ export interface OperationResult {
   durationMs: number;
 }
 
+/** CRIU's own locks, found (status) or removed (unlock) with the `criu` option. */
+export interface CriuLocks {
+  /** Families whose iptables filter table holds CRIU's `CRIU` chain. */
+  iptables: Family[];
+  /** CRIU's `inet CRIU-*` nftables tables. */
+  nftables: string[];
+}
+
 /** What `unlockNetwork` reports. */
-export type UnlockResult = OperationResult;
+export interface UnlockResult extends OperationResult {
+  /** CRIU's locks this call removed (with the `criu` option). */
+  criu?: CriuLocks;
+}
 
 /** What `getLockStatus` reports. */
 export interface LockStatus extends OperationResult {
   /** `locked`, `unlocked`, or `partial` (some part of a lock is present). */
   state: "locked" | "unlocked" | "partial";
+  /** CRIU's locks present (with the `criu` option). */
+  criu?: CriuLocks;
 }
 
 /**

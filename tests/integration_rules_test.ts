@@ -87,28 +87,38 @@ Deno.test({
   },
 });
 
-Deno.test({
-  ...integration,
-  name: "eight concurrent locks leave exactly one lock; eight concurrent unlocks leave none",
-  async fn() {
-    await using netns = await createNetns();
-    const before = await snapshot(netns);
-    const locks = await Promise.all(
-      Array.from({ length: 8 }, () => cli(["lock", "--netns", netns.name])),
-    );
-    for (const result of locks) assert.equal(result.code, 0, result.stderr);
-    for (const save of ["iptables-save", "ip6tables-save"]) {
-      const rules = (await netns.run([save])).stdout;
-      assert.equal(countLines(rules, /-j NETLOCK$/), 2, save);
-      assert.equal(countLines(rules, /^-A NETLOCK /), 2, save);
-    }
-    const unlocks = await Promise.all(
-      Array.from({ length: 8 }, () => cli(["unlock", "--netns", netns.name])),
-    );
-    for (const result of unlocks) assert.equal(result.code, 0, result.stderr);
-    assert.equal(await snapshot(netns), before);
-  },
-});
+for (const backend of ["iptables", "nftables"]) {
+  Deno.test({
+    ...integration,
+    name:
+      `${backend}: eight concurrent locks leave exactly one lock; eight concurrent unlocks leave none`,
+    async fn() {
+      await using netns = await createNetns();
+      const before = await snapshot(netns);
+      const args = ["--backend", backend, "--netns", netns.name];
+      const locks = await Promise.all(
+        Array.from({ length: 8 }, () => cli(["lock", "--json", ...args])),
+      );
+      for (const result of locks) assert.equal(result.code, 0, result.stderr);
+      assert.equal(locks.filter((r) => JSON.parse(r.stdout).changed).length >= 1, true);
+      if (backend === "iptables") {
+        for (const save of ["iptables-save", "ip6tables-save"]) {
+          const rules = (await netns.run([save])).stdout;
+          assert.equal(countLines(rules, /-j NETLOCK$/), 2, save);
+          assert.equal(countLines(rules, /^-A NETLOCK /), 2, save);
+        }
+      } else {
+        const ruleset = (await netns.run(["nft", "list", "ruleset"])).stdout;
+        assert.equal(countLines(ruleset, /^table /), 1, ruleset);
+        assert.equal(countLines(ruleset, /meta mark 0x0000c114 accept/), 2, ruleset);
+        assert.equal(locks.filter((r) => JSON.parse(r.stdout).changed).length, 1);
+      }
+      const unlocks = await Promise.all(Array.from({ length: 8 }, () => cli(["unlock", ...args])));
+      for (const result of unlocks) assert.equal(result.code, 0, result.stderr);
+      assert.equal(await snapshot(netns), before);
+    },
+  });
+}
 
 Deno.test({
   ...integration,

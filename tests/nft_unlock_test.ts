@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { hasLockChain, planNftUnlockCommands } from "../lib/iptables/nft_unlock_planner.ts";
-import { parseNftTableJson } from "../lib/iptables/nft_view_parser.ts";
+import { parseNftTableJson } from "../lib/nft_view_parser.ts";
 
 // What `nft -j list table ip filter` printed after `netlock lock` in a fresh namespace.
 const FRESH_LOCK = JSON.stringify({
@@ -78,7 +78,15 @@ const FRESH_LOCK = JSON.stringify({
 Deno.test("parseNftTableJson() keeps handles, hooks, policies and plain jumps", () => {
   const view = parseNftTableJson(FRESH_LOCK);
   assert.equal(view.family, "ip");
-  assert.deepEqual(view.chains[1], { name: "INPUT", handle: 2, hook: "input", policy: "accept" });
+  assert.deepEqual(view.chains[1], {
+    name: "INPUT",
+    handle: 2,
+    hook: "input",
+    policy: "accept",
+    type: "filter",
+    prio: 0,
+  });
+  assert.equal(view.rules[0].markAccept, 0xC114);
   assert.deepEqual(view.rules.map((rule) => rule.plainJumpTo ?? "-"), [
     "-",
     "-",

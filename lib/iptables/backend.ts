@@ -17,7 +17,7 @@ import {
   UNLOCKED_STATE,
 } from "./lock_state.ts";
 import { hasLockChain, planNftUnlockCommands } from "./nft_unlock_planner.ts";
-import { type NftTableView, parseNftTableJson } from "./nft_view_parser.ts";
+import { type NftTableView, parseNftTableJson } from "../nft_view_parser.ts";
 import { type IptablesStep, planIptablesLock, planIptablesUnlock } from "./planner.ts";
 import type { LockRules } from "./ruleset.ts";
 import { parseIptablesSave } from "./save_parser.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { NftTableView } from "./nft_view_parser.ts";
+import type { NftTableView } from "../nft_view_parser.ts";
 
 /**
  * Whether a family's table holds netlock's lock chain.

@@ -1,6 +1,7 @@
 /**
- * A pure parser of `nft -j list table ip filter`: the nf_tables view of the
- * table iptables-nft maintains, with the object handles iptables-save hides.
+ * A pure parser of `nft -j list table FAMILY NAME`: the nf_tables view of a
+ * table (netlock's own `inet` table, or the one iptables-nft maintains), with
+ * the object handles iptables-save hides.
  *
  * Handles tell what a lock created: within a table, nf_tables numbers chains
  * and rules from one counter, so a base chain whose handle is above the lock
@@ -19,6 +20,10 @@ export interface NftChain {
   hook?: string;
   /** `accept` or `drop` for base chains. */
   policy?: string;
+  /** `filter`, `nat`, ... for base chains. */
+  type?: string;
+  /** The priority of base chains. */
+  prio?: number;
 }
 
 /** One rule, reduced to what the unlock needs. */
@@ -29,6 +34,8 @@ export interface NftRule {
   handle: number;
   /** The chain it jumps to when it is nothing but a (counted) jump, as iptables' `-j NAME`. */
   plainJumpTo?: string;
+  /** The mark when the rule is exactly `meta mark MARK accept` (a counter allowed). */
+  markAccept?: number;
 }
 
 /** The table as nft listed it. */
@@ -76,14 +83,18 @@ export function parseNftTableJson(text: string): NftTableView {
         handle: Number(chain.handle),
         ...(chain.hook === undefined ? {} : { hook: String(chain.hook) }),
         ...(chain.policy === undefined ? {} : { policy: String(chain.policy) }),
+        ...(chain.type === undefined ? {} : { type: String(chain.type) }),
+        ...(chain.prio === undefined ? {} : { prio: Number(chain.prio) }),
       });
     } else if (item.rule) {
       const rule = item.rule;
       const jumpTo = plainJumpTarget(rule.expr);
+      const mark = markAcceptValue(rule.expr);
       view.rules.push({
         chain: String(rule.chain),
         handle: Number(rule.handle),
         ...(jumpTo === undefined ? {} : { plainJumpTo: jumpTo }),
+        ...(mark === undefined ? {} : { markAccept: mark }),
       });
     } else {
       view.otherObjects++;
@@ -92,9 +103,59 @@ export function parseNftTableJson(text: string): NftTableView {
   return view;
 }
 
-function plainJumpTarget(expr: unknown): string | undefined {
+function withoutCounters(expr: unknown): unknown[] | undefined {
   if (!Array.isArray(expr)) return undefined;
-  const rest = expr.filter((e) => !(e && typeof e === "object" && "counter" in e));
+  return expr.filter((e) => !(e && typeof e === "object" && "counter" in e));
+}
+
+function markAcceptValue(expr: unknown): number | undefined {
+  const rest = withoutCounters(expr);
+  if (rest?.length !== 2 || !(rest[1] && typeof rest[1] === "object" && "accept" in rest[1])) {
+    return undefined;
+  }
+  const match =
+    (rest[0] as { match?: { op?: unknown; left?: { meta?: { key?: unknown } }; right?: unknown } })
+      .match;
+  const isMark = match?.op === "==" && match.left?.meta?.key === "mark" &&
+    typeof match.right === "number";
+  return isMark ? match.right as number : undefined;
+}
+
+function plainJumpTarget(expr: unknown): string | undefined {
+  const rest = withoutCounters(expr);
+  if (!rest) return undefined;
   const jump = rest.length === 1 ? (rest[0] as { jump?: { target?: unknown } }).jump : undefined;
   return typeof jump?.target === "string" ? jump.target : undefined;
+}
+
+/** A table as `nft -j list tables` names it. */
+export interface NftTableName {
+  /** `ip`, `ip6`, `inet`, ... */
+  family: string;
+  /** The table's name. */
+  name: string;
+}
+
+/**
+ * Parses `nft -j list tables`.
+ *
+ * @example
+ * ```ts
+ * import { parseNftTablesJson } from "./nft_view_parser.ts";
+ *
+ * const tables = parseNftTablesJson('{"nftables":[{"metainfo":{}},' +
+ *   '{"table":{"family":"inet","name":"CRIU-1f","handle":3}}]}');
+ * console.assert(tables[0].name === "CRIU-1f");
+ * ```
+ *
+ * @param text What nft printed.
+ * @returns The family and name of every table.
+ */
+export function parseNftTablesJson(text: string): NftTableName[] {
+  const parsed = JSON.parse(text) as {
+    nftables?: { table?: { family?: unknown; name?: unknown } }[];
+  };
+  return (parsed.nftables ?? []).flatMap((item) =>
+    item.table ? [{ family: String(item.table.family), name: String(item.table.name) }] : []
+  );
 }

@@ -1,0 +1,78 @@
+/**
+ * Locks CRIU itself left behind (`--criu`): CRIU leaks them when a restore
+ * fails (CRIU issue #2828). Its iptables lock is the chain `CRIU` with jumps
+ * from INPUT and OUTPUT (duplicated when CRIU locked twice); its nftables
+ * lock is a table `inet CRIU-<id>` (the id may be truncated).
+ *
+ * @module
+ */
+
+import { assertToolSuccess, type ToolExec } from "./nsenter.ts";
+import { parseNftTablesJson } from "./nft_view_parser.ts";
+import { DEFAULT_MARK } from "./options.ts";
+import type { LockRules } from "./iptables/ruleset.ts";
+
+/** CRIU's iptables lock: netlock's ruleset under the name `CRIU`. */
+export const CRIU_IPTABLES_RULES: LockRules = { name: "CRIU", mark: DEFAULT_MARK };
+
+/**
+ * Whether an nftables table is one of CRIU's locks: family `inet`, named
+ * `CRIU` or `CRIU-...`.
+ *
+ * @example
+ * ```ts
+ * import { isCriuNftTable } from "./criu_locks.ts";
+ *
+ * console.assert(isCriuNftTable({ family: "inet", name: "CRIU-0123456789abcdef0123" }));
+ * console.assert(!isCriuNftTable({ family: "inet", name: "CRIUX" }));
+ * ```
+ *
+ * @param table The table's family and name.
+ * @returns `true` for CRIU's lock tables.
+ */
+export function isCriuNftTable(table: { family: string; name: string }): boolean {
+  return table.family === "inet" && /^CRIU(-[A-Za-z0-9_-]*)?$/.test(table.name);
+}
+
+/**
+ * The nftables tables CRIU's lock left in the target's namespace; empty when
+ * nft is not installed.
+ *
+ * @param exec Runs a tool in the target's namespace.
+ * @returns The names of CRIU's `inet` lock tables.
+ */
+export async function findCriuNftTables(exec: ToolExec): Promise<string[]> {
+  const result = await exec("nft", ["-j", "list", "tables"]);
+  if (result.code === 127 && /nsenter: failed to execute/.test(result.stderr)) return [];
+  assertToolSuccess(result, "nft");
+  return parseNftTablesJson(result.stdout).filter(isCriuNftTable).map((table) => table.name);
+}
+
+/**
+ * Deletes CRIU's nftables lock tables in one transaction.
+ *
+ * @param exec Runs a tool in the target's namespace.
+ * @param dryRun Only report.
+ * @param log Where a dry run reports.
+ * @returns The names of the tables removed.
+ */
+export async function removeCriuNftTables(
+  exec: ToolExec,
+  dryRun: boolean,
+  log?: (line: string) => void,
+): Promise<string[]> {
+  for (let attempt = 0; attempt < 12; attempt++) {
+    const tables = await findCriuNftTables(exec);
+    if (tables.length === 0) return [];
+    const script = tables.map((name) => `delete table inet ${name}\n`).join("");
+    if (dryRun) {
+      log?.(`would run: nft -f - <<EOF\n${script}EOF`);
+      return tables;
+    }
+    const result = await exec("nft", ["-f", "-"], script);
+    if (result.success) return tables;
+    // A concurrent unlock removed one of them: look again.
+    if (!/No such file or directory/.test(result.stderr)) assertToolSuccess(result, "nft");
+  }
+  return [];
+}

@@ -1,0 +1,134 @@
+/**
+ * The nftables backend: the whole lock is one `nft -f -` transaction in the
+ * target's namespace (both families at once, all or nothing), and so is the
+ * unlock.
+ *
+ * @module
+ */
+
+import { NetlockError } from "../errors.ts";
+import type { LockRules } from "../iptables/ruleset.ts";
+import { assertToolSuccess, type ToolExec } from "../nsenter.ts";
+import { type NftTableView, parseNftTableJson } from "../nft_view_parser.ts";
+import type { RunResult } from "../runner.ts";
+import { inspectNftLock } from "./lock_state.ts";
+import { renderNftLock, renderNftRelock, renderNftUnlock } from "./ruleset.ts";
+
+/** Everything the backend needs for one target. */
+export interface NftContext {
+  /** Runs a tool in the target's namespace. */
+  exec: ToolExec;
+  /** The table name and the mark. */
+  rules: LockRules;
+  /** Log the steps instead of applying them. */
+  dryRun: boolean;
+  /** Where dry-run steps are reported. */
+  log?: (line: string) => void;
+}
+
+const MAX_ATTEMPTS = 12;
+
+/**
+ * Locks: tries to create the table; when it exists already, reads it and
+ * either reports it locked (`changed: false`) or replaces it in one
+ * transaction if it is not exactly the lock.
+ *
+ * @param ctx The target's exec and the rules.
+ * @returns Whether anything changed.
+ */
+export async function nftLock(ctx: NftContext): Promise<{ changed: boolean }> {
+  if (ctx.dryRun) {
+    const state = inspectNftLock(await readNftLockTable(ctx), ctx.rules);
+    if (state === "locked") return { changed: false };
+    logDryRun(ctx, state === "unlocked" ? renderNftLock(ctx.rules) : renderNftRelock(ctx.rules));
+    return { changed: true };
+  }
+  let script = renderNftLock(ctx.rules);
+  let previous: string | undefined;
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const result = await applyNft(ctx, script);
+    if (result.success && !result.stdinClosedEarly) return { changed: true };
+    failUnlessTransient(result);
+    const view = await readNftLockTable(ctx);
+    const state = inspectNftLock(view, ctx.rules);
+    if (state === "locked") return { changed: false };
+    const fingerprint = JSON.stringify(view);
+    // Our own failure, not a concurrent change: report the tool's error.
+    if (fingerprint === previous || (state === "unlocked" && !/File exists/.test(result.stderr))) {
+      assertToolSuccess(result, "nft");
+    }
+    previous = fingerprint;
+    script = state === "unlocked" ? renderNftLock(ctx.rules) : renderNftRelock(ctx.rules);
+  }
+  throw new NetlockError(
+    "CONFLICT",
+    `the nftables table kept changing; gave up after ${MAX_ATTEMPTS} attempts`,
+  );
+}
+
+/**
+ * Unlocks: deletes the table; a table that is not there means there was
+ * nothing to do.
+ *
+ * @param ctx The target's exec and the rules.
+ * @returns Whether anything changed.
+ */
+export async function nftUnlock(ctx: NftContext): Promise<{ changed: boolean }> {
+  if (ctx.dryRun) {
+    if ((await readNftLockTable(ctx)) === null) return { changed: false };
+    logDryRun(ctx, renderNftUnlock(ctx.rules));
+    return { changed: true };
+  }
+  const result = await applyNft(ctx, renderNftUnlock(ctx.rules));
+  if (result.success && !result.stdinClosedEarly) return { changed: true };
+  failUnlessTransient(result);
+  if ((await readNftLockTable(ctx)) === null) return { changed: false };
+  assertToolSuccess(result, "nft");
+  return { changed: false };
+}
+
+/**
+ * Reads the state of netlock's nftables table.
+ *
+ * @param ctx The target's exec and the rules.
+ * @returns `locked`, `unlocked` or `partial`.
+ */
+export async function nftStatus(ctx: NftContext): Promise<"locked" | "unlocked" | "partial"> {
+  return inspectNftLock(await readNftLockTable(ctx), ctx.rules);
+}
+
+/**
+ * Lists the `inet NAME` table through `nft -j`; `null` when it does not exist.
+ *
+ * @param ctx The target's exec and the table name.
+ * @returns The table, or `null`.
+ */
+export async function readNftLockTable(ctx: NftContext): Promise<NftTableView | null> {
+  const result = await ctx.exec("nft", ["-j", "list", "table", "inet", ctx.rules.name]);
+  if (result.success) return parseNftTableJson(result.stdout);
+  if (/No such file or directory/.test(result.stderr) && !isNotFound(result)) return null;
+  assertToolSuccess(result, "nft");
+  return null;
+}
+
+async function applyNft(ctx: NftContext, script: string): Promise<RunResult> {
+  return await ctx.exec("nft", ["-f", "-"], script);
+}
+
+function logDryRun(ctx: NftContext, script: string): void {
+  ctx.log?.(`would run: nft -f - <<EOF\n${script}EOF`);
+}
+
+function failUnlessTransient(result: RunResult): void {
+  // A missing nft, or a kernel without nf_tables, will not change on retry.
+  if (
+    isNotFound(result) ||
+    /not supported|Operation not permitted|Permission denied/.test(result.stderr)
+  ) {
+    assertToolSuccess(result, "nft");
+  }
+}
+
+function isNotFound(result: RunResult): boolean {
+  return result.code === 127 && /nsenter: failed to execute/.test(result.stderr);
+}

@@ -1,0 +1,191 @@
+/**
+ * The nftables backend, `--backend auto`, unlock across backends, and
+ * `--criu` cleanup of the locks CRIU itself leaves behind.
+ */
+import assert from "node:assert/strict";
+import { cli, countLines, createNetns, integration, must, snapshot } from "./helpers/netns.ts";
+
+const LOCK_TABLE = "table inet NETLOCK {\n" +
+  "\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n" +
+  "\t\tmeta mark 0x0000c114 accept\n\t}\n\n" +
+  "\tchain output {\n\t\ttype filter hook output priority filter; policy drop;\n" +
+  "\t\tmeta mark 0x0000c114 accept\n\t}\n}\n";
+
+Deno.test({
+  ...integration,
+  name: "nftables: one inet table; lock twice changes nothing; the user's tables are untouched",
+  async fn() {
+    await using netns = await createNetns();
+    await must([
+      "nsenter",
+      `--net=${netns.path}`,
+      "--",
+      "nft",
+      "add table inet user; add chain inet user c { type filter hook input priority 10; policy accept; }; add rule inet user c tcp dport 80 counter accept; add table ip other",
+    ]);
+    const before = await snapshot(netns);
+    const first = await cli(["lock", "-b", "nftables", "--json", "--netns", netns.name]);
+    const second = await cli(["lock", "-b", "nftables", "--json", "--netns", netns.name]);
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal(JSON.parse(first.stdout).changed, true);
+    assert.equal(JSON.parse(second.stdout).changed, false);
+    assert.equal((await netns.run(["nft", "list", "table", "inet", "NETLOCK"])).stdout, LOCK_TABLE);
+    const status = await cli(["status", "--json", "--netns", netns.name]);
+    assert.equal(status.code, 0);
+    assert.equal(JSON.parse(status.stdout).backend, "nftables");
+    const unlock1 = await cli(["unlock", "-b", "nftables", "--json", "--netns", netns.name]);
+    const unlock2 = await cli(["unlock", "-b", "nftables", "--json", "--netns", netns.name]);
+    assert.equal(JSON.parse(unlock1.stdout).changed, true);
+    assert.equal(JSON.parse(unlock2.stdout).changed, false);
+    assert.equal(await snapshot(netns), before);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "nftables: a tampered table is repaired in one transaction",
+  async fn() {
+    await using netns = await createNetns();
+    await must([
+      "nsenter",
+      `--net=${netns.path}`,
+      "--",
+      "nft",
+      "add table inet NETLOCK; add chain inet NETLOCK input { type filter hook input priority 0; policy accept; }",
+    ]);
+    assert.equal((await cli(["status", "--netns", netns.name])).code, 3);
+    const locked = await cli(["lock", "-b", "nftables", "--json", "--netns", netns.name]);
+    assert.equal(locked.code, 0, locked.stderr);
+    assert.equal(JSON.parse(locked.stdout).changed, true);
+    assert.equal((await netns.run(["nft", "list", "table", "inet", "NETLOCK"])).stdout, LOCK_TABLE);
+    assert.equal((await cli(["unlock", "--netns", netns.name])).code, 0);
+    assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "unlock removes the lock whichever backend made it",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    for (const [lockWith, unlockWith] of [["iptables", "nftables"], ["nftables", "iptables"]]) {
+      assert.equal((await cli(["lock", "-b", lockWith, "--netns", netns.name])).code, 0);
+      const status = await cli(["status", "-b", unlockWith, "--json", "--netns", netns.name]);
+      assert.equal(
+        JSON.parse(status.stdout).backend,
+        lockWith,
+        "status names the backend holding the lock",
+      );
+      const unlocked = await cli(["unlock", "-b", unlockWith, "--json", "--netns", netns.name]);
+      assert.equal(unlocked.code, 0, unlocked.stderr);
+      assert.equal(JSON.parse(unlocked.stdout).changed, true);
+      assert.equal(JSON.parse(unlocked.stdout).backend, lockWith);
+      assert.equal(
+        await snapshot(netns),
+        before,
+        `${lockWith} lock removed by unlock -b ${unlockWith}`,
+      );
+    }
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "--backend auto uses nftables, and iptables when nft is missing",
+  async fn() {
+    await using netns = await createNetns();
+    const auto = await cli(["lock", "-b", "auto", "--json", "--netns", netns.name]);
+    assert.equal(JSON.parse(auto.stdout).backend, "nftables");
+    assert.equal((await cli(["unlock", "--netns", netns.name])).code, 0);
+    // A PATH holding every tool but nft: nsenter cannot execute it.
+    const noNft = await Deno.makeTempDir({ prefix: "netlock-no-nft-" });
+    try {
+      const tools = [
+        "nsenter",
+        "stat",
+        "iptables-restore",
+        "ip6tables-restore",
+        "iptables-save",
+        "ip6tables-save",
+      ];
+      for (const tool of tools) {
+        const where = (await must(["sh", "-c", `PATH="$PATH:/usr/sbin:/sbin" command -v ${tool}`]))
+          .trim();
+        await Deno.symlink(where, `${noNft}/${tool}`);
+      }
+      const fallback = await cli(["lock", "-b", "auto", "--json", "-v", "--netns", netns.name], {
+        env: { PATH: noNft },
+      });
+      assert.equal(fallback.code, 0, fallback.stderr);
+      assert.equal(JSON.parse(fallback.stdout).backend, "iptables");
+      assert.match(fallback.stderr, /falling back to iptables/);
+    } finally {
+      await Deno.remove(noNft, { recursive: true });
+    }
+    assert.equal((await cli(["unlock", "--netns", netns.name])).code, 0);
+    assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "--criu finds and removes CRIU's own leftover locks and nothing else",
+  async fn() {
+    await using netns = await createNetns();
+    const inNs = (argv: string[], stdin?: string) =>
+      stdin === undefined ? must(["nsenter", `--net=${netns.path}`, "--", ...argv]) : must([
+        "sh",
+        "-c",
+        `printf '%s' "$1" | nsenter --net=${netns.path} -- ${argv.join(" ")}`,
+        "sh",
+        stdin,
+      ]);
+    // The user's own things, which must survive.
+    await inNs(["iptables", "-N", "CRIUX"]);
+    await inNs(["iptables", "-A", "CRIUX", "-j", "RETURN"]);
+    await inNs([
+      "nft",
+      "add table inet other; add chain inet other c { type filter hook output priority 5; }",
+    ]);
+    const before = await snapshot(netns);
+    // CRIU's exact lock texts: the iptables lock applied twice (duplicated jumps), both families,
+    // and its nftables lock table.
+    const criuText = "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n" +
+      "-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n";
+    for (const tool of ["iptables-restore", "ip6tables-restore"]) {
+      await inNs([tool, "-w", "--noflush"], criuText);
+      await inNs([tool, "-w", "--noflush"], criuText);
+    }
+    const table = "inet CRIU-0123456789abcdef0123";
+    await inNs(
+      ["nft", "-f", "-"],
+      `add table ${table}\n` +
+        `add chain ${table} output { type filter hook output priority 0; policy drop; }\n` +
+        `add rule ${table} output meta mark 0xC114 accept\n` +
+        `add chain ${table} input { type filter hook input priority 0; policy drop; }\n` +
+        `add rule ${table} input meta mark 0xC114 accept\n`,
+    );
+    assert.equal(countLines((await netns.run(["iptables-save"])).stdout, /^-A INPUT -j CRIU$/), 2);
+
+    const plain = await cli(["status", "--json", "--netns", netns.name]);
+    assert.equal(plain.code, 3, "without --criu, CRIU's lock is not netlock's");
+    const status = await cli(["status", "--criu", "--json", "--netns", netns.name]);
+    assert.deepEqual(JSON.parse(status.stdout).criu, {
+      iptables: ["ipv4", "ipv6"],
+      nftables: ["CRIU-0123456789abcdef0123"],
+    });
+    const unlocked = await cli(["unlock", "--criu", "--json", "--netns", netns.name]);
+    assert.equal(unlocked.code, 0, unlocked.stderr);
+    assert.equal(JSON.parse(unlocked.stdout).changed, true);
+    assert.deepEqual(JSON.parse(unlocked.stdout).criu.nftables, ["CRIU-0123456789abcdef0123"]);
+    assert.equal(
+      await snapshot(netns),
+      before,
+      "CRIUX and inet other survive, CRIU's locks are gone",
+    );
+    const after = await cli(["status", "--criu", "--json", "--netns", netns.name]);
+    assert.deepEqual(JSON.parse(after.stdout).criu, { iptables: [], nftables: [] });
+  },
+});

@@ -159,7 +159,9 @@ async function run(
       : prepared.families;
     return {
       target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
-      locked: verb === "lock" || (verb === "status" && outcome.state === "locked"),
+      // With `criu`, a lock CRIU left also counts: the namespace is frozen either way.
+      locked: verb === "lock" ||
+        (verb === "status" && (outcome.state === "locked" || hasCriuLock(outcome))),
       changed: outcome.changed,
       mode: "netns",
       backend: outcome.backend,
@@ -174,4 +176,8 @@ async function run(
   } catch (error) {
     throw inContext(error, verb, ref);
   }
+}
+
+function hasCriuLock(outcome: NamespaceOutcome): boolean {
+  return (outcome.criu?.iptables.length ?? 0) + (outcome.criu?.nftables.length ?? 0) > 0;
 }

@@ -172,6 +172,8 @@ Deno.test({
     const plain = await cli(["status", "--json", "--netns", netns.name]);
     assert.equal(plain.code, 3, "without --criu, CRIU's lock is not netlock's");
     const status = await cli(["status", "--criu", "--json", "--netns", netns.name]);
+    assert.equal(status.code, 0, "with --criu, CRIU's lock counts as locked");
+    assert.equal(JSON.parse(status.stdout).state, "unlocked");
     assert.deepEqual(JSON.parse(status.stdout).criu, {
       iptables: ["ipv4", "ipv6"],
       nftables: ["CRIU-0123456789abcdef0123"],

@@ -33,6 +33,7 @@ import {
 } from "./lib/report.ts";
 import { renderIptablesLock, renderIptablesUnlock } from "./lib/iptables/ruleset.ts";
 import { renderNftLock, renderNftUnlock } from "./lib/nftables/ruleset.ts";
+import { connectionLockName, renderConnectionTemplate } from "./lib/connections/ruleset.ts";
 import type { NetlockOptions, OperationResult, Target } from "./lib/types.ts";
 import { VERSION } from "./lib/version.ts";
 
@@ -52,8 +53,12 @@ Options:
   -b, --backend NAME         iptables (default), nftables, or auto (nftables,
                              falling back to iptables); unlock and status
                              look at both whatever the backend
-      --mode auto|netns      auto (default): netns unless the target shares
-                             netlock's own namespace (refused in this version)
+      --mode MODE            netns: drop all traffic of the target's namespace;
+                             connections: drop only the target process's TCP
+                             connections (CRIU's rule for processes in the
+                             host's namespace); auto (default): connections
+                             when the target shares netlock's own namespace,
+                             else netns
       --mark N               packets with this mark pass (default 0xC114)
       --name NAME            lock chain name (default NETLOCK; CRIU uses CRIU)
       --ipv6 auto|on|off     lock IPv6 too (default auto: if the kernel has it)
@@ -195,7 +200,20 @@ async function printRules(invocation: Invocation): Promise<number> {
   const rules = { name: invocation.options.name!, mark: invocation.options.mark! };
   const nft = invocation.options.backend !== "iptables";
   const lock = invocation.rulesAction === "lock";
-  const text = nft
+  const connections = invocation.options.mode === "connections";
+  const text = connections
+    ? (lock
+      ? renderConnectionTemplate(nft ? "nftables" : "iptables", rules.name, rules.mark)
+      : nft
+      ? renderNftUnlock({
+        ...rules,
+        name: connectionLockName(rules.name, 0).replace("-c0", "-cPID"),
+      })
+      : renderIptablesUnlock({
+        ...rules,
+        name: connectionLockName(rules.name, 0).replace("-c0", "-cPID"),
+      }))
+    : nft
     ? (lock ? renderNftLock(rules) : renderNftUnlock(rules))
     : (lock ? renderIptablesLock(rules) : renderIptablesUnlock(rules));
   await write(Deno.stdout, text);

@@ -48,6 +48,8 @@ export interface NftTableView {
   rules: NftRule[];
   /** How many other objects (sets, maps, flowtables, ...) the table holds. */
   otherObjects: number;
+  /** The sets' elements by set name; concatenations joined with spaces. */
+  sets: Record<string, string[]>;
 }
 
 /**
@@ -71,7 +73,7 @@ export interface NftTableView {
  */
 export function parseNftTableJson(text: string): NftTableView {
   const parsed = JSON.parse(text) as { nftables?: Record<string, Record<string, unknown>>[] };
-  const view: NftTableView = { family: "", chains: [], rules: [], otherObjects: 0 };
+  const view: NftTableView = { family: "", chains: [], rules: [], otherObjects: 0, sets: {} };
   for (const item of parsed.nftables ?? []) {
     if (item.metainfo) continue;
     if (item.table) {
@@ -98,9 +100,18 @@ export function parseNftTableJson(text: string): NftTableView {
       });
     } else {
       view.otherObjects++;
+      if (item.set) view.sets[String(item.set.name)] = setElements(item.set.elem);
     }
   }
   return view;
+}
+
+function setElements(elem: unknown): string[] {
+  if (!Array.isArray(elem)) return [];
+  return elem.map((element) => {
+    const concat = (element as { concat?: unknown[] })?.concat;
+    return Array.isArray(concat) ? concat.map(String).join(" ") : String(element);
+  });
 }
 
 function withoutCounters(expr: unknown): unknown[] | undefined {

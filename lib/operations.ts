@@ -5,12 +5,16 @@
  * @module
  */
 
+import { discoverConnections } from "./connections/discover.ts";
+import { connectionShape } from "./connections/shape.ts";
 import {
-  lockNamespace,
+  type LockShape,
+  lockWithBackend,
   type NamespaceOutcome,
-  namespaceStatus,
-  unlockNamespace,
-} from "./namespace_lock.ts";
+  namespaceShape,
+  statusAllBackends,
+  unlockAllBackends,
+} from "./lock_backends.ts";
 import {
   inContext,
   prepare,
@@ -54,7 +58,14 @@ export async function lockNetwork(
   target: Target,
   options: NetlockOptions = {},
 ): Promise<NetworkLock> {
-  const result = await run(target, options, "lock", lockNamespace);
+  const result = await run(target, options, "lock", async (prepared, opts, ref) => {
+    if (prepared.mode === "netns") {
+      return await lockWithBackend(prepared, opts, namespaceShape(opts));
+    }
+    const connections = await discoverConnections(prepared.exec, ref.pid!);
+    const shape = connectionShape(opts.name, opts.mark, ref.pid!, connections);
+    return { ...(await lockWithBackend(prepared, opts, shape)), connections: connections.length };
+  });
   let unlocking: Promise<UnlockResult> | undefined;
   const unlock = () => unlocking ??= unlockNetwork(target, options);
   return {
@@ -85,7 +96,12 @@ export async function lockNetwork(
  * @returns What was done.
  */
 export function unlockNetwork(target: Target, options: NetlockOptions = {}): Promise<UnlockResult> {
-  return run(target, options, "unlock", unlockNamespace);
+  return run(
+    target,
+    options,
+    "unlock",
+    (prepared, opts, ref) => unlockAllBackends(prepared, opts, shapeOf(prepared, opts, ref)),
+  );
 }
 
 /**
@@ -108,7 +124,12 @@ export async function getLockStatus(
   target: Target,
   options: NetlockOptions = {},
 ): Promise<LockStatus> {
-  const result = await run(target, { ...options, dryRun: false }, "status", namespaceStatus);
+  const result = await run(
+    target,
+    { ...options, dryRun: false },
+    "status",
+    (prepared, opts, ref) => statusAllBackends(prepared, opts, shapeOf(prepared, opts, ref)),
+  );
   return { ...result, state: result.state ?? "unlocked" };
 }
 
@@ -139,7 +160,17 @@ export async function withNetworkLock<T>(
   return await fn(lock);
 }
 
-type Body = (prepared: Prepared, options: ResolvedOptions) => Promise<NamespaceOutcome>;
+type Body = (
+  prepared: Prepared,
+  options: ResolvedOptions,
+  ref: TargetRef,
+) => Promise<NamespaceOutcome>;
+
+function shapeOf(prepared: Prepared, opts: ResolvedOptions, ref: TargetRef): LockShape {
+  return prepared.mode === "netns"
+    ? namespaceShape(opts)
+    : connectionShape(opts.name, opts.mark, ref.pid!);
+}
 
 async function run(
   target: Target,
@@ -153,7 +184,7 @@ async function run(
   const ref: TargetRef = toTargetRef(target);
   try {
     const prepared = await prepare(ref, opts, verb);
-    const outcome = await body(prepared, opts);
+    const outcome = await body(prepared, opts, ref);
     const families: Family[] = outcome.backend === "nftables"
       ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
       : prepared.families;
@@ -163,12 +194,12 @@ async function run(
       locked: verb === "lock" ||
         (verb === "status" && (outcome.state === "locked" || hasCriuLock(outcome))),
       changed: outcome.changed,
-      mode: "netns",
+      mode: prepared.mode,
       backend: outcome.backend,
       families,
       name: opts.name,
       mark: opts.mark,
-      connections: 0,
+      connections: outcome.connections ?? 0,
       durationMs: performance.now() - start,
       ...(outcome.state ? { state: outcome.state } : {}),
       ...(outcome.criu ? { criu: outcome.criu } : {}),

@@ -53,6 +53,8 @@ export interface Prepared {
   probe: TargetProbe;
   /** Runs a tool in the target's namespace. */
   exec: ToolExec;
+  /** `netns` (the whole namespace) or `connections` (the process's TCP connections). */
+  mode: "netns" | "connections";
   /** The families to act on. */
   families: Family[];
 }
@@ -97,34 +99,55 @@ export function resolveOptions(options: NetlockOptions = {}): ResolvedOptions {
 }
 
 /**
- * Probes the target and decides the families; refuses what this version
- * cannot do (connection mode) and a namespace lock of netlock's own
- * namespace without `force`.
+ * Probes the target and decides the mode and the families. Auto mode is
+ * CRIU's rule: lock the namespace, unless the target shares netlock's own
+ * namespace, where that would cut the machine off; then lock the process's
+ * connections. `--mode netns` on netlock's own namespace is refused without
+ * `force`. Unlock and status of a PID whose process has exited look for its
+ * connection lock in netlock's own namespace, where it was made.
  *
  * @param ref The validated target.
  * @param options The validated options.
  * @param verb The operation.
- * @returns The probe, the exec and the families.
+ * @returns The probe, the mode, the exec and the families.
  */
 export async function prepare(
   ref: TargetRef,
   options: ResolvedOptions,
   verb: Verb,
 ): Promise<Prepared> {
-  if (options.mode === "connections") {
-    throw new NetlockError("UNSUPPORTED", "connection mode is not available in this version");
+  if (options.mode === "connections" && ref.pid === undefined) {
+    throw new TypeError("Connection mode needs a PID target, not --netns");
   }
-  const exec = nsenterExec(ref.nsenterArgs, options.exec);
-  const checkOwn = verb === "lock" && !(options.mode === "netns" && options.force);
-  const [probe, own] = await Promise.all([
+  let exec = nsenterExec(ref.nsenterArgs, options.exec);
+  const needOwn = options.mode === "auto" || (options.mode === "netns" && !options.force);
+  const [probed, own] = await Promise.allSettled([
     probeTarget(ref, exec),
-    checkOwn ? ownNetns(options.exec) : undefined,
+    needOwn ? ownNetns(options.exec) : Promise.resolve(undefined),
   ]);
-  if (probe.netns === own) refuseOwnNamespace(options);
+  if (own.status === "rejected") throw own.reason;
+  let probe: TargetProbe;
+  let mode: "netns" | "connections";
+  if (probed.status === "fulfilled") {
+    probe = probed.value;
+    const isOwn = probe.netns === own.value;
+    mode = options.mode === "auto" ? (isOwn ? "connections" : "netns") : options.mode;
+    if (verb === "lock" && mode === "netns" && isOwn && !options.force) refuseOwnNamespace();
+    if (mode === "connections" && ref.pid === undefined) refuseOwnNamespace();
+  } else {
+    // The process is gone: its connection lock, if any, is in netlock's own namespace.
+    const gone = probed.reason instanceof NetlockError && probed.reason.code === "NO_SUCH_TARGET";
+    if (!gone || verb === "lock" || ref.pid === undefined || options.mode === "netns") {
+      throw probed.reason;
+    }
+    exec = nsenterExec([], options.exec);
+    probe = await probeTarget({ label: "netlock's own namespace", nsenterArgs: [] }, exec);
+    mode = "connections";
+  }
   const withIpv6 = options.ipv6 === "on" ||
     (options.ipv6 === "auto" && probe.ipv6) ||
-    (verb === "unlock" && options.ipv6 !== "off" && probe.ipv6);
-  return { probe, exec, families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"] };
+    ((verb === "unlock" || mode === "connections") && options.ipv6 !== "off" && probe.ipv6);
+  return { probe, exec, mode, families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"] };
 }
 
 /**
@@ -145,17 +168,10 @@ export function inContext(error: unknown, verb: Verb, ref: TargetRef): unknown {
   });
 }
 
-function refuseOwnNamespace(options: ResolvedOptions): never {
-  if (options.mode === "auto") {
-    throw new NetlockError(
-      "UNSUPPORTED",
-      "it shares netlock's own network namespace, which needs connection mode (not available " +
-        "in this version); --mode netns --force would lock this whole namespace",
-    );
-  }
+function refuseOwnNamespace(): never {
   throw new NetlockError(
     "OWN_NAMESPACE",
     "refusing to lock netlock's own network namespace (it would cut this machine off); " +
-      "add --force to do it anyway",
+      "lock the process's connections (--mode connections, a PID target), or add --force",
   );
 }

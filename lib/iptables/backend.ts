@@ -28,6 +28,8 @@ export interface IptablesContext {
   exec: ToolExec;
   /** The lock's name and mark. */
   rules: LockRules;
+  /** The rules per family, when they differ (connection locks); else `rules`. */
+  rulesFor?: (family: Family) => LockRules;
   /** The families to act on. */
   families: Family[];
   /** Log the steps instead of applying them. */
@@ -120,7 +122,7 @@ async function lockFamily(ctx: IptablesContext, family: Family): Promise<boolean
   // Optimistic: assume no lock and try; only a failure costs a read.
   let state = ctx.dryRun ? await readState(ctx, family) : UNLOCKED_STATE;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const step = planIptablesLock(state, ctx.rules);
+    const step = planIptablesLock(state, rulesOf(ctx, family));
     if (!step) return false;
     const result = await applyStep(ctx, family, step);
     if (result.success && !result.stdinClosedEarly) return true;
@@ -135,7 +137,7 @@ async function lockFamily(ctx: IptablesContext, family: Family): Promise<boolean
 async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boolean> {
   let state = await readState(ctx, family);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const step = planIptablesUnlock(state, ctx.rules);
+    const step = planIptablesUnlock(state, rulesOf(ctx, family));
     if (!step) return false;
     const result = await applyStep(ctx, family, step);
     if (result.success && !result.stdinClosedEarly) return true;
@@ -223,7 +225,7 @@ async function readState(ctx: IptablesContext, family: Family): Promise<Iptables
   const tool = TOOLS[family].save;
   const result = await ctx.exec(tool, ["-t", "filter"]);
   assertToolSuccess(result, tool);
-  return inspectIptablesLock(parseIptablesSave(result.stdout), ctx.rules);
+  return inspectIptablesLock(parseIptablesSave(result.stdout), rulesOf(ctx, family));
 }
 
 async function readStateAfterFailure(
@@ -237,6 +239,10 @@ async function readStateAfterFailure(
     assertToolSuccess(result, toolName(family, step));
   }
   return await readState(ctx, family);
+}
+
+function rulesOf(ctx: IptablesContext, family: Family): LockRules {
+  return ctx.rulesFor?.(family) ?? ctx.rules;
 }
 
 function toolName(family: Family, _step: IptablesStep): string {

@@ -14,8 +14,10 @@ export interface IptablesLockState {
   status: "locked" | "unlocked" | "partial";
   /** Whether the lock chain exists. */
   chainExists: boolean;
-  /** Whether the lock chain holds exactly the lock's two rules. */
+  /** Whether the lock chain holds exactly the lock's rules. */
   chainRulesMatch: boolean;
+  /** How many rules the lock chain holds. */
+  chainRuleCount: number;
   /** How many `-j NAME` rules INPUT holds. */
   inputJumps: number;
   /** How many `-j NAME` rules OUTPUT holds. */
@@ -33,6 +35,7 @@ export const UNLOCKED_STATE: IptablesLockState = {
   status: "unlocked",
   chainExists: false,
   chainRulesMatch: false,
+  chainRuleCount: 0,
   inputJumps: 0,
   outputJumps: 0,
   otherContent: true,
@@ -65,8 +68,13 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     table.rules.filter((rule) => rule.chain === chain && rule.spec === jump).length;
   const chainExists = table.chains.some((chain) => chain.name === rules.name);
   const lockRules = table.rules.filter((rule) => rule.chain === rules.name).map((r) => r.spec);
-  const chainRulesMatch = lockRules.length === 2 && isMarkAccept(lockRules[0], rules.mark) &&
-    lockRules[1] === "-j DROP";
+  const body = rules.body;
+  const chainRulesMatch = body === "any"
+    ? true
+    : body
+    ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i])
+    : lockRules.length === 2 && isMarkAccept(lockRules[0], rules.mark) &&
+      lockRules[1] === "-j DROP";
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
   const otherContent = !table.compatible ||
@@ -86,6 +94,7 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     status,
     chainExists,
     chainRulesMatch,
+    chainRuleCount: lockRules.length,
     inputJumps,
     outputJumps,
     otherContent,

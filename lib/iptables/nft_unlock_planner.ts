@@ -37,7 +37,7 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
  * import { planNftUnlockCommands } from "./nft_unlock_planner.ts";
  *
  * const commands = planNftUnlockCommands({
- *   family: "ip", otherObjects: 0,
+ *   family: "ip", otherObjects: 0, sets: {},
  *   chains: [
  *     { name: "NETLOCK", handle: 1 },
  *     { name: "INPUT", handle: 2, hook: "input", policy: "accept" },

@@ -58,7 +58,7 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
  * import { planIptablesUnlock } from "./planner.ts";
  *
  * const step = planIptablesUnlock({
- *   status: "locked", chainExists: true, chainRulesMatch: true, inputJumps: 1,
+ *   status: "locked", chainExists: true, chainRulesMatch: true, chainRuleCount: 2, inputJumps: 1,
  *   outputJumps: 1, otherContent: false, flavour: "legacy",
  * }, { name: "NETLOCK", mark: 0xC114 });
  * console.assert(step?.script.includes("-X NETLOCK"));

@@ -12,6 +12,14 @@ export interface LockRules {
   name: string;
   /** Packets with this mark pass (CRIU's `SOCCR_MARK`, 0xC114). */
   mark: number;
+  /**
+   * The lock chain's rules (what follows `-A NAME `), written as
+   * iptables-save prints them. Without it, the namespace lock's two rules:
+   * accept the mark, drop the rest. Connection locks set their DROP rules;
+   * `"any"` accepts whatever the chain holds (reading a connection lock
+   * without knowing its connections).
+   */
+  body?: readonly string[] | "any";
 }
 
 /** A change of the filter table, rendered by {@linkcode renderIptablesChange}. */
@@ -97,11 +105,13 @@ export function renderIptablesChange(rules: LockRules, change: IptablesChange): 
 }
 
 function lockLines(rules: LockRules): string[] {
+  const body = Array.isArray(rules.body)
+    ? rules.body
+    : [`-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`, "-j DROP"];
   return [
     `-I INPUT -j ${rules.name}`,
     `-I OUTPUT -j ${rules.name}`,
-    `-A ${rules.name} -m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
-    `-A ${rules.name} -j DROP`,
+    ...body.map((spec) => `-A ${rules.name} ${spec}`),
   ];
 }
 

@@ -36,21 +36,50 @@ const MAX_ATTEMPTS = 12;
  * @param ctx The target's exec and the rules.
  * @returns Whether anything changed.
  */
-export async function nftLock(ctx: NftContext): Promise<{ changed: boolean }> {
+export function nftLock(ctx: NftContext): Promise<{ changed: boolean }> {
+  return lockNftTable(ctx, {
+    create: renderNftLock(ctx.rules),
+    replace: renderNftRelock(ctx.rules),
+    inspect: (view) => inspectNftLock(view, ctx.rules),
+  });
+}
+
+/** A table-shaped lock: its scripts, and how to tell whether a table is exactly it. */
+export interface NftTableLock {
+  /** Creates the table; fails as a whole when it exists. */
+  create: string;
+  /** Replaces whatever table of that name exists, atomically. */
+  replace: string;
+  /** The state of the table as read (`null`: it does not exist). */
+  inspect(view: NftTableView | null): "locked" | "unlocked" | "partial";
+}
+
+/**
+ * Applies a table-shaped lock: optimistic create, then read and replace if
+ * the table is not exactly the lock; retried against concurrent changes.
+ *
+ * @param ctx The target's exec and the table name (`ctx.rules.name`).
+ * @param lock The lock's scripts and inspection.
+ * @returns Whether anything changed.
+ */
+export async function lockNftTable(
+  ctx: NftContext,
+  lock: NftTableLock,
+): Promise<{ changed: boolean }> {
   if (ctx.dryRun) {
-    const state = inspectNftLock(await readNftLockTable(ctx), ctx.rules);
+    const state = lock.inspect(await readNftLockTable(ctx));
     if (state === "locked") return { changed: false };
-    logDryRun(ctx, state === "unlocked" ? renderNftLock(ctx.rules) : renderNftRelock(ctx.rules));
+    logDryRun(ctx, state === "unlocked" ? lock.create : lock.replace);
     return { changed: true };
   }
-  let script = renderNftLock(ctx.rules);
+  let script = lock.create;
   let previous: string | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const result = await applyNft(ctx, script);
     if (result.success && !result.stdinClosedEarly) return { changed: true };
     failUnlessTransient(result);
     const view = await readNftLockTable(ctx);
-    const state = inspectNftLock(view, ctx.rules);
+    const state = lock.inspect(view);
     if (state === "locked") return { changed: false };
     const fingerprint = JSON.stringify(view);
     // Our own failure, not a concurrent change: report the tool's error.
@@ -58,7 +87,7 @@ export async function nftLock(ctx: NftContext): Promise<{ changed: boolean }> {
       assertToolSuccess(result, "nft");
     }
     previous = fingerprint;
-    script = state === "unlocked" ? renderNftLock(ctx.rules) : renderNftRelock(ctx.rules);
+    script = state === "unlocked" ? lock.create : lock.replace;
   }
   throw new NetlockError(
     "CONFLICT",

@@ -188,3 +188,69 @@ export async function fakeTools(
     },
   };
 }
+
+const CONN_TOOL = new URL("tests/helpers/conn_tool.ts", ROOT).pathname;
+
+/** A conn_tool.ts process in a namespace, driven line by line. */
+export interface Endpoint extends AsyncDisposable {
+  pid: number;
+  /** Sends one command and returns its one-line answer. */
+  ask(command: string): Promise<string>;
+  /** Kills it now. */
+  kill(): Promise<void>;
+}
+
+/** Starts `conn_tool.ts ARGS...` inside the namespace and waits for "ready". */
+export async function startEndpoint(netns: TestNetns, args: string[]): Promise<Endpoint> {
+  // Spawned through nsenter so that the endpoint's own PID is the process holding the sockets.
+  const process = new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      Deno.execPath(),
+      "run",
+      "--no-config",
+      "--allow-net",
+      CONN_TOOL,
+      ...args,
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const writer = process.stdin.getWriter();
+  let buffered = "";
+  const readLine = async (): Promise<string> => {
+    while (!buffered.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`endpoint ${args.join(" ")} exited`);
+      buffered += value;
+    }
+    const at = buffered.indexOf("\n");
+    const line = buffered.slice(0, at);
+    buffered = buffered.slice(at + 1);
+    return line;
+  };
+  if ((await readLine()) !== "ready") throw new Error(`endpoint ${args.join(" ")} did not start`);
+  let killed = false;
+  const kill = async () => {
+    if (killed) return;
+    killed = true;
+    try {
+      process.kill("SIGKILL");
+    } catch { /* already gone */ }
+    await writer.close().catch(() => {});
+    await reader.cancel().catch(() => {});
+    await process.status;
+  };
+  return {
+    pid: process.pid,
+    async ask(command: string) {
+      await writer.write(new TextEncoder().encode(`${command}\n`));
+      return await readLine();
+    },
+    kill,
+    [Symbol.asyncDispose]: kill,
+  };
+}

@@ -1,8 +1,8 @@
 /**
- * Chooses and combines the backends of a namespace lock: lock with the one
- * asked for (`auto`: nftables, falling back to iptables), and unlock and
- * read the status through both, so a lock is found whichever backend made
- * it.
+ * Chooses and combines the backends of a lock (of a namespace, or of a
+ * process's connections): lock with the one asked for (`auto`: nftables,
+ * falling back to iptables), and unlock and read the status through both,
+ * so a lock is found whichever backend made it.
  *
  * @module
  */
@@ -15,14 +15,60 @@ import {
   iptablesStatus,
   iptablesUnlock,
 } from "./iptables/backend.ts";
-import { type NftContext, nftLock, nftStatus, nftUnlock } from "./nftables/backend.ts";
+import {
+  lockNftTable,
+  type NftContext,
+  type NftTableLock,
+  nftUnlock,
+  readNftLockTable,
+} from "./nftables/backend.ts";
+import { inspectNftLock } from "./nftables/lock_state.ts";
+import { renderNftLock, renderNftRelock } from "./nftables/ruleset.ts";
+import type { LockRules } from "./iptables/ruleset.ts";
+import type { IptablesLockState } from "./iptables/lock_state.ts";
+import type { Family } from "./types.ts";
 import type { Prepared, ResolvedOptions } from "./prepare.ts";
 import type { CriuLocks } from "./types.ts";
+import type { NftTableView } from "./nft_view_parser.ts";
 
 /** A backend that can hold a lock. */
 export type BackendName = "iptables" | "nftables";
 
-/** What a namespace operation did or found. */
+/**
+ * What a lock looks like in each backend: the iptables chain per family, and
+ * the nftables table.
+ */
+export interface LockShape {
+  /** The iptables chain and nftables table name. */
+  name: string;
+  /** The iptables chain of a family. */
+  iptablesRules(family: Family): LockRules;
+  /** The nftables table. */
+  nftLock: NftTableLock;
+  /** Counts what a family's chain or the table locks (connection locks). */
+  count?(iptables: IptablesLockState[], table: NftTableView | null): number;
+}
+
+/**
+ * The shape of a namespace lock.
+ *
+ * @param opts The validated options (name and mark).
+ * @returns The chain `NAME` and the table `inet NAME`.
+ */
+export function namespaceShape(opts: ResolvedOptions): LockShape {
+  const rules = { name: opts.name, mark: opts.mark };
+  return {
+    name: opts.name,
+    iptablesRules: () => rules,
+    nftLock: {
+      create: renderNftLock(rules),
+      replace: renderNftRelock(rules),
+      inspect: (view) => inspectNftLock(view, rules),
+    },
+  };
+}
+
+/** What an operation did or found. */
 export interface NamespaceOutcome {
   /** Whether anything changed. */
   changed: boolean;
@@ -32,6 +78,8 @@ export interface NamespaceOutcome {
   state?: "locked" | "unlocked" | "partial";
   /** CRIU's own locks (with `criu`). */
   criu?: CriuLocks;
+  /** How many connections the lock covers (connection locks). */
+  connections?: number;
 }
 
 /**
@@ -41,19 +89,20 @@ export interface NamespaceOutcome {
  * @param opts The validated options.
  * @returns Whether anything changed and which backend locked.
  */
-export async function lockNamespace(
+export async function lockWithBackend(
   prepared: Prepared,
   opts: ResolvedOptions,
+  shape: LockShape,
 ): Promise<NamespaceOutcome> {
-  if (opts.backend === "iptables") {
-    return { ...(await iptablesLock(iptablesContext(prepared, opts))), backend: "iptables" };
-  }
+  const ipt = iptablesContext(prepared, opts, shape);
+  if (opts.backend === "iptables") return { ...(await iptablesLock(ipt)), backend: "iptables" };
   try {
-    return { ...(await nftLock(nftContext(prepared, opts))), backend: "nftables" };
+    const nft = nftContext(prepared, opts, shape);
+    return { ...(await lockNftTable(nft, shape.nftLock)), backend: "nftables" };
   } catch (error) {
     if (opts.backend === "nftables" || !nftUnusable(error)) throw error;
     opts.exec.log?.(`  nftables unusable (${(error as Error).message}); falling back to iptables`);
-    return { ...(await iptablesLock(iptablesContext(prepared, opts))), backend: "iptables" };
+    return { ...(await iptablesLock(ipt)), backend: "iptables" };
   }
 }
 
@@ -66,16 +115,19 @@ export async function lockNamespace(
  * @param opts The validated options.
  * @returns Whether anything changed and which backend held the lock.
  */
-export async function unlockNamespace(
+export async function unlockAllBackends(
   prepared: Prepared,
   opts: ResolvedOptions,
+  shape: LockShape,
 ): Promise<NamespaceOutcome> {
-  const ipt = iptablesContext(prepared, opts);
-  const nft = nftContext(prepared, opts);
+  const ipt = iptablesContext(prepared, opts, shape);
+  const nft = nftContext(prepared, opts, shape);
   const [iptOutcome, nftOutcome, criuIpt, criuNft] = await Promise.allSettled([
     iptablesUnlock(ipt),
     nftUnlock(nft),
-    opts.criu ? iptablesUnlock({ ...ipt, rules: CRIU_IPTABLES_RULES }) : Promise.resolve(null),
+    opts.criu
+      ? iptablesUnlock({ ...ipt, rules: CRIU_IPTABLES_RULES, rulesFor: undefined })
+      : Promise.resolve(null),
     opts.criu
       ? removeCriuNftTables(prepared.exec, opts.dryRun, opts.exec.log)
       : Promise.resolve([]),
@@ -91,7 +143,7 @@ export async function unlockNamespace(
     // Put back what this call removed, so that nothing is left half-unlocked.
     await Promise.allSettled([
       iptChanged ? iptablesLock(ipt) : undefined,
-      nftChanged ? nftLock(nft) : undefined,
+      nftChanged ? lockNftTable(nft, shape.nftLock) : undefined,
     ]);
     throw failure ? failure.reason : (iptOutcome as PromiseRejectedResult).reason;
   }
@@ -117,28 +169,32 @@ export async function unlockNamespace(
  * @param opts The validated options.
  * @returns The state and the backend holding the lock.
  */
-export async function namespaceStatus(
+export async function statusAllBackends(
   prepared: Prepared,
   opts: ResolvedOptions,
+  shape: LockShape,
 ): Promise<NamespaceOutcome> {
-  const ipt = iptablesContext(prepared, opts);
-  const [iptStates, nftState, criuIpt, criuNft] = await Promise.allSettled([
+  const ipt = iptablesContext(prepared, opts, shape);
+  const [iptStates, nftTable, criuIpt, criuNft] = await Promise.allSettled([
     iptablesStatus(ipt),
-    nftStatus(nftContext(prepared, opts)),
-    opts.criu ? iptablesStatus({ ...ipt, rules: CRIU_IPTABLES_RULES }) : Promise.resolve([]),
+    readNftLockTable(nftContext(prepared, opts, shape)),
+    opts.criu
+      ? iptablesStatus({ ...ipt, rules: CRIU_IPTABLES_RULES, rulesFor: undefined })
+      : Promise.resolve([]),
     opts.criu ? findCriuNftTables(prepared.exec) : Promise.resolve([]),
   ]);
-  for (const outcome of [iptStates, nftState, criuIpt, criuNft]) {
+  for (const outcome of [iptStates, nftTable, criuIpt, criuNft]) {
     if (outcome.status === "rejected" && !toolMissing(outcome.reason)) throw outcome.reason;
   }
-  if (iptStates.status === "rejected" && nftState.status === "rejected") throw iptStates.reason;
+  if (iptStates.status === "rejected" && nftTable.status === "rejected") throw iptStates.reason;
   const ipv = iptStates.status === "fulfilled" ? iptStates.value.map((s) => s.status) : [];
   const iptState = ipv.length === 0 || ipv.every((s) => s === "unlocked")
     ? "unlocked"
     : ipv.every((s) => s === "locked")
     ? "locked"
     : "partial";
-  const nft = nftState.status === "fulfilled" ? nftState.value : "unlocked";
+  const table = nftTable.status === "fulfilled" ? nftTable.value : null;
+  const nft = shape.nftLock.inspect(table);
   const criu: CriuLocks | undefined = opts.criu
     ? {
       iptables: criuIpt.status === "fulfilled"
@@ -159,23 +215,35 @@ export async function namespaceStatus(
     : iptState !== "unlocked"
     ? "iptables"
     : requestedBackend(opts);
-  return { changed: false, backend, state, ...(criu ? { criu } : {}) };
+  const counted = shape.count?.(iptStates.status === "fulfilled" ? iptStates.value : [], table);
+  return {
+    changed: false,
+    backend,
+    state,
+    ...(criu ? { criu } : {}),
+    ...(counted === undefined ? {} : { connections: counted }),
+  };
 }
 
-function iptablesContext(prepared: Prepared, opts: ResolvedOptions): IptablesContext {
+function iptablesContext(
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  shape: LockShape,
+): IptablesContext {
   return {
     exec: prepared.exec,
-    rules: { name: opts.name, mark: opts.mark },
+    rules: shape.iptablesRules(prepared.families[0]),
+    rulesFor: shape.iptablesRules,
     families: prepared.families,
     dryRun: opts.dryRun,
     log: opts.exec.log,
   };
 }
 
-function nftContext(prepared: Prepared, opts: ResolvedOptions): NftContext {
+function nftContext(prepared: Prepared, opts: ResolvedOptions, shape: LockShape): NftContext {
   return {
     exec: prepared.exec,
-    rules: { name: opts.name, mark: opts.mark },
+    rules: { name: shape.name, mark: opts.mark },
     dryRun: opts.dryRun,
     log: opts.exec.log,
   };

@@ -1,0 +1,187 @@
+/**
+ * Pure parsers for connection discovery: the kernel's TCP tables
+ * (`/proc/net/tcp`, `/proc/net/tcp6`) and a process's socket inodes, both
+ * as the spawned tools print them.
+ *
+ * @module
+ */
+
+import type { Family } from "../types.ts";
+
+/** One TCP connection to lock, as seen from the target. */
+export interface Connection {
+  /** `ipv4` (also for IPv4-mapped IPv6 peers) or `ipv6`. */
+  family: Family;
+  /** The target's own address. */
+  local: string;
+  /** The target's own port. */
+  localPort: number;
+  /** The peer's address. */
+  remote: string;
+  /** The peer's port. */
+  remotePort: number;
+}
+
+/** One row of a kernel TCP table. */
+export interface TcpEntry extends Connection {
+  /** The socket's inode, as in `socket:[INODE]`. */
+  inode: string;
+  /** The TCP state, e.g. `01` ESTABLISHED, `0A` LISTEN. */
+  state: string;
+}
+
+const LISTEN = "0A";
+
+/**
+ * Parses `/proc/net/tcp` or `/proc/net/tcp6` (any number of them
+ * concatenated; header lines are skipped). IPv4-mapped IPv6 addresses
+ * (`::ffff:a.b.c.d`) come out as IPv4.
+ *
+ * @example
+ * ```ts
+ * import { parseProcNetTcp } from "./proc_net_parser.ts";
+ *
+ * const [entry] = parseProcNetTcp(
+ *   "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+ *     "   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4242 1\n",
+ * );
+ * console.assert(entry.local === "127.0.0.1" && entry.localPort === 8080);
+ * console.assert(entry.remotePort === 54321 && entry.inode === "4242");
+ * ```
+ *
+ * @param text The tables' text.
+ * @returns One entry per socket row.
+ */
+export function parseProcNetTcp(text: string): TcpEntry[] {
+  const entries: TcpEntry[] = [];
+  for (const line of text.split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 10 || !/^[0-9]+:$/.test(fields[0])) continue;
+    const local = decodeEndpoint(fields[1]);
+    const remote = decodeEndpoint(fields[2]);
+    if (!local || !remote) continue;
+    const family: Family = local.v4 && remote.v4 ? "ipv4" : "ipv6";
+    entries.push({
+      family,
+      local: local.address,
+      localPort: local.port,
+      remote: remote.address,
+      remotePort: remote.port,
+      state: fields[3].toUpperCase(),
+      inode: fields[9],
+    });
+  }
+  return entries;
+}
+
+/**
+ * Parses the socket links of a process's fds (`socket:[INODE]`, one a line,
+ * as `find /proc/PID/fd -lname 'socket:*' -printf '%l\n'` prints them).
+ *
+ * @example
+ * ```ts
+ * import { parseSocketInodes } from "./proc_net_parser.ts";
+ * console.assert(parseSocketInodes("socket:[12]\nsocket:[34]\n").has("34"));
+ * ```
+ *
+ * @param text The links.
+ * @returns The socket inodes.
+ */
+export function parseSocketInodes(text: string): Set<string> {
+  const inodes = new Set<string>();
+  for (const line of text.split("\n")) {
+    const match = line.trim().match(/^socket:\[([0-9]+)\]$/);
+    if (match) inodes.add(match[1]);
+  }
+  return inodes;
+}
+
+/**
+ * The connections to lock: the process's TCP sockets with a remote peer, in
+ * every state but LISTEN, each once.
+ *
+ * @example
+ * ```ts
+ * import { selectConnections } from "./proc_net_parser.ts";
+ *
+ * const connections = selectConnections([
+ *   { family: "ipv4", local: "127.0.0.1", localPort: 80, remote: "0.0.0.0", remotePort: 0, state: "0A", inode: "1" },
+ *   { family: "ipv4", local: "127.0.0.1", localPort: 80, remote: "127.0.0.1", remotePort: 5000, state: "01", inode: "2" },
+ * ], new Set(["1", "2"]));
+ * console.assert(connections.length === 1 && connections[0].remotePort === 5000);
+ * ```
+ *
+ * @param entries The kernel's TCP table rows.
+ * @param inodes The process's socket inodes.
+ * @returns The connections, without duplicates.
+ */
+export function selectConnections(entries: TcpEntry[], inodes: Set<string>): Connection[] {
+  const seen = new Set<string>();
+  const connections: Connection[] = [];
+  for (const entry of entries) {
+    if (entry.state === LISTEN || entry.remotePort === 0 || !inodes.has(entry.inode)) continue;
+    const { family, local, localPort, remote, remotePort } = entry;
+    const key = `${family} ${local} ${localPort} ${remote} ${remotePort}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    connections.push({ family, local, localPort, remote, remotePort });
+  }
+  return connections;
+}
+
+/**
+ * Formats 16 bytes as an IPv6 address the way `inet_ntop` (and so
+ * iptables-save and nft) prints it: lower-case, the longest run of two or
+ * more zero groups as `::`.
+ *
+ * @example
+ * ```ts
+ * import { formatIpv6 } from "./proc_net_parser.ts";
+ * const loopback = new Uint8Array(16);
+ * loopback[15] = 1;
+ * console.assert(formatIpv6(loopback) === "::1");
+ * ```
+ *
+ * @param bytes The address in network order.
+ * @returns The text form.
+ */
+export function formatIpv6(bytes: Uint8Array): string {
+  const groups = Array.from({ length: 8 }, (_, i) => (bytes[2 * i] << 8) | bytes[2 * i + 1]);
+  let bestStart = -1;
+  let bestLength = 0;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLength) [bestStart, bestLength] = [i, j - i];
+    i = j;
+  }
+  const hex = groups.map((group) => group.toString(16));
+  if (bestLength < 2) return hex.join(":");
+  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
+}
+
+function decodeEndpoint(text: string): { address: string; port: number; v4: boolean } | undefined {
+  const [hexAddress, hexPort] = text.split(":");
+  if (!hexPort || !/^[0-9A-Fa-f]+$/.test(hexAddress + hexPort)) return undefined;
+  const port = parseInt(hexPort, 16);
+  // The kernel prints each 32-bit word in host order (little-endian here).
+  const bytes = new Uint8Array(hexAddress.length / 2);
+  for (let word = 0; word < hexAddress.length / 8; word++) {
+    for (let b = 0; b < 4; b++) {
+      bytes[word * 4 + b] = parseInt(
+        hexAddress.slice(word * 8 + (3 - b) * 2, word * 8 + (3 - b) * 2 + 2),
+        16,
+      );
+    }
+  }
+  if (bytes.length === 4) return { address: bytes.join("."), port, v4: true };
+  if (bytes.length !== 16) return undefined;
+  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff &&
+    bytes[11] === 0xff;
+  if (mapped) return { address: Array.from(bytes.slice(12)).join("."), port, v4: true };
+  return { address: formatIpv6(bytes), port, v4: false };
+}

@@ -1,0 +1,62 @@
+/**
+ * The shape of a connection lock in each backend: the chain `NAME-cPID`
+ * jumped to from INPUT and OUTPUT, or the table `inet NAME-cPID`.
+ *
+ * @module
+ */
+
+import type { LockShape } from "../lock_backends.ts";
+import type { Connection } from "./proc_net_parser.ts";
+import {
+  connectionIptablesBody,
+  connectionLockName,
+  connectionSetElements,
+  renderNftConnectionLock,
+} from "./ruleset.ts";
+
+/**
+ * The connection lock of a process. With `connections`, the lock must hold
+ * exactly those; without (unlock, status), any connection lock of that
+ * process counts.
+ *
+ * @param name The lock name.
+ * @param mark Packets with this mark pass.
+ * @param pid The process.
+ * @param connections Its connections, when locking.
+ * @returns The lock's shape for the backends.
+ */
+export function connectionShape(
+  name: string,
+  mark: number,
+  pid: number,
+  connections?: readonly Connection[],
+): LockShape {
+  const table = connectionLockName(name, pid);
+  const wanted = connections ? connectionSetElements(connections) : undefined;
+  const sameElements = (have: string[] | undefined, want: string[]) =>
+    (have ?? []).length === want.length && new Set([...(have ?? []), ...want]).size === want.length;
+  return {
+    name: table,
+    iptablesRules: (family) => ({
+      name: table,
+      mark,
+      body: connections ? connectionIptablesBody(connections, family, mark) : "any",
+    }),
+    nftLock: {
+      create: renderNftConnectionLock(table, mark, connections ?? [], "create"),
+      replace: renderNftConnectionLock(table, mark, connections ?? [], "replace"),
+      inspect(view) {
+        if (view === null) return "unlocked";
+        if (!wanted) return "locked";
+        const exact = view.chains.length === 2 &&
+          sameElements(view.sets.conn4, wanted.conn4) &&
+          sameElements(view.sets.conn6, wanted.conn6);
+        return exact ? "locked" : "partial";
+      },
+    },
+    count(iptables, nftTable) {
+      if (nftTable) return (nftTable.sets.conn4?.length ?? 0) + (nftTable.sets.conn6?.length ?? 0);
+      return iptables.reduce((sum, state) => sum + state.chainRuleCount / 2, 0);
+    },
+  };
+}

@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import {
+  formatIpv6,
+  parseProcNetTcp,
+  parseSocketInodes,
+  selectConnections,
+} from "../lib/connections/proc_net_parser.ts";
+import {
+  connectionIptablesBody,
+  connectionLockName,
+  renderNftConnectionLock,
+} from "../lib/connections/ruleset.ts";
+
+const TCP =
+  "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+  "   0: 0100007F:1BBC 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0\n" +
+  "   1: 0100007F:C350 0100007F:1BBC 01 00000000:00000000 00:00000000 00000000     0        0 101 1 0 20 4 30 10 -1\n" +
+  "   2: 0201000A:C351 0101000A:0050 08 00000000:00000000 00:00000000 00000000     0        0 102 1 0 20 4 30 10 -1\n";
+const TCP6 =
+  "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+  // ::1 port 50000 -> ::1 port 7100
+  "   0: 00000000000000000000000001000000:C350 00000000000000000000000001000000:1BBC 01 00000000:00000000 00:00000000 00000000     0        0 200 1 0 20 4 30 10 -1\n" +
+  // ::ffff:127.0.0.1 port 50001 -> ::ffff:127.0.0.1 port 7100 (an IPv4 peer on an IPv6 socket)
+  "   1: 0000000000000000FFFF00000100007F:C351 0000000000000000FFFF00000100007F:1BBC 01 00000000:00000000 00:00000000 00000000     0        0 201 1 0 20 4 30 10 -1\n" +
+  // fe80::1:2 port 50002 -> 2001:db8::ff port 443
+  "   2: 000080FE000000000000000002000100:C352 B80D01200000000000000000FF000000:01BB 01 00000000:00000000 00:00000000 00000000     0        0 202 1 0 20 4 30 10 -1\n";
+
+Deno.test("parseProcNetTcp() decodes the kernel's little-endian words", () => {
+  const entries = parseProcNetTcp(TCP + TCP6);
+  assert.equal(entries.length, 6);
+  assert.deepEqual(entries[2], {
+    family: "ipv4",
+    local: "10.0.1.2",
+    localPort: 50001,
+    remote: "10.0.1.1",
+    remotePort: 80,
+    state: "08",
+    inode: "102",
+  });
+  assert.equal(entries[3].local, "::1");
+  assert.equal(entries[3].family, "ipv6");
+  assert.deepEqual([entries[4].family, entries[4].local, entries[4].remote], [
+    "ipv4",
+    "127.0.0.1",
+    "127.0.0.1",
+  ]);
+  assert.deepEqual([entries[5].local, entries[5].remote, entries[5].remotePort], [
+    "fe80::1:2",
+    "2001:db8::ff",
+    443,
+  ]);
+});
+
+Deno.test("selectConnections() keeps the process's sockets with a peer, not LISTEN, once each", () => {
+  const entries = parseProcNetTcp(TCP + TCP6);
+  const inodes = parseSocketInodes(
+    "socket:[100]\nsocket:[101]\nsocket:[201]\nsocket:[202]\npipe:[9]\n",
+  );
+  const connections = selectConnections([...entries, entries[1]], inodes);
+  assert.deepEqual(
+    connections.map((c) => `${c.family} ${c.local}:${c.localPort} ${c.remote}:${c.remotePort}`),
+    [
+      "ipv4 127.0.0.1:50000 127.0.0.1:7100",
+      "ipv4 127.0.0.1:50001 127.0.0.1:7100",
+      "ipv6 fe80::1:2:50002 2001:db8::ff:443",
+    ],
+  );
+});
+
+Deno.test("formatIpv6() compresses like inet_ntop", () => {
+  const bytes = (groups: number[]) => new Uint8Array(groups.flatMap((g) => [g >> 8, g & 0xff]));
+  assert.equal(formatIpv6(bytes([0, 0, 0, 0, 0, 0, 0, 0])), "::");
+  assert.equal(formatIpv6(bytes([0x2001, 0xdb8, 0, 0, 1, 0, 0, 1])), "2001:db8::1:0:0:1");
+  assert.equal(formatIpv6(bytes([0x2001, 0xdb8, 0, 1, 1, 1, 1, 1])), "2001:db8:0:1:1:1:1:1");
+  assert.equal(formatIpv6(bytes([0xfe80, 0, 0, 0, 0, 0, 0, 0])), "fe80::");
+});
+
+Deno.test("connectionLockName() fits iptables' 28 characters", () => {
+  assert.equal(connectionLockName("NETLOCK", 4194303), "NETLOCK-c4194303");
+  const long = connectionLockName("A".repeat(28), 4194303);
+  assert.equal(long.length, 28);
+  assert.ok(long.endsWith("-c4194303"));
+});
+
+Deno.test("connectionIptablesBody() drops unmarked packets both ways, as iptables-save prints them", () => {
+  const body = connectionIptablesBody(
+    [
+      { family: "ipv6", local: "::1", localPort: 50000, remote: "::1", remotePort: 7100 },
+      { family: "ipv4", local: "10.0.0.1", localPort: 1, remote: "10.0.0.2", remotePort: 2 },
+    ],
+    "ipv6",
+    0xC114,
+  );
+  assert.deepEqual(body, [
+    "-s ::1/128 -d ::1/128 -p tcp -m tcp --sport 7100 --dport 50000 -m mark ! --mark 0xc114 -j DROP",
+    "-s ::1/128 -d ::1/128 -p tcp -m tcp --sport 50000 --dport 7100 -m mark ! --mark 0xc114 -j DROP",
+  ]);
+});
+
+Deno.test("renderNftConnectionLock() is one batch: table, sets, chains and every element", () => {
+  const connections = Array.from({ length: 2500 }, (_, i) => ({
+    family: "ipv4" as const,
+    local: "10.0.0.1",
+    localPort: 10000 + i,
+    remote: "10.0.0.2",
+    remotePort: 80,
+  }));
+  const script = renderNftConnectionLock("NETLOCK-c9", 0xC114, connections, "replace");
+  assert.ok(script.startsWith("add table inet NETLOCK-c9\ndelete table inet NETLOCK-c9\n"));
+  assert.match(
+    script,
+    /meta mark != 0xc114 ip daddr \. tcp dport \. ip saddr \. tcp sport @conn4 drop/,
+  );
+  assert.equal(script.match(/^add element inet NETLOCK-c9 conn4 /gm)?.length, 3);
+  assert.equal(script.match(/10\.0\.0\.2 \. 80 \. 10\.0\.0\.1 \. /g)?.length, 2500);
+});

@@ -22,6 +22,10 @@ export interface NftChain {
   policy?: string;
   /** `filter`, `nat`, ... for base chains. */
   type?: string;
+  /** The chain's family (`ip`, `ip6`, `inet`, ...). */
+  family?: string;
+  /** The chain's table. */
+  table?: string;
   /** The priority of base chains. */
   prio?: number;
 }
@@ -69,9 +73,14 @@ export interface NftTableView {
  * ```
  *
  * @param text What nft printed.
+ * @param options `allTables`: also record each chain's family and table (for
+ *   `nft -j list chains`, which lists the chains of every table).
  * @returns The chains and rules with their handles.
  */
-export function parseNftTableJson(text: string): NftTableView {
+export function parseNftTableJson(
+  text: string,
+  options: { allTables?: boolean } = {},
+): NftTableView {
   const parsed = JSON.parse(text) as { nftables?: Record<string, Record<string, unknown>>[] };
   const view: NftTableView = { family: "", chains: [], rules: [], otherObjects: 0, sets: {} };
   for (const item of parsed.nftables ?? []) {
@@ -87,6 +96,7 @@ export function parseNftTableJson(text: string): NftTableView {
         ...(chain.policy === undefined ? {} : { policy: String(chain.policy) }),
         ...(chain.type === undefined ? {} : { type: String(chain.type) }),
         ...(chain.prio === undefined ? {} : { prio: Number(chain.prio) }),
+        ...(options.allTables ? { family: String(chain.family), table: String(chain.table) } : {}),
       });
     } else if (item.rule) {
       const rule = item.rule;

@@ -208,6 +208,9 @@ async function readNftViews(
         "filter",
         chain.name,
       ]);
+      // A concurrent unlock may have deleted the chain since it was listed: the
+      // planned transaction then fails and is planned again from a new read.
+      if (!result.success && /No such file or directory/.test(result.stderr)) continue;
       assertToolSuccess(result, "nft");
       view.rules.push(...parseNftTableJson(result.stdout).rules);
     }

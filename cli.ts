@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --allow-run=nsenter --allow-env=PATH
+#!/usr/bin/env -S deno run --allow-run=nsenter --allow-env=PATH,CRTOOLS_SCRIPT_ACTION,CRTOOLS_INIT_PID,NETLOCK_BACKEND,NETLOCK_NAME,NETLOCK_MARK
 /**
  * The netlock command line: parses flags, calls the library, prints.
  *
@@ -6,23 +6,19 @@
  * deno run --allow-run=nsenter cli.ts lock 1234
  * ```
  *
+ * Run with no arguments while `CRTOOLS_SCRIPT_ACTION` is set, it is CRIU's
+ * action script (`criu dump --network-lock skip --action-script cli.ts`).
+ *
  * @module
  */
 
-import { parseArgs } from "node:util";
+import { type Invocation, type Output, parseInvocation, usageMessage } from "./lib/cli/args.ts";
+import { helpText } from "./lib/cli/help.ts";
+import { rulesText } from "./lib/cli/rules_text.ts";
 import { mapSettledLimit } from "./lib/concurrency.ts";
+import { HOOK_ENV, planCriuHook } from "./lib/criu_hook.ts";
 import { NetlockError } from "./lib/errors.ts";
 import { getLockStatus, lockNetwork, unlockNetwork } from "./lib/operations.ts";
-import {
-  DEFAULT_MARK,
-  DEFAULT_NAME,
-  parseChoice,
-  parseMark,
-  parsePid,
-  parseTimeoutSeconds,
-  resolveNetnsPath,
-  validateName,
-} from "./lib/options.ts";
 import {
   errorMessage,
   humanSuccess,
@@ -31,69 +27,15 @@ import {
   type ReportCommand,
   type TargetName,
 } from "./lib/report.ts";
-import { renderIptablesLock, renderIptablesUnlock } from "./lib/iptables/ruleset.ts";
-import { renderNftLock, renderNftUnlock } from "./lib/nftables/ruleset.ts";
-import { connectionLockName, renderConnectionTemplate } from "./lib/connections/ruleset.ts";
+import { runLocked } from "./lib/run_locked.ts";
 import type { NetlockOptions, OperationResult, Target } from "./lib/types.ts";
 import { VERSION } from "./lib/version.ts";
-
-const HELP = `netlock ${VERSION} — freeze and thaw the network of a process (CRIU's network lock)
-
-Usage:
-  netlock lock    [options] TARGET...    drop all unmarked traffic of each target
-  netlock unlock  [options] TARGET...    remove the lock (succeeds if not locked)
-  netlock status  [options] TARGET...    exit 0 if every target is locked, 3 if not
-  netlock rules   [lock|unlock] [options]  print the ruleset (--backend nftables:
-                                         the nft script); needs no root, no target
-
-TARGET is a PID (its network namespace). --netns PATH adds a namespace file
-target (a bare NAME means /run/netns/NAME); repeatable.
-
-Options:
-  -b, --backend NAME         iptables (default), nftables, or auto (nftables,
-                             falling back to iptables); unlock and status
-                             look at both whatever the backend
-      --mode MODE            netns: drop all traffic of the target's namespace;
-                             connections: drop only the target process's TCP
-                             connections (CRIU's rule for processes in the
-                             host's namespace); auto (default): connections
-                             when the target shares netlock's own namespace,
-                             else netns
-      --mark N               packets with this mark pass (default 0xC114)
-      --name NAME            lock chain name (default NETLOCK; CRIU uses CRIU)
-      --ipv6 auto|on|off     lock IPv6 too (default auto: if the kernel has it)
-      --force                allow --mode netns on netlock's own namespace
-      --criu                 status/unlock: also see and remove locks CRIU
-                             itself left (chain CRIU, tables inet CRIU-*)
-      --timeout SECONDS      limit for each spawned tool (default 10)
-      --dry-run              print the commands and rulesets, change nothing
-      --json                 one JSON object per target per line on stdout
-  -q, --quiet                print nothing on success
-  -v, --verbose              show each spawned command and its stderr
-  -h, --help                 show this help
-  -V, --version              show the version
-
-Exit codes: 0 success (status: all locked), 1 operation failed (nothing left
-half-applied), 2 usage error, 3 status: a target is not locked.
-
-Needs root (CAP_NET_ADMIN) and Deno's --allow-run=nsenter.
-`;
-
-const COMMANDS = ["lock", "unlock", "status", "rules"] as const;
-type Command = typeof COMMANDS[number];
 
 /** Exit codes of the CLI. */
 const EXIT = { ok: 0, failed: 1, usage: 2, notLocked: 3 } as const;
 
-interface Invocation {
-  command: Command;
-  targets: Target[];
-  options: NetlockOptions;
-  rulesAction: "lock" | "unlock";
-  json: boolean;
-  quiet: boolean;
-  verbose: boolean;
-}
+/** How many targets are worked on at once. */
+const PARALLEL_TARGETS = 8;
 
 /**
  * Runs the CLI with the given arguments and returns the exit code.
@@ -102,160 +44,147 @@ interface Invocation {
  * @returns The process exit code.
  */
 export async function main(args: string[]): Promise<number> {
-  let invocation: Invocation | "help" | "version";
+  let invocation: Invocation;
   try {
-    invocation = parseInvocation(args);
+    invocation = args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined
+      ? { kind: "hook" }
+      : parseInvocation(args);
   } catch (error) {
     printError(usageMessage(error));
     return EXIT.usage;
   }
-  if (invocation === "help") {
-    await write(Deno.stdout, HELP);
-    return EXIT.ok;
+  switch (invocation.kind) {
+    case "help":
+      await write(Deno.stdout, helpText(VERSION));
+      return EXIT.ok;
+    case "version":
+      await write(Deno.stdout, `netlock ${VERSION}\n`);
+      return EXIT.ok;
+    case "rules":
+      await write(Deno.stdout, rulesText(invocation.options, invocation.action));
+      return EXIT.ok;
+    case "hook":
+      return await criuHook();
+    case "run":
+      return await run(invocation.target, invocation.argv, invocation.options, invocation.output);
+    case "targets":
+      return await forTargets(
+        invocation.command,
+        invocation.targets,
+        invocation.options,
+        invocation.output,
+      );
   }
-  if (invocation === "version") {
-    await write(Deno.stdout, `netlock ${VERSION}\n`);
-    return EXIT.ok;
-  }
-  if (invocation.command === "rules") return await printRules(invocation);
-  return await runTargets(invocation);
 }
 
-function parseInvocation(args: string[]): Invocation | "help" | "version" {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      backend: { type: "string", short: "b" },
-      mode: { type: "string" },
-      mark: { type: "string" },
-      name: { type: "string" },
-      ipv6: { type: "string" },
-      force: { type: "boolean" },
-      criu: { type: "boolean" },
-      timeout: { type: "string" },
-      "dry-run": { type: "boolean" },
-      json: { type: "boolean" },
-      quiet: { type: "boolean", short: "q" },
-      verbose: { type: "boolean", short: "v" },
-      help: { type: "boolean", short: "h" },
-      version: { type: "boolean", short: "V" },
-      netns: { type: "string", multiple: true },
-    },
-  });
-  if (values.help) return "help";
-  if (values.version) return "version";
-  const [commandWord, ...rest] = positionals;
-  if (commandWord === undefined) {
-    throw new TypeError("missing command: lock, unlock, status or rules (see netlock --help)");
-  }
-  const command = parseChoice("command", commandWord, COMMANDS);
-  const options: NetlockOptions = {
-    backend: parseChoice(
-      "--backend",
-      values.backend ?? "iptables",
-      [
-        "iptables",
-        "nftables",
-        "auto",
-      ] as const,
-    ),
-    mode: parseChoice("--mode", values.mode ?? "auto", ["auto", "netns", "connections"] as const),
-    mark: values.mark === undefined ? DEFAULT_MARK : parseMark(values.mark),
-    name: values.name === undefined ? DEFAULT_NAME : validateName(values.name),
-    ipv6: parseChoice("--ipv6", values.ipv6 ?? "auto", ["auto", "on", "off"] as const),
-    force: values.force ?? false,
-    criu: values.criu ?? false,
-    dryRun: values["dry-run"] ?? false,
-  };
-  if (values.timeout !== undefined) options.timeoutMs = parseTimeoutSeconds(values.timeout);
-  let rulesAction: "lock" | "unlock" = "lock";
-  const targets: Target[] = [];
-  if (command === "rules") {
-    if (rest.length > 1) throw new TypeError(`unexpected argument ${JSON.stringify(rest[1])}`);
-    if (rest[0] !== undefined) {
-      rulesAction = parseChoice("rules action", rest[0], ["lock", "unlock"] as const);
-    }
-    if (values.netns?.length) throw new TypeError("rules takes no target");
-  } else {
-    for (const word of rest) targets.push(parsePid(word));
-    for (const value of values.netns ?? []) targets.push({ netns: resolveNetnsPath(value) });
-    if (targets.length === 0) {
-      throw new TypeError(`${command} needs a target: a PID or --netns PATH`);
-    }
-  }
-  return {
-    command,
-    targets,
-    options,
-    rulesAction,
-    json: values.json ?? false,
-    quiet: values.quiet ?? false,
-    verbose: values.verbose ?? false,
-  };
-}
-
-async function printRules(invocation: Invocation): Promise<number> {
-  const rules = { name: invocation.options.name!, mark: invocation.options.mark! };
-  const nft = invocation.options.backend !== "iptables";
-  const lock = invocation.rulesAction === "lock";
-  const connections = invocation.options.mode === "connections";
-  const text = connections
-    ? (lock
-      ? renderConnectionTemplate(nft ? "nftables" : "iptables", rules.name, rules.mark)
-      : nft
-      ? renderNftUnlock({
-        ...rules,
-        name: connectionLockName(rules.name, 0).replace("-c0", "-cPID"),
-      })
-      : renderIptablesUnlock({
-        ...rules,
-        name: connectionLockName(rules.name, 0).replace("-c0", "-cPID"),
-      }))
-    : nft
-    ? (lock ? renderNftLock(rules) : renderNftUnlock(rules))
-    : (lock ? renderIptablesLock(rules) : renderIptablesUnlock(rules));
-  await write(Deno.stdout, text);
-  return EXIT.ok;
-}
-
-async function runTargets(invocation: Invocation): Promise<number> {
-  const command = invocation.command as ReportCommand;
-  const dryRun = invocation.options.dryRun ?? false;
-  const log = dryRun
-    ? (line: string) => writeSync(Deno.stdout, `${line}\n`)
-    : invocation.verbose
-    ? (line: string) => writeSync(Deno.stderr, `${line}\n`)
-    : undefined;
-  const options = { ...invocation.options, log };
+async function forTargets(
+  command: ReportCommand,
+  targets: Target[],
+  baseOptions: NetlockOptions,
+  output: Output,
+): Promise<number> {
+  const options = { ...baseOptions, log: logger(baseOptions, output) };
   const operation: (target: Target) => Promise<OperationResult> = command === "lock"
-    ? (target: Target) => lockNetwork(target, options)
+    ? (target) => lockNetwork(target, options)
     : command === "unlock"
-    ? (target: Target) => unlockNetwork(target, options)
-    : (target: Target) => getLockStatus(target, options);
-  const outcomes = await mapSettledLimit(invocation.targets, 8, operation);
-
+    ? (target) => unlockNetwork(target, options)
+    : (target) => getLockStatus(target, options);
+  const outcomes = await mapSettledLimit(targets, PARALLEL_TARGETS, operation);
   let exitCode: number = EXIT.ok;
   for (const [i, outcome] of outcomes.entries()) {
-    const target = invocation.targets[i];
     if (outcome.status === "fulfilled") {
-      const result: OperationResult = outcome.value;
-      if (invocation.json) await write(Deno.stdout, `${jsonSuccess(command, result)}\n`);
-      else if (!invocation.quiet) await write(Deno.stdout, `${humanSuccess(command, result)}\n`);
-      if (command === "status" && !result.locked && exitCode === EXIT.ok) exitCode = EXIT.notLocked;
+      await report(command, outcome.value, output);
+      if (command === "status" && !outcome.value.locked && exitCode === EXIT.ok) {
+        exitCode = EXIT.notLocked;
+      }
     } else {
-      if (invocation.json) {
-        await write(Deno.stdout, `${jsonFailure(command, targetName(target), outcome.reason)}\n`);
-      }
-      printError(errorMessage(outcome.reason));
+      await reportFailure(command, targets[i], outcome.reason, output);
       const code = isUsageError(outcome.reason) ? EXIT.usage : EXIT.failed;
-      if (exitCode === EXIT.ok || exitCode === EXIT.notLocked || code === EXIT.usage) {
-        exitCode = code;
-      }
+      if (exitCode !== EXIT.usage) exitCode = code;
     }
   }
   return exitCode;
+}
+
+async function run(
+  target: Target,
+  argv: string[],
+  baseOptions: NetlockOptions,
+  output: Output,
+): Promise<number> {
+  const options = { ...baseOptions, log: logger(baseOptions, output) };
+  const result = await runLocked(target, argv, options);
+  if (result.lock && !output.quiet && !output.json) {
+    writeSync(Deno.stderr, `netlock: ${humanSuccess("lock", result.lock)}\n`);
+  }
+  if (result.error !== undefined) {
+    const what = result.exitCode === 127 || result.exitCode === 126
+      ? `cannot run ${argv[0]}: ${errorMessage(result.error)}`
+      : errorMessage(result.error);
+    printError(what);
+  }
+  if (result.unlock) {
+    for (const warning of result.unlock.warnings ?? []) printWarning(warning);
+    if (output.json) await write(Deno.stdout, `${jsonSuccess("unlock", result.unlock)}\n`);
+    else if (!output.quiet) {
+      writeSync(Deno.stderr, `netlock: ${humanSuccess("unlock", result.unlock)}\n`);
+    }
+  }
+  return result.exitCode;
+}
+
+async function criuHook(): Promise<number> {
+  const denied = HOOK_ENV.filter((name) =>
+    Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted"
+  );
+  if (denied.length > 0) {
+    printError(`the CRIU hook reads its environment: add --allow-env=${HOOK_ENV.join(",")}`);
+    return EXIT.usage;
+  }
+  let plan;
+  try {
+    plan = planCriuHook((name) => Deno.env.get(name));
+  } catch (error) {
+    printError(errorMessage(error));
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+  if (plan.action === "none") return EXIT.ok;
+  try {
+    const result = plan.action === "lock"
+      ? await lockNetwork(plan.pid, plan.options)
+      : await unlockNetwork(plan.pid, plan.options);
+    for (const warning of result.warnings ?? []) printWarning(warning);
+    return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+
+async function report(
+  command: ReportCommand,
+  result: OperationResult,
+  output: Output,
+): Promise<void> {
+  for (const warning of result.warnings ?? []) printWarning(warning);
+  if (output.json) await write(Deno.stdout, `${jsonSuccess(command, result)}\n`);
+  else if (!output.quiet) await write(Deno.stdout, `${humanSuccess(command, result)}\n`);
+}
+
+async function reportFailure(
+  command: ReportCommand,
+  target: Target,
+  error: unknown,
+  output: Output,
+): Promise<void> {
+  if (output.json) await write(Deno.stdout, `${jsonFailure(command, targetName(target), error)}\n`);
+  printError(errorMessage(error));
+}
+
+function logger(options: NetlockOptions, output: Output): ((line: string) => void) | undefined {
+  if (options.dryRun) return (line) => writeSync(Deno.stdout, `${line}\n`);
+  if (output.verbose) return (line) => writeSync(Deno.stderr, `${line}\n`);
+  return undefined;
 }
 
 function isUsageError(error: unknown): boolean {
@@ -263,22 +192,12 @@ function isUsageError(error: unknown): boolean {
     (error instanceof NetlockError && error.code === "DENO_PERMISSION");
 }
 
-function usageMessage(error: unknown): string {
-  const message = errorMessage(error);
-  // node:util's messages carry a long hint after the first sentence.
-  const unknown = message.match(/^Unknown option '([^']*)'/);
-  if (unknown) {
-    return /^-[0-9]/.test(unknown[1])
-      ? `Invalid PID "${unknown[1]}": expected a decimal number from 1 to 4194304`
-      : `unknown option '${unknown[1]}' (see netlock --help)`;
+function readEnv(name: string): string | undefined {
+  // Only read what was granted: never make Deno prompt.
+  if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
+    return undefined;
   }
-  const ambiguous = message.match(/^Option '(--?[\w-]+)' argument is ambiguous/);
-  if (ambiguous) {
-    return `${ambiguous[1]} got a value starting with '-': write ${
-      ambiguous[1]
-    }=VALUE if you mean it`;
-  }
-  return message.split(/(?<=\.) /)[0];
+  return Deno.env.get(name);
 }
 
 function targetName(target: Target): TargetName {
@@ -289,6 +208,11 @@ function targetName(target: Target): TargetName {
 function printError(message: string): void {
   const colour = Deno.stderr.isTerminal() && !Deno.noColor;
   writeSync(Deno.stderr, `${colour ? "\x1b[31merror\x1b[0m" : "error"}: ${message}\n`);
+}
+
+function printWarning(message: string): void {
+  const colour = Deno.stderr.isTerminal() && !Deno.noColor;
+  writeSync(Deno.stderr, `${colour ? "\x1b[33mwarning\x1b[0m" : "warning"}: ${message}\n`);
 }
 
 async function write(stream: typeof Deno.stdout, text: string): Promise<void> {

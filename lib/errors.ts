@@ -35,7 +35,9 @@ export type NetlockErrorCode =
   /** The operation was cancelled through its `AbortSignal`. */
   | "ABORTED"
   /** Concurrent changes kept the state moving; the operation gave up. */
-  | "CONFLICT";
+  | "CONFLICT"
+  /** The CRIU hook's environment lacks a valid `CRTOOLS_INIT_PID`. */
+  | "INVALID_ENVIRONMENT";
 
 /**
  * The error thrown by every netlock operation that failed after its

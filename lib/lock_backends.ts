@@ -80,6 +80,8 @@ export interface NamespaceOutcome {
   criu?: CriuLocks;
   /** How many connections the lock covers (connection locks). */
   connections?: number;
+  /** Problems that did not stop the operation. */
+  warnings?: string[];
 }
 
 /**

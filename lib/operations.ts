@@ -5,6 +5,7 @@
  * @module
  */
 
+import { runActionScripts, type ScriptAction } from "./action_scripts.ts";
 import { discoverConnections } from "./connections/discover.ts";
 import { connectionShape } from "./connections/shape.ts";
 import {
@@ -59,6 +60,7 @@ export async function lockNetwork(
   options: NetlockOptions = {},
 ): Promise<NetworkLock> {
   const result = await run(target, options, "lock", async (prepared, opts, ref) => {
+    await runScripts(opts, ref, "network-lock");
     if (prepared.mode === "netns") {
       return await lockWithBackend(prepared, opts, namespaceShape(opts));
     }
@@ -100,7 +102,15 @@ export function unlockNetwork(target: Target, options: NetlockOptions = {}): Pro
     target,
     options,
     "unlock",
-    (prepared, opts, ref) => unlockAllBackends(prepared, opts, shapeOf(prepared, opts, ref)),
+    async (prepared, opts, ref) => {
+      // A failing unlock script is reported; the unlock still happens.
+      const warnings: string[] = [];
+      await runScripts(opts, ref, "network-unlock").catch((error: Error) => {
+        warnings.push(error.message);
+      });
+      const outcome = await unlockAllBackends(prepared, opts, shapeOf(prepared, opts, ref));
+      return warnings.length ? { ...outcome, warnings } : outcome;
+    },
   );
 }
 
@@ -166,6 +176,22 @@ type Body = (
   ref: TargetRef,
 ) => Promise<NamespaceOutcome>;
 
+async function runScripts(
+  opts: ResolvedOptions,
+  ref: TargetRef,
+  action: ScriptAction,
+): Promise<void> {
+  if (opts.actionScripts.length === 0) return;
+  if (opts.dryRun) {
+    for (const script of opts.actionScripts) {
+      opts.exec.log?.(`would run action script ${script} (${action})`);
+    }
+    return;
+  }
+  const netnsPath = ref.path ?? `/proc/${ref.pid}/ns/net`;
+  await runActionScripts(opts.actionScripts, action, { pid: ref.pid, netnsPath }, opts.exec);
+}
+
 function shapeOf(prepared: Prepared, opts: ResolvedOptions, ref: TargetRef): LockShape {
   return prepared.mode === "netns"
     ? namespaceShape(opts)
@@ -181,7 +207,7 @@ async function run(
   const start = performance.now();
   // Arguments are checked before anything runs; these throw TypeError/RangeError.
   const opts = resolveOptions(options);
-  const ref: TargetRef = toTargetRef(target);
+  const ref: TargetRef = toTargetRef(target, { userns: opts.userns });
   try {
     const prepared = await prepare(ref, opts, verb);
     const outcome = await body(prepared, opts, ref);
@@ -203,6 +229,7 @@ async function run(
       durationMs: performance.now() - start,
       ...(outcome.state ? { state: outcome.state } : {}),
       ...(outcome.criu ? { criu: outcome.criu } : {}),
+      ...(outcome.warnings ? { warnings: outcome.warnings } : {}),
     };
   } catch (error) {
     throw inContext(error, verb, ref);

@@ -19,6 +19,7 @@ import {
   validateName,
   validateTimeoutMs,
 } from "./options.ts";
+import { validateScriptPath } from "./action_scripts.ts";
 import { ownNetns, probeTarget, type TargetProbe, type TargetRef } from "./target.ts";
 import type { Family, NetlockOptions } from "./types.ts";
 
@@ -40,6 +41,10 @@ export interface ResolvedOptions {
   dryRun: boolean;
   /** Also see and remove the locks CRIU itself left (status and unlock). */
   criu: boolean;
+  /** Action scripts, CRIU's contract. */
+  actionScripts: string[];
+  /** Enter the target's user namespace too. */
+  userns: boolean;
   /** How tools are spawned. */
   exec: ExecSettings;
 }
@@ -90,6 +95,8 @@ export function resolveOptions(options: NetlockOptions = {}): ResolvedOptions {
     force: options.force ?? false,
     dryRun: options.dryRun ?? false,
     criu: options.criu ?? false,
+    actionScripts: (options.actionScripts ?? []).map(validateScriptPath),
+    userns: options.userns ?? false,
     exec: {
       timeoutMs: validateTimeoutMs(options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
       signal: options.signal,

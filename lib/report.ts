@@ -61,6 +61,7 @@ export function jsonSuccess(
     durationMs: Math.round(result.durationMs * 10) / 10,
   });
   if ("criu" in result && result.criu) record.criu = result.criu;
+  if (result.warnings?.length) record.warnings = result.warnings;
   return JSON.stringify(record);
 }
 

@@ -19,7 +19,7 @@ export interface RunOptions {
    * is closed (`/dev/null`).
    */
   stdin?: string | Uint8Array | ReadableStream<Uint8Array>;
-  /** Kill the child with SIGKILL after this many milliseconds (default 10000). */
+  /** Kill the child with SIGKILL after this many milliseconds (default 10000; 0: never). */
   timeoutMs?: number;
   /** Kill the child with SIGKILL when this signal aborts. */
   signal?: AbortSignal;
@@ -29,6 +29,13 @@ export interface RunOptions {
   log?: (line: string) => void;
   /** How timeout and abort messages name the command (default: the command). */
   label?: string;
+  /**
+   * `inherit`: the child shares netlock's stdin, stdout and stderr (for
+   * `netlock run`); `stdin` is ignored and `stdout`/`stderr` come back empty.
+   */
+  stdio?: "piped" | "inherit";
+  /** Signals received by netlock while the child runs are sent on to it. */
+  forwardSignals?: readonly Deno.Signal[];
 }
 
 /** What a child did: the fields are never collapsed into one number. */
@@ -81,11 +88,12 @@ export async function runCommand(command: string, options: RunOptions = {}): Pro
 
   let child: Deno.ChildProcess;
   try {
+    const inherit = options.stdio === "inherit";
     child = new Deno.Command(command, {
       args,
-      stdin: options.stdin === undefined ? "null" : "piped",
-      stdout: "piped",
-      stderr: "piped",
+      stdin: inherit ? "inherit" : options.stdin === undefined ? "null" : "piped",
+      stdout: inherit ? "inherit" : "piped",
+      stderr: inherit ? "inherit" : "piped",
       // Deno refuses a scoped --allow-run while LD_PRELOAD is inherited; a
       // privileged tool has no business inheriting a preload anyway.
       env: { ...options.env, LD_PRELOAD: "" },
@@ -104,15 +112,29 @@ export async function runCommand(command: string, options: RunOptions = {}): Pro
     }
   };
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const timer = setTimeout(() => stop("timeout"), timeoutMs);
+  const timer = timeoutMs > 0 ? setTimeout(() => stop("timeout"), timeoutMs) : undefined;
   const onAbort = () => stop("abort");
   options.signal?.addEventListener("abort", onAbort, { once: true });
+  const forwarders = (options.forwardSignals ?? []).map((signal) => {
+    const forward = () => {
+      try {
+        child.kill(signal);
+      } catch {
+        // Already exited.
+      }
+    };
+    Deno.addSignalListener(signal, forward);
+    return () => Deno.removeSignalListener(signal, forward);
+  });
 
   try {
+    const piped = options.stdio !== "inherit";
     const [stdinResult, stdout, stderr, status] = await Promise.allSettled([
-      options.stdin === undefined ? Promise.resolve() : feedStdin(options.stdin, child.stdin),
-      new Response(child.stdout).text(),
-      new Response(child.stderr).text(),
+      options.stdin === undefined || !piped
+        ? Promise.resolve()
+        : feedStdin(options.stdin, child.stdin),
+      piped ? new Response(child.stdout).text() : "",
+      piped ? new Response(child.stderr).text() : "",
       child.status,
     ]);
     if (status.status === "rejected") throw status.reason;
@@ -145,6 +167,7 @@ export async function runCommand(command: string, options: RunOptions = {}): Pro
   } finally {
     clearTimeout(timer);
     options.signal?.removeEventListener("abort", onAbort);
+    for (const remove of forwarders) remove();
   }
 }
 

@@ -44,14 +44,26 @@ export interface TargetProbe {
  * ```
  *
  * @param target A PID, `{ pid }` or `{ netns }`.
+ * @param options `userns`: also enter the target's user namespace (PID targets only).
  * @returns The validated target.
  */
-export function toTargetRef(target: Target): TargetRef {
+export function toTargetRef(target: Target, options: { userns?: boolean } = {}): TargetRef {
   if (typeof target === "number" || (typeof target === "object" && target && "pid" in target)) {
     const pid = validatePid(typeof target === "number" ? target : target.pid);
-    return { pid, label: `process ${pid}`, nsenterArgs: ["--target", String(pid), "--net"] };
+    // --preserve-credentials keeps netlock's uid/gid, as CRIU's cr_system_userns does.
+    const user = options.userns ? ["--user", "--preserve-credentials"] : [];
+    return {
+      pid,
+      label: `process ${pid}`,
+      nsenterArgs: ["--target", String(pid), ...user, "--net"],
+    };
   }
   if (typeof target === "object" && target && typeof target.netns === "string") {
+    if (options.userns) {
+      throw new TypeError(
+        "--userns needs a PID target: a namespace file has no user namespace to enter",
+      );
+    }
     const path = resolveNetnsPath(target.netns);
     return { path, label: `namespace ${path}`, nsenterArgs: [`--net=${path}`] };
   }
@@ -139,8 +151,8 @@ function probeError(ref: TargetRef, stderr: string): NetlockError {
   if (isPermissionProblem(line)) {
     return new NetlockError(
       "NOT_PERMITTED",
-      `not permitted to enter the namespace (netlock needs root: CAP_SYS_ADMIN to enter, ` +
-        `CAP_NET_ADMIN to lock): ${line}`,
+      `not permitted to enter the namespace: netlock needs root (CAP_SYS_ADMIN to enter, ` +
+        `CAP_NET_ADMIN to lock), or --userns for a container of your own: ${line}`,
     );
   }
   return new NetlockError("TOOL_FAILED", `cannot enter the namespace: ${line || "nsenter failed"}`);

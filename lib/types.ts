@@ -42,6 +42,15 @@ export interface NetlockOptions {
    * (iptables chain `CRIU`, nftables tables `inet CRIU-*`).
    */
   criu?: boolean;
+  /**
+   * Scripts run directly before the rules are applied (`network-lock`) and
+   * before they are removed (`network-unlock`), as CRIU runs action scripts.
+   * A failing lock script aborts the lock; a failing unlock script is
+   * reported in `warnings` and the unlock still happens.
+   */
+  actionScripts?: string[];
+  /** Enter the target's user namespace too, to lock a rootless container without root. */
+  userns?: boolean;
   /** Receives one line per spawned command and per line of its stderr. */
   log?: (line: string) => void;
 }
@@ -78,6 +87,8 @@ export interface OperationResult {
   connections: number;
   /** Wall time of the operation in milliseconds. */
   durationMs: number;
+  /** Problems that did not stop the operation (a failing unlock action script). */
+  warnings?: string[];
 }
 
 /** CRIU's own locks, found (status) or removed (unlock) with the `criu` option. */

@@ -119,3 +119,30 @@ Deno.test({
     assert.equal(await snapshot(netns), before);
   },
 });
+
+Deno.test({
+  ...integration,
+  name: "fifty namespaces are locked and unlocked in one call",
+  async fn() {
+    const namespaces = [];
+    try {
+      for (let i = 0; i < 50; i++) namespaces.push(await createNetns());
+      const args = namespaces.flatMap((netns) => ["--netns", netns.name]);
+      const locked = await cli(["lock", "--json", ...args]);
+      assert.equal(locked.code, 0, locked.stderr);
+      const lines = locked.stdout.trim().split("\n").map((line) => JSON.parse(line));
+      assert.equal(lines.length, 50);
+      assert.ok(lines.every((line) => line.ok && line.changed));
+      assert.deepEqual(lines.map((line) => line.target.path), namespaces.map((n) => n.path));
+      assert.equal((await cli(["status", "-q", ...args])).code, 0);
+      const unlocked = await cli(["unlock", "--json", ...args]);
+      assert.equal(unlocked.code, 0, unlocked.stderr);
+      assert.equal(unlocked.stdout.trim().split("\n").length, 50);
+      for (const netns of namespaces) {
+        assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "", netns.name);
+      }
+    } finally {
+      for (const netns of namespaces) await netns[Symbol.asyncDispose]();
+    }
+  },
+});

@@ -1,0 +1,187 @@
+/**
+ * Parsing of the command line into an invocation. Pure: every value is
+ * validated here, before anything runs; bad input throws `TypeError` or
+ * `RangeError` with a one-line message.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { validateScriptPath } from "../action_scripts.ts";
+import {
+  parseChoice,
+  parseMark,
+  parsePid,
+  parseTimeoutSeconds,
+  PID_MAX,
+  resolveNetnsPath,
+  validateName,
+} from "../options.ts";
+import type { NetlockOptions, Target } from "../types.ts";
+
+/** How output is printed. */
+export interface Output {
+  /** One JSON object per target per line. */
+  json: boolean;
+  /** Nothing on success. */
+  quiet: boolean;
+  /** Each spawned command and its stderr. */
+  verbose: boolean;
+}
+
+/** What the command line asks for. */
+export type Invocation =
+  | { kind: "help" }
+  | { kind: "version" }
+  | { kind: "hook" }
+  | { kind: "rules"; action: "lock" | "unlock"; options: NetlockOptions }
+  | {
+    kind: "targets";
+    command: "lock" | "unlock" | "status";
+    targets: Target[];
+    options: NetlockOptions;
+    output: Output;
+  }
+  | { kind: "run"; target: Target; argv: string[]; options: NetlockOptions; output: Output };
+
+const COMMANDS = ["lock", "unlock", "status", "run", "rules", "criu-hook"] as const;
+
+/**
+ * Parses the arguments after the program name.
+ *
+ * @example
+ * ```ts
+ * import { parseInvocation } from "./args.ts";
+ *
+ * const invocation = parseInvocation(["lock", "--json", "1234"]);
+ * console.assert(invocation.kind === "targets" && invocation.targets[0] === 1234);
+ * ```
+ *
+ * @param args The arguments.
+ * @returns The invocation.
+ */
+export function parseInvocation(args: readonly string[]): Invocation {
+  // Everything after `--` belongs to `run`'s command, untouched.
+  const separator = args.indexOf("--");
+  const own = separator === -1 ? [...args] : args.slice(0, separator);
+  const commandArgv = separator === -1 ? undefined : args.slice(separator + 1);
+  const { values, positionals } = parseArgs({
+    args: own,
+    strict: true,
+    allowPositionals: true,
+    options: {
+      backend: { type: "string", short: "b" },
+      mode: { type: "string" },
+      mark: { type: "string" },
+      name: { type: "string" },
+      ipv6: { type: "string" },
+      userns: { type: "boolean" },
+      force: { type: "boolean" },
+      criu: { type: "boolean" },
+      "action-script": { type: "string", multiple: true },
+      timeout: { type: "string" },
+      "dry-run": { type: "boolean" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+      verbose: { type: "boolean", short: "v" },
+      help: { type: "boolean", short: "h" },
+      version: { type: "boolean", short: "V" },
+      netns: { type: "string", multiple: true },
+    },
+  });
+  if (values.help) return { kind: "help" };
+  if (values.version) return { kind: "version" };
+  const [word, ...rest] = positionals;
+  if (word === undefined) {
+    throw new TypeError("missing command: lock, unlock, status, run or rules (see netlock --help)");
+  }
+  const command = parseChoice("command", word, COMMANDS);
+  if (command === "criu-hook") {
+    if (rest.length || commandArgv || Object.keys(values).length) {
+      throw new TypeError("criu-hook takes no arguments: it reads CRIU's environment");
+    }
+    return { kind: "hook" };
+  }
+  if (commandArgv !== undefined && command !== "run") {
+    throw new TypeError(`${command} takes no '--' command (see netlock run)`);
+  }
+  const options: NetlockOptions = {
+    backend: parseChoice(
+      "--backend",
+      values.backend ?? "iptables",
+      ["iptables", "nftables", "auto"] as const,
+    ),
+    mode: parseChoice("--mode", values.mode ?? "auto", ["auto", "netns", "connections"] as const),
+    ipv6: parseChoice("--ipv6", values.ipv6 ?? "auto", ["auto", "on", "off"] as const),
+    force: values.force ?? false,
+    criu: values.criu ?? false,
+    userns: values.userns ?? false,
+    dryRun: values["dry-run"] ?? false,
+    actionScripts: (values["action-script"] ?? []).map(validateScriptPath),
+  };
+  if (values.mark !== undefined) options.mark = parseMark(values.mark);
+  if (values.name !== undefined) options.name = validateName(values.name);
+  if (values.timeout !== undefined) options.timeoutMs = parseTimeoutSeconds(values.timeout);
+  if (command === "rules") {
+    if (rest.length > 1) throw new TypeError(`unexpected argument ${JSON.stringify(rest[1])}`);
+    if (values.netns?.length) throw new TypeError("rules takes no target");
+    const action = rest[0] === undefined
+      ? "lock"
+      : parseChoice("rules action", rest[0], ["lock", "unlock"] as const);
+    return { kind: "rules", action, options };
+  }
+  const targets: Target[] = [
+    ...rest.map(parsePid),
+    ...(values.netns ?? []).map((value) => ({ netns: resolveNetnsPath(value) })),
+  ];
+  if (targets.length === 0) throw new TypeError(`${command} needs a target: a PID or --netns PATH`);
+  const output = {
+    json: values.json ?? false,
+    quiet: values.quiet ?? false,
+    verbose: values.verbose ?? false,
+  };
+  if (command === "run") {
+    if (targets.length !== 1) throw new TypeError("run takes exactly one target");
+    if (!commandArgv?.length || commandArgv[0] === "") {
+      throw new TypeError("run needs a command after '--': netlock run TARGET -- COMMAND [ARG...]");
+    }
+    return { kind: "run", target: targets[0], argv: commandArgv, options, output };
+  }
+  return { kind: "targets", command, targets, options, output };
+}
+
+/**
+ * Turns an argument error into the one line the CLI prints: node:util's
+ * parser messages are shortened and made specific.
+ *
+ * @example
+ * ```ts
+ * import { usageMessage } from "./args.ts";
+ * console.assert(usageMessage(new TypeError("Unknown option '--x'. To specify ...")) ===
+ *   "unknown option '--x' (see netlock --help)");
+ * ```
+ *
+ * @param error What the parser threw.
+ * @returns One line.
+ */
+export function usageMessage(error: unknown): string {
+  const message = (error instanceof Error ? error.message : String(error)).replace(
+    /\s*\n\s*/g,
+    " ",
+  );
+  const unknown = message.match(/^Unknown option '([^']*)'/);
+  if (unknown) {
+    return /^-[0-9]/.test(unknown[1])
+      ? `Invalid PID "${unknown[1]}": expected a decimal number from 1 to ${PID_MAX}`
+      : `unknown option '${unknown[1]}' (see netlock --help)`;
+  }
+  const ambiguous = message.match(/^Option '(--?[\w-]+)' argument is ambiguous/);
+  if (ambiguous) {
+    return `${ambiguous[1]} got a value starting with '-': write ${
+      ambiguous[1]
+    }=VALUE if you mean it`;
+  }
+  const missing = message.match(/^Option '(--?[\w-]+)(?: <value>)?' argument missing/);
+  if (missing) return `${missing[1]} needs a value`;
+  return message.split(/(?<=\.) /)[0];
+}

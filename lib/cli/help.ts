@@ -1,0 +1,73 @@
+/**
+ * The CLI's help text.
+ *
+ * @module
+ */
+
+/**
+ * The text of `netlock --help`.
+ *
+ * @example
+ * ```ts
+ * import { helpText } from "./help.ts";
+ * console.assert(helpText("1.0.0").startsWith("netlock 1.0.0"));
+ * ```
+ *
+ * @param version netlock's version.
+ * @returns The help, ending with a newline.
+ */
+export function helpText(version: string): string {
+  return `netlock ${version} — freeze and thaw the network of a process (CRIU's network lock)
+
+Usage:
+  netlock lock    [options] TARGET...    drop all unmarked traffic of each target
+  netlock unlock  [options] TARGET...    remove the lock (succeeds if not locked)
+  netlock status  [options] TARGET...    exit 0 if every target is locked, 3 if not
+  netlock run     [options] TARGET -- COMMAND [ARG...]
+                                         lock, run COMMAND, always unlock; exit
+                                         with COMMAND's status (125: netlock failed)
+  netlock rules   [lock|unlock] [options]  print the ruleset (--backend nftables:
+                                         the nft script); needs no root, no target
+  netlock criu-hook                      act as CRIU's action script (also when run
+                                         with no arguments and CRTOOLS_SCRIPT_ACTION set)
+
+TARGET is a PID (its network namespace). --netns PATH adds a namespace file
+target (a bare NAME means /run/netns/NAME); repeatable.
+
+Options:
+  -b, --backend NAME         iptables (default), nftables, or auto (nftables,
+                             falling back to iptables); unlock and status
+                             look at both whatever the backend
+      --mode MODE            netns: drop all traffic of the target's namespace;
+                             connections: drop only the target process's TCP
+                             connections (CRIU's rule for processes in the
+                             host's namespace); auto (default): connections
+                             when the target shares netlock's own namespace,
+                             else netns
+      --mark N               packets with this mark pass (default 0xC114)
+      --name NAME            lock chain name (default NETLOCK; CRIU uses CRIU)
+      --ipv6 auto|on|off     lock IPv6 too (default auto: if the kernel has it)
+      --userns               also enter the target's user namespace: lock a
+                             rootless container you own without root
+      --force                allow --mode netns on netlock's own namespace
+      --criu                 status/unlock: also see and remove locks CRIU
+                             itself left (chain CRIU, tables inet CRIU-*)
+      --action-script PATH   run PATH (CRIU's contract) before the rules are
+                             applied (network-lock) and removed (network-unlock);
+                             repeatable; needs --allow-run=PATH
+      --timeout SECONDS      limit for each spawned tool (default 10)
+      --dry-run              print the commands and rulesets, change nothing
+      --json                 one JSON object per target per line on stdout
+  -q, --quiet                print nothing on success
+  -v, --verbose              show each spawned command and its stderr
+  -h, --help                 show this help
+  -V, --version              show the version
+
+Exit codes: 0 success (status: all locked), 1 operation failed (nothing left
+half-applied), 2 usage error, 3 status: a target is not locked.
+run: COMMAND's status (128+N if killed by signal N), 125 netlock failed,
+126 COMMAND cannot run, 127 COMMAND not found.
+
+Needs root (CAP_NET_ADMIN) or --userns, and Deno's --allow-run=nsenter.
+`;
+}

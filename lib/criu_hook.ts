@@ -1,0 +1,100 @@
+/**
+ * netlock as CRIU's action script: `criu dump --network-lock skip
+ * --action-script /path/to/cli.ts`. CRIU runs the script with no arguments
+ * and tells it what to do through the environment.
+ *
+ * @module
+ */
+
+import { NetlockError } from "./errors.ts";
+import { parseChoice, parseMark, parsePid, validateName } from "./options.ts";
+import type { NetlockOptions } from "./types.ts";
+
+/** The environment variables the hook reads (and the shebang grants). */
+export const HOOK_ENV = [
+  "CRTOOLS_SCRIPT_ACTION",
+  "CRTOOLS_INIT_PID",
+  "NETLOCK_BACKEND",
+  "NETLOCK_NAME",
+  "NETLOCK_MARK",
+] as const;
+
+/** What the hook will do. */
+export type HookPlan =
+  | { action: "none" }
+  | { action: "lock" | "unlock"; pid: number; options: NetlockOptions };
+
+/**
+ * Decides what CRIU asked for: `network-lock` locks `CRTOOLS_INIT_PID`'s
+ * network, `network-unlock` unlocks it, every other action does nothing.
+ * `NETLOCK_BACKEND`, `NETLOCK_NAME` and `NETLOCK_MARK` are validated like
+ * the flags (a bad one throws `TypeError`/`RangeError`); a missing or bad
+ * `CRTOOLS_INIT_PID` on a network action throws `INVALID_ENVIRONMENT`.
+ *
+ * @example
+ * ```ts
+ * import { planCriuHook } from "./criu_hook.ts";
+ *
+ * const env: Record<string, string> = { CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: "42" };
+ * const plan = planCriuHook((name) => env[name]);
+ * console.assert(plan.action === "lock" && plan.pid === 42);
+ * console.assert(planCriuHook(() => "post-dump").action === "none");
+ * ```
+ *
+ * @param env Reads one environment variable.
+ * @returns The plan.
+ */
+export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | undefined): HookPlan {
+  const action = env("CRTOOLS_SCRIPT_ACTION");
+  if (action !== "network-lock" && action !== "network-unlock") return { action: "none" };
+  const options: NetlockOptions = {};
+  const backend = env("NETLOCK_BACKEND");
+  const name = env("NETLOCK_NAME");
+  const mark = env("NETLOCK_MARK");
+  if (backend !== undefined) {
+    options.backend = parseChoice(
+      "NETLOCK_BACKEND",
+      backend,
+      [
+        "iptables",
+        "nftables",
+        "auto",
+      ] as const,
+    );
+  }
+  if (name !== undefined) options.name = validateNameFrom("NETLOCK_NAME", name);
+  if (mark !== undefined) options.mark = parseMarkFrom("NETLOCK_MARK", mark);
+  const pidText = env("CRTOOLS_INIT_PID");
+  if (pidText === undefined || pidText === "") {
+    throw new NetlockError(
+      "INVALID_ENVIRONMENT",
+      `CRIU action ${action}: CRTOOLS_INIT_PID is not set`,
+    );
+  }
+  let pid: number;
+  try {
+    pid = parsePid(pidText);
+  } catch (error) {
+    throw new NetlockError(
+      "INVALID_ENVIRONMENT",
+      `CRIU action ${action}: CRTOOLS_INIT_PID: ${(error as Error).message}`,
+    );
+  }
+  return { action: action === "network-lock" ? "lock" : "unlock", pid, options };
+}
+
+function validateNameFrom(variable: string, value: string): string {
+  try {
+    return validateName(value);
+  } catch (error) {
+    throw new TypeError(`${variable}: ${(error as Error).message}`);
+  }
+}
+
+function parseMarkFrom(variable: string, value: string): number {
+  try {
+    return parseMark(value);
+  } catch (error) {
+    throw new TypeError(`${variable}: ${(error as Error).message}`);
+  }
+}

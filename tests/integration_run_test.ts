@@ -1,0 +1,110 @@
+/**
+ * `netlock run`: lock, run, always unlock — also when the command fails,
+ * does not exist, or netlock is told to stop.
+ */
+import assert from "node:assert/strict";
+import { cli, countLines, createNetns, integration, snapshot } from "./helpers/netns.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+Deno.test({
+  ...integration,
+  name: "run: the command sees the lock, its exit status is passed on, the lock is gone after",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const result = await cli(
+      [
+        "run",
+        "-q",
+        "--netns",
+        netns.name,
+        "--",
+        "sh",
+        "-c",
+        `nsenter --net=${netns.path} iptables-save | grep -c -- '-j NETLOCK$'; exit 7`,
+      ],
+      { permissions: ["--allow-run=nsenter,sh"] },
+    );
+    assert.equal(result.code, 7, result.stderr);
+    assert.equal(result.stdout, "2\n", "locked while the command ran");
+    assert.equal(await snapshot(netns), before);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "run: a command that does not exist exits 127 and leaves nothing locked",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const result = await cli(["run", "--netns", netns.name, "--", "netlock-no-such-command"], {
+      permissions: ["--allow-run"],
+    });
+    assert.equal(result.code, 127);
+    assert.match(
+      result.stderr,
+      /error: cannot run netlock-no-such-command: netlock-no-such-command not found on PATH/,
+    );
+    assert.equal(await snapshot(netns), before);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "run: a failed lock does not run the command and exits 125",
+  async fn() {
+    const result = await cli(["run", "--netns", "netlock-missing", "--", "sh", "-c", "echo ran"], {
+      permissions: ["--allow-run=nsenter,sh"],
+    });
+    assert.equal(result.code, 125);
+    assert.equal(result.stdout, "");
+    assert.match(
+      result.stderr,
+      /^error: Cannot lock network of namespace \/run\/netns\/netlock-missing/,
+    );
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "run: SIGTERM to netlock reaches the command, then netlock unlocks and exits 143",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const marker = await Deno.makeTempFile();
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-config",
+        "--allow-run=nsenter,sh",
+        CLI,
+        "run",
+        "--netns",
+        netns.name,
+        "--",
+        "sh",
+        "-c",
+        `trap 'kill $!; echo term >> ${marker}; exit 143' TERM; sleep 30 & echo started > ${marker}; wait`,
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    try {
+      // Wait until the command runs (it writes the marker), then stop netlock.
+      for (let i = 0; i < 200 && !(await Deno.readTextFile(marker)).includes("started"); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.equal(countLines((await netns.run(["iptables-save"])).stdout, /-j NETLOCK$/), 2);
+      child.kill("SIGTERM");
+      const output = await child.output();
+      assert.equal(output.code, 143, new TextDecoder().decode(output.stderr));
+      assert.equal(await Deno.readTextFile(marker), "started\nterm\n", "the command got SIGTERM");
+      assert.equal(await snapshot(netns), before, "unlocked");
+    } finally {
+      await Deno.remove(marker);
+    }
+  },
+});

@@ -47,32 +47,3 @@ export async function findCriuNftTables(exec: ToolExec): Promise<string[]> {
   assertToolSuccess(result, "nft");
   return parseNftTablesJson(result.stdout).filter(isCriuNftTable).map((table) => table.name);
 }
-
-/**
- * Deletes CRIU's nftables lock tables in one transaction.
- *
- * @param exec Runs a tool in the target's namespace.
- * @param dryRun Only report.
- * @param log Where a dry run reports.
- * @returns The names of the tables removed.
- */
-export async function removeCriuNftTables(
-  exec: ToolExec,
-  dryRun: boolean,
-  log?: (line: string) => void,
-): Promise<string[]> {
-  for (let attempt = 0; attempt < 12; attempt++) {
-    const tables = await findCriuNftTables(exec);
-    if (tables.length === 0) return [];
-    const script = tables.map((name) => `delete table inet ${name}\n`).join("");
-    if (dryRun) {
-      log?.(`would run: nft -f - <<EOF\n${script}EOF`);
-      return tables;
-    }
-    const result = await exec("nft", ["-f", "-"], script);
-    if (result.success) return tables;
-    // A concurrent unlock removed one of them: look again.
-    if (!/No such file or directory/.test(result.stderr)) assertToolSuccess(result, "nft");
-  }
-  return [];
-}

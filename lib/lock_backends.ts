@@ -7,7 +7,11 @@
  * @module
  */
 
-import { CRIU_IPTABLES_RULES, findCriuNftTables, removeCriuNftTables } from "./criu_locks.ts";
+import { CRIU_IPTABLES_RULES, findCriuNftTables } from "./criu_locks.ts";
+import { assertToolSuccess, type ToolExec } from "./nsenter.ts";
+import type { RunResult } from "./runner.ts";
+import { type NftTableView, parseNftTableJson } from "./nft_view_parser.ts";
+import { planUnlock, type UnlockPlan } from "./unlock_plan.ts";
 import { NetlockError } from "./errors.ts";
 import {
   type IptablesContext,
@@ -19,7 +23,6 @@ import {
   lockNftTable,
   type NftContext,
   type NftTableLock,
-  nftUnlock,
   readNftLockTable,
 } from "./nftables/backend.ts";
 import { inspectNftLock } from "./nftables/lock_state.ts";
@@ -29,7 +32,9 @@ import type { IptablesLockState } from "./iptables/lock_state.ts";
 import type { Family } from "./types.ts";
 import type { Prepared, ResolvedOptions } from "./prepare.ts";
 import type { CriuLocks } from "./types.ts";
-import type { NftTableView } from "./nft_view_parser.ts";
+
+// Each failed transaction means another caller changed the state in between.
+const MAX_ATTEMPTS = 12;
 
 /** A backend that can hold a lock. */
 export type BackendName = "iptables" | "nftables";
@@ -109,12 +114,16 @@ export async function lockWithBackend(
 }
 
 /**
- * Unlocks the namespace through both backends (a backend whose tools are
- * missing is skipped), and removes CRIU's own locks with `criu`. If one part
- * fails, the parts this call unlocked are locked again.
+ * Unlocks through both backends at once: one read of the namespace's
+ * nf_tables state, then ONE nft transaction that removes netlock's iptables
+ * chain (iptables-nft) and nftables table, and CRIU's leftovers with `criu`.
+ * Legacy iptables (or no nft) is unlocked through iptables-restore. A
+ * concurrent change makes the transaction fail as a whole; it is then
+ * planned again from a new read.
  *
  * @param prepared The probed target.
  * @param opts The validated options.
+ * @param shape The lock's name and form.
  * @returns Whether anything changed and which backend held the lock.
  */
 export async function unlockAllBackends(
@@ -123,45 +132,116 @@ export async function unlockAllBackends(
   shape: LockShape,
 ): Promise<NamespaceOutcome> {
   const ipt = iptablesContext(prepared, opts, shape);
-  const nft = nftContext(prepared, opts, shape);
-  const [iptOutcome, nftOutcome, criuIpt, criuNft] = await Promise.allSettled([
-    iptablesUnlock(ipt),
-    nftUnlock(nft),
-    opts.criu
-      ? iptablesUnlock({ ...ipt, rules: CRIU_IPTABLES_RULES, rulesFor: undefined })
-      : Promise.resolve(null),
-    opts.criu
-      ? removeCriuNftTables(prepared.exec, opts.dryRun, opts.exec.log)
-      : Promise.resolve([]),
+  const names = [shape.name, ...(opts.criu ? ["CRIU"] : [])];
+  const [initial, flavour] = await Promise.all([
+    readNftState(prepared.exec, names, prepared.prefetch?.chains),
+    iptablesFlavour(prepared.exec, prepared.prefetch?.flavour),
   ]);
-  const iptChanged = changedOf(iptOutcome);
-  const nftChanged = changedOf(nftOutcome);
-  const failure = [iptOutcome, nftOutcome, criuIpt, criuNft].find((o) =>
-    o.status === "rejected" && !toolMissing(o.reason)
-  ) as PromiseRejectedResult | undefined;
-  const bothMissing = iptOutcome.status === "rejected" && nftOutcome.status === "rejected" &&
-    toolMissing(iptOutcome.reason) && toolMissing(nftOutcome.reason);
-  if (failure || bothMissing) {
-    // Put back what this call removed, so that nothing is left half-unlocked.
-    await Promise.allSettled([
-      iptChanged ? iptablesLock(ipt) : undefined,
-      nftChanged ? lockNftTable(nft, shape.nftLock) : undefined,
+  // Legacy iptables keeps its rules outside nf_tables: only iptables-restore sees them.
+  let legacy = { changed: false, criu: false };
+  if (flavour === "legacy" || initial === undefined) {
+    if (flavour === "missing" && initial === undefined) {
+      throw new NetlockError("TOOL_NOT_FOUND", "neither nft nor iptables is installed");
+    }
+    const [own, criu] = await Promise.all([
+      flavour === "missing" ? { changed: false } : iptablesUnlock(ipt),
+      opts.criu && flavour !== "missing"
+        ? iptablesUnlock({ ...ipt, rules: CRIU_IPTABLES_RULES, rulesFor: undefined })
+        : { changed: false },
     ]);
-    throw failure ? failure.reason : (iptOutcome as PromiseRejectedResult).reason;
+    legacy = { changed: own.changed, criu: criu.changed };
   }
-  const criuRemoved: CriuLocks | undefined = opts.criu
+  let state = initial;
+  let removed: UnlockPlan | undefined;
+  for (let attempt = 0; state && attempt < MAX_ATTEMPTS; attempt++) {
+    const plan = planUnlock(state, shape.name, opts.criu);
+    if (plan.commands.length === 0) break;
+    const script = `${plan.commands.join("\n")}\n`;
+    if (opts.dryRun) {
+      opts.exec.log?.(`would run: nft -f - <<EOF\n${script}EOF`);
+      removed = plan;
+      break;
+    }
+    const result = await prepared.exec("nft", ["-f", "-"], script);
+    if (result.success && !result.stdinClosedEarly) {
+      removed = plan;
+      break;
+    }
+    const next = await readNftState(prepared.exec, names);
+    if (JSON.stringify(next) === JSON.stringify(state)) {
+      try {
+        assertToolSuccess(result, "nft");
+      } catch (error) {
+        if (legacy.changed) await iptablesLock(ipt).catch(() => {});
+        throw error;
+      }
+    }
+    state = next;
+  }
+  const criu: CriuLocks | undefined = opts.criu
     ? {
-      iptables: criuIpt.status === "fulfilled" && criuIpt.value?.changed ? prepared.families : [],
-      nftables: criuNft.status === "fulfilled" ? criuNft.value : [],
+      iptables: legacy.criu ? prepared.families : removed?.criu.iptables ?? [],
+      nftables: removed?.criu.nftables ?? [],
     }
     : undefined;
-  const criuChanged = criuRemoved !== undefined &&
-    (criuRemoved.iptables.length > 0 || criuRemoved.nftables.length > 0);
+  const nftChanged = removed?.nftables ?? false;
+  const iptChanged = legacy.changed || (removed?.iptables.length ?? 0) > 0;
   return {
-    changed: iptChanged || nftChanged || criuChanged,
+    changed: nftChanged || iptChanged || (criu !== undefined &&
+      (criu.iptables.length > 0 || criu.nftables.length > 0)),
     backend: nftChanged ? "nftables" : iptChanged ? "iptables" : requestedBackend(opts),
-    ...(criuRemoved ? { criu: criuRemoved } : {}),
+    ...(criu ? { criu } : {}),
   };
+}
+
+/**
+ * Everything the unlock needs from nf_tables, without listing a lock's own
+ * rules or set elements (tens of thousands for a connection lock, seconds of
+ * nft time): the chains of every table, then the rules of the INPUT/OUTPUT
+ * chains of the filter tables that hold a lock chain. `undefined` when nft
+ * is not installed.
+ */
+async function readNftState(
+  exec: ToolExec,
+  names: string[],
+  prefetched?: Promise<RunResult>,
+): Promise<NftTableView | undefined> {
+  const listed = await (prefetched ?? exec("nft", ["-j", "list", "chains"]));
+  if (listed.code === 127 && /nsenter: failed to execute/.test(listed.stderr)) return undefined;
+  assertToolSuccess(listed, "nft");
+  const state = parseNftTableJson(listed.stdout, { allTables: true });
+  const tables = new Map(
+    state.chains.map((c) => [`${c.family} ${c.table}`, { family: c.family!, name: c.table! }]),
+  );
+  state.tables = [...tables.values()];
+  const hooks = state.chains.filter((chain) =>
+    chain.table === "filter" && (chain.name === "INPUT" || chain.name === "OUTPUT") &&
+    state.chains.some((c) =>
+      c.family === chain.family && c.table === "filter" && names.includes(c.name)
+    )
+  );
+  const listings = await Promise.all(
+    hooks.map((chain) => exec("nft", ["-j", "list", "chain", chain.family!, "filter", chain.name])),
+  );
+  for (const result of listings) {
+    // A chain deleted meanwhile: the transaction planned from this read fails and is replanned.
+    if (!result.success && /No such file or directory/.test(result.stderr)) continue;
+    assertToolSuccess(result, "nft");
+    state.rules.push(...parseNftTableJson(result.stdout, { allTables: true }).rules);
+  }
+  return state;
+}
+
+/** Which iptables the target's PATH has: `nf_tables`, `legacy`, or `missing`. */
+async function iptablesFlavour(
+  exec: ToolExec,
+  prefetched?: Promise<RunResult>,
+): Promise<"nf_tables" | "legacy" | "missing"> {
+  const result = await (prefetched ?? exec("iptables", ["-V"]));
+  if (result.code === 127 && /nsenter: failed to execute/.test(result.stderr)) return "missing";
+  return /\(legacy\)/.test(result.stdout) || !/nf_tables/.test(result.stdout)
+    ? "legacy"
+    : "nf_tables";
 }
 
 /**
@@ -253,10 +333,6 @@ function nftContext(prepared: Prepared, opts: ResolvedOptions, shape: LockShape)
 
 function requestedBackend(opts: ResolvedOptions): BackendName {
   return opts.backend === "iptables" ? "iptables" : "nftables";
-}
-
-function changedOf(outcome: PromiseSettledResult<{ changed: boolean }>): boolean {
-  return outcome.status === "fulfilled" && outcome.value.changed;
 }
 
 function toolMissing(error: unknown): boolean {

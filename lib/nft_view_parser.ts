@@ -40,6 +40,10 @@ export interface NftRule {
   plainJumpTo?: string;
   /** The mark when the rule is exactly `meta mark MARK accept` (a counter allowed). */
   markAccept?: number;
+  /** With `allTables`: the rule's family. */
+  family?: string;
+  /** With `allTables`: the rule's table. */
+  table?: string;
 }
 
 /** The table as nft listed it. */
@@ -54,6 +58,8 @@ export interface NftTableView {
   otherObjects: number;
   /** The sets' elements by set name; concatenations joined with spaces. */
   sets: Record<string, string[]>;
+  /** With `allTables`: every table listed. */
+  tables?: NftTableName[];
 }
 
 /**
@@ -87,6 +93,9 @@ export function parseNftTableJson(
     if (item.metainfo) continue;
     if (item.table) {
       view.family = String(item.table.family);
+      if (options.allTables) {
+        (view.tables ??= []).push({ family: view.family, name: String(item.table.name) });
+      }
     } else if (item.chain) {
       const chain = item.chain;
       view.chains.push({
@@ -107,6 +116,7 @@ export function parseNftTableJson(
         handle: Number(rule.handle),
         ...(jumpTo === undefined ? {} : { plainJumpTo: jumpTo }),
         ...(mark === undefined ? {} : { markAccept: mark }),
+        ...(options.allTables ? { family: String(rule.family), table: String(rule.table) } : {}),
       });
     } else {
       view.otherObjects++;

@@ -7,6 +7,7 @@
 
 import { NetlockError } from "./errors.ts";
 import { type ExecSettings, nsenterExec, type ToolExec } from "./nsenter.ts";
+import type { RunResult } from "./runner.ts";
 import {
   type Backend,
   DEFAULT_MARK,
@@ -62,6 +63,11 @@ export interface Prepared {
   mode: "netns" | "connections";
   /** The families to act on. */
   families: Family[];
+  /**
+   * Unlock: reads started together with the probe (they do not depend on
+   * it), to save a round of spawns: `nft -j list chains` and `iptables -V`.
+   */
+  prefetch?: { chains: Promise<RunResult>; flavour: Promise<RunResult> };
 }
 
 /**
@@ -127,17 +133,27 @@ export async function prepare(
     throw new TypeError("Connection mode needs a PID target, not --netns");
   }
   let exec = nsenterExec(ref.nsenterArgs, options.exec);
+  let prefetch: Prepared["prefetch"] = verb === "unlock" && !options.dryRun
+    ? {
+      chains: exec("nft", ["-j", "list", "chains"]),
+      flavour: exec("iptables", ["-V"]),
+    }
+    : undefined;
+  // Settled either way; a prefetch for a target that turns out gone is dropped.
+  prefetch?.chains.catch(() => {});
+  prefetch?.flavour.catch(() => {});
   const needOwn = options.mode === "auto" || (options.mode === "netns" && !options.force);
-  const [probed, own] = await Promise.allSettled([
-    probeTarget(ref, exec),
-    needOwn ? ownNetns(options.exec) : Promise.resolve(undefined),
+  // The probe reads netlock's own namespace too (/proc/<netlock's PID>/ns/net);
+  // only if it cannot, a second spawn asks from netlock's side.
+  const [probed] = await Promise.allSettled([
+    probeTarget(ref, exec, needOwn ? Deno.pid : undefined),
   ]);
-  if (own.status === "rejected") throw own.reason;
   let probe: TargetProbe;
   let mode: "netns" | "connections";
   if (probed.status === "fulfilled") {
     probe = probed.value;
-    const isOwn = probe.netns === own.value;
+    const own = needOwn ? probe.own ?? await ownNetns(options.exec) : undefined;
+    const isOwn = probe.netns === own;
     mode = options.mode === "auto" ? (isOwn ? "connections" : "netns") : options.mode;
     if (verb === "lock" && mode === "netns" && isOwn && !options.force) refuseOwnNamespace();
     if (mode === "connections" && ref.pid === undefined) refuseOwnNamespace();
@@ -148,13 +164,14 @@ export async function prepare(
       throw probed.reason;
     }
     exec = nsenterExec([], options.exec);
+    prefetch = undefined;
     probe = await probeTarget({ label: "netlock's own namespace", nsenterArgs: [] }, exec);
     mode = "connections";
   }
   const withIpv6 = options.ipv6 === "on" ||
     (options.ipv6 === "auto" && probe.ipv6) ||
     ((verb === "unlock" || mode === "connections") && options.ipv6 !== "off" && probe.ipv6);
-  return { probe, exec, mode, families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"] };
+  return { probe, exec, mode, families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"], prefetch };
 }
 
 /**

@@ -30,6 +30,8 @@ export interface TargetProbe {
   netns: string;
   /** Whether `/proc/sys/net/ipv6` exists in the target (CRIU's test for IPv6). */
   ipv6: boolean;
+  /** netlock's own namespace, when the probe was asked for it and could read it. */
+  own?: string;
 }
 
 /**
@@ -87,24 +89,35 @@ export function toTargetRef(target: Target, options: { userns?: boolean } = {}):
  *
  * @param ref The validated target.
  * @param exec Runs a tool in the target's namespace.
+ * @param ownPid netlock's PID: also read netlock's own namespace in the same spawn.
  * @returns The namespace identity and IPv6 presence.
  */
-export async function probeTarget(ref: TargetRef, exec: ToolExec): Promise<TargetProbe> {
-  // One spawn answers both questions; stat exits 1 when the IPv6 directory is
-  // missing but still prints the namespace line first.
+export async function probeTarget(
+  ref: TargetRef,
+  exec: ToolExec,
+  ownPid?: number,
+): Promise<TargetProbe> {
+  // One spawn answers every question; stat exits 1 when a path is missing
+  // (no IPv6) but still prints the lines of the others.
+  const own = ownPid === undefined ? [] : [`/proc/${ownPid}/ns/net`];
   const result = await exec("stat", [
     "-L",
     "-c",
     "%n %i",
     "/proc/self/ns/net",
+    ...own,
     "/proc/sys/net/ipv6",
   ]);
   const lines = result.stdout.split("\n");
   const inode = lines[0]?.match(/^\/proc\/self\/ns\/net ([0-9]+)$/)?.[1];
   if (!inode || (result.code !== 0 && result.code !== 1)) throw probeError(ref, result.stderr);
+  const ownInode = own.length
+    ? lines.find((line) => line.startsWith(`${own[0]} `))?.split(" ")[1]
+    : undefined;
   return {
     netns: `net:[${inode}]`,
     ipv6: lines.some((line) => line.startsWith("/proc/sys/net/ipv6 ")),
+    ...(ownInode ? { own: `net:[${ownInode}]` } : {}),
   };
 }
 

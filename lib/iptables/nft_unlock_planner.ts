@@ -54,28 +54,34 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
  * ```
  *
  * @param view The family's filter table as nft lists it.
- * @param name The lock chain's name.
+ * @param names The lock chains' names (netlock's, and CRIU's with `--criu`).
  * @returns The commands, in order; empty when there is no lock chain.
  */
-export function planNftUnlockCommands(view: NftTableView, name: string): string[] {
-  const lockChain = view.chains.find((chain) => chain.name === name);
-  if (!lockChain) return [];
+export function planNftUnlockCommands(view: NftTableView, names: string | string[]): string[] {
+  const wanted = new Set(typeof names === "string" ? [names] : names);
+  const lockChains = view.chains.filter((chain) => wanted.has(chain.name));
+  if (lockChains.length === 0) return [];
+  const present = new Set(lockChains.map((chain) => chain.name));
+  const oldest = Math.min(...lockChains.map((chain) => chain.handle));
   const table = `${view.family} filter`;
   const jumps = view.rules.filter((rule) =>
-    (rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.plainJumpTo === name
+    (rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.plainJumpTo !== undefined &&
+    present.has(rule.plainJumpTo)
   );
   const commands = jumps.map((rule) => `delete rule ${table} ${rule.chain} handle ${rule.handle}`);
-  commands.push(`flush chain ${table} ${name}`, `delete chain ${table} ${name}`);
-  const removedRules = new Set([...jumps.map((rule) => rule.handle)]);
+  for (const chain of lockChains) {
+    commands.push(`flush chain ${table} ${chain.name}`, `delete chain ${table} ${chain.name}`);
+  }
+  const removedRules = new Set(jumps.map((rule) => rule.handle));
   const remainingRules = view.rules.filter((rule) =>
-    rule.chain !== name && !removedRules.has(rule.handle)
+    !present.has(rule.chain) && !removedRules.has(rule.handle)
   );
   const createdByLock = view.chains.filter((chain) =>
-    (chain.name === "INPUT" || chain.name === "OUTPUT") && chain.handle > lockChain.handle &&
+    (chain.name === "INPUT" || chain.name === "OUTPUT") && chain.handle > oldest &&
     chain.policy === "accept" && !remainingRules.some((rule) => rule.chain === chain.name)
   );
   for (const chain of createdByLock) commands.push(`delete chain ${table} ${chain.name}`);
-  const remainingChains = view.chains.length - 1 - createdByLock.length;
+  const remainingChains = view.chains.length - lockChains.length - createdByLock.length;
   if (remainingChains === 0 && view.otherObjects === 0) commands.push(`delete table ${table}`);
   return commands;
 }

@@ -12,7 +12,7 @@ import { assertToolSuccess, type ToolExec } from "../nsenter.ts";
 import { type NftTableView, parseNftTableJson } from "../nft_view_parser.ts";
 import type { RunResult } from "../runner.ts";
 import { inspectNftLock } from "./lock_state.ts";
-import { renderNftLock, renderNftRelock, renderNftUnlock } from "./ruleset.ts";
+import { renderNftLock, renderNftRelock } from "./ruleset.ts";
 
 /** Everything the backend needs for one target. */
 export interface NftContext {
@@ -93,37 +93,6 @@ export async function lockNftTable(
     "CONFLICT",
     `the nftables table kept changing; gave up after ${MAX_ATTEMPTS} attempts`,
   );
-}
-
-/**
- * Unlocks: deletes the table; a table that is not there means there was
- * nothing to do.
- *
- * @param ctx The target's exec and the rules.
- * @returns Whether anything changed.
- */
-export async function nftUnlock(ctx: NftContext): Promise<{ changed: boolean }> {
-  if (ctx.dryRun) {
-    if ((await readNftLockTable(ctx)) === null) return { changed: false };
-    logDryRun(ctx, renderNftUnlock(ctx.rules));
-    return { changed: true };
-  }
-  const result = await applyNft(ctx, renderNftUnlock(ctx.rules));
-  if (result.success && !result.stdinClosedEarly) return { changed: true };
-  failUnlessTransient(result);
-  if ((await readNftLockTable(ctx)) === null) return { changed: false };
-  assertToolSuccess(result, "nft");
-  return { changed: false };
-}
-
-/**
- * Reads the state of netlock's nftables table.
- *
- * @param ctx The target's exec and the rules.
- * @returns `locked`, `unlocked` or `partial`.
- */
-export async function nftStatus(ctx: NftContext): Promise<"locked" | "unlocked" | "partial"> {
-  return inspectNftLock(await readNftLockTable(ctx), ctx.rules);
 }
 
 /**

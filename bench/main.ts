@@ -1,0 +1,329 @@
+/**
+ * netlock's benchmark suite: `deno task bench` (as root). Everything runs in
+ * namespaces this script creates and deletes, interleaved, several rounds,
+ * medians reported next to the reference measured in the same run:
+ *
+ *   (a) CRIU's own sequences from a shell-like spawn through nsenter,
+ *   (b) netlock's library lockNetwork / unlock in this warm process,
+ *   (c) the CLI end to end against the floor: an empty `deno run` plus (a),
+ *   (d) connection mode with 100, 1,000 and 10,000 connections,
+ *   (e) 100 namespaces locked and unlocked in one CLI call,
+ *   plus the CLI's peak memory.
+ *
+ * Options: `--rounds N` (default 20), `--connections N,N,...`, `--json FILE`.
+ */
+import { parseArgs } from "node:util";
+import { lockNetwork, unlockNetwork } from "../mod.ts";
+import { createNetns, startEndpoint, type TestNetns } from "../tests/helpers/netns.ts";
+import { CRIU, type Sequence } from "./criu_sequences.ts";
+import { median, peakRssKiB, run, time } from "./measure.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    rounds: { type: "string", default: "20" },
+    connections: { type: "string", default: "100,1000,10000" },
+    json: { type: "string" },
+  },
+});
+const ROUNDS = Number(values.rounds);
+const CONNECTIONS = values.connections!.split(",").map(Number);
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+const EMPTY = await Deno.makeTempFile({ suffix: ".ts" });
+
+interface Row {
+  group: string;
+  what: string;
+  netlockMs: number;
+  referenceMs?: number;
+  reference?: string;
+  target?: number;
+}
+const rows: Row[] = [];
+const add = (row: Row) => {
+  rows.push(row);
+  const ratio = row.referenceMs ? ` ratio ${(row.netlockMs / row.referenceMs).toFixed(2)}` : "";
+  console.error(`  ${row.group} ${row.what}: ${row.netlockMs.toFixed(1)} ms${ratio}`);
+};
+
+try {
+  await namespaceLocks();
+  await cliEndToEnd();
+  for (const n of CONNECTIONS) await connectionLocks(n);
+  await manyNamespaces(100);
+  printTable();
+  if (values.json) {
+    await Deno.writeTextFile(
+      values.json,
+      JSON.stringify({ date: new Date().toISOString(), rounds: ROUNDS, rows }, null, 2),
+    );
+  }
+} finally {
+  await Deno.remove(EMPTY);
+}
+
+async function namespaceLocks(): Promise<void> {
+  console.error("(a)(b) namespace lock and unlock, library vs CRIU's sequences");
+  await using netns = await createNetns();
+  const samples = new Map<string, number[]>();
+  const push = (key: string, ms: number) => samples.set(key, [...(samples.get(key) ?? []), ms]);
+  for (let round = 0; round < ROUNDS + 2; round++) {
+    const keep = round >= 2; // two warm-up rounds
+    for (const backend of ["iptables", "nftables"] as const) {
+      const criu: Sequence = CRIU[backend];
+      const criuLock = await time(() => criu.lock(netns.path));
+      const criuUnlock = await time(() => criu.unlock(netns.path));
+      await criu.reset(netns.path);
+      let lock: Awaited<ReturnType<typeof lockNetwork>> | undefined;
+      const ours = await time(async () =>
+        lock = await lockNetwork({ netns: netns.path }, { backend })
+      );
+      const oursUnlock = await time(() => lock!.unlock());
+      if (!keep) continue;
+      push(`${backend} criu lock`, criuLock);
+      push(`${backend} criu unlock`, criuUnlock);
+      push(`${backend} lock`, ours);
+      push(`${backend} unlock`, oursUnlock);
+    }
+  }
+  const m = (key: string) => median(samples.get(key)!);
+  for (const backend of ["iptables", "nftables"]) {
+    add({
+      group: `namespace ${backend}`,
+      what: "library lock",
+      netlockMs: m(`${backend} lock`),
+      referenceMs: m(`${backend} criu lock`),
+      reference: `CRIU's ${backend} lock sequence`,
+      target: 1.0,
+    });
+    add({
+      group: `namespace ${backend}`,
+      what: "library unlock",
+      netlockMs: m(`${backend} unlock`),
+      referenceMs: m(`${backend} criu unlock`),
+      reference: `CRIU's ${backend} unlock sequence`,
+      target: backend === "iptables" ? 0.5 : 1.0,
+    });
+  }
+  // The library unlock against CRIU's iptables unlock, whatever backend locked.
+  add({
+    group: "namespace nftables",
+    what: "library unlock vs CRIU iptables unlock",
+    netlockMs: m("nftables unlock"),
+    referenceMs: m("iptables criu unlock"),
+    reference: "CRIU's iptables unlock sequence",
+    target: 0.5,
+  });
+}
+
+async function cliEndToEnd(): Promise<void> {
+  console.error("(c) CLI end to end vs empty deno run + CRIU's sequence");
+  await using netns = await createNetns();
+  const lock: number[] = [];
+  const unlock: number[] = [];
+  const floorLock: number[] = [];
+  const floorUnlock: number[] = [];
+  const cli = (verb: string) =>
+    run([Deno.execPath(), "run", "--allow-run=nsenter", CLI, verb, "-q", "--netns", netns.path]);
+  for (let round = 0; round < ROUNDS + 2; round++) {
+    const empty = await time(() => run([Deno.execPath(), "run", EMPTY]));
+    const criuLock = await time(() => CRIU.iptables.lock(netns.path));
+    const criuUnlock = await time(() => CRIU.iptables.unlock(netns.path));
+    await CRIU.iptables.reset(netns.path);
+    const ours = await time(() => cli("lock"));
+    const oursUnlock = await time(() => cli("unlock"));
+    if (round < 2) continue;
+    floorLock.push(empty + criuLock);
+    floorUnlock.push(empty + criuUnlock);
+    lock.push(ours);
+    unlock.push(oursUnlock);
+  }
+  add({
+    group: "cli iptables",
+    what: "lock",
+    netlockMs: median(lock),
+    referenceMs: median(floorLock),
+    reference: "empty deno run + CRIU's lock",
+    target: 1.15,
+  });
+  add({
+    group: "cli iptables",
+    what: "unlock",
+    netlockMs: median(unlock),
+    referenceMs: median(floorUnlock),
+    reference: "empty deno run + CRIU's unlock",
+  });
+  const rss = await peakRssKiB([
+    Deno.execPath(),
+    "run",
+    "--allow-run=nsenter",
+    CLI,
+    "lock",
+    "-q",
+    "--netns",
+    netns.path,
+  ]);
+  await cli("unlock");
+  add({
+    group: "cli iptables",
+    what: "peak memory of lock (MiB)",
+    netlockMs: rss / 1024,
+    target: 80,
+  });
+}
+
+async function connectionLocks(n: number): Promise<void> {
+  console.error(`(d) connection mode with ${n} connections`);
+  await using netns = await createNetns();
+  await using _server = await startEndpoint(netns, ["server", "127.0.0.1:7100"]);
+  await using client = await startEndpoint(netns, ["client", "127.0.0.1", "7100", String(n)]);
+  for (const backend of ["iptables", "nftables"] as const) {
+    const lock: number[] = [];
+    const unlock: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      let count = 0;
+      lock.push(
+        await time(async () => {
+          count = (await lockNetwork(client.pid, { mode: "connections", backend })).connections;
+        }),
+      );
+      if (count !== n) throw new Error(`locked ${count} connections, expected ${n}`);
+      unlock.push(await time(() => unlockNetwork(client.pid, { mode: "connections" })));
+    }
+    const big = n >= 10_000;
+    add({
+      group: `connections ${backend}`,
+      what: `lock ${n}`,
+      netlockMs: median(lock),
+      target: big ? (backend === "nftables" ? 400 : 600) : undefined,
+    });
+    add({
+      group: `connections ${backend}`,
+      what: `unlock ${n}`,
+      netlockMs: median(unlock),
+      target: big ? (backend === "nftables" ? 200 : 300) : undefined,
+    });
+  }
+  await criuPerRuleLoop(netns, client.pid, n);
+  if (n >= 10_000) {
+    const rss = await peakRssKiB([
+      Deno.execPath(),
+      "run",
+      "--allow-run=nsenter",
+      CLI,
+      "lock",
+      "-q",
+      "--mode",
+      "connections",
+      "-b",
+      "nftables",
+      String(client.pid),
+    ]);
+    await unlockNetwork(client.pid, { mode: "connections" });
+    add({
+      group: "connections nftables",
+      what: `peak memory of CLI lock ${n} (MiB)`,
+      netlockMs: rss / 1024,
+      target: 150,
+    });
+  }
+}
+
+/** CRIU's way: one `sh -c "iptables ..."` per rule; timed on 100 rules, extrapolated. */
+async function criuPerRuleLoop(netns: TestNetns, pid: number, n: number): Promise<void> {
+  const sample = Math.min(n, 50);
+  const ns = ["nsenter", `--net=${netns.path}`, "--"];
+  const rule = (i: number) =>
+    `-p tcp -s 127.0.0.1 --sport 7100 -d 127.0.0.1 --dport ${
+      10000 + i
+    } -m mark ! --mark 0xC114 -j DROP`;
+  const lockMs = await time(async () => {
+    for (let i = 0; i < sample; i++) {
+      await run([
+        ...ns,
+        "sh",
+        "-c",
+        `iptables -w -t filter -A INPUT ${rule(i)}; iptables -w -t filter -A OUTPUT ${rule(i)}`,
+      ]);
+    }
+  });
+  const unlockMs = await time(async () => {
+    for (let i = 0; i < sample; i++) {
+      await run([
+        ...ns,
+        "sh",
+        "-c",
+        `iptables -w -t filter -D INPUT ${rule(i)}; iptables -w -t filter -D OUTPUT ${rule(i)}`,
+      ]);
+    }
+  });
+  void pid;
+  const factor = n / sample;
+  const note = factor > 1 ? ` (${sample} connections timed, x${factor} extrapolated)` : "";
+  add({
+    group: "connections CRIU per-rule loop",
+    what: `lock ${n}${note}`,
+    netlockMs: lockMs * factor,
+  });
+  add({
+    group: "connections CRIU per-rule loop",
+    what: `unlock ${n}${note}`,
+    netlockMs: unlockMs * factor,
+  });
+}
+
+async function manyNamespaces(count: number): Promise<void> {
+  console.error(`(e) ${count} namespaces locked and unlocked in one CLI call`);
+  const namespaces: TestNetns[] = [];
+  try {
+    for (let i = 0; i < count; i++) namespaces.push(await createNetns());
+    const args = namespaces.flatMap((n) => ["--netns", n.path]);
+    const lockMs = await time(() =>
+      run([Deno.execPath(), "run", "--allow-run=nsenter", CLI, "lock", "-q", ...args])
+    );
+    const unlockMs = await time(() =>
+      run([Deno.execPath(), "run", "--allow-run=nsenter", CLI, "unlock", "-q", ...args])
+    );
+    add({
+      group: `${count} namespaces`,
+      what: "lock + unlock, one CLI call each",
+      netlockMs: lockMs + unlockMs,
+      target: 5000,
+    });
+  } finally {
+    for (const netns of namespaces) await netns[Symbol.asyncDispose]();
+  }
+}
+
+function printTable(): void {
+  console.log(
+    `netlock benchmark, ${
+      new Date().toISOString()
+    }, ${Deno.build.target}, ${navigator.hardwareConcurrency} cores, medians of ${ROUNDS} rounds`,
+  );
+  console.log("| what | netlock | reference | ratio | target | met |");
+  console.log("| --- | ---: | ---: | ---: | ---: | :-: |");
+  for (const row of rows) {
+    const ratio = row.referenceMs ? row.netlockMs / row.referenceMs : undefined;
+    const isMemory = row.what.includes("MiB");
+    const value = isMemory ? `${row.netlockMs.toFixed(1)} MiB` : `${row.netlockMs.toFixed(1)} ms`;
+    const reference = row.referenceMs ? `${row.referenceMs.toFixed(1)} ms (${row.reference})` : "";
+    const target = row.target === undefined
+      ? ""
+      : ratio !== undefined
+      ? `≤ ${row.target.toFixed(2)}×`
+      : isMemory
+      ? `≤ ${row.target} MiB`
+      : `≤ ${row.target} ms`;
+    const met = row.target === undefined
+      ? ""
+      : (ratio ?? row.netlockMs) <= row.target
+      ? "yes"
+      : "no";
+    console.log(
+      `| ${row.group}: ${row.what} | ${value} | ${reference} | ${
+        ratio ? ratio.toFixed(2) : ""
+      } | ${target} | ${met} |`,
+    );
+  }
+}

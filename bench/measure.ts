@@ -1,0 +1,64 @@
+/** Timing and memory helpers of the benchmarks. */
+
+/** Runs an argv (stdin from `input`), throws unless it exits 0. */
+export async function run(argv: string[], input?: string): Promise<void> {
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    stdin: input === undefined ? "null" : "piped",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  if (input !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(input));
+    await writer.close();
+  }
+  const output = await child.output();
+  if (!output.success) {
+    throw new Error(`${argv.join(" ")}: ${new TextDecoder().decode(output.stderr)}`);
+  }
+}
+
+/** Milliseconds `fn` took. */
+export async function time(fn: () => Promise<unknown>): Promise<number> {
+  const start = performance.now();
+  await fn();
+  return performance.now() - start;
+}
+
+/** The median of some samples. */
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/**
+ * Peak resident memory of a command in KiB: its VmHWM (a high-water mark,
+ * so the last reading before it exits is the peak), read every millisecond.
+ */
+export async function peakRssKiB(argv: string[]): Promise<number> {
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let peak = 0;
+  let done = false;
+  const status = child.status.then((s) => {
+    done = true;
+    return s;
+  });
+  while (!done) {
+    try {
+      const text = await Deno.readTextFile(`/proc/${child.pid}/status`);
+      const kib = Number(text.match(/^VmHWM:\s+([0-9]+) kB$/m)?.[1] ?? 0);
+      if (kib > peak) peak = kib;
+    } catch {
+      // Exited between the check and the read.
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  if (!(await status).success) throw new Error(`${argv.join(" ")} failed`);
+  return peak;
+}

@@ -66,8 +66,8 @@ export function namespaceShape(opts: ResolvedOptions): LockShape {
     name: opts.name,
     iptablesRules: () => rules,
     nftLock: {
-      create: renderNftLock(rules),
-      replace: renderNftRelock(rules),
+      create: () => renderNftLock(rules),
+      replace: () => renderNftRelock(rules),
       inspect: (view) => inspectNftLock(view, rules),
     },
   };

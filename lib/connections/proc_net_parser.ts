@@ -35,7 +35,8 @@ const LISTEN = "0A";
 /**
  * Parses `/proc/net/tcp` or `/proc/net/tcp6` (any number of them
  * concatenated; header lines are skipped). IPv4-mapped IPv6 addresses
- * (`::ffff:a.b.c.d`) come out as IPv4.
+ * (`::ffff:a.b.c.d`) come out as IPv4. With `inodes`, only those sockets'
+ * rows are decoded.
  *
  * @example
  * ```ts
@@ -50,25 +51,29 @@ const LISTEN = "0A";
  * ```
  *
  * @param text The tables' text.
+ * @param inodes Only keep the rows of these sockets.
  * @returns One entry per socket row.
  */
-export function parseProcNetTcp(text: string): TcpEntry[] {
+export function parseProcNetTcp(text: string, inodes?: ReadonlySet<string>): TcpEntry[] {
   const entries: TcpEntry[] = [];
-  for (const line of text.split("\n")) {
-    const fields = line.trim().split(/\s+/);
-    if (fields.length < 10 || !/^[0-9]+:$/.test(fields[0])) continue;
-    const local = decodeEndpoint(fields[1]);
-    const remote = decodeEndpoint(fields[2]);
+  // One regular expression per row; rows of other processes (the inode is
+  // checked first) are not decoded at all.
+  const row =
+    /^ *[0-9]+: ([0-9A-Fa-f]+):([0-9A-Fa-f]+) ([0-9A-Fa-f]+):([0-9A-Fa-f]+) ([0-9A-Fa-f]{2}) \S+ \S+ \S+ +[0-9]+ +[0-9]+ ([0-9]+)/gm;
+  for (const match of text.matchAll(row)) {
+    const [, localHex, localPortHex, remoteHex, remotePortHex, state, inode] = match;
+    if (inodes && !inodes.has(inode)) continue;
+    const local = decodeAddress(localHex);
+    const remote = decodeAddress(remoteHex);
     if (!local || !remote) continue;
-    const family: Family = local.v4 && remote.v4 ? "ipv4" : "ipv6";
     entries.push({
-      family,
+      family: local.v4 && remote.v4 ? "ipv4" : "ipv6",
       local: local.address,
-      localPort: local.port,
+      localPort: parseInt(localPortHex, 16),
       remote: remote.address,
-      remotePort: remote.port,
-      state: fields[3].toUpperCase(),
-      inode: fields[9],
+      remotePort: parseInt(remotePortHex, 16),
+      state: state.toUpperCase(),
+      inode,
     });
   }
   return entries;
@@ -164,24 +169,15 @@ export function formatIpv6(bytes: Uint8Array): string {
   return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
 }
 
-function decodeEndpoint(text: string): { address: string; port: number; v4: boolean } | undefined {
-  const [hexAddress, hexPort] = text.split(":");
-  if (!hexPort || !/^[0-9A-Fa-f]+$/.test(hexAddress + hexPort)) return undefined;
-  const port = parseInt(hexPort, 16);
+function decodeAddress(hex: string): { address: string; v4: boolean } | undefined {
   // The kernel prints each 32-bit word in host order (little-endian here).
-  const bytes = new Uint8Array(hexAddress.length / 2);
-  for (let word = 0; word < hexAddress.length / 8; word++) {
-    for (let b = 0; b < 4; b++) {
-      bytes[word * 4 + b] = parseInt(
-        hexAddress.slice(word * 8 + (3 - b) * 2, word * 8 + (3 - b) * 2 + 2),
-        16,
-      );
-    }
+  const word = (i: number) => parseInt(hex.slice(i * 8, i * 8 + 8), 16);
+  const bytesOf = (w: number) => [w & 0xff, (w >>> 8) & 0xff, (w >>> 16) & 0xff, w >>> 24];
+  if (hex.length === 8) return { address: bytesOf(word(0)).join("."), v4: true };
+  if (hex.length !== 32) return undefined;
+  const words = [word(0), word(1), word(2), word(3)];
+  if (words[0] === 0 && words[1] === 0 && words[2] === 0xffff0000) {
+    return { address: bytesOf(words[3]).join("."), v4: true }; // ::ffff:a.b.c.d
   }
-  if (bytes.length === 4) return { address: bytes.join("."), port, v4: true };
-  if (bytes.length !== 16) return undefined;
-  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff &&
-    bytes[11] === 0xff;
-  if (mapped) return { address: Array.from(bytes.slice(12)).join("."), port, v4: true };
-  return { address: formatIpv6(bytes), port, v4: false };
+  return { address: formatIpv6(new Uint8Array(words.flatMap(bytesOf))), v4: false };
 }

@@ -5,7 +5,9 @@
  * @module
  */
 
+import type { LockRules } from "../iptables/ruleset.ts";
 import type { LockShape } from "../lock_backends.ts";
+import type { Family } from "../types.ts";
 import type { Connection } from "./proc_net_parser.ts";
 import {
   connectionIptablesBody,
@@ -32,22 +34,29 @@ export function connectionShape(
   connections?: readonly Connection[],
 ): LockShape {
   const table = connectionLockName(name, pid);
-  const wanted = connections ? connectionSetElements(connections) : undefined;
+  let wanted: { conn4: string[]; conn6: string[] } | undefined;
+  const bodies = new Map<Family, LockRules>();
   const sameElements = (have: string[] | undefined, want: string[]) =>
     (have ?? []).length === want.length && new Set([...(have ?? []), ...want]).size === want.length;
   return {
     name: table,
-    iptablesRules: (family) => ({
-      name: table,
-      mark,
-      body: connections ? connectionIptablesBody(connections, family, mark) : "any",
-    }),
+    iptablesRules(family) {
+      let rules = bodies.get(family);
+      if (!rules) {
+        const body = connections ? connectionIptablesBody(connections, family, mark) : "any";
+        rules = { name: table, mark, body };
+        bodies.set(family, rules);
+      }
+      return rules;
+    },
     nftLock: {
-      create: renderNftConnectionLock(table, mark, connections ?? [], "create"),
-      replace: renderNftConnectionLock(table, mark, connections ?? [], "replace"),
+      // Rendered only when used: 10,000 elements make a megabyte of script.
+      create: () => renderNftConnectionLock(table, mark, connections ?? [], "create"),
+      replace: () => renderNftConnectionLock(table, mark, connections ?? [], "replace"),
       inspect(view) {
         if (view === null) return "unlocked";
-        if (!wanted) return "locked";
+        if (!connections) return "locked";
+        wanted ??= connectionSetElements(connections);
         const exact = view.chains.length === 2 &&
           sameElements(view.sets.conn4, wanted.conn4) &&
           sameElements(view.sets.conn6, wanted.conn6);

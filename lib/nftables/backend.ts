@@ -38,8 +38,8 @@ const MAX_ATTEMPTS = 12;
  */
 export function nftLock(ctx: NftContext): Promise<{ changed: boolean }> {
   return lockNftTable(ctx, {
-    create: renderNftLock(ctx.rules),
-    replace: renderNftRelock(ctx.rules),
+    create: () => renderNftLock(ctx.rules),
+    replace: () => renderNftRelock(ctx.rules),
     inspect: (view) => inspectNftLock(view, ctx.rules),
   });
 }
@@ -47,9 +47,9 @@ export function nftLock(ctx: NftContext): Promise<{ changed: boolean }> {
 /** A table-shaped lock: its scripts, and how to tell whether a table is exactly it. */
 export interface NftTableLock {
   /** Creates the table; fails as a whole when it exists. */
-  create: string;
+  create(): string;
   /** Replaces whatever table of that name exists, atomically. */
-  replace: string;
+  replace(): string;
   /** The state of the table as read (`null`: it does not exist). */
   inspect(view: NftTableView | null): "locked" | "unlocked" | "partial";
 }
@@ -69,10 +69,10 @@ export async function lockNftTable(
   if (ctx.dryRun) {
     const state = lock.inspect(await readNftLockTable(ctx));
     if (state === "locked") return { changed: false };
-    logDryRun(ctx, state === "unlocked" ? lock.create : lock.replace);
+    logDryRun(ctx, state === "unlocked" ? lock.create() : lock.replace());
     return { changed: true };
   }
-  let script = lock.create;
+  let script = lock.create();
   let previous: string | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const result = await applyNft(ctx, script);
@@ -87,7 +87,7 @@ export async function lockNftTable(
       assertToolSuccess(result, "nft");
     }
     previous = fingerprint;
-    script = state === "unlocked" ? lock.create : lock.replace;
+    script = state === "unlocked" ? lock.create() : lock.replace();
   }
   throw new NetlockError(
     "CONFLICT",

@@ -156,14 +156,23 @@ export async function unlockAllBackends(
   for (let attempt = 0; state && attempt < MAX_ATTEMPTS; attempt++) {
     const plan = planUnlock(state, shape.name, opts.criu);
     if (plan.commands.length === 0) break;
-    const script = `${plan.commands.join("\n")}\n`;
+    // nft echoes additions only: an empty marker table, added and removed in
+    // the same transaction, makes the echo prove that nft applied it.
+    const marker = `inet ${shape.name}-unlock`;
+    const script = `${plan.commands.join("\n")}\nadd table ${marker}\ndelete table ${marker}\n`;
     if (opts.dryRun) {
       opts.exec.log?.(`would run: nft -f - <<EOF\n${script}EOF`);
       removed = plan;
       break;
     }
-    const result = await prepared.exec("nft", ["-f", "-"], script);
+    const result = await prepared.exec("nft", ["-e", "-f", "-"], script);
     if (result.success && !result.stdinClosedEarly) {
+      if (!result.stdout.includes(`add table ${marker}`)) {
+        throw new NetlockError(
+          "TOOL_FAILED",
+          "nft exited with code 0 but did not apply the unlock",
+        );
+      }
       removed = plan;
       break;
     }

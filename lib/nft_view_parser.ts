@@ -10,6 +10,8 @@
  * @module
  */
 
+import { NetlockError } from "./errors.ts";
+
 /** One chain with its handle; base chains have a hook and a policy. */
 export interface NftChain {
   /** The chain's name. */
@@ -83,11 +85,26 @@ export interface NftTableView {
  *   `nft -j list chains`, which lists the chains of every table).
  * @returns The chains and rules with their handles.
  */
+function parseJson<T>(text: string): T {
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    // A broken or foreign nft: its output is a tool failure, not a crash.
+    const shown = text.trim().split("\n")[0].slice(0, 80);
+    throw new NetlockError(
+      "TOOL_FAILED",
+      shown === ""
+        ? "nft exited with code 0 but printed nothing"
+        : `nft printed output that is not its JSON: "${shown}"`,
+    );
+  }
+}
+
 export function parseNftTableJson(
   text: string,
   options: { allTables?: boolean } = {},
 ): NftTableView {
-  const parsed = JSON.parse(text) as { nftables?: Record<string, Record<string, unknown>>[] };
+  const parsed = parseJson<{ nftables?: Record<string, Record<string, unknown>>[] }>(text);
   const view: NftTableView = { family: "", chains: [], rules: [], otherObjects: 0, sets: {} };
   for (const item of parsed.nftables ?? []) {
     if (item.metainfo) continue;
@@ -183,9 +200,9 @@ export interface NftTableName {
  * @returns The family and name of every table.
  */
 export function parseNftTablesJson(text: string): NftTableName[] {
-  const parsed = JSON.parse(text) as {
+  const parsed = parseJson<{
     nftables?: { table?: { family?: unknown; name?: unknown } }[];
-  };
+  }>(text);
   return (parsed.nftables ?? []).flatMap((item) =>
     item.table ? [{ family: String(item.table.family), name: String(item.table.name) }] : []
   );

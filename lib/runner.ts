@@ -244,13 +244,32 @@ async function feedStdin(
 
 function requireRunPermission(command: string): void {
   const state = Deno.permissions.querySync({ name: "run", command }).state;
-  if (state !== "granted") {
-    // Checked up front so that Deno never prompts on a TTY.
-    throw new NetlockError(
-      "DENO_PERMISSION",
-      `requires permission to run ${command}: add --allow-run=${command}`,
-    );
+  if (state === "granted") return;
+  // Checked up front so that Deno never prompts on a TTY. A scoped
+  // --allow-run=NAME is not granted when Deno cannot find NAME: tell a
+  // missing binary from a missing permission where PATH may be read.
+  if (!command.includes("/") && onPath(command) === false) {
+    throw new NetlockError("TOOL_NOT_FOUND", `${command} not found on PATH`);
   }
+  throw new NetlockError(
+    "DENO_PERMISSION",
+    `requires permission to run ${command}: add --allow-run=${command} ` +
+      `(if it is given, ${command} is not installed or not on PATH)`,
+  );
+}
+
+/** Whether `command` is on PATH; `undefined` when PATH may not be searched. */
+function onPath(command: string): boolean | undefined {
+  const granted = (descriptor: Deno.PermissionDescriptor) =>
+    Deno.permissions.querySync(descriptor).state === "granted";
+  if (!granted({ name: "env", variable: "PATH" }) || !granted({ name: "read" })) return undefined;
+  return (Deno.env.get("PATH") ?? "").split(":").some((dir) => {
+    try {
+      return Deno.statSync(`${dir || "."}/${command}`).isFile;
+    } catch {
+      return false;
+    }
+  });
 }
 
 function spawnError(command: string, error: unknown): NetlockError {

@@ -70,7 +70,7 @@ Deno.test("without --allow-run the CLI exits 2 and names the flag to add", async
   assert.equal(
     result.stderr,
     "error: Cannot lock network of namespace /run/netns/blue: requires permission to run nsenter: " +
-      "add --allow-run=nsenter\n",
+      "add --allow-run=nsenter (if it is given, nsenter is not installed or not on PATH)\n",
   );
 });
 

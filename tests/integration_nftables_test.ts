@@ -109,6 +109,8 @@ Deno.test({
         "ip6tables-restore",
         "iptables-save",
         "ip6tables-save",
+        "iptables",
+        "ip6tables",
       ];
       for (const tool of tools) {
         const where = (await must(["sh", "-c", `PATH="$PATH:/usr/sbin:/sbin" command -v ${tool}`]))

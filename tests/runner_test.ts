@@ -90,7 +90,8 @@ Deno.test("runCommand() checks the Deno permission instead of prompting", async 
   }).output();
   assert.equal(
     new TextDecoder().decode(child.stdout).trim(),
-    "DENO_PERMISSION|requires permission to run nsenter: add --allow-run=nsenter",
+    "DENO_PERMISSION|requires permission to run nsenter: add --allow-run=nsenter " +
+      "(if it is given, nsenter is not installed or not on PATH)",
   );
 });
 

@@ -50,6 +50,7 @@ export function connectionShape(
       return rules;
     },
     nftLock: {
+      bulky: true,
       // Rendered only when used: 10,000 elements make a megabyte of script.
       create: () => renderNftConnectionLock(table, mark, connections ?? [], "create"),
       replace: () => renderNftConnectionLock(table, mark, connections ?? [], "replace"),

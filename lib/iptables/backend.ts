@@ -125,7 +125,10 @@ async function lockFamily(ctx: IptablesContext, family: Family): Promise<boolean
     const step = planIptablesLock(state, rulesOf(ctx, family));
     if (!step) return false;
     const result = await applyStep(ctx, family, step);
-    if (result.success && !result.stdinClosedEarly) return true;
+    if (result.success && !result.stdinClosedEarly) {
+      if (!ctx.dryRun) await verifyJump(ctx, family, rulesOf(ctx, family).name);
+      return true;
+    }
     const next = await readStateAfterFailure(ctx, family, result, step);
     if (next.status === "locked") return false;
     if (sameLockState(next, state)) assertToolSuccess(result, toolName(family, step));
@@ -258,6 +261,23 @@ async function readStateAfterFailure(
     assertToolSuccess(result, toolName(family, step));
   }
   return await readState(ctx, family);
+}
+
+/**
+ * A tool that exits 0 without doing its job (a broken or foreign binary)
+ * must not pass for a lock: check that INPUT now jumps to the chain. Cheap
+ * even for a 20,000-rule connection chain, whose rules are not listed.
+ */
+async function verifyJump(ctx: IptablesContext, family: Family, name: string): Promise<void> {
+  const tool = family === "ipv4" ? "iptables" : "ip6tables";
+  const result = await ctx.exec(tool, ["-w", "-S", "INPUT"]);
+  assertToolSuccess(result, tool);
+  if (!result.stdout.split("\n").includes(`-A INPUT -j ${name}`)) {
+    throw new NetlockError(
+      "TOOL_FAILED",
+      `${TOOLS[family].restore} exited with code 0 but the lock is not in place`,
+    );
+  }
 }
 
 function rulesOf(ctx: IptablesContext, family: Family): LockRules {

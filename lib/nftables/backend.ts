@@ -50,6 +50,8 @@ export interface NftTableLock {
   create(): string;
   /** Replaces whatever table of that name exists, atomically. */
   replace(): string;
+  /** Tens of thousands of elements: too many for nft to echo back cheaply. */
+  bulky?: boolean;
   /** The state of the table as read (`null`: it does not exist). */
   inspect(view: NftTableView | null): "locked" | "unlocked" | "partial";
 }
@@ -75,8 +77,11 @@ export async function lockNftTable(
   let script = lock.create();
   let previous: string | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const result = await applyNft(ctx, script);
-    if (result.success && !result.stdinClosedEarly) return { changed: true };
+    const result = await applyNft(ctx, script, !lock.bulky);
+    if (result.success && !result.stdinClosedEarly) {
+      await verifyTable(ctx, result, !lock.bulky);
+      return { changed: true };
+    }
     failUnlessTransient(result);
     const view = await readNftLockTable(ctx);
     const state = lock.inspect(view);
@@ -109,8 +114,25 @@ export async function readNftLockTable(ctx: NftContext): Promise<NftTableView | 
   return null;
 }
 
-async function applyNft(ctx: NftContext, script: string): Promise<RunResult> {
-  return await ctx.exec("nft", ["-f", "-"], script);
+async function applyNft(ctx: NftContext, script: string, echo: boolean): Promise<RunResult> {
+  return await ctx.exec("nft", echo ? ["-e", "-f", "-"] : ["-f", "-"], script);
+}
+
+/**
+ * A tool that exits 0 without doing its job must not pass for a lock: nft
+ * echoes what it applied (`-e`); for a bulky lock, whose echo would repeat
+ * every element, the table's chains are listed instead.
+ */
+async function verifyTable(ctx: NftContext, result: RunResult, echoed: boolean): Promise<void> {
+  const table = `table inet ${ctx.rules.name}`;
+  if (echoed && result.stdout.includes(table)) return;
+  if (!echoed) {
+    const listed = await ctx.exec("nft", ["-j", "list", "chains", "inet"]);
+    assertToolSuccess(listed, "nft");
+    const chains = parseNftTableJson(listed.stdout, { allTables: true }).chains;
+    if (chains.some((chain) => chain.table === ctx.rules.name)) return;
+  }
+  throw new NetlockError("TOOL_FAILED", "nft exited with code 0 but the lock is not in place");
 }
 
 function logDryRun(ctx: NftContext, script: string): void {

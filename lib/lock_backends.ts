@@ -173,8 +173,11 @@ export async function unlockAllBackends(
           "nft exited with code 0 but did not apply the unlock",
         );
       }
-      removed = plan;
-      break;
+      removed = mergePlans(removed, plan);
+      // The plan came from a read: a lock applied since (a concurrent lock's
+      // second family) is still there. Read again until nothing is left.
+      state = await readNftState(prepared.exec, names);
+      continue;
     }
     const next = await readNftState(prepared.exec, names);
     if (JSON.stringify(next) === JSON.stringify(state)) {
@@ -239,6 +242,20 @@ async function readNftState(
     state.rules.push(...parseNftTableJson(result.stdout, { allTables: true }).rules);
   }
   return state;
+}
+
+function mergePlans(a: UnlockPlan | undefined, b: UnlockPlan): UnlockPlan {
+  if (!a) return b;
+  const union = <T>(x: T[], y: T[]) => [...new Set([...x, ...y])];
+  return {
+    commands: [...a.commands, ...b.commands],
+    iptables: union(a.iptables, b.iptables),
+    nftables: a.nftables || b.nftables,
+    criu: {
+      iptables: union(a.criu.iptables, b.criu.iptables),
+      nftables: union(a.criu.nftables, b.criu.nftables),
+    },
+  };
 }
 
 /** Which iptables the target's PATH has: `nf_tables`, `legacy`, or `missing`. */

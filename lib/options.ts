@@ -39,7 +39,8 @@ const NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_-]{0,27}$/;
  * @returns The PID as a number.
  */
 export function parsePid(text: string): number {
-  if (!/^[0-9]+$/.test(text)) {
+  // No sign, no exponent, no leading zero (which some tools read as octal).
+  if (!/^[1-9][0-9]{0,9}$/.test(text)) {
     throw new TypeError(
       `Invalid PID ${quote(text)}: expected a decimal number from 1 to ${PID_MAX}`,
     );
@@ -84,7 +85,8 @@ export function validatePid(pid: number): number {
  * @returns The mark as a number.
  */
 export function parseMark(text: string): number {
-  if (!/^(0x[0-9A-Fa-f]{1,8}|[0-9]{1,10})$/.test(text)) {
+  // iptables reads a leading 0 as octal: decimal marks may not have one.
+  if (!/^(0x[0-9A-Fa-f]{1,8}|0|[1-9][0-9]{0,9})$/.test(text)) {
     throw new TypeError(
       `Invalid mark ${quote(text)}: expected a decimal or 0x-hex number from 0 to 0xFFFFFFFF`,
     );
@@ -164,7 +166,10 @@ export function validateName(name: string): string {
  * @returns The timeout in milliseconds.
  */
 export function parseTimeoutSeconds(text: string): number {
-  if (!/^[0-9]{1,6}(\.[0-9]{1,3})?$/.test(text) || Number(text) <= 0 || Number(text) > 86_400) {
+  if (
+    !/^(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?$/.test(text) || Number(text) <= 0 ||
+    Number(text) > 86_400
+  ) {
     throw new RangeError(
       `Invalid timeout ${quote(text)}: expected a number of seconds above 0, at most 86400`,
     );

@@ -46,6 +46,9 @@ export type Invocation =
 
 const COMMANDS = ["lock", "unlock", "status", "run", "rules", "criu-hook"] as const;
 
+/** The most targets one call takes (each is a few spawned processes). */
+export const MAX_TARGETS = 4096;
+
 /**
  * Parses the arguments after the program name.
  *
@@ -135,6 +138,11 @@ export function parseInvocation(args: readonly string[]): Invocation {
     ...(values.netns ?? []).map((value) => ({ netns: resolveNetnsPath(value) })),
   ];
   if (targets.length === 0) throw new TypeError(`${command} needs a target: a PID or --netns PATH`);
+  if (targets.length > MAX_TARGETS) {
+    throw new RangeError(
+      `Too many targets (${targets.length}): at most ${MAX_TARGETS} in one call`,
+    );
+  }
   const output = {
     json: values.json ?? false,
     quiet: values.quiet ?? false,

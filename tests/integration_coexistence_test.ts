@@ -5,17 +5,17 @@
  * with either backend and in connection mode, leaves each exactly as it was.
  */
 import assert from "node:assert/strict";
-import { cli, createNetns, integration, must, type TestNetns } from "./helpers/netns.ts";
+import {
+  cli,
+  createNetns,
+  inNamespace,
+  integration,
+  startSleeper,
+  type TestNetns,
+} from "./helpers/netns.ts";
 
 async function furnish(netns: TestNetns): Promise<void> {
-  const run = (argv: string[], input?: string) =>
-    input === undefined ? must(["nsenter", `--net=${netns.path}`, "--", ...argv]) : must([
-      "sh",
-      "-c",
-      `printf '%s' "$1" | nsenter --net=${netns.path} -- ${argv.join(" ")}`,
-      "sh",
-      input,
-    ]);
+  const run = (argv: string[], input?: string) => inNamespace(netns, argv, input);
   await run(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
   await run(["iptables", "-P", "FORWARD", "DROP"]);
   await run(["iptables", "-N", "USER-CHAIN"]);
@@ -86,29 +86,21 @@ Deno.test({
   async fn() {
     await using netns = await createNetns();
     await furnish(netns);
-    const sleeper = new Deno.Command("nsenter", {
-      args: [`--net=${netns.path}`, "--", "sleep", "60"],
-      stdin: "null",
-    }).spawn();
-    try {
-      const before = await everything(netns);
-      for (const backend of ["iptables", "nftables"]) {
-        const locked = await cli([
-          "lock",
-          "--mode",
-          "connections",
-          "-b",
-          backend,
-          String(sleeper.pid),
-        ]);
-        assert.equal(locked.code, 0, locked.stderr);
-        const unlocked = await cli(["unlock", "--mode", "connections", String(sleeper.pid)]);
-        assert.equal(unlocked.code, 0, unlocked.stderr);
-        assert.equal(await everything(netns), before, backend);
-      }
-    } finally {
-      sleeper.kill("SIGKILL");
-      await sleeper.status;
+    await using sleeper = startSleeper(netns);
+    const before = await everything(netns);
+    for (const backend of ["iptables", "nftables"]) {
+      const locked = await cli([
+        "lock",
+        "--mode",
+        "connections",
+        "-b",
+        backend,
+        String(sleeper.pid),
+      ]);
+      assert.equal(locked.code, 0, locked.stderr);
+      const unlocked = await cli(["unlock", "--mode", "connections", String(sleeper.pid)]);
+      assert.equal(unlocked.code, 0, unlocked.stderr);
+      assert.equal(await everything(netns), before, backend);
     }
   },
 });

@@ -12,6 +12,7 @@ import {
   integration,
   sh,
   snapshot,
+  startSleeper,
 } from "./helpers/netns.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -21,76 +22,68 @@ Deno.test({
   name: "CRIU hook: pre-dump, network-lock, post-dump, network-unlock, as CRIU runs the script",
   async fn() {
     await using netns = await createNetns();
-    const sleeper = new Deno.Command("nsenter", {
-      args: [`--net=${netns.path}`, "--", "sleep", "60"],
-      stdin: "null",
-    }).spawn();
-    try {
-      const before = await snapshot(netns);
-      const hook = (action: string, extra: Record<string, string> = {}) =>
-        sh([
-          "env",
-          "-i",
-          "PATH=/usr/bin:/bin",
-          `CRTOOLS_SCRIPT_ACTION=${action}`,
-          `CRTOOLS_INIT_PID=${sleeper.pid}`,
-          "CRTOOLS_IMAGE_DIR=/tmp",
-          ...Object.entries(extra).map(([k, v]) => `${k}=${v}`),
-          CLI,
-        ]);
-      const jumps = async () =>
-        countLines((await netns.run(["iptables-save"])).stdout, /-j NETLOCK$/);
-
-      const steps: [string, number][] = [["pre-dump", 0], ["network-lock", 2], ["post-dump", 2], [
-        "network-unlock",
-        0,
-      ]];
-      for (const [action, expected] of steps) {
-        const result = await hook(action);
-        assert.equal(result.code, 0, `${action}: ${result.stderr}`);
-        assert.equal(result.stdout + result.stderr, "", `${action} is silent`);
-        assert.equal(await jumps(), expected, `rules after ${action}`);
-      }
-      assert.equal(await snapshot(netns), before);
-
-      const nft = await hook("network-lock", {
-        NETLOCK_BACKEND: "nftables",
-        NETLOCK_NAME: "CKPT",
-        NETLOCK_MARK: "0x1",
-      });
-      assert.equal(nft.code, 0, nft.stderr);
-      assert.match(
-        (await netns.run(["nft", "list", "table", "inet", "CKPT"])).stdout,
-        /meta mark 0x00000001 accept/,
-      );
-      assert.equal((await hook("network-unlock", { NETLOCK_NAME: "CKPT" })).code, 0);
-      assert.equal(await snapshot(netns), before);
-
-      const noPid = await sh([
+    await using sleeper = startSleeper(netns);
+    const before = await snapshot(netns);
+    const hook = (action: string, extra: Record<string, string> = {}) =>
+      sh([
         "env",
         "-i",
         "PATH=/usr/bin:/bin",
-        "CRTOOLS_SCRIPT_ACTION=network-lock",
+        `CRTOOLS_SCRIPT_ACTION=${action}`,
+        `CRTOOLS_INIT_PID=${sleeper.pid}`,
+        "CRTOOLS_IMAGE_DIR=/tmp",
+        ...Object.entries(extra).map(([k, v]) => `${k}=${v}`),
         CLI,
       ]);
-      assert.equal(noPid.code, 1);
-      assert.equal(noPid.stderr, "error: CRIU action network-lock: CRTOOLS_INIT_PID is not set\n");
-      const badName = await hook("network-lock", { NETLOCK_NAME: "a b" });
-      assert.equal(badName.code, 2);
-      assert.match(badName.stderr, /^error: NETLOCK_NAME: Invalid name "a b"/);
-      assert.equal(await snapshot(netns), before, "nothing applied by the failing calls");
-      const other = await sh([
-        "env",
-        "-i",
-        "PATH=/usr/bin:/bin",
-        "CRTOOLS_SCRIPT_ACTION=post-restore",
-        CLI,
-      ]);
-      assert.equal(other.code, 0, "other actions need no PID and do nothing");
-    } finally {
-      sleeper.kill("SIGKILL");
-      await sleeper.status;
+    const jumps = async () =>
+      countLines((await netns.run(["iptables-save"])).stdout, /-j NETLOCK$/);
+
+    const steps: [string, number][] = [["pre-dump", 0], ["network-lock", 2], ["post-dump", 2], [
+      "network-unlock",
+      0,
+    ]];
+    for (const [action, expected] of steps) {
+      const result = await hook(action);
+      assert.equal(result.code, 0, `${action}: ${result.stderr}`);
+      assert.equal(result.stdout + result.stderr, "", `${action} is silent`);
+      assert.equal(await jumps(), expected, `rules after ${action}`);
     }
+    assert.equal(await snapshot(netns), before);
+
+    const nft = await hook("network-lock", {
+      NETLOCK_BACKEND: "nftables",
+      NETLOCK_NAME: "CKPT",
+      NETLOCK_MARK: "0x1",
+    });
+    assert.equal(nft.code, 0, nft.stderr);
+    assert.match(
+      (await netns.run(["nft", "list", "table", "inet", "CKPT"])).stdout,
+      /meta mark 0x00000001 accept/,
+    );
+    assert.equal((await hook("network-unlock", { NETLOCK_NAME: "CKPT" })).code, 0);
+    assert.equal(await snapshot(netns), before);
+
+    const noPid = await sh([
+      "env",
+      "-i",
+      "PATH=/usr/bin:/bin",
+      "CRTOOLS_SCRIPT_ACTION=network-lock",
+      CLI,
+    ]);
+    assert.equal(noPid.code, 1);
+    assert.equal(noPid.stderr, "error: CRIU action network-lock: CRTOOLS_INIT_PID is not set\n");
+    const badName = await hook("network-lock", { NETLOCK_NAME: "a b" });
+    assert.equal(badName.code, 2);
+    assert.match(badName.stderr, /^error: NETLOCK_NAME: Invalid name "a b"/);
+    assert.equal(await snapshot(netns), before, "nothing applied by the failing calls");
+    const other = await sh([
+      "env",
+      "-i",
+      "PATH=/usr/bin:/bin",
+      "CRTOOLS_SCRIPT_ACTION=post-restore",
+      CLI,
+    ]);
+    assert.equal(other.code, 0, "other actions need no PID and do nothing");
   },
 });
 
@@ -182,20 +175,12 @@ Deno.test({
       "pid.sh": '#!/bin/sh\n[ "$CRTOOLS_INIT_PID" = "$EXPECTED" ]\n',
     });
     const script = `${tools.path.split(":")[0]}/pid.sh`;
-    const sleeper = new Deno.Command("nsenter", {
-      args: [`--net=${netns.path}`, "--", "sleep", "60"],
-      stdin: "null",
-    }).spawn();
-    try {
-      const result = await cli(["lock", "--action-script", script, String(sleeper.pid)], {
-        permissions: [`--allow-run=nsenter,${script}`],
-        env: { EXPECTED: String(sleeper.pid) },
-      });
-      assert.equal(result.code, 0, result.stderr);
-      assert.equal((await cli(["unlock", String(sleeper.pid)])).code, 0);
-    } finally {
-      sleeper.kill("SIGKILL");
-      await sleeper.status;
-    }
+    await using sleeper = startSleeper(netns);
+    const result = await cli(["lock", "--action-script", script, String(sleeper.pid)], {
+      permissions: [`--allow-run=nsenter,${script}`],
+      env: { EXPECTED: String(sleeper.pid) },
+    });
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal((await cli(["unlock", String(sleeper.pid)])).code, 0);
   },
 });

@@ -11,9 +11,9 @@ import {
   createNetns,
   fakeTools,
   integration,
-  must,
   sh,
   snapshot,
+  toolsOnly,
 } from "./helpers/netns.ts";
 
 /** A fake tool's script, by fault. */
@@ -117,20 +117,13 @@ Deno.test({
       ["nft", ["-b", "nftables"], /nft not found \(install it/],
     ];
     for (const [missing, args, message] of cases) {
-      const dir = await Deno.makeTempDir({ prefix: "netlock-missing-" });
-      try {
-        for (const tool of all.filter((t) => t !== missing)) {
-          const where =
-            (await must(["sh", "-c", `PATH="$PATH:/usr/sbin:/sbin" command -v ${tool}`])).trim();
-          await Deno.symlink(where, `${dir}/${tool}`);
-        }
-        const result = await cli(["lock", ...args, "--netns", netns.name], { env: { PATH: dir } });
-        assert.equal(result.code, 1, `${missing}: ${result.stderr}`);
-        assertOneErrorLine(result.stderr, message);
-        assert.equal(await snapshot(netns), before, missing);
-      } finally {
-        await Deno.remove(dir, { recursive: true });
-      }
+      await using tools = await toolsOnly(all.filter((t) => t !== missing));
+      const result = await cli(["lock", ...args, "--netns", netns.name], {
+        env: { PATH: tools.path },
+      });
+      assert.equal(result.code, 1, `${missing}: ${result.stderr}`);
+      assertOneErrorLine(result.stderr, message);
+      assert.equal(await snapshot(netns), before, missing);
     }
   },
 });

@@ -3,7 +3,16 @@
  * `--criu` cleanup of the locks CRIU itself leaves behind.
  */
 import assert from "node:assert/strict";
-import { cli, countLines, createNetns, integration, must, snapshot } from "./helpers/netns.ts";
+import {
+  cli,
+  countLines,
+  createNetns,
+  inNamespace,
+  integration,
+  must,
+  snapshot,
+  toolsOnly,
+} from "./helpers/netns.ts";
 
 const LOCK_TABLE = "table inet NETLOCK {\n" +
   "\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n" +
@@ -100,6 +109,63 @@ Deno.test({
     assert.equal(JSON.parse(auto.stdout).backend, "nftables");
     assert.equal((await cli(["unlock", "--netns", netns.name])).code, 0);
     // A PATH holding every tool but nft: nsenter cannot execute it.
+    await using noNft = await toolsOnly([
+      "nsenter",
+      "stat",
+      "iptables-restore",
+      "ip6tables-restore",
+      "iptables-save",
+      "ip6tables-save",
+      "iptables",
+      "ip6tables",
+    ]);
+    const fallback = await cli(["lock", "-b", "auto", "--json", "-v", "--netns", netns.name], {
+      env: { PATH: noNft.path },
+    });
+    assert.equal(fallback.code, 0, fallback.stderr);
+    assert.equal(JSON.parse(fallback.stdout).backend, "iptables");
+    assert.match(fallback.stderr, /falling back to iptables/);
+    assert.equal((await cli(["unlock", "--netns", netns.name])).code, 0);
+    assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "unlock removes the lock whichever backend made it",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    for (const [lockWith, unlockWith] of [["iptables", "nftables"], ["nftables", "iptables"]]) {
+      assert.equal((await cli(["lock", "-b", lockWith, "--netns", netns.name])).code, 0);
+      const status = await cli(["status", "-b", unlockWith, "--json", "--netns", netns.name]);
+      assert.equal(
+        JSON.parse(status.stdout).backend,
+        lockWith,
+        "status names the backend holding the lock",
+      );
+      const unlocked = await cli(["unlock", "-b", unlockWith, "--json", "--netns", netns.name]);
+      assert.equal(unlocked.code, 0, unlocked.stderr);
+      assert.equal(JSON.parse(unlocked.stdout).changed, true);
+      assert.equal(JSON.parse(unlocked.stdout).backend, lockWith);
+      assert.equal(
+        await snapshot(netns),
+        before,
+        `${lockWith} lock removed by unlock -b ${unlockWith}`,
+      );
+    }
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "--backend auto uses nftables, and iptables when nft is missing",
+  async fn() {
+    await using netns = await createNetns();
+    const auto = await cli(["lock", "-b", "auto", "--json", "--netns", netns.name]);
+    assert.equal(JSON.parse(auto.stdout).backend, "nftables");
+    assert.equal((await cli(["unlock", "--netns", netns.name])).code, 0);
+    // A PATH holding every tool but nft: nsenter cannot execute it.
     const noNft = await Deno.makeTempDir({ prefix: "netlock-no-nft-" });
     try {
       const tools = [
@@ -136,14 +202,7 @@ Deno.test({
   name: "--criu finds and removes CRIU's own leftover locks and nothing else",
   async fn() {
     await using netns = await createNetns();
-    const inNs = (argv: string[], stdin?: string) =>
-      stdin === undefined ? must(["nsenter", `--net=${netns.path}`, "--", ...argv]) : must([
-        "sh",
-        "-c",
-        `printf '%s' "$1" | nsenter --net=${netns.path} -- ${argv.join(" ")}`,
-        "sh",
-        stdin,
-      ]);
+    const inNs = (argv: string[], stdin?: string) => inNamespace(netns, argv, stdin);
     // The user's own things, which must survive.
     await inNs(["iptables", "-N", "CRIUX"]);
     await inNs(["iptables", "-A", "CRIUX", "-j", "RETURN"]);

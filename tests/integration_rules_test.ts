@@ -12,6 +12,7 @@ import {
   integration,
   must,
   snapshot,
+  startSleeper,
 } from "./helpers/netns.ts";
 
 Deno.test({
@@ -144,26 +145,18 @@ Deno.test({
   name: "a PID target locks that process's namespace",
   async fn() {
     await using netns = await createNetns();
-    const sleeper = new Deno.Command("nsenter", {
-      args: [`--net=${netns.path}`, "--", "sleep", "60"],
-      stdin: "null",
-    }).spawn();
-    try {
-      const locked = await cli(["lock", "--json", String(sleeper.pid)]);
-      assert.equal(locked.code, 0, locked.stderr);
-      const report = JSON.parse(locked.stdout);
-      assert.equal(report.target.pid, sleeper.pid);
-      assert.match(report.target.netns, /^net:\[[0-9]+\]$/);
-      assert.match((await netns.run(["iptables-save"])).stdout, /-A INPUT -j NETLOCK/);
-      const status = await cli(["status", String(sleeper.pid)]);
-      assert.equal(status.code, 0, status.stderr);
-      const unlocked = await cli(["unlock", String(sleeper.pid)]);
-      assert.equal(unlocked.code, 0, unlocked.stderr);
-      assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
-    } finally {
-      sleeper.kill("SIGKILL");
-      await sleeper.status;
-    }
+    await using sleeper = startSleeper(netns);
+    const locked = await cli(["lock", "--json", String(sleeper.pid)]);
+    assert.equal(locked.code, 0, locked.stderr);
+    const report = JSON.parse(locked.stdout);
+    assert.equal(report.target.pid, sleeper.pid);
+    assert.match(report.target.netns, /^net:\[[0-9]+\]$/);
+    assert.match((await netns.run(["iptables-save"])).stdout, /-A INPUT -j NETLOCK/);
+    const status = await cli(["status", String(sleeper.pid)]);
+    assert.equal(status.code, 0, status.stderr);
+    const unlocked = await cli(["unlock", String(sleeper.pid)]);
+    assert.equal(unlocked.code, 0, unlocked.stderr);
+    assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
   },
 });
 

@@ -254,3 +254,57 @@ export async function startEndpoint(netns: TestNetns, args: string[]): Promise<E
     [Symbol.asyncDispose]: kill,
   };
 }
+
+/** A `sleep` process inside the namespace, to give the namespace a PID; killed on dispose. */
+export function startSleeper(netns: TestNetns): { pid: number } & AsyncDisposable {
+  const child = new Deno.Command("nsenter", {
+    args: [`--net=${netns.path}`, "--", "sleep", "120"],
+    stdin: "null",
+  }).spawn();
+  return {
+    pid: child.pid,
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+    },
+  };
+}
+
+/** Runs argv inside the namespace with `input` on stdin; throws unless it exits 0. */
+export async function inNamespace(
+  netns: TestNetns,
+  argv: string[],
+  input?: string,
+): Promise<string> {
+  const child = new Deno.Command("nsenter", {
+    args: [`--net=${netns.path}`, "--", ...argv],
+    stdin: input === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (input !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(input));
+    await writer.close();
+  }
+  const output = await child.output();
+  if (!output.success) {
+    throw new Error(
+      `${argv.join(" ")} exited with ${output.code}: ${decoder.decode(output.stderr)}`,
+    );
+  }
+  return decoder.decode(output.stdout);
+}
+
+/** A PATH holding only links to these tools (to take one away); removed on dispose. */
+export async function toolsOnly(tools: string[]): Promise<{ path: string } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "netlock-tools-" });
+  for (const tool of tools) {
+    const where = (await must(["sh", "-c", `PATH="$PATH:/usr/sbin:/sbin" command -v ${tool}`]))
+      .trim();
+    await Deno.symlink(where, `${dir}/${tool}`);
+  }
+  return { path: dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}

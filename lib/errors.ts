@@ -22,8 +22,6 @@ export type NetlockErrorCode =
   | "DENO_PERMISSION"
   /** The refusal to lock netlock's own network namespace without `force`. */
   | "OWN_NAMESPACE"
-  /** The requested mode or backend is not available. */
-  | "UNSUPPORTED"
   /** A spawned binary was not found. */
   | "TOOL_NOT_FOUND"
   /** A spawned tool exited with a non-zero code or was killed by a signal. */

@@ -97,7 +97,7 @@ for (const [fault, { script, message }] of Object.entries(FAULTS)) {
 
 Deno.test({
   ...integration,
-  name: "missing tools: iptables-restore, nft, nsenter -> exit 1, one error line, nothing applied",
+  name: "missing tools: iptables-restore, nft -> exit 1, one error line, nothing applied",
   async fn() {
     await using netns = await createNetns();
     const before = await snapshot(netns);

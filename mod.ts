@@ -56,6 +56,19 @@ export {
   renderIptablesUnlock,
 } from "./lib/iptables/ruleset.ts";
 export {
+  renderNftLock,
+  renderNftRelock,
+  renderNftTable,
+  renderNftUnlock,
+} from "./lib/nftables/ruleset.ts";
+export {
+  connectionIptablesBody,
+  connectionLockName,
+  renderConnectionTemplate,
+  renderNftConnectionLock,
+} from "./lib/connections/ruleset.ts";
+export type { Connection } from "./lib/connections/proc_net_parser.ts";
+export {
   assertSuccess,
   describeFailure,
   runCommand,

@@ -134,7 +134,7 @@ export async function unlockAllBackends(
   const ipt = iptablesContext(prepared, opts, shape);
   const names = [shape.name, ...(opts.criu ? ["CRIU"] : [])];
   const [initial, flavour] = await Promise.all([
-    readNftState(prepared.exec, names, prepared.prefetch?.chains),
+    readNftState(prepared.exec, names, prepared.prefetch?.ruleset),
     iptablesFlavour(prepared.exec, prepared.prefetch?.flavour),
   ]);
   // Legacy iptables keeps its rules outside nf_tables: only iptables-restore sees them.
@@ -217,9 +217,18 @@ export async function unlockAllBackends(
 async function readNftState(
   exec: ToolExec,
   names: string[],
-  prefetched?: Promise<RunResult>,
+  ruleset?: Promise<RunResult>,
 ): Promise<NftTableView | undefined> {
-  const listed = await (prefetched ?? exec("nft", ["-j", "list", "chains"]));
+  // A namespace lock's whole ruleset, read with the probe, holds everything.
+  if (ruleset) {
+    const whole = await ruleset;
+    if (whole.code === 127 && /nsenter: failed to execute/.test(whole.stderr)) return undefined;
+    assertToolSuccess(whole, "nft");
+    const state = parseNftTableJson(whole.stdout, { allTables: true });
+    state.tables ??= [];
+    return state;
+  }
+  const listed = await exec("nft", ["-j", "list", "chains"]);
   if (listed.code === 127 && /nsenter: failed to execute/.test(listed.stderr)) return undefined;
   assertToolSuccess(listed, "nft");
   const state = parseNftTableJson(listed.stdout, { allTables: true });

@@ -16,6 +16,7 @@ export type ToolExec = (
   tool: string,
   args: readonly string[],
   stdin?: string,
+  signal?: AbortSignal,
 ) => Promise<RunResult>;
 
 /** How every tool of one operation is spawned. */
@@ -47,12 +48,14 @@ export interface ExecSettings {
  * @returns A function that runs one tool in that namespace.
  */
 export function nsenterExec(nsenterArgs: readonly string[], settings: ExecSettings): ToolExec {
-  return (tool, args, stdin) =>
+  return (tool, args, stdin, signal) =>
     runCommand("nsenter", {
       args: [...nsenterArgs, "--", tool, ...args],
       stdin,
       timeoutMs: settings.timeoutMs,
-      signal: settings.signal,
+      signal: signal && settings.signal
+        ? AbortSignal.any([signal, settings.signal])
+        : signal ?? settings.signal,
       log: settings.log,
       env: toolEnv(),
       label: tool,

@@ -67,7 +67,7 @@ export interface Prepared {
    * Unlock: reads started together with the probe (they do not depend on
    * it), to save a round of spawns: `nft -j list chains` and `iptables -V`.
    */
-  prefetch?: { chains: Promise<RunResult>; flavour: Promise<RunResult> };
+  prefetch?: { ruleset: Promise<RunResult>; flavour: Promise<RunResult> };
 }
 
 /**
@@ -133,14 +133,19 @@ export async function prepare(
     throw new TypeError("Connection mode needs a PID target, not --netns");
   }
   let exec = nsenterExec(ref.nsenterArgs, options.exec);
-  let prefetch: Prepared["prefetch"] = verb === "unlock" && !options.dryRun
-    ? {
-      chains: exec("nft", ["-j", "list", "chains"]),
-      flavour: exec("iptables", ["-V"]),
-    }
-    : undefined;
+  // Unlock: read the whole ruleset (set elements omitted, -t) in the probe's
+  // round. A connection lock may hold 20,000 rules, too many to list: if the
+  // probe says connection mode, that read is cancelled (nft is killed).
+  const cancelRuleset = new AbortController();
+  let prefetch: Prepared["prefetch"] =
+    verb === "unlock" && !options.dryRun && options.mode !== "connections"
+      ? {
+        ruleset: exec("nft", ["-t", "-j", "list", "ruleset"], undefined, cancelRuleset.signal),
+        flavour: exec("iptables", ["-V"]),
+      }
+      : undefined;
   // Settled either way; a prefetch for a target that turns out gone is dropped.
-  prefetch?.chains.catch(() => {});
+  prefetch?.ruleset.catch(() => {});
   prefetch?.flavour.catch(() => {});
   const needOwn = options.mode === "auto" || (options.mode === "netns" && !options.force);
   // The probe reads netlock's own namespace too (/proc/<netlock's PID>/ns/net);
@@ -157,6 +162,10 @@ export async function prepare(
     mode = options.mode === "auto" ? (isOwn ? "connections" : "netns") : options.mode;
     if (verb === "lock" && mode === "netns" && isOwn && !options.force) refuseOwnNamespace();
     if (mode === "connections" && ref.pid === undefined) refuseOwnNamespace();
+    if (mode === "connections" && prefetch) {
+      cancelRuleset.abort();
+      prefetch = undefined;
+    }
   } else {
     // The process is gone: its connection lock, if any, is in netlock's own namespace.
     const gone = probed.reason instanceof NetlockError && probed.reason.code === "NO_SUCH_TARGET";
@@ -164,6 +173,7 @@ export async function prepare(
       throw probed.reason;
     }
     exec = nsenterExec([], options.exec);
+    cancelRuleset.abort();
     prefetch = undefined;
     probe = await probeTarget({ label: "netlock's own namespace", nsenterArgs: [] }, exec);
     mode = "connections";

@@ -1,0 +1,74 @@
+import assert from "node:assert/strict";
+import { parseInvocation, usageMessage } from "../lib/cli/args.ts";
+import { rulesText } from "../lib/cli/rules_text.ts";
+
+Deno.test("parseInvocation() reads targets, options and run's command after --", () => {
+  const run = parseInvocation([
+    "run",
+    "-b",
+    "nftables",
+    "--netns",
+    "blue",
+    "--",
+    "criu",
+    "dump",
+    "--",
+    "-x",
+  ]);
+  assert.equal(run.kind, "run");
+  if (run.kind !== "run") return;
+  assert.deepEqual(run.target, { netns: "/run/netns/blue" });
+  assert.deepEqual(run.argv, ["criu", "dump", "--", "-x"]);
+  assert.equal(run.options.backend, "nftables");
+
+  const lock = parseInvocation([
+    "lock",
+    "12",
+    "--netns",
+    "/proc/7/ns/net",
+    "--action-script",
+    "/a",
+    "--action-script",
+    "/b",
+  ]);
+  assert.equal(lock.kind, "targets");
+  if (lock.kind !== "targets") return;
+  assert.deepEqual(lock.targets, [12, { netns: "/proc/7/ns/net" }]);
+  assert.deepEqual(lock.options.actionScripts, ["/a", "/b"]);
+});
+
+Deno.test("parseInvocation() refuses what a command does not take", () => {
+  assert.throws(() => parseInvocation(["lock", "1", "--", "true"]), /lock takes no '--' command/);
+  assert.throws(() => parseInvocation(["run", "1", "2", "--", "true"]), /exactly one target/);
+  assert.throws(() => parseInvocation(["run", "1"]), /run needs a command/);
+  assert.throws(() => parseInvocation(["criu-hook", "1"]), /criu-hook takes no arguments/);
+  assert.throws(() => parseInvocation(["rules", "--netns", "x"]), /rules takes no target/);
+  assert.equal(parseInvocation(["criu-hook"]).kind, "hook");
+  assert.equal(parseInvocation(["-h"]).kind, "help");
+});
+
+Deno.test("usageMessage() shortens node:util's messages to one specific line", () => {
+  assert.equal(
+    usageMessage(new TypeError("Unknown option '-5'. To specify ...")),
+    'Invalid PID "-5": expected a decimal number from 1 to 4194304',
+  );
+  assert.equal(
+    usageMessage(new TypeError("Option '--mark <value>' argument missing")),
+    "--mark needs a value",
+  );
+  assert.equal(
+    usageMessage(new TypeError("Option '--timeout' argument is ambiguous.\nDid you forget ...")),
+    "--timeout got a value starting with '-': write --timeout=VALUE if you mean it",
+  );
+});
+
+Deno.test("rulesText() prints each backend's and mode's text", () => {
+  assert.match(rulesText({}, "lock"), /^\*filter\n:NETLOCK - \[0:0\]\n/);
+  assert.match(rulesText({ backend: "nftables" }, "lock"), /^create table inet NETLOCK\n/);
+  assert.equal(rulesText({ backend: "auto" }, "unlock"), "delete table inet NETLOCK\n");
+  assert.match(rulesText({ mode: "connections" }, "lock"), /-A NETLOCK-cPID -s REMOTE -d LOCAL/);
+  assert.match(
+    rulesText({ mode: "connections", backend: "nftables" }, "unlock"),
+    /^delete table inet NETLOCK-cPID\n$/,
+  );
+});

@@ -1,0 +1,114 @@
+import assert from "node:assert/strict";
+import { parseNftTableJson } from "../lib/nft_view_parser.ts";
+import { planUnlock } from "../lib/unlock_plan.ts";
+
+// `nft -t -j list ruleset` of a namespace holding netlock's iptables lock (IPv4 only), netlock's
+// nftables table, CRIU's leftover chain in ip6 filter and CRIU's table, and a user table.
+const RULESET = JSON.stringify({
+  nftables: [
+    { metainfo: { json_schema_version: 1 } },
+    { table: { family: "ip", name: "filter", handle: 1 } },
+    { chain: { family: "ip", table: "filter", name: "NETLOCK", handle: 1 } },
+    {
+      chain: {
+        family: "ip",
+        table: "filter",
+        name: "INPUT",
+        handle: 2,
+        type: "filter",
+        hook: "input",
+        prio: 0,
+        policy: "accept",
+      },
+    },
+    {
+      chain: {
+        family: "ip",
+        table: "filter",
+        name: "OUTPUT",
+        handle: 4,
+        type: "filter",
+        hook: "output",
+        prio: 0,
+        policy: "accept",
+      },
+    },
+    {
+      rule: {
+        family: "ip",
+        table: "filter",
+        chain: "INPUT",
+        handle: 3,
+        expr: [{ counter: null }, { jump: { target: "NETLOCK" } }],
+      },
+    },
+    {
+      rule: {
+        family: "ip",
+        table: "filter",
+        chain: "OUTPUT",
+        handle: 5,
+        expr: [{ counter: null }, { jump: { target: "NETLOCK" } }],
+      },
+    },
+    { table: { family: "ip6", name: "filter", handle: 2 } },
+    {
+      chain: {
+        family: "ip6",
+        table: "filter",
+        name: "INPUT",
+        handle: 1,
+        type: "filter",
+        hook: "input",
+        prio: 0,
+        policy: "accept",
+      },
+    },
+    { chain: { family: "ip6", table: "filter", name: "CRIU", handle: 2 } },
+    {
+      rule: {
+        family: "ip6",
+        table: "filter",
+        chain: "INPUT",
+        handle: 3,
+        expr: [{ jump: { target: "CRIU" } }],
+      },
+    },
+    { table: { family: "inet", name: "NETLOCK", handle: 3 } },
+    { table: { family: "inet", name: "CRIU-0123", handle: 4 } },
+    { table: { family: "inet", name: "user", handle: 5 } },
+  ],
+});
+
+Deno.test("planUnlock() removes netlock's lock of both backends in one list of commands", () => {
+  const plan = planUnlock(parseNftTableJson(RULESET, { allTables: true }), "NETLOCK", false);
+  assert.deepEqual(plan.commands, [
+    "delete rule ip filter INPUT handle 3",
+    "delete rule ip filter OUTPUT handle 5",
+    "flush chain ip filter NETLOCK",
+    "delete chain ip filter NETLOCK",
+    "delete chain ip filter INPUT",
+    "delete chain ip filter OUTPUT",
+    "delete table ip filter",
+    "delete table inet NETLOCK",
+  ]);
+  assert.deepEqual(plan.iptables, ["ipv4"]);
+  assert.equal(plan.nftables, true);
+  assert.deepEqual(plan.criu, { iptables: [], nftables: [] });
+});
+
+Deno.test("planUnlock() with criu also removes CRIU's chain and tables, and nothing of the user's", () => {
+  const plan = planUnlock(parseNftTableJson(RULESET, { allTables: true }), "NETLOCK", true);
+  assert.ok(plan.commands.includes("delete rule ip6 filter INPUT handle 3"));
+  assert.ok(plan.commands.includes("delete chain ip6 filter CRIU"));
+  // INPUT existed before CRIU's chain (lower handle): kept, and so is the table.
+  assert.ok(!plan.commands.includes("delete chain ip6 filter INPUT"));
+  assert.ok(plan.commands.includes("delete table inet CRIU-0123"));
+  assert.ok(!plan.commands.some((command) => command.includes("user")));
+  assert.deepEqual(plan.criu, { iptables: ["ipv6"], nftables: ["CRIU-0123"] });
+});
+
+Deno.test("planUnlock() has nothing to do in a namespace without a lock", () => {
+  const empty = parseNftTableJson('{"nftables":[{"metainfo":{}}]}', { allTables: true });
+  assert.deepEqual(planUnlock(empty, "NETLOCK", true).commands, []);
+});

@@ -156,17 +156,34 @@ export async function unlockAllBackends(
   for (let attempt = 0; state && attempt < MAX_ATTEMPTS; attempt++) {
     const plan = planUnlock(state, shape.name, opts.criu);
     if (plan.commands.length === 0) break;
-    const script = `${plan.commands.join("\n")}\n`;
+    // Only iptables locks are applied family by family, so only they can be
+    // half-applied by a concurrent lock: then the state is read back after
+    // the transaction. Otherwise (a namespace's small ruleset) nft's echo
+    // checks the work: it echoes additions only, so an empty marker table is
+    // added and removed within the same transaction. (Echoing a connection
+    // lock's ruleset would cost nft 0.7 s of parsing: it is read back.)
+    const echo = prepared.mode === "netns" && plan.iptables.length === 0 &&
+      plan.criu.iptables.length === 0;
+    const marker = `inet ${shape.name}-unlock`;
+    const script = `${plan.commands.join("\n")}\n` +
+      (echo ? `add table ${marker}\ndelete table ${marker}\n` : "");
     if (opts.dryRun) {
       opts.exec.log?.(`would run: nft -f - <<EOF\n${script}EOF`);
       removed = plan;
       break;
     }
-    // No `nft -e` here: echoing makes nft fetch and parse the whole ruleset
-    // (20,000 rules of a connection lock: 0.7 s). The read that follows
-    // checks the work instead.
-    const result = await prepared.exec("nft", ["-f", "-"], script);
+    const result = await prepared.exec("nft", echo ? ["-e", "-f", "-"] : ["-f", "-"], script);
     if (result.success && !result.stdinClosedEarly) {
+      if (echo) {
+        if (!result.stdout.includes(`add table ${marker}`)) {
+          throw new NetlockError(
+            "TOOL_FAILED",
+            "nft exited with code 0 but did not apply the unlock",
+          );
+        }
+        removed = mergePlans(removed, plan);
+        break;
+      }
       // The plan came from a read: a lock applied since (a concurrent lock's
       // second family) is still there. Read again until nothing is left.
       const after = await readNftState(prepared.exec, names);

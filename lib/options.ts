@@ -250,7 +250,7 @@ export function resolveNetnsPath(value: string): string {
 }
 
 /** Quotes a user value for a one-line message, escaping control characters. */
-export function quote(value: string): string {
+function quote(value: string): string {
   const shown = value.length > 64 ? `${value.slice(0, 64)}...` : value;
   return JSON.stringify(shown);
 }

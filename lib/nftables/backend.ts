@@ -1,7 +1,8 @@
 /**
- * The nftables backend: the whole lock is one `nft -f -` transaction in the
- * target's namespace (both families at once, all or nothing), and so is the
- * unlock.
+ * The nftables backend: a lock is one table, made by one `nft -f -`
+ * transaction in the target's namespace (both families at once, all or
+ * nothing), read back through `nft -j`. (The unlock of every backend is one
+ * transaction too: see lock_backends.ts.)
  *
  * @module
  */
@@ -11,8 +12,6 @@ import type { LockRules } from "../iptables/ruleset.ts";
 import { assertToolSuccess, type ToolExec } from "../nsenter.ts";
 import { type NftTableView, parseNftTableJson } from "../nft_view_parser.ts";
 import type { RunResult } from "../runner.ts";
-import { inspectNftLock } from "./lock_state.ts";
-import { renderNftLock, renderNftRelock } from "./ruleset.ts";
 
 /** Everything the backend needs for one target. */
 export interface NftContext {
@@ -27,22 +26,6 @@ export interface NftContext {
 }
 
 const MAX_ATTEMPTS = 12;
-
-/**
- * Locks: tries to create the table; when it exists already, reads it and
- * either reports it locked (`changed: false`) or replaces it in one
- * transaction if it is not exactly the lock.
- *
- * @param ctx The target's exec and the rules.
- * @returns Whether anything changed.
- */
-export function nftLock(ctx: NftContext): Promise<{ changed: boolean }> {
-  return lockNftTable(ctx, {
-    create: () => renderNftLock(ctx.rules),
-    replace: () => renderNftRelock(ctx.rules),
-    inspect: (view) => inspectNftLock(view, ctx.rules),
-  });
-}
 
 /** A table-shaped lock: its scripts, and how to tell whether a table is exactly it. */
 export interface NftTableLock {

@@ -66,45 +66,55 @@ Deno.test({
   },
 });
 
-Deno.test({
-  ...integration,
-  name: "run: SIGTERM to netlock reaches the command, then netlock unlocks and exits 143",
-  async fn() {
-    await using netns = await createNetns();
-    const before = await snapshot(netns);
-    const marker = await Deno.makeTempFile();
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--no-config",
-        "--allow-run=nsenter,sh",
-        CLI,
-        "run",
-        "--netns",
-        netns.name,
-        "--",
-        "sh",
-        "-c",
-        `trap 'kill $!; echo term >> ${marker}; exit 143' TERM; sleep 30 & echo started > ${marker}; wait`,
-      ],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
-    try {
-      // Wait until the command runs (it writes the marker), then stop netlock.
-      for (let i = 0; i < 200 && !(await Deno.readTextFile(marker)).includes("started"); i++) {
-        await new Promise((resolve) => setTimeout(resolve, 50));
+for (const [signal, number] of [["SIGTERM", 15], ["SIGINT", 2], ["SIGHUP", 1]] as const) {
+  Deno.test({
+    ...integration,
+    name: `run: ${signal} to netlock reaches the command, then netlock unlocks and exits ${
+      128 + number
+    }`,
+    async fn() {
+      await using netns = await createNetns();
+      const before = await snapshot(netns);
+      const marker = await Deno.makeTempFile();
+      const trapped = signal.slice(3);
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--no-config",
+          "--allow-run=nsenter,sh",
+          CLI,
+          "run",
+          "--netns",
+          netns.name,
+          "--",
+          "sh",
+          "-c",
+          `trap 'kill $!; echo ${trapped} >> ${marker}; exit ${128 + number}' ${trapped}; ` +
+          `sleep 30 & echo started > ${marker}; wait`,
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).spawn();
+      try {
+        // Wait until the command runs (it writes the marker), then signal netlock.
+        for (let i = 0; i < 200 && !(await Deno.readTextFile(marker)).includes("started"); i++) {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        assert.equal(countLines((await netns.run(["iptables-save"])).stdout, /-j NETLOCK$/), 2);
+        child.kill(signal);
+        const output = await child.output();
+        assert.equal(output.code, 128 + number, new TextDecoder().decode(output.stderr));
+        assert.equal(
+          await Deno.readTextFile(marker),
+          `started\n${trapped}\n`,
+          `the command got ${signal}`,
+        );
+        assert.equal(await snapshot(netns), before, "unlocked");
+      } finally {
+        await Deno.remove(marker);
       }
-      assert.equal(countLines((await netns.run(["iptables-save"])).stdout, /-j NETLOCK$/), 2);
-      child.kill("SIGTERM");
-      const output = await child.output();
-      assert.equal(output.code, 143, new TextDecoder().decode(output.stderr));
-      assert.equal(await Deno.readTextFile(marker), "started\nterm\n", "the command got SIGTERM");
-      assert.equal(await snapshot(netns), before, "unlocked");
-    } finally {
-      await Deno.remove(marker);
-    }
-  },
-});
+    },
+  });
+}

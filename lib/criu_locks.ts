@@ -7,7 +7,7 @@
  * @module
  */
 
-import { assertToolSuccess, type ToolExec } from "./nsenter.ts";
+import { assertToolSuccess, type ToolExec, toolMissing } from "./nsenter.ts";
 import { parseNftTablesJson } from "./nft_view_parser.ts";
 import { DEFAULT_MARK } from "./options.ts";
 import type { LockRules } from "./iptables/ruleset.ts";
@@ -43,7 +43,7 @@ export function isCriuNftTable(table: { family: string; name: string }): boolean
  */
 export async function findCriuNftTables(exec: ToolExec): Promise<string[]> {
   const result = await exec("nft", ["-j", "list", "tables"]);
-  if (result.code === 127 && /nsenter: failed to execute/.test(result.stderr)) return [];
+  if (toolMissing(result)) return [];
   assertToolSuccess(result, "nft");
   return parseNftTablesJson(result.stdout).filter(isCriuNftTable).map((table) => table.name);
 }

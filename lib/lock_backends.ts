@@ -8,7 +8,7 @@
  */
 
 import { CRIU_IPTABLES_RULES, findCriuNftTables } from "./criu_locks.ts";
-import { assertToolSuccess, type ToolExec } from "./nsenter.ts";
+import { assertToolSuccess, type ToolExec, toolMissing } from "./nsenter.ts";
 import type { RunResult } from "./runner.ts";
 import { type NftTableView, parseNftTableJson } from "./nft_view_parser.ts";
 import { planUnlock, type UnlockPlan } from "./unlock_plan.ts";
@@ -239,14 +239,14 @@ async function readNftState(
   // A namespace lock's whole ruleset, read with the probe, holds everything.
   if (ruleset) {
     const whole = await ruleset;
-    if (whole.code === 127 && /nsenter: failed to execute/.test(whole.stderr)) return undefined;
+    if (toolMissing(whole)) return undefined;
     assertToolSuccess(whole, "nft");
     const state = parseNftTableJson(whole.stdout, { allTables: true });
     state.tables ??= [];
     return state;
   }
   const listed = await exec("nft", ["-j", "list", "chains"]);
-  if (listed.code === 127 && /nsenter: failed to execute/.test(listed.stderr)) return undefined;
+  if (toolMissing(listed)) return undefined;
   assertToolSuccess(listed, "nft");
   const state = parseNftTableJson(listed.stdout, { allTables: true });
   const tables = new Map(
@@ -291,7 +291,7 @@ async function iptablesFlavour(
   prefetched?: Promise<RunResult>,
 ): Promise<"nf_tables" | "legacy" | "missing"> {
   const result = await (prefetched ?? exec("iptables", ["-V"]));
-  if (result.code === 127 && /nsenter: failed to execute/.test(result.stderr)) return "missing";
+  if (toolMissing(result)) return "missing";
   return /\(legacy\)/.test(result.stdout) || !/nf_tables/.test(result.stdout)
     ? "legacy"
     : "nf_tables";
@@ -319,7 +319,7 @@ export async function statusAllBackends(
     opts.criu ? findCriuNftTables(prepared.exec) : Promise.resolve([]),
   ]);
   for (const outcome of [iptStates, nftTable, criuIpt, criuNft]) {
-    if (outcome.status === "rejected" && !toolMissing(outcome.reason)) throw outcome.reason;
+    if (outcome.status === "rejected" && !missingToolError(outcome.reason)) throw outcome.reason;
   }
   if (iptStates.status === "rejected" && nftTable.status === "rejected") throw iptStates.reason;
   const ipv = iptStates.status === "fulfilled" ? iptStates.value.map((s) => s.status) : [];
@@ -388,12 +388,12 @@ function requestedBackend(opts: ResolvedOptions): BackendName {
   return opts.backend === "iptables" ? "iptables" : "nftables";
 }
 
-function toolMissing(error: unknown): boolean {
+function missingToolError(error: unknown): boolean {
   return error instanceof NetlockError && error.code === "TOOL_NOT_FOUND";
 }
 
 function nftUnusable(error: unknown): boolean {
-  return toolMissing(error) ||
+  return missingToolError(error) ||
     (error instanceof NetlockError && error.code === "TOOL_FAILED" &&
       /not supported|Protocol not supported|Could not receive/i.test(error.message));
 }

@@ -82,7 +82,7 @@ export function nsenterExec(nsenterArgs: readonly string[], settings: ExecSettin
 export function assertToolSuccess(result: RunResult, tool: string): void {
   if (result.success && !result.stdinClosedEarly) return;
   const stderr = result.stderr;
-  if (result.code === 127 && /nsenter: failed to execute/.test(stderr)) {
+  if (toolMissing(result)) {
     throw new NetlockError(
       "TOOL_NOT_FOUND",
       `${tool} not found (install it, and make sure its directory is on PATH)`,
@@ -95,6 +95,25 @@ export function assertToolSuccess(result: RunResult, tool: string): void {
     );
   }
   assertSuccess(result, tool);
+}
+
+/**
+ * Whether nsenter could not execute the tool (it is not installed, or not on
+ * PATH): nsenter exits 127 and says so.
+ *
+ * @example
+ * ```ts
+ * import { toolMissing } from "./nsenter.ts";
+ * console.assert(!toolMissing({
+ *   argv: [], code: 1, signal: null, success: false, stdout: "", stderr: "", stdinClosedEarly: false,
+ * }));
+ * ```
+ *
+ * @param result What the exec returned.
+ * @returns `true` when the tool is missing.
+ */
+export function toolMissing(result: RunResult): boolean {
+  return result.code === 127 && /nsenter: failed to execute/.test(result.stderr);
 }
 
 /** Whether a tool's stderr says the kernel refused for lack of privilege. */

@@ -7,7 +7,7 @@
  */
 
 import { NetlockError } from "../errors.ts";
-import { assertToolSuccess, type ToolExec } from "../nsenter.ts";
+import { assertToolSuccess, type ToolExec, toolMissing } from "../nsenter.ts";
 import type { RunResult } from "../runner.ts";
 import type { Family } from "../types.ts";
 import {
@@ -230,7 +230,7 @@ async function readNftViews(
   // for a 10,000-connection lock, seconds of nft time); the chains and the
   // rules of INPUT and OUTPUT are all the unlock needs.
   const listed = await ctx.exec("nft", ["-j", "list", "chains"]);
-  if (isNotFound(listed)) return families.map(() => undefined);
+  if (toolMissing(listed)) return families.map(() => undefined);
   assertToolSuccess(listed, "nft");
   const all = parseNftTableJson(listed.stdout, { allTables: true });
   return await Promise.all(families.map(async (family) => {
@@ -297,7 +297,7 @@ async function readStateAfterFailure(
   step: IptablesStep,
 ): Promise<IptablesLockState> {
   // A missing tool or a refusal will not go away by retrying.
-  if (isNotFound(result) || result.stdinClosedEarly && result.success) {
+  if (toolMissing(result) || result.stdinClosedEarly && result.success) {
     assertToolSuccess(result, toolName(family, step));
   }
   return await readState(ctx, family);
@@ -334,10 +334,6 @@ function rulesOf(ctx: IptablesContext, family: Family): LockRules {
 
 function toolName(family: Family, _step: IptablesStep): string {
   return TOOLS[family].restore;
-}
-
-function isNotFound(result: RunResult): boolean {
-  return result.code === 127 && /nsenter: failed to execute/.test(result.stderr);
 }
 
 function conflict(family: string): NetlockError {

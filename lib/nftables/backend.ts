@@ -9,7 +9,7 @@
 
 import { NetlockError } from "../errors.ts";
 import type { LockRules } from "../iptables/ruleset.ts";
-import { assertToolSuccess, type ToolExec } from "../nsenter.ts";
+import { assertToolSuccess, type ToolExec, toolMissing } from "../nsenter.ts";
 import { type NftTableView, parseNftTableJson } from "../nft_view_parser.ts";
 import type { RunResult } from "../runner.ts";
 
@@ -92,7 +92,7 @@ export async function lockNftTable(
 export async function readNftLockTable(ctx: NftContext): Promise<NftTableView | null> {
   const result = await ctx.exec("nft", ["-j", "list", "table", "inet", ctx.rules.name]);
   if (result.success) return parseNftTableJson(result.stdout);
-  if (/No such file or directory/.test(result.stderr) && !isNotFound(result)) return null;
+  if (/No such file or directory/.test(result.stderr) && !toolMissing(result)) return null;
   assertToolSuccess(result, "nft");
   return null;
 }
@@ -125,13 +125,9 @@ function logDryRun(ctx: NftContext, script: string): void {
 function failUnlessTransient(result: RunResult): void {
   // A missing nft, or a kernel without nf_tables, will not change on retry.
   if (
-    isNotFound(result) ||
+    toolMissing(result) ||
     /not supported|Operation not permitted|Permission denied/.test(result.stderr)
   ) {
     assertToolSuccess(result, "nft");
   }
-}
-
-function isNotFound(result: RunResult): boolean {
-  return result.code === 127 && /nsenter: failed to execute/.test(result.stderr);
 }

@@ -8,10 +8,11 @@
  */
 
 import { CRIU_IPTABLES_RULES, findCriuNftTables } from "./criu_locks.ts";
-import { assertToolSuccess, type ToolExec, toolMissing } from "./nsenter.ts";
+import { type ToolExec, toolMissing } from "./nsenter.ts";
 import type { RunResult } from "./runner.ts";
-import { type NftTableView, parseNftTableJson } from "./nft_view_parser.ts";
-import { planUnlock, type UnlockPlan } from "./unlock_plan.ts";
+import type { NftTableView } from "./nft_view_parser.ts";
+import { readNftState, unlockThroughNft } from "./nft_unlock.ts";
+import type { UnlockPlan } from "./unlock_plan.ts";
 import { NetlockError } from "./errors.ts";
 import {
   type IptablesContext,
@@ -32,9 +33,6 @@ import type { IptablesLockState } from "./iptables/lock_state.ts";
 import type { Family } from "./types.ts";
 import type { Prepared, ResolvedOptions } from "./prepare.ts";
 import type { CriuLocks } from "./types.ts";
-
-// Each failed transaction means another caller changed the state in between.
-const MAX_ATTEMPTS = 12;
 
 /** A backend that can hold a lock. */
 export type BackendName = "iptables" | "nftables";
@@ -151,62 +149,21 @@ export async function unlockAllBackends(
     ]);
     legacy = { changed: own.changed, criu: criu.changed };
   }
-  let state = initial;
   let removed: UnlockPlan | undefined;
-  for (let attempt = 0; state && attempt < MAX_ATTEMPTS; attempt++) {
-    const plan = planUnlock(state, shape.name, opts.criu);
-    if (plan.commands.length === 0) break;
-    // Only iptables locks are applied family by family, so only they can be
-    // half-applied by a concurrent lock: then the state is read back after
-    // the transaction. Otherwise (a namespace's small ruleset) nft's echo
-    // checks the work: it echoes additions only, so an empty marker table is
-    // added and removed within the same transaction. (Echoing a connection
-    // lock's ruleset would cost nft 0.7 s of parsing: it is read back.)
-    const echo = prepared.mode === "netns" && plan.iptables.length === 0 &&
-      plan.criu.iptables.length === 0;
-    const marker = `inet ${shape.name}-unlock`;
-    const script = `${plan.commands.join("\n")}\n` +
-      (echo ? `add table ${marker}\ndelete table ${marker}\n` : "");
-    if (opts.dryRun) {
-      opts.exec.log?.(`would run: nft -f - <<EOF\n${script}EOF`);
-      removed = plan;
-      break;
+  if (initial) {
+    try {
+      removed = await unlockThroughNft(prepared.exec, initial, {
+        name: shape.name,
+        criu: opts.criu,
+        small: prepared.mode === "netns",
+        dryRun: opts.dryRun,
+        log: opts.exec.log,
+      });
+    } catch (error) {
+      // Put back what the legacy part removed: nothing is left half-unlocked.
+      if (legacy.changed) await iptablesLock(ipt).catch(() => {});
+      throw error;
     }
-    const result = await prepared.exec("nft", echo ? ["-e", "-f", "-"] : ["-f", "-"], script);
-    if (result.success && !result.stdinClosedEarly) {
-      if (echo) {
-        if (!result.stdout.includes(`add table ${marker}`)) {
-          throw new NetlockError(
-            "TOOL_FAILED",
-            "nft exited with code 0 but did not apply the unlock",
-          );
-        }
-        removed = mergePlans(removed, plan);
-        break;
-      }
-      // The plan came from a read: a lock applied since (a concurrent lock's
-      // second family) is still there. Read again until nothing is left.
-      const after = await readNftState(prepared.exec, names);
-      if (after && JSON.stringify(after) === JSON.stringify(state)) {
-        throw new NetlockError(
-          "TOOL_FAILED",
-          "nft exited with code 0 but did not apply the unlock",
-        );
-      }
-      removed = mergePlans(removed, plan);
-      state = after;
-      continue;
-    }
-    const next = await readNftState(prepared.exec, names);
-    if (JSON.stringify(next) === JSON.stringify(state)) {
-      try {
-        assertToolSuccess(result, "nft");
-      } catch (error) {
-        if (legacy.changed) await iptablesLock(ipt).catch(() => {});
-        throw error;
-      }
-    }
-    state = next;
   }
   const criu: CriuLocks | undefined = opts.criu
     ? {
@@ -221,67 +178,6 @@ export async function unlockAllBackends(
       (criu.iptables.length > 0 || criu.nftables.length > 0)),
     backend: nftChanged ? "nftables" : iptChanged ? "iptables" : requestedBackend(opts),
     ...(criu ? { criu } : {}),
-  };
-}
-
-/**
- * Everything the unlock needs from nf_tables, without listing a lock's own
- * rules or set elements (tens of thousands for a connection lock, seconds of
- * nft time): the chains of every table, then the rules of the INPUT/OUTPUT
- * chains of the filter tables that hold a lock chain. `undefined` when nft
- * is not installed.
- */
-async function readNftState(
-  exec: ToolExec,
-  names: string[],
-  ruleset?: Promise<RunResult>,
-): Promise<NftTableView | undefined> {
-  // A namespace lock's whole ruleset, read with the probe, holds everything.
-  if (ruleset) {
-    const whole = await ruleset;
-    if (toolMissing(whole)) return undefined;
-    assertToolSuccess(whole, "nft");
-    const state = parseNftTableJson(whole.stdout, { allTables: true });
-    state.tables ??= [];
-    return state;
-  }
-  const listed = await exec("nft", ["-j", "list", "chains"]);
-  if (toolMissing(listed)) return undefined;
-  assertToolSuccess(listed, "nft");
-  const state = parseNftTableJson(listed.stdout, { allTables: true });
-  const tables = new Map(
-    state.chains.map((c) => [`${c.family} ${c.table}`, { family: c.family!, name: c.table! }]),
-  );
-  state.tables = [...tables.values()];
-  const hooks = state.chains.filter((chain) =>
-    chain.table === "filter" && (chain.name === "INPUT" || chain.name === "OUTPUT") &&
-    state.chains.some((c) =>
-      c.family === chain.family && c.table === "filter" && names.includes(c.name)
-    )
-  );
-  const listings = await Promise.all(
-    hooks.map((chain) => exec("nft", ["-j", "list", "chain", chain.family!, "filter", chain.name])),
-  );
-  for (const result of listings) {
-    // A chain deleted meanwhile: the transaction planned from this read fails and is replanned.
-    if (!result.success && /No such file or directory/.test(result.stderr)) continue;
-    assertToolSuccess(result, "nft");
-    state.rules.push(...parseNftTableJson(result.stdout, { allTables: true }).rules);
-  }
-  return state;
-}
-
-function mergePlans(a: UnlockPlan | undefined, b: UnlockPlan): UnlockPlan {
-  if (!a) return b;
-  const union = <T>(x: T[], y: T[]) => [...new Set([...x, ...y])];
-  return {
-    commands: [...a.commands, ...b.commands],
-    iptables: union(a.iptables, b.iptables),
-    nftables: a.nftables || b.nftables,
-    criu: {
-      iptables: union(a.criu.iptables, b.criu.iptables),
-      nftables: union(a.criu.nftables, b.criu.nftables),
-    },
   };
 }
 

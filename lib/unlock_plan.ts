@@ -47,9 +47,16 @@ const FAMILIES: [Family, "ip" | "ip6"][] = [["ipv4", "ip"], ["ipv6", "ip6"]];
  * @param state Every table, chain and INPUT/OUTPUT rule (`parseNftTableJson` with `allTables`).
  * @param name The lock's name (chain and table).
  * @param criu Also remove CRIU's locks.
+ * @param scope Only these iptables families (default both); `tables: false`
+ *   leaves the `inet` tables alone (an iptables backend's own rollback).
  * @returns The commands and what they remove.
  */
-export function planUnlock(state: NftTableView, name: string, criu: boolean): UnlockPlan {
+export function planUnlock(
+  state: NftTableView,
+  name: string,
+  criu: boolean,
+  scope: { families?: readonly Family[]; tables?: boolean } = {},
+): UnlockPlan {
   const plan: UnlockPlan = {
     commands: [],
     iptables: [],
@@ -57,6 +64,7 @@ export function planUnlock(state: NftTableView, name: string, criu: boolean): Un
     criu: { iptables: [], nftables: [] },
   };
   for (const [family, nftFamily] of FAMILIES) {
+    if (scope.families && !scope.families.includes(family)) continue;
     const inTable = <T extends { family?: string; table?: string }>(item: T) =>
       item.family === nftFamily && item.table === "filter";
     const view: NftTableView = {
@@ -71,7 +79,7 @@ export function planUnlock(state: NftTableView, name: string, criu: boolean): Un
     if (view.chains.some((chain) => chain.name === name)) plan.iptables.push(family);
     if (criu && view.chains.some((chain) => chain.name === "CRIU")) plan.criu.iptables.push(family);
   }
-  for (const table of state.tables ?? []) {
+  for (const table of scope.tables === false ? [] : state.tables ?? []) {
     if (table.family !== "inet") continue;
     if (table.name === name) plan.nftables = true;
     else if (criu && isCriuNftTable(table)) plan.criu.nftables.push(table.name);

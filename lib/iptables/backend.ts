@@ -16,8 +16,7 @@ import {
   sameLockState,
   UNLOCKED_STATE,
 } from "./lock_state.ts";
-import { hasLockChain, planNftUnlockCommands } from "./nft_unlock_planner.ts";
-import { type NftTableView, parseNftTableJson } from "../nft_view_parser.ts";
+import { readNftState, unlockThroughNft } from "../nft_unlock.ts";
 import { type IptablesStep, planIptablesLock, planIptablesUnlock } from "./planner.ts";
 import type { LockRules } from "./ruleset.ts";
 import { parseIptablesSave } from "./save_parser.ts";
@@ -123,12 +122,27 @@ export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boo
  * @returns Whether anything changed.
  */
 export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: boolean }> {
-  const views = await readNftViews(ctx, ctx.families);
-  const viaNft = ctx.families.filter((_, i) => hasLockChain(views[i] ?? null, ctx.rules.name));
+  const state = await readNftState(ctx.exec, [ctx.rules.name]);
+  // Families whose lock chain nf_tables shows (iptables-nft) go through one
+  // nft transaction; the others (legacy iptables, no nft) through restore.
+  const viaNft = ctx.families.filter((family) =>
+    state?.chains.some((chain) =>
+      chain.family === TOOLS[family].nftFamily && chain.table === "filter" &&
+      chain.name === ctx.rules.name
+    )
+  );
   const viaRestore = ctx.families.filter((family) => !viaNft.includes(family));
   const [nftOutcome, ...restoreOutcomes] = await Promise.allSettled([
-    viaNft.length > 0
-      ? unlockViaNft(ctx, viaNft, views.filter((_, i) => viaNft.includes(ctx.families[i])))
+    viaNft.length > 0 && state
+      ? unlockThroughNft(ctx.exec, state, {
+        name: ctx.rules.name,
+        criu: false,
+        families: viaNft,
+        tables: false,
+        small: false,
+        dryRun: ctx.dryRun,
+        log: ctx.log,
+      }).then((removed) => removed !== undefined)
       : Promise.resolve(false),
     ...viaRestore.map((family) => unlockFamily(ctx, family)),
   ]);
@@ -190,75 +204,6 @@ async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boole
     state = next;
   }
   throw conflict(family);
-}
-
-async function unlockViaNft(
-  ctx: IptablesContext,
-  families: Family[],
-  initialViews: (NftTableView | null | undefined)[],
-): Promise<boolean> {
-  let views = initialViews;
-  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const commands = views.flatMap((view) =>
-      view ? planNftUnlockCommands(view, ctx.rules.name) : []
-    );
-    if (commands.length === 0) return false;
-    const script = `${commands.join("\n")}\n`;
-    if (ctx.dryRun) {
-      ctx.log?.(`would run: nft -f - <<EOF\n${script}EOF`);
-      return true;
-    }
-    const result = await ctx.exec("nft", ["-f", "-"], script);
-    if (result.success && !result.stdinClosedEarly) return true;
-    const next = await readNftViews(ctx, families);
-    if (next.every((view) => !hasLockChain(view ?? null, ctx.rules.name))) return false;
-    if (JSON.stringify(next) === JSON.stringify(views)) assertToolSuccess(result, "nft");
-    views = next;
-  }
-  throw conflict(families.join("+"));
-}
-
-/**
- * The nf_tables view of each family's filter table: `null` when the table
- * does not exist, `undefined` when nft is not installed.
- */
-async function readNftViews(
-  ctx: IptablesContext,
-  families: Family[],
-): Promise<(NftTableView | null | undefined)[]> {
-  // Listing the whole table would print every rule of the lock chain (20,000
-  // for a 10,000-connection lock, seconds of nft time); the chains and the
-  // rules of INPUT and OUTPUT are all the unlock needs.
-  const listed = await ctx.exec("nft", ["-j", "list", "chains"]);
-  if (toolMissing(listed)) return families.map(() => undefined);
-  assertToolSuccess(listed, "nft");
-  const all = parseNftTableJson(listed.stdout, { allTables: true });
-  return await Promise.all(families.map(async (family) => {
-    const nftFamily = TOOLS[family].nftFamily;
-    const chains = all.chains.filter((chain) =>
-      chain.family === nftFamily && chain.table === "filter"
-    );
-    if (chains.length === 0) return null;
-    const view: NftTableView = { family: nftFamily, chains, rules: [], otherObjects: 0, sets: {} };
-    if (!hasLockChain(view, ctx.rules.name)) return view;
-    const hooks = chains.filter((chain) => chain.name === "INPUT" || chain.name === "OUTPUT");
-    for (const chain of hooks) {
-      const result = await ctx.exec("nft", [
-        "-j",
-        "list",
-        "chain",
-        nftFamily,
-        "filter",
-        chain.name,
-      ]);
-      // A concurrent unlock may have deleted the chain since it was listed: the
-      // planned transaction then fails and is planned again from a new read.
-      if (!result.success && /No such file or directory/.test(result.stderr)) continue;
-      assertToolSuccess(result, "nft");
-      view.rules.push(...parseNftTableJson(result.stdout).rules);
-    }
-    return view;
-  }));
 }
 
 async function applyStep(

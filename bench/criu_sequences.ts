@@ -2,7 +2,7 @@
  * CRIU's own lock and unlock sequences (criu/net.c), run as a tool would run
  * them from a shell: one spawn per step, through nsenter.
  */
-import { renderIptablesLock } from "../lib/iptables/ruleset.ts";
+import { CRIU_IPTABLES_LOCK, criuNftLock } from "../tests/helpers/criu_texts.ts";
 import { run } from "./measure.ts";
 
 /** One backend's sequences. */
@@ -13,7 +13,7 @@ export interface Sequence {
   reset(netnsPath: string): Promise<void>;
 }
 
-const LOCK = renderIptablesLock({ name: "CRIU", mark: 0xC114 });
+const LOCK = CRIU_IPTABLES_LOCK;
 const TABLE = "inet CRIU-0123456789abcdef";
 const inNs = (path: string, argv: string[], input?: string) =>
   run(["nsenter", `--net=${path}`, "--", ...argv], input);
@@ -38,16 +38,7 @@ export const CRIU: Record<"iptables" | "nftables", Sequence> = {
     reset: (path) => inNs(path, ["nft", "flush", "ruleset"]),
   },
   nftables: {
-    lock: (path) =>
-      inNs(
-        path,
-        ["nft", "-f", "-"],
-        `add table ${TABLE}\n` +
-          `add chain ${TABLE} output { type filter hook output priority 0; policy drop; }\n` +
-          `add rule ${TABLE} output meta mark 0xC114 accept\n` +
-          `add chain ${TABLE} input { type filter hook input priority 0; policy drop; }\n` +
-          `add rule ${TABLE} input meta mark 0xC114 accept\n`,
-      ),
+    lock: (path) => inNs(path, ["nft", "-f", "-"], criuNftLock(TABLE)),
     unlock: (path) => inNs(path, ["nft", "delete", "table", ...TABLE.split(" ")]),
     reset: async () => {},
   },

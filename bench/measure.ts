@@ -1,22 +1,11 @@
 /** Timing and memory helpers of the benchmarks. */
 
-/** Runs an argv (stdin from `input`), throws unless it exits 0. */
+import { runCommand } from "../lib/runner.ts";
+
+/** Runs an argv (stdin from `input`) through netlock's runner; throws unless it exits 0. */
 export async function run(argv: string[], input?: string): Promise<void> {
-  const child = new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    stdin: input === undefined ? "null" : "piped",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  if (input !== undefined) {
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(input));
-    await writer.close();
-  }
-  const output = await child.output();
-  if (!output.success) {
-    throw new Error(`${argv.join(" ")}: ${new TextDecoder().decode(output.stderr)}`);
-  }
+  const result = await runCommand(argv[0], { args: argv.slice(1), stdin: input, timeoutMs: 0 });
+  if (!result.success) throw new Error(`${argv.join(" ")}: ${result.stderr}`);
 }
 
 /** Milliseconds `fn` took. */

@@ -4,6 +4,7 @@
  * lock CRIU left, iptables-legacy rules beside iptables-nft. Lock + unlock,
  * with either backend and in connection mode, leaves each exactly as it was.
  */
+import { CRIU_IPTABLES_LOCK } from "./helpers/criu_texts.ts";
 import assert from "node:assert/strict";
 import {
   cli,
@@ -32,9 +33,7 @@ async function furnish(netns: TestNetns): Promise<void> {
       "table ip6 other {\n\tset blocked {\n\t\ttype ipv6_addr\n\t\telements = { 2001:db8::1 }\n\t}\n}\n",
   );
   // A lock CRIU left behind (its own text, applied twice as a failed restore does).
-  const criu = "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n" +
-    "-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n";
-  await run(["iptables-restore", "-w", "--noflush"], criu);
+  await run(["iptables-restore", "-w", "--noflush"], CRIU_IPTABLES_LOCK);
   await run(["iptables-legacy", "-A", "INPUT", "-s", "198.51.100.7", "-j", "DROP"]);
 }
 

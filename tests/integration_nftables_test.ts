@@ -2,6 +2,7 @@
  * The nftables backend, `--backend auto`, unlock across backends, and
  * `--criu` cleanup of the locks CRIU itself leaves behind.
  */
+import { CRIU_IPTABLES_LOCK, criuNftLock } from "./helpers/criu_texts.ts";
 import assert from "node:assert/strict";
 import {
   cli,
@@ -9,7 +10,6 @@ import {
   createNetns,
   inNamespace,
   integration,
-  must,
   snapshot,
   toolsOnly,
 } from "./helpers/netns.ts";
@@ -25,10 +25,7 @@ Deno.test({
   name: "nftables: one inet table; lock twice changes nothing; the user's tables are untouched",
   async fn() {
     await using netns = await createNetns();
-    await must([
-      "nsenter",
-      `--net=${netns.path}`,
-      "--",
+    await inNamespace(netns, [
       "nft",
       "add table inet user; add chain inet user c { type filter hook input priority 10; policy accept; }; add rule inet user c tcp dport 80 counter accept; add table ip other",
     ]);
@@ -56,10 +53,7 @@ Deno.test({
   name: "nftables: a tampered table is repaired in one transaction",
   async fn() {
     await using netns = await createNetns();
-    await must([
-      "nsenter",
-      `--net=${netns.path}`,
-      "--",
+    await inNamespace(netns, [
       "nft",
       "add table inet NETLOCK; add chain inet NETLOCK input { type filter hook input priority 0; policy accept; }",
     ]);
@@ -146,21 +140,12 @@ Deno.test({
     const before = await snapshot(netns);
     // CRIU's exact lock texts: the iptables lock applied twice (duplicated jumps), both families,
     // and its nftables lock table.
-    const criuText = "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n" +
-      "-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n";
     for (const tool of ["iptables-restore", "ip6tables-restore"]) {
-      await inNs([tool, "-w", "--noflush"], criuText);
-      await inNs([tool, "-w", "--noflush"], criuText);
+      await inNs([tool, "-w", "--noflush"], CRIU_IPTABLES_LOCK);
+      await inNs([tool, "-w", "--noflush"], CRIU_IPTABLES_LOCK);
     }
     const table = "inet CRIU-0123456789abcdef0123";
-    await inNs(
-      ["nft", "-f", "-"],
-      `add table ${table}\n` +
-        `add chain ${table} output { type filter hook output priority 0; policy drop; }\n` +
-        `add rule ${table} output meta mark 0xC114 accept\n` +
-        `add chain ${table} input { type filter hook input priority 0; policy drop; }\n` +
-        `add rule ${table} input meta mark 0xC114 accept\n`,
-    );
+    await inNs(["nft", "-f", "-"], criuNftLock(table));
     assert.equal(countLines((await netns.run(["iptables-save"])).stdout, /^-A INPUT -j CRIU$/), 2);
 
     const plain = await cli(["status", "--json", "--netns", netns.name]);

@@ -4,6 +4,8 @@
  * snapshots of every ruleset.
  */
 
+import { runCommand } from "../../lib/runner.ts";
+
 const decoder = new TextDecoder();
 const ROOT = new URL("../../", import.meta.url);
 const CLI = new URL("cli.ts", ROOT).pathname;
@@ -278,24 +280,15 @@ export async function inNamespace(
   argv: string[],
   input?: string,
 ): Promise<string> {
-  const child = new Deno.Command("nsenter", {
+  const result = await runCommand("nsenter", {
     args: [`--net=${netns.path}`, "--", ...argv],
-    stdin: input === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (input !== undefined) {
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(input));
-    await writer.close();
+    stdin: input,
+    timeoutMs: 0,
+  });
+  if (!result.success) {
+    throw new Error(`${argv.join(" ")} exited with ${result.code}: ${result.stderr}`);
   }
-  const output = await child.output();
-  if (!output.success) {
-    throw new Error(
-      `${argv.join(" ")} exited with ${output.code}: ${decoder.decode(output.stderr)}`,
-    );
-  }
-  return decoder.decode(output.stdout);
+  return result.stdout;
 }
 
 /** A PATH holding only links to these tools (to take one away); removed on dispose. */

@@ -56,9 +56,9 @@ export {
   renderIptablesUnlock,
 } from "./lib/iptables/ruleset.ts";
 export {
+  renderNftChains,
   renderNftLock,
   renderNftRelock,
-  renderNftTable,
   renderNftUnlock,
 } from "./lib/nftables/ruleset.ts";
 export {

@@ -45,12 +45,19 @@ export interface ExecSettings {
  *
  * @param nsenterArgs The namespace flags, e.g. `["--target", "1234", "--net"]`.
  * @param settings Timeout, signal and logger.
+ * @param wrapper A command that `exec`s the tool, put before it (the lock's
+ *   guard), and how the `-v` log shows it.
  * @returns A function that runs one tool in that namespace.
  */
-export function nsenterExec(nsenterArgs: readonly string[], settings: ExecSettings): ToolExec {
+export function nsenterExec(
+  nsenterArgs: readonly string[],
+  settings: ExecSettings,
+  wrapper: { argv: readonly string[]; shown: readonly string[] } = { argv: [], shown: [] },
+): ToolExec {
   return (tool, args, stdin, signal) =>
     runCommand("nsenter", {
-      args: [...nsenterArgs, "--", tool, ...args],
+      args: [...nsenterArgs, "--", ...wrapper.argv, tool, ...args],
+      shownArgs: [...nsenterArgs, "--", ...wrapper.shown, tool, ...args],
       stdin,
       timeoutMs: settings.timeoutMs,
       signal: signal && settings.signal
@@ -113,7 +120,9 @@ export function assertToolSuccess(result: RunResult, tool: string): void {
  * @returns `true` when the tool is missing.
  */
 export function toolMissing(result: RunResult): boolean {
-  return result.code === 127 && /nsenter: failed to execute/.test(result.stderr);
+  // nsenter says so when it cannot exec the tool; /bin/sh (the lock's guard) too.
+  return result.code === 127 &&
+    /nsenter: failed to execute|^netlock-guard: [0-9]+: exec: .*: not found$/m.test(result.stderr);
 }
 
 /** Whether a tool's stderr says the kernel refused for lack of privilege. */

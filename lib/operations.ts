@@ -16,10 +16,13 @@ import {
   statusAllBackends,
   unlockAllBackends,
 } from "./lock_backends.ts";
+import { GuardRefusal } from "./guard.ts";
 import {
+  canGuard,
   inContext,
   prepare,
   type Prepared,
+  prepareGuarded,
   type ResolvedOptions,
   resolveOptions,
   type Verb,
@@ -209,8 +212,20 @@ async function run(
   const opts = resolveOptions(options);
   const ref: TargetRef = toTargetRef(target, { userns: opts.userns });
   try {
-    const prepared = await prepare(ref, opts, verb);
-    const outcome = await body(prepared, opts, ref);
+    let prepared = canGuard(opts, verb)
+      ? prepareGuarded(ref, opts)
+      : await prepare(ref, opts, verb);
+    let outcome: NamespaceOutcome;
+    try {
+      outcome = await body(prepared, opts, ref);
+      await prepared.settle?.();
+    } catch (error) {
+      // The guard stopped before anything ran: the full probe decides
+      // (connection mode, or the refusal of netlock's own namespace).
+      if (!prepared.settle || !(error instanceof GuardRefusal)) throw error;
+      prepared = await prepare(ref, opts, verb);
+      outcome = await body(prepared, opts, ref);
+    }
     const families: Family[] = outcome.backend === "nftables"
       ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
       : prepared.families;

@@ -22,6 +22,7 @@ import {
 } from "./options.ts";
 import { validateScriptPath } from "./action_scripts.ts";
 import { ownNetns, probeTarget, type TargetProbe, type TargetRef } from "./target.ts";
+import { guardedTarget, probeFromGuard } from "./guard.ts";
 import type { Family, NetlockOptions } from "./types.ts";
 
 /** Options after validation, with every default filled in. */
@@ -68,6 +69,11 @@ export interface Prepared {
    * it), to save a round of spawns: `nft -j list chains` and `iptables -V`.
    */
   prefetch?: { ruleset: Promise<RunResult>; flavour: Promise<RunResult> };
+  /**
+   * A guarded lock (see {@linkcode prepareGuarded}) learns the probe while
+   * it works: this completes `probe` and `families` afterwards.
+   */
+  settle?: () => Promise<void>;
 }
 
 /**
@@ -182,6 +188,54 @@ export async function prepare(
     (options.ipv6 === "auto" && probe.ipv6) ||
     ((verb === "unlock" || mode === "connections") && options.ipv6 !== "off" && probe.ipv6);
   return { probe, exec, mode, families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"], prefetch };
+}
+
+/**
+ * Whether an operation can take the guarded fast path: a plain namespace
+ * lock (no dry run, no action scripts, which must run after the mode is
+ * decided and before anything is applied).
+ *
+ * @param options The validated options.
+ * @param verb The operation.
+ * @returns `true` for the fast path.
+ */
+export function canGuard(options: ResolvedOptions, verb: Verb): boolean {
+  return verb === "lock" && !options.dryRun && options.actionScripts.length === 0 &&
+    options.mode !== "connections";
+}
+
+/**
+ * The lock's fast path: no probe spawn before the lock. The first tools run
+ * behind the guard (lib/guard.ts), which refuses netlock's own namespace
+ * (unless `--mode netns --force`), skips IPv6 where the kernel has none, and
+ * reports the namespace's identity. A {@linkcode GuardRefusal} for the own
+ * namespace sends the caller to {@linkcode prepare}, which decides
+ * connection mode or refuses.
+ *
+ * @param ref The validated target.
+ * @param options The validated options.
+ * @returns A namespace-mode target; `settle()` completes its probe.
+ */
+export function prepareGuarded(ref: TargetRef, options: ResolvedOptions): Prepared {
+  const check = !(options.mode === "netns" && options.force);
+  const target = guardedTarget(ref, options.exec, {
+    ownPid: check ? Deno.pid : undefined,
+    checkIpv6: options.ipv6 === "auto",
+  });
+  const prepared: Prepared = {
+    probe: { netns: "", ipv6: options.ipv6 !== "off" },
+    exec: target.exec,
+    mode: "netns",
+    families: options.ipv6 === "off" ? ["ipv4"] : ["ipv4", "ipv6"],
+    async settle() {
+      prepared.probe = await probeFromGuard(
+        target.report(),
+        () => probeTarget(ref, nsenterExec(ref.nsenterArgs, options.exec)),
+      );
+      if (options.ipv6 === "auto" && !prepared.probe.ipv6) prepared.families = ["ipv4"];
+    },
+  };
+  return prepared;
 }
 
 /**

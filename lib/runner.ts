@@ -27,6 +27,8 @@ export interface RunOptions {
   env?: Record<string, string>;
   /** Called with one line per spawned command and per stderr line (for `-v`). */
   log?: (line: string) => void;
+  /** What the `-v` log shows as the arguments (default: `args`). */
+  shownArgs?: readonly string[];
   /** How timeout and abort messages name the command (default: the command). */
   label?: string;
   /**
@@ -58,6 +60,33 @@ export interface RunResult {
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 
+const PRINTED_BEFORE_KILL = new WeakMap<Error, string>();
+
+function killed(error: NetlockError, stdout: string): NetlockError {
+  PRINTED_BEFORE_KILL.set(error, stdout);
+  return error;
+}
+
+/**
+ * What a child printed on stdout before {@linkcode runCommand} killed it
+ * (timeout or abort); `undefined` for any other error.
+ *
+ * @example
+ * ```ts
+ * import { printedBeforeKill, runCommand } from "./runner.ts";
+ *
+ * const error = await runCommand("sh", { args: ["-c", "echo started; exec sleep 5"], timeoutMs: 300 })
+ *   .catch((e) => e);
+ * console.assert(printedBeforeKill(error) === "started\n");
+ * ```
+ *
+ * @param error What runCommand threw.
+ * @returns The child's stdout up to the kill.
+ */
+export function printedBeforeKill(error: unknown): string | undefined {
+  return error instanceof Error ? PRINTED_BEFORE_KILL.get(error) : undefined;
+}
+
 /**
  * Runs one command and waits for it, like CRIU's `cr_system()`.
  *
@@ -82,7 +111,7 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 export async function runCommand(command: string, options: RunOptions = {}): Promise<RunResult> {
   const args = [...(options.args ?? [])];
   const argv = [command, ...args];
-  options.log?.(`+ ${argv.map(quoteForLog).join(" ")}`);
+  options.log?.(`+ ${[command, ...(options.shownArgs ?? args)].map(quoteForLog).join(" ")}`);
   requireRunPermission(command);
   options.signal?.throwIfAborted();
 
@@ -143,16 +172,23 @@ export async function runCommand(command: string, options: RunOptions = {}): Pro
       for (const line of stderrText.split("\n")) if (line) options.log(`  ${line}`);
     }
     const label = options.label ?? command;
+    const printed = stdout.status === "fulfilled" ? stdout.value : "";
     if (stopReason === "timeout") {
-      throw new NetlockError(
-        "TIMEOUT",
-        `${label} did not finish within ${timeoutMs / 1000} s and was killed`,
+      throw killed(
+        new NetlockError(
+          "TIMEOUT",
+          `${label} did not finish within ${timeoutMs / 1000} s and was killed`,
+        ),
+        printed,
       );
     }
     if (stopReason === "abort") {
-      throw new NetlockError("ABORTED", `${label} was cancelled and killed`, {
-        cause: options.signal?.reason,
-      });
+      throw killed(
+        new NetlockError("ABORTED", `${label} was cancelled and killed`, {
+          cause: options.signal?.reason,
+        }),
+        printed,
+      );
     }
     const { code, signal } = status.value;
     return {

@@ -145,7 +145,27 @@ export function ownNetns(settings: ExecSettings): Promise<string> {
   return ownNetnsPromise;
 }
 
-function probeError(ref: TargetRef, stderr: string): NetlockError {
+/**
+ * The error for a target nsenter could not enter, from nsenter's stderr:
+ * `NO_SUCH_TARGET`, `NOT_A_NAMESPACE`, `NOT_PERMITTED`, `TOOL_NOT_FOUND`
+ * or `TOOL_FAILED`.
+ *
+ * @example
+ * ```ts
+ * import { probeError, toTargetRef } from "./target.ts";
+ *
+ * const error = probeError(
+ *   toTargetRef(99999),
+ *   "nsenter: cannot open /proc/99999/ns/net: No such file or directory",
+ * );
+ * console.assert(error.code === "NO_SUCH_TARGET");
+ * ```
+ *
+ * @param ref The target.
+ * @param stderr nsenter's stderr.
+ * @returns The error to throw.
+ */
+export function probeError(ref: TargetRef, stderr: string): NetlockError {
   const line = firstLine(stderr);
   if (/No such file or directory/.test(line) && /cannot open/.test(line)) {
     return ref.pid !== undefined

@@ -5,20 +5,20 @@ import { renderNftLock, renderNftRelock, renderNftUnlock } from "../lib/nftables
 import { parseNftTableJson, parseNftTablesJson } from "../lib/nft_view_parser.ts";
 
 const RULES = { name: "NETLOCK", mark: 0xC114 };
-const TABLE = "table inet NETLOCK {\n" +
-  "\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n" +
-  "\t\tmeta mark 0xc114 accept\n\t}\n" +
-  "\tchain output {\n\t\ttype filter hook output priority 0; policy drop;\n" +
-  "\t\tmeta mark 0xc114 accept\n\t}\n}\n";
+const CHAINS =
+  "add chain inet NETLOCK input { type filter hook input priority 0; policy drop; }\n" +
+  "add rule inet NETLOCK input meta mark 0xc114 accept\n" +
+  "add chain inet NETLOCK output { type filter hook output priority 0; policy drop; }\n" +
+  "add rule inet NETLOCK output meta mark 0xc114 accept\n";
 
 Deno.test("renderNftLock() creates the table in one transaction that fails if it exists", () => {
-  assert.equal(renderNftLock(RULES), `create table inet NETLOCK\n${TABLE}`);
+  assert.equal(renderNftLock(RULES), `create table inet NETLOCK\n${CHAINS}`);
 });
 
 Deno.test("renderNftRelock() replaces the table atomically; renderNftUnlock() deletes it", () => {
   assert.equal(
     renderNftRelock(RULES),
-    `add table inet NETLOCK\ndelete table inet NETLOCK\n${TABLE}`,
+    `add table inet NETLOCK\ndelete table inet NETLOCK\nadd table inet NETLOCK\n${CHAINS}`,
   );
   assert.equal(renderNftUnlock(RULES), "delete table inet NETLOCK\n");
 });

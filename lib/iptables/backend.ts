@@ -7,6 +7,7 @@
  */
 
 import { NetlockError } from "../errors.ts";
+import { GuardRefusal, stoppedBeforeTool } from "../guard.ts";
 import { assertToolSuccess, type ToolExec, toolMissing } from "../nsenter.ts";
 import type { RunResult } from "../runner.ts";
 import type { Family } from "../types.ts";
@@ -73,13 +74,23 @@ export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boo
       const outcomes = await Promise.allSettled(
         families.map((family) => lockFamily(ctx, family, known.get(family))),
       );
+      // The lock's guard found no IPv6 in the target's kernel: that family is not locked.
+      const absent = families.filter((_, i) => refusedFor(outcomes[i], "no-ipv6"));
+      if (absent.length > 0) {
+        ctx = { ...ctx, families: ctx.families.filter((family) => !absent.includes(family)) };
+      }
       const applied = families.filter((family, i) => {
         const outcome = outcomes[i];
-        const touches = outcome.status === "rejected" || outcome.value;
+        // A guard's refusal ran nothing; a failed tool may have committed before it died.
+        const touches = outcome.status === "rejected"
+          ? !stoppedBeforeTool(outcome.reason)
+          : outcome.value;
         if (touches) touched.add(family);
         return outcome.status === "fulfilled" && outcome.value;
       });
-      const failure = outcomes.find((o) => o.status === "rejected") as PromiseRejectedResult;
+      const failure = outcomes.find((o, i) =>
+        o.status === "rejected" && !absent.includes(families[i])
+      ) as PromiseRejectedResult;
       if (failure) throw failure.reason;
       changed ||= applied.length > 0;
       if (ctx.dryRun) return { changed };
@@ -106,6 +117,7 @@ export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boo
     }
     return { changed };
   } catch (error) {
+    if (touched.size === 0) throw error;
     const rollback = await Promise.allSettled([iptablesUnlock({ ...ctx, families: [...touched] })]);
     throw withRollbackNote(error, rollback);
   }
@@ -271,6 +283,14 @@ async function unlockedFamilies(
   return new Map(
     ctx.families.flatMap((family, i) => states[i] ? [[family, states[i]] as const] : []),
   );
+}
+
+function refusedFor(
+  outcome: PromiseSettledResult<unknown>,
+  reason: GuardRefusal["reason"],
+): boolean {
+  return outcome.status === "rejected" && outcome.reason instanceof GuardRefusal &&
+    outcome.reason.reason === reason;
 }
 
 function rulesOf(ctx: IptablesContext, family: Family): LockRules {

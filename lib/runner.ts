@@ -162,8 +162,8 @@ export async function runCommand(command: string, options: RunOptions = {}): Pro
       options.stdin === undefined || !piped
         ? Promise.resolve()
         : feedStdin(options.stdin, child.stdin),
-      piped ? new Response(child.stdout).text() : "",
-      piped ? new Response(child.stderr).text() : "",
+      piped ? readText(child.stdout) : "",
+      piped ? readText(child.stderr) : "",
       child.status,
     ]);
     if (status.status === "rejected") throw status.reason;
@@ -257,6 +257,19 @@ export function describeFailure(result: RunResult, tool: string): string {
     : `${tool} was killed by ${result.signal}`;
   const reason = firstLine(result.stderr);
   return reason ? `${how}: ${reason}` : how;
+}
+
+// A reader loop, not `new Response(stream).text()`: a cold CLI would load
+// fetch's body machinery for it, about 1 ms inside the frozen window.
+async function readText(stream: ReadableStream<Uint8Array>): Promise<string> {
+  const decoder = new TextDecoder();
+  const reader = stream.getReader();
+  let text = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return text + decoder.decode();
+    text += decoder.decode(value, { stream: true });
+  }
 }
 
 /** The first non-empty line of a text, trimmed; empty when there is none. */

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { type Invocation, type Output, parseInvocation, usageMessage } from "./lib/cli/args.ts";
+import type { Invocation, Output } from "./lib/cli/args.ts";
 import { helpText } from "./lib/cli/help.ts";
 import { rulesText } from "./lib/cli/rules_text.ts";
 import { mapSettledLimit } from "./lib/concurrency.ts";
@@ -44,11 +44,13 @@ const PARALLEL_TARGETS = 8;
  * @returns The process exit code.
  */
 export async function main(args: string[]): Promise<number> {
+  // As CRIU's action script, netlock runs inside the dump's frozen window:
+  // it skips loading the argument parser (node:util alone costs ~10 ms).
+  if (args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined) return await criuHook();
+  const { parseInvocation, usageMessage } = await import("./lib/cli/args.ts");
   let invocation: Invocation;
   try {
-    invocation = args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined
-      ? { kind: "hook" }
-      : parseInvocation(args);
+    invocation = parseInvocation(args);
   } catch (error) {
     printError(usageMessage(error));
     return EXIT.usage;

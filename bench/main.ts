@@ -10,7 +10,8 @@
  *   (e) 100 namespaces locked and unlocked in one CLI call,
  *   plus the CLI's peak memory.
  *
- * Options: `--rounds N` (default 20), `--connections N,N,...`, `--json FILE`.
+ * Options: `--rounds N` (default 20), `--connections N,N,...`, `--json FILE`,
+ * `--only namespace,cli,connections,many` (default all).
  */
 import { parseArgs } from "node:util";
 import { lockNetwork, unlockNetwork } from "../mod.ts";
@@ -25,8 +26,16 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "20" },
     connections: { type: "string", default: "100,1000,10000" },
     json: { type: "string" },
+    only: { type: "string", default: "namespace,cli,connections,many" },
   },
 });
+const ONLY = new Set(values.only!.split(","));
+for (const part of ONLY) {
+  if (!["namespace", "cli", "connections", "many"].includes(part)) {
+    console.error(`error: --only takes namespace, cli, connections, many; not ${part}`);
+    Deno.exit(2);
+  }
+}
 const ROUNDS = Number(values.rounds);
 const CONNECTIONS = values.connections!.split(",").map(Number);
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -66,10 +75,10 @@ const add = (row: Row) => {
 };
 
 try {
-  await namespaceLocks();
-  await cliEndToEnd();
-  for (const n of CONNECTIONS) await connectionLocks(n);
-  await manyNamespaces(100);
+  if (ONLY.has("namespace")) await namespaceLocks();
+  if (ONLY.has("cli")) await cliEndToEnd();
+  if (ONLY.has("connections")) { for (const n of CONNECTIONS) await connectionLocks(n); }
+  if (ONLY.has("many")) await manyNamespaces(100);
   printTable();
   if (values.json) {
     await Deno.writeTextFile(

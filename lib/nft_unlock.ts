@@ -41,8 +41,9 @@ export interface NftUnlockRequest {
  * Removes what `request` names, starting from `state` (see
  * {@linkcode readNftState}). Only iptables locks are applied family by
  * family, so only they can be half-applied by a concurrent lock: after
- * removing one, the state is read back, and anything of the lock still there
- * is removed in another round; an unchanged state means nft did nothing.
+ * removing one seen in a single family, the state is read back, and anything
+ * of the lock still there is removed in another round; an unchanged state
+ * means nft did nothing.
  * Otherwise, for a small ruleset, nft's echo checks the work: nft echoes
  * additions only, so an empty marker table is added and removed within the
  * same transaction. (Echoing a connection lock's ruleset would cost nft
@@ -64,7 +65,13 @@ export async function unlockThroughNft(
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const plan = planUnlock(state, request.name, request.criu, scope);
     if (plan.commands.length === 0) return removed;
-    const echo = request.small && plan.iptables.length === 0 && plan.criu.iptables.length === 0;
+    // An iptables lock is applied family by family: a lock seen in one family
+    // only may be a concurrent lock in flight, whose other family lands after
+    // this read and is found by reading back. Seen in both families, nothing
+    // of it can land later outside what this transaction deletes (a late
+    // duplicate makes the chain deletion fail, and the whole is replanned).
+    const halfSeen = plan.iptables.length === 1 || plan.criu.iptables.length > 0;
+    const echo = request.small && !halfSeen;
     const marker = `inet ${request.name}-unlock`;
     const script = `${plan.commands.join("\n")}\n` +
       (echo ? `add table ${marker}\ndelete table ${marker}\n` : "");

@@ -94,10 +94,7 @@ export function parseProcNetTcp(text: string, inodes?: ReadonlySet<string>): Tcp
  */
 export function parseSocketInodes(text: string): Set<string> {
   const inodes = new Set<string>();
-  for (const line of text.split("\n")) {
-    const match = line.trim().match(/^socket:\[([0-9]+)\]$/);
-    if (match) inodes.add(match[1]);
-  }
+  for (const match of text.matchAll(/^ *socket:\[([0-9]+)\] *$/gm)) inodes.add(match[1]);
   return inodes;
 }
 
@@ -126,9 +123,9 @@ export function selectConnections(entries: TcpEntry[], inodes: Set<string>): Con
   for (const entry of entries) {
     if (entry.state === LISTEN || entry.remotePort === 0 || !inodes.has(entry.inode)) continue;
     const { family, local, localPort, remote, remotePort } = entry;
-    const key = `${family} ${local} ${localPort} ${remote} ${remotePort}`;
-    if (seen.has(key)) continue;
-    seen.add(key);
+    // A socket is one row of one table; its inode names it (fds may repeat it).
+    if (seen.has(entry.inode)) continue;
+    seen.add(entry.inode);
     connections.push({ family, local, localPort, remote, remotePort });
   }
   return connections;
@@ -171,13 +168,21 @@ export function formatIpv6(bytes: Uint8Array): string {
 
 function decodeAddress(hex: string): { address: string; v4: boolean } | undefined {
   // The kernel prints each 32-bit word in host order (little-endian here).
-  const word = (i: number) => parseInt(hex.slice(i * 8, i * 8 + 8), 16);
-  const bytesOf = (w: number) => [w & 0xff, (w >>> 8) & 0xff, (w >>> 16) & 0xff, w >>> 24];
-  if (hex.length === 8) return { address: bytesOf(word(0)).join("."), v4: true };
+  if (hex.length === 8) return { address: dotted(word(hex, 0)), v4: true };
   if (hex.length !== 32) return undefined;
-  const words = [word(0), word(1), word(2), word(3)];
+  const words = [word(hex, 0), word(hex, 1), word(hex, 2), word(hex, 3)];
   if (words[0] === 0 && words[1] === 0 && words[2] === 0xffff0000) {
-    return { address: bytesOf(words[3]).join("."), v4: true }; // ::ffff:a.b.c.d
+    return { address: dotted(words[3]), v4: true }; // ::ffff:a.b.c.d
   }
-  return { address: formatIpv6(new Uint8Array(words.flatMap(bytesOf))), v4: false };
+  const bytes = words.flatMap((w) => [w & 0xff, (w >>> 8) & 0xff, (w >>> 16) & 0xff, w >>> 24]);
+  return { address: formatIpv6(new Uint8Array(bytes)), v4: false };
+}
+
+function word(hex: string, i: number): number {
+  return parseInt(hex.slice(i * 8, i * 8 + 8), 16);
+}
+
+// Module-level and array-free: 10,000 connections are 20,000 addresses.
+function dotted(w: number): string {
+  return `${w & 0xff}.${(w >>> 8) & 0xff}.${(w >>> 16) & 0xff}.${w >>> 24}`;
 }

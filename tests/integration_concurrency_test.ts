@@ -2,7 +2,7 @@
  * Concurrency: many simultaneous locks, unlocks and status reads of one
  * namespace, round after round, per backend; and locks racing unlocks on
  * many namespaces at once. Every call succeeds, and the state is exactly
- * one lock (or none) afterwards. `deno task stress` runs the full 20
+ * one lock (or none) afterwards. `deno task stress` runs the full 60
  * rounds; the test suite runs STRESS_ROUNDS (default 3).
  */
 import assert from "node:assert/strict";

@@ -39,6 +39,10 @@ for (const part of ONLY) {
 const ROUNDS = Number(values.rounds);
 const CONNECTIONS = values.connections!.split(",").map(Number);
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
+/** The argv of netlock's CLI run as the issue measures it. */
+const netlockCli = (
+  ...args: string[]
+) => [Deno.execPath(), "run", "--allow-run=nsenter", CLI, ...args];
 const EMPTY = await Deno.makeTempFile({ suffix: ".ts" });
 // A fairer floor for the CLI: the least a Deno program must do to run
 // CRIU's lock (a cold Deno.Command, its streams and timers included).
@@ -153,8 +157,7 @@ async function cliEndToEnd(): Promise<void> {
   const floorLock: number[] = [];
   const floorUnlock: number[] = [];
   const minimal: number[] = [];
-  const cli = (verb: string) =>
-    run([Deno.execPath(), "run", "--allow-run=nsenter", CLI, verb, "-q", "--netns", netns.path]);
+  const cli = (verb: string) => run(netlockCli(verb, "-q", "--netns", netns.path));
   for (let round = 0; round < ROUNDS + 2; round++) {
     const empty = await time(() => run([Deno.execPath(), "run", EMPTY]));
     const criuLock = await time(() => CRIU.iptables.lock(netns.path));
@@ -195,16 +198,7 @@ async function cliEndToEnd(): Promise<void> {
     referenceMs: median(floorUnlock),
     reference: "empty deno run + CRIU's unlock",
   });
-  const rss = await peakRssKiB([
-    Deno.execPath(),
-    "run",
-    "--allow-run=nsenter",
-    CLI,
-    "lock",
-    "-q",
-    "--netns",
-    netns.path,
-  ]);
+  const rss = await peakRssKiB(netlockCli("lock", "-q", "--netns", netns.path));
   await cli("unlock");
   add({
     group: "cli iptables",
@@ -246,21 +240,11 @@ async function connectionLocks(n: number): Promise<void> {
       target: big ? (backend === "nftables" ? 200 : 300) : undefined,
     });
   }
-  await criuPerRuleLoop(netns, client.pid, n);
+  await criuPerRuleLoop(netns, n);
   if (n >= 10_000) {
-    const rss = await peakRssKiB([
-      Deno.execPath(),
-      "run",
-      "--allow-run=nsenter",
-      CLI,
-      "lock",
-      "-q",
-      "--mode",
-      "connections",
-      "-b",
-      "nftables",
-      String(client.pid),
-    ]);
+    const rss = await peakRssKiB(
+      netlockCli("lock", "-q", "--mode", "connections", "-b", "nftables", String(client.pid)),
+    );
     await unlockNetwork(client.pid, { mode: "connections" });
     add({
       group: "connections nftables",
@@ -271,35 +255,31 @@ async function connectionLocks(n: number): Promise<void> {
   }
 }
 
-/** CRIU's way: one `sh -c "iptables ..."` per rule; timed on 100 rules, extrapolated. */
-async function criuPerRuleLoop(netns: TestNetns, pid: number, n: number): Promise<void> {
+/** CRIU's way: one `sh -c "iptables ..."` per rule; timed on 50 connections, extrapolated. */
+async function criuPerRuleLoop(netns: TestNetns, n: number): Promise<void> {
   const sample = Math.min(n, 50);
-  const ns = ["nsenter", `--net=${netns.path}`, "--"];
   const rule = (i: number) =>
     `-p tcp -s 127.0.0.1 --sport 7100 -d 127.0.0.1 --dport ${
       10000 + i
     } -m mark ! --mark 0xC114 -j DROP`;
-  const lockMs = await time(async () => {
-    for (let i = 0; i < sample; i++) {
-      await run([
-        ...ns,
-        "sh",
-        "-c",
-        `iptables -w -t filter -A INPUT ${rule(i)}; iptables -w -t filter -A OUTPUT ${rule(i)}`,
-      ]);
-    }
-  });
-  const unlockMs = await time(async () => {
-    for (let i = 0; i < sample; i++) {
-      await run([
-        ...ns,
-        "sh",
-        "-c",
-        `iptables -w -t filter -D INPUT ${rule(i)}; iptables -w -t filter -D OUTPUT ${rule(i)}`,
-      ]);
-    }
-  });
-  void pid;
+  // -A to lock, -D to unlock: both directions of each connection, one process each.
+  const loop = (op: "-A" | "-D") =>
+    time(async () => {
+      for (let i = 0; i < sample; i++) {
+        await run([
+          "nsenter",
+          `--net=${netns.path}`,
+          "--",
+          "sh",
+          "-c",
+          `iptables -w -t filter ${op} INPUT ${rule(i)}; iptables -w -t filter ${op} OUTPUT ${
+            rule(i)
+          }`,
+        ]);
+      }
+    });
+  const lockMs = await loop("-A");
+  const unlockMs = await loop("-D");
   const factor = n / sample;
   const note = factor > 1 ? ` (${sample} connections timed, x${factor} extrapolated)` : "";
   add({
@@ -320,12 +300,8 @@ async function manyNamespaces(count: number): Promise<void> {
   try {
     for (let i = 0; i < count; i++) namespaces.push(await createNetns());
     const args = namespaces.flatMap((n) => ["--netns", n.path]);
-    const lockMs = await time(() =>
-      run([Deno.execPath(), "run", "--allow-run=nsenter", CLI, "lock", "-q", ...args])
-    );
-    const unlockMs = await time(() =>
-      run([Deno.execPath(), "run", "--allow-run=nsenter", CLI, "unlock", "-q", ...args])
-    );
+    const lockMs = await time(() => run(netlockCli("lock", "-q", ...args)));
+    const unlockMs = await time(() => run(netlockCli("unlock", "-q", ...args)));
     add({
       group: `${count} namespaces`,
       what: "lock + unlock, one CLI call each",

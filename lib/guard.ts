@@ -13,7 +13,7 @@
 import { NetlockError } from "./errors.ts";
 import { type ExecSettings, nsenterExec, type ToolExec } from "./nsenter.ts";
 import { printedBeforeKill, type RunResult } from "./runner.ts";
-import { probeError, type TargetProbe, type TargetRef } from "./target.ts";
+import { probeError, type TargetRef } from "./target.ts";
 
 /**
  * The guard. Arguments: netlock's PID (`-`: no own-namespace check), `1`
@@ -180,10 +180,18 @@ export function guardedTarget(
   options: { ownPid?: number; checkIpv6: boolean },
 ): GuardedTarget {
   const plain = nsenterExec(ref.nsenterArgs, settings);
-  let learned: GuardReport | undefined;
+  let passed = false;
+  let netns: string | undefined;
+  let ipv6 = false;
   let reportAsked = false;
+  // Parallel guards: the one asked for the identity may answer last.
+  const learn = (guarded: GuardReport) => {
+    passed = true;
+    ipv6 = guarded.ipv6;
+    netns ??= guarded.netns;
+  };
   const exec: ToolExec = async (tool, args, stdin, signal) => {
-    if (learned) return await plain(tool, args, stdin, signal);
+    if (passed) return await plain(tool, args, stdin, signal);
     const report = !reportAsked;
     reportAsked = true;
     const six = options.checkIpv6 && tool.startsWith("ip6tables");
@@ -193,10 +201,6 @@ export function guardedTarget(
       six ? "1" : "0",
       report ? "1" : "0",
     ];
-    const learn = (guarded: GuardReport) => {
-      // Parallel guards: the one asked for the identity may answer last.
-      learned = { ...guarded, netns: report ? guarded.netns : learnedNetns() };
-    };
     let raw: RunResult;
     try {
       raw = await nsenterExec(ref.nsenterArgs, settings, {
@@ -218,22 +222,5 @@ export function guardedTarget(
     }
     return parsed.result;
   };
-  const learnedNetns = () => learned?.netns;
-  return { exec, report: () => learned };
-}
-
-/**
- * The probe a guarded lock reports: the guard's findings, completed by a
- * real probe when the guard could not read the namespace's identity.
- *
- * @param report What the guard learned.
- * @param probe Runs the full probe.
- * @returns The probe.
- */
-export async function probeFromGuard(
-  report: GuardReport | undefined,
-  probe: () => Promise<TargetProbe>,
-): Promise<TargetProbe> {
-  if (report?.netns) return { netns: report.netns, ipv6: report.ipv6 };
-  return await probe();
+  return { exec, report: () => passed ? { netns, ipv6 } : undefined };
 }

@@ -22,7 +22,7 @@ import {
 } from "./options.ts";
 import { validateScriptPath } from "./action_scripts.ts";
 import { ownNetns, probeTarget, type TargetProbe, type TargetRef } from "./target.ts";
-import { guardedTarget, probeFromGuard } from "./guard.ts";
+import { guardedTarget } from "./guard.ts";
 import type { Family, NetlockOptions } from "./types.ts";
 
 /** Options after validation, with every default filled in. */
@@ -228,10 +228,11 @@ export function prepareGuarded(ref: TargetRef, options: ResolvedOptions): Prepar
     mode: "netns",
     families: options.ipv6 === "off" ? ["ipv4"] : ["ipv4", "ipv6"],
     async settle() {
-      prepared.probe = await probeFromGuard(
-        target.report(),
-        () => probeTarget(ref, nsenterExec(ref.nsenterArgs, options.exec)),
-      );
+      // Without the inode in fdinfo (Linux < 5.14) the guard could not tell it: probe.
+      const report = target.report();
+      prepared.probe = report?.netns
+        ? { netns: report.netns, ipv6: report.ipv6 }
+        : await probeTarget(ref, nsenterExec(ref.nsenterArgs, options.exec));
       if (options.ipv6 === "auto" && !prepared.probe.ipv6) prepared.families = ["ipv4"];
     },
   };

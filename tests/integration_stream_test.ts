@@ -5,7 +5,14 @@
  * arrives, in order, and the connection is not reset.
  */
 import assert from "node:assert/strict";
-import { cli, createNetns, integration, must, type TestNetns } from "./helpers/netns.ts";
+import {
+  cli,
+  createNetns,
+  integration,
+  must,
+  spawnDenoTool,
+  type TestNetns,
+} from "./helpers/netns.ts";
 
 const STREAM_TOOL = new URL("./helpers/stream_tool.ts", import.meta.url).pathname;
 const BYTES = 4 * 1024 * 1024;
@@ -34,21 +41,7 @@ async function link(a: TestNetns, b: TestNetns): Promise<void> {
 }
 
 function spawnIn(netns: TestNetns, args: string[]): Deno.ChildProcess {
-  return new Deno.Command("nsenter", {
-    args: [
-      `--net=${netns.path}`,
-      "--",
-      Deno.execPath(),
-      "run",
-      "--no-config",
-      "--allow-net",
-      STREAM_TOOL,
-      ...args,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
+  return spawnDenoTool(netns, STREAM_TOOL, args);
 }
 
 const MODES: [string, string[]][] = [

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
+import { baseChain, rule } from "./helpers/nft_json.ts";
 import { hasLockChain, planNftUnlockCommands } from "../lib/iptables/nft_unlock_planner.ts";
 import { parseNftTableJson } from "../lib/nft_view_parser.ts";
+
+const JUMP = [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }];
 
 // What `nft -j list table ip filter` printed after `netlock lock` in a fresh namespace.
 const FRESH_LOCK = JSON.stringify({
@@ -8,70 +11,16 @@ const FRESH_LOCK = JSON.stringify({
     { metainfo: { version: "1.0.6", release_name: "Lester Gooch #5", json_schema_version: 1 } },
     { table: { family: "ip", name: "filter", handle: 5 } },
     { chain: { family: "ip", table: "filter", name: "NETLOCK", handle: 1 } },
-    {
-      chain: {
-        family: "ip",
-        table: "filter",
-        name: "INPUT",
-        handle: 2,
-        type: "filter",
-        hook: "input",
-        prio: 0,
-        policy: "accept",
-      },
-    },
-    {
-      chain: {
-        family: "ip",
-        table: "filter",
-        name: "OUTPUT",
-        handle: 4,
-        type: "filter",
-        hook: "output",
-        prio: 0,
-        policy: "accept",
-      },
-    },
-    {
-      rule: {
-        family: "ip",
-        table: "filter",
-        chain: "NETLOCK",
-        handle: 6,
-        expr: [
-          { match: { op: "==", left: { meta: { key: "mark" } }, right: 49428 } },
-          { counter: { packets: 0, bytes: 0 } },
-          { accept: null },
-        ],
-      },
-    },
-    {
-      rule: {
-        family: "ip",
-        table: "filter",
-        chain: "NETLOCK",
-        handle: 7,
-        expr: [{ counter: { packets: 0, bytes: 0 } }, { drop: null }],
-      },
-    },
-    {
-      rule: {
-        family: "ip",
-        table: "filter",
-        chain: "INPUT",
-        handle: 3,
-        expr: [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }],
-      },
-    },
-    {
-      rule: {
-        family: "ip",
-        table: "filter",
-        chain: "OUTPUT",
-        handle: 5,
-        expr: [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }],
-      },
-    },
+    baseChain("ip", "filter", "INPUT", 2),
+    baseChain("ip", "filter", "OUTPUT", 4),
+    rule("ip", "filter", "NETLOCK", 6, [
+      { match: { op: "==", left: { meta: { key: "mark" } }, right: 49428 } },
+      { counter: { packets: 0, bytes: 0 } },
+      { accept: null },
+    ]),
+    rule("ip", "filter", "NETLOCK", 7, [{ counter: { packets: 0, bytes: 0 } }, { drop: null }]),
+    rule("ip", "filter", "INPUT", 3, JUMP),
+    rule("ip", "filter", "OUTPUT", 5, JUMP),
   ],
 });
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { baseChain, rule } from "./helpers/nft_json.ts";
 import { parseNftTableJson } from "../lib/nft_view_parser.ts";
 import { planUnlock } from "../lib/unlock_plan.ts";
 
@@ -9,71 +10,14 @@ const RULESET = JSON.stringify({
     { metainfo: { json_schema_version: 1 } },
     { table: { family: "ip", name: "filter", handle: 1 } },
     { chain: { family: "ip", table: "filter", name: "NETLOCK", handle: 1 } },
-    {
-      chain: {
-        family: "ip",
-        table: "filter",
-        name: "INPUT",
-        handle: 2,
-        type: "filter",
-        hook: "input",
-        prio: 0,
-        policy: "accept",
-      },
-    },
-    {
-      chain: {
-        family: "ip",
-        table: "filter",
-        name: "OUTPUT",
-        handle: 4,
-        type: "filter",
-        hook: "output",
-        prio: 0,
-        policy: "accept",
-      },
-    },
-    {
-      rule: {
-        family: "ip",
-        table: "filter",
-        chain: "INPUT",
-        handle: 3,
-        expr: [{ counter: null }, { jump: { target: "NETLOCK" } }],
-      },
-    },
-    {
-      rule: {
-        family: "ip",
-        table: "filter",
-        chain: "OUTPUT",
-        handle: 5,
-        expr: [{ counter: null }, { jump: { target: "NETLOCK" } }],
-      },
-    },
+    baseChain("ip", "filter", "INPUT", 2),
+    baseChain("ip", "filter", "OUTPUT", 4),
+    rule("ip", "filter", "INPUT", 3, [{ counter: null }, { jump: { target: "NETLOCK" } }]),
+    rule("ip", "filter", "OUTPUT", 5, [{ counter: null }, { jump: { target: "NETLOCK" } }]),
     { table: { family: "ip6", name: "filter", handle: 2 } },
-    {
-      chain: {
-        family: "ip6",
-        table: "filter",
-        name: "INPUT",
-        handle: 1,
-        type: "filter",
-        hook: "input",
-        prio: 0,
-        policy: "accept",
-      },
-    },
+    baseChain("ip6", "filter", "INPUT", 1),
     { chain: { family: "ip6", table: "filter", name: "CRIU", handle: 2 } },
-    {
-      rule: {
-        family: "ip6",
-        table: "filter",
-        chain: "INPUT",
-        handle: 3,
-        expr: [{ jump: { target: "CRIU" } }],
-      },
-    },
+    rule("ip6", "filter", "INPUT", 3, [{ jump: { target: "CRIU" } }]),
     { table: { family: "inet", name: "NETLOCK", handle: 3 } },
     { table: { family: "inet", name: "CRIU-0123", handle: 4 } },
     { table: { family: "inet", name: "user", handle: 5 } },

@@ -116,12 +116,18 @@ export async function snapshot(netns: TestNetns): Promise<string> {
   return parts.join("\n");
 }
 
-/** An echo server inside a namespace; killed on dispose. */
-export async function startServer(
+/**
+ * Runs the Deno script TOOL (network permission only) inside the namespace,
+ * through nsenter so that its PID is the process holding the sockets;
+ * stdout piped, stderr inherited.
+ */
+export function spawnDenoTool(
   netns: TestNetns,
-  endpoints: string[],
-): Promise<AsyncDisposable> {
-  const child = new Deno.Command("nsenter", {
+  tool: string,
+  args: string[],
+  stdin: "null" | "piped" = "null",
+): Deno.ChildProcess {
+  return new Deno.Command("nsenter", {
     args: [
       `--net=${netns.path}`,
       "--",
@@ -129,14 +135,21 @@ export async function startServer(
       "run",
       "--no-config",
       "--allow-net",
-      TCP_TOOL,
-      "serve",
-      ...endpoints,
+      tool,
+      ...args,
     ],
-    stdin: "null",
+    stdin,
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
+}
+
+/** An echo server inside a namespace; killed on dispose. */
+export async function startServer(
+  netns: TestNetns,
+  endpoints: string[],
+): Promise<AsyncDisposable> {
+  const child = spawnDenoTool(netns, TCP_TOOL, ["serve", ...endpoints]);
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   const { value } = await reader.read();
   if (!value?.startsWith("ready")) throw new Error(`server did not start: ${value}`);
@@ -204,22 +217,7 @@ export interface Endpoint extends AsyncDisposable {
 
 /** Starts `conn_tool.ts ARGS...` inside the namespace and waits for "ready". */
 export async function startEndpoint(netns: TestNetns, args: string[]): Promise<Endpoint> {
-  // Spawned through nsenter so that the endpoint's own PID is the process holding the sockets.
-  const process = new Deno.Command("nsenter", {
-    args: [
-      `--net=${netns.path}`,
-      "--",
-      Deno.execPath(),
-      "run",
-      "--no-config",
-      "--allow-net",
-      CONN_TOOL,
-      ...args,
-    ],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
+  const process = spawnDenoTool(netns, CONN_TOOL, args, "piped");
   const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
   const writer = process.stdin.getWriter();
   let buffered = "";

@@ -95,6 +95,12 @@ export function assertToolSuccess(result: RunResult, tool: string): void {
       `${tool} not found (install it, and make sure its directory is on PATH)`,
     );
   }
+  if (result.code === 126 && /nsenter: failed to execute/.test(stderr)) {
+    throw new NetlockError(
+      "NOT_PERMITTED",
+      `${tool} cannot be run by this user: ${firstLine(stderr)}`,
+    );
+  }
   if (isPermissionProblem(stderr)) {
     throw new NetlockError(
       "NOT_PERMITTED",

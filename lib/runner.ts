@@ -321,22 +321,77 @@ function onPath(command: string): boolean | undefined {
   });
 }
 
+/**
+ * Turns what `Deno.Command.spawn()` threw into one of three failures a user
+ * can act on: the binary is not there (`TOOL_NOT_FOUND`), the operating system
+ * refused to start it because the binary or the working directory cannot be
+ * accessed by this user (`NOT_PERMITTED`), or Deno may not run it
+ * (`DENO_PERMISSION`). Deno reports an unreachable working directory as
+ * `NotFound` ("No such cwd"), which must not read as a missing binary.
+ */
 function spawnError(command: string, error: unknown): NetlockError {
-  if (error instanceof Deno.errors.NotFound) {
-    return new NetlockError("TOOL_NOT_FOUND", `${command} not found on PATH`, { cause: error });
-  }
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-    const message = error instanceof Error ? error.message : String(error);
+  const message = error instanceof Error ? error.message : String(error);
+  if (error instanceof Deno.errors.NotCapable) {
     return new NetlockError(
       "DENO_PERMISSION",
       `Cannot run ${command}: ${firstLine(message)} (add --allow-run=${command})`,
       { cause: error },
     );
   }
-  const message = error instanceof Error ? error.message : String(error);
+  // "No such cwd '/root/x'" when this user cannot enter it, "failed resolving
+  // cwd" when it was deleted.
+  const cwd = /No such cwd '([^']*)'|failed resolving cwd/.exec(message);
+  if (cwd) {
+    const dir = cwd[1] === undefined ? "" : ` ${cwd[1]}`;
+    return new NetlockError(
+      "NOT_PERMITTED",
+      `cannot run ${command}: the working directory${dir} cannot be accessed ` +
+        `by this user (run netlock from a directory it can enter)`,
+      { cause: error },
+    );
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    // Deno reports an unreachable working directory as EACCES, like an
+    // unreachable binary: say which where netlock may look (read permission).
+    const cwd = currentDir();
+    const what = cwdReachable(cwd) === false
+      ? `the working directory ${cwd} cannot be accessed by this user (run netlock from ` +
+        "a directory it can enter)"
+      : "permission denied (this user cannot access the binary, a directory on its path, " +
+        `or the working directory${cwd ? ` ${cwd}` : ""})`;
+    return new NetlockError("NOT_PERMITTED", `cannot run ${command}: ${what}`, { cause: error });
+  }
+  if (error instanceof Deno.errors.NotFound) {
+    const where = command.includes("/") ? "" : " on PATH";
+    return new NetlockError("TOOL_NOT_FOUND", `${command} not found${where}`, { cause: error });
+  }
   return new NetlockError("TOOL_FAILED", `Cannot run ${command}: ${firstLine(message)}`, {
     cause: error,
   });
+}
+
+function currentDir(): string | undefined {
+  try {
+    return Deno.cwd();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether this user can enter `dir`; `undefined` when netlock may not look
+ * (no read permission: never make Deno prompt).
+ */
+function cwdReachable(dir: string | undefined): boolean | undefined {
+  if (dir === undefined) return undefined;
+  if (Deno.permissions.querySync({ name: "read", path: dir }).state !== "granted") return;
+  try {
+    // What the child does first; a no-op where it succeeds (the same directory).
+    Deno.chdir(dir);
+    return true;
+  } catch (error) {
+    return error instanceof Deno.errors.PermissionDenied ? false : undefined;
+  }
 }
 
 const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = {

@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { cli, createNetns, integration, sh, snapshot } from "./helpers/netns.ts";
+import { readableCopy } from "./helpers/other_user.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const INJECT = "0xC114\nCOMMIT\n*filter\n-A INPUT -j ACCEPT";
@@ -124,39 +125,57 @@ Deno.test({
   name: "an unprivileged user without --userns gets one line saying root is needed",
   async fn() {
     await using netns = await createNetns();
+    await using copy = await readableCopy();
     const before = await snapshot(netns);
-    const dir = await Deno.makeTempDir();
+    const permissions = ["--allow-run=nsenter", "--allow-read"];
+    const result = await copy.cli(["lock", "--netns", netns.path], { permissions });
+    assert.equal(result.code, 1, result.stderr);
+    const lines = result.stderr.split("\n").filter((line) => line !== "");
+    assert.equal(lines.length, 1, result.stderr);
+    assert.match(
+      lines[0],
+      /^error: Cannot lock network of namespace .*: not permitted .*needs root \(CAP_SYS_ADMIN to enter, CAP_NET_ADMIN to lock\)/,
+    );
+
+    // Started from a directory it cannot enter (a checkout under /root):
+    // the real cause, not "nsenter not found". With read permission netlock
+    // can tell the directory from the binary; without, it names both.
+    const unreachable = await Deno.makeTempDir();
+    const prefix = `error: Cannot lock network of namespace ${netns.path}: cannot run nsenter: `;
+    await Deno.mkdir(`${unreachable}/checkout`);
+    const cases: [string[], string, string][] = [
+      // A checkout under /root: Deno cannot even look at the directory.
+      [
+        ["--allow-run=nsenter"],
+        `${unreachable}/checkout`,
+        `the working directory ${unreachable}/checkout cannot be accessed by this user ` +
+        "(run netlock from a directory it can enter)",
+      ],
+      [
+        permissions,
+        unreachable,
+        `the working directory ${unreachable} cannot be accessed by this user ` +
+        "(run netlock from a directory it can enter)",
+      ],
+      [
+        ["--allow-run=nsenter"],
+        unreachable,
+        "permission denied (this user cannot access the binary, a directory on its path, " +
+        `or the working directory ${unreachable})`,
+      ],
+    ];
     try {
-      await sh(["chmod", "777", dir]);
-      const result = await sh([
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "env",
-        `DENO_DIR=${dir}`,
-        `HOME=${dir}`,
-        "NO_COLOR=1",
-        Deno.execPath(),
-        "run",
-        "--no-config",
-        "--allow-run=nsenter",
-        "--allow-read",
-        CLI,
-        "lock",
-        "--netns",
-        netns.path,
-      ]);
-      assert.equal(result.code, 1, result.stderr);
-      const lines = result.stderr.split("\n").filter((line) => line !== "");
-      assert.equal(lines.length, 1, result.stderr);
-      assert.match(
-        lines[0],
-        /^error: Cannot lock network of namespace .*: not permitted .*needs root \(CAP_SYS_ADMIN to enter, CAP_NET_ADMIN to lock\)/,
-      );
-      assert.equal(await snapshot(netns), before);
+      for (const [granted, cwd, message] of cases) {
+        const fromThere = await copy.cli(["lock", "--netns", netns.path], {
+          permissions: granted,
+          cwd,
+        });
+        assert.equal(fromThere.code, 1, fromThere.stderr);
+        assert.equal(fromThere.stderr, `${prefix}${message}\n`);
+      }
     } finally {
-      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(unreachable, { recursive: true });
     }
+    assert.equal(await snapshot(netns), before);
   },
 });

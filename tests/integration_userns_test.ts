@@ -4,19 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { integration, must, probe, sh, startServer, type TestNetns } from "./helpers/netns.ts";
-
-const NOBODY = "65534";
-const ROOT = new URL("../", import.meta.url).pathname;
-
-/** A copy of the CLI that the unprivileged user can read, and a Deno cache it can write. */
-async function readableCopy(): Promise<{ dir: string } & AsyncDisposable> {
-  const dir = await Deno.makeTempDir({ prefix: "netlock-userns-" });
-  await must(["cp", "-r", `${ROOT}cli.ts`, `${ROOT}lib`, `${ROOT}deno.json`, dir]);
-  await Deno.mkdir(`${dir}/deno-dir`);
-  await must(["chmod", "-R", "a+rX", dir]);
-  await must(["chown", `${NOBODY}:${NOBODY}`, `${dir}/deno-dir`]);
-  return { dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
-}
+import { NOBODY, readableCopy } from "./helpers/other_user.ts";
 
 for (const backend of ["iptables", "nftables"]) {
   Deno.test({
@@ -47,23 +35,7 @@ for (const backend of ["iptables", "nftables"]) {
         };
         await must(["nsenter", `--net=/proc/${pid}/ns/net`, "--", "ip", "link", "set", "lo", "up"]);
         await using _server = await startServer(netns, ["127.0.0.1:7000"]);
-        const asNobody = (args: string[]) =>
-          sh([
-            "setpriv",
-            `--reuid=${NOBODY}`,
-            `--regid=${NOBODY}`,
-            "--clear-groups",
-            "env",
-            `DENO_DIR=${copy.dir}/deno-dir`,
-            `HOME=${copy.dir}/deno-dir`,
-            "NO_COLOR=1",
-            Deno.execPath(),
-            "run",
-            "--no-config",
-            "--allow-run=nsenter",
-            `${copy.dir}/cli.ts`,
-            ...args,
-          ]);
+        const asNobody = (args: string[]) => copy.cli(args);
         assert.equal(await probe(netns, "127.0.0.1", 7000), "ok");
 
         const refused = await asNobody(["lock", "-b", backend, String(pid)]);

@@ -77,6 +77,42 @@ Deno.test("runCommand() turns a missing binary into TOOL_NOT_FOUND", async () =>
   });
 });
 
+Deno.test("runCommand() tells a binary it cannot access from a missing one", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // No execute bit at all: execve() fails with EACCES, even for root.
+    await Deno.writeTextFile(`${dir}/tool`, "#!/bin/sh\n", { mode: 0o644 });
+    await assert.rejects(runCommand(`${dir}/tool`), {
+      name: "NetlockError",
+      code: "NOT_PERMITTED",
+      message: `cannot run ${dir}/tool: permission denied (this user cannot access the binary, ` +
+        `a directory on its path, or the working directory ${Deno.cwd()})`,
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runCommand() says when the working directory cannot be accessed", async () => {
+  // What an unprivileged user meets in a checkout under /root (mode 0700):
+  // the inherited working directory cannot be entered (covered as that user
+  // in integration_hostile_test.ts). Root meets it in a deleted one.
+  const home = Deno.cwd();
+  const dir = await Deno.makeTempDir();
+  Deno.chdir(dir);
+  try {
+    await Deno.remove(dir);
+    await assert.rejects(runCommand("true"), {
+      name: "NetlockError",
+      code: "NOT_PERMITTED",
+      message: "cannot run true: the working directory cannot be accessed by this user " +
+        "(run netlock from a directory it can enter)",
+    });
+  } finally {
+    Deno.chdir(home);
+  }
+});
+
 Deno.test("runCommand() checks the Deno permission instead of prompting", async () => {
   // A child Deno without --allow-run: the runner must refuse with the flag to add.
   const code = `import { runCommand } from ${

@@ -16,7 +16,7 @@ import type { Invocation, Output } from "./lib/cli/args.ts";
 import { helpText } from "./lib/cli/help.ts";
 import { rulesText } from "./lib/cli/rules_text.ts";
 import { mapSettledLimit } from "./lib/concurrency.ts";
-import { HOOK_ENV, planCriuHook } from "./lib/criu_hook.ts";
+import { HOOK_ENV, hookOptions, planCriuHook } from "./lib/criu_hook.ts";
 import { NetlockError } from "./lib/errors.ts";
 import { getLockStatus, lockNetwork, unlockNetwork } from "./lib/operations.ts";
 import {
@@ -47,6 +47,8 @@ export async function main(args: string[]): Promise<number> {
   // As CRIU's action script, netlock runs inside the dump's frozen window:
   // it skips loading the argument parser (node:util alone costs ~10 ms).
   if (args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined) return await criuHook();
+  // criu-hook.sh starts the warm helper this way (not a user command).
+  if (args[0] === "criu-hook" && args[1] === "--serve") return await criuHelper(args.slice(2));
   const { parseInvocation, usageMessage } = await import("./lib/cli/args.ts");
   let invocation: Invocation;
   try {
@@ -159,6 +161,26 @@ async function criuHook(): Promise<number> {
     return EXIT.ok;
   } catch (error) {
     printError(errorMessage(error));
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+
+async function criuHelper(args: string[]): Promise<number> {
+  const [dir, criuPid, ready] = args;
+  const { serveCriuHook } = await import("./lib/criu_hook_serve.ts");
+  try {
+    const pidText = readEnv("CRTOOLS_INIT_PID");
+    await serveCriuHook({
+      dir,
+      options: hookOptions((name) => readEnv(name)),
+      pid: pidText ? Number(pidText) : undefined,
+      criuPid: criuPid ? Number(criuPid) : undefined,
+      ready: ready === "--ready",
+      log: (line) => line.startsWith("request:") ? undefined : printError(`criu-hook: ${line}`),
+    });
+    return EXIT.ok;
+  } catch (error) {
+    printError(`criu-hook helper: ${errorMessage(error)}`);
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
 }

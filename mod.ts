@@ -33,6 +33,14 @@
  */
 
 export { getLockStatus, lockNetwork, unlockNetwork, withNetworkLock } from "./lib/operations.ts";
+export {
+  ARMED_LIFETIME_MS,
+  type ArmedLock,
+  type ArmedUnlock,
+  armNetworkLock,
+  armNetworkUnlock,
+  type KnownLock,
+} from "./lib/armed.ts";
 export type {
   Backend,
   CriuLocks,

@@ -47,23 +47,7 @@ export type HookPlan =
 export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | undefined): HookPlan {
   const action = env("CRTOOLS_SCRIPT_ACTION");
   if (action !== "network-lock" && action !== "network-unlock") return { action: "none" };
-  const options: NetlockOptions = {};
-  const backend = env("NETLOCK_BACKEND");
-  const name = env("NETLOCK_NAME");
-  const mark = env("NETLOCK_MARK");
-  if (backend !== undefined) {
-    options.backend = parseChoice(
-      "NETLOCK_BACKEND",
-      backend,
-      [
-        "iptables",
-        "nftables",
-        "auto",
-      ] as const,
-    );
-  }
-  if (name !== undefined) options.name = validateNameFrom("NETLOCK_NAME", name);
-  if (mark !== undefined) options.mark = parseMarkFrom("NETLOCK_MARK", mark);
+  const options = hookOptions(env);
   const pidText = env("CRTOOLS_INIT_PID");
   if (pidText === undefined || pidText === "") {
     throw new NetlockError(
@@ -81,6 +65,45 @@ export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | un
     );
   }
   return { action: action === "network-lock" ? "lock" : "unlock", pid, options };
+}
+
+/**
+ * The lock options CRIU's action script takes from its environment:
+ * `NETLOCK_BACKEND`, `NETLOCK_NAME` and `NETLOCK_MARK`, validated like the
+ * flags (a bad one throws `TypeError`/`RangeError`).
+ *
+ * @example
+ * ```ts
+ * import { hookOptions } from "./criu_hook.ts";
+ *
+ * const env: Record<string, string> = { NETLOCK_BACKEND: "nftables" };
+ * console.assert(hookOptions((name) => env[name]).backend === "nftables");
+ * ```
+ *
+ * @param env Reads one environment variable.
+ * @returns The options.
+ */
+export function hookOptions(
+  env: (name: typeof HOOK_ENV[number]) => string | undefined,
+): NetlockOptions {
+  const options: NetlockOptions = {};
+  const backend = env("NETLOCK_BACKEND");
+  const name = env("NETLOCK_NAME");
+  const mark = env("NETLOCK_MARK");
+  if (backend !== undefined) {
+    options.backend = parseChoice(
+      "NETLOCK_BACKEND",
+      backend,
+      [
+        "iptables",
+        "nftables",
+        "auto",
+      ] as const,
+    );
+  }
+  if (name !== undefined) options.name = validateNameFrom("NETLOCK_NAME", name);
+  if (mark !== undefined) options.mark = parseMarkFrom("NETLOCK_MARK", mark);
+  return options;
 }
 
 function validateNameFrom(variable: string, value: string): string {

@@ -15,7 +15,7 @@ import { assertSuccess, firstLine, runCommand, type RunResult } from "./runner.t
 export type ToolExec = (
   tool: string,
   args: readonly string[],
-  stdin?: string,
+  stdin?: string | ReadableStream<Uint8Array>,
   signal?: AbortSignal,
 ) => Promise<RunResult>;
 

@@ -116,7 +116,7 @@ Deno.test("iptablesLock() locks IPv4 alone when the guard finds no IPv6, and rol
       return Promise.reject(new GuardRefusal("no-ipv6", "the target's no IPv6"));
     }
     if (tool === "iptables-restore") {
-      assert.match(stdin ?? "", /-N NETLOCK/);
+      assert.match(typeof stdin === "string" ? stdin : "", /-N NETLOCK/);
       v4 = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:NETLOCK - [0:0]\n" +
         "-A INPUT -j NETLOCK\n-A OUTPUT -j NETLOCK\n" +
         "-A NETLOCK -m mark --mark 0xc114 -j ACCEPT\n-A NETLOCK -j DROP\nCOMMIT\n";

@@ -1,0 +1,324 @@
+/**
+ * The two-phase lock: arm, then fire. Arming does everything that can
+ * happen before the moment of the lock (validate, probe the target, read
+ * its state, start `nsenter … iptables-restore` / `nft -f -` waiting on
+ * stdin); firing only writes the ruleset and closes stdin. This is what
+ * makes netlock as CRIU's action script cost the frozen application no more
+ * than a few milliseconds: CRIU freezes between the arm (`pre-dump`) and the
+ * fire (`network-lock`).
+ *
+ * An armed step that cannot be taken as armed (the state changed, a tool
+ * failed) falls back to the ordinary, idempotent and all-or-nothing
+ * {@linkcode lockNetwork} / {@linkcode unlockNetwork}, so firing has the
+ * same guarantees as they do.
+ *
+ * @module
+ */
+
+import { nsenterExec } from "./nsenter.ts";
+import { getLockStatus, lockNetwork, unlockNetwork } from "./operations.ts";
+import { prepare, resolveOptions } from "./prepare.ts";
+import type { RunResult } from "./runner.ts";
+import { renderIptablesChange } from "./iptables/ruleset.ts";
+import { renderNftLock, renderNftUnlock } from "./nftables/ruleset.ts";
+import { toTargetRef } from "./target.ts";
+import type {
+  Family,
+  NetlockOptions,
+  NetworkLock,
+  OperationResult,
+  Target,
+  UnlockResult,
+} from "./types.ts";
+
+/** How long armed tools wait for their ruleset before they are killed (ms). */
+export const ARMED_LIFETIME_MS = 600_000;
+
+/** A lock made ready to be applied at once. */
+export interface ArmedLock {
+  /**
+   * Applies the lock: writes the armed rulesets and waits for the tools.
+   * Same result and guarantees as {@linkcode lockNetwork}.
+   */
+  fire(): Promise<NetworkLock>;
+  /** Kills the armed tools without applying anything; resolves once they are gone. */
+  cancel(): Promise<void>;
+}
+
+/** An unlock made ready to be applied at once. */
+export interface ArmedUnlock {
+  /**
+   * Lets traffic flow again: the armed step alone (the iptables jumps, or
+   * the whole nftables table). Call {@linkcode ArmedUnlock.finish} after.
+   */
+  fire(): Promise<UnlockResult>;
+  /**
+   * Removes whatever the fired step left of the lock (the iptables chain and
+   * the tables created for it), like {@linkcode unlockNetwork}; outside the
+   * window where every millisecond counts.
+   */
+  finish(): Promise<UnlockResult>;
+  /** Kills the armed tools without applying anything; resolves once they are gone. */
+  cancel(): Promise<void>;
+}
+
+/** One tool started in the target's namespace, waiting for its stdin. */
+interface Primed {
+  write(text: string): Promise<RunResult>;
+  /** Ends its stdin unwritten (the tool is being killed) and waits for it. */
+  cancel(): Promise<RunResult>;
+}
+
+/**
+ * Arms a namespace lock of `target`: after this resolves, `fire()` only
+ * feeds the waiting tools. Dry runs, action scripts, connection mode and
+ * targets in netlock's own namespace are not armed: their `fire()` is a
+ * plain {@linkcode lockNetwork}.
+ *
+ * @example Lock at the moment an orchestrator chooses
+ * ```ts ignore
+ * import { armNetworkLock } from "./armed.ts";
+ *
+ * const armed = await armNetworkLock(1234, { backend: "nftables" });
+ * // ... freeze the process ...
+ * await using lock = await armed.fire(); // a few ms: only the ruleset is written
+ * ```
+ *
+ * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.
+ * @param options The options of {@linkcode lockNetwork}.
+ * @returns The armed lock.
+ */
+export async function armNetworkLock(
+  target: Target,
+  options: NetlockOptions = {},
+): Promise<ArmedLock> {
+  const opts = resolveOptions(options);
+  const plain: ArmedLock = { fire: () => lockNetwork(target, options), cancel: async () => {} };
+  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections") return plain;
+  const ref = toTargetRef(target, { userns: opts.userns });
+  const prepared = await prepare(ref, opts, "lock");
+  if (prepared.mode !== "netns") return plain;
+  const stop = new AbortController();
+  const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
+  const rules = { name: opts.name, mark: opts.mark };
+  const backend = opts.backend === "iptables" ? "iptables" : "nftables";
+  // `-N` / `create table`: the armed text fails as a whole on a lock already
+  // there, and the fallback then finds it (changed: false).
+  const steps = backend === "nftables"
+    ? [{ tool: spawn("nft", ["-f", "-"]), text: renderNftLock(rules) }]
+    : prepared.families.map((family) => ({
+      tool: spawn(restoreTool(family), ["-w", "--noflush"]),
+      text: renderIptablesChange(rules, {
+        removeJumps: { input: 0, output: 0 },
+        chain: "create",
+        addLock: true,
+      }),
+    }));
+  const families: Family[] = backend === "nftables"
+    ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
+    : prepared.families;
+  return {
+    async fire() {
+      const start = performance.now();
+      if (await firedAll(steps, opts.exec.timeoutMs, stop)) {
+        const result: OperationResult = {
+          target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
+          locked: true,
+          changed: true,
+          mode: "netns",
+          backend,
+          families,
+          name: opts.name,
+          mark: opts.mark,
+          connections: 0,
+          durationMs: performance.now() - start,
+        };
+        return withUnlock(result, target, options);
+      }
+      // Part of it failed or the lock was there: the ordinary lock decides
+      // (idempotent, repairs a half lock); if it fails, leave nothing.
+      try {
+        return await lockNetwork(target, options);
+      } catch (error) {
+        await unlockNetwork(target, options).catch(() => {});
+        throw error;
+      }
+    },
+    cancel: () => cancelAll(steps, stop),
+  };
+}
+
+/** A lock known to be in place, so that arming its unlock needs no read. */
+export interface KnownLock {
+  /** The backend that made it. */
+  backend: "iptables" | "nftables";
+  /** The families it covers (iptables). */
+  families: Family[];
+}
+
+/**
+ * Arms the unlock of `target`'s namespace lock: starts the tools that
+ * remove the part that stops traffic. Without `known`, the lock is read
+ * first; a target that is not locked, or not in namespace mode, is not
+ * armed (`fire()` is a plain {@linkcode unlockNetwork}). With `known` (the
+ * lock just fired, or the one CRIU's images hold), nothing is read, and a
+ * fire that finds another state falls back to {@linkcode unlockNetwork}.
+ *
+ * @example
+ * ```ts ignore
+ * import { armNetworkUnlock } from "./armed.ts";
+ *
+ * const armed = await armNetworkUnlock(1234);
+ * await armed.fire();   // traffic flows
+ * await armed.finish(); // nothing of the lock is left
+ * ```
+ *
+ * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.
+ * @param options The options the lock was made with.
+ * @param known The lock in place, when the caller knows it.
+ * @returns The armed unlock.
+ */
+export async function armNetworkUnlock(
+  target: Target,
+  options: NetlockOptions = {},
+  known?: KnownLock,
+): Promise<ArmedUnlock> {
+  const opts = resolveOptions(options);
+  let unlocked: Promise<UnlockResult> | undefined;
+  const unlockOnce = () => unlocked ??= unlockNetwork(target, options);
+  const plain: ArmedUnlock = { fire: unlockOnce, finish: unlockOnce, cancel: async () => {} };
+  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections") return plain;
+  const ref = toTargetRef(target, { userns: opts.userns });
+  let status: OperationResult;
+  if (known) {
+    const prepared = await prepare(ref, opts, "status");
+    if (prepared.mode !== "netns") return plain;
+    status = {
+      target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
+      locked: true,
+      changed: false,
+      mode: "netns",
+      backend: known.backend,
+      families: known.backend === "nftables" ? prepared.families : known.families,
+      name: opts.name,
+      mark: opts.mark,
+      connections: 0,
+      durationMs: 0,
+    };
+  } else {
+    const read = await getLockStatus(target, options);
+    if (read.state !== "locked" || read.mode !== "netns" || read.criu) return plain;
+    status = read;
+  }
+  const stop = new AbortController();
+  const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
+  const rules = { name: opts.name, mark: opts.mark };
+  const steps = status.backend === "nftables"
+    ? [{ tool: spawn("nft", ["-f", "-"]), text: renderNftUnlock(rules) }]
+    : status.families.map((family) => ({
+      tool: spawn(restoreTool(family), ["-w", "--noflush"]),
+      text: renderIptablesChange(rules, {
+        removeJumps: { input: 1, output: 1 },
+        chain: "keep",
+        addLock: false,
+      }),
+    }));
+  return {
+    async fire() {
+      const start = performance.now();
+      if (!await firedAll(steps, opts.exec.timeoutMs, stop)) return await unlockOnce();
+      const result: UnlockResult = {
+        ...status,
+        locked: false,
+        changed: true,
+        durationMs: performance.now() - start,
+      };
+      // nftables: the table is gone, nothing is left to finish.
+      if (status.backend === "nftables") unlocked = Promise.resolve(result);
+      return result;
+    },
+    finish: unlockOnce,
+    cancel: () => cancelAll(steps, stop),
+  };
+}
+
+function restoreTool(family: Family): string {
+  return family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
+}
+
+/** Starts tools in the target's namespace whose stdin is written later. */
+function primer(
+  nsenterArgs: readonly string[],
+  log: ((line: string) => void) | undefined,
+  signal: AbortSignal,
+): (tool: string, args: string[]) => Primed {
+  const exec = nsenterExec(nsenterArgs, { timeoutMs: ARMED_LIFETIME_MS, signal, log });
+  return (tool, args) => {
+    let input!: ReadableStreamDefaultController<Uint8Array>;
+    const stdin = new ReadableStream<Uint8Array>({
+      start(controller) {
+        input = controller;
+      },
+    });
+    const done = exec(tool, args, stdin);
+    // A cancelled or failed arm is seen when fired; never an unhandled rejection.
+    done.catch(() => {});
+    return {
+      cancel() {
+        try {
+          input.close();
+        } catch {
+          // Already written or closed.
+        }
+        return done;
+      },
+      write(text) {
+        try {
+          input.enqueue(new TextEncoder().encode(text));
+          input.close();
+        } catch {
+          // The tool is already gone: its result says why.
+        }
+        return done;
+      },
+    };
+  };
+}
+
+async function cancelAll(steps: { tool: Primed }[], stop: AbortController): Promise<void> {
+  stop.abort();
+  await Promise.allSettled(steps.map((step) => step.tool.cancel()));
+}
+
+/** Fires every armed step at once; `true` when every tool took its text and exited 0. */
+async function firedAll(
+  steps: { tool: Primed; text: string }[],
+  timeoutMs: number,
+  stop: AbortController,
+): Promise<boolean> {
+  const timer = setTimeout(() => stop.abort(), timeoutMs);
+  try {
+    const results = await Promise.allSettled(steps.map((step) => step.tool.write(step.text)));
+    return results.every((r) =>
+      r.status === "fulfilled" && r.value.success && !r.value.stdinClosedEarly
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function withUnlock(
+  result: OperationResult,
+  target: Target,
+  options: NetlockOptions,
+): NetworkLock {
+  let unlocking: Promise<UnlockResult> | undefined;
+  const unlock = () => unlocking ??= unlockNetwork(target, options);
+  return {
+    ...result,
+    unlock,
+    async [Symbol.asyncDispose]() {
+      await unlock();
+    },
+  };
+}

@@ -1,0 +1,190 @@
+/**
+ * The CRIU hook's warm helper. `criu-hook.sh` starts it at `pre-dump` or
+ * `pre-restore`, before CRIU freezes anything, and talks to it through two
+ * FIFOs in a private directory: one request line in `cmd`, one answer line in
+ * `reply` (`ok` or `error MESSAGE`). It arms the lock and the unlock ahead
+ * (lib/armed.ts), so that inside CRIU's frozen window a lock or an unlock is
+ * only a ruleset written to a tool that is already running.
+ *
+ * Requests: `lock PID` (answered), `arm PID` (restore: arm the unlock of the
+ * restored namespace; not answered), `unlock PID` (answered; then the helper
+ * removes what is left of the lock and ends), `exit`.
+ *
+ * It ends on its own: after `unlock`, when CRIU is gone, or after
+ * {@linkcode HELPER_LIFETIME_MS}; armed tools that were never fired are
+ * killed, so it never applies anything nobody asked for.
+ *
+ * @module
+ */
+
+import {
+  type ArmedLock,
+  type ArmedUnlock,
+  armNetworkLock,
+  armNetworkUnlock,
+  type KnownLock,
+} from "./armed.ts";
+import { lockNetwork, unlockNetwork } from "./operations.ts";
+import { runCommand } from "./runner.ts";
+import { parsePid } from "./options.ts";
+import type { NetlockOptions } from "./types.ts";
+
+/** The longest a helper lives, whatever happens (ms). */
+export const HELPER_LIFETIME_MS = 600_000;
+
+/** Where the helper is and what it serves. */
+export interface HelperSettings {
+  /** The private directory holding the `cmd` and `reply` FIFOs. */
+  dir: string;
+  /** The lock options (from `NETLOCK_*`). */
+  options: NetlockOptions;
+  /** The dumped or restored PID, when CRIU already told it. */
+  pid?: number;
+  /** CRIU's PID: the helper ends when it is gone. */
+  criuPid?: number;
+  /** A dump: arm the lock of `pid` and answer `ready` (pre-dump waits for it). */
+  ready?: boolean;
+  /** Receives one line per request and per failure (the helper's log). */
+  log?: (line: string) => void;
+}
+
+/**
+ * Serves CRIU's network actions until the unlock, CRIU's exit or the
+ * lifetime, whichever comes first.
+ *
+ * @example
+ * ```ts ignore
+ * import { serveCriuHook } from "./criu_hook_serve.ts";
+ *
+ * await serveCriuHook({ dir: "/run/netlock/criu-4242", options: {}, pid: 1234 });
+ * ```
+ *
+ * @param settings The FIFOs' directory, the options, the PIDs.
+ */
+export async function serveCriuHook(settings: HelperSettings): Promise<void> {
+  const { dir, options } = settings;
+  const log = settings.log ?? (() => {});
+  // Both ends open read-write: opening never blocks, a request written before
+  // the helper reads it waits in the pipe, and a hook waiting for an answer
+  // sees end-of-file when the helper is gone.
+  const cmd = await Deno.open(`${dir}/cmd`, { read: true, write: true });
+  const reply = await Deno.open(`${dir}/reply`, { read: true, write: true });
+  const stop = new AbortController();
+  const lifetime = setTimeout(() => stop.abort(), HELPER_LIFETIME_MS);
+  if (settings.criuPid !== undefined) watchCriu(settings.criuPid, stop);
+
+  const answer = async (line: string) => {
+    await writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}\n`));
+  };
+  // What is armed, for which PID; an arm that failed (the target could not
+  // be probed yet, say) is redone by the ordinary operation when fired.
+  let lock: { pid: number; armed: Promise<ArmedLock | undefined> } | undefined;
+  let unlock: { pid: number; armed: Promise<ArmedUnlock | undefined> } | undefined;
+  const armLock = (pid: number) =>
+    lock = { pid, armed: armNetworkLock(pid, options).catch(() => undefined) };
+  const armUnlock = (pid: number, known: KnownLock) => {
+    unlock?.armed.then((armed) => armed?.cancel());
+    return unlock = { pid, armed: armNetworkUnlock(pid, options, known).catch(() => undefined) };
+  };
+  // On restore, the lock is the one the dump's images hold.
+  const fromImages: KnownLock = {
+    backend: options.backend === "iptables" || options.backend === undefined
+      ? "iptables"
+      : "nftables",
+    families: ["ipv4", "ipv6"],
+  };
+  // A dump: arm the lock now; criu-hook.sh waits for this at pre-dump,
+  // before CRIU freezes anything. (A restore's lock comes from the images.)
+  if (settings.pid !== undefined && settings.ready) {
+    await armLock(settings.pid).armed;
+    await answer("ready");
+  }
+
+  try {
+    for await (const line of lines(cmd, stop.signal)) {
+      const [verb, pidText] = line.split(" ");
+      log(`request: ${line}`);
+      if (verb === "exit") break;
+      let pid: number;
+      try {
+        pid = parsePid(pidText ?? "");
+      } catch (error) {
+        if (verb !== "arm") await answer(`error ${(error as Error).message}`);
+        continue;
+      }
+      if (verb === "arm") {
+        // setup-namespaces and post-setup-namespaces both say it: arm once.
+        if (unlock?.pid !== pid) armUnlock(pid, fromImages);
+      } else if (verb === "lock") {
+        const armed = await (lock?.pid === pid ? lock : armLock(pid)).armed;
+        lock = undefined;
+        try {
+          const locked = await (armed ? armed.fire() : lockNetwork(pid, options));
+          await answer("ok");
+          // CRIU dumps now; the unlock of this very lock is armed meanwhile.
+          armUnlock(pid, locked);
+        } catch (error) {
+          await answer(`error ${(error as Error).message}`);
+        }
+      } else if (verb === "unlock") {
+        const armed = await (unlock?.pid === pid ? unlock : armUnlock(pid, fromImages)).armed;
+        unlock = undefined;
+        try {
+          await (armed ? armed.fire() : unlockNetwork(pid, options));
+          await answer("ok");
+        } catch (error) {
+          await answer(`error ${(error as Error).message}`);
+        }
+        // CRIU goes on; what is left of the lock goes now, outside its window.
+        await armed?.finish().catch((error) => log(`finish: ${error.message}`));
+        break;
+      } else {
+        await answer(`error unknown request: ${verb}`);
+      }
+    }
+  } finally {
+    clearTimeout(lifetime);
+    stop.abort();
+    // Never fire what nobody asked for: kill armed tools that are still waiting.
+    for (const pending of [lock?.armed, unlock?.armed]) await (await pending)?.cancel();
+    // New hooks must not find a helper that no longer answers.
+    for (const fifo of ["cmd", "reply"]) await Deno.remove(`${dir}/${fifo}`).catch(() => {});
+    cmd.close();
+    reply.close();
+  }
+}
+
+/** Aborts `stop` when CRIU's process ends (`tail --pid` waits for it). */
+function watchCriu(criuPid: number, stop: AbortController): void {
+  runCommand("nsenter", {
+    args: ["--", "tail", `--pid=${criuPid}`, "-f", "/dev/null"],
+    timeoutMs: 0,
+    signal: stop.signal,
+  }).then(() => stop.abort(), () => stop.abort());
+}
+
+async function* lines(file: Deno.FsFile, signal: AbortSignal): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(4096);
+  let pending = "";
+  const aborted = new Promise<null>((resolve) => {
+    if (signal.aborted) resolve(null);
+    signal.addEventListener("abort", () => resolve(null), { once: true });
+  });
+  while (!signal.aborted) {
+    const n = await Promise.race([file.read(buffer), aborted]);
+    if (n === null) return;
+    pending += decoder.decode(buffer.subarray(0, n), { stream: true });
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, newline).trim();
+      pending = pending.slice(newline + 1);
+      if (line) yield line;
+    }
+  }
+}
+
+async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) written += await file.write(bytes.subarray(written));
+}

@@ -11,7 +11,9 @@
  *   plus the CLI's peak memory.
  *
  * Options: `--rounds N` (default 20), `--connections N,N,...`, `--json FILE`,
- * `--only namespace,cli,connections,many` (default all).
+ * `--only namespace,cli,connections,many,criu` (default all). The `criu` part
+ * (bench/criu_hook.ts) needs a real CRIU (`CRIU_BIN` or `criu` on PATH) and
+ * says why it is skipped without one; it runs `--rounds` rounds, at most 10.
  */
 import { parseArgs } from "node:util";
 import { lockNetwork, unlockNetwork } from "../mod.ts";
@@ -19,6 +21,7 @@ import { createNetns, startEndpoint, type TestNetns } from "../tests/helpers/net
 import { CRIU, type Sequence } from "./criu_sequences.ts";
 import { CRIU_IPTABLES_LOCK } from "../tests/helpers/criu_texts.ts";
 import { median, peakRssKiB, run, time } from "./measure.ts";
+import { criuHookBench, findCriu, printCriuTable } from "./criu_hook.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -26,13 +29,13 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "20" },
     connections: { type: "string", default: "100,1000,10000" },
     json: { type: "string" },
-    only: { type: "string", default: "namespace,cli,connections,many" },
+    only: { type: "string", default: "namespace,cli,connections,many,criu" },
   },
 });
 const ONLY = new Set(values.only!.split(","));
 for (const part of ONLY) {
-  if (!["namespace", "cli", "connections", "many"].includes(part)) {
-    console.error(`error: --only takes namespace, cli, connections, many; not ${part}`);
+  if (!["namespace", "cli", "connections", "many", "criu"].includes(part)) {
+    console.error(`error: --only takes namespace, cli, connections, many, criu; not ${part}`);
     Deno.exit(2);
   }
 }
@@ -84,6 +87,7 @@ try {
   if (ONLY.has("connections")) { for (const n of CONNECTIONS) await connectionLocks(n); }
   if (ONLY.has("many")) await manyNamespaces(100);
   printTable();
+  if (ONLY.has("criu")) await criuHook();
   if (values.json) {
     await Deno.writeTextFile(
       values.json,
@@ -311,6 +315,16 @@ async function manyNamespaces(count: number): Promise<void> {
   } finally {
     for (const netns of namespaces) await netns[Symbol.asyncDispose]();
   }
+}
+
+async function criuHook(): Promise<void> {
+  const found = await findCriu();
+  if ("missing" in found) {
+    console.log(`criu: skipped: ${found.missing}`);
+    return;
+  }
+  console.error("(f) netlock as CRIU's action script, measured by CRIU");
+  printCriuTable(await criuHookBench(found.bin, Math.min(ROUNDS, 10)));
 }
 
 function printTable(): void {

@@ -16,7 +16,7 @@
  */
 
 import { nsenterExec } from "./nsenter.ts";
-import { getLockStatus, lockNetwork, unlockNetwork } from "./operations.ts";
+import { asNetworkLock, getLockStatus, lockNetwork, unlockNetwork } from "./operations.ts";
 import { prepare, resolveOptions } from "./prepare.ts";
 import type { RunResult } from "./runner.ts";
 import { renderIptablesChange } from "./iptables/ruleset.ts";
@@ -133,7 +133,7 @@ export async function armNetworkLock(
           connections: 0,
           durationMs: performance.now() - start,
         };
-        return withUnlock(result, target, options);
+        return asNetworkLock(result, target, options);
       }
       // Part of it failed or the lock was there: the ordinary lock decides
       // (idempotent, repairs a half lock); if it fails, leave nothing.
@@ -305,20 +305,4 @@ async function firedAll(
   } finally {
     clearTimeout(timer);
   }
-}
-
-function withUnlock(
-  result: OperationResult,
-  target: Target,
-  options: NetlockOptions,
-): NetworkLock {
-  let unlocking: Promise<UnlockResult> | undefined;
-  const unlock = () => unlocking ??= unlockNetwork(target, options);
-  return {
-    ...result,
-    unlock,
-    async [Symbol.asyncDispose]() {
-      await unlock();
-    },
-  };
 }

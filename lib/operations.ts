@@ -71,6 +71,23 @@ export async function lockNetwork(
     const shape = connectionShape(opts.name, opts.mark, ref.pid!, connections);
     return { ...(await lockWithBackend(prepared, opts, shape)), connections: connections.length };
   });
+  return asNetworkLock(result, target, options);
+}
+
+/**
+ * Wraps a lock's result into a {@linkcode NetworkLock}: `unlock()` (once)
+ * and `await using` disposal.
+ *
+ * @param result What the lock reported.
+ * @param target The locked target.
+ * @param options The options it was locked with.
+ * @returns The lock.
+ */
+export function asNetworkLock(
+  result: OperationResult,
+  target: Target,
+  options: NetlockOptions,
+): NetworkLock {
   let unlocking: Promise<UnlockResult> | undefined;
   const unlock = () => unlocking ??= unlockNetwork(target, options);
   return {

@@ -166,7 +166,8 @@ async function criuHook(): Promise<number> {
 }
 
 async function criuHelper(args: string[]): Promise<number> {
-  const [dir, criuPid, ready] = args;
+  const [dir, criuPid, ...flags] = args;
+  const images = flags.find((flag) => flag.startsWith("--images="))?.slice("--images=".length);
   const { serveCriuHook } = await import("./lib/criu_hook_serve.ts");
   try {
     const pidText = readEnv("CRTOOLS_INIT_PID");
@@ -175,7 +176,8 @@ async function criuHelper(args: string[]): Promise<number> {
       options: hookOptions((name) => readEnv(name)),
       pid: pidText ? Number(pidText) : undefined,
       criuPid: criuPid ? Number(criuPid) : undefined,
-      ready: ready === "--ready",
+      ready: flags.includes("--ready"),
+      images: images || undefined,
       log: (line) => line.startsWith("request:") ? undefined : printError(`criu-hook: ${line}`),
     });
     return EXIT.ok;

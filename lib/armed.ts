@@ -37,6 +37,12 @@ export const ARMED_LIFETIME_MS = 600_000;
 /** A lock made ready to be applied at once. */
 export interface ArmedLock {
   /**
+   * The lock `fire()` applies when it goes as armed (its backend, families,
+   * name and mark), so that its unlock can be armed ahead too; `undefined`
+   * when `fire()` is the ordinary {@linkcode lockNetwork}.
+   */
+  readonly lock?: KnownLock & { name: string; mark: number };
+  /**
    * Applies the lock: writes the armed rulesets and waits for the tools.
    * Same result and guarantees as {@linkcode lockNetwork}.
    */
@@ -118,6 +124,7 @@ export async function armNetworkLock(
     ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
     : prepared.families;
   return {
+    lock: { backend, families, name: opts.name, mark: opts.mark },
     async fire() {
       const start = performance.now();
       if (await firedAll(steps, opts.exec.timeoutMs, stop)) {

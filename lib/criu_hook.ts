@@ -7,8 +7,9 @@
  */
 
 import { NetlockError } from "./errors.ts";
+import { renderNftUnlock } from "./nftables/ruleset.ts";
 import { parseChoice, parseMark, parsePid, validateName } from "./options.ts";
-import type { NetlockOptions } from "./types.ts";
+import type { Family, NetlockOptions } from "./types.ts";
 
 /** The environment variables the hook reads (and the shebang grants). */
 export const HOOK_ENV = [
@@ -120,4 +121,37 @@ function parseMarkFrom(variable: string, value: string): number {
   } catch (error) {
     throw new TypeError(`${variable}: ${(error as Error).message}`);
   }
+}
+
+/**
+ * How a restore lets traffic through the lock a dump's images hold: one
+ * `nft -f -` script, written next to the images by the dump's helper and run
+ * by `criu-hook.sh` at the restore's `network-unlock`, so that a restore
+ * starts no Deno. For nftables it deletes the table (the whole unlock). For
+ * iptables (iptables-nft: its rules are nf_tables objects) it flushes the
+ * lock chain in every family, in one transaction; the empty chain and its
+ * jumps are removed after the restore (`finish`). On legacy iptables the
+ * script fails and the hook falls back to the full unlock.
+ *
+ * @example
+ * ```ts
+ * import { renderRestoreUnlock } from "./criu_hook.ts";
+ *
+ * const plan = renderRestoreUnlock({ backend: "iptables", families: ["ipv4", "ipv6"], name: "NETLOCK", mark: 0xc114 });
+ * console.assert(plan.script === "flush chain ip filter NETLOCK\nflush chain ip6 filter NETLOCK\n");
+ * console.assert(plan.finish);
+ * ```
+ *
+ * @param lock The lock the dump made.
+ * @returns The script, and whether anything is left to remove after it.
+ */
+export function renderRestoreUnlock(
+  lock: { backend: "iptables" | "nftables"; families: Family[]; name: string; mark: number },
+): { script: string; finish: boolean } {
+  if (lock.backend === "nftables") return { script: renderNftUnlock(lock), finish: false };
+  const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
+  return {
+    script: tables.map((table) => `flush chain ${table} filter ${lock.name}\n`).join(""),
+    finish: true,
+  };
 }

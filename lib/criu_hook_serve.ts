@@ -24,6 +24,7 @@ import {
   armNetworkUnlock,
   type KnownLock,
 } from "./armed.ts";
+import { renderRestoreUnlock } from "./criu_hook.ts";
 import { lockNetwork, unlockNetwork } from "./operations.ts";
 import { runCommand } from "./runner.ts";
 import { parsePid } from "./options.ts";
@@ -31,6 +32,15 @@ import type { NetlockOptions } from "./types.ts";
 
 /** The longest a helper lives, whatever happens (ms). */
 export const HELPER_LIFETIME_MS = 600_000;
+
+/**
+ * The restore's unlock in CRIU's image directory: this file says the
+ * backend, and `finish` when something is left to remove after the restore;
+ * `netlock-unlock.nft` holds the script (see
+ * {@linkcode renderRestoreUnlock}). Written after the script, removed
+ * before it.
+ */
+export const RESTORE_PLAN = "netlock-unlock";
 
 /** Where the helper is and what it serves. */
 export interface HelperSettings {
@@ -44,6 +54,12 @@ export interface HelperSettings {
   criuPid?: number;
   /** A dump: arm the lock of `pid` and answer `ready` (pre-dump waits for it). */
   ready?: boolean;
+  /**
+   * CRIU's image directory (its real path): after a dump's lock, the helper
+   * writes there how to unlock it on restore ({@linkcode RESTORE_PLAN}), so
+   * that a restore needs no helper.
+   */
+  images?: string;
   /** Receives one line per request and per failure (the helper's log). */
   log?: (line: string) => void;
 }
@@ -79,12 +95,23 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   // What is armed, for which PID; an arm that failed (the target could not
   // be probed yet, say) is redone by the ordinary operation when fired.
   let lock: { pid: number; armed: Promise<ArmedLock | undefined> } | undefined;
-  let unlock: { pid: number; armed: Promise<ArmedUnlock | undefined> } | undefined;
+  let unlock:
+    | { pid: number; known: KnownLock; armed: Promise<ArmedUnlock | undefined> }
+    | undefined;
   const armLock = (pid: number) =>
     lock = { pid, armed: armNetworkLock(pid, options).catch(() => undefined) };
   const armUnlock = (pid: number, known: KnownLock) => {
     unlock?.armed.then((armed) => armed?.cancel());
-    return unlock = { pid, armed: armNetworkUnlock(pid, options, known).catch(() => undefined) };
+    const armed = armNetworkUnlock(pid, options, known).catch(() => undefined);
+    return unlock = { pid, known, armed };
+  };
+  // The restore's unlock, next to the images; a failure only costs the
+  // restore its fast path.
+  const planRestore = async (planned: RestorePlanned) => {
+    if (!settings.images) return;
+    await writeRestorePlan(settings.images, planned).catch((error) =>
+      log(`restore plan not written: ${error.message}`)
+    );
   };
   // On restore, the lock is the one the dump's images hold.
   const fromImages: KnownLock = {
@@ -93,10 +120,14 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
       : "nftables",
     families: ["ipv4", "ipv6"],
   };
-  // A dump: arm the lock now; criu-hook.sh waits for this at pre-dump,
-  // before CRIU freezes anything. (A restore's lock comes from the images.)
+  // A dump: arm the lock now, and the unlock of the lock it will make, and
+  // plan the restore's unlock; criu-hook.sh waits for this at pre-dump,
+  // before CRIU freezes anything, so that inside the window only armed
+  // tools are fed. (A restore's lock comes from the images.)
   if (settings.pid !== undefined && settings.ready) {
-    await armLock(settings.pid).armed;
+    if (settings.images) await removeRestorePlan(settings.images);
+    const planned = (await armLock(settings.pid).armed)?.lock;
+    if (planned) await Promise.all([armUnlock(settings.pid, planned).armed, planRestore(planned)]);
     await answer("ready");
   }
 
@@ -121,8 +152,12 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         try {
           const locked = await (armed ? armed.fire() : lockNetwork(pid, options));
           await answer("ok");
-          // CRIU dumps now; the unlock of this very lock is armed meanwhile.
-          armUnlock(pid, locked);
+          // Not the lock planned at pre-dump (the armed one fell back): arm
+          // and plan again, for this very lock, while CRIU dumps.
+          if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
+            armUnlock(pid, locked);
+            if (locked.mode === "netns") await planRestore(locked);
+          }
         } catch (error) {
           await answer(`error ${(error as Error).message}`);
         }
@@ -151,6 +186,37 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     for (const fifo of ["cmd", "reply"]) await Deno.remove(`${dir}/${fifo}`).catch(() => {});
     cmd.close();
     reply.close();
+  }
+}
+
+/**
+ * Writes the restore's unlock of `lock` into `images`: the script first, the
+ * plan last, so that a restore never finds half of it (and falls back to
+ * the helper or `cli.ts` without one).
+ */
+async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<void> {
+  const { script, finish } = renderRestoreUnlock(lock);
+  try {
+    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, { mode: 0o600 });
+    const plan = `${lock.backend}${finish ? " finish" : ""}\n`;
+    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, { mode: 0o600 });
+  } catch (error) {
+    await removeRestorePlan(images);
+    throw error;
+  }
+}
+
+/** What a restore's unlock is planned from. */
+type RestorePlanned = KnownLock & { name: string; mark: number };
+
+function sameLock(a: KnownLock, b: KnownLock): boolean {
+  return a.backend === b.backend && a.families.join() === b.families.join();
+}
+
+/** Removes a restore plan (the list first), e.g. one left by an earlier dump. */
+async function removeRestorePlan(images: string): Promise<void> {
+  for (const suffix of ["", ".nft"]) {
+    await Deno.remove(`${images}/${RESTORE_PLAN}${suffix}`).catch(() => {});
   }
 }
 

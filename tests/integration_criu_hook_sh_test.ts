@@ -12,26 +12,37 @@ const PATH = `${Deno.execPath().replace(/\/[^/]+$/, "")}:/usr/sbin:/usr/bin:/sbi
 
 /**
  * Runs the actions from one `sh` (their common parent, as CRIU is), printing
- * `ACTION EXIT LOCKS` after each, where LOCKS counts netlock's jumps and
- * tables in the namespace. Also returns the parent's PID.
+ * `ACTION EXIT LOCKS` after each, where LOCKS counts what of netlock's lock
+ * drops traffic in the namespace (the chain's DROP rule per family, or the
+ * table). Also returns the parent's PID, and the actions that started Deno.
  */
 async function asCriu(
   netnsPath: string,
   pid: number,
   actions: string[],
   env: Record<string, string>,
-): Promise<{ steps: string[]; stderr: string; parent: number }> {
-  const count = `{ nsenter --net=${netnsPath} iptables-save; nsenter --net=${netnsPath} ` +
-    `ip6tables-save; nsenter --net=${netnsPath} nft list ruleset; } | ` +
-    `grep -c -e '-j NETLOCK$' -e 'table inet NETLOCK'`;
+): Promise<{ steps: string[]; stderr: string; parent: number; denoStarts: string[] }> {
+  // A `deno` first on PATH that notes which action started it.
+  const stub = await Deno.makeTempDir({ prefix: "nltest-deno-" });
+  await Deno.writeTextFile(
+    `${stub}/deno`,
+    `#!/bin/sh\necho "$NLTEST_ACTION" >>${stub}/starts\nexec ${Deno.execPath()} "$@"\n`,
+    { mode: 0o755 },
+  );
+  // Per family, a jump to the chain and its DROP rule; the nftables table.
+  const dropping = (tool: string) =>
+    `nsenter --net=${netnsPath} ${tool} | grep -e '-j NETLOCK$' -e '^-A NETLOCK -j DROP$' | ` +
+    `sort -u | wc -l | grep -c 3`;
+  const count = `$(( $(${dropping("iptables-save")}) + $(${dropping("ip6tables-save")}) + ` +
+    `$(nsenter --net=${netnsPath} nft list ruleset | grep -c 'table inet NETLOCK') ))`;
   // "warm" while the helper's FIFOs are there (it answers), "-" otherwise.
   const warm = `{ test -p /run/netlock/criu-$$/cmd && echo warm || echo -; }`;
   const script = `echo parent $$; for a in ${actions.join(" ")}; do ` +
-    `CRTOOLS_SCRIPT_ACTION=$a ${HOOK}; rc=$?; echo "$a $rc $(${count}) $(${warm})"; done`;
+    `CRTOOLS_SCRIPT_ACTION=$a NLTEST_ACTION=$a ${HOOK}; rc=$?; echo "$a $rc ${count} $(${warm})"; done`;
   const result = await sh([
     "env",
     "-i",
-    `PATH=${PATH}`,
+    `PATH=${stub}:${PATH}`,
     `CRTOOLS_INIT_PID=${pid}`,
     ...Object
       .entries(env).map(([k, v]) => `${k}=${v}`),
@@ -41,7 +52,14 @@ async function asCriu(
   ]);
   assert.equal(result.code, 0, result.stderr);
   const lines = result.stdout.trim().split("\n");
-  return { parent: Number(lines[0].split(" ")[1]), steps: lines.slice(1), stderr: result.stderr };
+  const starts = await Deno.readTextFile(`${stub}/starts`).catch(() => "");
+  await Deno.remove(stub, { recursive: true });
+  return {
+    parent: Number(lines[0].split(" ")[1]),
+    steps: lines.slice(1),
+    stderr: result.stderr,
+    denoStarts: starts.split("\n").filter(Boolean),
+  };
 }
 
 /** Drops the helper marker where it may or may not be there yet. */
@@ -63,7 +81,7 @@ async function helperEnded(parent: number): Promise<boolean> {
 }
 
 for (const backend of ["iptables", "nftables"]) {
-  const locks = backend === "iptables" ? 4 : 1; // two jumps per family, or one table
+  const locks = backend === "iptables" ? 2 : 1; // one DROP per family, or one table
 
   Deno.test({
     ...integration,
@@ -87,6 +105,7 @@ for (const backend of ["iptables", "nftables"]) {
         "post-resume 0 0",
       ]);
       assert.equal(run.stderr, "");
+      assert.deepEqual(run.denoStarts, ["pre-dump"], "no Deno start inside the window");
       assert.ok(await helperEnded(run.parent), "the helper ended and removed its directory");
       assert.equal(await snapshot(netns), before);
     },
@@ -100,19 +119,7 @@ for (const backend of ["iptables", "nftables"]) {
       await using sleeper = startSleeper(netns);
       const before = await snapshot(netns);
       // The restored namespace holds the lock the dump's images carried.
-      const lock = await sh(
-        [
-          Deno.execPath(),
-          "run",
-          "-A",
-          new URL("../cli.ts", import.meta.url).pathname,
-          "lock",
-          "-b",
-          backend,
-          String(sleeper.pid),
-        ],
-      );
-      assert.equal(lock.code, 0, lock.stderr);
+      await lockWith(backend, sleeper.pid);
       const run = await asCriu(netns.path, sleeper.pid, [
         "pre-restore",
         "setup-namespaces",
@@ -131,10 +138,99 @@ for (const backend of ["iptables", "nftables"]) {
         "pre-resume 0 0",
         "post-resume 0 0",
       ]);
+      assert.deepEqual(run.denoStarts, ["pre-restore"]);
       assert.ok(await helperEnded(run.parent), "the helper ended and removed its directory");
       assert.equal(await snapshot(netns), before);
     },
   });
+}
+
+for (const backend of ["iptables", "nftables"]) {
+  const locks = backend === "iptables" ? 2 : 1;
+  const RESTORE = [
+    "pre-restore",
+    "setup-namespaces",
+    "post-setup-namespaces",
+    "post-restore",
+    "network-unlock",
+    "pre-resume",
+    "post-resume",
+  ];
+
+  Deno.test({
+    ...integration,
+    name:
+      `criu-hook.sh, ${backend}: a dump plans the restore's unlock, the restore starts no helper`,
+    async fn() {
+      await using netns = await createNetns();
+      await using sleeper = startSleeper(netns);
+      const images = await Deno.makeTempDir({ prefix: "nltest-images-" });
+      try {
+        const before = await snapshot(netns);
+        const env = { NETLOCK_BACKEND: backend, CRTOOLS_IMAGE_DIR: images };
+        const dump = await asCriu(netns.path, sleeper.pid, [
+          "pre-dump",
+          "network-lock",
+          "post-dump",
+          "network-unlock",
+        ], env);
+        assert.deepEqual(dump.steps.map(untilUnlock), [
+          "pre-dump 0 0 warm",
+          `network-lock 0 ${locks} warm`,
+          `post-dump 0 ${locks} warm`,
+          "network-unlock 0 0",
+        ]);
+        assert.ok(await helperEnded(dump.parent));
+        assert.deepEqual(dump.denoStarts, ["pre-dump"], "only the helper started Deno");
+        const plan = await Deno.readTextFile(`${images}/netlock-unlock`);
+        assert.equal(plan, backend === "iptables" ? "iptables finish\n" : "nftables\n");
+
+        // The restored namespace holds the lock the images carried.
+        await lockWith(backend, sleeper.pid);
+        const restore = await asCriu(netns.path, sleeper.pid, RESTORE, env);
+        assert.deepEqual(restore.steps, [
+          ...RESTORE.slice(0, 4).map((action) => `${action} 0 ${locks} -`),
+          "network-unlock 0 0 -",
+          "pre-resume 0 0 -",
+          "post-resume 0 0 -",
+        ]);
+        assert.equal(restore.stderr, "");
+        // No Deno inside the restore clock; post-resume removes the rest of
+        // an iptables lock (the namespace is then as it was).
+        assert.deepEqual(restore.denoStarts, backend === "iptables" ? ["post-resume"] : []);
+        assert.equal(await snapshot(netns), before);
+
+        // A plan that no longer fits (nothing is locked): cli.ts decides, quietly.
+        const stale = await asCriu(netns.path, sleeper.pid, ["network-unlock", "post-resume"], env);
+        assert.deepEqual(stale.steps, ["network-unlock 0 0 -", "post-resume 0 0 -"]);
+        assert.deepEqual(stale.denoStarts, ["network-unlock"]);
+        assert.equal(stale.stderr, "");
+        assert.equal(await snapshot(netns), before);
+        assert.deepEqual(await leftInRun(dump.parent, restore.parent, stale.parent), []);
+      } finally {
+        await Deno.remove(images, { recursive: true });
+      }
+    },
+  });
+}
+
+async function lockWith(backend: string, pid: number): Promise<void> {
+  const cli = new URL("../cli.ts", import.meta.url).pathname;
+  const lock = await sh([Deno.execPath(), "run", "-A", cli, "lock", "-b", backend, String(pid)]);
+  assert.equal(lock.code, 0, lock.stderr);
+}
+
+/** What the hook left in /run/netlock for these CRIU parents. */
+async function leftInRun(...parents: number[]): Promise<string[]> {
+  const left: string[] = [];
+  try {
+    for await (const entry of Deno.readDir("/run/netlock")) {
+      if (parents.some((p) => entry.name.startsWith(`criu-${p}`))) left.push(entry.name);
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  return left;
 }
 
 Deno.test({
@@ -145,7 +241,7 @@ Deno.test({
     await using sleeper = startSleeper(netns);
     const before = await snapshot(netns);
     const run = await asCriu(netns.path, sleeper.pid, ["network-lock", "network-unlock"], {});
-    assert.deepEqual(run.steps, ["network-lock 0 4 -", "network-unlock 0 0 -"]);
+    assert.deepEqual(run.steps, ["network-lock 0 2 -", "network-unlock 0 0 -"]);
     // A bad option: refused in one line, the exit code CRIU aborts on, nothing applied.
     const bad = await asCriu(netns.path, sleeper.pid, ["pre-dump", "network-lock"], {
       NETLOCK_MARK: "0x",

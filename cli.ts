@@ -18,17 +18,20 @@ import { rulesText } from "./lib/cli/rules_text.ts";
 import { mapSettledLimit } from "./lib/concurrency.ts";
 import { HOOK_ENV, hookOptions, planCriuHook } from "./lib/criu_hook.ts";
 import { NetlockError } from "./lib/errors.ts";
-import { getLockStatus, lockNetwork, unlockNetwork } from "./lib/operations.ts";
+import { getLockStatus, listLocks, lockNetwork, unlockNetwork } from "./lib/operations.ts";
 import {
   errorMessage,
   humanSuccess,
   jsonFailure,
+  jsonLock,
   jsonSuccess,
+  lockTable,
   type ReportCommand,
+  targetLabel,
   type TargetName,
 } from "./lib/report.ts";
 import { runLocked } from "./lib/run_locked.ts";
-import type { NetlockOptions, OperationResult, Target } from "./lib/types.ts";
+import type { LockInfo, NetlockOptions, OperationResult, Target } from "./lib/types.ts";
 import { VERSION } from "./lib/version.ts";
 
 /** Exit codes of the CLI. */
@@ -71,6 +74,8 @@ export async function main(args: string[]): Promise<number> {
       return await criuHook();
     case "run":
       return await run(invocation.target, invocation.argv, invocation.options, invocation.output);
+    case "list":
+      return await list(invocation.targets, invocation.options, invocation.output);
     case "targets":
       return await forTargets(
         invocation.command,
@@ -106,6 +111,43 @@ async function forTargets(
       const code = isUsageError(outcome.reason) ? EXIT.usage : EXIT.failed;
       if (exitCode !== EXIT.usage) exitCode = code;
     }
+  }
+  return exitCode;
+}
+
+async function list(
+  targets: Target[],
+  baseOptions: NetlockOptions,
+  output: Output,
+): Promise<number> {
+  const options = { ...baseOptions, log: logger(baseOptions, output) };
+  // No target: netlock's own namespace.
+  const wanted: (Target | undefined)[] = targets.length > 0 ? targets : [undefined];
+  const outcomes = await mapSettledLimit(wanted, PARALLEL_TARGETS, (t) => listLocks(t, options));
+  const found: LockInfo[] = [];
+  const none: string[] = [];
+  let exitCode: number = EXIT.ok;
+  for (const [i, outcome] of outcomes.entries()) {
+    const target = wanted[i];
+    if (outcome.status === "rejected") {
+      const name = target === undefined ? {} : targetName(target);
+      if (output.json) await write(Deno.stdout, `${jsonFailure("list", name, outcome.reason)}\n`);
+      printError(errorMessage(outcome.reason));
+      if (exitCode !== EXIT.usage) {
+        exitCode = isUsageError(outcome.reason) ? EXIT.usage : EXIT.failed;
+      }
+    } else if (outcome.value.length === 0) {
+      const where = target === undefined
+        ? "netlock's own namespace"
+        : targetLabel(targetName(target));
+      none.push(`no locks named ${options.name ?? "NETLOCK"} in ${where}`);
+    } else found.push(...outcome.value);
+  }
+  if (output.json) {
+    for (const lock of found) await write(Deno.stdout, `${jsonLock(lock)}\n`);
+  } else if (!output.quiet) {
+    const lines = [...(found.length > 0 ? [lockTable(found)] : []), ...none];
+    if (lines.length > 0) await write(Deno.stdout, `${lines.join("\n")}\n`);
   }
   return exitCode;
 }

@@ -22,6 +22,16 @@
  * } // unlocked here, also when the block throws
  * ```
  *
+ * @example See every lock in a namespace, and remove them all
+ * ```ts ignore
+ * import { listLocks, unlockNetwork } from "./mod.ts";
+ *
+ * for (const lock of await listLocks({ netns: "blue" })) {
+ *   console.log(lock.kind, lock.name, lock.pid ?? "", lock.alive ?? "");
+ * }
+ * await unlockNetwork({ netns: "blue" }, { all: true }); // every lock listed, in one transaction
+ * ```
+ *
  * @example Print CRIU's ruleset (no root needed)
  * ```ts
  * import { renderIptablesLock } from "./mod.ts";
@@ -32,7 +42,13 @@
  * @module
  */
 
-export { getLockStatus, lockNetwork, unlockNetwork, withNetworkLock } from "./lib/operations.ts";
+export {
+  getLockStatus,
+  listLocks,
+  lockNetwork,
+  unlockNetwork,
+  withNetworkLock,
+} from "./lib/operations.ts";
 export {
   ARMED_LIFETIME_MS,
   type ArmedLock,
@@ -46,6 +62,8 @@ export type {
   CriuLocks,
   Family,
   Ipv6Choice,
+  LockInfo,
+  LockKind,
   LockStatus,
   Mode,
   NetlockOptions,

@@ -98,7 +98,7 @@ export async function armNetworkLock(
   target: Target,
   options: NetlockOptions = {},
 ): Promise<ArmedLock> {
-  const opts = resolveOptions(options);
+  const opts = resolveOptions(options, "lock");
   const plain: ArmedLock = { fire: () => lockNetwork(target, options), cancel: async () => {} };
   if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections") return plain;
   const ref = toTargetRef(target, { userns: opts.userns });
@@ -190,11 +190,13 @@ export async function armNetworkUnlock(
   options: NetlockOptions = {},
   known?: KnownLock,
 ): Promise<ArmedUnlock> {
-  const opts = resolveOptions(options);
+  const opts = resolveOptions(options, "unlock");
   let unlocked: Promise<UnlockResult> | undefined;
   const unlockOnce = () => unlocked ??= unlockNetwork(target, options);
   const plain: ArmedUnlock = { fire: unlockOnce, finish: unlockOnce, cancel: async () => {} };
-  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections") return plain;
+  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections" || opts.all) {
+    return plain;
+  }
   const ref = toTargetRef(target, { userns: opts.userns });
   let status: OperationResult;
   if (known) {

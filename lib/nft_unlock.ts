@@ -11,15 +11,15 @@ import { assertToolSuccess, type ToolExec, toolMissing } from "./nsenter.ts";
 import { type NftTableView, parseNftTableJson } from "./nft_view_parser.ts";
 import type { RunResult } from "./runner.ts";
 import type { Family } from "./types.ts";
-import { planUnlock, type UnlockPlan } from "./unlock_plan.ts";
+import { lockCandidates, planUnlock, type UnlockPlan } from "./unlock_plan.ts";
 
 // Each failed transaction means another caller changed the state in between.
 const MAX_ATTEMPTS = 12;
 
 /** What to remove, and how to check it. */
 export interface NftUnlockRequest {
-  /** The lock's name (iptables chain and `inet` table). */
-  name: string;
+  /** Which lock names (iptables chains and `inet` tables) to remove. */
+  wanted: (name: string) => boolean;
   /** Also remove CRIU's own locks. */
   criu: boolean;
   /** Only these iptables families (default both). */
@@ -59,11 +59,12 @@ export async function unlockThroughNft(
   state: NftTableView,
   request: NftUnlockRequest,
 ): Promise<UnlockPlan | undefined> {
-  const names = [request.name, ...(request.criu ? ["CRIU"] : [])];
+  const wanted = (name: string) => request.wanted(name) || (request.criu && name === "CRIU");
   const scope = { families: request.families, tables: request.tables };
   let removed: UnlockPlan | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const plan = planUnlock(state, request.name, request.criu, scope);
+    const names = lockCandidates(state).filter(request.wanted);
+    const plan = planUnlock(state, names, request.criu, scope);
     if (plan.commands.length === 0) return removed;
     // An iptables lock is applied family by family: a lock seen in one family
     // only may be a concurrent lock in flight, whose other family lands after
@@ -72,7 +73,8 @@ export async function unlockThroughNft(
     // duplicate makes the chain deletion fail, and the whole is replanned).
     const halfSeen = plan.iptables.length === 1 || plan.criu.iptables.length > 0;
     const echo = request.small && !halfSeen;
-    const marker = `inet ${request.name}-unlock`;
+    // Named after a lock removed here, so it cannot be a name in use.
+    const marker = `inet ${plan.locks[0] ?? "CRIU"}-unlock`;
     const script = `${plan.commands.join("\n")}\n` +
       (echo ? `add table ${marker}\ndelete table ${marker}\n` : "");
     if (request.dryRun) {
@@ -85,7 +87,7 @@ export async function unlockThroughNft(
       if (!result.stdout.includes(`add table ${marker}`)) throw didNothing();
       return mergePlans(removed, plan);
     }
-    const next = await readNftState(exec, names);
+    const next = await readNftState(exec, wanted);
     if (!next) return removed;
     const unchanged = JSON.stringify(next) === JSON.stringify(state);
     if (applied) {
@@ -111,13 +113,13 @@ export async function unlockThroughNft(
  * `undefined` when nft is not installed.
  *
  * @param exec Runs a tool in the namespace.
- * @param names The lock chains to look for.
+ * @param wanted Which lock chains to look for.
  * @param ruleset `nft -t -j list ruleset`, read already.
  * @returns The state, with every table, chain and the INPUT/OUTPUT rules.
  */
 export async function readNftState(
   exec: ToolExec,
-  names: string[],
+  wanted: (name: string) => boolean,
   ruleset?: Promise<RunResult>,
 ): Promise<NftTableView | undefined> {
   if (ruleset) {
@@ -138,9 +140,7 @@ export async function readNftState(
   state.tables = [...tables.values()];
   const hooks = state.chains.filter((chain) =>
     chain.table === "filter" && (chain.name === "INPUT" || chain.name === "OUTPUT") &&
-    state.chains.some((c) =>
-      c.family === chain.family && c.table === "filter" && names.includes(c.name)
-    )
+    state.chains.some((c) => c.family === chain.family && c.table === "filter" && wanted(c.name))
   );
   const listings = await Promise.all(
     hooks.map((chain) => exec("nft", ["-j", "list", "chain", chain.family!, "filter", chain.name])),
@@ -165,6 +165,7 @@ function mergePlans(a: UnlockPlan | undefined, b: UnlockPlan): UnlockPlan {
     commands: [...a.commands, ...b.commands],
     iptables: union(a.iptables, b.iptables),
     nftables: a.nftables || b.nftables,
+    locks: union(a.locks, b.locks),
     criu: {
       iptables: union(a.criu.iptables, b.criu.iptables),
       nftables: union(a.criu.nftables, b.criu.nftables),

@@ -28,8 +28,13 @@ import {
   type Verb,
 } from "./prepare.ts";
 import { type TargetRef, toTargetRef } from "./target.ts";
+import { NetlockError } from "./errors.ts";
+import { readLockInventory } from "./lock_inventory.ts";
+import { nsenterExec } from "./nsenter.ts";
 import type {
   Family,
+  LockInfo,
+  LockKind,
   LockStatus,
   NetlockOptions,
   NetworkLock,
@@ -128,7 +133,13 @@ export function unlockNetwork(target: Target, options: NetlockOptions = {}): Pro
       await runScripts(opts, ref, "network-unlock").catch((error: Error) => {
         warnings.push(error.message);
       });
-      const outcome = await unlockAllBackends(prepared, opts, shapeOf(prepared, opts, ref));
+      const outcome = await unlockAllBackends(
+        prepared,
+        opts,
+        opts.all
+          ? { allOf: opts.name }
+          : { shapes: shapesOf(prepared, opts, ref).map(({ shape }) => shape) },
+      );
       return warnings.length ? { ...outcome, warnings } : outcome;
     },
   );
@@ -158,9 +169,57 @@ export async function getLockStatus(
     target,
     { ...options, dryRun: false },
     "status",
-    (prepared, opts, ref) => statusAllBackends(prepared, opts, shapeOf(prepared, opts, ref)),
+    (prepared, opts, ref) => statusAllBackends(prepared, opts, shapesOf(prepared, opts, ref)),
   );
   return { ...result, state: result.state ?? "unlocked" };
+}
+
+/**
+ * Lists every lock of netlock's in a namespace: the namespace lock and each
+ * connection lock (with its PID, whether that process still exists, and its
+ * connection count), in either backend; with `criu`, CRIU's leftovers too.
+ * Without a target, netlock's own namespace. Needs what `getLockStatus`
+ * needs.
+ *
+ * @example
+ * ```ts ignore
+ * import { listLocks } from "./operations.ts";
+ *
+ * for (const lock of await listLocks({ netns: "blue" })) {
+ *   console.log(lock.kind, lock.name, lock.backend, lock.pid ?? "");
+ * }
+ * ```
+ *
+ * @param target A PID (its namespace), `{ pid }`, `{ netns: PATH_OR_NAME }`,
+ *   or nothing for netlock's own namespace.
+ * @param options The lock name, `criu`, `ipv6`, timeout, signal, logger.
+ * @returns The locks found; empty when there is none.
+ */
+export async function listLocks(
+  target?: Target,
+  options: NetlockOptions = {},
+): Promise<LockInfo[]> {
+  const opts = resolveOptions({ ...options, mode: "netns", force: true }, "status");
+  const ref: TargetRef = target === undefined
+    ? { label: "netlock's own namespace", nsenterArgs: [] }
+    : toTargetRef(target, { userns: opts.userns });
+  try {
+    const prepared = await prepare(ref, opts, "status");
+    const locks = await readLockInventory({
+      exec: prepared.exec,
+      ownExec: nsenterExec([], opts.exec),
+      families: prepared.families,
+      name: opts.name,
+      criu: opts.criu,
+    });
+    const where = { pid: ref.pid, path: ref.path, netns: prepared.probe.netns };
+    return locks.map((lock) => ({ target: where, ...lock }));
+  } catch (error) {
+    if (!(error instanceof NetlockError)) throw error;
+    throw new NetlockError(error.code, `Cannot list the locks of ${ref.label}: ${error.message}`, {
+      cause: error,
+    });
+  }
 }
 
 /**
@@ -212,10 +271,24 @@ async function runScripts(
   await runActionScripts(opts.actionScripts, action, { pid: ref.pid, netnsPath }, opts.exec);
 }
 
-function shapeOf(prepared: Prepared, opts: ResolvedOptions, ref: TargetRef): LockShape {
-  return prepared.mode === "netns"
-    ? namespaceShape(opts)
-    : connectionShape(opts.name, opts.mark, ref.pid!);
+/**
+ * The locks status and unlock look for: the namespace lock, or the PID's
+ * connection lock (in netlock's own namespace, or after the process
+ * exited), or in `auto` mode, for a PID in another namespace, both.
+ */
+function shapesOf(
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  ref: TargetRef,
+): { kind: LockKind; shape: LockShape }[] {
+  const namespace = { kind: "netns" as const, shape: namespaceShape(opts) };
+  if (ref.pid === undefined) return [namespace];
+  const connections = {
+    kind: "connections" as const,
+    shape: connectionShape(opts.name, opts.mark, ref.pid),
+  };
+  if (prepared.mode === "connections") return [connections];
+  return opts.mode === "auto" ? [namespace, connections] : [namespace];
 }
 
 async function run(
@@ -226,7 +299,7 @@ async function run(
 ): Promise<OperationResult & Pick<NamespaceOutcome, "state" | "criu">> {
   const start = performance.now();
   // Arguments are checked before anything runs; these throw TypeError/RangeError.
-  const opts = resolveOptions(options);
+  const opts = resolveOptions(options, verb);
   const ref: TargetRef = toTargetRef(target, { userns: opts.userns });
   try {
     let prepared = canGuard(opts, verb)
@@ -246,13 +319,18 @@ async function run(
     const families: Family[] = outcome.backend === "nftables"
       ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
       : prepared.families;
+    const removedKinds = (outcome.locks ?? []).map((name) => kindOf(name, opts.name));
+    const kinds = verb === "unlock"
+      ? (["netns", "connections"] as const).filter((kind) => removedKinds.includes(kind))
+      : outcome.kinds;
     return {
       target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
       // With `criu`, a lock CRIU left also counts: the namespace is frozen either way.
       locked: verb === "lock" ||
         (verb === "status" && (outcome.state === "locked" || hasCriuLock(outcome))),
       changed: outcome.changed,
-      mode: prepared.mode,
+      // The kind found (status) or removed (unlock), else the kind looked for.
+      mode: kinds?.[0] ?? prepared.mode,
       backend: outcome.backend,
       families,
       name: opts.name,
@@ -262,10 +340,16 @@ async function run(
       ...(outcome.state ? { state: outcome.state } : {}),
       ...(outcome.criu ? { criu: outcome.criu } : {}),
       ...(outcome.warnings ? { warnings: outcome.warnings } : {}),
+      ...(kinds ? { kinds } : {}),
+      ...(verb === "unlock" && opts.all ? { removed: outcome.locks ?? [] } : {}),
     };
   } catch (error) {
     throw inContext(error, verb, ref);
   }
+}
+
+function kindOf(lockName: string, name: string): LockKind {
+  return lockName === name ? "netns" : "connections";
 }
 
 function hasCriuLock(outcome: NamespaceOutcome): boolean {

@@ -47,6 +47,8 @@ export interface ResolvedOptions {
   actionScripts: string[];
   /** Enter the target's user namespace too. */
   userns: boolean;
+  /** Unlock: every lock of netlock's with this name in the namespace. */
+  all: boolean;
   /** How tools are spawned. */
   exec: ExecSettings;
 }
@@ -68,7 +70,7 @@ export interface Prepared {
    * Unlock: reads started together with the probe (they do not depend on
    * it), to save a round of spawns: `nft -j list chains` and `iptables -V`.
    */
-  prefetch?: { ruleset: Promise<RunResult>; flavour: Promise<RunResult> };
+  prefetch?: { ruleset?: Promise<RunResult>; flavour: Promise<RunResult> };
   /**
    * A guarded lock (see {@linkcode prepareGuarded}) learns the probe while
    * it works: this completes `probe` and `families` afterwards.
@@ -87,9 +89,13 @@ export interface Prepared {
  * ```
  *
  * @param options The caller's options.
+ * @param verb The operation they are for, when known (`all` is for unlock only).
  * @returns The validated options.
  */
-export function resolveOptions(options: NetlockOptions = {}): ResolvedOptions {
+export function resolveOptions(options: NetlockOptions = {}, verb?: Verb): ResolvedOptions {
+  if (options.all && verb !== undefined && verb !== "unlock") {
+    throw new TypeError(`all is an unlock option; ${verb} takes no all`);
+  }
   return {
     backend: parseChoice(
       "backend",
@@ -109,6 +115,7 @@ export function resolveOptions(options: NetlockOptions = {}): ResolvedOptions {
     criu: options.criu ?? false,
     actionScripts: (options.actionScripts ?? []).map(validateScriptPath),
     userns: options.userns ?? false,
+    all: validateAll(options),
     exec: {
       timeoutMs: validateTimeoutMs(options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
       signal: options.signal,
@@ -143,17 +150,21 @@ export async function prepare(
   // round. A connection lock may hold 20,000 rules, too many to list: if the
   // probe says connection mode, that read is cancelled (nft is killed).
   const cancelRuleset = new AbortController();
+  // (`all` may meet connection locks anywhere: it lists chains instead.)
   let prefetch: Prepared["prefetch"] =
     verb === "unlock" && !options.dryRun && options.mode !== "connections"
       ? {
-        ruleset: exec("nft", ["-t", "-j", "list", "ruleset"], undefined, cancelRuleset.signal),
+        ruleset: options.all
+          ? undefined
+          : exec("nft", ["-t", "-j", "list", "ruleset"], undefined, cancelRuleset.signal),
         flavour: exec("iptables", ["-V"]),
       }
       : undefined;
   // Settled either way; a prefetch for a target that turns out gone is dropped.
-  prefetch?.ruleset.catch(() => {});
+  prefetch?.ruleset?.catch(() => {});
   prefetch?.flavour.catch(() => {});
-  const needOwn = options.mode === "auto" || (options.mode === "netns" && !options.force);
+  const needOwn = !options.all &&
+    (options.mode === "auto" || (options.mode === "netns" && !options.force));
   // The probe reads netlock's own namespace too (/proc/<netlock's PID>/ns/net);
   // only if it cannot, a second spawn asks from netlock's side.
   const [probed] = await Promise.allSettled([
@@ -165,7 +176,11 @@ export async function prepare(
     probe = probed.value;
     const own = needOwn ? probe.own ?? await ownNetns(options.exec) : undefined;
     const isOwn = probe.netns === own;
-    mode = options.mode === "auto" ? (isOwn ? "connections" : "netns") : options.mode;
+    mode = options.all
+      ? "netns"
+      : options.mode === "auto"
+      ? (isOwn ? "connections" : "netns")
+      : options.mode;
     if (verb === "lock" && mode === "netns" && isOwn && !options.force) refuseOwnNamespace();
     if (mode === "connections" && ref.pid === undefined) refuseOwnNamespace();
     if (mode === "connections" && prefetch) {
@@ -175,7 +190,9 @@ export async function prepare(
   } else {
     // The process is gone: its connection lock, if any, is in netlock's own namespace.
     const gone = probed.reason instanceof NetlockError && probed.reason.code === "NO_SUCH_TARGET";
-    if (!gone || verb === "lock" || ref.pid === undefined || options.mode === "netns") {
+    if (
+      !gone || verb === "lock" || ref.pid === undefined || options.mode === "netns" || options.all
+    ) {
       throw probed.reason;
     }
     exec = nsenterExec([], options.exec);
@@ -255,6 +272,14 @@ export function inContext(error: unknown, verb: Verb, ref: TargetRef): unknown {
   return new NetlockError(error.code, `Cannot ${what} ${ref.label}: ${error.message}`, {
     cause: error,
   });
+}
+
+function validateAll(options: NetlockOptions): boolean {
+  if (!options.all) return false;
+  if (options.mode !== undefined && options.mode !== "auto") {
+    throw new TypeError("all removes every lock of the namespace: it takes no mode");
+  }
+  return true;
 }
 
 function refuseOwnNamespace(): never {

@@ -5,11 +5,12 @@
  * @module
  */
 
+import { connectionLockName } from "./connections/ruleset.ts";
 import { NetlockError } from "./errors.ts";
-import type { CriuLocks, LockStatus, OperationResult, UnlockResult } from "./types.ts";
+import type { CriuLocks, LockInfo, LockStatus, OperationResult, UnlockResult } from "./types.ts";
 
 /** The CLI commands that report per target. */
-export type ReportCommand = "lock" | "unlock" | "status";
+export type ReportCommand = "lock" | "unlock" | "status" | "list";
 
 /** How a target is named before it was probed. */
 export interface TargetName {
@@ -60,6 +61,8 @@ export function jsonSuccess(
     connections: result.connections,
     durationMs: Math.round(result.durationMs * 10) / 10,
   });
+  if (result.kinds) record.kinds = result.kinds;
+  if (result.removed) record.removed = result.removed;
   if ("criu" in result && result.criu) record.criu = result.criu;
   if (result.warnings?.length) record.warnings = result.warnings;
   return JSON.stringify(record);
@@ -116,7 +119,17 @@ export function humanSuccess(
 ): string {
   const who = `${targetLabel(result.target)} (${result.target.netns})`;
   const what = result.backend === "nftables" ? "table inet" : "chain";
-  const how = `${result.backend}, ${result.families.join("+")}, ${what} ${result.name}`;
+  const connectionLock = result.target.pid === undefined
+    ? result.name
+    : connectionLockName(result.name, result.target.pid);
+  const connections = `${connectionLock} (${result.connections} connections)`;
+  const how = `${result.backend}, ${result.families.join("+")}, ${what} ` + (
+    result.kinds?.length === 2
+      ? `${result.name}, and connection lock ${connections}`
+      : result.mode === "connections"
+      ? connections
+      : result.name
+  );
   const criu = "criu" in result && result.criu ? criuNote(command, result.criu) : "";
   if (command === "status" && "state" in result) {
     const state = result.state === "partial" ? "partially locked" : result.state;
@@ -125,8 +138,15 @@ export function humanSuccess(
   if (command === "lock") {
     return result.changed ? `locked ${who}: ${how}` : `${who} was already locked (${how})`;
   }
+  const removed = result.removed
+    ? `: ${result.removed.join(", ")}`
+    : result.kinds?.length === 2
+    ? `: namespace lock and connection lock ${connectionLock}`
+    : result.kinds?.[0] === "connections"
+    ? `: connection lock ${connectionLock}`
+    : "";
   const netlockLock = result.changed && !(criu && !result.backend)
-    ? `unlocked ${who}`
+    ? `unlocked ${who}${removed}`
     : `${who} was not locked`;
   return `${netlockLock}${criu}`;
 }
@@ -197,4 +217,63 @@ function targetRecord(target: TargetName & { netns?: string }): Record<string, u
   if (target.path !== undefined) record.path = target.path;
   if (target.netns !== undefined) record.netns = target.netns;
   return record;
+}
+
+/**
+ * The `--json` line of one lock `netlock list` found.
+ *
+ * @example
+ * ```ts
+ * import { jsonLock } from "./report.ts";
+ *
+ * const line = jsonLock({
+ *   target: { pid: 42, netns: "net:[4026532456]" }, kind: "connections", name: "NETLOCK-c42",
+ *   backend: "nftables", families: ["ipv4"], pid: 42, alive: false, connections: 3,
+ * });
+ * console.assert(line.startsWith('{"command":"list","target":{"pid":42,'));
+ * console.assert(line.endsWith('"pid":42,"alive":false,"connections":3}'));
+ * ```
+ *
+ * @param lock The lock.
+ * @returns One line of JSON (no newline).
+ */
+export function jsonLock(lock: LockInfo): string {
+  const { target, ...rest } = lock;
+  return JSON.stringify({ command: "list", target: targetRecord(target), ...rest });
+}
+
+/**
+ * The aligned table `netlock list` prints for people: one row per lock.
+ *
+ * @example
+ * ```ts
+ * import { lockTable } from "./report.ts";
+ *
+ * const table = lockTable([{
+ *   target: { path: "/run/netns/blue", netns: "net:[4026532456]" }, kind: "netns",
+ *   name: "NETLOCK", backend: "iptables", families: ["ipv4", "ipv6"],
+ * }]);
+ * console.assert(table.split("\n")[0].startsWith("NAMESPACE         KIND   NAME"));
+ * ```
+ *
+ * @param locks The locks.
+ * @returns The table, one line per lock after the header (no final newline).
+ */
+export function lockTable(locks: LockInfo[]): string {
+  const rows = [
+    ["NAMESPACE", "KIND", "NAME", "BACKEND", "FAMILIES", "PID", "ALIVE", "CONNECTIONS"],
+    ...locks.map((lock) => [
+      lock.target.netns,
+      lock.kind,
+      lock.name,
+      lock.backend,
+      lock.families.join("+"),
+      lock.pid === undefined ? "-" : String(lock.pid),
+      lock.alive === undefined ? "-" : lock.alive ? "yes" : "no",
+      lock.connections === undefined ? "-" : String(lock.connections),
+    ]),
+  ];
+  const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
+  return rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join("  ").trimEnd())
+    .join("\n");
 }

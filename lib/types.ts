@@ -51,6 +51,13 @@ export interface NetlockOptions {
   actionScripts?: string[];
   /** Enter the target's user namespace too, to lock a rootless container without root. */
   userns?: boolean;
+  /**
+   * Unlock only: remove every lock of netlock's with this name in the
+   * target's namespace (the namespace lock and every connection lock, what
+   * {@linkcode listLocks} shows; with `criu`, CRIU's leftovers too), in one
+   * transaction. Takes no `mode`.
+   */
+  all?: boolean;
   /** Receives one line per spawned command and per line of its stderr. */
   log?: (line: string) => void;
 }
@@ -89,6 +96,37 @@ export interface OperationResult {
   durationMs: number;
   /** Problems that did not stop the operation (a failing unlock action script). */
   warnings?: string[];
+  /**
+   * Status and unlock: the kinds of lock found (status) or removed (unlock).
+   * In `auto` mode a PID in another namespace has both looked for: its
+   * namespace lock (`netns`) and its connection lock (`connections`).
+   */
+  kinds?: LockKind[];
+  /** Unlock with `all`: the names of the locks removed. */
+  removed?: string[];
+}
+
+/** A lock's kind: a whole namespace, or one process's TCP connections. */
+export type LockKind = "netns" | "connections";
+
+/** One lock {@linkcode listLocks} found. */
+export interface LockInfo {
+  /** The namespace it is in (and the target, as given). */
+  target: TargetInfo;
+  /** `netns`, `connections`, or `criu` (a lock CRIU left, with `criu`). */
+  kind: LockKind | "criu";
+  /** Its chain or table name: `NAME`, `NAME-cPID`, `CRIU`, `CRIU-...`. */
+  name: string;
+  /** The backend holding it (a lock in both is listed twice). */
+  backend: "iptables" | "nftables";
+  /** The families it covers. */
+  families: Family[];
+  /** Connection locks: the process it was made for. */
+  pid?: number;
+  /** Connection locks: whether that process still exists. */
+  alive?: boolean;
+  /** Connection locks: how many TCP connections it holds. */
+  connections?: number;
 }
 
 /** CRIU's own locks, found (status) or removed (unlock) with the `criu` option. */

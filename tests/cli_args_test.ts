@@ -47,6 +47,35 @@ Deno.test("parseInvocation() refuses what a command does not take", () => {
   assert.equal(parseInvocation(["-h"]).kind, "help");
 });
 
+Deno.test("parseInvocation() reads list (targets optional) and unlock --all", () => {
+  assert.deepEqual(parseInvocation(["list"]), {
+    kind: "list",
+    targets: [],
+    options: LIST_DEFAULTS,
+    output: { json: false, quiet: false, verbose: false },
+  });
+  const list = parseInvocation(["list", "--criu", "--json", "7", "--netns", "blue"]);
+  assert.ok(list.kind === "list");
+  assert.deepEqual(list.targets, [7, { netns: "/run/netns/blue" }]);
+  assert.equal(list.options.criu, true);
+  assert.equal(list.output.json, true);
+  const all = parseInvocation(["unlock", "--all", "--netns", "blue"]);
+  assert.ok(all.kind === "targets" && all.command === "unlock" && all.options.all === true);
+  const plain = parseInvocation(["unlock", "1"]);
+  assert.ok(plain.kind === "targets" && plain.options.all === undefined);
+});
+
+const LIST_DEFAULTS = {
+  backend: "iptables",
+  mode: "auto",
+  ipv6: "auto",
+  force: false,
+  criu: false,
+  userns: false,
+  dryRun: false,
+  actionScripts: [],
+};
+
 Deno.test("usageMessage() shortens node:util's messages to one specific line", () => {
   assert.equal(
     usageMessage(new TypeError("Unknown option '-5'. To specify ...")),

@@ -40,6 +40,23 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
   ["--netns with newline", ["lock", "--netns", "a\nb"], /Invalid --netns "a\\nb"/],
   ["rules with a target", ["rules", "lock", "1"], /unexpected argument|Invalid rules action/],
   ["rules with unknown action", ["rules", "freeze"], /Invalid rules action "freeze"/],
+  ["--all on lock", ["lock", "--all", "1"], /--all is an unlock option .*lock takes none/],
+  ["--all on status", ["status", "--all", "1"], /--all is an unlock option .*status takes none/],
+  ["--all on list", ["list", "--all"], /--all is an unlock option .*list takes none/],
+  ["--all on rules", ["rules", "unlock", "--all"], /--all is an unlock option/],
+  ["--all with a mode", ["unlock", "--all", "--mode", "connections", "1"], /takes no --mode/],
+  ["--all with a value", ["unlock", "--all=yes", "1"], /--all/],
+  ["unlock --all without target", ["unlock", "--all"], /unlock needs a target/],
+  ["list with letters as PID", ["list", "abc"], /Invalid PID "abc"/],
+  ["list with PID 0", ["list", "0"], /Invalid PID "0"/],
+  ["list with a mode", ["list", "--mode", "netns", "1"], /list takes no --mode/],
+  ["list with a backend", ["list", "-b", "nftables"], /list takes no --backend/],
+  ["list with a mark", ["list", "--mark", "7"], /list takes no --mark/],
+  ["list with --force", ["list", "--force"], /list takes no --force/],
+  ["list with --dry-run", ["list", "--dry-run"], /list takes no --dry-run/],
+  ["list with a bad name", ["list", "--name", "a;b"], /Invalid name "a;b"/],
+  ["list with an empty --netns", ["list", "--netns", ""], /Invalid --netns ""/],
+  ["list with a command", ["list", "--", "true"], /list takes no '--' command/],
 ];
 
 for (const [what, args, message] of BAD_INPUTS) {

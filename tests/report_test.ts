@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { NetlockError } from "../lib/errors.ts";
-import { errorCode, humanSuccess, jsonFailure, jsonSuccess } from "../lib/report.ts";
+import { errorCode, humanSuccess, jsonFailure, jsonSuccess, lockTable } from "../lib/report.ts";
 import type { LockStatus, OperationResult } from "../lib/types.ts";
 
 const RESULT: OperationResult = {
@@ -54,5 +54,61 @@ Deno.test("humanSuccess() says what happened in one line", () => {
   assert.equal(
     humanSuccess("status", { ...RESULT, state: "unlocked" } as LockStatus),
     "process 1234 (net:[4026532456]): unlocked",
+  );
+});
+
+Deno.test("status and unlock reports say which kinds of lock were found or removed", () => {
+  const both: LockStatus = {
+    ...RESULT,
+    changed: false,
+    state: "locked",
+    connections: 20,
+    kinds: ["netns", "connections"],
+  };
+  assert.deepEqual(JSON.parse(jsonSuccess("status", both)).kinds, ["netns", "connections"]);
+  assert.equal(
+    humanSuccess("status", both),
+    "process 1234 (net:[4026532456]): locked (iptables, ipv4+ipv6, chain NETLOCK, " +
+      "and connection lock NETLOCK-c1234 (20 connections))",
+  );
+  const connections = { ...both, mode: "connections" as const, kinds: ["connections" as const] };
+  assert.equal(
+    humanSuccess("status", connections),
+    "process 1234 (net:[4026532456]): locked (iptables, ipv4+ipv6, chain NETLOCK-c1234 " +
+      "(20 connections))",
+  );
+  assert.equal(
+    humanSuccess("unlock", { ...connections, locked: false, changed: true }),
+    "unlocked process 1234 (net:[4026532456]): connection lock NETLOCK-c1234",
+  );
+  const all = { ...RESULT, locked: false, removed: ["NETLOCK", "NETLOCK-c7"], kinds: [] };
+  assert.deepEqual(JSON.parse(jsonSuccess("unlock", all)).removed, ["NETLOCK", "NETLOCK-c7"]);
+  assert.equal(
+    humanSuccess("unlock", all),
+    "unlocked process 1234 (net:[4026532456]): NETLOCK, NETLOCK-c7",
+  );
+});
+
+Deno.test("lockTable() aligns one row per lock, with - where a field does not apply", () => {
+  const target = { netns: "net:[1]" };
+  assert.equal(
+    lockTable([
+      { target, kind: "netns", name: "NETLOCK", backend: "nftables", families: ["ipv4"] },
+      {
+        target,
+        kind: "connections",
+        name: "NETLOCK-c42",
+        backend: "iptables",
+        families: ["ipv4", "ipv6"],
+        pid: 42,
+        alive: false,
+        connections: 3,
+      },
+    ]),
+    [
+      "NAMESPACE  KIND         NAME         BACKEND   FAMILIES   PID  ALIVE  CONNECTIONS",
+      "net:[1]    netns        NETLOCK      nftables  ipv4       -    -      -",
+      "net:[1]    connections  NETLOCK-c42  iptables  ipv4+ipv6  42   no     3",
+    ].join("\n"),
   );
 });

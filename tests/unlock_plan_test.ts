@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { baseChain, rule } from "./helpers/nft_json.ts";
 import { parseNftTableJson } from "../lib/nft_view_parser.ts";
-import { planUnlock } from "../lib/unlock_plan.ts";
+import { lockNamesIn, planUnlock } from "../lib/unlock_plan.ts";
+import { connectionLockPid } from "../lib/connections/ruleset.ts";
 
 // `nft -t -j list ruleset` of a namespace holding netlock's iptables lock (IPv4 only), netlock's
 // nftables table, CRIU's leftover chain in ip6 filter and CRIU's table, and a user table.
@@ -25,7 +26,7 @@ const RULESET = JSON.stringify({
 });
 
 Deno.test("planUnlock() removes netlock's lock of both backends in one list of commands", () => {
-  const plan = planUnlock(parseNftTableJson(RULESET, { allTables: true }), "NETLOCK", false);
+  const plan = planUnlock(parseNftTableJson(RULESET, { allTables: true }), ["NETLOCK"], false);
   assert.deepEqual(plan.commands, [
     "delete rule ip filter INPUT handle 3",
     "delete rule ip filter OUTPUT handle 5",
@@ -42,7 +43,7 @@ Deno.test("planUnlock() removes netlock's lock of both backends in one list of c
 });
 
 Deno.test("planUnlock() with criu also removes CRIU's chain and tables, and nothing of the user's", () => {
-  const plan = planUnlock(parseNftTableJson(RULESET, { allTables: true }), "NETLOCK", true);
+  const plan = planUnlock(parseNftTableJson(RULESET, { allTables: true }), ["NETLOCK"], true);
   assert.ok(plan.commands.includes("delete rule ip6 filter INPUT handle 3"));
   assert.ok(plan.commands.includes("delete chain ip6 filter CRIU"));
   // INPUT existed before CRIU's chain (lower handle): kept, and so is the table.
@@ -54,5 +55,57 @@ Deno.test("planUnlock() with criu also removes CRIU's chain and tables, and noth
 
 Deno.test("planUnlock() has nothing to do in a namespace without a lock", () => {
   const empty = parseNftTableJson('{"nftables":[{"metainfo":{}}]}', { allTables: true });
-  assert.deepEqual(planUnlock(empty, "NETLOCK", true).commands, []);
+  assert.deepEqual(planUnlock(empty, ["NETLOCK"], true).commands, []);
+});
+
+// `ip filter` after lock A (chain handle 1, which made INPUT 2 and OUTPUT 3) was removed while
+// lock B (chain 4, jumps 5 and 6) stayed, and a namespace lock NETLOCK (chain 7, jumps 8, 9).
+const AFTER_A = JSON.stringify({
+  nftables: [
+    { metainfo: { json_schema_version: 1 } },
+    { table: { family: "ip", name: "filter", handle: 1 } },
+    baseChain("ip", "filter", "INPUT", 2),
+    baseChain("ip", "filter", "OUTPUT", 3),
+    { chain: { family: "ip", table: "filter", name: "NETLOCK-c42", handle: 4 } },
+    rule("ip", "filter", "INPUT", 5, [{ jump: { target: "NETLOCK-c42" } }]),
+    rule("ip", "filter", "OUTPUT", 6, [{ jump: { target: "NETLOCK-c42" } }]),
+    { chain: { family: "ip", table: "filter", name: "NETLOCK", handle: 7 } },
+    rule("ip", "filter", "INPUT", 8, [{ jump: { target: "NETLOCK" } }]),
+    rule("ip", "filter", "OUTPUT", 9, [{ jump: { target: "NETLOCK" } }]),
+    { table: { family: "inet", name: "NETLOCK-c7", handle: 2 } },
+  ],
+});
+
+Deno.test("planUnlock() removes several locks at once and says which it found", () => {
+  const state = parseNftTableJson(AFTER_A, { allTables: true });
+  const plan = planUnlock(state, ["NETLOCK", "NETLOCK-c42", "NETLOCK-c99"], false);
+  assert.deepEqual(plan.locks, ["NETLOCK", "NETLOCK-c42"]);
+  assert.deepEqual(plan.iptables, ["ipv4"]);
+  assert.equal(plan.nftables, false, "the inet table NETLOCK-c7 is not asked for");
+  // The lock that made INPUT and OUTPUT is gone; nothing else is left: they go, and the table.
+  assert.deepEqual(plan.commands.slice(-3), [
+    "delete chain ip filter INPUT",
+    "delete chain ip filter OUTPUT",
+    "delete table ip filter",
+  ]);
+  // Removing one lock of two leaves the table and its chains to the other.
+  const one = planUnlock(state, ["NETLOCK"], false);
+  assert.deepEqual(one.commands, [
+    "delete rule ip filter INPUT handle 8",
+    "delete rule ip filter OUTPUT handle 9",
+    "flush chain ip filter NETLOCK",
+    "delete chain ip filter NETLOCK",
+  ]);
+});
+
+Deno.test("lockNamesIn() finds the namespace lock and every connection lock of a name", () => {
+  const state = parseNftTableJson(AFTER_A, { allTables: true });
+  assert.deepEqual(lockNamesIn(state, "NETLOCK"), ["NETLOCK-c42", "NETLOCK", "NETLOCK-c7"]);
+  assert.deepEqual(lockNamesIn(state, "OTHER"), []);
+  // A name cut to fit 28 characters with the PID is still found; a look-alike is not.
+  const long = "L".repeat(28);
+  assert.equal(connectionLockPid(`${"L".repeat(21)}-c12345`, long), 12345);
+  assert.equal(connectionLockPid(`${"L".repeat(20)}-c12345`, long), undefined);
+  assert.equal(connectionLockPid("NETLOCK-c0", "NETLOCK"), undefined);
+  assert.equal(connectionLockPid("NETLOCK-c042", "NETLOCK"), undefined);
 });

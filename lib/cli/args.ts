@@ -42,9 +42,13 @@ export type Invocation =
     options: NetlockOptions;
     output: Output;
   }
-  | { kind: "run"; target: Target; argv: string[]; options: NetlockOptions; output: Output };
+  | { kind: "run"; target: Target; argv: string[]; options: NetlockOptions; output: Output }
+  | { kind: "list"; targets: Target[]; options: NetlockOptions; output: Output };
 
-const COMMANDS = ["lock", "unlock", "status", "run", "rules", "criu-hook"] as const;
+const COMMANDS = ["lock", "unlock", "status", "list", "run", "rules", "criu-hook"] as const;
+
+/** Flags `list` refuses: it reads every lock, whatever made it. */
+const NOT_FOR_LIST = ["backend", "mode", "mark", "force", "dry-run", "action-script"] as const;
 
 /** The most targets one call takes (each is a few spawned processes). */
 export const MAX_TARGETS = 4096;
@@ -81,6 +85,7 @@ export function parseInvocation(args: readonly string[]): Invocation {
       userns: { type: "boolean" },
       force: { type: "boolean" },
       criu: { type: "boolean" },
+      all: { type: "boolean" },
       "action-script": { type: "string", multiple: true },
       timeout: { type: "string" },
       "dry-run": { type: "boolean" },
@@ -96,7 +101,9 @@ export function parseInvocation(args: readonly string[]): Invocation {
   if (values.version) return { kind: "version" };
   const [word, ...rest] = positionals;
   if (word === undefined) {
-    throw new TypeError("missing command: lock, unlock, status, run or rules (see netlock --help)");
+    throw new TypeError(
+      "missing command: lock, unlock, status, list, run or rules (see netlock --help)",
+    );
   }
   const command = parseChoice("command", word, COMMANDS);
   if (command === "criu-hook") {
@@ -107,6 +114,18 @@ export function parseInvocation(args: readonly string[]): Invocation {
   }
   if (commandArgv !== undefined && command !== "run") {
     throw new TypeError(`${command} takes no '--' command (see netlock run)`);
+  }
+  if (values.all && command !== "unlock") {
+    throw new TypeError(
+      `--all is an unlock option (unlock --all TARGET...); ${command} takes none`,
+    );
+  }
+  if (values.all && values.mode !== undefined) {
+    throw new TypeError("--all removes every lock of the namespace: it takes no --mode");
+  }
+  if (command === "list") {
+    const refused = NOT_FOR_LIST.find((flag) => values[flag] !== undefined);
+    if (refused) throw new TypeError(`list takes no --${refused}: it shows every lock`);
   }
   const options: NetlockOptions = {
     backend: parseChoice(
@@ -122,6 +141,7 @@ export function parseInvocation(args: readonly string[]): Invocation {
     dryRun: values["dry-run"] ?? false,
     actionScripts: (values["action-script"] ?? []).map(validateScriptPath),
   };
+  if (values.all) options.all = true;
   if (values.mark !== undefined) options.mark = parseMark(values.mark);
   if (values.name !== undefined) options.name = validateName(values.name);
   if (values.timeout !== undefined) options.timeoutMs = parseTimeoutSeconds(values.timeout);
@@ -137,7 +157,9 @@ export function parseInvocation(args: readonly string[]): Invocation {
     ...rest.map(parsePid),
     ...(values.netns ?? []).map((value) => ({ netns: resolveNetnsPath(value) })),
   ];
-  if (targets.length === 0) throw new TypeError(`${command} needs a target: a PID or --netns PATH`);
+  if (targets.length === 0 && command !== "list") {
+    throw new TypeError(`${command} needs a target: a PID or --netns PATH`);
+  }
   if (targets.length > MAX_TARGETS) {
     throw new RangeError(
       `Too many targets (${targets.length}): at most ${MAX_TARGETS} in one call`,
@@ -155,6 +177,7 @@ export function parseInvocation(args: readonly string[]): Invocation {
     }
     return { kind: "run", target: targets[0], argv: commandArgv, options, output };
   }
+  if (command === "list") return { kind: "list", targets, options, output };
   return { kind: "targets", command, targets, options, output };
 }
 

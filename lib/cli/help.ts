@@ -21,8 +21,11 @@ export function helpText(version: string): string {
 
 Usage:
   netlock lock    [options] TARGET...    drop all unmarked traffic of each target
-  netlock unlock  [options] TARGET...    remove the lock (succeeds if not locked)
+  netlock unlock  [options] TARGET...    remove the lock (succeeds if not locked);
+                                         --all: every lock of the namespace
   netlock status  [options] TARGET...    exit 0 if every target is locked, 3 if not
+  netlock list    [options] [TARGET...]  every lock in each target's namespace (no
+                                         target: netlock's own), exit 0 if none
   netlock run     [options] TARGET -- COMMAND [ARG...]
                                          lock, run COMMAND, always unlock; exit
                                          with COMMAND's status (125: netlock failed)
@@ -32,7 +35,9 @@ Usage:
                                          with no arguments and CRTOOLS_SCRIPT_ACTION set)
 
 TARGET is a PID (its network namespace). --netns PATH adds a namespace file
-target (a bare NAME means /run/netns/NAME); repeatable.
+target (a bare NAME means /run/netns/NAME); repeatable. In auto mode, status
+and unlock of a PID in another namespace see both its namespace lock and its
+connection lock.
 
 Options:
   -b, --backend NAME         iptables (default), nftables, or auto (nftables,
@@ -50,14 +55,17 @@ Options:
       --userns               also enter the target's user namespace: lock a
                              rootless container you own without root
       --force                allow --mode netns on netlock's own namespace
-      --criu                 status/unlock: also see and remove locks CRIU
-                             itself left (chain CRIU, tables inet CRIU-*)
+      --criu                 status/unlock/list: also see and remove locks
+                             CRIU itself left (chain CRIU, tables inet CRIU-*)
+      --all                  unlock: every lock list shows (namespace and
+                             connection locks), one transaction; no --mode
       --action-script PATH   run PATH (CRIU's contract) before the rules are
                              applied (network-lock) and removed (network-unlock);
                              repeatable; needs --allow-run=PATH
       --timeout SECONDS      limit for each spawned tool (default 10)
       --dry-run              print the commands and rulesets, change nothing
-      --json                 one JSON object per target per line on stdout
+      --json                 one JSON object per target (list: per lock) per
+                             line on stdout
   -q, --quiet                print nothing on success
   -v, --verbose              show each spawned command and its stderr
   -h, --help                 show this help

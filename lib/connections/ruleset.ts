@@ -31,6 +31,29 @@ export function connectionLockName(name: string, pid: number): string {
 }
 
 /**
+ * The PID a connection lock's name was made for (see
+ * {@linkcode connectionLockName}), or `undefined` when `candidate` is not
+ * a connection lock called `name`.
+ *
+ * @example
+ * ```ts
+ * import { connectionLockPid } from "./ruleset.ts";
+ * console.assert(connectionLockPid("NETLOCK-c1234", "NETLOCK") === 1234);
+ * console.assert(connectionLockPid("OTHER-c1234", "NETLOCK") === undefined);
+ * ```
+ *
+ * @param candidate A chain or table name.
+ * @param name The lock name.
+ * @returns The PID, or `undefined`.
+ */
+export function connectionLockPid(candidate: string, name: string): number | undefined {
+  const match = candidate.match(/-c([1-9][0-9]{0,9})$/);
+  if (!match) return undefined;
+  const pid = Number(match[1]);
+  return connectionLockName(name, pid) === candidate ? pid : undefined;
+}
+
+/**
  * The iptables rules of a connection lock for one family, as iptables-save
  * prints them (so that a lock can be compared with what is in place): for
  * each connection, the incoming direction then the outgoing one.

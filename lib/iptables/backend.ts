@@ -20,7 +20,7 @@ import {
 import { readNftState, unlockThroughNft } from "../nft_unlock.ts";
 import { type IptablesStep, planIptablesLock, planIptablesUnlock } from "./planner.ts";
 import type { LockRules } from "./ruleset.ts";
-import { parseIptablesSave } from "./save_parser.ts";
+import { parseIptablesSave, type SavedTable } from "./save_parser.ts";
 
 /** Everything the backend needs for one target. */
 export interface IptablesContext {
@@ -141,7 +141,7 @@ export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boo
  * @returns Whether anything changed.
  */
 export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: boolean }> {
-  const state = await readNftState(ctx.exec, [ctx.rules.name]);
+  const state = await readNftState(ctx.exec, (name) => name === ctx.rules.name);
   // Families whose lock chain nf_tables shows (iptables-nft) go through one
   // nft transaction; the others (legacy iptables, no nft) through restore.
   const viaNft = ctx.families.filter((family) =>
@@ -154,7 +154,7 @@ export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: b
   const [nftOutcome, ...restoreOutcomes] = await Promise.allSettled([
     viaNft.length > 0 && state
       ? unlockThroughNft(ctx.exec, state, {
-        name: ctx.rules.name,
+        wanted: (name) => name === ctx.rules.name,
         criu: false,
         families: viaNft,
         tables: false,
@@ -248,10 +248,22 @@ async function applyStep(
 }
 
 async function readState(ctx: IptablesContext, family: Family): Promise<IptablesLockState> {
+  return inspectIptablesLock(await readIptablesTable(ctx.exec, family), rulesOf(ctx, family));
+}
+
+/**
+ * A family's filter table as `iptables-save -t filter` shows it (legacy
+ * iptables as well as iptables-nft).
+ *
+ * @param exec Runs a tool in the target's namespace.
+ * @param family The family.
+ * @returns Its chains and rules.
+ */
+export async function readIptablesTable(exec: ToolExec, family: Family): Promise<SavedTable> {
   const tool = TOOLS[family].save;
-  const result = await ctx.exec(tool, ["-t", "filter"]);
+  const result = await exec(tool, ["-t", "filter"]);
   assertToolSuccess(result, tool);
-  return inspectIptablesLock(parseIptablesSave(result.stdout), rulesOf(ctx, family));
+  return parseIptablesSave(result.stdout);
 }
 
 async function readStateAfterFailure(

@@ -27,7 +27,8 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
 /**
  * The nft commands that remove the lock from one family's filter table: the
  * `-j NAME` rules of INPUT and OUTPUT (by handle), the lock chain, the empty
- * accept-policy base chains the lock created (handle above the lock chain's),
+ * accept-policy base chains the lock created (handle above the lock chain's,
+ * or, once nothing else is left in the table, not the table's first object),
  * and the table itself when nothing else is left in it. Deleting a chain
  * that gained a rule since it was read fails, so a concurrent change aborts
  * the whole transaction instead of being lost.
@@ -76,9 +77,19 @@ export function planNftUnlockCommands(view: NftTableView, names: string | string
   const remainingRules = view.rules.filter((rule) =>
     !present.has(rule.chain) && !removedRules.has(rule.handle)
   );
+  const emptyAcceptBase = (chain: NftTableView["chains"][number]) =>
+    (chain.name === "INPUT" || chain.name === "OUTPUT") && chain.policy === "accept" &&
+    !remainingRules.some((rule) => rule.chain === chain.name);
+  // The lock that created the base chains may be gone already (removed
+  // while another lock was there): a table left with nothing but empty
+  // accept-policy INPUT/OUTPUT chains, none of them the table's first object
+  // (handle 1, which a table made for a user's own rule starts with), was
+  // made for a lock.
+  const leftovers = view.chains.filter((chain) => !present.has(chain.name));
+  const madeForALock = view.otherObjects === 0 && leftovers.every(emptyAcceptBase) &&
+    leftovers.every((chain) => chain.handle > 1);
   const createdByLock = view.chains.filter((chain) =>
-    (chain.name === "INPUT" || chain.name === "OUTPUT") && chain.handle > oldest &&
-    chain.policy === "accept" && !remainingRules.some((rule) => rule.chain === chain.name)
+    emptyAcceptBase(chain) && (chain.handle > oldest || madeForALock)
   );
   for (const chain of createdByLock) commands.push(`delete chain ${table} ${chain.name}`);
   const remainingChains = view.chains.length - lockChains.length - createdByLock.length;

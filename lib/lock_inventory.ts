@@ -1,0 +1,145 @@
+/**
+ * What `netlock list` shows: every lock of netlock's in one namespace (the
+ * namespace lock `NAME`, the connection locks `NAME-cPID`), in either
+ * backend, and CRIU's leftovers on request, read in two rounds of spawns:
+ * the filter tables and nft's tables, then the connection counts of nft
+ * locks and whether the locked processes still exist.
+ *
+ * @module
+ */
+
+import { connectionLockPid } from "./connections/ruleset.ts";
+import { isCriuNftTable } from "./criu_locks.ts";
+import { NetlockError } from "./errors.ts";
+import { readIptablesTable } from "./iptables/backend.ts";
+import type { SavedTable } from "./iptables/save_parser.ts";
+import { parseNftTableJson, parseNftTablesJson } from "./nft_view_parser.ts";
+import { assertToolSuccess, type ToolExec } from "./nsenter.ts";
+import type { Family, LockInfo } from "./types.ts";
+
+/** What the inventory looks for, and where. */
+export interface InventoryRequest {
+  /** Runs a tool in the namespace. */
+  exec: ToolExec;
+  /** Runs a tool in netlock's own namespaces (to see whether a PID exists). */
+  ownExec: ToolExec;
+  /** The families the namespace has. */
+  families: Family[];
+  /** The lock name. */
+  name: string;
+  /** Also CRIU's locks (chain `CRIU`, tables `inet CRIU-*`). */
+  criu: boolean;
+}
+
+/** A lock found, before the namespace's identity is added. */
+export type FoundLock = Omit<LockInfo, "target">;
+
+/**
+ * Lists the locks in a namespace: namespace lock first, then connection
+ * locks by PID, then CRIU's.
+ *
+ * @param request The namespace's exec, families, the lock name.
+ * @returns The locks found; empty when there is none.
+ */
+export async function readLockInventory(request: InventoryRequest): Promise<FoundLock[]> {
+  const { exec, families, name } = request;
+  const [tables, nftTables] = await Promise.all([
+    Promise.all(families.map((family) => optional(readIptablesTable(exec, family)))),
+    optional(listNftTables(exec)),
+  ]);
+  if (tables.every((table) => table === undefined) && nftTables === undefined) {
+    throw new NetlockError("TOOL_NOT_FOUND", "neither nft nor iptables is installed");
+  }
+  // Which lock a chain or table name is, if any.
+  const lockNamed = (
+    lockName: string,
+    backend: FoundLock["backend"],
+    criu: boolean,
+  ): FoundLock | undefined => {
+    const found = { name: lockName, backend, families: [] as Family[] };
+    if (lockName === name) return { kind: "netns", ...found };
+    const pid = connectionLockPid(lockName, name);
+    if (pid !== undefined) return { kind: "connections", ...found, pid };
+    return request.criu && criu ? { kind: "criu", ...found } : undefined;
+  };
+
+  const iptables = new Map<string, FoundLock>();
+  for (const [i, table] of tables.entries()) {
+    for (const chain of table?.chains ?? []) {
+      const lock = iptables.get(chain.name) ??
+        lockNamed(chain.name, "iptables", chain.name === "CRIU");
+      if (!lock) continue;
+      lock.families.push(families[i]);
+      if (lock.kind === "connections") {
+        lock.connections = (lock.connections ?? 0) + rulesIn(table!, chain.name) / 2;
+      }
+      iptables.set(chain.name, lock);
+    }
+  }
+  const nftables: FoundLock[] = [];
+  for (const table of nftTables ?? []) {
+    if (table.family !== "inet") continue;
+    const lock = lockNamed(table.name, "nftables", isCriuNftTable(table));
+    if (lock) nftables.push({ ...lock, families: [...families] });
+  }
+
+  const connectionLocks = [...iptables.values(), ...nftables].filter((lock) => lock.pid);
+  const [alive] = await Promise.all([
+    existingPids(request.ownExec, connectionLocks.map((lock) => lock.pid!)),
+    ...nftables.filter((lock) => lock.kind === "connections").map(async (lock) => {
+      lock.connections = await countNftConnections(exec, lock.name);
+    }),
+  ]);
+  for (const lock of connectionLocks) lock.alive = alive.has(lock.pid!);
+  const order = { netns: 0, connections: 1, criu: 2 };
+  return [...iptables.values(), ...nftables].sort((a, b) =>
+    order[a.kind] - order[b.kind] || (a.pid ?? 0) - (b.pid ?? 0) ||
+    a.name.localeCompare(b.name) || a.backend.localeCompare(b.backend)
+  ).map((lock) => ({ ...lock, families: sortFamilies(lock.families) }));
+}
+
+function rulesIn(table: SavedTable, chain: string): number {
+  return table.rules.filter((rule) => rule.chain === chain).length;
+}
+
+function sortFamilies(families: Family[]): Family[] {
+  return (["ipv4", "ipv6"] as const).filter((family) => families.includes(family));
+}
+
+async function listNftTables(exec: ToolExec): Promise<{ family: string; name: string }[]> {
+  const result = await exec("nft", ["-j", "list", "tables"]);
+  assertToolSuccess(result, "nft");
+  return parseNftTablesJson(result.stdout);
+}
+
+/** The connections an nftables connection lock holds: its two sets' elements. */
+async function countNftConnections(exec: ToolExec, table: string): Promise<number> {
+  const result = await exec("nft", ["-j", "list", "table", "inet", table]);
+  // Removed meanwhile: it holds nothing.
+  if (!result.success && /No such file or directory/.test(result.stderr)) return 0;
+  assertToolSuccess(result, "nft");
+  const view = parseNftTableJson(result.stdout);
+  return (view.sets.conn4?.length ?? 0) + (view.sets.conn6?.length ?? 0);
+}
+
+/**
+ * Which of `pids` exist now, seen from netlock's own PID namespace (a
+ * zombie, which has no namespaces left, does not count).
+ */
+async function existingPids(exec: ToolExec, pids: number[]): Promise<Set<number>> {
+  if (pids.length === 0) return new Set();
+  const script = 'for p; do [ -e "/proc/$p/ns/net" ] && echo "$p"; done; exit 0';
+  const result = await exec("sh", ["-c", script, "sh", ...new Set(pids.map(String))]);
+  assertToolSuccess(result, "sh");
+  return new Set(result.stdout.split("\n").filter(Boolean).map(Number));
+}
+
+/** A read whose tool is not installed counts as nothing there. */
+async function optional<T>(read: Promise<T>): Promise<T | undefined> {
+  try {
+    return await read;
+  } catch (error) {
+    if (error instanceof NetlockError && error.code === "TOOL_NOT_FOUND") return undefined;
+    throw error;
+  }
+}

@@ -168,7 +168,7 @@ export async function unlockAllBackends(
       removed = await unlockThroughNft(prepared.exec, initial, {
         wanted,
         criu: opts.criu,
-        small: "shapes" in selection && selection.shapes.every((shape) => !shape.nftLock.bulky),
+        bulky: (name) => connectionLockPid(name, opts.name) !== undefined,
         dryRun: opts.dryRun,
         log: opts.exec.log,
       });

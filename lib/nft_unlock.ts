@@ -27,10 +27,11 @@ export interface NftUnlockRequest {
   /** `false`: leave the `inet` tables alone. */
   tables?: boolean;
   /**
-   * The ruleset is small (a namespace lock): when no iptables lock is
-   * removed, nft's echo may check the transaction instead of a read-back.
+   * Whether a lock is bulky (a connection lock: thousands of rules or set
+   * elements). When the plan removes none, and no iptables lock seen in one
+   * family only, nft's echo checks the transaction instead of a read-back.
    */
-  small: boolean;
+  bulky: (name: string) => boolean;
   /** Report the transaction instead of applying it. */
   dryRun: boolean;
   /** Where a dry run reports. */
@@ -44,7 +45,7 @@ export interface NftUnlockRequest {
  * removing one seen in a single family, the state is read back, and anything
  * of the lock still there is removed in another round; an unchanged state
  * means nft did nothing.
- * Otherwise, for a small ruleset, nft's echo checks the work: nft echoes
+ * Otherwise, when no bulky lock goes, nft's echo checks the work: nft echoes
  * additions only, so an empty marker table is added and removed within the
  * same transaction. (Echoing a connection lock's ruleset would cost nft
  * 0.7 s of parsing: it is read back.)
@@ -72,7 +73,7 @@ export async function unlockThroughNft(
     // of it can land later outside what this transaction deletes (a late
     // duplicate makes the chain deletion fail, and the whole is replanned).
     const halfSeen = plan.iptables.length === 1 || plan.criu.iptables.length > 0;
-    const echo = request.small && !halfSeen;
+    const echo = !halfSeen && !plan.locks.some(request.bulky);
     // Named after a lock removed here, so it cannot be a name in use.
     const marker = `inet ${plan.locks[0] ?? "CRIU"}-unlock`;
     const script = `${plan.commands.join("\n")}\n` +

@@ -203,6 +203,12 @@ Deno.test({
       result.stderr,
       `error: Cannot list the locks of process ${pid}: no such process\n`,
     );
+    for (const bad of [["--netns", "/etc/passwd"], ["--netns", "/nonexistent"], ["4194304"]]) {
+      const refused = await cli(["list", ...bad]);
+      assert.equal(refused.code, 1);
+      assert.equal(refused.stdout, "");
+      assert.match(refused.stderr, /^error: Cannot list the locks of [^\n]+: [^\n]+\n$/);
+    }
     assert.deepEqual(jsonLines(result.stdout), [{
       command: "list",
       target: { pid: Number(pid) },

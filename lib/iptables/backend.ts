@@ -158,7 +158,7 @@ export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: b
         criu: false,
         families: viaNft,
         tables: false,
-        small: false,
+        bulky: () => true,
         dryRun: ctx.dryRun,
         log: ctx.log,
       }).then((removed) => removed !== undefined)

@@ -15,9 +15,9 @@
 import type { Invocation, Output } from "./lib/cli/args.ts";
 import { helpText } from "./lib/cli/help.ts";
 import { rulesText } from "./lib/cli/rules_text.ts";
-import { mapSettledLimit } from "./lib/concurrency.ts";
-import { HOOK_ENV, hookOptions, planCriuHook } from "./lib/criu_hook.ts";
-import { NetlockError } from "./lib/errors.ts";
+import { mapSettledLimit } from "./lib/cli/concurrency.ts";
+import { HOOK_ENV, hookOptions, planCriuHook } from "./lib/criu/hook.ts";
+import { NetlockError } from "./lib/common/errors.ts";
 import { getLockStatus, listLocks, lockNetwork, unlockNetwork } from "./lib/operations.ts";
 import {
   errorMessage,
@@ -29,10 +29,10 @@ import {
   type ReportCommand,
   targetLabel,
   type TargetName,
-} from "./lib/report.ts";
-import { runLocked } from "./lib/run_locked.ts";
-import type { LockInfo, NetlockOptions, OperationResult, Target } from "./lib/types.ts";
-import { VERSION } from "./lib/version.ts";
+} from "./lib/cli/report.ts";
+import { runLocked } from "./lib/cli/run_locked.ts";
+import type { LockInfo, NetlockOptions, OperationResult, Target } from "./lib/common/types.ts";
+import { VERSION } from "./lib/common/version.ts";
 
 /** Exit codes of the CLI. */
 const EXIT = { ok: 0, failed: 1, usage: 2, notLocked: 3 } as const;
@@ -210,7 +210,7 @@ async function criuHook(): Promise<number> {
 async function criuHelper(args: string[]): Promise<number> {
   const [dir, criuPid, ...flags] = args;
   const images = flags.find((flag) => flag.startsWith("--images="))?.slice("--images=".length);
-  const { serveCriuHook } = await import("./lib/criu_hook_serve.ts");
+  const { serveCriuHook } = await import("./lib/criu/hook_serve.ts");
   try {
     const pidText = readEnv("CRTOOLS_INIT_PID");
     await serveCriuHook({

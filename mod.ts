@@ -56,7 +56,7 @@ export {
   armNetworkLock,
   armNetworkUnlock,
   type KnownLock,
-} from "./lib/armed.ts";
+} from "./lib/criu/armed.ts";
 export type {
   Backend,
   CriuLocks,
@@ -64,6 +64,7 @@ export type {
   Ipv6Choice,
   LockInfo,
   LockKind,
+  LockRules,
   LockStatus,
   Mode,
   NetlockOptions,
@@ -72,11 +73,10 @@ export type {
   Target,
   TargetInfo,
   UnlockResult,
-} from "./lib/types.ts";
-export { NetlockError, type NetlockErrorCode } from "./lib/errors.ts";
+} from "./lib/common/types.ts";
+export { NetlockError, type NetlockErrorCode } from "./lib/common/errors.ts";
 export {
   type IptablesChange,
-  type LockRules,
   renderIptablesChange,
   renderIptablesLock,
   renderIptablesUnlock,
@@ -100,7 +100,7 @@ export {
   runCommand,
   type RunOptions,
   type RunResult,
-} from "./lib/runner.ts";
+} from "./lib/exec/runner.ts";
 export {
   DEFAULT_MARK,
   DEFAULT_NAME,
@@ -108,5 +108,5 @@ export {
   parseMark,
   parsePid,
   validateName,
-} from "./lib/options.ts";
-export { VERSION } from "./lib/version.ts";
+} from "./lib/common/options.ts";
+export { VERSION } from "./lib/common/version.ts";

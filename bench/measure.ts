@@ -1,6 +1,6 @@
 /** Timing and memory helpers of the benchmarks. */
 
-import { runCommand } from "../lib/runner.ts";
+import { runCommand } from "../lib/exec/runner.ts";
 
 /** Runs an argv (stdin from `input`) through netlock's runner; throws unless it exits 0. */
 export async function run(argv: string[], input?: string): Promise<void> {

@@ -5,18 +5,14 @@
  * @module
  */
 
-import { runActionScripts, type ScriptAction } from "./action_scripts.ts";
+import { runActionScripts, type ScriptAction } from "./exec/action_scripts.ts";
 import { discoverConnections } from "./connections/discover.ts";
-import { connectionShape } from "./connections/shape.ts";
-import {
-  type LockShape,
-  lockWithBackend,
-  type NamespaceOutcome,
-  namespaceShape,
-  statusAllBackends,
-  unlockAllBackends,
-} from "./lock_backends.ts";
-import { GuardRefusal } from "./guard.ts";
+import { connectionShape } from "./shape/connections.ts";
+import { lockWithBackend } from "./lock/apply.ts";
+import { statusAllBackends } from "./lock/status.ts";
+import { type LockShape, type NamespaceOutcome, namespaceShape } from "./shape/shape.ts";
+import { unlockAllBackends } from "./unlock/backends.ts";
+import { GuardRefusal } from "./target/guard.ts";
 import {
   canGuard,
   inContext,
@@ -26,11 +22,11 @@ import {
   type ResolvedOptions,
   resolveOptions,
   type Verb,
-} from "./prepare.ts";
-import { type TargetRef, toTargetRef } from "./target.ts";
-import { NetlockError } from "./errors.ts";
-import { readLockInventory } from "./lock_inventory.ts";
-import { nsenterExec } from "./nsenter.ts";
+} from "./target/prepare.ts";
+import { type TargetRef, toTargetRef } from "./target/target.ts";
+import { NetlockError } from "./common/errors.ts";
+import { readLockInventory } from "./lock/list.ts";
+import { nsenterExec } from "./exec/nsenter.ts";
 import type {
   Family,
   LockInfo,
@@ -41,7 +37,7 @@ import type {
   OperationResult,
   Target,
   UnlockResult,
-} from "./types.ts";
+} from "./common/types.ts";
 
 /**
  * Locks the network of a target: every packet in and out of its network

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { planCriuHook } from "../lib/criu_hook.ts";
+import { planCriuHook } from "../lib/criu/hook.ts";
 
 const env = (vars: Record<string, string>) => (name: string) => vars[name];
 

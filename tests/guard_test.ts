@@ -4,11 +4,17 @@
  * result parsing, and how the iptables backend treats its refusals.
  */
 import assert from "node:assert/strict";
-import { guardedTarget, GuardRefusal, parseGuarded, stoppedBeforeTool } from "../lib/guard.ts";
+import {
+  guardedTarget,
+  GuardRefusal,
+  parseGuarded,
+  stoppedBeforeTool,
+} from "../lib/target/guard.ts";
 import { iptablesLock } from "../lib/iptables/backend.ts";
-import { assertToolSuccess, type ToolExec } from "../lib/nsenter.ts";
-import { printedBeforeKill, runCommand, type RunResult } from "../lib/runner.ts";
-import { ownNetns } from "../lib/target.ts";
+import { iptablesUnlock } from "../lib/unlock/iptables.ts";
+import { assertToolSuccess, type ToolExec } from "../lib/exec/nsenter.ts";
+import { printedBeforeKill, runCommand, type RunResult } from "../lib/exec/runner.ts";
+import { ownNetns } from "../lib/target/target.ts";
 
 const OWN = { label: "netlock's own namespace", nsenterArgs: [] };
 const SETTINGS = { timeoutMs: 5000 };
@@ -130,7 +136,7 @@ Deno.test("iptablesLock() locks IPv4 alone when the guard finds no IPv6, and rol
     rules: { name: "NETLOCK", mark: 0xC114 },
     families: ["ipv4", "ipv6"],
     dryRun: false,
-  });
+  }, iptablesUnlock);
   assert.deepEqual(outcome, { changed: true });
   assert.deepEqual(calls.sort(), ["ip6tables-restore", "iptables-restore", "iptables-save"]);
 });
@@ -147,7 +153,7 @@ Deno.test("iptablesLock() refused by the guard in every family: nothing run, not
       rules: { name: "NETLOCK", mark: 0xC114 },
       families: ["ipv4", "ipv6"],
       dryRun: false,
-    }),
+    }, iptablesUnlock),
     GuardRefusal,
   );
   assert.deepEqual(calls.sort(), ["ip6tables-restore", "iptables-restore"]);

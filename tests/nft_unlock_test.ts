@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { baseChain, rule } from "./helpers/nft_json.ts";
-import { hasLockChain, planNftUnlockCommands } from "../lib/iptables/nft_unlock_planner.ts";
-import { parseNftTableJson } from "../lib/nft_view_parser.ts";
+import { hasLockChain, planNftUnlockCommands } from "../lib/unlock/plan.ts";
+import { parseNftTableJson } from "../lib/nftables/view_parser.ts";
 
 const JUMP = [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }];
 

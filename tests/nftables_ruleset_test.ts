@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { isCriuNftTable } from "../lib/criu_locks.ts";
+import { isCriuNftTable } from "../lib/unlock/criu_locks.ts";
 import { inspectNftLock } from "../lib/nftables/lock_state.ts";
 import { renderNftLock, renderNftRelock, renderNftUnlock } from "../lib/nftables/ruleset.ts";
-import { parseNftTableJson, parseNftTablesJson } from "../lib/nft_view_parser.ts";
+import { parseNftTableJson, parseNftTablesJson } from "../lib/nftables/view_parser.ts";
 
 const RULES = { name: "NETLOCK", mark: 0xC114 };
 const CHAINS =

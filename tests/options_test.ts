@@ -7,8 +7,8 @@ import {
   parseTimeoutSeconds,
   resolveNetnsPath,
   validateName,
-} from "../lib/options.ts";
-import { resolveOptions } from "../lib/prepare.ts";
+} from "../lib/common/options.ts";
+import { resolveOptions } from "../lib/target/prepare.ts";
 
 Deno.test("parsePid() accepts 1..4194304 in decimal only", () => {
   assert.equal(parsePid("1"), 1);

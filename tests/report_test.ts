@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { NetlockError } from "../lib/errors.ts";
-import { errorCode, humanSuccess, jsonFailure, jsonSuccess, lockTable } from "../lib/report.ts";
-import type { LockStatus, OperationResult } from "../lib/types.ts";
+import { NetlockError } from "../lib/common/errors.ts";
+import { errorCode, humanSuccess, jsonFailure, jsonSuccess, lockTable } from "../lib/cli/report.ts";
+import type { LockStatus, OperationResult } from "../lib/common/types.ts";
 
 const RESULT: OperationResult = {
   target: { pid: 1234, netns: "net:[4026532456]" },

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { NetlockError } from "../lib/errors.ts";
-import { assertSuccess, describeFailure, runCommand } from "../lib/runner.ts";
+import { NetlockError } from "../lib/common/errors.ts";
+import { assertSuccess, describeFailure, runCommand } from "../lib/exec/runner.ts";
 
 Deno.test("runCommand() pipes 2 MiB through stdin while draining stdout", async () => {
   const input = new Uint8Array(2 << 20).map((_, i) => 97 + (i % 26));
@@ -116,7 +116,7 @@ Deno.test("runCommand() says when the working directory cannot be accessed", asy
 Deno.test("runCommand() checks the Deno permission instead of prompting", async () => {
   // A child Deno without --allow-run: the runner must refuse with the flag to add.
   const code = `import { runCommand } from ${
-    JSON.stringify(new URL("../lib/runner.ts", import.meta.url).href)
+    JSON.stringify(new URL("../lib/exec/runner.ts", import.meta.url).href)
   };
     try { await runCommand("nsenter"); } catch (e) { console.log(e.code + "|" + e.message); }`;
   const child = await new Deno.Command(Deno.execPath(), {
@@ -133,7 +133,7 @@ Deno.test("runCommand() checks the Deno permission instead of prompting", async 
 
 Deno.test("runCommand() spawns with an inherited LD_PRELOAD under a scoped --allow-run", async () => {
   const code = `import { runCommand } from ${
-    JSON.stringify(new URL("../lib/runner.ts", import.meta.url).href)
+    JSON.stringify(new URL("../lib/exec/runner.ts", import.meta.url).href)
   };
     const r = await runCommand("nsenter", { args: ["--", "true"] }); console.log(r.code);`;
   const child = await new Deno.Command(Deno.execPath(), {

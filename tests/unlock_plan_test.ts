@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { baseChain, rule } from "./helpers/nft_json.ts";
-import { parseNftTableJson } from "../lib/nft_view_parser.ts";
-import { lockNamesIn, planUnlock } from "../lib/unlock_plan.ts";
+import { parseNftTableJson } from "../lib/nftables/view_parser.ts";
+import { lockNamesIn, planUnlock } from "../lib/unlock/plan.ts";
 import { connectionLockPid } from "../lib/connections/ruleset.ts";
 
 // `nft -t -j list ruleset` of a namespace holding netlock's iptables lock (IPv4 only), netlock's

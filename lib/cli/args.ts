@@ -7,7 +7,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { validateScriptPath } from "../action_scripts.ts";
+import { validateScriptPath } from "../exec/action_scripts.ts";
 import {
   parseChoice,
   parseMark,
@@ -16,8 +16,8 @@ import {
   PID_MAX,
   resolveNetnsPath,
   validateName,
-} from "../options.ts";
-import type { NetlockOptions, Target } from "../types.ts";
+} from "../common/options.ts";
+import type { NetlockOptions, Target } from "../common/types.ts";
 
 /** How output is printed. */
 export interface Output {

@@ -8,8 +8,8 @@
 import { connectionLockName, renderConnectionTemplate } from "../connections/ruleset.ts";
 import { renderIptablesLock, renderIptablesUnlock } from "../iptables/ruleset.ts";
 import { renderNftLock, renderNftUnlock } from "../nftables/ruleset.ts";
-import type { NetlockOptions } from "../types.ts";
-import { DEFAULT_MARK, DEFAULT_NAME } from "../options.ts";
+import type { NetlockOptions } from "../common/types.ts";
+import { DEFAULT_MARK, DEFAULT_NAME } from "../common/options.ts";
 
 /**
  * The ruleset text of `netlock rules [lock|unlock]`.

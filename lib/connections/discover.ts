@@ -7,8 +7,8 @@
  * @module
  */
 
-import { NetlockError } from "../errors.ts";
-import { assertToolSuccess, type ToolExec } from "../nsenter.ts";
+import { NetlockError } from "../common/errors.ts";
+import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
 import {
   type Connection,
   parseProcNetTcp,
@@ -23,7 +23,7 @@ import {
  * @example
  * ```ts ignore
  * import { discoverConnections } from "./discover.ts";
- * import { nsenterExec } from "../nsenter.ts";
+ * import { nsenterExec } from "../exec/nsenter.ts";
  *
  * const connections = await discoverConnections(nsenterExec([], { timeoutMs: 10_000 }), 1234);
  * console.log(connections.length);

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Family } from "../types.ts";
+import type { Family } from "../common/types.ts";
 
 /** One TCP connection to lock, as seen from the target. */
 export interface Connection {

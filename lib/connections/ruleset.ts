@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Family } from "../types.ts";
+import type { Family } from "../common/types.ts";
 import type { Connection } from "./proc_net_parser.ts";
 
 /**

@@ -6,20 +6,19 @@
  * @module
  */
 
-import { NetlockError } from "../errors.ts";
-import { GuardRefusal, stoppedBeforeTool } from "../guard.ts";
-import { assertToolSuccess, type ToolExec, toolMissing } from "../nsenter.ts";
-import type { RunResult } from "../runner.ts";
-import type { Family } from "../types.ts";
+import { NetlockError } from "../common/errors.ts";
+import { GuardRefusal, stoppedBeforeTool } from "../target/guard.ts";
+import { assertToolSuccess, type ToolExec, toolMissing } from "../exec/nsenter.ts";
+import type { RunResult } from "../exec/runner.ts";
+import type { Family } from "../common/types.ts";
 import {
   inspectIptablesLock,
   type IptablesLockState,
   sameLockState,
   UNLOCKED_STATE,
 } from "./lock_state.ts";
-import { readNftState, unlockThroughNft } from "../nft_unlock.ts";
 import { type IptablesStep, planIptablesLock, planIptablesUnlock } from "./planner.ts";
-import type { LockRules } from "./ruleset.ts";
+import type { LockRules } from "../common/types.ts";
 import { parseIptablesSave, type SavedTable } from "./save_parser.ts";
 
 /** Everything the backend needs for one target. */
@@ -58,13 +57,17 @@ const SUSPECT_LIMIT = 5;
 
 /**
  * Locks every family of the context, all or nothing: if one family fails,
- * the families this call changed are unlocked again before the error is
- * thrown.
+ * the families this call changed are unlocked again (`rollback`, the
+ * unlock of lib/unlock/) before the error is thrown.
  *
  * @param ctx The target's exec, the rules and the families.
+ * @param rollback Removes the lock from the families given in its context.
  * @returns Whether anything changed.
  */
-export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boolean }> {
+export async function iptablesLock(
+  ctx: IptablesContext,
+  rollback: (ctx: IptablesContext) => Promise<unknown>,
+): Promise<{ changed: boolean }> {
   let changed = false;
   let families = ctx.families;
   // Every family this call may have touched: changed ones, and failed ones
@@ -125,57 +128,9 @@ export async function iptablesLock(ctx: IptablesContext): Promise<{ changed: boo
     return { changed };
   } catch (error) {
     if (touched.size === 0) throw error;
-    const rollback = await Promise.allSettled([iptablesUnlock({ ...ctx, families: [...touched] })]);
-    throw withRollbackNote(error, rollback);
+    const undone = await Promise.allSettled([rollback({ ...ctx, families: [...touched] })]);
+    throw withRollbackNote(error, undone);
   }
-}
-
-/**
- * Unlocks every family of the context, all or nothing: if one family fails,
- * the families this call unlocked are locked again before the error is
- * thrown. With iptables-nft, the lock is removed through one nft transaction
- * for both families, which also removes the table and base chains the lock
- * created; otherwise (legacy iptables, no nft) through iptables-restore.
- *
- * @param ctx The target's exec, the rules and the families.
- * @returns Whether anything changed.
- */
-export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: boolean }> {
-  const state = await readNftState(ctx.exec, (name) => name === ctx.rules.name);
-  // Families whose lock chain nf_tables shows (iptables-nft) go through one
-  // nft transaction; the others (legacy iptables, no nft) through restore.
-  const viaNft = ctx.families.filter((family) =>
-    state?.chains.some((chain) =>
-      chain.family === TOOLS[family].nftFamily && chain.table === "filter" &&
-      chain.name === ctx.rules.name
-    )
-  );
-  const viaRestore = ctx.families.filter((family) => !viaNft.includes(family));
-  const [nftOutcome, ...restoreOutcomes] = await Promise.allSettled([
-    viaNft.length > 0 && state
-      ? unlockThroughNft(ctx.exec, state, {
-        wanted: (name) => name === ctx.rules.name,
-        criu: false,
-        families: viaNft,
-        tables: false,
-        bulky: () => true,
-        dryRun: ctx.dryRun,
-        log: ctx.log,
-      }).then((removed) => removed !== undefined)
-      : Promise.resolve(false),
-    ...viaRestore.map((family) => unlockFamily(ctx, family)),
-  ]);
-  const outcomes = [nftOutcome, ...restoreOutcomes];
-  const failure = outcomes.find((outcome) => outcome.status === "rejected");
-  const changed = (outcome: PromiseSettledResult<boolean>) =>
-    outcome.status === "fulfilled" && outcome.value;
-  if (!failure) return { changed: outcomes.some(changed) };
-  const unlocked = [
-    ...(changed(nftOutcome) ? viaNft : []),
-    ...viaRestore.filter((_, i) => changed(restoreOutcomes[i])),
-  ];
-  const rollback = await Promise.allSettled(unlocked.map((family) => lockFamily(ctx, family)));
-  throw withRollbackNote(failure.reason, rollback);
 }
 
 /**
@@ -188,7 +143,16 @@ export function iptablesStatus(ctx: IptablesContext): Promise<IptablesLockState[
   return Promise.all(ctx.families.map((family) => readState(ctx, family)));
 }
 
-async function lockFamily(
+/**
+ * Locks one family through iptables-restore, retrying against concurrent
+ * changes; `known` is its state when already read.
+ *
+ * @param ctx The target's exec, the rules and the families.
+ * @param family The family.
+ * @param known The family's state, when already read.
+ * @returns Whether anything changed.
+ */
+export async function lockFamily(
   ctx: IptablesContext,
   family: Family,
   known?: IptablesLockState,
@@ -210,7 +174,15 @@ async function lockFamily(
   throw conflict(family);
 }
 
-async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boolean> {
+/**
+ * Unlocks one family through iptables-restore (legacy iptables, or no nft),
+ * retrying against concurrent changes.
+ *
+ * @param ctx The target's exec, the rules and the families.
+ * @param family The family.
+ * @returns Whether anything changed.
+ */
+export async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boolean> {
   let state = await readState(ctx, family);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const step = planIptablesUnlock(state, rulesOf(ctx, family));
@@ -327,7 +299,17 @@ function conflict(family: string): NetlockError {
   );
 }
 
-function withRollbackNote(reason: unknown, rollback: PromiseSettledResult<unknown>[]): unknown {
+/**
+ * The error of a failed change, with a note when undoing it failed too.
+ *
+ * @param reason What made the change fail.
+ * @param rollback The outcomes of undoing it.
+ * @returns The error to throw.
+ */
+export function withRollbackNote(
+  reason: unknown,
+  rollback: PromiseSettledResult<unknown>[],
+): unknown {
   const failed = rollback.find((outcome) => outcome.status === "rejected");
   if (!failed || !(reason instanceof NetlockError)) return reason;
   const why = failed.reason instanceof Error ? failed.reason.message : String(failed.reason);

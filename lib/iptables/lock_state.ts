@@ -6,7 +6,7 @@
  */
 
 import type { SavedTable } from "./save_parser.ts";
-import type { LockRules } from "./ruleset.ts";
+import type { LockRules } from "../common/types.ts";
 
 /** The state of one family's lock, as the planner needs it. */
 export interface IptablesLockState {

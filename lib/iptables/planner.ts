@@ -6,7 +6,8 @@
  */
 
 import type { IptablesLockState } from "./lock_state.ts";
-import { type LockRules, renderIptablesChange } from "./ruleset.ts";
+import type { LockRules } from "../common/types.ts";
+import { renderIptablesChange } from "./ruleset.ts";
 
 /** One `iptables-restore -w --noflush` (or `ip6tables-restore`) run with this input. */
 export interface IptablesStep {

@@ -4,23 +4,8 @@
  * @module
  */
 
-import { formatMark } from "../options.ts";
-
-/** The parameters of a lock ruleset. */
-export interface LockRules {
-  /** The lock chain's name (`NETLOCK`; CRIU uses `CRIU`). */
-  name: string;
-  /** Packets with this mark pass (CRIU's `SOCCR_MARK`, 0xC114). */
-  mark: number;
-  /**
-   * The lock chain's rules (what follows `-A NAME `), written as
-   * iptables-save prints them. Without it, the namespace lock's two rules:
-   * accept the mark, drop the rest. Connection locks set their DROP rules;
-   * `"any"` accepts whatever the chain holds (reading a connection lock
-   * without knowing its connections).
-   */
-  body?: readonly string[] | "any";
-}
+import { formatMark } from "../common/options.ts";
+import type { LockRules } from "../common/types.ts";
 
 /** A change of the filter table, rendered by {@linkcode renderIptablesChange}. */
 export interface IptablesChange {

@@ -2,16 +2,16 @@
  * The nftables backend: a lock is one table, made by one `nft -f -`
  * transaction in the target's namespace (both families at once, all or
  * nothing), read back through `nft -j`. (The unlock of every backend is one
- * transaction too: see lock_backends.ts.)
+ * transaction too: see lib/unlock/.)
  *
  * @module
  */
 
-import { NetlockError } from "../errors.ts";
-import type { LockRules } from "../iptables/ruleset.ts";
-import { assertToolSuccess, type ToolExec, toolMissing } from "../nsenter.ts";
-import { type NftTableView, parseNftTableJson } from "../nft_view_parser.ts";
-import type { RunResult } from "../runner.ts";
+import { NetlockError } from "../common/errors.ts";
+import type { LockRules } from "../common/types.ts";
+import { assertToolSuccess, type ToolExec, toolMissing } from "../exec/nsenter.ts";
+import { type NftTableView, parseNftTableJson } from "./view_parser.ts";
+import type { RunResult } from "../exec/runner.ts";
 
 /** Everything the backend needs for one target. */
 export interface NftContext {

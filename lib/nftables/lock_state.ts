@@ -4,8 +4,8 @@
  * @module
  */
 
-import type { LockRules } from "../iptables/ruleset.ts";
-import type { NftTableView } from "../nft_view_parser.ts";
+import type { LockRules } from "../common/types.ts";
+import type { NftTableView } from "./view_parser.ts";
 
 /**
  * Whether the table is exactly the lock: chains `input` and `output`, each a

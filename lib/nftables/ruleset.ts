@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { LockRules } from "../iptables/ruleset.ts";
+import type { LockRules } from "../common/types.ts";
 
 /**
  * The table's chains and rules as flat `add` commands (nft parses them

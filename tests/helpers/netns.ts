@@ -4,7 +4,7 @@
  * snapshots of every ruleset.
  */
 
-import { runCommand } from "../../lib/runner.ts";
+import { runCommand } from "../../lib/exec/runner.ts";
 
 const decoder = new TextDecoder();
 const ROOT = new URL("../../", import.meta.url);

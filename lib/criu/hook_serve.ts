@@ -3,7 +3,7 @@
  * `pre-restore`, before CRIU freezes anything, and talks to it through two
  * FIFOs in a private directory: one request line in `cmd`, one answer line in
  * `reply` (`ok` or `error MESSAGE`). It arms the lock and the unlock ahead
- * (lib/armed.ts), so that inside CRIU's frozen window a lock or an unlock is
+ * (lib/criu/armed.ts), so that inside CRIU's frozen window a lock or an unlock is
  * only a ruleset written to a tool that is already running.
  *
  * Requests: `lock PID` (answered), `arm PID` (restore: arm the unlock of the
@@ -24,11 +24,11 @@ import {
   armNetworkUnlock,
   type KnownLock,
 } from "./armed.ts";
-import { renderRestoreUnlock } from "./criu_hook.ts";
-import { lockNetwork, unlockNetwork } from "./operations.ts";
-import { runCommand } from "./runner.ts";
-import { parsePid } from "./options.ts";
-import type { NetlockOptions } from "./types.ts";
+import { renderRestoreUnlock } from "./hook.ts";
+import { lockNetwork, unlockNetwork } from "../operations.ts";
+import { runCommand } from "../exec/runner.ts";
+import { parsePid } from "../common/options.ts";
+import type { NetlockOptions } from "../common/types.ts";
 
 /** The longest a helper lives, whatever happens (ms). */
 export const HELPER_LIFETIME_MS = 600_000;
@@ -70,7 +70,7 @@ export interface HelperSettings {
  *
  * @example
  * ```ts ignore
- * import { serveCriuHook } from "./criu_hook_serve.ts";
+ * import { serveCriuHook } from "./hook_serve.ts";
  *
  * await serveCriuHook({ dir: "/run/netlock/criu-4242", options: {}, pid: 1234 });
  * ```

@@ -6,10 +6,10 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
-import { renderNftUnlock } from "./nftables/ruleset.ts";
-import { parseChoice, parseMark, parsePid, validateName } from "./options.ts";
-import type { Family, NetlockOptions } from "./types.ts";
+import { NetlockError } from "../common/errors.ts";
+import { renderNftUnlock } from "../nftables/ruleset.ts";
+import { parseChoice, parseMark, parsePid, validateName } from "../common/options.ts";
+import type { Family, NetlockOptions } from "../common/types.ts";
 
 /** The environment variables the hook reads (and the shebang grants). */
 export const HOOK_ENV = [
@@ -34,7 +34,7 @@ export type HookPlan =
  *
  * @example
  * ```ts
- * import { planCriuHook } from "./criu_hook.ts";
+ * import { planCriuHook } from "./hook.ts";
  *
  * const env: Record<string, string> = { CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: "42" };
  * const plan = planCriuHook((name) => env[name]);
@@ -75,7 +75,7 @@ export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | un
  *
  * @example
  * ```ts
- * import { hookOptions } from "./criu_hook.ts";
+ * import { hookOptions } from "./hook.ts";
  *
  * const env: Record<string, string> = { NETLOCK_BACKEND: "nftables" };
  * console.assert(hookOptions((name) => env[name]).backend === "nftables");
@@ -135,7 +135,7 @@ function parseMarkFrom(variable: string, value: string): number {
  *
  * @example
  * ```ts
- * import { renderRestoreUnlock } from "./criu_hook.ts";
+ * import { renderRestoreUnlock } from "./hook.ts";
  *
  * const plan = renderRestoreUnlock({ backend: "iptables", families: ["ipv4", "ipv6"], name: "NETLOCK", mark: 0xc114 });
  * console.assert(plan.script === "flush chain ip filter NETLOCK\nflush chain ip6 filter NETLOCK\n");

@@ -5,16 +5,16 @@
  * @module
  */
 
-import type { LockRules } from "../iptables/ruleset.ts";
-import type { LockShape } from "../lock_backends.ts";
-import type { Family } from "../types.ts";
-import type { Connection } from "./proc_net_parser.ts";
+import type { LockRules } from "../common/types.ts";
+import type { LockShape } from "./shape.ts";
+import type { Family } from "../common/types.ts";
+import type { Connection } from "../connections/proc_net_parser.ts";
 import {
   connectionIptablesBody,
   connectionLockName,
   connectionSetElements,
   renderNftConnectionLock,
-} from "./ruleset.ts";
+} from "../connections/ruleset.ts";
 
 /**
  * The connection lock of a process. With `connections`, the lock must hold

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
+import { NetlockError } from "../common/errors.ts";
 import { assertSuccess, firstLine, runCommand, type RunResult } from "./runner.ts";
 
 /** Runs TOOL with ARGS (and optional stdin) in one namespace. */

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
+import { NetlockError } from "../common/errors.ts";
 import { describeFailure, runCommand } from "./runner.ts";
 import type { ExecSettings } from "./nsenter.ts";
 

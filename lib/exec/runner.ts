@@ -8,7 +8,7 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
+import { NetlockError } from "../common/errors.ts";
 
 /** Options of {@linkcode runCommand}. */
 export interface RunOptions {

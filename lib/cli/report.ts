@@ -5,9 +5,15 @@
  * @module
  */
 
-import { connectionLockName } from "./connections/ruleset.ts";
-import { NetlockError } from "./errors.ts";
-import type { CriuLocks, LockInfo, LockStatus, OperationResult, UnlockResult } from "./types.ts";
+import { connectionLockName } from "../connections/ruleset.ts";
+import { NetlockError } from "../common/errors.ts";
+import type {
+  CriuLocks,
+  LockInfo,
+  LockStatus,
+  OperationResult,
+  UnlockResult,
+} from "../common/types.ts";
 
 /** The CLI commands that report per target. */
 export type ReportCommand = "lock" | "unlock" | "status" | "list";

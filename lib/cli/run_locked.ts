@@ -6,10 +6,10 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
-import { lockNetwork } from "./operations.ts";
-import { runCommand } from "./runner.ts";
-import type { NetlockOptions, NetworkLock, Target, UnlockResult } from "./types.ts";
+import { NetlockError } from "../common/errors.ts";
+import { lockNetwork } from "../operations.ts";
+import { runCommand } from "../exec/runner.ts";
+import type { NetlockOptions, NetworkLock, Target, UnlockResult } from "../common/types.ts";
 
 /** Exit status when netlock itself failed (the lock or the unlock). */
 export const RUN_FAILED = 125;

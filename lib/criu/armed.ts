@@ -15,13 +15,13 @@
  * @module
  */
 
-import { nsenterExec } from "./nsenter.ts";
-import { asNetworkLock, getLockStatus, lockNetwork, unlockNetwork } from "./operations.ts";
-import { prepare, resolveOptions } from "./prepare.ts";
-import type { RunResult } from "./runner.ts";
-import { renderIptablesChange } from "./iptables/ruleset.ts";
-import { renderNftLock, renderNftUnlock } from "./nftables/ruleset.ts";
-import { toTargetRef } from "./target.ts";
+import { nsenterExec } from "../exec/nsenter.ts";
+import { asNetworkLock, getLockStatus, lockNetwork, unlockNetwork } from "../operations.ts";
+import { prepare, resolveOptions } from "../target/prepare.ts";
+import type { RunResult } from "../exec/runner.ts";
+import { renderIptablesChange } from "../iptables/ruleset.ts";
+import { renderNftLock, renderNftUnlock } from "../nftables/ruleset.ts";
+import { toTargetRef } from "../target/target.ts";
 import type {
   Family,
   NetlockOptions,
@@ -29,7 +29,7 @@ import type {
   OperationResult,
   Target,
   UnlockResult,
-} from "./types.ts";
+} from "../common/types.ts";
 
 /** How long armed tools wait for their ruleset before they are killed (ms). */
 export const ARMED_LIFETIME_MS = 600_000;

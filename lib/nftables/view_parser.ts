@@ -10,7 +10,7 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
+import { NetlockError } from "../common/errors.ts";
 
 /** One chain with its handle; base chains have a hook and a policy. */
 export interface NftChain {
@@ -69,7 +69,7 @@ export interface NftTableView {
  *
  * @example
  * ```ts
- * import { parseNftTableJson } from "./nft_view_parser.ts";
+ * import { parseNftTableJson } from "./view_parser.ts";
  *
  * const view = parseNftTableJson(JSON.stringify({ nftables: [
  *   { table: { family: "ip", name: "filter", handle: 5 } },
@@ -189,7 +189,7 @@ export interface NftTableName {
  *
  * @example
  * ```ts
- * import { parseNftTablesJson } from "./nft_view_parser.ts";
+ * import { parseNftTablesJson } from "./view_parser.ts";
  *
  * const tables = parseNftTablesJson('{"nftables":[{"metainfo":{}},' +
  *   '{"table":{"family":"inet","name":"CRIU-1f","handle":3}}]}');

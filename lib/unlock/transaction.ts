@@ -1,17 +1,18 @@
 /**
- * Removing a lock through nf_tables: one read of the namespace's state, one
- * transaction, checked afterwards, repeated against concurrent changes. Used
- * by the unlock of every backend, and by the iptables backend's rollback.
+ * Removing locks through nf_tables: one transaction planned from one read
+ * of the namespace's state (lib/unlock/state.ts), checked afterwards,
+ * repeated against concurrent changes. Used by the unlock of every backend,
+ * and so by the iptables backend's rollback.
  *
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
-import { assertToolSuccess, type ToolExec, toolMissing } from "./nsenter.ts";
-import { type NftTableView, parseNftTableJson } from "./nft_view_parser.ts";
-import type { RunResult } from "./runner.ts";
-import type { Family } from "./types.ts";
-import { lockCandidates, planUnlock, type UnlockPlan } from "./unlock_plan.ts";
+import { NetlockError } from "../common/errors.ts";
+import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
+import type { NftTableView } from "../nftables/view_parser.ts";
+import type { Family } from "../common/types.ts";
+import { lockCandidates, planUnlock, type UnlockPlan } from "./plan.ts";
+import { readNftState } from "./state.ts";
 
 // Each failed transaction means another caller changed the state in between.
 const MAX_ATTEMPTS = 12;
@@ -103,56 +104,6 @@ export async function unlockThroughNft(
     "CONFLICT",
     `the rules kept changing under concurrent callers; gave up after ${MAX_ATTEMPTS} attempts`,
   );
-}
-
-/**
- * Everything the unlock needs from nf_tables, without listing a lock's own
- * rules or set elements (tens of thousands for a connection lock, seconds of
- * nft time): the chains of every table, then the rules of the INPUT/OUTPUT
- * chains of the filter tables that hold one of `names`. A namespace lock's
- * whole ruleset, when it was already read (`ruleset`), holds all of it.
- * `undefined` when nft is not installed.
- *
- * @param exec Runs a tool in the namespace.
- * @param wanted Which lock chains to look for.
- * @param ruleset `nft -t -j list ruleset`, read already.
- * @returns The state, with every table, chain and the INPUT/OUTPUT rules.
- */
-export async function readNftState(
-  exec: ToolExec,
-  wanted: (name: string) => boolean,
-  ruleset?: Promise<RunResult>,
-): Promise<NftTableView | undefined> {
-  if (ruleset) {
-    const whole = await ruleset;
-    if (toolMissing(whole)) return undefined;
-    assertToolSuccess(whole, "nft");
-    const state = parseNftTableJson(whole.stdout, { allTables: true });
-    state.tables ??= [];
-    return state;
-  }
-  const listed = await exec("nft", ["-j", "list", "chains"]);
-  if (toolMissing(listed)) return undefined;
-  assertToolSuccess(listed, "nft");
-  const state = parseNftTableJson(listed.stdout, { allTables: true });
-  const tables = new Map(
-    state.chains.map((c) => [`${c.family} ${c.table}`, { family: c.family!, name: c.table! }]),
-  );
-  state.tables = [...tables.values()];
-  const hooks = state.chains.filter((chain) =>
-    chain.table === "filter" && (chain.name === "INPUT" || chain.name === "OUTPUT") &&
-    state.chains.some((c) => c.family === chain.family && c.table === "filter" && wanted(c.name))
-  );
-  const listings = await Promise.all(
-    hooks.map((chain) => exec("nft", ["-j", "list", "chain", chain.family!, "filter", chain.name])),
-  );
-  for (const result of listings) {
-    // A chain deleted meanwhile: the transaction planned from this read fails and is replanned.
-    if (!result.success && /No such file or directory/.test(result.stderr)) continue;
-    assertToolSuccess(result, "nft");
-    state.rules.push(...parseNftTableJson(result.stdout, { allTables: true }).rules);
-  }
-  return state;
 }
 
 function didNothing(): NetlockError {

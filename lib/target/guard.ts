@@ -10,9 +10,9 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
-import { type ExecSettings, nsenterExec, type ToolExec } from "./nsenter.ts";
-import { printedBeforeKill, type RunResult } from "./runner.ts";
+import { NetlockError } from "../common/errors.ts";
+import { type ExecSettings, nsenterExec, type ToolExec } from "../exec/nsenter.ts";
+import { printedBeforeKill, type RunResult } from "../exec/runner.ts";
 import { probeError, type TargetRef } from "./target.ts";
 
 /**

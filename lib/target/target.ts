@@ -6,11 +6,16 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
-import { type ExecSettings, isPermissionProblem, nsenterExec, type ToolExec } from "./nsenter.ts";
-import { resolveNetnsPath, validatePid } from "./options.ts";
-import { firstLine } from "./runner.ts";
-import type { Target } from "./types.ts";
+import { NetlockError } from "../common/errors.ts";
+import {
+  type ExecSettings,
+  isPermissionProblem,
+  nsenterExec,
+  type ToolExec,
+} from "../exec/nsenter.ts";
+import { resolveNetnsPath, validatePid } from "../common/options.ts";
+import { firstLine } from "../exec/runner.ts";
+import type { Target } from "../common/types.ts";
 
 /** A validated target and the `nsenter` flags that enter its network namespace. */
 export interface TargetRef {
@@ -80,7 +85,7 @@ export function toTargetRef(target: Target, options: { userns?: boolean } = {}):
  * @example
  * ```ts ignore
  * import { probeTarget, toTargetRef } from "./target.ts";
- * import { nsenterExec } from "./nsenter.ts";
+ * import { nsenterExec } from "../exec/nsenter.ts";
  *
  * const ref = toTargetRef(1234);
  * const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, { timeoutMs: 10_000 }));

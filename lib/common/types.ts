@@ -14,6 +14,22 @@ export type { Backend, Ipv6Choice, Mode };
  */
 export type Target = number | { pid: number } | { netns: string };
 
+/** The parameters of a lock ruleset (either backend).*/
+export interface LockRules {
+  /** The lock chain's name (`NETLOCK`; CRIU uses `CRIU`). */
+  name: string;
+  /** Packets with this mark pass (CRIU's `SOCCR_MARK`, 0xC114). */
+  mark: number;
+  /**
+   * The lock chain's rules (what follows `-A NAME `), written as
+   * iptables-save prints them. Without it, the namespace lock's two rules:
+   * accept the mark, drop the rest. Connection locks set their DROP rules;
+   * `"any"` accepts whatever the chain holds (reading a connection lock
+   * without knowing its connections).
+   */
+  body?: readonly string[] | "any";
+}
+
 /** An IP family a lock covers. */
 export type Family = "ipv4" | "ipv6";
 

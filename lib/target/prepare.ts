@@ -5,9 +5,9 @@
  * @module
  */
 
-import { NetlockError } from "./errors.ts";
-import { type ExecSettings, nsenterExec, type ToolExec } from "./nsenter.ts";
-import type { RunResult } from "./runner.ts";
+import { NetlockError } from "../common/errors.ts";
+import { type ExecSettings, nsenterExec, type ToolExec } from "../exec/nsenter.ts";
+import type { RunResult } from "../exec/runner.ts";
 import {
   type Backend,
   DEFAULT_MARK,
@@ -19,11 +19,11 @@ import {
   validateMark,
   validateName,
   validateTimeoutMs,
-} from "./options.ts";
-import { validateScriptPath } from "./action_scripts.ts";
+} from "../common/options.ts";
+import { validateScriptPath } from "../exec/action_scripts.ts";
 import { ownNetns, probeTarget, type TargetProbe, type TargetRef } from "./target.ts";
 import { guardedTarget } from "./guard.ts";
-import type { Family, NetlockOptions } from "./types.ts";
+import type { Family, NetlockOptions } from "../common/types.ts";
 
 /** Options after validation, with every default filled in. */
 export interface ResolvedOptions {
@@ -223,7 +223,7 @@ export function canGuard(options: ResolvedOptions, verb: Verb): boolean {
 
 /**
  * The lock's fast path: no probe spawn before the lock. The first tools run
- * behind the guard (lib/guard.ts), which refuses netlock's own namespace
+ * behind the guard (lib/target/guard.ts), which refuses netlock's own namespace
  * (unless `--mode netns --force`), skips IPv6 where the kernel has none, and
  * reports the namespace's identity. A {@linkcode GuardRefusal} for the own
  * namespace sends the caller to {@linkcode prepare}, which decides

@@ -7,10 +7,10 @@
  * @module
  */
 
-import { assertToolSuccess, type ToolExec, toolMissing } from "./nsenter.ts";
-import { parseNftTablesJson } from "./nft_view_parser.ts";
-import { DEFAULT_MARK } from "./options.ts";
-import type { LockRules } from "./iptables/ruleset.ts";
+import { assertToolSuccess, type ToolExec, toolMissing } from "../exec/nsenter.ts";
+import { parseNftTablesJson } from "../nftables/view_parser.ts";
+import { DEFAULT_MARK } from "../common/options.ts";
+import type { LockRules } from "../common/types.ts";
 
 /** CRIU's iptables lock: netlock's ruleset under the name `CRIU`. */
 export const CRIU_IPTABLES_RULES: LockRules = { name: "CRIU", mark: DEFAULT_MARK };

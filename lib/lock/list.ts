@@ -8,14 +8,14 @@
  * @module
  */
 
-import { connectionLockPid } from "./connections/ruleset.ts";
-import { isCriuNftTable } from "./criu_locks.ts";
-import { NetlockError } from "./errors.ts";
-import { readIptablesTable } from "./iptables/backend.ts";
-import type { SavedTable } from "./iptables/save_parser.ts";
-import { parseNftTableJson, parseNftTablesJson } from "./nft_view_parser.ts";
-import { assertToolSuccess, type ToolExec } from "./nsenter.ts";
-import type { Family, LockInfo } from "./types.ts";
+import { connectionLockPid } from "../connections/ruleset.ts";
+import { isCriuNftTable } from "../unlock/criu_locks.ts";
+import { NetlockError } from "../common/errors.ts";
+import { readIptablesTable } from "../iptables/backend.ts";
+import type { SavedTable } from "../iptables/save_parser.ts";
+import { parseNftTableJson, parseNftTablesJson } from "../nftables/view_parser.ts";
+import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
+import type { Family, LockInfo } from "../common/types.ts";
 
 /** What the inventory looks for, and where. */
 export interface InventoryRequest {

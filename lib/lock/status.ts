@@ -1,0 +1,127 @@
+/**
+ * The status of a target's locks through both backends, in one round of
+ * reads: a namespace lock, a process's connection lock, or both, and
+ * CRIU's leftovers on request.
+ *
+ * @module
+ */
+
+import { CRIU_IPTABLES_RULES, findCriuNftTables } from "../unlock/criu_locks.ts";
+import { iptablesStatus } from "../iptables/backend.ts";
+import { readNftLockTable } from "../nftables/backend.ts";
+import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
+import {
+  type BackendName,
+  iptablesContext,
+  type LockShape,
+  missingToolError,
+  type NamespaceOutcome,
+  nftContext,
+  requestedBackend,
+} from "../shape/shape.ts";
+import type { CriuLocks, LockKind } from "../common/types.ts";
+
+/**
+ * Reads the state of the locks of `shapes` (a namespace lock, a process's
+ * connection lock, or both) through both backends, in one round of reads,
+ * and CRIU's locks with `criu`. The state is the worst found (a half lock
+ * is `partial` whatever else is there); backend, kind and connection count
+ * are those of the first lock found.
+ *
+ * @param prepared The probed target.
+ * @param opts The validated options.
+ * @param shapes The locks to look for, with their kinds.
+ * @returns The state, the backend holding the lock, the kinds found.
+ */
+export async function statusAllBackends(
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  shapes: { kind: LockKind; shape: LockShape }[],
+): Promise<NamespaceOutcome> {
+  const ipt = iptablesContext(prepared, opts, shapes[0].shape);
+  const [criuIpt, criuNft, ...states] = await Promise.allSettled([
+    opts.criu
+      ? iptablesStatus({ ...ipt, rules: CRIU_IPTABLES_RULES, rulesFor: undefined })
+      : Promise.resolve([]),
+    opts.criu ? findCriuNftTables(prepared.exec) : Promise.resolve([]),
+    ...shapes.map(({ shape }) => shapeStatus(prepared, opts, shape)),
+  ]);
+  for (const outcome of [criuIpt, criuNft]) {
+    if (outcome.status === "rejected" && !missingToolError(outcome.reason)) throw outcome.reason;
+  }
+  for (const outcome of states) if (outcome.status === "rejected") throw outcome.reason;
+  const found = shapes.map(({ kind }, i) => {
+    const state = states[i] as PromiseFulfilledResult<ShapeStatus>;
+    return { kind, ...state.value };
+  });
+  const criu: CriuLocks | undefined = opts.criu
+    ? {
+      iptables: criuIpt.status === "fulfilled"
+        ? prepared.families.filter((_, i) =>
+          criuIpt.value[i] && criuIpt.value[i].status !== "unlocked"
+        )
+        : [],
+      nftables: criuNft.status === "fulfilled" ? criuNft.value : [],
+    }
+    : undefined;
+  const present = found.filter((lock) => lock.state !== "unlocked");
+  const first = present[0] ?? found[0];
+  const state = present.some((lock) => lock.state === "partial")
+    ? "partial"
+    : present.length > 0
+    ? "locked"
+    : "unlocked";
+  const counted = found.find((lock) => lock.connections !== undefined && lock.state !== "unlocked");
+  return {
+    changed: false,
+    backend: present.length > 0 ? first.backend : requestedBackend(opts),
+    state,
+    kinds: present.map((lock) => lock.kind),
+    ...(criu ? { criu } : {}),
+    ...(counted ? { connections: counted.connections } : {}),
+  };
+}
+
+interface ShapeStatus {
+  state: "locked" | "unlocked" | "partial";
+  backend: BackendName;
+  connections?: number;
+}
+
+/** One lock's state through both backends (a missing tool counts as no lock). */
+async function shapeStatus(
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  shape: LockShape,
+): Promise<ShapeStatus> {
+  const [iptStates, nftTable] = await Promise.allSettled([
+    iptablesStatus(iptablesContext(prepared, opts, shape)),
+    readNftLockTable(nftContext(prepared, opts, shape)),
+  ]);
+  for (const outcome of [iptStates, nftTable]) {
+    if (outcome.status === "rejected" && !missingToolError(outcome.reason)) throw outcome.reason;
+  }
+  if (iptStates.status === "rejected" && nftTable.status === "rejected") throw iptStates.reason;
+  const ipv = iptStates.status === "fulfilled" ? iptStates.value.map((s) => s.status) : [];
+  const iptState = ipv.length === 0 || ipv.every((s) => s === "unlocked")
+    ? "unlocked"
+    : ipv.every((s) => s === "locked")
+    ? "locked"
+    : "partial";
+  const table = nftTable.status === "fulfilled" ? nftTable.value : null;
+  const nft = shape.nftLock.inspect(table);
+  const counted = shape.count?.(iptStates.status === "fulfilled" ? iptStates.value : [], table);
+  return {
+    state: nft === "locked" || iptState === "locked"
+      ? "locked"
+      : nft === "partial" || iptState === "partial"
+      ? "partial"
+      : "unlocked",
+    backend: nft !== "unlocked"
+      ? "nftables"
+      : iptState !== "unlocked"
+      ? "iptables"
+      : requestedBackend(opts),
+    ...(counted === undefined ? {} : { connections: counted }),
+  };
+}

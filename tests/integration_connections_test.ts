@@ -5,7 +5,7 @@
  * byte arrives in order, without a reset.
  */
 import assert from "node:assert/strict";
-import { cli, createNetns, integration, probe, sh, startEndpoint } from "./helpers/netns.ts";
+import { cli, cliInside, createNetns, integration, probe, startEndpoint } from "./helpers/netns.ts";
 
 for (const backend of ["iptables", "nftables"]) {
   Deno.test({
@@ -78,18 +78,7 @@ Deno.test({
     await using _server = await startEndpoint(netns, ["server", "127.0.0.1:7100"]);
     await using client = await startEndpoint(netns, ["client", "127.0.0.1", "7100", "2"]);
     // Run netlock itself inside the namespace: the client shares its namespace.
-    const inside = (args: string[]) =>
-      sh([
-        "nsenter",
-        `--net=${netns.path}`,
-        "--",
-        Deno.execPath(),
-        "run",
-        "--no-config",
-        "--allow-run=nsenter",
-        new URL("../cli.ts", import.meta.url).pathname,
-        ...args,
-      ]);
+    const inside = (args: string[]) => cliInside(netns, args);
     const locked = await inside(["lock", "--json", String(client.pid)]);
     assert.equal(locked.code, 0, locked.stderr);
     assert.equal(JSON.parse(locked.stdout).mode, "connections");

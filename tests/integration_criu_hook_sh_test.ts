@@ -62,6 +62,17 @@ async function asCriu(
   };
 }
 
+/** A restore's actions, in CRIU's order. */
+const RESTORE = [
+  "pre-restore",
+  "setup-namespaces",
+  "post-setup-namespaces",
+  "post-restore",
+  "network-unlock",
+  "pre-resume",
+  "post-resume",
+];
+
 /** Drops the helper marker where it may or may not be there yet. */
 function untilUnlock(step: string): string {
   return /^(network-unlock|pre-resume|post-resume|pre-dump 0 0 -)/.test(step)
@@ -120,15 +131,7 @@ for (const backend of ["iptables", "nftables"]) {
       const before = await snapshot(netns);
       // The restored namespace holds the lock the dump's images carried.
       await lockWith(backend, sleeper.pid);
-      const run = await asCriu(netns.path, sleeper.pid, [
-        "pre-restore",
-        "setup-namespaces",
-        "post-setup-namespaces",
-        "post-restore",
-        "network-unlock",
-        "pre-resume",
-        "post-resume",
-      ], { NETLOCK_BACKEND: backend });
+      const run = await asCriu(netns.path, sleeper.pid, RESTORE, { NETLOCK_BACKEND: backend });
       assert.deepEqual(run.steps.map(untilUnlock), [
         `pre-restore 0 ${locks} warm`,
         `setup-namespaces 0 ${locks} warm`,
@@ -147,15 +150,6 @@ for (const backend of ["iptables", "nftables"]) {
 
 for (const backend of ["iptables", "nftables"]) {
   const locks = backend === "iptables" ? 2 : 1;
-  const RESTORE = [
-    "pre-restore",
-    "setup-namespaces",
-    "post-setup-namespaces",
-    "post-restore",
-    "network-unlock",
-    "pre-resume",
-    "post-resume",
-  ];
 
   Deno.test({
     ...integration,

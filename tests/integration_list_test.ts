@@ -8,29 +8,14 @@ import assert from "node:assert/strict";
 import { CRIU_IPTABLES_LOCK } from "./helpers/criu_texts.ts";
 import {
   cli,
+  cliInside,
   createNetns,
   inNamespace,
   integration,
   sh,
   snapshot,
   startEndpoint,
-  type TestNetns,
 } from "./helpers/netns.ts";
-
-/** netlock run inside the namespace: processes there share its namespace. */
-function inside(netns: TestNetns, args: string[]) {
-  return sh([
-    "nsenter",
-    `--net=${netns.path}`,
-    "--",
-    Deno.execPath(),
-    "run",
-    "--no-config",
-    "--allow-run=nsenter",
-    new URL("../cli.ts", import.meta.url).pathname,
-    ...args,
-  ], { NO_COLOR: "1" });
-}
 
 async function mustRun(run: Promise<{ code: number; stdout: string; stderr: string }>) {
   const result = await run;
@@ -164,13 +149,15 @@ for (const backend of ["iptables", "nftables"]) {
       const pid = String(client.pid);
       const before = await snapshot(netns);
       // Auto mode inside: the client shares netlock's namespace, its connections are locked.
-      await mustRun(inside(netns, ["lock", "-b", backend, pid]));
-      await mustRun(inside(netns, ["lock", "-b", backend, "--mode", "netns", "--force", pid]));
+      await mustRun(cliInside(netns, ["lock", "-b", backend, pid]));
+      await mustRun(cliInside(netns, ["lock", "-b", backend, "--mode", "netns", "--force", pid]));
       // A PID in netlock's own namespace: only its connection lock is looked for.
-      const status = JSON.parse((await mustRun(inside(netns, ["status", "--json", pid]))).stdout);
+      const status = JSON.parse(
+        (await mustRun(cliInside(netns, ["status", "--json", pid]))).stdout,
+      );
       assert.deepEqual(status.kinds, ["connections"]);
 
-      const listed = jsonLines((await mustRun(inside(netns, ["list", "--json"]))).stdout);
+      const listed = jsonLines((await mustRun(cliInside(netns, ["list", "--json"]))).stdout);
       assert.deepEqual(listed.map((l) => [l.kind, l.name, l.backend, l.alive]), [
         ["netns", "NETLOCK", backend, undefined],
         ["connections", `NETLOCK-c${pid}`, backend, true],
@@ -178,12 +165,12 @@ for (const backend of ["iptables", "nftables"]) {
       assert.deepEqual(listed[0].target, { netns: listed[0].target.netns }, "no target given");
 
       const all = JSON.parse(
-        (await mustRun(inside(netns, ["unlock", "--all", "--json", pid]))).stdout,
+        (await mustRun(cliInside(netns, ["unlock", "--all", "--json", pid]))).stdout,
       );
       assert.deepEqual(all.removed.sort(), ["NETLOCK", `NETLOCK-c${pid}`].sort());
       assert.equal(await snapshot(netns), before);
       assert.match(
-        (await mustRun(inside(netns, ["list"]))).stdout,
+        (await mustRun(cliInside(netns, ["list"]))).stdout,
         /^no locks named NETLOCK in netlock's own namespace\n$/,
       );
     },

@@ -76,6 +76,27 @@ export function cli(
   });
 }
 
+/**
+ * Runs the CLI inside the namespace (`--allow-run=nsenter`): processes
+ * there share netlock's own namespace.
+ */
+export function cliInside(netns: { path: string }, args: string[]): Promise<Output> {
+  return sh(
+    [
+      "nsenter",
+      `--net=${netns.path}`,
+      "--",
+      Deno.execPath(),
+      "run",
+      "--no-config",
+      "--allow-run=nsenter",
+      CLI,
+      ...args,
+    ],
+    { NO_COLOR: "1" },
+  );
+}
+
 let counter = 0;
 
 /** A network namespace the test created; deleted on dispose. */

@@ -137,10 +137,17 @@ export async function iptablesLock(
  * Reads the lock state of every family of the context.
  *
  * @param ctx The target's exec, the rules and the families.
+ * @param tables The families' filter tables, when already being read (one
+ *   read serves several locks), in the context's order.
  * @returns The state per family, in the context's order.
  */
-export function iptablesStatus(ctx: IptablesContext): Promise<IptablesLockState[]> {
-  return Promise.all(ctx.families.map((family) => readState(ctx, family)));
+export async function iptablesStatus(
+  ctx: IptablesContext,
+  tables?: Promise<SavedTable[]>,
+): Promise<IptablesLockState[]> {
+  if (!tables) return await Promise.all(ctx.families.map((family) => readState(ctx, family)));
+  const read = await tables;
+  return ctx.families.map((family, i) => inspectIptablesLock(read[i], rulesOf(ctx, family)));
 }
 
 /**

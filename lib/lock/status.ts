@@ -7,7 +7,8 @@
  */
 
 import { CRIU_IPTABLES_RULES, findCriuNftTables } from "../unlock/criu_locks.ts";
-import { iptablesStatus } from "../iptables/backend.ts";
+import { iptablesStatus, readIptablesTable } from "../iptables/backend.ts";
+import type { SavedTable } from "../iptables/save_parser.ts";
 import { readNftLockTable } from "../nftables/backend.ts";
 import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
 import {
@@ -39,12 +40,17 @@ export async function statusAllBackends(
   shapes: { kind: LockKind; shape: LockShape }[],
 ): Promise<NamespaceOutcome> {
   const ipt = iptablesContext(prepared, opts, shapes[0].shape);
+  // One iptables-save per family serves every lock looked for.
+  const tables = Promise.all(
+    prepared.families.map((family) => readIptablesTable(prepared.exec, family)),
+  );
+  tables.catch(() => {}); // seen (and judged) through each lock's status
   const [criuIpt, criuNft, ...states] = await Promise.allSettled([
     opts.criu
-      ? iptablesStatus({ ...ipt, rules: CRIU_IPTABLES_RULES, rulesFor: undefined })
+      ? iptablesStatus({ ...ipt, rules: CRIU_IPTABLES_RULES, rulesFor: undefined }, tables)
       : Promise.resolve([]),
     opts.criu ? findCriuNftTables(prepared.exec) : Promise.resolve([]),
-    ...shapes.map(({ shape }) => shapeStatus(prepared, opts, shape)),
+    ...shapes.map(({ shape }) => shapeStatus(prepared, opts, shape, tables)),
   ]);
   for (const outcome of [criuIpt, criuNft]) {
     if (outcome.status === "rejected" && !missingToolError(outcome.reason)) throw outcome.reason;
@@ -93,9 +99,10 @@ async function shapeStatus(
   prepared: Prepared,
   opts: ResolvedOptions,
   shape: LockShape,
+  tables: Promise<SavedTable[]>,
 ): Promise<ShapeStatus> {
   const [iptStates, nftTable] = await Promise.allSettled([
-    iptablesStatus(iptablesContext(prepared, opts, shape)),
+    iptablesStatus(iptablesContext(prepared, opts, shape), tables),
     readNftLockTable(nftContext(prepared, opts, shape)),
   ]);
   for (const outcome of [iptStates, nftTable]) {

@@ -30,7 +30,9 @@ Usage:
                                          lock, run COMMAND, always unlock; exit
                                          with COMMAND's status (125: netlock failed)
   netlock rules   [lock|unlock] [options]  print the ruleset (--backend nftables:
-                                         the nft script); needs no root, no target
+                                         the nft script); needs no root, no target;
+                                         --mode connections: a PID's connection
+                                         lock NAME-cPID, which unlock PID also removes
   netlock criu-hook                      act as CRIU's action script (also when run
                                          with no arguments and CRTOOLS_SCRIPT_ACTION set)
 

@@ -46,7 +46,8 @@ ask() {
   return 2
 }
 
-plan=$CRTOOLS_IMAGE_DIR/netlock-unlock
+# (Empty without CRIU's image directory: then no plan is ever found.)
+plan=${CRTOOLS_IMAGE_DIR:+$CRTOOLS_IMAGE_DIR/netlock-unlock}
 # Left by a planned unlock of iptables for post-resume (CRIU has closed its
 # image directory by then).
 finish=$base/criu-$PPID.finish
@@ -55,7 +56,7 @@ finish=$base/criu-$PPID.finish
 # 2 not done (no plan, not a namespace of its own, nft failed: cli.ts then
 # reads the state and unlocks whatever is left).
 unlock_from_plan() {
-  [ -n "$CRTOOLS_IMAGE_DIR" ] && read -r backend rest 2>/dev/null <"$plan" || return 2
+  [ -n "$plan" ] && read -r backend rest 2>/dev/null <"$plan" || return 2
   case $CRTOOLS_INIT_PID in '' | *[!0-9]*) return 2 ;; esac
   # Never netlock's own namespace (the guard of every other path).
   [ /proc/"$CRTOOLS_INIT_PID"/ns/net -ef /proc/self/ns/net ] && return 2

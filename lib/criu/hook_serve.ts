@@ -25,6 +25,8 @@ import {
   type KnownLock,
 } from "./armed.ts";
 import { renderRestoreUnlock } from "./hook.ts";
+import { requestedBackend } from "../shape/shape.ts";
+import { resolveOptions } from "../target/prepare.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
 import { runCommand } from "../exec/runner.ts";
 import { parsePid } from "../common/options.ts";
@@ -115,9 +117,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   };
   // On restore, the lock is the one the dump's images hold.
   const fromImages: KnownLock = {
-    backend: options.backend === "iptables" || options.backend === undefined
-      ? "iptables"
-      : "nftables",
+    backend: requestedBackend(resolveOptions(options)),
     families: ["ipv4", "ipv6"],
   };
   // A dump: arm the lock now, and the unlock of the lock it will make, and

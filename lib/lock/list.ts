@@ -13,6 +13,7 @@ import { isCriuNftTable } from "../unlock/criu_locks.ts";
 import { NetlockError } from "../common/errors.ts";
 import { readIptablesTable } from "../iptables/backend.ts";
 import type { SavedTable } from "../iptables/save_parser.ts";
+import { missingToolError } from "../shape/shape.ts";
 import { parseNftTableJson, parseNftTablesJson } from "../nftables/view_parser.ts";
 import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
 import type { Family, LockInfo } from "../common/types.ts";
@@ -139,7 +140,7 @@ async function optional<T>(read: Promise<T>): Promise<T | undefined> {
   try {
     return await read;
   } catch (error) {
-    if (error instanceof NetlockError && error.code === "TOOL_NOT_FOUND") return undefined;
+    if (missingToolError(error)) return undefined;
     throw error;
   }
 }

@@ -84,9 +84,7 @@ export async function unlockAllBackends(
       });
     } catch (error) {
       // Put back what the legacy part removed: nothing is left half-unlocked.
-      for (const name of legacy.removed) {
-        await putBack(prepared, opts, name);
-      }
+      await putBack(prepared, opts, legacy.removed);
       throw error;
     }
   }
@@ -128,14 +126,12 @@ async function unlockLegacy(
       if (outcome.changed) removed.push(shape.name);
     }
   } catch (error) {
-    for (const name of removed) {
-      await putBack(prepared, opts, name);
-    }
+    await putBack(prepared, opts, removed);
     throw error;
   }
   const criu = opts.criu
     ? await iptablesUnlock({
-      ...iptablesContext(prepared, opts, shapeNamed(opts, opts.name)),
+      ...iptablesContext(prepared, opts, namespaceShape(opts)),
       rules: CRIU_IPTABLES_RULES,
       rulesFor: undefined,
     })
@@ -170,8 +166,10 @@ async function iptablesFlavour(
     : "nf_tables";
 }
 
-/** Locks `name` again after a later step of the unlock failed (best effort). */
-async function putBack(prepared: Prepared, opts: ResolvedOptions, name: string): Promise<void> {
-  const ctx = iptablesContext(prepared, opts, shapeNamed(opts, name));
-  await iptablesLock(ctx, iptablesUnlock).catch(() => {});
+/** Locks `names` again after a later step of the unlock failed (best effort). */
+async function putBack(prepared: Prepared, opts: ResolvedOptions, names: string[]): Promise<void> {
+  for (const name of names) {
+    const ctx = iptablesContext(prepared, opts, shapeNamed(opts, name));
+    await iptablesLock(ctx, iptablesUnlock).catch(() => {});
+  }
 }

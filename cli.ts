@@ -24,7 +24,9 @@ import {
   humanSuccess,
   jsonFailure,
   jsonLock,
+  jsonRun,
   jsonSuccess,
+  jsonUsageError,
   lockTable,
   type ReportCommand,
   targetLabel,
@@ -52,12 +54,18 @@ export async function main(args: string[]): Promise<number> {
   if (args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined) return await criuHook();
   // criu-hook.sh starts the warm helper this way (not a user command).
   if (args[0] === "criu-hook" && args[1] === "--serve") return await criuHelper(args.slice(2));
-  const { parseInvocation, usageMessage } = await import("./lib/cli/args.ts");
+  const { commandWord, jsonRequested, parseInvocation, usageMessage } = await import(
+    "./lib/cli/args.ts"
+  );
   let invocation: Invocation;
   try {
     invocation = parseInvocation(args);
   } catch (error) {
-    printError(usageMessage(error));
+    const message = usageMessage(error);
+    if (jsonRequested(args)) {
+      await write(Deno.stdout, `${jsonUsageError(commandWord(args), message)}\n`);
+    }
+    printError(message);
     return EXIT.usage;
   }
   switch (invocation.kind) {
@@ -159,22 +167,34 @@ async function run(
   output: Output,
 ): Promise<number> {
   const options = { ...baseOptions, log: logger(baseOptions, output) };
-  const result = await runLocked(target, argv, options);
-  if (result.lock && !output.quiet && !output.json) {
-    writeSync(Deno.stderr, `netlock: ${humanSuccess("lock", result.lock)}\n`);
+  const name = targetName(target);
+  // The command owns stdout, except in a dry run, which runs no command.
+  const human = baseOptions.dryRun ? Deno.stdout : Deno.stderr;
+  const prefix = baseOptions.dryRun ? "" : "netlock: ";
+  const result = await runLocked(target, argv, options, async (lock) => {
+    if (output.json) await write(Deno.stdout, `${jsonSuccess("lock", lock)}\n`);
+    else if (!output.quiet) writeSync(human, `${prefix}${humanSuccess("lock", lock)}\n`);
+  });
+  if (result.failed === "lock" && output.json) {
+    await write(Deno.stdout, `${jsonFailure("lock", name, result.error)}\n`);
   }
-  if (result.error !== undefined) {
-    const what = result.exitCode === 127 || result.exitCode === 126
-      ? `cannot run ${argv[0]}: ${errorMessage(result.error)}`
-      : errorMessage(result.error);
-    printError(what);
+  if (result.dryRun || result.commandExit !== undefined || result.failed === "command") {
+    const outcome = result.failed === "command"
+      ? { error: result.error, exitCode: result.exitCode }
+      : { exitCode: result.commandExit, dryRun: result.dryRun };
+    if (output.json) await write(Deno.stdout, `${jsonRun(name, argv, outcome)}\n`);
+  }
+  if (result.dryRun && !output.json && !output.quiet && result.lock) {
+    writeSync(human, `would unlock ${targetLabel(name)} when it exits\n`);
+  }
+  if (result.error !== undefined) printError(errorMessage(result.error));
+  if (result.failed === "unlock" && output.json) {
+    await write(Deno.stdout, `${jsonFailure("unlock", name, result.error)}\n`);
   }
   if (result.unlock) {
     for (const warning of result.unlock.warnings ?? []) printWarning(warning);
     if (output.json) await write(Deno.stdout, `${jsonSuccess("unlock", result.unlock)}\n`);
-    else if (!output.quiet) {
-      writeSync(Deno.stderr, `netlock: ${humanSuccess("unlock", result.unlock)}\n`);
-    }
+    else if (!output.quiet) writeSync(human, `${prefix}${humanSuccess("unlock", result.unlock)}\n`);
   }
   return result.exitCode;
 }
@@ -249,10 +269,21 @@ async function reportFailure(
   printError(errorMessage(error));
 }
 
+/**
+ * Where the library's log lines go. A dry run's trace (the `would ...`
+ * lines) is its output: on stdout, or on stderr when stdout carries JSON;
+ * the reads behind it and the tools' stderr only with `-v`, on stderr.
+ */
 function logger(options: NetlockOptions, output: Output): ((line: string) => void) | undefined {
-  if (options.dryRun) return (line) => writeSync(Deno.stdout, `${line}\n`);
-  if (output.verbose) return (line) => writeSync(Deno.stderr, `${line}\n`);
-  return undefined;
+  const verbose = (line: string) => writeSync(Deno.stderr, `${line}\n`);
+  if (options.dryRun) {
+    const trace = output.json ? Deno.stderr : Deno.stdout;
+    return (line) => {
+      if (line.startsWith("would ")) writeSync(trace, `${line}\n`);
+      else if (output.verbose) verbose(line);
+    };
+  }
+  return output.verbose ? verbose : undefined;
 }
 
 function isUsageError(error: unknown): boolean {

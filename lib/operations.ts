@@ -304,6 +304,7 @@ async function run(
     let outcome: NamespaceOutcome;
     try {
       outcome = await body(prepared, opts, ref);
+      if (prepared.gone && !foundAny(outcome)) throw noSuchProcess();
       await prepared.settle?.();
     } catch (error) {
       // The guard stopped before anything ran: the full probe decides
@@ -338,10 +339,30 @@ async function run(
       ...(outcome.warnings ? { warnings: outcome.warnings } : {}),
       ...(kinds ? { kinds } : {}),
       ...(verb === "unlock" && opts.all ? { removed: outcome.locks ?? [] } : {}),
+      ...(opts.dryRun ? { dryRun: true } : {}),
     };
   } catch (error) {
     throw inContext(error, verb, ref);
   }
+}
+
+/** Whether status found, or unlock removed, any lock (or CRIU's, with `criu`). */
+function foundAny(outcome: NamespaceOutcome): boolean {
+  return outcome.changed || (outcome.state !== undefined && outcome.state !== "unlocked") ||
+    hasCriuLock(outcome);
+}
+
+/**
+ * A PID that does not exist, and left no connection lock in netlock's own
+ * namespace: a lock it left elsewhere is reached through its namespace.
+ */
+function noSuchProcess(): NetlockError {
+  return new NetlockError(
+    "NO_SUCH_TARGET",
+    "no such process, and no connection lock of it in netlock's own namespace (a lock it " +
+      "left in another namespace: netlock list --netns PATH shows it, " +
+      "netlock unlock --all --netns PATH removes it)",
+  );
 }
 
 function kindOf(lockName: string, name: string): LockKind {

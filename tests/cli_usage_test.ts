@@ -57,6 +57,42 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
   ["list with a bad name", ["list", "--name", "a;b"], /Invalid name "a;b"/],
   ["list with an empty --netns", ["list", "--netns", ""], /Invalid --netns ""/],
   ["list with a command", ["list", "--", "true"], /list takes no '--' command/],
+  // A mark that cannot tell packets apart would accept every unmarked packet.
+  ["mark 0", ["lock", "--mark", "0", "1"], /Invalid mark "0": .*from 1 to 0xFFFFFFFF/],
+  ["mark 0x0", ["lock", "--mark", "0x0", "1"], /Invalid mark "0x0"/],
+  ["mark 0x00000000", ["run", "--mark=0x00000000", "1", "--", "true"], /Invalid mark/],
+  // A built-in chain is never a lock's name.
+  ...["INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"].map((name) =>
+    [
+      `name ${name}`,
+      ["lock", "--name", name, "1"],
+      new RegExp(`Invalid name "${name}": .*built-in chain`),
+    ] as [string, string[], RegExp]
+  ),
+  ["status --name OUTPUT", ["status", "--name", "OUTPUT", "1"], /built-in chain/],
+  ["list --name INPUT", ["list", "--name", "INPUT"], /built-in chain/],
+  // Flags that do not apply to the command are refused, never ignored.
+  ["lock --criu", ["lock", "--criu", "1"], /lock takes no --criu/],
+  ["run --criu", ["run", "--criu", "1", "--", "true"], /run takes no --criu/],
+  ["status --force", ["status", "--force", "1"], /status takes no --force/],
+  ["unlock --force", ["unlock", "--force", "1"], /unlock takes no --force/],
+  ["status --dry-run", ["status", "--dry-run", "1"], /status takes no --dry-run/],
+  [
+    "status --action-script",
+    ["status", "--action-script", "/x", "1"],
+    /status takes no --action-script/,
+  ],
+  ["status --ipv6", ["status", "--ipv6", "off", "1"], /status takes no --ipv6/],
+  ["unlock --ipv6", ["unlock", "--ipv6", "on", "1"], /unlock takes no --ipv6/],
+  ["list --ipv6", ["list", "--ipv6", "on"], /list takes no --ipv6/],
+  ["rules --json", ["rules", "--json"], /rules takes no --json/],
+  ["rules -v", ["rules", "-v"], /rules takes no --verbose/],
+  ["rules -q", ["rules", "unlock", "-q"], /rules takes no --quiet/],
+  ["rules --timeout", ["rules", "--timeout", "3"], /rules takes no --timeout/],
+  ["rules --userns", ["rules", "--userns"], /rules takes no --userns/],
+  ["rules --criu", ["rules", "--criu"], /rules takes no --criu/],
+  ["rules --dry-run", ["rules", "--dry-run"], /rules takes no --dry-run/],
+  ["-q with -v", ["lock", "-q", "-v", "1"], /-q\/--quiet and -v\/--verbose contradict/],
 ];
 
 for (const [what, args, message] of BAD_INPUTS) {
@@ -114,4 +150,29 @@ Deno.test("rules prints the exact rulesets without root or target", async () => 
     unlock.stdout,
     "*filter\n-D INPUT -j NETLOCK\n-D OUTPUT -j NETLOCK\n-F NETLOCK\n-X NETLOCK\nCOMMIT\n",
   );
+});
+
+Deno.test("usage errors with --json: one JSON line on stdout, one error line on stderr, exit 2", async () => {
+  for (
+    const args of [
+      ["lock", "--json", "--mark", "0", "1"],
+      ["status", "--json", "--force", "1"],
+      ["unlock", "--json", "--frobnicate", "1"],
+      ["run", "--json", "1"],
+    ]
+  ) {
+    const result = await cli(args);
+    assert.equal(result.code, 2, args.join(" "));
+    const lines = result.stdout.split("\n").filter(Boolean);
+    assert.equal(lines.length, 1, result.stdout);
+    const record = JSON.parse(lines[0]);
+    assert.equal(record.command, args[0]);
+    assert.equal(record.ok, false);
+    assert.equal(record.error.code, "INVALID_ARGUMENT");
+    assert.equal(`error: ${record.error.message}\n`, result.stderr);
+  }
+  // Everything after run's `--` is the command's: its --json is not netlock's.
+  const notOurs = await cli(["run", "--mark", "0", "1", "--", "tool", "--json"]);
+  assert.equal(notOurs.code, 2);
+  assert.equal(notOurs.stdout, "");
 });

@@ -85,7 +85,7 @@ Deno.test({
   async fn() {
     await using netns = await createNetns();
     await furnish(netns);
-    await using sleeper = startSleeper(netns);
+    await using sleeper = await startSleeper(netns);
     const before = await everything(netns);
     for (const backend of ["iptables", "nftables"]) {
       const locked = await cli([

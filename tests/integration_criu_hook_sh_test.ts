@@ -99,7 +99,7 @@ for (const backend of ["iptables", "nftables"]) {
     name: `criu-hook.sh, ${backend}: a dump's actions lock and unlock through the warm helper`,
     async fn() {
       await using netns = await createNetns();
-      await using sleeper = startSleeper(netns);
+      await using sleeper = await startSleeper(netns);
       const before = await snapshot(netns);
       const run = await asCriu(
         netns.path,
@@ -127,7 +127,7 @@ for (const backend of ["iptables", "nftables"]) {
     name: `criu-hook.sh, ${backend}: a restore's unlock is armed at setup-namespaces`,
     async fn() {
       await using netns = await createNetns();
-      await using sleeper = startSleeper(netns);
+      await using sleeper = await startSleeper(netns);
       const before = await snapshot(netns);
       // The restored namespace holds the lock the dump's images carried.
       await lockWith(backend, sleeper.pid);
@@ -157,7 +157,7 @@ for (const backend of ["iptables", "nftables"]) {
       `criu-hook.sh, ${backend}: a dump plans the restore's unlock, the restore starts no helper`,
     async fn() {
       await using netns = await createNetns();
-      await using sleeper = startSleeper(netns);
+      await using sleeper = await startSleeper(netns);
       const images = await Deno.makeTempDir({ prefix: "nltest-images-" });
       try {
         const before = await snapshot(netns);
@@ -232,7 +232,7 @@ Deno.test({
   name: "criu-hook.sh without its helper: cli.ts locks and unlocks, errors reach CRIU",
   async fn() {
     await using netns = await createNetns();
-    await using sleeper = startSleeper(netns);
+    await using sleeper = await startSleeper(netns);
     const before = await snapshot(netns);
     const run = await asCriu(netns.path, sleeper.pid, ["network-lock", "network-unlock"], {});
     assert.deepEqual(run.steps, ["network-lock 0 2 -", "network-unlock 0 0 -"]);

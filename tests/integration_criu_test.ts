@@ -22,7 +22,7 @@ Deno.test({
   name: "CRIU hook: pre-dump, network-lock, post-dump, network-unlock, as CRIU runs the script",
   async fn() {
     await using netns = await createNetns();
-    await using sleeper = startSleeper(netns);
+    await using sleeper = await startSleeper(netns);
     const before = await snapshot(netns);
     const hook = (action: string, extra: Record<string, string> = {}) =>
       sh([
@@ -175,7 +175,7 @@ Deno.test({
       "pid.sh": '#!/bin/sh\n[ "$CRTOOLS_INIT_PID" = "$EXPECTED" ]\n',
     });
     const script = `${tools.path.split(":")[0]}/pid.sh`;
-    await using sleeper = startSleeper(netns);
+    await using sleeper = await startSleeper(netns);
     const result = await cli(["lock", "--action-script", script, String(sleeper.pid)], {
       permissions: [`--allow-run=nsenter,${script}`],
       env: { EXPECTED: String(sleeper.pid) },

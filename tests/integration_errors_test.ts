@@ -2,11 +2,18 @@
  * Failures the target causes: exit 1, one clear line, nothing applied.
  */
 import assert from "node:assert/strict";
-import { cli, createNetns, integration, snapshot } from "./helpers/netns.ts";
+import {
+  cli,
+  cliInside,
+  createNetns,
+  integration,
+  snapshot,
+  startSleeper,
+} from "./helpers/netns.ts";
 
 Deno.test({
   ...integration,
-  name: "a PID that does not exist: exit 1, no such process",
+  name: "a PID that does not exist: lock, status and unlock exit 1 with one line and a way on",
   async fn() {
     // pid_max is at most 4194304, so PIDs go up to 4194303: this one never exists.
     const result = await cli(["lock", "4194304"]);
@@ -23,11 +30,35 @@ Deno.test({
         message: "Cannot unlock network of process 4194304: no such process",
       },
     });
-    // Without --mode netns, the unlock looks for the exited process's connection lock.
-    const gone = await cli(["unlock", "--json", "4194304"]);
-    assert.equal(gone.code, 0, gone.stderr);
-    assert.equal(JSON.parse(gone.stdout).mode, "connections");
-    assert.equal(JSON.parse(gone.stdout).changed, false);
+    // Without a mode, status and unlock look for a connection lock the process left in
+    // netlock's own namespace; there is none, so: no such process, and where else to look.
+    for (const command of ["status", "unlock"]) {
+      const gone = await cli([command, "4194304"]);
+      assert.equal(gone.code, 1, `${command}: ${gone.stdout}`);
+      assert.equal(gone.stdout, "");
+      const lines = gone.stderr.split("\n").filter(Boolean);
+      assert.equal(lines.length, 1, gone.stderr);
+      assert.match(lines[0], /^error: Cannot .* of process 4194304: no such process/);
+      assert.match(lines[0], /netlock list --netns PATH/);
+      assert.match(lines[0], /netlock unlock --all --netns PATH/);
+    }
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "--userns into netlock's own user namespace: the error names that cause",
+  async fn() {
+    await using netns = await createNetns();
+    await using sleeper = await startSleeper(netns);
+    const result = await cli(["lock", "--userns", String(sleeper.pid)]);
+    assert.equal(result.code, 1);
+    assert.equal(
+      result.stderr,
+      `error: Cannot lock network of process ${sleeper.pid}: --userns: process ${sleeper.pid} ` +
+        "shares netlock's own user namespace (--userns is for a process in another one, " +
+        "such as a rootless container's)\n",
+    );
   },
 });
 
@@ -57,14 +88,21 @@ Deno.test({
   ...integration,
   name: "netlock's own namespace: auto picks connection mode, --mode netns needs --force",
   async fn() {
-    const auto = await cli(["lock", "--dry-run", "--json", String(Deno.pid)]);
+    // netlock runs inside a namespace made for the test, which is then its own:
+    // the machine's own namespace is never a target, not even of a dry run.
+    await using netns = await createNetns();
+    await using sleeper = await startSleeper(netns);
+    const pid = String(sleeper.pid);
+    const before = await snapshot(netns);
+    const auto = await cliInside(netns, ["lock", "--dry-run", "--json", pid]);
     assert.equal(auto.code, 0, auto.stderr);
-    assert.equal(JSON.parse(auto.stdout.trim().split("\n").at(-1)!).mode, "connections");
-    const netns = await cli(["lock", "--mode", "netns", "--json", String(Deno.pid)]);
-    assert.equal(netns.code, 1);
-    assert.equal(JSON.parse(netns.stdout).error.code, "OWN_NAMESPACE");
-    assert.match(netns.stderr, /add --force/);
-    assert.equal(netns.stderr.split("\n").length, 2, "one line");
+    assert.equal(JSON.parse(auto.stdout).mode, "connections");
+    const refused = await cliInside(netns, ["lock", "--mode", "netns", "--json", pid]);
+    assert.equal(refused.code, 1);
+    assert.equal(JSON.parse(refused.stdout).error.code, "OWN_NAMESPACE");
+    assert.match(refused.stderr, /add --force/);
+    assert.equal(refused.stderr.split("\n").length, 2, "one line");
+    assert.equal(await snapshot(netns), before);
   },
 });
 

@@ -113,8 +113,12 @@ Deno.test({
       "nft",
     ];
     const cases: [string, string[], RegExp][] = [
-      ["iptables-restore", ["-b", "iptables"], /iptables-restore not found \(install it/],
-      ["nft", ["-b", "nftables"], /nft not found \(install it/],
+      [
+        "iptables-restore",
+        ["-b", "iptables"],
+        /iptables-restore not found on PATH \(.*\/tmp\/netlock-tools-/,
+      ],
+      ["nft", ["-b", "nftables"], /nft not found on PATH \(.*\/tmp\/netlock-tools-/],
     ];
     for (const [missing, args, message] of cases) {
       await using tools = await toolsOnly(all.filter((t) => t !== missing));
@@ -124,6 +128,53 @@ Deno.test({
       assert.equal(result.code, 1, `${missing}: ${result.stderr}`);
       assertOneErrorLine(result.stderr, message);
       assert.equal(await snapshot(netns), before, missing);
+    }
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "tools outside PATH: the line names the binary and the PATH searched, no rollback note",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    // As when a user's PATH lacks /usr/sbin; netlock (run without --allow-env) cannot widen it.
+    const path = "/usr/bin:/bin";
+    for (const backend of ["iptables", "nftables"]) {
+      const tool = backend === "iptables" ? "ip6?tables-restore" : "nft";
+      const result = await cli(["lock", "-b", backend, "--netns", netns.name], {
+        env: { PATH: path },
+      });
+      assert.equal(result.code, 1, result.stderr);
+      assertOneErrorLine(
+        result.stderr,
+        new RegExp(`: ${tool} not found on PATH \\(${path}\\)`),
+      );
+      assert.doesNotMatch(result.stderr, /rollback/);
+      assert.equal(await snapshot(netns), before, backend);
+    }
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "a timeout that struck before anything was applied: no rollback note",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    for (const backend of ["iptables", "nftables"]) {
+      const result = await cli([
+        "lock",
+        "-b",
+        backend,
+        "--timeout",
+        "0.001",
+        "--netns",
+        netns.name,
+      ]);
+      assert.equal(result.code, 1, result.stderr);
+      assertOneErrorLine(result.stderr, /did not finish within 0\.001 s and was killed$/);
+      assert.equal(await snapshot(netns), before, backend);
     }
   },
 });

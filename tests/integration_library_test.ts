@@ -10,7 +10,14 @@ import {
   unlockNetwork,
   withNetworkLock,
 } from "../mod.ts";
-import { createNetns, fakeTools, integration, snapshot } from "./helpers/netns.ts";
+import {
+  createNetns,
+  fakeTools,
+  integration,
+  sh,
+  snapshot,
+  startSleeper,
+} from "./helpers/netns.ts";
 
 Deno.test({
   ...integration,
@@ -107,15 +114,34 @@ Deno.test({
   ...integration,
   name: "dry run on netlock's own namespace with --mode netns --force reports and changes nothing",
   async fn() {
-    const lines: string[] = [];
-    const result = await lockNetwork(Deno.pid, {
-      mode: "netns",
-      force: true,
-      dryRun: true,
-      log: (line) => lines.push(line),
-    });
-    assert.equal(result.mode, "netns");
-    assert.ok(lines.some((line) => line.startsWith("would run: iptables-restore -w --noflush")));
-    assert.ok(lines.some((line) => line.startsWith("+ nsenter --target")));
+    // netlock runs inside a namespace made for the test: that is its own namespace
+    // here. The machine's own namespace is never a target, not even of a dry run.
+    await using netns = await createNetns();
+    await using sleeper = await startSleeper(netns);
+    const before = await snapshot(netns);
+    const mod = new URL("../mod.ts", import.meta.url).href;
+    const program = `import { lockNetwork } from "${mod}";
+      const lines = [];
+      const lock = await lockNetwork(${sleeper.pid}, {
+        mode: "netns", force: true, dryRun: true, log: (line) => lines.push(line),
+      });
+      console.log(JSON.stringify({ mode: lock.mode, dryRun: lock.dryRun, lines }));`;
+    const result = await sh([
+      "nsenter",
+      `--net=${netns.path}`,
+      "--",
+      Deno.execPath(),
+      "eval",
+      program,
+    ]);
+    assert.equal(result.code, 0, result.stderr);
+    const { mode, dryRun, lines } = JSON.parse(result.stdout);
+    assert.equal(mode, "netns");
+    assert.equal(dryRun, true);
+    assert.ok(
+      lines.some((line: string) => line.startsWith("would run: iptables-restore -w --noflush")),
+    );
+    assert.ok(lines.some((line: string) => line.startsWith("+ nsenter --target")));
+    assert.equal(await snapshot(netns), before);
   },
 });

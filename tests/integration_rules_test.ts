@@ -145,7 +145,7 @@ Deno.test({
   name: "a PID target locks that process's namespace",
   async fn() {
     await using netns = await createNetns();
-    await using sleeper = startSleeper(netns);
+    await using sleeper = await startSleeper(netns);
     const locked = await cli(["lock", "--json", String(sleeper.pid)]);
     assert.equal(locked.code, 0, locked.stderr);
     const report = JSON.parse(locked.stdout);
@@ -173,6 +173,80 @@ Deno.test({
       /would run: iptables-restore -w --noflush <<EOF\n\*filter\n-N NETLOCK\n/,
     );
     assert.match(result.stdout, /would run: ip6tables-restore -w --noflush/);
+    // The trace is what would change: no reads, no tool's complaints about them.
+    assert.doesNotMatch(result.stdout + result.stderr, /^\+ nsenter|Error: |No such file/m);
+    assert.match(result.stdout, /^would lock namespace /m);
     assert.equal(await snapshot(netns), before);
+  },
+});
+
+for (const backend of ["iptables", "nftables"]) {
+  Deno.test({
+    ...integration,
+    name:
+      `--dry-run --json (${backend}): stdout is only JSON, marked dryRun; the trace is on stderr`,
+    async fn() {
+      await using netns = await createNetns();
+      const before = await snapshot(netns);
+      for (const command of ["lock", "unlock"]) {
+        const result = await cli([
+          command,
+          "--dry-run",
+          "--json",
+          "-b",
+          backend,
+          "--netns",
+          netns.name,
+        ]);
+        assert.equal(result.code, 0, result.stderr);
+        const lines = result.stdout.split("\n").filter(Boolean);
+        assert.equal(lines.length, 1, result.stdout);
+        const record = JSON.parse(lines[0]);
+        assert.equal(record.command, command);
+        assert.equal(record.dryRun, true);
+        if (command === "lock") {
+          assert.equal(record.changed, true, "it would change the namespace");
+          assert.match(result.stderr, /^would run: (iptables-restore|nft) /m);
+        }
+        assert.doesNotMatch(result.stderr, /^\+ nsenter|Error: |No such file/m);
+      }
+      assert.equal(await snapshot(netns), before);
+    },
+  });
+}
+
+Deno.test({
+  ...integration,
+  name: "run --dry-run prints what it would run and runs nothing",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const dir = await Deno.makeTempDir({ prefix: "nltest-dry-" });
+    try {
+      const file = `${dir}/ran`;
+      const result = await cli(["run", "--dry-run", "--netns", netns.name, "--", "touch", file], {
+        permissions: ["--allow-run=nsenter,touch"],
+      });
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(result.stdout, /would run: iptables-restore/);
+      assert.match(result.stdout, new RegExp(`^would run: touch ${file}$`, "m"));
+      assert.match(result.stdout, /^would unlock namespace /m);
+      assert.equal(await Deno.stat(file).then(() => "ran", () => "did not run"), "did not run");
+      const json = await cli(
+        ["run", "--dry-run", "--json", "--netns", netns.name, "--", "touch", file],
+        { permissions: ["--allow-run=nsenter,touch"] },
+      );
+      assert.equal(json.code, 0, json.stderr);
+      const records = json.stdout.split("\n").filter(Boolean).map((line) => JSON.parse(line));
+      assert.deepEqual(records.map((r) => [r.command, r.ok, r.dryRun]), [
+        ["lock", true, true],
+        ["run", true, true],
+      ]);
+      assert.deepEqual(records[1].argv, ["touch", file]);
+      assert.equal(await Deno.stat(file).then(() => "ran", () => "did not run"), "did not run");
+      assert.equal(await snapshot(netns), before);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });

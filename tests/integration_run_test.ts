@@ -118,3 +118,69 @@ for (const [signal, number] of [["SIGTERM", 15], ["SIGINT", 2], ["SIGHUP", 1]] a
     },
   });
 }
+
+Deno.test({
+  ...integration,
+  name: "run: a command it cannot run is named once; a command Deno could not resolve is not found",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const passwd = await cli(["run", "-q", "--netns", netns.name, "--", "/etc/passwd"], {
+      permissions: ["--allow-run"],
+    });
+    assert.equal(passwd.code, 126);
+    const lines = passwd.stderr.split("\n").filter(Boolean);
+    assert.equal(lines.length, 1, passwd.stderr);
+    assert.match(lines[0], /^error: cannot run \/etc\/passwd: permission denied/);
+    assert.equal(lines[0].split("cannot run /etc/passwd").length, 2, "said once");
+    // --allow-run names it, but it is on no PATH: Deno cannot resolve it. The
+    // advice must not be to add what was given.
+    const missing = await cli(["run", "--netns", netns.name, "--", "netlock-no-such-cmd"], {
+      permissions: ["--allow-run=nsenter,netlock-no-such-cmd"],
+    });
+    assert.equal(missing.code, 127, missing.stderr);
+    const errors = missing.stderr.split("\n").filter((line) => line.startsWith("error: "));
+    assert.deepEqual(errors, [
+      "error: cannot run netlock-no-such-cmd: netlock-no-such-cmd not found on PATH",
+    ]);
+    assert.doesNotMatch(missing.stderr, /add --allow-run/);
+    // Installed but not permitted: the advice names it.
+    const denied = await cli(["run", "--netns", netns.name, "--", "true"]);
+    assert.equal(denied.code, 2);
+    assert.match(denied.stderr, /^error: requires permission to run true: add --allow-run=true\n$/);
+    assert.equal(await snapshot(netns), before, "nothing was locked for any of them");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "run --json: the lock, the command's outcome and the unlock, each a JSON line",
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const ran = await cli(["run", "--json", "--netns", netns.name, "--", "sh", "-c", "exit 3"], {
+      permissions: ["--allow-run=nsenter,sh"],
+    });
+    assert.equal(ran.code, 3, ran.stderr);
+    const records = ran.stdout.split("\n").filter(Boolean).map((line) => JSON.parse(line));
+    assert.deepEqual(records.map((r) => [r.command, r.ok]), [
+      ["lock", true],
+      ["run", true],
+      ["unlock", true],
+    ]);
+    assert.equal(records[1].exitCode, 3);
+    assert.deepEqual(records[1].argv, ["sh", "-c", "exit 3"]);
+    assert.equal(records[2].changed, true);
+    assert.equal(ran.stderr, "", "--json replaces the human lines");
+
+    const failed = await cli(["run", "--json", "--netns", "netlock-missing", "--", "true"], {
+      permissions: ["--allow-run=nsenter,true"],
+    });
+    assert.equal(failed.code, 125);
+    const failure = JSON.parse(failed.stdout);
+    assert.equal(failure.command, "lock");
+    assert.equal(failure.ok, false);
+    assert.equal(failure.error.code, "NO_SUCH_TARGET");
+    assert.equal(await snapshot(netns), before);
+  },
+});

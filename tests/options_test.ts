@@ -6,6 +6,7 @@ import {
   parsePid,
   parseTimeoutSeconds,
   resolveNetnsPath,
+  validateMark,
   validateName,
 } from "../lib/common/options.ts";
 import { resolveOptions } from "../lib/target/prepare.ts";
@@ -22,13 +23,28 @@ Deno.test("parsePid() accepts 1..4194304 in decimal only", () => {
   }
 });
 
-Deno.test("parseMark() accepts decimal and 0x-hex up to 0xFFFFFFFF", () => {
+Deno.test("parseMark() accepts decimal and 0x-hex from 1 to 0xFFFFFFFF, never 0", () => {
   assert.equal(parseMark("0xC114"), 0xC114);
   assert.equal(parseMark("0xc114"), 0xC114);
-  assert.equal(parseMark("0"), 0);
+  assert.equal(parseMark("1"), 1);
   assert.equal(parseMark("4294967295"), 0xFFFFFFFF);
+  // Mark 0 is what every unmarked packet carries: a lock letting it pass drops nothing.
+  assert.throws(() => validateMark(0), /every unmarked packet has mark 0/);
   for (
-    const bad of ["0x1ffffffff", "-1", "4294967296", "0x", "1 2", "5\n", "0xC114\n-A", "", "1e3"]
+    const bad of [
+      "0",
+      "0x0",
+      "0x00000000",
+      "0x1ffffffff",
+      "-1",
+      "4294967296",
+      "0x",
+      "1 2",
+      "5\n",
+      "0xC114\n-A",
+      "",
+      "1e3",
+    ]
   ) {
     assert.throws(
       () => parseMark(bad),
@@ -86,4 +102,13 @@ Deno.test("resolveOptions() fills defaults and validates library input", () => {
   assert.throws(() => resolveOptions({ timeoutMs: 0 }), RangeError);
   // deno-lint-ignore no-explicit-any
   assert.throws(() => resolveOptions({ backend: "pf" as any }), TypeError);
+});
+
+Deno.test("a lock's name is never a built-in chain, for library callers too", () => {
+  for (const name of ["INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"]) {
+    assert.throws(() => validateName(name), TypeError, name);
+    assert.throws(() => resolveOptions({ name }), /built-in chain/, name);
+  }
+  assert.equal(validateName("input"), "input", "iptables chain names are case-sensitive");
+  assert.throws(() => resolveOptions({ mark: 0 }), RangeError);
 });

@@ -152,3 +152,20 @@ Deno.test("runCommand() spawns with an inherited LD_PRELOAD under a scoped --all
     new TextDecoder().decode(child.stderr),
   );
 });
+
+Deno.test("describeFailure() skips a bare version banner for the line that says what failed", () => {
+  const line = describeFailure({
+    argv: ["iptables-restore"],
+    code: 1,
+    signal: null,
+    success: false,
+    stdout: "",
+    stderr:
+      "iptables-restore v1.8.9 (nf_tables): \nline 5: RULE_APPEND failed (Invalid argument)\n",
+    stdinClosedEarly: false,
+  }, "iptables-restore");
+  assert.equal(
+    line,
+    "iptables-restore exited with code 1: line 5: RULE_APPEND failed (Invalid argument)",
+  );
+});

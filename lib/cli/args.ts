@@ -47,8 +47,51 @@ export type Invocation =
 
 const COMMANDS = ["lock", "unlock", "status", "list", "run", "rules", "criu-hook"] as const;
 
-/** Flags `list` refuses: it reads every lock, whatever made it. */
-const NOT_FOR_LIST = ["backend", "mode", "mark", "force", "dry-run", "action-script"] as const;
+type Command = Exclude<typeof COMMANDS[number], "criu-hook">;
+type Flag =
+  | "backend"
+  | "mode"
+  | "mark"
+  | "name"
+  | "ipv6"
+  | "userns"
+  | "force"
+  | "criu"
+  | "all"
+  | "action-script"
+  | "timeout"
+  | "dry-run"
+  | "json"
+  | "quiet"
+  | "verbose"
+  | "netns";
+
+const TARGET_OUTPUT: Flag[] = ["userns", "timeout", "json", "quiet", "verbose", "netns"];
+const LOCKING: Flag[] = ["backend", "mode", "mark", "name", "ipv6", "force", "action-script"];
+
+/**
+ * The flags each command takes; any other is refused (exit 2), never
+ * ignored. status and unlock take `--mark` as a filter (see the README);
+ * `--ipv6` is the lock's choice, which the lock itself records.
+ */
+const APPLIES: Record<Command, readonly Flag[]> = {
+  lock: [...LOCKING, "dry-run", ...TARGET_OUTPUT],
+  run: [...LOCKING, "dry-run", ...TARGET_OUTPUT],
+  unlock: [
+    "backend",
+    "mode",
+    "mark",
+    "name",
+    "criu",
+    "all",
+    "action-script",
+    "dry-run",
+    ...TARGET_OUTPUT,
+  ],
+  status: ["backend", "mode", "mark", "name", "criu", ...TARGET_OUTPUT],
+  list: ["name", "criu", ...TARGET_OUTPUT],
+  rules: ["backend", "mode", "mark", "name", "ipv6"],
+};
 
 /** The most targets one call takes (each is a few spawned processes). */
 export const MAX_TARGETS = 4096;
@@ -123,10 +166,7 @@ export function parseInvocation(args: readonly string[]): Invocation {
   if (values.all && values.mode !== undefined) {
     throw new TypeError("--all removes every lock of the namespace: it takes no --mode");
   }
-  if (command === "list") {
-    const refused = NOT_FOR_LIST.find((flag) => values[flag] !== undefined);
-    if (refused) throw new TypeError(`list takes no --${refused}: it shows every lock`);
-  }
+  refuseFlagsThatDoNotApply(command, values);
   const options: NetlockOptions = {
     backend: parseChoice(
       "--backend",
@@ -179,6 +219,70 @@ export function parseInvocation(args: readonly string[]): Invocation {
   }
   if (command === "list") return { kind: "list", targets, options, output };
   return { kind: "targets", command, targets, options, output };
+}
+
+function refuseFlagsThatDoNotApply(
+  command: Command,
+  values: Partial<Record<Flag, unknown>>,
+): void {
+  const given = (Object.keys(values) as Flag[]).filter((flag) => values[flag] !== undefined);
+  if (values.quiet && values.verbose) {
+    throw new TypeError("-q/--quiet and -v/--verbose contradict each other: give one");
+  }
+  const refused = given.find((flag) => !APPLIES[command].includes(flag as Flag));
+  if (refused === undefined) return;
+  if (command === "list") throw new TypeError(`list takes no --${refused}: it shows every lock`);
+  if (command === "rules" && refused === "netns") throw new TypeError("rules takes no target");
+  const takers = (Object.keys(APPLIES) as Command[]).filter((c) => APPLIES[c].includes(refused));
+  const list = takers.length > 1
+    ? `${takers.slice(0, -1).join(", ")} and ${takers.at(-1)}`
+    : takers[0];
+  throw new TypeError(`${command} takes no --${refused} (--${refused} is for ${list})`);
+}
+
+/**
+ * Whether the arguments ask for JSON output (`--json` before any `--`, for
+ * a command that reports), so that a usage error is reported as JSON too.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { jsonRequested } from "./args.ts";
+ *
+ * assert.equal(jsonRequested(["lock", "--json", "--mark", "0", "1"]), true);
+ * assert.equal(jsonRequested(["run", "1", "--", "tool", "--json"]), false);
+ * ```
+ *
+ * @param args The arguments after the program name.
+ * @returns `true` when `--json` is among netlock's own arguments.
+ */
+export function jsonRequested(args: readonly string[]): boolean {
+  const separator = args.indexOf("--");
+  const own = separator === -1 ? args : args.slice(0, separator);
+  // rules prints texts, not reports: its --json is refused, not obeyed.
+  return own.includes("--json") && !["rules", "criu-hook"].includes(commandWord(args) ?? "");
+}
+
+/**
+ * The command word of the arguments (the first that names a command), for
+ * reports of usage errors; `undefined` when there is none.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { commandWord } from "./args.ts";
+ *
+ * assert.equal(commandWord(["--json", "status", "7"]), "status");
+ * assert.equal(commandWord(["--json"]), undefined);
+ * ```
+ *
+ * @param args The arguments after the program name.
+ * @returns The command, if any.
+ */
+export function commandWord(args: readonly string[]): string | undefined {
+  const separator = args.indexOf("--");
+  const own = separator === -1 ? args : args.slice(0, separator);
+  return own.find((arg) => (COMMANDS as readonly string[]).includes(arg));
 }
 
 /**

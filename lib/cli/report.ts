@@ -16,7 +16,7 @@ import type {
 } from "../common/types.ts";
 
 /** The CLI commands that report per target. */
-export type ReportCommand = "lock" | "unlock" | "status" | "list";
+export type ReportCommand = "lock" | "unlock" | "status" | "list" | "run";
 
 /** How a target is named before it was probed. */
 export interface TargetName {
@@ -69,6 +69,7 @@ export function jsonSuccess(
   });
   if (result.kinds) record.kinds = result.kinds;
   if (result.removed) record.removed = result.removed;
+  if (result.dryRun) record.dryRun = true;
   if ("criu" in result && result.criu) record.criu = result.criu;
   if (result.warnings?.length) record.warnings = result.warnings;
   return JSON.stringify(record);
@@ -97,6 +98,71 @@ export function jsonFailure(command: ReportCommand, target: TargetName, error: u
     target: targetRecord(target),
     ok: false,
     error: { code: errorCode(error), message: errorMessage(error) },
+  });
+}
+
+/**
+ * The `--json` line of `run`'s command: what ran and how it ended (`exitCode`),
+ * or why it did not start; in a dry run, what would run.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { jsonRun } from "./report.ts";
+ *
+ * assert.equal(
+ *   jsonRun({ path: "/run/netns/blue" }, ["criu", "dump"], { exitCode: 0 }),
+ *   '{"command":"run","target":{"path":"/run/netns/blue"},"ok":true,"argv":["criu","dump"],"exitCode":0}',
+ * );
+ * ```
+ *
+ * @param target The target as given.
+ * @param argv The command and its arguments.
+ * @param outcome Its exit status, or why it did not start, or a dry run.
+ * @returns One line of JSON (no newline).
+ */
+export function jsonRun(
+  target: TargetName,
+  argv: readonly string[],
+  outcome: { exitCode?: number; error?: unknown; dryRun?: boolean },
+): string {
+  return JSON.stringify({
+    command: "run",
+    target: targetRecord(target),
+    ok: outcome.error === undefined,
+    argv,
+    ...(outcome.exitCode === undefined ? {} : { exitCode: outcome.exitCode }),
+    ...(outcome.dryRun ? { dryRun: true } : {}),
+    ...(outcome.error === undefined
+      ? {}
+      : { error: { code: errorCode(outcome.error), message: errorMessage(outcome.error) } }),
+  });
+}
+
+/**
+ * The `--json` line for arguments the CLI refused (exit 2): no target was
+ * resolved, so there is none in the record.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { jsonUsageError } from "./report.ts";
+ *
+ * assert.equal(
+ *   jsonUsageError("lock", "Invalid PID \"x\""),
+ *   '{"command":"lock","ok":false,"error":{"code":"INVALID_ARGUMENT","message":"Invalid PID \\"x\\""}}',
+ * );
+ * ```
+ *
+ * @param command The command word, when one was given.
+ * @param message The one-line usage message.
+ * @returns One line of JSON (no newline).
+ */
+export function jsonUsageError(command: string | undefined, message: string): string {
+  return JSON.stringify({
+    command: command ?? null,
+    ok: false,
+    error: { code: "INVALID_ARGUMENT", message },
   });
 }
 
@@ -142,6 +208,9 @@ export function humanSuccess(
     return `${who}: ${state}${result.state === "unlocked" ? "" : ` (${how})`}${criu}`;
   }
   if (command === "lock") {
+    if (result.dryRun) {
+      return result.changed ? `would lock ${who}: ${how}` : `${who} is already locked (${how})`;
+    }
     return result.changed ? `locked ${who}: ${how}` : `${who} was already locked (${how})`;
   }
   const removed = result.removed
@@ -152,8 +221,8 @@ export function humanSuccess(
     ? `: connection lock ${connectionLock}`
     : "";
   const netlockLock = result.changed && !(criu && !result.backend)
-    ? `unlocked ${who}${removed}`
-    : `${who} was not locked`;
+    ? `${result.dryRun ? "would unlock" : "unlocked"} ${who}${removed}`
+    : `${who} ${result.dryRun ? "is" : "was"} not locked`;
   return `${netlockLock}${criu}`;
 }
 

@@ -8,7 +8,8 @@
 
 import { NetlockError } from "../common/errors.ts";
 import { lockNetwork } from "../operations.ts";
-import { runCommand } from "../exec/runner.ts";
+import { runCommand, shellQuote } from "../exec/runner.ts";
+import { nsenterExec } from "../exec/nsenter.ts";
 import type { NetlockOptions, NetworkLock, Target, UnlockResult } from "../common/types.ts";
 
 /** Exit status when netlock itself failed (the lock or the unlock). */
@@ -25,12 +26,18 @@ const SIGNAL_NUMBERS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 
 export interface RunLockedResult {
   /** The exit status for netlock: the command's, 128+N for signal N, 125/126/127. */
   exitCode: number;
-  /** The lock, when it was made. */
+  /** The lock, when it was made (or, in a dry run, what it would be). */
   lock?: NetworkLock;
+  /** The command's own exit status (128+N for signal N), when it ran. */
+  commandExit?: number;
   /** The unlock, when it was done. */
   unlock?: UnlockResult;
   /** Why netlock failed, or why the command did not run. */
   error?: unknown;
+  /** Which step `error` belongs to. */
+  failed?: "lock" | "command" | "unlock";
+  /** A dry run: the lock was only reported, the command not run. */
+  dryRun?: boolean;
 }
 
 /**
@@ -49,21 +56,43 @@ export interface RunLockedResult {
  * @param target What to lock.
  * @param argv The command and its arguments.
  * @param options Lock options.
+ * @param locked Told of the lock before the command starts (to report it then).
  * @returns The exit status and what happened.
  */
 export async function runLocked(
   target: Target,
   argv: readonly string[],
   options: NetlockOptions = {},
+  locked?: (lock: NetworkLock) => Promise<void>,
 ): Promise<RunLockedResult> {
   const command = argv[0];
   if (Deno.permissions.querySync({ name: "run", command }).state !== "granted") {
     // Checked before locking: nothing is applied for a command that cannot run.
+    // A scoped --allow-run that names a binary Deno cannot find is not
+    // granted either: the advice to add it would be wrong, so look first.
+    if (await onPath(command, options) === false) {
+      const error = new NetlockError(
+        "TOOL_NOT_FOUND",
+        `cannot run ${command}: ${command} not found on PATH`,
+      );
+      return { exitCode: RUN_NOT_FOUND, error, failed: "command" };
+    }
     const error = new NetlockError(
       "DENO_PERMISSION",
       `requires permission to run ${command}: add --allow-run=${command}`,
     );
-    return { exitCode: 2, error };
+    return { exitCode: 2, error, failed: "command" };
+  }
+  if (options.dryRun) {
+    // Report the lock, name the command, run nothing.
+    try {
+      const lock = await lockNetwork(target, options);
+      await locked?.(lock);
+      options.log?.(`would run: ${argv.map(shellQuote).join(" ")}`);
+      return { exitCode: 0, lock, dryRun: true };
+    } catch (error) {
+      return { exitCode: RUN_FAILED, error, failed: "lock" };
+    }
   }
   // A signal before the command starts must not kill netlock mid-lock: note
   // it, skip the command, unlock, and exit as if the command died of it.
@@ -78,10 +107,12 @@ export async function runLocked(
     try {
       lock = await lockNetwork(target, options);
     } catch (error) {
-      return { exitCode: RUN_FAILED, error };
+      return { exitCode: RUN_FAILED, error, failed: "lock" };
     }
+    await locked?.(lock);
     let exitCode: number;
     let error: unknown;
+    let commandExit: number | undefined;
     if (pending) {
       exitCode = 128 + SIGNAL_NUMBERS[pending];
     } else {
@@ -93,9 +124,9 @@ export async function runLocked(
           forwardSignals: FORWARDED,
           signal: options.signal,
         });
-        exitCode = result.code;
+        exitCode = commandExit = result.code;
       } catch (cause) {
-        error = cause;
+        error = namingTheCommand(cause, command);
         exitCode = cause instanceof NetlockError && cause.code === "TOOL_NOT_FOUND"
           ? RUN_NOT_FOUND
           : cause instanceof NetlockError && cause.code === "DENO_PERMISSION"
@@ -103,13 +134,40 @@ export async function runLocked(
           : RUN_CANNOT_EXECUTE;
       }
     }
+    const ran = { lock, ...(commandExit === undefined ? {} : { commandExit }) };
+    const commandFailure = error === undefined ? {} : { error, failed: "command" as const };
     try {
       const unlock = await lock.unlock();
-      return { exitCode, lock, unlock, error };
+      return { exitCode, ...ran, unlock, ...commandFailure };
     } catch (unlockError) {
-      return { exitCode: RUN_FAILED, lock, error: unlockError };
+      return { exitCode: RUN_FAILED, ...ran, error: unlockError, failed: "unlock" };
     }
   } finally {
     for (const remove of listeners) remove();
   }
+}
+
+/**
+ * Whether `command` can be found on PATH, asked of a shell through nsenter
+ * (the binary netlock may run); `undefined` when that cannot be asked.
+ */
+async function onPath(command: string, options: NetlockOptions): Promise<boolean | undefined> {
+  try {
+    const result = await nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000 })(
+      "sh",
+      ["-c", 'command -v "$1" >/dev/null', "sh", command],
+    );
+    return result.code === 0 ? true : result.code === 1 || result.code === 127 ? false : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The error of a command that did not start, its message naming the command once. */
+function namingTheCommand(error: unknown, command: string): unknown {
+  if (!(error instanceof NetlockError)) return error;
+  if (error.message.toLowerCase().startsWith(`cannot run ${command.toLowerCase()}:`)) {
+    return error;
+  }
+  return new NetlockError(error.code, `cannot run ${command}: ${error.message}`, { cause: error });
 }

@@ -22,6 +22,8 @@ export type NetlockErrorCode =
   | "DENO_PERMISSION"
   /** The refusal to lock netlock's own network namespace without `force`. */
   | "OWN_NAMESPACE"
+  /** `userns` for a process in netlock's own user namespace (nothing to enter). */
+  | "OWN_USER_NAMESPACE"
   /** A spawned binary was not found. */
   | "TOOL_NOT_FOUND"
   /** A spawned tool exited with a non-zero code or was killed by a signal. */

@@ -72,7 +72,9 @@ export function validatePid(pid: number): number {
 }
 
 /**
- * Parses a packet mark: decimal or `0x` hexadecimal, 0..0xFFFFFFFF.
+ * Parses a packet mark: decimal or `0x` hexadecimal, 1..0xFFFFFFFF. Mark 0 is
+ * refused: every packet nobody marked carries it, so a lock that lets it
+ * pass would drop nothing.
  *
  * @example
  * ```ts
@@ -88,29 +90,36 @@ export function parseMark(text: string): number {
   // iptables reads a leading 0 as octal: decimal marks may not have one.
   if (!/^(0x[0-9A-Fa-f]{1,8}|0|[1-9][0-9]{0,9})$/.test(text)) {
     throw new TypeError(
-      `Invalid mark ${quote(text)}: expected a decimal or 0x-hex number from 0 to 0xFFFFFFFF`,
+      `Invalid mark ${quote(text)}: expected a decimal or 0x-hex number from 1 to 0xFFFFFFFF`,
     );
   }
+  if (Number(text) === 0) throw new RangeError(markZero(quote(text)));
   return validateMark(Number(text));
 }
 
 /**
- * Checks a mark given as a number (library callers).
+ * Checks a mark given as a number (library callers): 1..0xFFFFFFFF.
  *
  * @example
  * ```ts
  * import { validateMark } from "./options.ts";
- * console.assert(validateMark(0) === 0);
+ * console.assert(validateMark(0xC114) === 0xC114);
  * ```
  *
  * @param mark The mark.
  * @returns The same mark.
  */
 export function validateMark(mark: number): number {
-  if (!Number.isSafeInteger(mark) || mark < 0 || mark > 0xFFFF_FFFF) {
-    throw new RangeError(`Invalid mark ${mark}: expected a number from 0 to 0xFFFFFFFF`);
+  if (mark === 0) throw new RangeError(markZero("0"));
+  if (!Number.isSafeInteger(mark) || mark < 1 || mark > 0xFFFF_FFFF) {
+    throw new RangeError(`Invalid mark ${mark}: expected a number from 1 to 0xFFFFFFFF`);
   }
   return mark;
+}
+
+function markZero(shown: string): string {
+  return `Invalid mark ${shown}: every unmarked packet has mark 0, so nothing would be dropped; ` +
+    "expected a number from 1 to 0xFFFFFFFF";
 }
 
 /**
@@ -130,9 +139,19 @@ export function formatMark(mark: number): string {
   return `0x${mark.toString(16).toUpperCase()}`;
 }
 
+/** The built-in chains of iptables' tables: never a lock's name. */
+export const BUILTIN_CHAINS: readonly string[] = [
+  "INPUT",
+  "OUTPUT",
+  "FORWARD",
+  "PREROUTING",
+  "POSTROUTING",
+];
+
 /**
  * Checks a lock name: a letter, then up to 27 letters, digits, `_` or `-`
- * (iptables chain names are at most 28 characters).
+ * (iptables chain names are at most 28 characters), and not a built-in
+ * chain (a lock named INPUT would flush the user's INPUT chain).
  *
  * @example
  * ```ts
@@ -147,6 +166,12 @@ export function validateName(name: string): string {
   if (!NAME_PATTERN.test(name)) {
     throw new TypeError(
       `Invalid name ${quote(name)}: expected a letter, then up to 27 letters, digits, '_' or '-'`,
+    );
+  }
+  if (BUILTIN_CHAINS.includes(name)) {
+    throw new TypeError(
+      `Invalid name ${quote(name)}: a built-in chain (${BUILTIN_CHAINS.join(", ")}) ` +
+        "cannot be a lock's name",
     );
   }
   return name;

@@ -120,6 +120,8 @@ export interface OperationResult {
   kinds?: LockKind[];
   /** Unlock with `all`: the names of the locks removed. */
   removed?: string[];
+  /** A dry run: nothing was changed; `changed` says whether the call would change anything. */
+  dryRun?: boolean;
 }
 
 /** A lock's kind: a whole namespace, or one process's TCP connections. */

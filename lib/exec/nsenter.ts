@@ -54,8 +54,9 @@ export function nsenterExec(
   settings: ExecSettings,
   wrapper: { argv: readonly string[]; shown: readonly string[] } = { argv: [], shown: [] },
 ): ToolExec {
-  return (tool, args, stdin, signal) =>
-    runCommand("nsenter", {
+  return async (tool, args, stdin, signal) => {
+    const env = toolEnv();
+    const result = await runCommand("nsenter", {
       args: [...nsenterArgs, "--", ...wrapper.argv, tool, ...args],
       shownArgs: [...nsenterArgs, "--", ...wrapper.shown, tool, ...args],
       stdin,
@@ -64,9 +65,31 @@ export function nsenterExec(
         ? AbortSignal.any([signal, settings.signal])
         : signal ?? settings.signal,
       log: settings.log,
-      env: toolEnv(),
+      env,
       label: tool,
     });
+    if (!toolMissing(result) || /^netlock: searched PATH=/m.test(result.stderr)) return result;
+    // Say where it was looked for: the PATH given to nsenter, or, when Deno may
+    // not read it, the one nsenter inherited (asked of a shell, on this error only).
+    const path = env.PATH ?? await inheritedPath(settings);
+    return path === undefined
+      ? result
+      : { ...result, stderr: `${result.stderr}netlock: searched PATH=${path}\n` };
+  };
+}
+
+/** The PATH netlock's children inherit, asked of a shell: no Deno permission needed. */
+async function inheritedPath(settings: ExecSettings): Promise<string | undefined> {
+  try {
+    const result = await runCommand("nsenter", {
+      args: ["--", "/bin/sh", "-c", 'printf %s "$PATH"'],
+      timeoutMs: Math.max(settings.timeoutMs, 1000),
+      env: toolEnv(),
+    });
+    return result.success ? result.stdout : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -90,9 +113,12 @@ export function assertToolSuccess(result: RunResult, tool: string): void {
   if (result.success && !result.stdinClosedEarly) return;
   const stderr = result.stderr;
   if (toolMissing(result)) {
+    const path = /^netlock: searched PATH=(.*)$/m.exec(stderr)?.[1];
     throw new NetlockError(
       "TOOL_NOT_FOUND",
-      `${tool} not found (install it, and make sure its directory is on PATH)`,
+      path === undefined
+        ? `${tool} not found on PATH (install it, or put its directory on PATH)`
+        : `${tool} not found on PATH (${path}): install it, or put its directory on PATH`,
     );
   }
   if (result.code === 126 && /nsenter: failed to execute/.test(stderr)) {
@@ -140,9 +166,10 @@ export function isPermissionProblem(stderr: string): boolean {
  * The environment for spawned tools: nsenter looks TOOL up on the child's
  * PATH, so keep the caller's PATH first (tests put fake tools there) and make
  * sure the sbin directories, where iptables and nft live, are on it. Without
- * `--allow-env=PATH` the PATH is inherited unchanged.
+ * `--allow-env=PATH` (which cli.ts's shebang grants) the PATH is inherited
+ * unchanged: a tool it lacks is reported with that PATH.
  */
-function toolEnv(): Record<string, string> {
+function toolEnv(): { PATH?: string } {
   const granted = Deno.permissions.querySync({ name: "env", variable: "PATH" }).state === "granted";
   if (!granted) return {};
   const path = Deno.env.get("PATH") ?? "";

@@ -111,7 +111,7 @@ export function printedBeforeKill(error: unknown): string | undefined {
 export async function runCommand(command: string, options: RunOptions = {}): Promise<RunResult> {
   const args = [...(options.args ?? [])];
   const argv = [command, ...args];
-  options.log?.(`+ ${[command, ...(options.shownArgs ?? args)].map(quoteForLog).join(" ")}`);
+  options.log?.(`+ ${[command, ...(options.shownArgs ?? args)].map(shellQuote).join(" ")}`);
   requireRunPermission(command);
   options.signal?.throwIfAborted();
 
@@ -272,9 +272,28 @@ async function readText(stream: ReadableStream<Uint8Array>): Promise<string> {
   }
 }
 
-/** The first non-empty line of a text, trimmed; empty when there is none. */
+/**
+ * The first line of a tool's message that says something, trimmed; empty
+ * when there is none. A bare version banner (`iptables-restore v1.8.9
+ * (nf_tables):`, which iptables prints before the line that failed) is
+ * skipped for the line after it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { firstLine } from "./runner.ts";
+ *
+ * assert.equal(firstLine("\n  nft: No such file\nmore\n"), "nft: No such file");
+ * assert.equal(firstLine("iptables-restore v1.8.9 (nf_tables): \nline 3 failed\n"), "line 3 failed");
+ * ```
+ *
+ * @param text A tool's stderr.
+ * @returns The line.
+ */
 export function firstLine(text: string): string {
-  return text.split("\n").map((line) => line.trim()).find((line) => line !== "") ?? "";
+  const lines = text.split("\n").map((line) => line.trim()).filter((line) => line !== "");
+  const banner = /^\S+ v[0-9][\w.-]* \([^)]*\):$/;
+  return lines.find((line) => !banner.test(line)) ?? lines[0] ?? "";
 }
 
 async function feedStdin(
@@ -416,6 +435,22 @@ function signalNumber(signal: Deno.Signal, code: number): number {
   return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
 }
 
-function quoteForLog(arg: string): string {
+/**
+ * Quotes one argument the way a POSIX shell reads it back (for the `-v`
+ * log and dry-run traces).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { shellQuote } from "./runner.ts";
+ *
+ * assert.equal(shellQuote("nft"), "nft");
+ * assert.equal(shellQuote("it's"), "'it'\\''s'");
+ * ```
+ *
+ * @param arg The argument.
+ * @returns It, quoted where needed.
+ */
+export function shellQuote(arg: string): string {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
 }

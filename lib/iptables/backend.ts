@@ -35,6 +35,11 @@ export interface IptablesContext {
   dryRun: boolean;
   /** Where dry-run steps are reported. */
   log?: (line: string) => void;
+  /**
+   * Runs the rollback's tools: with at least the default timeout, so that a
+   * short `--timeout` cannot leave a failed lock half-applied.
+   */
+  rollbackExec?: ToolExec;
 }
 
 interface FamilyTools {
@@ -128,7 +133,9 @@ export async function iptablesLock(
     return { changed };
   } catch (error) {
     if (touched.size === 0) throw error;
-    const undone = await Promise.allSettled([rollback({ ...ctx, families: [...touched] })]);
+    const undone = await Promise.allSettled([
+      rollback({ ...ctx, exec: ctx.rollbackExec ?? ctx.exec, families: [...touched] }),
+    ]);
     throw withRollbackNote(error, undone);
   }
 }

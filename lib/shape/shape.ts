@@ -93,6 +93,7 @@ export function iptablesContext(
     families: prepared.families,
     dryRun: opts.dryRun,
     log: opts.exec.log,
+    rollbackExec: prepared.patientExec,
   };
 }
 

@@ -75,7 +75,8 @@ function ranNothing(error: NetlockError): NetlockError {
 
 /**
  * Whether an error was thrown before the guarded tool ran: a guard's refusal,
- * or nsenter failing to enter the target. Nothing can have been applied.
+ * nsenter failing to enter the target, or a tool that could not be executed
+ * (not on PATH). Nothing can have been applied.
  *
  * @example
  * ```ts
@@ -89,7 +90,8 @@ function ranNothing(error: NetlockError): NetlockError {
  * @returns `true` when no tool ran.
  */
 export function stoppedBeforeTool(error: unknown): boolean {
-  return error instanceof GuardRefusal || (error instanceof Error && RAN_NOTHING.has(error));
+  return error instanceof GuardRefusal || (error instanceof Error && RAN_NOTHING.has(error)) ||
+    (error instanceof NetlockError && error.code === "TOOL_NOT_FOUND");
 }
 
 /** What the guard reports about the target, once a guarded tool ran. */

@@ -62,8 +62,18 @@ export interface Prepared {
   probe: TargetProbe;
   /** Runs a tool in the target's namespace. */
   exec: ToolExec;
+  /**
+   * Runs a tool there with at least the default timeout: what undoes a
+   * failed change must get a fair chance under a short `--timeout`.
+   */
+  patientExec: ToolExec;
   /** `netns` (the whole namespace) or `connections` (the process's TCP connections). */
   mode: "netns" | "connections";
+  /**
+   * The PID does not exist: only its connection lock in netlock's own
+   * namespace is looked for, and finding none is "no such process".
+   */
+  gone?: boolean;
   /** The families to act on. */
   families: Family[];
   /**
@@ -172,6 +182,7 @@ export async function prepare(
   ]);
   let probe: TargetProbe;
   let mode: "netns" | "connections";
+  let gone = false;
   if (probed.status === "fulfilled") {
     probe = probed.value;
     const own = needOwn ? probe.own ?? await ownNetns(options.exec) : undefined;
@@ -189,9 +200,11 @@ export async function prepare(
     }
   } else {
     // The process is gone: its connection lock, if any, is in netlock's own namespace.
-    const gone = probed.reason instanceof NetlockError && probed.reason.code === "NO_SUCH_TARGET";
+    const missing = probed.reason instanceof NetlockError &&
+      probed.reason.code === "NO_SUCH_TARGET";
     if (
-      !gone || verb === "lock" || ref.pid === undefined || options.mode === "netns" || options.all
+      !missing || verb === "lock" || ref.pid === undefined || options.mode === "netns" ||
+      options.all
     ) {
       throw probed.reason;
     }
@@ -200,11 +213,20 @@ export async function prepare(
     prefetch = undefined;
     probe = await probeTarget({ label: "netlock's own namespace", nsenterArgs: [] }, exec);
     mode = "connections";
+    gone = true;
   }
   const withIpv6 = options.ipv6 === "on" ||
     (options.ipv6 === "auto" && probe.ipv6) ||
     ((verb === "unlock" || mode === "connections") && options.ipv6 !== "off" && probe.ipv6);
-  return { probe, exec, mode, families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"], prefetch };
+  return {
+    probe,
+    exec,
+    patientExec: patient(probed.status === "fulfilled" ? ref.nsenterArgs : [], options),
+    mode,
+    families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"],
+    prefetch,
+    ...(gone ? { gone } : {}),
+  };
 }
 
 /**
@@ -242,6 +264,7 @@ export function prepareGuarded(ref: TargetRef, options: ResolvedOptions): Prepar
   const prepared: Prepared = {
     probe: { netns: "", ipv6: options.ipv6 !== "off" },
     exec: target.exec,
+    patientExec: patient(ref.nsenterArgs, options),
     mode: "netns",
     families: options.ipv6 === "off" ? ["ipv4"] : ["ipv4", "ipv6"],
     async settle() {
@@ -272,6 +295,11 @@ export function inContext(error: unknown, verb: Verb, ref: TargetRef): unknown {
   return new NetlockError(error.code, `Cannot ${what} ${ref.label}: ${error.message}`, {
     cause: error,
   });
+}
+
+function patient(nsenterArgs: readonly string[], options: ResolvedOptions): ToolExec {
+  const timeoutMs = Math.max(options.exec.timeoutMs, DEFAULT_TIMEOUT_MS);
+  return nsenterExec(nsenterArgs, { ...options.exec, timeoutMs });
 }
 
 function validateAll(options: NetlockOptions): boolean {

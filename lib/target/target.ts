@@ -177,6 +177,14 @@ export function probeError(ref: TargetRef, stderr: string): NetlockError {
       ? new NetlockError("NO_SUCH_TARGET", "no such process")
       : new NetlockError("NO_SUCH_TARGET", `no such namespace file ${ref.path}`);
   }
+  // Entering one's own user namespace is EINVAL: --userns for a process that shares it.
+  if (/reassociate to namespace 'ns\/user'/.test(line) && /Invalid argument/.test(line)) {
+    return new NetlockError(
+      "OWN_USER_NAMESPACE",
+      `--userns: ${ref.label} shares netlock's own user namespace (--userns is for a process ` +
+        "in another one, such as a rootless container's)",
+    );
+  }
   if (/reassociate to namespace/.test(line) && /Invalid argument/.test(line)) {
     return new NetlockError(
       "NOT_A_NAMESPACE",

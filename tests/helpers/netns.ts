@@ -103,7 +103,7 @@ let counter = 0;
 export interface TestNetns extends AsyncDisposable {
   name: string;
   path: string;
-  /** Runs argv inside the namespace. */
+  /** Runs argv inside the namespace; throws unless it exits 0. */
   run(argv: string[]): Promise<Output>;
 }
 
@@ -114,7 +114,15 @@ export async function createNetns(): Promise<TestNetns> {
   const netns: TestNetns = {
     name,
     path: `/run/netns/${name}`,
-    run: (argv) => sh(["nsenter", `--net=/run/netns/${name}`, "--", ...argv]),
+    async run(argv) {
+      const result = await sh(["nsenter", `--net=/run/netns/${name}`, "--", ...argv]);
+      if (result.code !== 0) {
+        throw new Error(
+          `${argv.join(" ")} in ${name} exited with ${result.code}: ${result.stderr}`,
+        );
+      }
+      return result;
+    },
     async [Symbol.asyncDispose]() {
       await sh(["ip", "netns", "delete", name]);
     },
@@ -123,7 +131,11 @@ export async function createNetns(): Promise<TestNetns> {
   return netns;
 }
 
-/** Everything a lock could touch: both iptables views and the nft ruleset, without counters. */
+/**
+ * Everything a lock could touch: both iptables views and the nft ruleset,
+ * without counters. A view that cannot be read fails the test (an empty
+ * "before" and "after" would compare equal).
+ */
 export async function snapshot(netns: TestNetns): Promise<string> {
   const parts = [];
   for (const argv of [["iptables-save"], ["ip6tables-save"], ["nft", "list", "ruleset"]]) {
@@ -276,21 +288,32 @@ export async function startEndpoint(netns: TestNetns, args: string[]): Promise<E
   };
 }
 
-/** A `sleep` process inside the namespace, to give the namespace a PID; killed on dispose. */
-export function startSleeper(netns: TestNetns): { pid: number } & AsyncDisposable {
+/**
+ * A `sleep` process inside the namespace, to give the namespace a PID;
+ * returned once it is in the namespace (it says so from there); killed on
+ * dispose.
+ */
+export async function startSleeper(netns: TestNetns): Promise<{ pid: number } & AsyncDisposable> {
+  // nsenter execs sh, which execs sleep: one PID, in the namespace once "in" is printed.
   const child = new Deno.Command("nsenter", {
-    args: [`--net=${netns.path}`, "--", "sleep", "120"],
+    args: [`--net=${netns.path}`, "--", "sh", "-c", "echo in; exec sleep 120"],
     stdin: "null",
+    stdout: "piped",
   }).spawn();
-  return {
-    pid: child.pid,
-    async [Symbol.asyncDispose]() {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* exited */ }
-      await child.status;
-    },
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const dispose = async () => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await reader.cancel().catch(() => {});
+    await child.status;
   };
+  const { value } = await reader.read();
+  if (value !== "in\n") {
+    await dispose();
+    throw new Error(`the sleeper did not enter ${netns.name}: ${JSON.stringify(value)}`);
+  }
+  return { pid: child.pid, [Symbol.asyncDispose]: dispose };
 }
 
 /** Runs argv inside the namespace with `input` on stdin; throws unless it exits 0. */

@@ -136,7 +136,8 @@ export function unlockNetwork(target: Target, options: NetlockOptions = {}): Pro
           ? { allOf: opts.name }
           : { shapes: shapesOf(prepared, opts, ref).map(({ shape }) => shape) },
       );
-      return warnings.length ? { ...outcome, warnings } : outcome;
+      const all = [...warnings, ...(outcome.warnings ?? [])];
+      return all.length ? { ...outcome, warnings: all } : outcome;
     },
   );
 }
@@ -277,7 +278,7 @@ function shapesOf(
   opts: ResolvedOptions,
   ref: TargetRef,
 ): { kind: LockKind; shape: LockShape }[] {
-  const namespace = { kind: "netns" as const, shape: namespaceShape(opts) };
+  const namespace = { kind: "netns" as const, shape: namespaceShape(opts, "read") };
   if (ref.pid === undefined) return [namespace];
   const connections = {
     kind: "connections" as const,
@@ -313,9 +314,10 @@ async function run(
       prepared = await prepare(ref, opts, verb);
       outcome = await body(prepared, opts, ref);
     }
-    const families: Family[] = outcome.backend === "nftables"
-      ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
-      : prepared.families;
+    const families: Family[] = outcome.families ??
+      (outcome.backend === "nftables"
+        ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
+        : prepared.families);
     const removedKinds = (outcome.locks ?? []).map((name) => kindOf(name, opts.name));
     const kinds = verb === "unlock"
       ? (["netns", "connections"] as const).filter((kind) => removedKinds.includes(kind))
@@ -331,7 +333,8 @@ async function run(
       backend: outcome.backend,
       families,
       name: opts.name,
-      mark: opts.mark,
+      // Status reports the mark of the lock it found.
+      mark: outcome.mark ?? opts.mark,
       connections: outcome.connections ?? 0,
       durationMs: performance.now() - start,
       ...(outcome.state ? { state: outcome.state } : {}),

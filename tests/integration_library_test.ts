@@ -7,12 +7,16 @@ import {
   getLockStatus,
   lockNetwork,
   NetlockError,
+  renderIptablesLock,
   unlockNetwork,
   withNetworkLock,
 } from "../mod.ts";
+
+const RULES = { name: "NETLOCK", mark: 0xC114 };
 import {
   createNetns,
   fakeTools,
+  inNamespace,
   integration,
   sh,
   snapshot,
@@ -60,14 +64,19 @@ Deno.test({
 
 Deno.test({
   ...integration,
-  name: "status reports a lock on one family only as partial",
+  name: "status: an IPv4-only lock made so is locked; one whose IPv6 half is missing is partial",
   async fn() {
     await using netns = await createNetns();
     await lockNetwork({ netns: netns.path }, { ipv6: "off" });
+    const chosen = await getLockStatus({ netns: netns.path });
+    assert.equal(chosen.state, "locked");
+    assert.deepEqual(chosen.families, ["ipv4"]);
+    assert.equal((await unlockNetwork({ netns: netns.path })).changed, true);
+    // The IPv4 half of a lock of both families, as a netlock killed halfway leaves it.
+    await inNamespace(netns, ["iptables-restore", "-w", "--noflush"], renderIptablesLock(RULES));
     const status = await getLockStatus({ netns: netns.path });
     assert.equal(status.state, "partial");
     assert.equal(status.locked, false);
-    assert.equal((await getLockStatus({ netns: netns.path }, { ipv6: "off" })).state, "locked");
     const result = await unlockNetwork({ netns: netns.path });
     assert.equal(result.changed, true);
     assert.equal((await getLockStatus({ netns: netns.path })).state, "unlocked");

@@ -101,3 +101,44 @@ Deno.test("sameLockState() ignores content outside the lock", () => {
   assert.ok(sameLockState(a, { ...a, otherContent: true }));
   assert.ok(!sameLockState(a, UNLOCKED_STATE));
 });
+
+Deno.test("inspectIptablesLock() tells someone else's chain of the lock's name", () => {
+  const table = (body: string) =>
+    parseIptablesSave(
+      HEADER + "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:NETLOCK - [0:0]\n" + body +
+        "COMMIT\n",
+    );
+  assert.equal(inspectIptablesLock(parseIptablesSave(LOCKED), RULES).foreign, false);
+  // A rule no lock holds.
+  const user = table("-A INPUT -j NETLOCK\n-A NETLOCK -s 10.9.9.9/32 -j ACCEPT\n");
+  assert.equal(inspectIptablesLock(user, RULES).foreign, true);
+  // Used by a rule that is not a plain jump from INPUT or OUTPUT.
+  const used = table("-A INPUT -s 10.0.0.0/8 -j NETLOCK\n-A NETLOCK -j DROP\n");
+  assert.equal(inspectIptablesLock(used, RULES).foreign, true);
+  // Empty, and nothing jumps to it: no lock ever looks like that.
+  assert.equal(inspectIptablesLock(table(""), RULES).foreign, true);
+  // Emptied by a restore's planned unlock (flush), jumps still there: a lock.
+  const flushed = table("-A INPUT -j NETLOCK\n-A OUTPUT -j NETLOCK\n");
+  assert.equal(inspectIptablesLock(flushed, RULES).foreign, false);
+});
+
+Deno.test("inspectIptablesLock() reads the mark and the IPv4-only marker of a lock", () => {
+  const v4only = parseIptablesSave(
+    LOCKED.replace(
+      "COMMIT",
+      '-A NETLOCK -m comment --comment "netlock: ipv6 off" -j RETURN\nCOMMIT',
+    ),
+  );
+  const state = inspectIptablesLock(v4only, { ...RULES, ipv4Only: true });
+  assert.equal(state.status, "locked");
+  assert.equal(state.ipv4Only, true);
+  assert.equal(state.mark, 0xC114);
+  assert.equal(inspectIptablesLock(v4only, { ...RULES, ipv4Only: false }).status, "partial");
+  assert.equal(inspectIptablesLock(v4only, RULES).status, "locked", "reading: either form");
+  const other = inspectIptablesLock(parseIptablesSave(LOCKED), { ...RULES, mark: 0x10 });
+  assert.equal(other.status, "partial");
+  assert.equal(
+    inspectIptablesLock(parseIptablesSave(LOCKED), { ...RULES, mark: 0x10, anyMark: true }).status,
+    "locked",
+  );
+});

@@ -64,7 +64,7 @@ Deno.test("planNftUnlockCommands() keeps base chains and tables that existed bef
   // INPUT existed before the lock (lower handle) and holds a user rule; FORWARD is the user's.
   view.chains[1].handle = 0;
   view.chains.push({ name: "FORWARD", handle: 9, hook: "forward", policy: "drop" });
-  view.rules.push({ chain: "INPUT", handle: 10 });
+  view.rules.push({ chain: "INPUT", handle: 10, kind: "other" });
   assert.deepEqual(planNftUnlockCommands(view, "NETLOCK"), [
     "delete rule ip filter INPUT handle 3",
     "delete rule ip filter OUTPUT handle 5",

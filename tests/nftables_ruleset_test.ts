@@ -55,15 +55,22 @@ const LOCKED_JSON = JSON.stringify({
   ],
 });
 
-Deno.test("inspectNftLock() tells locked, unlocked and partial tables apart", () => {
+Deno.test("inspectNftLock() tells locked, unlocked, partial and foreign tables apart", () => {
   assert.equal(inspectNftLock(parseNftTableJson(LOCKED_JSON), RULES), "locked");
   assert.equal(inspectNftLock(null, RULES), "unlocked");
   assert.equal(inspectNftLock(parseNftTableJson(LOCKED_JSON), { ...RULES, mark: 1 }), "partial");
   const accepting = parseNftTableJson(LOCKED_JSON.replace('"policy":"drop"', '"policy":"accept"'));
   assert.equal(inspectNftLock(accepting, RULES), "partial");
+  const twice = parseNftTableJson(LOCKED_JSON);
+  twice.rules.push({ chain: "input", handle: 7, kind: "markAccept", markAccept: 0xC114 });
+  assert.equal(inspectNftLock(twice, RULES), "partial");
+  // A rule no lock holds: someone else's table of that name.
   const extra = parseNftTableJson(LOCKED_JSON);
-  extra.rules.push({ chain: "input", handle: 7 });
-  assert.equal(inspectNftLock(extra, RULES), "partial");
+  extra.rules.push({ chain: "input", handle: 7, kind: "other" });
+  assert.equal(inspectNftLock(extra, RULES), "foreign");
+  const forward = parseNftTableJson(LOCKED_JSON);
+  forward.chains.push({ name: "forward", handle: 8, hook: "forward", type: "filter" });
+  assert.equal(inspectNftLock(forward, RULES), "foreign");
 });
 
 Deno.test("isCriuNftTable() matches CRIU's inet tables only", () => {

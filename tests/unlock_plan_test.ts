@@ -4,6 +4,8 @@ import { parseNftTableJson } from "../lib/nftables/view_parser.ts";
 import { lockNamesIn, planUnlock } from "../lib/unlock/plan.ts";
 import { connectionLockPid } from "../lib/connections/ruleset.ts";
 
+const MARK_MATCH = { match: { op: "==", left: { meta: { key: "mark" } }, right: 49428 } };
+
 // `nft -t -j list ruleset` of a namespace holding netlock's iptables lock (IPv4 only), netlock's
 // nftables table, CRIU's leftover chain in ip6 filter and CRIU's table, and a user table.
 const RULESET = JSON.stringify({
@@ -20,6 +22,8 @@ const RULESET = JSON.stringify({
     { chain: { family: "ip6", table: "filter", name: "CRIU", handle: 2 } },
     rule("ip6", "filter", "INPUT", 3, [{ jump: { target: "CRIU" } }]),
     { table: { family: "inet", name: "NETLOCK", handle: 3 } },
+    baseChain("inet", "NETLOCK", "input", 1, "drop"),
+    rule("inet", "NETLOCK", "input", 2, [MARK_MATCH, { accept: null }]),
     { table: { family: "inet", name: "CRIU-0123", handle: 4 } },
     { table: { family: "inet", name: "user", handle: 5 } },
   ],
@@ -108,4 +112,30 @@ Deno.test("lockNamesIn() finds the namespace lock and every connection lock of a
   assert.equal(connectionLockPid(`${"L".repeat(20)}-c12345`, long), undefined);
   assert.equal(connectionLockPid("NETLOCK-c0", "NETLOCK"), undefined);
   assert.equal(connectionLockPid("NETLOCK-c042", "NETLOCK"), undefined);
+});
+
+Deno.test("planUnlock() leaves a chain or table of the lock's name that is not a lock alone", () => {
+  const state = parseNftTableJson(
+    JSON.stringify({
+      nftables: [
+        { table: { family: "ip", name: "filter", handle: 1 } },
+        { chain: { family: "ip", table: "filter", name: "NETLOCK", handle: 1 } },
+        rule("ip", "filter", "NETLOCK", 2, [{ accept: null }]),
+        { table: { family: "inet", name: "NETLOCK", handle: 2 } },
+        baseChain("inet", "NETLOCK", "input", 1),
+        rule("inet", "NETLOCK", "input", 2, [{
+          match: {
+            op: "==",
+            left: { payload: { protocol: "ip", field: "saddr" } },
+            right: "10.9.9.9",
+          },
+        }, { accept: null }]),
+      ],
+    }),
+    { allTables: true },
+  );
+  state.rulesOf = "all";
+  const plan = planUnlock(state, ["NETLOCK"], false);
+  assert.deepEqual(plan.commands, []);
+  assert.deepEqual(plan.foreign, ["chain NETLOCK of table ip filter", "table inet NETLOCK"]);
 });

@@ -18,6 +18,7 @@ import {
   validateName,
 } from "../common/options.ts";
 import type { NetlockOptions, Target } from "../common/types.ts";
+import { IPV6_IS_IPTABLES } from "../target/prepare.ts";
 
 /** How output is printed. */
 export interface Output {
@@ -71,8 +72,9 @@ const LOCKING: Flag[] = ["backend", "mode", "mark", "name", "ipv6", "force", "ac
 
 /**
  * The flags each command takes; any other is refused (exit 2), never
- * ignored. status and unlock take `--mark` as a filter (see the README);
- * `--ipv6` is the lock's choice, which the lock itself records.
+ * ignored. status and unlock take the lock of a name whatever its mark, and
+ * whatever its IPv6 choice (which the lock itself records): they take
+ * neither `--mark` nor `--ipv6`.
  */
 const APPLIES: Record<Command, readonly Flag[]> = {
   lock: [...LOCKING, "dry-run", ...TARGET_OUTPUT],
@@ -80,7 +82,6 @@ const APPLIES: Record<Command, readonly Flag[]> = {
   unlock: [
     "backend",
     "mode",
-    "mark",
     "name",
     "criu",
     "all",
@@ -88,7 +89,7 @@ const APPLIES: Record<Command, readonly Flag[]> = {
     "dry-run",
     ...TARGET_OUTPUT,
   ],
-  status: ["backend", "mode", "mark", "name", "criu", ...TARGET_OUTPUT],
+  status: ["backend", "mode", "name", "criu", ...TARGET_OUTPUT],
   list: ["name", "criu", ...TARGET_OUTPUT],
   rules: ["backend", "mode", "mark", "name", "ipv6"],
 };
@@ -182,6 +183,9 @@ export function parseInvocation(args: readonly string[]): Invocation {
     actionScripts: (values["action-script"] ?? []).map(validateScriptPath),
   };
   if (values.all) options.all = true;
+  if (values.ipv6 !== undefined && options.backend !== "iptables") {
+    throw new TypeError(IPV6_IS_IPTABLES);
+  }
   if (values.mark !== undefined) options.mark = parseMark(values.mark);
   if (values.name !== undefined) options.name = validateName(values.name);
   if (values.timeout !== undefined) options.timeoutMs = parseTimeoutSeconds(values.timeout);

@@ -25,7 +25,11 @@ import { DEFAULT_MARK, DEFAULT_NAME } from "../common/options.ts";
  * @returns The text, ending with a newline.
  */
 export function rulesText(options: NetlockOptions, action: "lock" | "unlock"): string {
-  const rules = { name: options.name ?? DEFAULT_NAME, mark: options.mark ?? DEFAULT_MARK };
+  const rules = {
+    name: options.name ?? DEFAULT_NAME,
+    mark: options.mark ?? DEFAULT_MARK,
+    ipv4Only: options.ipv6 === "off",
+  };
   const nft = (options.backend ?? "iptables") !== "iptables";
   if (options.mode === "connections") {
     if (action === "lock") {

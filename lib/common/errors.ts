@@ -36,6 +36,11 @@ export type NetlockErrorCode =
   | "ABORTED"
   /** Concurrent changes kept the state moving; the operation gave up. */
   | "CONFLICT"
+  /**
+   * A chain or table of the lock's name exists and is not a netlock lock:
+   * netlock never adopts, rewrites or deletes it.
+   */
+  | "NAME_IN_USE"
   /** The CRIU hook's environment lacks a valid `CRTOOLS_INIT_PID`. */
   | "INVALID_ENVIRONMENT";
 

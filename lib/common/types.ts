@@ -28,6 +28,18 @@ export interface LockRules {
    * without knowing its connections).
    */
   body?: readonly string[] | "any";
+  /**
+   * Reading: a lock with any mark counts (status and unlock take a lock by
+   * its name, whatever its mark).
+   */
+  anyMark?: boolean;
+  /**
+   * An iptables namespace lock that leaves IPv6 open by choice (`--ipv6
+   * off`): its IPv4 chain ends with an unreachable rule that says so, so
+   * that status can tell it from a lock whose IPv6 half is missing.
+   * `undefined` when reading: either form counts.
+   */
+  ipv4Only?: boolean;
 }
 
 /** An IP family a lock covers. */
@@ -131,8 +143,12 @@ export type LockKind = "netns" | "connections";
 export interface LockInfo {
   /** The namespace it is in (and the target, as given). */
   target: TargetInfo;
-  /** `netns`, `connections`, or `criu` (a lock CRIU left, with `criu`). */
-  kind: LockKind | "criu";
+  /**
+   * `netns`, `connections`, `criu` (a lock CRIU left, with `criu`), or
+   * `foreign`: a chain or table of a lock's name that is not a netlock lock
+   * (netlock leaves it alone).
+   */
+  kind: LockKind | "criu" | "foreign";
   /** Its chain or table name: `NAME`, `NAME-cPID`, `CRIU`, `CRIU-...`. */
   name: string;
   /** The backend holding it (a lock in both is listed twice). */

@@ -174,6 +174,7 @@ export async function lockFamily(
   // Optimistic: assume no lock and try; only a failure costs a read.
   let state = known ?? (ctx.dryRun ? await readState(ctx, family) : UNLOCKED_STATE);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    refuseForeign(state, family, rulesOf(ctx, family).name);
     const step = planIptablesLock(state, rulesOf(ctx, family));
     if (!step) return false;
     const result = await applyStep(ctx, family, step);
@@ -199,6 +200,7 @@ export async function lockFamily(
 export async function unlockFamily(ctx: IptablesContext, family: Family): Promise<boolean> {
   let state = await readState(ctx, family);
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    refuseForeign(state, family, rulesOf(ctx, family).name);
     const step = planIptablesUnlock(state, rulesOf(ctx, family));
     if (!step) return false;
     const result = await applyStep(ctx, family, step);
@@ -287,6 +289,42 @@ async function unlockedFamilies(
   }));
   return new Map(
     ctx.families.flatMap((family, i) => states[i] ? [[family, states[i]] as const] : []),
+  );
+}
+
+/**
+ * Throws `NAME_IN_USE` when the chain of the lock's name is not a netlock
+ * lock: netlock never adopts, flushes or deletes what it did not make.
+ *
+ * @param state The family's state.
+ * @param family The family.
+ * @param name The lock's name.
+ */
+export function refuseForeign(state: IptablesLockState, family: Family, name: string): void {
+  if (!state.foreign) return;
+  throw foreignChainError(name, TOOLS[family].nftFamily);
+}
+
+/**
+ * The error for a chain of the lock's name that netlock did not make.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { foreignChainError } from "./backend.ts";
+ *
+ * assert.match(foreignChainError("NETLOCK", "ip").message, /^chain NETLOCK of table ip filter is not/);
+ * ```
+ *
+ * @param name The chain.
+ * @param table `ip` or `ip6` (the filter table of that family).
+ * @returns The error.
+ */
+export function foreignChainError(name: string, table: "ip" | "ip6"): NetlockError {
+  return new NetlockError(
+    "NAME_IN_USE",
+    `chain ${name} of table ${table} filter is not a netlock lock (it holds, or is used by, ` +
+      "rules netlock never makes); netlock leaves it alone: give the lock another --name",
   );
 }
 

@@ -7,6 +7,7 @@
 
 import type { SavedTable } from "./save_parser.ts";
 import type { LockRules } from "../common/types.ts";
+import { IPV4_ONLY_MARKER } from "./ruleset.ts";
 
 /** The state of one family's lock, as the planner needs it. */
 export interface IptablesLockState {
@@ -26,6 +27,16 @@ export interface IptablesLockState {
   otherContent: boolean;
   /** The iptables flavour that printed the table. */
   flavour: SavedTable["flavour"];
+  /**
+   * A chain of the lock's name that is not a netlock lock: it holds rules a
+   * lock never holds, a rule other than a plain jump from INPUT or OUTPUT
+   * refers to it, or it is empty and nothing jumps to it. Never touched.
+   */
+  foreign: boolean;
+  /** The mark its mark-accept rule lets through, when it has one (namespace locks). */
+  mark?: number;
+  /** Whether the chain ends with the marker of a lock that leaves IPv6 open by choice. */
+  ipv4Only: boolean;
 }
 
 const BUILTIN_CHAINS = new Set(["INPUT", "FORWARD", "OUTPUT"]);
@@ -40,6 +51,8 @@ export const UNLOCKED_STATE: IptablesLockState = {
   outputJumps: 0,
   otherContent: true,
   flavour: "unknown",
+  foreign: false,
+  ipv4Only: false,
 };
 
 /**
@@ -69,14 +82,28 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
   const chainExists = table.chains.some((chain) => chain.name === rules.name);
   const lockRules = table.rules.filter((rule) => rule.chain === rules.name).map((r) => r.spec);
   const body = rules.body;
+  const mark = markOf(lockRules[0]);
+  const ipv4Only = lockRules.length === 3 && lockRules[2] === IPV4_ONLY_MARKER;
   const chainRulesMatch = body === "any"
     ? true
     : body
     ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i])
-    : lockRules.length === 2 && isMarkAccept(lockRules[0], rules.mark) &&
-      lockRules[1] === "-j DROP";
+    : lockRules.length === (ipv4Only ? 3 : 2) && mark !== undefined &&
+      (rules.anyMark || mark === rules.mark) && lockRules[1] === "-j DROP" &&
+      (rules.ipv4Only === undefined || rules.ipv4Only === ipv4Only);
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
+  // What a lock of this kind may hold, and who may refer to it.
+  const mayHold = body === undefined ? isNamespaceLockRule : isConnectionLockRule;
+  const refersToLock = new RegExp(`(^| )-[jg] ${rules.name}( |$)`);
+  const foreign = chainExists && (
+    lockRules.some((spec) => !mayHold(spec)) ||
+    table.rules.some((rule) =>
+      rule.chain !== rules.name && refersToLock.test(rule.spec) &&
+      !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)
+    ) ||
+    (lockRules.length === 0 && inputJumps + outputJumps === 0)
+  );
   const otherContent = !table.compatible ||
     table.chains.some((chain) =>
       chain.name !== rules.name && (!BUILTIN_CHAINS.has(chain.name) || chain.policy !== "ACCEPT")
@@ -99,6 +126,9 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     outputJumps,
     otherContent,
     flavour: table.flavour,
+    foreign,
+    ipv4Only,
+    ...(mark === undefined ? {} : { mark }),
   };
 }
 
@@ -122,7 +152,18 @@ export function sameLockState(a: IptablesLockState, b: IptablesLockState): boole
     a.outputJumps === b.outputJumps;
 }
 
-function isMarkAccept(spec: string, mark: number): boolean {
-  const match = spec.match(/^-m mark --mark (0x[0-9a-fA-F]+|[0-9]+)(\/0xffffffff)? -j ACCEPT$/);
-  return match !== null && Number(match[1]) === mark;
+/** The mark of a `-m mark --mark M -j ACCEPT` rule; `undefined` for any other rule. */
+function markOf(spec: string | undefined): number | undefined {
+  const match = spec?.match(/^-m mark --mark (0x[0-9a-fA-F]+|[0-9]+)(\/0xffffffff)? -j ACCEPT$/);
+  return match ? Number(match[1]) : undefined;
+}
+
+function isNamespaceLockRule(spec: string): boolean {
+  return markOf(spec) !== undefined || spec === "-j DROP" || spec === IPV4_ONLY_MARKER;
+}
+
+/** A connection lock's rule: a drop of one connection's unmarked packets. */
+function isConnectionLockRule(spec: string): boolean {
+  return /^-s \S+ -d \S+ -p tcp -m tcp --sport [0-9]+ --dport [0-9]+ -m mark ! --mark 0x[0-9a-f]+ -j DROP$/
+    .test(spec);
 }

@@ -60,7 +60,7 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
  *
  * const step = planIptablesUnlock({
  *   status: "locked", chainExists: true, chainRulesMatch: true, chainRuleCount: 2, inputJumps: 1,
- *   outputJumps: 1, otherContent: false, flavour: "legacy",
+ *   outputJumps: 1, otherContent: false, flavour: "legacy", foreign: false, ipv4Only: false,
  * }, { name: "NETLOCK", mark: 0xC114 });
  * console.assert(step?.script.includes("-X NETLOCK"));
  * ```

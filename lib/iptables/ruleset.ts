@@ -89,10 +89,19 @@ export function renderIptablesChange(rules: LockRules, change: IptablesChange): 
   return wrapFilter(lines);
 }
 
+/**
+ * The last rule of the IPv4 chain of a lock that leaves IPv6 open by choice
+ * (`--ipv6 off`): after `-j DROP`, never reached, it only says so, in
+ * `iptables-save` as well as to `netlock status`.
+ */
+export const IPV4_ONLY_MARKER = '-m comment --comment "netlock: ipv6 off" -j RETURN';
+
 function lockLines(rules: LockRules): string[] {
-  const body = Array.isArray(rules.body)
-    ? rules.body
-    : [`-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`, "-j DROP"];
+  const body = Array.isArray(rules.body) ? rules.body : [
+    `-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
+    "-j DROP",
+    ...(rules.ipv4Only ? [IPV4_ONLY_MARKER] : []),
+  ];
   return [
     `-I INPUT -j ${rules.name}`,
     `-I OUTPUT -j ${rules.name}`,

@@ -14,7 +14,14 @@ import { NetlockError } from "../common/errors.ts";
 import { readIptablesTable } from "../iptables/backend.ts";
 import type { SavedTable } from "../iptables/save_parser.ts";
 import { missingToolError } from "../shape/shape.ts";
-import { parseNftTableJson, parseNftTablesJson } from "../nftables/view_parser.ts";
+import {
+  type NftTableView,
+  parseNftTableJson,
+  parseNftTablesJson,
+} from "../nftables/view_parser.ts";
+import { isNetlockTable } from "../nftables/lock_state.ts";
+import { inspectIptablesLock } from "../iptables/lock_state.ts";
+import { DEFAULT_MARK } from "../common/options.ts";
 import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
 import type { Family, LockInfo } from "../common/types.ts";
 
@@ -67,14 +74,31 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
   const iptables = new Map<string, FoundLock>();
   for (const [i, table] of tables.entries()) {
     for (const chain of table?.chains ?? []) {
-      const lock = iptables.get(chain.name) ??
-        lockNamed(chain.name, "iptables", chain.name === "CRIU");
-      if (!lock) continue;
+      const named = lockNamed(chain.name, "iptables", chain.name === "CRIU");
+      if (!named) continue;
+      // A chain of a lock's name that netlock did not make is listed as such.
+      const kind = named.kind === "connections" ? "connections" : "netns";
+      const foreign = named.kind !== "criu" && inspectIptablesLock(table!, {
+        name: chain.name,
+        mark: DEFAULT_MARK,
+        anyMark: true,
+        ...(kind === "connections" ? { body: "any" as const } : {}),
+      }).foreign;
+      const key = foreign ? `${chain.name} foreign` : chain.name;
+      const lock = iptables.get(key) ??
+        (foreign
+          ? {
+            kind: "foreign" as const,
+            name: chain.name,
+            backend: "iptables" as const,
+            families: [],
+          }
+          : named);
       lock.families.push(families[i]);
       if (lock.kind === "connections") {
         lock.connections = (lock.connections ?? 0) + rulesIn(table!, chain.name) / 2;
       }
-      iptables.set(chain.name, lock);
+      iptables.set(key, lock);
     }
   }
   const nftables: FoundLock[] = [];
@@ -87,12 +111,18 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
   const connectionLocks = [...iptables.values(), ...nftables].filter((lock) => lock.pid);
   const [alive] = await Promise.all([
     existingPids(request.ownExec, connectionLocks.map((lock) => lock.pid!)),
-    ...nftables.filter((lock) => lock.kind === "connections").map(async (lock) => {
-      lock.connections = await countNftConnections(exec, lock.name);
+    ...nftables.filter((lock) => lock.kind !== "criu").map(async (lock) => {
+      const view = await readInetTable(exec, lock.name, lock.kind === "netns");
+      if (view && !isNetlockTable(view, lock.kind === "netns" ? "netns" : "connections")) {
+        Object.assign(lock, { kind: "foreign", families: [] });
+        delete lock.pid;
+      } else if (lock.kind === "connections") {
+        lock.connections = (view?.sets.conn4?.length ?? 0) + (view?.sets.conn6?.length ?? 0);
+      }
     }),
   ]);
-  for (const lock of connectionLocks) lock.alive = alive.has(lock.pid!);
-  const order = { netns: 0, connections: 1, criu: 2 };
+  for (const lock of connectionLocks) if (lock.pid) lock.alive = alive.has(lock.pid);
+  const order = { netns: 0, connections: 1, criu: 2, foreign: 3 };
   return [...iptables.values(), ...nftables].sort((a, b) =>
     order[a.kind] - order[b.kind] || (a.pid ?? 0) - (b.pid ?? 0) ||
     a.name.localeCompare(b.name) || a.backend.localeCompare(b.backend)
@@ -113,14 +143,26 @@ async function listNftTables(exec: ToolExec): Promise<{ family: string; name: st
   return parseNftTablesJson(result.stdout);
 }
 
-/** The connections an nftables connection lock holds: its two sets' elements. */
-async function countNftConnections(exec: ToolExec, table: string): Promise<number> {
-  const result = await exec("nft", ["-j", "list", "table", "inet", table]);
-  // Removed meanwhile: it holds nothing.
-  if (!result.success && /No such file or directory/.test(result.stderr)) return 0;
+/**
+ * An `inet` table of a lock's name (tersely, without set elements, when
+ * they are not counted); `undefined` when it was removed meanwhile.
+ */
+async function readInetTable(
+  exec: ToolExec,
+  table: string,
+  terse: boolean,
+): Promise<NftTableView | undefined> {
+  const result = await exec("nft", [
+    ...(terse ? ["-t"] : []),
+    "-j",
+    "list",
+    "table",
+    "inet",
+    table,
+  ]);
+  if (!result.success && /No such file or directory/.test(result.stderr)) return undefined;
   assertToolSuccess(result, "nft");
-  const view = parseNftTableJson(result.stdout);
-  return (view.sets.conn4?.length ?? 0) + (view.sets.conn6?.length ?? 0);
+  return parseNftTableJson(result.stdout);
 }
 
 /**

@@ -8,8 +8,11 @@
 
 import { CRIU_IPTABLES_RULES, findCriuNftTables } from "../unlock/criu_locks.ts";
 import { iptablesStatus, readIptablesTable } from "../iptables/backend.ts";
+import { UNLOCKED_STATE } from "../iptables/lock_state.ts";
+import { foreignError } from "../unlock/transaction.ts";
 import type { SavedTable } from "../iptables/save_parser.ts";
 import { readNftLockTable } from "../nftables/backend.ts";
+import { nftLockMark } from "../nftables/lock_state.ts";
 import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
 import {
   type BackendName,
@@ -20,7 +23,7 @@ import {
   nftContext,
   requestedBackend,
 } from "../shape/shape.ts";
-import type { CriuLocks, LockKind } from "../common/types.ts";
+import type { CriuLocks, Family, LockKind } from "../common/types.ts";
 
 /**
  * Reads the state of the locks of `shapes` (a namespace lock, a process's
@@ -71,6 +74,11 @@ export async function statusAllBackends(
     }
     : undefined;
   const present = found.filter((lock) => lock.state !== "unlocked");
+  const foreign = found.flatMap((lock) => lock.foreign);
+  // Only someone else's chain or table of the name: refuse, naming it.
+  if (present.length === 0 && foreign.length > 0 && !hasCriu(criuIpt, criuNft)) {
+    throw foreignError(foreign);
+  }
   const first = present[0] ?? found[0];
   const state = present.some((lock) => lock.state === "partial")
     ? "partial"
@@ -83,15 +91,34 @@ export async function statusAllBackends(
     backend: present.length > 0 ? first.backend : requestedBackend(opts),
     state,
     kinds: present.map((lock) => lock.kind),
+    ...(present.length > 0 && first.mark !== undefined ? { mark: first.mark } : {}),
+    ...(present.length > 0 && first.families ? { families: first.families } : {}),
+    ...(foreign.length > 0
+      ? { warnings: foreign.map((what) => `${what} is not a netlock lock: left out`) }
+      : {}),
     ...(criu ? { criu } : {}),
     ...(counted ? { connections: counted.connections } : {}),
   };
+}
+
+function hasCriu(
+  iptables: PromiseSettledResult<{ status: string }[]>,
+  nftables: PromiseSettledResult<string[]>,
+): boolean {
+  return (iptables.status === "fulfilled" && iptables.value.some((s) => s.status !== "unlocked")) ||
+    (nftables.status === "fulfilled" && nftables.value.length > 0);
 }
 
 interface ShapeStatus {
   state: "locked" | "unlocked" | "partial";
   backend: BackendName;
   connections?: number;
+  /** The mark the lock found lets through. */
+  mark?: number;
+  /** The families it covers, when fewer than the namespace has (`--ipv6 off`). */
+  families?: Family[];
+  /** Chains and tables of its name that are not netlock locks (left out). */
+  foreign: string[];
 }
 
 /** One lock's state through both backends (a missing tool counts as no lock). */
@@ -109,15 +136,30 @@ async function shapeStatus(
     if (outcome.status === "rejected" && !missingToolError(outcome.reason)) throw outcome.reason;
   }
   if (iptStates.status === "rejected" && nftTable.status === "rejected") throw iptStates.reason;
-  const ipv = iptStates.status === "fulfilled" ? iptStates.value.map((s) => s.status) : [];
+  // A chain or table of the name that netlock did not make is not part of the lock.
+  const foreign: string[] = [];
+  const states = (iptStates.status === "fulfilled" ? iptStates.value : []).map((state, i) => {
+    if (!state.foreign) return state;
+    foreign.push(`chain ${shape.name} of table ${NFT_FAMILY[prepared.families[i]]} filter`);
+    return UNLOCKED_STATE;
+  });
+  // A lock that leaves IPv6 open by choice says so in its IPv4 chain.
+  const ipv4Only = prepared.families[0] === "ipv4" && states[0]?.status === "locked" &&
+    states[0].ipv4Only && states.slice(1).every((state) => state.status === "unlocked");
+  const wanted = ipv4Only ? states.slice(0, 1) : states;
+  const ipv = wanted.map((state) => state.status);
   const iptState = ipv.length === 0 || ipv.every((s) => s === "unlocked")
     ? "unlocked"
     : ipv.every((s) => s === "locked")
     ? "locked"
     : "partial";
-  const table = nftTable.status === "fulfilled" ? nftTable.value : null;
+  const read = nftTable.status === "fulfilled" ? nftTable.value : null;
+  const foreignTable = shape.nftLock.inspect(read) === "foreign";
+  if (foreignTable) foreign.push(`table inet ${shape.name}`);
+  const table = foreignTable ? null : read;
   const nft = shape.nftLock.inspect(table);
-  const counted = shape.count?.(iptStates.status === "fulfilled" ? iptStates.value : [], table);
+  const counted = shape.count?.(states, table);
+  const mark = nft !== "unlocked" && table ? nftLockMark(table) : states[0]?.mark;
   return {
     state: nft === "locked" || iptState === "locked"
       ? "locked"
@@ -130,5 +172,10 @@ async function shapeStatus(
       ? "iptables"
       : requestedBackend(opts),
     ...(counted === undefined ? {} : { connections: counted }),
+    ...(mark === undefined ? {} : { mark }),
+    ...(nft === "unlocked" && ipv4Only ? { families: ["ipv4" as const] } : {}),
+    foreign,
   };
 }
+
+const NFT_FAMILY = { ipv4: "ip", ipv6: "ip6" } as const;

@@ -11,6 +11,7 @@ import { NetlockError } from "../common/errors.ts";
 import type { LockRules } from "../common/types.ts";
 import { assertToolSuccess, type ToolExec, toolMissing } from "../exec/nsenter.ts";
 import { type NftTableView, parseNftTableJson } from "./view_parser.ts";
+import type { NftLockState } from "./lock_state.ts";
 import type { RunResult } from "../exec/runner.ts";
 
 /** Everything the backend needs for one target. */
@@ -36,7 +37,7 @@ export interface NftTableLock {
   /** Tens of thousands of elements: too many for nft to list back cheaply. */
   bulky?: boolean;
   /** The state of the table as read (`null`: it does not exist). */
-  inspect(view: NftTableView | null): "locked" | "unlocked" | "partial";
+  inspect(view: NftTableView | null): NftLockState;
 }
 
 /**
@@ -53,6 +54,7 @@ export async function lockNftTable(
 ): Promise<{ changed: boolean }> {
   if (ctx.dryRun) {
     const state = lock.inspect(await readNftLockTable(ctx));
+    if (state === "foreign") throw foreignTableError(ctx.rules.name);
     if (state === "locked") return { changed: false };
     logDryRun(ctx, state === "unlocked" ? lock.create() : lock.replace());
     return { changed: true };
@@ -68,6 +70,7 @@ export async function lockNftTable(
     failUnlessTransient(result);
     const view = await readNftLockTable(ctx);
     const state = lock.inspect(view);
+    if (state === "foreign") throw foreignTableError(ctx.rules.name);
     if (state === "locked") return { changed: false };
     const fingerprint = JSON.stringify(view);
     // Our own failure, not a concurrent change: report the tool's error.
@@ -80,6 +83,28 @@ export async function lockNftTable(
   throw new NetlockError(
     "CONFLICT",
     `the nftables table kept changing; gave up after ${MAX_ATTEMPTS} attempts`,
+  );
+}
+
+/**
+ * The error for a table of the lock's name that netlock did not make.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { foreignTableError } from "./backend.ts";
+ *
+ * assert.equal(foreignTableError("filter").code, "NAME_IN_USE");
+ * ```
+ *
+ * @param name The table's name (family `inet`).
+ * @returns The error.
+ */
+export function foreignTableError(name: string): NetlockError {
+  return new NetlockError(
+    "NAME_IN_USE",
+    `table inet ${name} is not a netlock lock (it holds what netlock never makes); ` +
+      "netlock leaves it alone: give the lock another --name",
   );
 }
 

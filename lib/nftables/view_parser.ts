@@ -32,12 +32,25 @@ export interface NftChain {
   prio?: number;
 }
 
+/**
+ * What a rule is, as far as locks go: a plain jump (iptables' `-j NAME`),
+ * `meta mark MARK accept`, a bare drop, a drop of unmarked packets (a
+ * connection lock's rule), an unreachable marker (`-m comment ... -j
+ * RETURN`, which says an iptables lock leaves IPv6 open by choice), or
+ * anything else.
+ */
+export type RuleKind = "jump" | "markAccept" | "drop" | "unmarkedDrop" | "marker" | "other";
+
 /** One rule, reduced to what the unlock needs. */
 export interface NftRule {
   /** The chain holding it. */
   chain: string;
   /** Its handle within the table. */
   handle: number;
+  /** What it is (see {@linkcode RuleKind}). */
+  kind: RuleKind;
+  /** The chain it jumps or goes to, when it does (plain or not). */
+  jumpsTo?: string;
   /** The chain it jumps to when it is nothing but a (counted) jump, as iptables' `-j NAME`. */
   plainJumpTo?: string;
   /** The mark when the rule is exactly `meta mark MARK accept` (a counter allowed). */
@@ -58,10 +71,20 @@ export interface NftTableView {
   rules: NftRule[];
   /** How many other objects (sets, maps, flowtables, ...) the table holds. */
   otherObjects: number;
-  /** The sets' elements by set name; concatenations joined with spaces. */
+  /**
+   * The sets' elements by set name; concatenations joined with spaces. With
+   * `allTables`, keyed `FAMILY TABLE NAME`.
+   */
   sets: Record<string, string[]>;
   /** With `allTables`: every table listed. */
   tables?: NftTableName[];
+  /** With `allTables`: objects other than chains and rules, by `FAMILY TABLE`. */
+  objectsByTable?: Record<string, number>;
+  /**
+   * Which chains' rules this view holds: `all`, or `FAMILY TABLE CHAIN` keys
+   * (a partial read lists only some chains).
+   */
+  rulesOf?: "all" | Set<string>;
 }
 
 /**
@@ -128,16 +151,30 @@ export function parseNftTableJson(
       const rule = item.rule;
       const jumpTo = plainJumpTarget(rule.expr);
       const mark = markAcceptValue(rule.expr);
+      const target = jumpTarget(rule.expr);
       view.rules.push({
         chain: String(rule.chain),
         handle: Number(rule.handle),
+        kind: ruleKind(rule.expr, jumpTo, mark),
+        ...(target === undefined ? {} : { jumpsTo: target }),
         ...(jumpTo === undefined ? {} : { plainJumpTo: jumpTo }),
         ...(mark === undefined ? {} : { markAccept: mark }),
         ...(options.allTables ? { family: String(rule.family), table: String(rule.table) } : {}),
       });
     } else {
       view.otherObjects++;
-      if (item.set) view.sets[String(item.set.name)] = setElements(item.set.elem);
+      const object = Object.values(item)[0] as {
+        family?: unknown;
+        table?: unknown;
+        name?: unknown;
+      };
+      const where = `${object.family} ${object.table}`;
+      if (options.allTables) {
+        view.objectsByTable ??= {};
+        view.objectsByTable[where] = (view.objectsByTable[where] ?? 0) + 1;
+      }
+      const setName = options.allTables ? `${where} ${item.set?.name}` : String(item.set?.name);
+      if (item.set) view.sets[setName] = setElements(item.set.elem);
     }
   }
   return view;
@@ -167,6 +204,39 @@ function markAcceptValue(expr: unknown): number | undefined {
   const isMark = match?.op === "==" && match.left?.meta?.key === "mark" &&
     typeof match.right === "number";
   return isMark ? match.right as number : undefined;
+}
+
+type Expr = Record<string, unknown>;
+
+function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
+  if (jumpTo !== undefined) return "jump";
+  if (mark !== undefined) return "markAccept";
+  const rest = (withoutCounters(expr) ?? []) as Expr[];
+  const last = rest.at(-1);
+  if (!last) return "other";
+  const init = rest.slice(0, -1);
+  if ("drop" in last && init.length === 0) return "drop";
+  if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
+  if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
+  return "other";
+}
+
+function isUnmarkedMatch(e: Expr): boolean {
+  const match = e.match as { op?: unknown; left?: { meta?: { key?: unknown } } } | undefined;
+  return match?.op === "!=" && match.left?.meta?.key === "mark";
+}
+
+function isCommentMatch(e: Expr): boolean {
+  const xt = e.xt as { type?: unknown; name?: unknown } | undefined;
+  return xt?.type === "match" && xt.name === "comment";
+}
+
+function jumpTarget(expr: unknown): string | undefined {
+  for (const e of (withoutCounters(expr) ?? []) as Expr[]) {
+    const verdict = (e.jump ?? e.goto) as { target?: unknown } | undefined;
+    if (typeof verdict?.target === "string") return verdict.target;
+  }
+  return undefined;
 }
 
 function plainJumpTarget(expr: unknown): string | undefined {
@@ -206,4 +276,43 @@ export function parseNftTablesJson(text: string): NftTableName[] {
   return (parsed.nftables ?? []).flatMap((item) =>
     item.table ? [{ family: String(item.table.family), name: String(item.table.name) }] : []
   );
+}
+
+/**
+ * One table's view out of a view of every table (`parseNftTableJson` with
+ * `allTables`): its chains, rules, sets (by their own names) and how many
+ * other objects it holds.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { tableView } from "./view_parser.ts";
+ *
+ * const view = tableView({
+ *   family: "", otherObjects: 1, sets: { "inet T conn4": [] }, objectsByTable: { "inet T": 1 },
+ *   chains: [{ name: "input", handle: 1, family: "inet", table: "T" }], rules: [],
+ * }, "inet", "T");
+ * assert.deepEqual(Object.keys(view.sets), ["conn4"]);
+ * assert.equal(view.otherObjects, 1);
+ * ```
+ *
+ * @param state The view of every table.
+ * @param family The table's family.
+ * @param name The table's name.
+ * @returns The table's own view.
+ */
+export function tableView(state: NftTableView, family: string, name: string): NftTableView {
+  const inTable = (item: { family?: string; table?: string }) =>
+    item.family === family && item.table === name;
+  const prefix = `${family} ${name} `;
+  return {
+    family,
+    chains: state.chains.filter(inTable),
+    rules: state.rules.filter(inTable),
+    otherObjects: state.objectsByTable?.[`${family} ${name}`] ?? 0,
+    sets: Object.fromEntries(
+      Object.entries(state.sets).filter(([key]) => key.startsWith(prefix))
+        .map(([key, elements]) => [key.slice(prefix.length), elements]),
+    ),
+  };
 }

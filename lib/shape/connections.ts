@@ -7,6 +7,7 @@
 
 import type { LockRules } from "../common/types.ts";
 import type { LockShape } from "./shape.ts";
+import { isNetlockTable } from "../nftables/lock_state.ts";
 import type { Family } from "../common/types.ts";
 import type { Connection } from "../connections/proc_net_parser.ts";
 import {
@@ -56,6 +57,7 @@ export function connectionShape(
       replace: () => renderNftConnectionLock(table, mark, connections ?? [], "replace"),
       inspect(view) {
         if (view === null) return "unlocked";
+        if (!isNetlockTable(view, "connections")) return "foreign";
         if (!connections) return "locked";
         wanted ??= connectionSetElements(connections);
         const exact = view.chains.length === 2 &&

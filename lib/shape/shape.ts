@@ -35,13 +35,21 @@ export interface LockShape {
 }
 
 /**
- * The shape of a namespace lock.
+ * The shape of a namespace lock: the one to make (`lock`), or the one to
+ * find (`read`: status and unlock take the lock of that name whatever its
+ * mark, and whether it leaves IPv6 open).
  *
- * @param opts The validated options (name and mark).
+ * @param opts The validated options (name, mark, IPv6 choice).
+ * @param purpose `lock` (default) or `read`.
  * @returns The chain `NAME` and the table `inet NAME`.
  */
-export function namespaceShape(opts: ResolvedOptions): LockShape {
-  const rules = { name: opts.name, mark: opts.mark };
+export function namespaceShape(
+  opts: ResolvedOptions,
+  purpose: "lock" | "read" = "lock",
+): LockShape {
+  const rules: LockRules = purpose === "read"
+    ? { name: opts.name, mark: opts.mark, anyMark: true }
+    : { name: opts.name, mark: opts.mark, ipv4Only: opts.ipv6 === "off" };
   return {
     name: opts.name,
     iptablesRules: () => rules,
@@ -71,6 +79,10 @@ export interface NamespaceOutcome {
   locks?: string[];
   /** Status: the kinds of lock found. */
   kinds?: LockKind[];
+  /** Status: the mark the lock found lets through. */
+  mark?: number;
+  /** Status: the families the lock found covers, when fewer than the namespace has. */
+  families?: Family[];
 }
 
 /**

@@ -53,6 +53,10 @@ export interface ResolvedOptions {
   exec: ExecSettings;
 }
 
+/** Why `ipv6` goes with the iptables backend only. */
+export const IPV6_IS_IPTABLES =
+  "--ipv6 is for the iptables backend: the nftables lock is one inet table for both families";
+
 /** Which operation is being prepared. */
 export type Verb = "lock" | "unlock" | "status";
 
@@ -105,6 +109,12 @@ export interface Prepared {
 export function resolveOptions(options: NetlockOptions = {}, verb?: Verb): ResolvedOptions {
   if (options.all && verb !== undefined && verb !== "unlock") {
     throw new TypeError(`all is an unlock option; ${verb} takes no all`);
+  }
+  if (
+    verb === "lock" && (options.ipv6 ?? "auto") !== "auto" &&
+    (options.backend ?? "iptables") !== "iptables"
+  ) {
+    throw new TypeError(IPV6_IS_IPTABLES);
   }
   return {
     backend: parseChoice(

@@ -56,12 +56,13 @@ export async function unlockAllBackends(
   const wanted = "allOf" in selection
     ? (name: string) => isLockName(name, selection.allOf)
     : (name: string) => selection.shapes.some((shape) => shape.name === name);
+  const bulky = (name: string) => connectionLockPid(name, opts.name) !== undefined;
   const [initial, flavour] = await Promise.all([
-    readNftState(
-      prepared.exec,
-      (name) => wanted(name) || (opts.criu && name === "CRIU"),
-      prepared.prefetch?.ruleset,
-    ),
+    readNftState(prepared.exec, {
+      wanted: (name) => wanted(name) || (opts.criu && name === "CRIU"),
+      bulky,
+      ruleset: prepared.prefetch?.ruleset,
+    }),
     iptablesFlavour(prepared.exec, prepared.prefetch?.flavour),
   ]);
   // Legacy iptables keeps its rules outside nf_tables: only iptables-restore sees them.
@@ -78,7 +79,8 @@ export async function unlockAllBackends(
       removed = await unlockThroughNft(prepared.exec, initial, {
         wanted,
         criu: opts.criu,
-        bulky: (name) => connectionLockPid(name, opts.name) !== undefined,
+        bulky,
+        kindOf: (name) => bulky(name) ? "connections" : "netns",
         dryRun: opts.dryRun,
         log: opts.exec.log,
       });
@@ -97,12 +99,16 @@ export async function unlockAllBackends(
   const nftChanged = removed?.nftables ?? false;
   const iptChanged = legacy.removed.length > 0 || (removed?.iptables.length ?? 0) > 0;
   const locks = [...new Set([...(removed?.locks ?? []), ...legacy.removed])];
+  const foreign = removed?.foreign ?? [];
   return {
     changed: nftChanged || iptChanged || (criu !== undefined &&
       (criu.iptables.length > 0 || criu.nftables.length > 0)),
     backend: nftChanged ? "nftables" : iptChanged ? "iptables" : requestedBackend(opts),
     locks,
     ...(criu ? { criu } : {}),
+    ...(foreign.length > 0
+      ? { warnings: foreign.map((what) => `${what} is not a netlock lock: left alone`) }
+      : {}),
   };
 }
 
@@ -131,7 +137,7 @@ async function unlockLegacy(
   }
   const criu = opts.criu
     ? await iptablesUnlock({
-      ...iptablesContext(prepared, opts, namespaceShape(opts)),
+      ...iptablesContext(prepared, opts, namespaceShape(opts, "read")),
       rules: CRIU_IPTABLES_RULES,
       rulesFor: undefined,
     })
@@ -151,7 +157,9 @@ async function legacyLockNames(prepared: Prepared, name: string): Promise<string
 /** The shape of the lock called `name`: a connection lock `NAME-cPID`, or the namespace lock. */
 function shapeNamed(opts: ResolvedOptions, name: string): LockShape {
   const pid = connectionLockPid(name, opts.name);
-  return pid === undefined ? namespaceShape(opts) : connectionShape(opts.name, opts.mark, pid);
+  return pid === undefined
+    ? namespaceShape(opts, "read")
+    : connectionShape(opts.name, opts.mark, pid);
 }
 
 /** Which iptables the target's PATH has: `nf_tables`, `legacy`, or `missing`. */

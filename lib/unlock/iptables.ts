@@ -29,7 +29,11 @@ const NFT_FAMILY: Record<Family, "ip" | "ip6"> = { ipv4: "ip", ipv6: "ip6" };
  * @returns Whether anything changed.
  */
 export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: boolean }> {
-  const state = await readNftState(ctx.exec, (name) => name === ctx.rules.name);
+  const connection = ctx.rules.body !== undefined;
+  const state = await readNftState(ctx.exec, {
+    wanted: (name) => name === ctx.rules.name,
+    bulky: () => connection,
+  });
   // Families whose lock chain nf_tables shows (iptables-nft) go through one
   // nft transaction; the others (legacy iptables, no nft) through restore.
   const viaNft = ctx.families.filter((family) =>
@@ -47,6 +51,7 @@ export async function iptablesUnlock(ctx: IptablesContext): Promise<{ changed: b
         families: viaNft,
         tables: false,
         bulky: () => true,
+        kindOf: () => connection ? "connections" : "netns",
         dryRun: ctx.dryRun,
         log: ctx.log,
       }).then((removed) => removed !== undefined)

@@ -12,7 +12,8 @@
 
 import { connectionLockPid } from "../connections/ruleset.ts";
 import { isCriuNftTable } from "./criu_locks.ts";
-import type { NftTableView } from "../nftables/view_parser.ts";
+import { type NftTableView, type RuleKind, tableView } from "../nftables/view_parser.ts";
+import { isNetlockTable } from "../nftables/lock_state.ts";
 import type { Family } from "../common/types.ts";
 
 /** What to remove, and what that is. */
@@ -27,7 +28,15 @@ export interface UnlockPlan {
   locks: string[];
   /** CRIU's leftovers being removed (with `criu`). */
   criu: { iptables: Family[]; nftables: string[] };
+  /**
+   * Chains and tables of a lock's name that are not netlock locks: left
+   * alone, and named here (`chain NAME of table ip filter`, `table inet NAME`).
+   */
+  foreign: string[];
 }
+
+/** What a chain or table of this name must look like to be netlock's. */
+export type NameKind = (name: string) => "netns" | "connections";
 
 const FAMILIES: [Family, "ip" | "ip6"][] = [["ipv4", "ip"], ["ipv6", "ip6"]];
 
@@ -52,6 +61,8 @@ const FAMILIES: [Family, "ip" | "ip6"][] = [["ipv4", "ip"], ["ipv6", "ip6"]];
  * @param criu Also remove CRIU's locks.
  * @param scope Only these iptables families (default both); `tables: false`
  *   leaves the `inet` tables alone (an iptables backend's own rollback).
+ * @param kindOf What each name's lock looks like (default: a namespace lock);
+ *   a chain or table of the name that does not look so is left alone.
  * @returns The commands and what they remove.
  */
 export function planUnlock(
@@ -59,6 +70,7 @@ export function planUnlock(
   names: readonly string[],
   criu: boolean,
   scope: { families?: readonly Family[]; tables?: boolean } = {},
+  kindOf: NameKind = () => "netns",
 ): UnlockPlan {
   const plan: UnlockPlan = {
     commands: [],
@@ -66,28 +78,32 @@ export function planUnlock(
     nftables: false,
     locks: [],
     criu: { iptables: [], nftables: [] },
+    foreign: [],
   };
   const found = new Set<string>();
   for (const [family, nftFamily] of FAMILIES) {
     if (scope.families && !scope.families.includes(family)) continue;
-    const inTable = <T extends { family?: string; table?: string }>(item: T) =>
-      item.family === nftFamily && item.table === "filter";
-    const view: NftTableView = {
-      family: nftFamily,
-      chains: state.chains.filter(inTable),
-      rules: state.rules.filter(inTable),
-      otherObjects: 0,
-      sets: {},
-    };
-    plan.commands.push(...planNftUnlockCommands(view, [...names, ...(criu ? ["CRIU"] : [])]));
-    const ours = view.chains.filter((chain) => names.includes(chain.name));
-    for (const chain of ours) found.add(chain.name);
+    const view = tableView(state, nftFamily, "filter");
+    const rulesKnown = (chain: string) =>
+      state.rulesOf === "all" || (state.rulesOf?.has(`${nftFamily} filter ${chain}`) ?? false);
+    const present = names.filter((name) => view.chains.some((chain) => chain.name === name));
+    const ours = present.filter((name) => {
+      if (isNetlockChain(view, name, kindOf(name), rulesKnown(name))) return true;
+      plan.foreign.push(`chain ${name} of table ${nftFamily} filter`);
+      return false;
+    });
+    plan.commands.push(...planNftUnlockCommands(view, [...ours, ...(criu ? ["CRIU"] : [])]));
+    for (const name of ours) found.add(name);
     if (ours.length > 0) plan.iptables.push(family);
     if (criu && view.chains.some((chain) => chain.name === "CRIU")) plan.criu.iptables.push(family);
   }
   for (const table of scope.tables === false ? [] : state.tables ?? []) {
     if (table.family !== "inet") continue;
     if (names.includes(table.name)) {
+      if (!isNetlockTable(tableView(state, "inet", table.name), kindOf(table.name))) {
+        plan.foreign.push(`table inet ${table.name}`);
+        continue;
+      }
       plan.nftables = true;
       found.add(table.name);
     } else if (criu && isCriuNftTable(table)) plan.criu.nftables.push(table.name);
@@ -96,6 +112,53 @@ export function planUnlock(
   }
   plan.locks = names.filter((name) => found.has(name));
   return plan;
+}
+
+/**
+ * Whether a chain of a lock's name in a family's filter table is a netlock
+ * lock: nothing but plain jumps from INPUT and OUTPUT refers to it, and,
+ * where its rules were read, it holds only a lock's rules and is not an
+ * empty chain nothing jumps to; where they were not (a connection lock's,
+ * too many to read), something jumps to it. Pure.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isNetlockChain } from "./plan.ts";
+ *
+ * const view = {
+ *   family: "ip", otherObjects: 0, sets: {},
+ *   chains: [{ name: "NETLOCK", handle: 1 }],
+ *   rules: [{ chain: "NETLOCK", handle: 2, kind: "other" as const }],
+ * };
+ * assert.equal(isNetlockChain(view, "NETLOCK", "netns", true), false);
+ * ```
+ *
+ * @param view The family's filter table.
+ * @param name The chain.
+ * @param kind The kind of lock its name says it is.
+ * @param rulesKnown Whether `view` holds the chain's own rules.
+ * @returns `true` when it is netlock's.
+ */
+export function isNetlockChain(
+  view: NftTableView,
+  name: string,
+  kind: "netns" | "connections",
+  rulesKnown: boolean,
+): boolean {
+  const jumps = view.rules.filter((rule) => rule.jumpsTo === name);
+  const plainFromHooks = jumps.every((rule) =>
+    (rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.plainJumpTo === name
+  );
+  if (!plainFromHooks) return false;
+  // A lock's chain always has its jumps (they come and go in its own
+  // transactions); a connection lock's thousands of rules are not read.
+  if (!rulesKnown) return jumps.length > 0;
+  const allowed: RuleKind[] = kind === "netns"
+    ? ["markAccept", "drop", "marker"]
+    : ["unmarkedDrop"];
+  const own = view.rules.filter((rule) => rule.chain === name);
+  return own.every((rule) => allowed.includes(rule.kind)) && (own.length > 0 || jumps.length > 0);
 }
 
 /**
@@ -211,7 +274,10 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
  *     { name: "NETLOCK", handle: 1 },
  *     { name: "INPUT", handle: 2, hook: "input", policy: "accept" },
  *   ],
- *   rules: [{ chain: "INPUT", handle: 3, plainJumpTo: "NETLOCK" }, { chain: "NETLOCK", handle: 4 }],
+ *   rules: [
+ *     { chain: "INPUT", handle: 3, kind: "jump", plainJumpTo: "NETLOCK", jumpsTo: "NETLOCK" },
+ *     { chain: "NETLOCK", handle: 4, kind: "drop" },
+ *   ],
  * }, "NETLOCK");
  * console.assert(commands.join("\n") === [
  *   "delete rule ip filter INPUT handle 3",

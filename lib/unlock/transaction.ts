@@ -11,7 +11,7 @@ import { NetlockError } from "../common/errors.ts";
 import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
 import type { NftTableView } from "../nftables/view_parser.ts";
 import type { Family } from "../common/types.ts";
-import { lockCandidates, planUnlock, type UnlockPlan } from "./plan.ts";
+import { lockCandidates, type NameKind, planUnlock, type UnlockPlan } from "./plan.ts";
 import { readNftState } from "./state.ts";
 
 // Each failed transaction means another caller changed the state in between.
@@ -33,6 +33,8 @@ export interface NftUnlockRequest {
    * family only, nft's echo checks the transaction instead of a read-back.
    */
   bulky: (name: string) => boolean;
+  /** What each name's lock looks like (default: a namespace lock). */
+  kindOf?: NameKind;
   /** Report the transaction instead of applying it. */
   dryRun: boolean;
   /** Where a dry run reports. */
@@ -66,8 +68,12 @@ export async function unlockThroughNft(
   let removed: UnlockPlan | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const names = lockCandidates(state).filter(request.wanted);
-    const plan = planUnlock(state, names, request.criu, scope);
-    if (plan.commands.length === 0) return removed;
+    const plan = planUnlock(state, names, request.criu, scope, request.kindOf);
+    if (plan.commands.length === 0) {
+      // Nothing of netlock's, only a chain or table of the name someone else made.
+      if (!removed && plan.foreign.length > 0) throw foreignError(plan.foreign);
+      return removed;
+    }
     // An iptables lock is applied family by family: a lock seen in one family
     // only may be a concurrent lock in flight, whose other family lands after
     // this read and is found by reading back. Seen in both families, nothing
@@ -89,7 +95,7 @@ export async function unlockThroughNft(
       if (!result.stdout.includes(`add table ${marker}`)) throw didNothing();
       return mergePlans(removed, plan);
     }
-    const next = await readNftState(exec, wanted);
+    const next = await readNftState(exec, { wanted, bulky: request.bulky });
     if (!next) return removed;
     const unchanged = JSON.stringify(next) === JSON.stringify(state);
     if (applied) {
@@ -103,6 +109,22 @@ export async function unlockThroughNft(
   throw new NetlockError(
     "CONFLICT",
     `the rules kept changing under concurrent callers; gave up after ${MAX_ATTEMPTS} attempts`,
+  );
+}
+
+/**
+ * The refusal when the only chains or tables of the lock's name are not
+ * netlock's.
+ *
+ * @param what Their descriptions.
+ * @returns The error.
+ */
+export function foreignError(what: string[]): NetlockError {
+  const others = what.length > 1 ? ` (nor is ${what.slice(1).join(", ")})` : "";
+  return new NetlockError(
+    "NAME_IN_USE",
+    `${what[0]} is not a netlock lock${others}: it holds, or is used by, what netlock never ` +
+      "makes; netlock leaves it alone: give the lock another --name",
   );
 }
 
@@ -122,5 +144,6 @@ function mergePlans(a: UnlockPlan | undefined, b: UnlockPlan): UnlockPlan {
       iptables: union(a.criu.iptables, b.criu.iptables),
       nftables: union(a.criu.nftables, b.criu.nftables),
     },
+    foreign: union(a.foreign, b.foreign),
   };
 }

@@ -76,7 +76,8 @@ pre-dump | pre-restore)
     [ -n "$CRTOOLS_INIT_PID" ] && ready=--ready
     # Where the helper writes the restore's unlock (Deno cannot use the
     # /proc path CRIU gives; a comma would split Deno's permission list).
-    images=$(cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && pwd)
+    # (Without it, none: `cd ""` would stay here, and the plan land in the cwd.)
+    [ -n "$CRTOOLS_IMAGE_DIR" ] && images=$(cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && pwd)
     case $images in *,*) images= ;; esac
   elif [ -r "$plan" ]; then
     # The dump planned this restore's unlock: no helper needed.

@@ -11,7 +11,7 @@ import {
   createNetns,
   inNamespace,
   integration,
-  startSleeper,
+  startEndpoint,
   type TestNetns,
 } from "./helpers/netns.ts";
 
@@ -84,20 +84,21 @@ Deno.test({
   name: "coexistence (connection mode): the process's lock comes and goes, nothing else moves",
   async fn() {
     await using netns = await createNetns();
+    // Connected first: the furnishing includes a lock CRIU left, which stops traffic.
+    await using _server = await startEndpoint(netns, ["server", "127.0.0.1:7100"]);
+    await using client = await startEndpoint(netns, ["client", "127.0.0.1", "7100", "2"]);
     await furnish(netns);
-    await using sleeper = await startSleeper(netns);
+    const pid = String(client.pid);
     const before = await everything(netns);
     for (const backend of ["iptables", "nftables"]) {
-      const locked = await cli([
-        "lock",
-        "--mode",
-        "connections",
-        "-b",
-        backend,
-        String(sleeper.pid),
-      ]);
+      const locked = await cli(["lock", "--json", "--mode", "connections", "-b", backend, pid]);
       assert.equal(locked.code, 0, locked.stderr);
-      const unlocked = await cli(["unlock", "--mode", "connections", String(sleeper.pid)]);
+      assert.equal(JSON.parse(locked.stdout).connections, 2, "the client's two connections");
+      const status = await cli(["status", "--json", "--mode", "connections", pid]);
+      assert.equal(status.code, 0, "locked");
+      assert.equal(JSON.parse(status.stdout).backend, backend);
+      assert.notEqual(await everything(netns), before, `${backend}: the lock is in the rules`);
+      const unlocked = await cli(["unlock", "--mode", "connections", pid]);
       assert.equal(unlocked.code, 0, unlocked.stderr);
       assert.equal(await everything(netns), before, backend);
     }

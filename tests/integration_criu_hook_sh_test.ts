@@ -11,16 +11,23 @@ const HOOK = new URL("../criu-hook.sh", import.meta.url).pathname;
 const PATH = `${Deno.execPath().replace(/\/[^/]+$/, "")}:/usr/sbin:/usr/bin:/sbin:/bin`;
 
 /**
- * Runs the actions from one `sh` (their common parent, as CRIU is), printing
- * `ACTION EXIT LOCKS` after each, where LOCKS counts what of netlock's lock
- * drops traffic in the namespace (the chain's DROP rule per family, or the
- * table). Also returns the parent's PID, and the actions that started Deno.
+ * Runs the actions from one `sh` (their common parent, as CRIU is), with the
+ * environment CRIU gives: `CRTOOLS_IMAGE_DIR` as `/proc/CRIU/fd/N` (an open
+ * descriptor of the image directory), `CRTOOLS_INIT_PID` once CRIU knows the
+ * root's PID (a restore's `pre-restore` has none). Prints `ACTION EXIT LOCKS`
+ * after each, where LOCKS counts what of netlock's lock drops traffic in the
+ * namespace (the chain's DROP rule per family, or the table). The pseudo
+ * action `await-armed` waits (5 s at most) for an armed unlock of the PID
+ * (a tool started in its namespace, waiting for its input) and prints
+ * `await-armed yes|no`. Also returns the parent's PID, and the actions that
+ * started Deno.
  */
 async function asCriu(
   netnsPath: string,
   pid: number,
   actions: string[],
   env: Record<string, string>,
+  images: string,
 ): Promise<{ steps: string[]; stderr: string; parent: number; denoStarts: string[] }> {
   // A `deno` first on PATH that notes which action started it.
   const stub = await Deno.makeTempDir({ prefix: "nltest-deno-" });
@@ -37,15 +44,23 @@ async function asCriu(
     `$(nsenter --net=${netnsPath} nft list ruleset | grep -c 'table inet NETLOCK') ))`;
   // "warm" while the helper's FIFOs are there (it answers), "-" otherwise.
   const warm = `{ test -p /run/netlock/criu-$$/cmd && echo warm || echo -; }`;
-  const script = `echo parent $$; for a in ${actions.join(" ")}; do ` +
+  // nsenter execs the tool: an armed one is `nft -f -` or `ip(6)tables-restore` in PID's namespace.
+  const armed = `pgrep --ns ${pid} --nslist net -f "^(nft -f -|ip6?tables-restore -w --noflush)$"`;
+  const awaitArmed = `n=0; until ${armed} >/dev/null; do n=$((n+1)); ` +
+    `[ $n -gt 100 ] && break; sleep 0.05; done; ` +
+    `${armed} >/dev/null && echo "await-armed yes" || echo "await-armed no"`;
+  const script = `exec 9<"$NLTEST_IMAGES"; export CRTOOLS_IMAGE_DIR=/proc/$$/fd/9; ` +
+    `echo parent $$; for a in ${actions.join(" ")}; do ` +
+    `if [ $a = await-armed ]; then ${awaitArmed}; continue; fi; ` +
+    `[ $a = pre-restore ] || export CRTOOLS_INIT_PID=$NLTEST_PID; ` +
     `CRTOOLS_SCRIPT_ACTION=$a NLTEST_ACTION=$a ${HOOK}; rc=$?; echo "$a $rc ${count} $(${warm})"; done`;
   const result = await sh([
     "env",
     "-i",
     `PATH=${stub}:${PATH}`,
-    `CRTOOLS_INIT_PID=${pid}`,
-    ...Object
-      .entries(env).map(([k, v]) => `${k}=${v}`),
+    `NLTEST_PID=${pid}`,
+    `NLTEST_IMAGES=${images}`,
+    ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
     "sh",
     "-c",
     script,
@@ -60,6 +75,12 @@ async function asCriu(
     stderr: result.stderr,
     denoStarts: starts.split("\n").filter(Boolean),
   };
+}
+
+/** A temporary image directory; removed on dispose. */
+async function imageDir(): Promise<{ path: string } & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix: "nltest-images-" });
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
 }
 
 /** A restore's actions, in CRIU's order. */
@@ -100,12 +121,14 @@ for (const backend of ["iptables", "nftables"]) {
     async fn() {
       await using netns = await createNetns();
       await using sleeper = await startSleeper(netns);
+      await using images = await imageDir();
       const before = await snapshot(netns);
       const run = await asCriu(
         netns.path,
         sleeper.pid,
         ["pre-dump", "network-lock", "post-dump", "network-unlock", "post-resume"],
         { NETLOCK_BACKEND: backend },
+        images.path,
       );
       // After the unlock the helper removes the rest of the lock, then ends.
       assert.deepEqual(run.steps.map(untilUnlock), [
@@ -128,15 +151,25 @@ for (const backend of ["iptables", "nftables"]) {
     async fn() {
       await using netns = await createNetns();
       await using sleeper = await startSleeper(netns);
+      await using images = await imageDir();
       const before = await snapshot(netns);
-      // The restored namespace holds the lock the dump's images carried.
+      // The restored namespace holds the lock the dump's images carried (no plan beside them).
       await lockWith(backend, sleeper.pid);
-      const run = await asCriu(netns.path, sleeper.pid, RESTORE, { NETLOCK_BACKEND: backend });
+      const actions = [...RESTORE.slice(0, 4), "await-armed", ...RESTORE.slice(4)];
+      const run = await asCriu(
+        netns.path,
+        sleeper.pid,
+        actions,
+        { NETLOCK_BACKEND: backend },
+        images.path,
+      );
       assert.deepEqual(run.steps.map(untilUnlock), [
         `pre-restore 0 ${locks} warm`,
         `setup-namespaces 0 ${locks} warm`,
         `post-setup-namespaces 0 ${locks} warm`,
         `post-restore 0 ${locks} warm`,
+        // The unlock's tools wait in the restored namespace before network-unlock asks.
+        "await-armed yes",
         "network-unlock 0 0",
         "pre-resume 0 0",
         "post-resume 0 0",
@@ -158,16 +191,23 @@ for (const backend of ["iptables", "nftables"]) {
     async fn() {
       await using netns = await createNetns();
       await using sleeper = await startSleeper(netns);
-      const images = await Deno.makeTempDir({ prefix: "nltest-images-" });
-      try {
+      await using dir = await imageDir();
+      const images = dir.path;
+      {
         const before = await snapshot(netns);
-        const env = { NETLOCK_BACKEND: backend, CRTOOLS_IMAGE_DIR: images };
-        const dump = await asCriu(netns.path, sleeper.pid, [
-          "pre-dump",
-          "network-lock",
-          "post-dump",
-          "network-unlock",
-        ], env);
+        const env = { NETLOCK_BACKEND: backend };
+        const dump = await asCriu(
+          netns.path,
+          sleeper.pid,
+          [
+            "pre-dump",
+            "network-lock",
+            "post-dump",
+            "network-unlock",
+          ],
+          env,
+          images,
+        );
         assert.deepEqual(dump.steps.map(untilUnlock), [
           "pre-dump 0 0 warm",
           `network-lock 0 ${locks} warm`,
@@ -181,7 +221,7 @@ for (const backend of ["iptables", "nftables"]) {
 
         // The restored namespace holds the lock the images carried.
         await lockWith(backend, sleeper.pid);
-        const restore = await asCriu(netns.path, sleeper.pid, RESTORE, env);
+        const restore = await asCriu(netns.path, sleeper.pid, RESTORE, env, images);
         assert.deepEqual(restore.steps, [
           ...RESTORE.slice(0, 4).map((action) => `${action} 0 ${locks} -`),
           "network-unlock 0 0 -",
@@ -195,14 +235,18 @@ for (const backend of ["iptables", "nftables"]) {
         assert.equal(await snapshot(netns), before);
 
         // A plan that no longer fits (nothing is locked): cli.ts decides, quietly.
-        const stale = await asCriu(netns.path, sleeper.pid, ["network-unlock", "post-resume"], env);
+        const stale = await asCriu(
+          netns.path,
+          sleeper.pid,
+          ["network-unlock", "post-resume"],
+          env,
+          images,
+        );
         assert.deepEqual(stale.steps, ["network-unlock 0 0 -", "post-resume 0 0 -"]);
         assert.deepEqual(stale.denoStarts, ["network-unlock"]);
         assert.equal(stale.stderr, "");
         assert.equal(await snapshot(netns), before);
         assert.deepEqual(await leftInRun(dump.parent, restore.parent, stale.parent), []);
-      } finally {
-        await Deno.remove(images, { recursive: true });
       }
     },
   });
@@ -233,16 +277,54 @@ Deno.test({
   async fn() {
     await using netns = await createNetns();
     await using sleeper = await startSleeper(netns);
+    await using images = await imageDir();
     const before = await snapshot(netns);
-    const run = await asCriu(netns.path, sleeper.pid, ["network-lock", "network-unlock"], {});
+    const run = await asCriu(
+      netns.path,
+      sleeper.pid,
+      ["network-lock", "network-unlock"],
+      {},
+      images.path,
+    );
     assert.deepEqual(run.steps, ["network-lock 0 2 -", "network-unlock 0 0 -"]);
     // A bad option: refused in one line, the exit code CRIU aborts on, nothing applied.
     const bad = await asCriu(netns.path, sleeper.pid, ["pre-dump", "network-lock"], {
       NETLOCK_MARK: "0x",
-    });
+    }, images.path);
     assert.deepEqual(bad.steps.map(untilUnlock), ["pre-dump 0 0", "network-lock 2 0 -"]);
     assert.match(bad.stderr, /^error: NETLOCK_MARK: /m);
     assert.ok(await helperEnded(bad.parent));
     assert.equal(await snapshot(netns), before);
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "criu-hook.sh without CRIU's image directory writes nothing where it was started",
+  async fn() {
+    await using netns = await createNetns();
+    await using sleeper = await startSleeper(netns);
+    await using cwd = await imageDir();
+    const hook = (action: string) =>
+      sh([
+        "env",
+        "-i",
+        `PATH=${PATH}`,
+        `CRTOOLS_SCRIPT_ACTION=${action}`,
+        `CRTOOLS_INIT_PID=${sleeper.pid}`,
+        "sh",
+        "-c",
+        `cd ${cwd.path} && ${HOOK}; echo rc=$?`,
+      ]);
+    const steps = [];
+    for (const action of ["pre-dump", "network-lock", "network-unlock"]) {
+      steps.push((await hook(action)).stdout.trim());
+    }
+    assert.deepEqual(steps, ["rc=0", "rc=0", "rc=0"]);
+    assert.deepEqual(
+      await Array.fromAsync(Deno.readDir(cwd.path)),
+      [],
+      "no restore plan in the working directory",
+    );
   },
 });

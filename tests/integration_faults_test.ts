@@ -264,11 +264,14 @@ for (const repair of ["lock", "unlock"]) {
         stderr: "null",
       }).spawn();
       try {
-        for (let i = 0; i < 200; i++) {
+        // Kill netlock only once the half-state is there: IPv4 locked, IPv6 hanging.
+        let half = false;
+        for (let i = 0; i < 400 && !half; i++) {
           const v4 = countLines((await netns.run(["iptables-save"])).stdout, /-j NETLOCK$/);
-          if (v4 === 2 && (await Deno.readTextFile(pidFile)).trim() !== "") break;
-          await new Promise((resolve) => setTimeout(resolve, 25));
+          half = v4 === 2 && (await Deno.readTextFile(pidFile)).trim() !== "";
+          if (!half) await new Promise((resolve) => setTimeout(resolve, 25));
         }
+        assert.ok(half, "netlock never reached the half-applied state within 10 s");
         child.kill("SIGKILL");
         await child.status;
       } finally {
@@ -276,7 +279,9 @@ for (const repair of ["lock", "unlock"]) {
         if (hung) await sh(["kill", "-KILL", hung]);
         await Deno.remove(pidFile);
       }
-      assert.equal((await cli(["status", "--json", "--netns", netns.name])).code, 3, "half-locked");
+      const half = await cli(["status", "--json", "--netns", netns.name]);
+      assert.equal(half.code, 3, "half-locked");
+      assert.equal(JSON.parse(half.stdout).state, "partial");
       const repaired = await cli([repair, "--netns", netns.name]);
       assert.equal(repaired.code, 0, repaired.stderr);
       if (repair === "lock") {

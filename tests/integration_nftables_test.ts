@@ -170,3 +170,29 @@ Deno.test({
     assert.deepEqual(JSON.parse(after.stdout).criu, { iptables: [], nftables: [] });
   },
 });
+
+Deno.test({
+  ...integration,
+  name: "nftables: the lock leaves exactly the chains and rules CRIU's own nftables lock leaves",
+  async fn() {
+    await using criu = await createNetns();
+    await using ours = await createNetns();
+    // CRIU's commands, literally and one at a time, as CRIU runs them.
+    for (const command of criuNftLock("inet NETLOCK").trim().split("\n")) {
+      await inNamespace(criu, ["nft", command]);
+    }
+    const locked = await cli(["lock", "-b", "nftables", "--netns", ours.name]);
+    assert.equal(locked.code, 0, locked.stderr);
+    for (const hook of ["input", "output"]) {
+      const listed = async (netns: typeof criu) =>
+        (await netns.run(["nft", "list", "chain", "inet", "NETLOCK", hook])).stdout;
+      assert.equal(await listed(ours), await listed(criu), hook);
+    }
+    // Nothing else in either table: the same objects, whatever their order.
+    const objects = async (netns: typeof criu) =>
+      (await netns.run(["nft", "list", "table", "inet", "NETLOCK"])).stdout.split("\n")
+        .map((line) => line.trim()).filter(Boolean).sort();
+    assert.deepEqual(await objects(ours), await objects(criu));
+    assert.equal((await cli(["unlock", "--netns", ours.name])).code, 0);
+  },
+});

@@ -109,11 +109,16 @@ for (const [what, options] of MODES) {
         assert.deepEqual(result, { bytes: BYTES, ok: true, error: "" });
         const sent = new TextDecoder().decode((await tx.output()).stdout).trim();
         assert.deepEqual(JSON.parse(sent), { sent: BYTES });
-        // The lock really stopped the stream: no progress while it held.
+        // The lock really stopped the stream: no progress while it held, and
+        // the stream was still going (progress after the unlock, then its end).
         const during = seen.filter((s) =>
           s.line.startsWith("progress ") && s.at > lockedAt + 300 && s.at < unlockStarted
         );
         assert.deepEqual(during, [], "bytes flowed while locked");
+        const after = seen.filter((s) => s.line.startsWith("progress ") && s.at > unlockStarted);
+        assert.ok(after.length > 0, "the stream had ended before the lock: nothing was tested");
+        const end = seen.find((s) => s.line.startsWith("{"))!;
+        assert.ok(end.at > unlockStarted, "the stream ended while locked");
         await reading;
       } finally {
         try {

@@ -102,10 +102,11 @@ export const MAX_TARGETS = 4096;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseInvocation } from "./args.ts";
  *
  * const invocation = parseInvocation(["lock", "--json", "1234"]);
- * console.assert(invocation.kind === "targets" && invocation.targets[0] === 1234);
+ * assert(invocation.kind === "targets" && invocation.targets[0] === 1234);
  * ```
  *
  * @param args The arguments.
@@ -295,8 +296,9 @@ export function commandWord(args: readonly string[]): string | undefined {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { usageMessage } from "./args.ts";
- * console.assert(usageMessage(new TypeError("Unknown option '--x'. To specify ...")) ===
+ * assert(usageMessage(new TypeError("Unknown option '--x'. To specify ...")) ===
  *   "unknown option '--x' (see netlock --help)");
  * ```
  *

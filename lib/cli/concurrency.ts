@@ -10,10 +10,11 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mapSettledLimit } from "./concurrency.ts";
  *
  * const results = await mapSettledLimit([1, 2, 3], 2, (n) => Promise.resolve(n * 2));
- * console.assert(results.map((r) => r.status === "fulfilled" && r.value).join() === "2,4,6");
+ * assert(results.map((r) => r.status === "fulfilled" && r.value).join() === "2,4,6");
  * ```
  *
  * @param items The inputs.

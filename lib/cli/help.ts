@@ -9,8 +9,9 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { helpText } from "./help.ts";
- * console.assert(helpText("1.0.0").startsWith("netlock 1.0.0"));
+ * assert(helpText("1.0.0").startsWith("netlock 1.0.0"));
  * ```
  *
  * @param version netlock's version.

@@ -31,6 +31,7 @@ export interface TargetName {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { jsonSuccess } from "./report.ts";
  *
  * const line = jsonSuccess("lock", {
@@ -38,8 +39,8 @@ export interface TargetName {
  *   mode: "netns", backend: "iptables", families: ["ipv4"], name: "NETLOCK",
  *   mark: 0xC114, connections: 0, durationMs: 12.5,
  * });
- * console.assert(line.startsWith('{"command":"lock","target":{"pid":1234,'));
- * console.assert(line.includes('"mark":"0xc114"'));
+ * assert(line.startsWith('{"command":"lock","target":{"pid":1234,'));
+ * assert(line.includes('"mark":"0xc114"'));
  * ```
  *
  * @param command The command.
@@ -80,10 +81,11 @@ export function jsonSuccess(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { jsonFailure } from "./report.ts";
  *
  * const line = jsonFailure("lock", { pid: 7 }, new Error("boom"));
- * console.assert(line === '{"command":"lock","target":{"pid":7},"ok":false,' +
+ * assert(line === '{"command":"lock","target":{"pid":7},"ok":false,' +
  *   '"error":{"code":"ERROR","message":"boom"}}');
  * ```
  *
@@ -171,6 +173,7 @@ export function jsonUsageError(command: string | undefined, message: string): st
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { humanSuccess } from "./report.ts";
  *
  * const line = humanSuccess("unlock", {
@@ -178,7 +181,7 @@ export function jsonUsageError(command: string | undefined, message: string): st
  *   changed: false, mode: "netns", backend: "iptables", families: ["ipv4"],
  *   name: "NETLOCK", mark: 0xC114, connections: 0, durationMs: 3,
  * });
- * console.assert(line === "namespace /run/netns/blue (net:[4026532456]) was not locked");
+ * assert(line === "namespace /run/netns/blue (net:[4026532456]) was not locked");
  * ```
  *
  * @param command The command.
@@ -240,8 +243,9 @@ function criuNote(command: ReportCommand, criu: CriuLocks): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { targetLabel } from "./report.ts";
- * console.assert(targetLabel({ pid: 1 }) === "process 1");
+ * assert(targetLabel({ pid: 1 }) === "process 1");
  * ```
  *
  * @param target The target.
@@ -256,8 +260,9 @@ export function targetLabel(target: TargetName): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { errorCode } from "./report.ts";
- * console.assert(errorCode(new TypeError("bad")) === "INVALID_ARGUMENT");
+ * assert(errorCode(new TypeError("bad")) === "INVALID_ARGUMENT");
  * ```
  *
  * @param error What was thrown.
@@ -274,8 +279,9 @@ export function errorCode(error: unknown): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { errorMessage } from "./report.ts";
- * console.assert(errorMessage(new Error("a\nb")) === "a b");
+ * assert(errorMessage(new Error("a\nb")) === "a b");
  * ```
  *
  * @param error What was thrown.
@@ -299,14 +305,15 @@ function targetRecord(target: TargetName & { netns?: string }): Record<string, u
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { jsonLock } from "./report.ts";
  *
  * const line = jsonLock({
  *   target: { pid: 42, netns: "net:[4026532456]" }, kind: "connections", name: "NETLOCK-c42",
  *   backend: "nftables", families: ["ipv4"], pid: 42, alive: false, connections: 3,
  * });
- * console.assert(line.startsWith('{"command":"list","target":{"pid":42,'));
- * console.assert(line.endsWith('"pid":42,"alive":false,"connections":3}'));
+ * assert(line.startsWith('{"command":"list","target":{"pid":42,'));
+ * assert(line.endsWith('"pid":42,"alive":false,"connections":3}'));
  * ```
  *
  * @param lock The lock.
@@ -322,13 +329,14 @@ export function jsonLock(lock: LockInfo): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { lockTable } from "./report.ts";
  *
  * const table = lockTable([{
  *   target: { path: "/run/netns/blue", netns: "net:[4026532456]" }, kind: "netns",
  *   name: "NETLOCK", backend: "iptables", families: ["ipv4", "ipv6"],
  * }]);
- * console.assert(table.split("\n")[0].startsWith("NAMESPACE         KIND   NAME"));
+ * assert(table.split("\n")[0].startsWith("NAMESPACE         KIND   NAME"));
  * ```
  *
  * @param locks The locks.

@@ -16,8 +16,9 @@ import { DEFAULT_MARK, DEFAULT_NAME } from "../common/options.ts";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { rulesText } from "./rules_text.ts";
- * console.assert(rulesText({ name: "CRIU" }, "lock").startsWith("*filter\n:CRIU - [0:0]\n"));
+ * assert(rulesText({ name: "CRIU" }, "lock").startsWith("*filter\n:CRIU - [0:0]\n"));
  * ```
  *
  * @param options Backend, mode, name and mark.

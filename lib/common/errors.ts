@@ -50,14 +50,15 @@ export type NetlockErrorCode =
  *
  * @example Tell a missing process from other failures
  * ```ts
+ * import assert from "node:assert/strict";
  * import { NetlockError } from "./errors.ts";
  *
  * const error = new NetlockError(
  *   "NO_SUCH_TARGET",
  *   "Cannot lock network of process 4194304: no such process",
  * );
- * console.assert(error.code === "NO_SUCH_TARGET");
- * console.assert(error instanceof Error);
+ * assert(error.code === "NO_SUCH_TARGET");
+ * assert(error instanceof Error);
  * ```
  */
 export class NetlockError extends Error {

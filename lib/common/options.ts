@@ -31,8 +31,9 @@ const NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_-]{0,27}$/;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parsePid } from "./options.ts";
- * console.assert(parsePid("1234") === 1234);
+ * assert(parsePid("1234") === 1234);
  * ```
  *
  * @param text The PID as typed.
@@ -57,8 +58,9 @@ export function parsePid(text: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { validatePid } from "./options.ts";
- * console.assert(validatePid(42) === 42);
+ * assert(validatePid(42) === 42);
  * ```
  *
  * @param pid The PID.
@@ -78,9 +80,10 @@ export function validatePid(pid: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseMark } from "./options.ts";
- * console.assert(parseMark("0xC114") === 0xC114);
- * console.assert(parseMark("49428") === 0xC114);
+ * assert(parseMark("0xC114") === 0xC114);
+ * assert(parseMark("49428") === 0xC114);
  * ```
  *
  * @param text The mark as typed.
@@ -102,8 +105,9 @@ export function parseMark(text: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { validateMark } from "./options.ts";
- * console.assert(validateMark(0xC114) === 0xC114);
+ * assert(validateMark(0xC114) === 0xC114);
  * ```
  *
  * @param mark The mark.
@@ -128,8 +132,9 @@ function markZero(shown: string): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatMark } from "./options.ts";
- * console.assert(formatMark(0xC114) === "0xC114");
+ * assert(formatMark(0xC114) === "0xC114");
  * ```
  *
  * @param mark A validated mark.
@@ -155,8 +160,9 @@ export const BUILTIN_CHAINS: readonly string[] = [
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { validateName } from "./options.ts";
- * console.assert(validateName("CRIU") === "CRIU");
+ * assert(validateName("CRIU") === "CRIU");
  * ```
  *
  * @param name The name.
@@ -183,8 +189,9 @@ export function validateName(name: string): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseTimeoutSeconds } from "./options.ts";
- * console.assert(parseTimeoutSeconds("2.5") === 2500);
+ * assert(parseTimeoutSeconds("2.5") === 2500);
  * ```
  *
  * @param text The seconds as typed.
@@ -207,8 +214,9 @@ export function parseTimeoutSeconds(text: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { validateTimeoutMs } from "./options.ts";
- * console.assert(validateTimeoutMs(500) === 500);
+ * assert(validateTimeoutMs(500) === 500);
  * ```
  *
  * @param ms The timeout.
@@ -226,8 +234,9 @@ export function validateTimeoutMs(ms: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseChoice } from "./options.ts";
- * console.assert(parseChoice("--ipv6", "on", ["auto", "on", "off"] as const) === "on");
+ * assert(parseChoice("--ipv6", "on", ["auto", "on", "off"] as const) === "on");
  * ```
  *
  * @param flag The flag name for the message.
@@ -252,9 +261,10 @@ export function parseChoice<T extends string>(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { resolveNetnsPath } from "./options.ts";
- * console.assert(resolveNetnsPath("blue") === "/run/netns/blue");
- * console.assert(resolveNetnsPath("/proc/42/ns/net") === "/proc/42/ns/net");
+ * assert(resolveNetnsPath("blue") === "/run/netns/blue");
+ * assert(resolveNetnsPath("/proc/42/ns/net") === "/proc/42/ns/net");
  * ```
  *
  * @param value The value as typed.

@@ -40,14 +40,15 @@ const LISTEN = "0A";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseProcNetTcp } from "./proc_net_parser.ts";
  *
  * const [entry] = parseProcNetTcp(
  *   "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
  *     "   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4242 1\n",
  * );
- * console.assert(entry.local === "127.0.0.1" && entry.localPort === 8080);
- * console.assert(entry.remotePort === 54321 && entry.inode === "4242");
+ * assert(entry.local === "127.0.0.1" && entry.localPort === 8080);
+ * assert(entry.remotePort === 54321 && entry.inode === "4242");
  * ```
  *
  * @param text The tables' text.
@@ -85,8 +86,9 @@ export function parseProcNetTcp(text: string, inodes?: ReadonlySet<string>): Tcp
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseSocketInodes } from "./proc_net_parser.ts";
- * console.assert(parseSocketInodes("socket:[12]\nsocket:[34]\n").has("34"));
+ * assert(parseSocketInodes("socket:[12]\nsocket:[34]\n").has("34"));
  * ```
  *
  * @param text The links.
@@ -104,13 +106,14 @@ export function parseSocketInodes(text: string): Set<string> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { selectConnections } from "./proc_net_parser.ts";
  *
  * const connections = selectConnections([
  *   { family: "ipv4", local: "127.0.0.1", localPort: 80, remote: "0.0.0.0", remotePort: 0, state: "0A", inode: "1" },
  *   { family: "ipv4", local: "127.0.0.1", localPort: 80, remote: "127.0.0.1", remotePort: 5000, state: "01", inode: "2" },
  * ], new Set(["1", "2"]));
- * console.assert(connections.length === 1 && connections[0].remotePort === 5000);
+ * assert(connections.length === 1 && connections[0].remotePort === 5000);
  * ```
  *
  * @param entries The kernel's TCP table rows.
@@ -138,10 +141,11 @@ export function selectConnections(entries: TcpEntry[], inodes: Set<string>): Con
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatIpv6 } from "./proc_net_parser.ts";
  * const loopback = new Uint8Array(16);
  * loopback[15] = 1;
- * console.assert(formatIpv6(loopback) === "::1");
+ * assert(formatIpv6(loopback) === "::1");
  * ```
  *
  * @param bytes The address in network order.

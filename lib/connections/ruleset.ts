@@ -17,8 +17,9 @@ import type { Connection } from "./proc_net_parser.ts";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { connectionLockName } from "./ruleset.ts";
- * console.assert(connectionLockName("NETLOCK", 1234) === "NETLOCK-c1234");
+ * assert(connectionLockName("NETLOCK", 1234) === "NETLOCK-c1234");
  * ```
  *
  * @param name The lock name.
@@ -37,9 +38,10 @@ export function connectionLockName(name: string, pid: number): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { connectionLockPid } from "./ruleset.ts";
- * console.assert(connectionLockPid("NETLOCK-c1234", "NETLOCK") === 1234);
- * console.assert(connectionLockPid("OTHER-c1234", "NETLOCK") === undefined);
+ * assert(connectionLockPid("NETLOCK-c1234", "NETLOCK") === 1234);
+ * assert(connectionLockPid("OTHER-c1234", "NETLOCK") === undefined);
  * ```
  *
  * @param candidate A chain or table name.
@@ -60,14 +62,15 @@ export function connectionLockPid(candidate: string, name: string): number | und
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { connectionIptablesBody } from "./ruleset.ts";
  *
  * const [incoming, outgoing] = connectionIptablesBody([{
  *   family: "ipv4", local: "10.0.0.1", localPort: 5000, remote: "10.0.0.2", remotePort: 80,
  * }], "ipv4", 0xC114);
- * console.assert(incoming ===
+ * assert(incoming ===
  *   "-s 10.0.0.2/32 -d 10.0.0.1/32 -p tcp -m tcp --sport 80 --dport 5000 -m mark ! --mark 0xc114 -j DROP");
- * console.assert(outgoing.startsWith("-s 10.0.0.1/32 -d 10.0.0.2/32 -p tcp -m tcp --sport 5000 --dport 80"));
+ * assert(outgoing.startsWith("-s 10.0.0.1/32 -d 10.0.0.2/32 -p tcp -m tcp --sport 5000 --dport 80"));
  * ```
  *
  * @param connections The process's connections (other families are skipped).
@@ -94,12 +97,13 @@ export function connectionIptablesBody(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { connectionSetElements } from "./ruleset.ts";
  *
  * const sets = connectionSetElements([{
  *   family: "ipv6", local: "::1", localPort: 5000, remote: "::1", remotePort: 80,
  * }]);
- * console.assert(sets.conn6[0] === "::1 80 ::1 5000" && sets.conn4.length === 0);
+ * assert(sets.conn6[0] === "::1 80 ::1 5000" && sets.conn4.length === 0);
  * ```
  *
  * @param connections The process's connections.
@@ -123,13 +127,14 @@ export function connectionSetElements(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderNftConnectionLock } from "./ruleset.ts";
  *
  * const script = renderNftConnectionLock("NETLOCK-c7", 0xC114, [{
  *   family: "ipv4", local: "10.0.0.1", localPort: 5000, remote: "10.0.0.2", remotePort: 80,
  * }], "create");
- * console.assert(script.startsWith("create table inet NETLOCK-c7\n"));
- * console.assert(script.endsWith("add element inet NETLOCK-c7 conn4 { 10.0.0.2 . 80 . 10.0.0.1 . 5000 }\n"));
+ * assert(script.startsWith("create table inet NETLOCK-c7\n"));
+ * assert(script.endsWith("add element inet NETLOCK-c7 conn4 { 10.0.0.2 . 80 . 10.0.0.1 . 5000 }\n"));
  * ```
  *
  * @param table The table name (`NAME-cPID`).
@@ -176,9 +181,10 @@ export function renderNftConnectionLock(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderConnectionTemplate } from "./ruleset.ts";
  *
- * console.assert(renderConnectionTemplate("iptables", "NETLOCK", 0xC114).includes(
+ * assert(renderConnectionTemplate("iptables", "NETLOCK", 0xC114).includes(
  *   "-A NETLOCK-cPID -s REMOTE -d LOCAL -p tcp -m tcp --sport RPORT --dport LPORT",
  * ));
  * ```

@@ -34,12 +34,13 @@ export type HookPlan =
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planCriuHook } from "./hook.ts";
  *
  * const env: Record<string, string> = { CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: "42" };
  * const plan = planCriuHook((name) => env[name]);
- * console.assert(plan.action === "lock" && plan.pid === 42);
- * console.assert(planCriuHook(() => "post-dump").action === "none");
+ * assert(plan.action === "lock" && plan.pid === 42);
+ * assert(planCriuHook(() => "post-dump").action === "none");
  * ```
  *
  * @param env Reads one environment variable.
@@ -75,10 +76,11 @@ export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | un
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { hookOptions } from "./hook.ts";
  *
  * const env: Record<string, string> = { NETLOCK_BACKEND: "nftables" };
- * console.assert(hookOptions((name) => env[name]).backend === "nftables");
+ * assert(hookOptions((name) => env[name]).backend === "nftables");
  * ```
  *
  * @param env Reads one environment variable.
@@ -135,11 +137,12 @@ function parseMarkFrom(variable: string, value: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderRestoreUnlock } from "./hook.ts";
  *
  * const plan = renderRestoreUnlock({ backend: "iptables", families: ["ipv4", "ipv6"], name: "NETLOCK", mark: 0xc114 });
- * console.assert(plan.script === "flush chain ip filter NETLOCK\nflush chain ip6 filter NETLOCK\n");
- * console.assert(plan.finish);
+ * assert(plan.script === "flush chain ip filter NETLOCK\nflush chain ip6 filter NETLOCK\n");
+ * assert(plan.finish);
  * ```
  *
  * @param lock The lock the dump made.

@@ -68,8 +68,9 @@ export async function runActionScripts(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { validateScriptPath } from "./action_scripts.ts";
- * console.assert(validateScriptPath("/usr/local/bin/hook") === "/usr/local/bin/hook");
+ * assert(validateScriptPath("/usr/local/bin/hook") === "/usr/local/bin/hook");
  * ```
  *
  * @param path The path as given.

@@ -36,11 +36,12 @@ export interface ExecSettings {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { nsenterExec } from "./nsenter.ts";
  *
  * const exec = nsenterExec([], { timeoutMs: 5000 });
  * const result = await exec("readlink", ["/proc/self/ns/net"]);
- * console.assert(result.stdout.startsWith("net:["));
+ * assert(result.stdout.startsWith("net:["));
  * ```
  *
  * @param nsenterArgs The namespace flags, e.g. `["--target", "1234", "--net"]`.
@@ -142,8 +143,9 @@ export function assertToolSuccess(result: RunResult, tool: string): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { toolMissing } from "./nsenter.ts";
- * console.assert(!toolMissing({
+ * assert(!toolMissing({
  *   argv: [], code: 1, signal: null, success: false, stdout: "", stderr: "", stdinClosedEarly: false,
  * }));
  * ```

@@ -73,11 +73,12 @@ function killed(error: NetlockError, stdout: string): NetlockError {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { printedBeforeKill, runCommand } from "./runner.ts";
  *
  * const error = await runCommand("sh", { args: ["-c", "echo started; exec sleep 5"], timeoutMs: 300 })
  *   .catch((e) => e);
- * console.assert(printedBeforeKill(error) === "started\n");
+ * assert(printedBeforeKill(error) === "started\n");
  * ```
  *
  * @param error What runCommand threw.
@@ -98,10 +99,11 @@ export function printedBeforeKill(error: unknown): string | undefined {
  *
  * @example Feed stdin and read stdout
  * ```ts
+ * import assert from "node:assert/strict";
  * import { runCommand } from "./runner.ts";
  *
  * const result = await runCommand("cat", { stdin: "*filter\nCOMMIT\n" });
- * console.assert(result.success && result.stdout === "*filter\nCOMMIT\n");
+ * assert(result.success && result.stdout === "*filter\nCOMMIT\n");
  * ```
  *
  * @param command The binary to run, looked up on PATH.
@@ -238,13 +240,14 @@ export function assertSuccess(result: RunResult, tool: string): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { describeFailure } from "./runner.ts";
  *
  * const line = describeFailure({
  *   argv: ["iptables-restore"], code: 1, signal: null, success: false,
  *   stdout: "", stderr: "iptables-restore: line 2 failed\n", stdinClosedEarly: false,
  * }, "iptables-restore");
- * console.assert(line === "iptables-restore exited with code 1: iptables-restore: line 2 failed");
+ * assert(line === "iptables-restore exited with code 1: iptables-restore: line 2 failed");
  * ```
  *
  * @param result What {@linkcode runCommand} returned.

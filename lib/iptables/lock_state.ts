@@ -60,6 +60,7 @@ export const UNLOCKED_STATE: IptablesLockState = {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { inspectIptablesLock } from "./lock_state.ts";
  * import { parseIptablesSave } from "./save_parser.ts";
  *
@@ -68,7 +69,7 @@ export const UNLOCKED_STATE: IptablesLockState = {
  *     "-A INPUT -j NETLOCK\n-A OUTPUT -j NETLOCK\n" +
  *     "-A NETLOCK -m mark --mark 0xc114 -j ACCEPT\n-A NETLOCK -j DROP\nCOMMIT\n",
  * ), { name: "NETLOCK", mark: 0xC114 });
- * console.assert(state.status === "locked" && !state.otherContent);
+ * assert(state.status === "locked" && !state.otherContent);
  * ```
  *
  * @param table The parsed `iptables-save -t filter` output.
@@ -138,8 +139,9 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { sameLockState, UNLOCKED_STATE } from "./lock_state.ts";
- * console.assert(sameLockState(UNLOCKED_STATE, { ...UNLOCKED_STATE, otherContent: false }));
+ * assert(sameLockState(UNLOCKED_STATE, { ...UNLOCKED_STATE, otherContent: false }));
  * ```
  *
  * @param a One state.

@@ -25,11 +25,12 @@ export interface IptablesStep {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planIptablesLock } from "./planner.ts";
  * import { UNLOCKED_STATE } from "./lock_state.ts";
  *
  * const step = planIptablesLock(UNLOCKED_STATE, { name: "NETLOCK", mark: 0xC114 });
- * console.assert(step?.tool === "restore" && step.script.includes("-N NETLOCK"));
+ * assert(step?.tool === "restore" && step.script.includes("-N NETLOCK"));
  * ```
  *
  * @param state The observed state of the family.
@@ -56,13 +57,14 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planIptablesUnlock } from "./planner.ts";
  *
  * const step = planIptablesUnlock({
  *   status: "locked", chainExists: true, chainRulesMatch: true, chainRuleCount: 2, inputJumps: 1,
  *   outputJumps: 1, otherContent: false, flavour: "legacy", foreign: false, ipv4Only: false,
  * }, { name: "NETLOCK", mark: 0xC114 });
- * console.assert(step?.script.includes("-X NETLOCK"));
+ * assert(step?.script.includes("-X NETLOCK"));
  * ```
  *
  * @param state The observed state of the family.

@@ -23,9 +23,10 @@ export interface IptablesChange {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderIptablesLock } from "./ruleset.ts";
  *
- * console.assert(renderIptablesLock({ name: "CRIU", mark: 0xC114 }) ===
+ * assert(renderIptablesLock({ name: "CRIU", mark: 0xC114 }) ===
  *   "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n" +
  *   "-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n");
  * ```
@@ -42,9 +43,10 @@ export function renderIptablesLock(rules: LockRules): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderIptablesUnlock } from "./ruleset.ts";
  *
- * console.assert(renderIptablesUnlock({ name: "NETLOCK", mark: 0xC114 }) ===
+ * assert(renderIptablesUnlock({ name: "NETLOCK", mark: 0xC114 }) ===
  *   "*filter\n-D INPUT -j NETLOCK\n-D OUTPUT -j NETLOCK\n-F NETLOCK\n-X NETLOCK\nCOMMIT\n");
  * ```
  *
@@ -66,12 +68,13 @@ export function renderIptablesUnlock(rules: LockRules): string {
  *
  * @example Lock a clean table so that a second lock fails instead of duplicating jumps
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderIptablesChange } from "./ruleset.ts";
  *
  * const script = renderIptablesChange({ name: "NETLOCK", mark: 0xC114 }, {
  *   removeJumps: { input: 0, output: 0 }, chain: "create", addLock: true,
  * });
- * console.assert(script.startsWith("*filter\n-N NETLOCK\n-I INPUT -j NETLOCK\n"));
+ * assert(script.startsWith("*filter\n-N NETLOCK\n-I INPUT -j NETLOCK\n"));
  * ```
  *
  * @param rules The lock name and mark.

@@ -14,9 +14,10 @@ import type { LockRules } from "../common/types.ts";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderNftChains } from "./ruleset.ts";
  *
- * console.assert(renderNftChains({ name: "NETLOCK", mark: 0xC114 }).startsWith(
+ * assert(renderNftChains({ name: "NETLOCK", mark: 0xC114 }).startsWith(
  *   "add chain inet NETLOCK input { type filter hook input priority 0; policy drop; }\n",
  * ));
  * ```
@@ -38,9 +39,10 @@ export function renderNftChains(rules: LockRules): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderNftLock } from "./ruleset.ts";
  *
- * console.assert(renderNftLock({ name: "CRIU", mark: 0xC114 }).startsWith(
+ * assert(renderNftLock({ name: "CRIU", mark: 0xC114 }).startsWith(
  *   "create table inet CRIU\nadd chain inet CRIU input {",
  * ));
  * ```
@@ -58,9 +60,10 @@ export function renderNftLock(rules: LockRules): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderNftRelock } from "./ruleset.ts";
  *
- * console.assert(renderNftRelock({ name: "X", mark: 1 }).startsWith(
+ * assert(renderNftRelock({ name: "X", mark: 1 }).startsWith(
  *   "add table inet X\ndelete table inet X\nadd table inet X\n",
  * ));
  * ```
@@ -78,8 +81,9 @@ export function renderNftRelock(rules: LockRules): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderNftUnlock } from "./ruleset.ts";
- * console.assert(renderNftUnlock({ name: "NETLOCK", mark: 0 }) === "delete table inet NETLOCK\n");
+ * assert(renderNftUnlock({ name: "NETLOCK", mark: 0 }) === "delete table inet NETLOCK\n");
  * ```
  *
  * @param rules The table name.

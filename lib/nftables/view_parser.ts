@@ -92,6 +92,7 @@ export interface NftTableView {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseNftTableJson } from "./view_parser.ts";
  *
  * const view = parseNftTableJson(JSON.stringify({ nftables: [
@@ -100,7 +101,7 @@ export interface NftTableView {
  *   { rule: { family: "ip", table: "filter", chain: "INPUT", handle: 3,
  *     expr: [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }] } },
  * ] }));
- * console.assert(view.rules[0].plainJumpTo === "NETLOCK");
+ * assert(view.rules[0].plainJumpTo === "NETLOCK");
  * ```
  *
  * @param text What nft printed.
@@ -259,11 +260,12 @@ export interface NftTableName {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseNftTablesJson } from "./view_parser.ts";
  *
  * const tables = parseNftTablesJson('{"nftables":[{"metainfo":{}},' +
  *   '{"table":{"family":"inet","name":"CRIU-1f","handle":3}}]}');
- * console.assert(tables[0].name === "CRIU-1f");
+ * assert(tables[0].name === "CRIU-1f");
  * ```
  *
  * @param text What nft printed.

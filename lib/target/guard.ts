@@ -80,10 +80,11 @@ function ranNothing(error: NetlockError): NetlockError {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GuardRefusal, stoppedBeforeTool } from "./guard.ts";
  *
- * console.assert(stoppedBeforeTool(new GuardRefusal("own", "own namespace")));
- * console.assert(!stoppedBeforeTool(new Error("tool failed")));
+ * assert(stoppedBeforeTool(new GuardRefusal("own", "own namespace")));
+ * assert(!stoppedBeforeTool(new Error("tool failed")));
  * ```
  *
  * @param error What was thrown.
@@ -110,14 +111,15 @@ export interface GuardReport {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseGuarded } from "./guard.ts";
  *
  * const { report, result } = parseGuarded({
  *   argv: [], code: 0, signal: null, success: true,
  *   stdout: "netlock-guard 4026531840 1\nout\n", stderr: "", stdinClosedEarly: false,
  * });
- * console.assert(report?.netns === "net:[4026531840]" && report.ipv6);
- * console.assert(result.stdout === "out\n");
+ * assert(report?.netns === "net:[4026531840]" && report.ipv6);
+ * assert(result.stdout === "out\n");
  * ```
  *
  * @param result What the guarded spawn returned.

@@ -98,8 +98,9 @@ export interface Prepared {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { resolveOptions } from "./prepare.ts";
- * console.assert(resolveOptions({}).name === "NETLOCK");
+ * assert(resolveOptions({}).name === "NETLOCK");
  * ```
  *
  * @param options The caller's options.

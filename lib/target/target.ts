@@ -44,10 +44,11 @@ export interface TargetProbe {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { toTargetRef } from "./target.ts";
  *
- * console.assert(toTargetRef(1234).label === "process 1234");
- * console.assert(toTargetRef({ netns: "blue" }).nsenterArgs[0] === "--net=/run/netns/blue");
+ * assert(toTargetRef(1234).label === "process 1234");
+ * assert(toTargetRef({ netns: "blue" }).nsenterArgs[0] === "--net=/run/netns/blue");
  * ```
  *
  * @param target A PID, `{ pid }` or `{ netns }`.
@@ -134,8 +135,9 @@ let ownNetnsPromise: Promise<string> | undefined;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { ownNetns } from "./target.ts";
- * console.assert((await ownNetns({ timeoutMs: 5000 })).startsWith("net:["));
+ * assert((await ownNetns({ timeoutMs: 5000 })).startsWith("net:["));
  * ```
  *
  * @param settings Timeout and logger for the spawned tool.
@@ -157,13 +159,14 @@ export function ownNetns(settings: ExecSettings): Promise<string> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { probeError, toTargetRef } from "./target.ts";
  *
  * const error = probeError(
  *   toTargetRef(99999),
  *   "nsenter: cannot open /proc/99999/ns/net: No such file or directory",
  * );
- * console.assert(error.code === "NO_SUCH_TARGET");
+ * assert(error.code === "NO_SUCH_TARGET");
  * ```
  *
  * @param ref The target.

@@ -21,10 +21,11 @@ export const CRIU_IPTABLES_RULES: LockRules = { name: "CRIU", mark: DEFAULT_MARK
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { isCriuNftTable } from "./criu_locks.ts";
  *
- * console.assert(isCriuNftTable({ family: "inet", name: "CRIU-0123456789abcdef0123" }));
- * console.assert(!isCriuNftTable({ family: "inet", name: "CRIUX" }));
+ * assert(isCriuNftTable({ family: "inet", name: "CRIU-0123456789abcdef0123" }));
+ * assert(!isCriuNftTable({ family: "inet", name: "CRIUX" }));
  * ```
  *
  * @param table The table's family and name.

@@ -47,13 +47,17 @@ const FAMILIES: [Family, "ip" | "ip6"][] = [["ipv4", "ip"], ["ipv6", "ip6"]];
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planUnlock } from "./plan.ts";
  *
  * const plan = planUnlock({
- *   family: "", chains: [], rules: [], otherObjects: 0, sets: {},
+ *   family: "", otherObjects: 0, sets: {},
  *   tables: [{ family: "inet", name: "NETLOCK" }],
+ *   chains: [{ family: "inet", table: "NETLOCK", name: "input", handle: 1, hook: "input", type: "filter" }],
+ *   rules: [{ family: "inet", table: "NETLOCK", chain: "input", handle: 2, kind: "markAccept", markAccept: 0xC114 }],
  * }, ["NETLOCK"], false);
- * console.assert(plan.commands[0] === "delete table inet NETLOCK" && plan.nftables);
+ * assert.deepEqual(plan.commands, ["delete table inet NETLOCK"]);
+ * assert.equal(plan.nftables, true);
  * ```
  *
  * @param state Every table, chain and INPUT/OUTPUT rule (`parseNftTableJson` with `allTables`).
@@ -168,6 +172,7 @@ export function isNetlockChain(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { lockNamesIn } from "./plan.ts";
  *
  * const names = lockNamesIn({
@@ -175,7 +180,7 @@ export function isNetlockChain(
  *   chains: [{ family: "ip", table: "filter", name: "NETLOCK-c42", handle: 1 }],
  *   tables: [{ family: "inet", name: "NETLOCK" }, { family: "inet", name: "other" }],
  * }, "NETLOCK");
- * console.assert(names.join() === "NETLOCK-c42,NETLOCK");
+ * assert(names.join() === "NETLOCK-c42,NETLOCK");
  * ```
  *
  * @param state Every table and chain (`parseNftTableJson` with `allTables`).
@@ -192,6 +197,7 @@ export function lockNamesIn(state: NftTableView, name: string): string[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { lockCandidates } from "./plan.ts";
  *
  * const names = lockCandidates({
@@ -199,7 +205,7 @@ export function lockNamesIn(state: NftTableView, name: string): string[] {
  *   chains: [{ family: "ip", table: "filter", name: "INPUT", handle: 1 }],
  *   tables: [{ family: "inet", name: "NETLOCK" }],
  * });
- * console.assert(names.join() === "INPUT,NETLOCK");
+ * assert(names.join() === "INPUT,NETLOCK");
  * ```
  *
  * @param state Every table and chain (`parseNftTableJson` with `allTables`).
@@ -224,8 +230,9 @@ export function lockCandidates(state: NftTableView): string[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { isLockName } from "./plan.ts";
- * console.assert(isLockName("NETLOCK-c42", "NETLOCK") && !isLockName("NETLOCKS", "NETLOCK"));
+ * assert(isLockName("NETLOCK-c42", "NETLOCK") && !isLockName("NETLOCKS", "NETLOCK"));
  * ```
  *
  * @param candidate A chain or table name.
@@ -243,8 +250,9 @@ export function isLockName(candidate: string, name: string): boolean {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { hasLockChain } from "./plan.ts";
- * console.assert(!hasLockChain(null, "NETLOCK"));
+ * assert(!hasLockChain(null, "NETLOCK"));
  * ```
  *
  * @param view The table, or `null` when it does not exist.
@@ -266,6 +274,7 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { planNftUnlockCommands } from "./plan.ts";
  *
  * const commands = planNftUnlockCommands({
@@ -279,7 +288,7 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
  *     { chain: "NETLOCK", handle: 4, kind: "drop" },
  *   ],
  * }, "NETLOCK");
- * console.assert(commands.join("\n") === [
+ * assert(commands.join("\n") === [
  *   "delete rule ip filter INPUT handle 3",
  *   "flush chain ip filter NETLOCK",
  *   "delete chain ip filter NETLOCK",

@@ -11,8 +11,16 @@ const ROOT = new URL("../../", import.meta.url);
 const CLI = new URL("cli.ts", ROOT).pathname;
 const TCP_TOOL = new URL("scripts/tcp_tool.ts", ROOT).pathname;
 
-/** `true` in CI, where an integration test must never be skipped. */
-export const IN_CI = Deno.env.get("CI") === "true";
+/**
+ * `true` in CI, where an integration test must never be skipped: `CI` set to
+ * anything but empty, `0`, `false` or `no` (CI systems say `true`, `1`, `yes`).
+ */
+export const IN_CI = ciIsSet(Deno.env.get("CI"));
+
+/** Whether a `CI` value means "this is CI". */
+export function ciIsSet(value: string | undefined): boolean {
+  return value !== undefined && !["", "0", "false", "no"].includes(value.trim().toLowerCase());
+}
 
 function hasTools(): boolean {
   const probe = new Deno.Command("sh", {

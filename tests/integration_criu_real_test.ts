@@ -1,0 +1,109 @@
+/**
+ * netlock as a real CRIU's action script (`criu-hook.sh` with `--network-lock
+ * skip`): a process tree in a namespace of its own, whose children hold live
+ * TCP connections to a peer outside it that keeps sending all along, is
+ * dumped with `--leave-running`, and dumped and restored. No connection is
+ * reset, every byte comes back in order, and nothing of the lock is left in
+ * the namespace — with each backend. Skipped (saying why) without a CRIU;
+ * never under CI.
+ */
+import assert from "node:assert/strict";
+import {
+  createPod,
+  criuDump,
+  criuRestore,
+  type Pod,
+  startPeer,
+  startTree,
+  withCriu,
+} from "./helpers/criu.ts";
+import { cli, createNetns, sh, snapshot } from "./helpers/netns.ts";
+
+const PORT = 7300;
+const CONNECTIONS = 6;
+const CHILDREN = 2;
+
+async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix: "nltest-criu-" });
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
+/** No helper of this run is left, nor its directory. */
+async function helpersGone(): Promise<boolean> {
+  for (let i = 0; i < 200; i++) {
+    const helpers = await sh(["pgrep", "-f", "cli\\.ts criu-hook --serve"]);
+    if (helpers.code !== 0) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return false;
+}
+
+async function locked(pod: Pod): Promise<boolean> {
+  const status = await cli(["status", "--netns", pod.pod.name]);
+  return status.code === 0;
+}
+
+for (const backend of ["iptables", "nftables"]) {
+  const env = { NETLOCK_BACKEND: backend };
+
+  Deno.test({
+    ...withCriu,
+    name: `real CRIU, ${backend}: dump --leave-running of a tree with live connections`,
+    async fn() {
+      await using pod = await createPod(createNetns);
+      await using images = await tempDir();
+      const before = await snapshot(pod.pod);
+      await using tree = await startTree(pod, PORT, CONNECTIONS, CHILDREN);
+      await using peer = await startPeer(pod, PORT, CONNECTIONS);
+      await peer.flowing();
+
+      const dump = await criuDump(pod, tree, images.path, ["--leave-running"], env);
+      assert.equal(dump.code, 0, dump.errors);
+      assert.ok(await helpersGone(), "the hook's helper ended");
+      assert.equal(await snapshot(pod.pod), before, "nothing of the lock is left");
+      // The tree runs on, and its connections carry on.
+      await peer.flowing();
+      const verdict = await peer.stop();
+      assert.deepEqual(
+        { ok: verdict.ok, resets: verdict.resets, errors: verdict.errors },
+        { ok: true, resets: 0, errors: [] },
+      );
+      assert.ok(verdict.echoed > 0);
+    },
+  });
+
+  Deno.test({
+    ...withCriu,
+    name: `real CRIU, ${backend}: dump and restore keep every connection of the tree`,
+    async fn() {
+      await using pod = await createPod(createNetns);
+      await using images = await tempDir();
+      const before = await snapshot(pod.pod);
+      await using tree = await startTree(pod, PORT, CONNECTIONS, CHILDREN);
+      await using peer = await startPeer(pod, PORT, CONNECTIONS);
+      await peer.flowing();
+
+      const dump = await criuDump(pod, tree, images.path, [], env);
+      assert.equal(dump.code, 0, dump.errors);
+      await tree.gone();
+      // The tree is gone; its namespace stays locked for the restore: the
+      // peer's packets are dropped, not answered with a reset.
+      assert.equal(await locked(pod), true, "locked between dump and restore");
+      const during = peer.progress();
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert.equal(peer.progress(), during, "no echo while the tree is dumped");
+
+      const restore = await criuRestore(pod, images.path, env);
+      assert.equal(restore.code, 0, restore.errors);
+      tree.restored(restore.pid);
+      await peer.flowing();
+      assert.equal(await snapshot(pod.pod), before, "the restore removed the lock");
+      assert.ok(await helpersGone(), "no helper is left");
+      const verdict = await peer.stop();
+      assert.deepEqual(
+        { ok: verdict.ok, resets: verdict.resets, errors: verdict.errors },
+        { ok: true, resets: 0, errors: [] },
+      );
+    },
+  });
+}

@@ -40,7 +40,9 @@ Usage:
 TARGET is a PID (its network namespace). --netns PATH adds a namespace file
 target (a bare NAME means /run/netns/NAME); repeatable. In auto mode, status
 and unlock of a PID in another namespace see both its namespace lock and its
-connection lock.
+connection lock. status and unlock take a lock by its name, whatever its mark
+and IPv6 choice. A chain or table of the lock's name that netlock did not make
+is never touched. A flag a command does not take is refused.
 
 Options:
   -b, --backend NAME         iptables (default), nftables, or auto (nftables,
@@ -52,12 +54,17 @@ Options:
                              host's namespace); auto (default): connections
                              when the target shares netlock's own namespace,
                              else netns
-      --mark N               packets with this mark pass (default 0xC114)
-      --name NAME            lock chain name (default NETLOCK; CRIU uses CRIU)
-      --ipv6 auto|on|off     lock IPv6 too (default auto: if the kernel has it)
+      --mark N               lock, run: packets with this mark pass
+                             (1..0xFFFFFFFF, default 0xC114; never 0, the
+                             mark of every unmarked packet)
+      --name NAME            lock chain name (default NETLOCK; CRIU uses CRIU);
+                             not a built-in chain such as INPUT
+      --ipv6 auto|on|off     lock, run, iptables backend: lock IPv6 too
+                             (default auto: if the kernel has it)
       --userns               also enter the target's user namespace: lock a
                              rootless container you own without root
-      --force                allow --mode netns on netlock's own namespace
+      --force                lock, run: allow --mode netns on netlock's own
+                             namespace
       --criu                 status/unlock/list: also see and remove locks
                              CRIU itself left (chain CRIU, tables inet CRIU-*)
       --all                  unlock: every lock list shows (namespace and
@@ -66,16 +73,20 @@ Options:
                              applied (network-lock) and removed (network-unlock);
                              repeatable; needs --allow-run=PATH
       --timeout SECONDS      limit for each spawned tool (default 10)
-      --dry-run              print the commands and rulesets, change nothing
-      --json                 one JSON object per target (list: per lock) per
-                             line on stdout
+      --dry-run              lock, unlock, run: print what would change (the
+                             rulesets, run's command), change and run nothing
+      --json                 one JSON object per target (list: per lock; run:
+                             lock, command, unlock) per line on stdout; with
+                             --dry-run the trace goes to stderr
   -q, --quiet                print nothing on success
-  -v, --verbose              show each spawned command and its stderr
+  -v, --verbose              show each spawned command and its stderr (not
+                             with -q)
   -h, --help                 show this help
   -V, --version              show the version
 
 Exit codes: 0 success (status: all locked), 1 operation failed (nothing left
-half-applied), 2 usage error, 3 status: a target is not locked.
+half-applied; also no such process or namespace), 2 usage error, 3 status: a
+target is not locked.
 run: COMMAND's status (128+N if killed by signal N), 125 netlock failed,
 126 COMMAND cannot run, 127 COMMAND not found.
 

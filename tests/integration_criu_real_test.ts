@@ -12,9 +12,11 @@ import {
   createPod,
   criuDump,
   criuRestore,
+  type Peer,
   type Pod,
   startPeer,
   startTree,
+  type Tree,
   withCriu,
 } from "./helpers/criu.ts";
 import { cli, createNetns, sh, snapshot } from "./helpers/netns.ts";
@@ -22,11 +24,6 @@ import { cli, createNetns, sh, snapshot } from "./helpers/netns.ts";
 const PORT = 7300;
 const CONNECTIONS = 6;
 const CHILDREN = 2;
-
-async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
-  const path = await Deno.makeTempDir({ prefix: "nltest-criu-" });
-  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
-}
 
 /** No helper of this run is left, nor its directory. */
 async function helpersGone(): Promise<boolean> {
@@ -36,6 +33,37 @@ async function helpersGone(): Promise<boolean> {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return false;
+}
+
+/** A pod whose tree's children hold live connections to a peer that is sending. */
+async function liveTree(): Promise<
+  {
+    pod: Pod;
+    images: string;
+    before: string;
+    tree: Tree;
+    peer: Peer;
+  } & AsyncDisposable
+> {
+  const pod = await createPod(createNetns);
+  const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
+  const before = await snapshot(pod.pod);
+  const tree = await startTree(pod, PORT, CONNECTIONS, CHILDREN);
+  const peer = await startPeer(pod, PORT, CONNECTIONS);
+  await peer.flowing();
+  return {
+    pod,
+    images,
+    before,
+    tree,
+    peer,
+    async [Symbol.asyncDispose]() {
+      await peer[Symbol.asyncDispose]();
+      await tree[Symbol.asyncDispose]();
+      await Deno.remove(images, { recursive: true });
+      await pod[Symbol.asyncDispose]();
+    },
+  };
 }
 
 async function locked(pod: Pod): Promise<boolean> {
@@ -50,14 +78,9 @@ for (const backend of ["iptables", "nftables"]) {
     ...withCriu,
     name: `real CRIU, ${backend}: dump --leave-running of a tree with live connections`,
     async fn() {
-      await using pod = await createPod(createNetns);
-      await using images = await tempDir();
-      const before = await snapshot(pod.pod);
-      await using tree = await startTree(pod, PORT, CONNECTIONS, CHILDREN);
-      await using peer = await startPeer(pod, PORT, CONNECTIONS);
-      await peer.flowing();
-
-      const dump = await criuDump(pod, tree, images.path, ["--leave-running"], env);
+      await using live = await liveTree();
+      const { pod, images, before, tree, peer } = live;
+      const dump = await criuDump(pod, tree, images, ["--leave-running"], env);
       assert.equal(dump.code, 0, dump.errors);
       assert.ok(await helpersGone(), "the hook's helper ended");
       assert.equal(await snapshot(pod.pod), before, "nothing of the lock is left");
@@ -76,14 +99,9 @@ for (const backend of ["iptables", "nftables"]) {
     ...withCriu,
     name: `real CRIU, ${backend}: dump and restore keep every connection of the tree`,
     async fn() {
-      await using pod = await createPod(createNetns);
-      await using images = await tempDir();
-      const before = await snapshot(pod.pod);
-      await using tree = await startTree(pod, PORT, CONNECTIONS, CHILDREN);
-      await using peer = await startPeer(pod, PORT, CONNECTIONS);
-      await peer.flowing();
-
-      const dump = await criuDump(pod, tree, images.path, [], env);
+      await using live = await liveTree();
+      const { pod, images, before, tree, peer } = live;
+      const dump = await criuDump(pod, tree, images, [], env);
       assert.equal(dump.code, 0, dump.errors);
       await tree.gone();
       // The tree is gone; its namespace stays locked for the restore: the
@@ -93,7 +111,7 @@ for (const backend of ["iptables", "nftables"]) {
       await new Promise((resolve) => setTimeout(resolve, 500));
       assert.equal(peer.progress(), during, "no echo while the tree is dumped");
 
-      const restore = await criuRestore(pod, images.path, env);
+      const restore = await criuRestore(pod, images, env);
       assert.equal(restore.code, 0, restore.errors);
       tree.restored(restore.pid);
       await peer.flowing();

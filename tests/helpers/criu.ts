@@ -282,28 +282,24 @@ export async function criuDump(
   env: Record<string, string>,
 ): Promise<CriuRun> {
   const inode = (await must(["stat", "-L", "-c", "%i", pod.pod.path])).trim();
-  return await criu(
-    [
-      "dump",
-      "-t",
-      String(tree.pid),
-      "-D",
-      images,
-      "-o",
-      "dump.log",
-      "-v4",
-      "--tcp-established",
-      "--network-lock",
-      "skip",
-      "--action-script",
-      HOOK,
-      "--external",
-      `net[${inode}]:pod`,
-      ...extra,
-    ],
-    env,
+  const args = ["-t", String(tree.pid), "--external", `net[${inode}]:pod`, ...extra];
+  return await criu(["dump", ...withHook(images, "dump.log"), ...args], env, images);
+}
+
+/** What every dump and restore of the tests is given: images, log, the hook instead of CRIU's lock. */
+function withHook(images: string, log: string): string[] {
+  return [
+    "-D",
     images,
-  );
+    "-o",
+    log,
+    "-v4",
+    "--tcp-established",
+    "--network-lock",
+    "skip",
+    "--action-script",
+    HOOK,
+  ];
 }
 
 /**
@@ -320,16 +316,7 @@ export async function criuRestore(
   const args = [
     "restore",
     "-d",
-    "-D",
-    images,
-    "-o",
-    "restore.log",
-    "-v4",
-    "--tcp-established",
-    "--network-lock",
-    "skip",
-    "--action-script",
-    HOOK,
+    ...withHook(images, "restore.log"),
     "--inherit-fd",
     "fd[7]:pod",
     "--pidfile",

@@ -6,8 +6,10 @@
  */
 
 import { runActionScripts, type ScriptAction } from "./exec/action_scripts.ts";
-import { discoverConnections } from "./connections/discover.ts";
 import { connectionShape } from "./shape/connections.ts";
+import { cgroupShape } from "./shape/cgroup.ts";
+import { lockCgroup, lockConnections } from "./lock/process.ts";
+import { processLockOf } from "./connections/ruleset.ts";
 import { lockWithBackend } from "./lock/apply.ts";
 import { statusAllBackends } from "./lock/status.ts";
 import { type LockShape, type NamespaceOutcome, namespaceShape } from "./shape/shape.ts";
@@ -68,9 +70,9 @@ export async function lockNetwork(
     if (prepared.mode === "netns") {
       return await lockWithBackend(prepared, opts, namespaceShape(opts));
     }
-    const connections = await discoverConnections(prepared.exec, ref.pid!);
-    const shape = connectionShape(opts.name, opts.mark, ref.pid!, connections);
-    return { ...(await lockWithBackend(prepared, opts, shape)), connections: connections.length };
+    return prepared.mode === "cgroup"
+      ? await lockCgroup(prepared, opts, ref.pid!)
+      : await lockConnections(prepared, opts, ref.pid!);
   });
   return asNetworkLock(result, target, options);
 }
@@ -269,9 +271,10 @@ async function runScripts(
 }
 
 /**
- * The locks status and unlock look for: the namespace lock, or the PID's
- * connection lock (in netlock's own namespace, or after the process
- * exited), or in `auto` mode, for a PID in another namespace, both.
+ * The locks status and unlock look for: the mode's lock, or in `auto` mode
+ * the PID's connection and cgroup locks (in netlock's own namespace, or
+ * after the process exited), and for a PID in another namespace its
+ * namespace lock too.
  */
 function shapesOf(
   prepared: Prepared,
@@ -284,8 +287,11 @@ function shapesOf(
     kind: "connections" as const,
     shape: connectionShape(opts.name, opts.mark, ref.pid),
   };
-  if (prepared.mode === "connections") return [connections];
-  return opts.mode === "auto" ? [namespace, connections] : [namespace];
+  const cgroup = { kind: "cgroup" as const, shape: cgroupShape(opts.name, opts.mark, ref.pid) };
+  if (opts.mode !== "auto") {
+    return [{ netns: namespace, connections, cgroup }[opts.mode]];
+  }
+  return prepared.mode === "netns" ? [namespace, connections, cgroup] : [connections, cgroup];
 }
 
 async function run(
@@ -320,7 +326,7 @@ async function run(
         : prepared.families);
     const removedKinds = (outcome.locks ?? []).map((name) => kindOf(name, opts.name));
     const kinds = verb === "unlock"
-      ? (["netns", "connections"] as const).filter((kind) => removedKinds.includes(kind))
+      ? (["netns", "connections", "cgroup"] as const).filter((kind) => removedKinds.includes(kind))
       : outcome.kinds;
     return {
       target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
@@ -369,7 +375,7 @@ function noSuchProcess(): NetlockError {
 }
 
 function kindOf(lockName: string, name: string): LockKind {
-  return lockName === name ? "netns" : "connections";
+  return processLockOf(lockName, name)?.kind ?? "netns";
 }
 
 function hasCriuLock(outcome: NamespaceOutcome): boolean {

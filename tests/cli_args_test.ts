@@ -66,7 +66,6 @@ Deno.test("parseInvocation() reads list (targets optional) and unlock --all", ()
 });
 
 const LIST_DEFAULTS = {
-  backend: "iptables",
   mode: "auto",
   ipv6: "auto",
   force: false,

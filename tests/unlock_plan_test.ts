@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { baseChain, rule } from "./helpers/nft_json.ts";
 import { parseNftTableJson } from "../lib/nftables/view_parser.ts";
 import { lockNamesIn, planUnlock } from "../lib/unlock/plan.ts";
-import { connectionLockPid } from "../lib/connections/ruleset.ts";
+import { processLockOf } from "../lib/connections/ruleset.ts";
 
 const MARK_MATCH = { match: { op: "==", left: { meta: { key: "mark" } }, right: 49428 } };
 
@@ -108,10 +108,14 @@ Deno.test("lockNamesIn() finds the namespace lock and every connection lock of a
   assert.deepEqual(lockNamesIn(state, "OTHER"), []);
   // A name cut to fit 28 characters with the PID is still found; a look-alike is not.
   const long = "L".repeat(28);
-  assert.equal(connectionLockPid(`${"L".repeat(21)}-c12345`, long), 12345);
-  assert.equal(connectionLockPid(`${"L".repeat(20)}-c12345`, long), undefined);
-  assert.equal(connectionLockPid("NETLOCK-c0", "NETLOCK"), undefined);
-  assert.equal(connectionLockPid("NETLOCK-c042", "NETLOCK"), undefined);
+  assert.deepEqual(processLockOf(`${"L".repeat(21)}-c12345`, long), {
+    kind: "connections",
+    pid: 12345,
+  });
+  assert.deepEqual(processLockOf(`${"L".repeat(21)}-g12345`, long), { kind: "cgroup", pid: 12345 });
+  assert.equal(processLockOf(`${"L".repeat(20)}-c12345`, long), undefined);
+  assert.equal(processLockOf("NETLOCK-c0", "NETLOCK"), undefined);
+  assert.equal(processLockOf("NETLOCK-c042", "NETLOCK"), undefined);
 });
 
 Deno.test("planUnlock() leaves a chain or table of the lock's name that is not a lock alone", () => {

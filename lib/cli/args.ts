@@ -18,7 +18,7 @@ import {
   validateName,
 } from "../common/options.ts";
 import type { NetlockOptions, Target } from "../common/types.ts";
-import { IPV6_IS_IPTABLES } from "../target/prepare.ts";
+import { CGROUP_IS_NFTABLES, IPV6_IS_IPTABLES, MODES } from "../target/prepare.ts";
 
 /** How output is printed. */
 export interface Output {
@@ -170,12 +170,10 @@ export function parseInvocation(args: readonly string[]): Invocation {
   }
   refuseFlagsThatDoNotApply(command, values);
   const options: NetlockOptions = {
-    backend: parseChoice(
-      "--backend",
-      values.backend ?? "iptables",
-      ["iptables", "nftables", "auto"] as const,
-    ),
-    mode: parseChoice("--mode", values.mode ?? "auto", ["auto", "netns", "connections"] as const),
+    ...(values.backend === undefined ? {} : {
+      backend: parseChoice("--backend", values.backend, ["iptables", "nftables", "auto"] as const),
+    }),
+    mode: parseChoice("--mode", values.mode ?? "auto", MODES),
     ipv6: parseChoice("--ipv6", values.ipv6 ?? "auto", ["auto", "on", "off"] as const),
     force: values.force ?? false,
     criu: values.criu ?? false,
@@ -184,7 +182,10 @@ export function parseInvocation(args: readonly string[]): Invocation {
     actionScripts: (values["action-script"] ?? []).map(validateScriptPath),
   };
   if (values.all) options.all = true;
-  if (values.ipv6 !== undefined && options.backend !== "iptables") {
+  if (options.mode === "cgroup" && options.backend === "iptables") {
+    throw new TypeError(CGROUP_IS_NFTABLES);
+  }
+  if (values.ipv6 !== undefined && (options.backend ?? "iptables") !== "iptables") {
     throw new TypeError(IPV6_IS_IPTABLES);
   }
   if (values.mark !== undefined) options.mark = parseMark(values.mark);

@@ -5,11 +5,12 @@
  * @module
  */
 
-import { connectionLockName } from "../connections/ruleset.ts";
+import { processLockName } from "../connections/ruleset.ts";
 import { NetlockError } from "../common/errors.ts";
 import type {
   CriuLocks,
   LockInfo,
+  LockKind,
   LockStatus,
   OperationResult,
   UnlockResult,
@@ -194,17 +195,21 @@ export function humanSuccess(
 ): string {
   const who = `${targetLabel(result.target)} (${result.target.netns})`;
   const what = result.backend === "nftables" ? "table inet" : "chain";
-  const connectionLock = result.target.pid === undefined
-    ? result.name
-    : connectionLockName(result.name, result.target.pid);
-  const connections = `${connectionLock} (${result.connections} connections)`;
-  const how = `${result.backend}, ${result.families.join("+")}, ${what} ` + (
-    result.kinds?.length === 2
-      ? `${result.name}, and connection lock ${connections}`
-      : result.mode === "connections"
-      ? connections
-      : result.name
-  );
+  const pid = result.target.pid;
+  const lockOf = (kind: LockKind) =>
+    kind === "netns" || pid === undefined ? result.name : processLockName(result.name, kind, pid);
+  const kinds = result.kinds?.length ? result.kinds : [result.mode];
+  // The first lock with the backend's word for it, the others by kind.
+  const described = kinds.map((kind, i) => {
+    const name = kind === "connections"
+      ? `${lockOf(kind)} (${result.connections} connections)`
+      : kind === "cgroup"
+      ? `table inet ${lockOf(kind)}`
+      : lockOf(kind);
+    if (i === 0) return kind === "cgroup" ? `cgroup lock ${name}` : `${what} ${name}`;
+    return `and ${kind === "connections" ? "connection" : "cgroup"} lock ${name}`;
+  });
+  const how = `${result.backend}, ${result.families.join("+")}, ${described.join(", ")}`;
   const criu = "criu" in result && result.criu ? criuNote(command, result.criu) : "";
   if (command === "status" && "state" in result) {
     const state = result.state === "partial" ? "partially locked" : result.state;
@@ -216,12 +221,21 @@ export function humanSuccess(
     }
     return result.changed ? `locked ${who}: ${how}` : `${who} was already locked (${how})`;
   }
+  const kindWords = {
+    netns: "namespace lock",
+    connections: "connection lock",
+    cgroup: "cgroup lock",
+  };
+  const removedKinds = (result.kinds ?? []).filter((kind) =>
+    result.kinds!.length > 1 || kind !== "netns"
+  );
   const removed = result.removed
     ? `: ${result.removed.join(", ")}`
-    : result.kinds?.length === 2
-    ? `: namespace lock and connection lock ${connectionLock}`
-    : result.kinds?.[0] === "connections"
-    ? `: connection lock ${connectionLock}`
+    : removedKinds.length > 0
+    ? `: ${
+      removedKinds.map((kind) => `${kindWords[kind]}${kind === "netns" ? "" : ` ${lockOf(kind)}`}`)
+        .join(" and ")
+    }`
     : "";
   const netlockLock = result.changed && !(criu && !result.backend)
     ? `${result.dryRun ? "would unlock" : "unlocked"} ${who}${removed}`

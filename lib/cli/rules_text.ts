@@ -5,7 +5,11 @@
  * @module
  */
 
-import { connectionLockName, renderConnectionTemplate } from "../connections/ruleset.ts";
+import {
+  connectionLockName,
+  renderConnectionTemplate,
+  renderNftCgroupLock,
+} from "../connections/ruleset.ts";
 import { renderIptablesLock, renderIptablesUnlock } from "../iptables/ruleset.ts";
 import { renderNftLock, renderNftUnlock } from "../nftables/ruleset.ts";
 import type { NetlockOptions } from "../common/types.ts";
@@ -32,6 +36,15 @@ export function rulesText(options: NetlockOptions, action: "lock" | "unlock"): s
     ipv4Only: options.ipv6 === "off",
   };
   const nft = (options.backend ?? "iptables") !== "iptables";
+  if (options.mode === "cgroup") {
+    const table = `${rules.name.slice(0, 24)}-gPID`;
+    return action === "lock"
+      ? renderNftCgroupLock(table, rules.mark, "/CGROUP", "create").replaceAll(
+        "level 1 ",
+        "level LEVEL ",
+      )
+      : renderNftUnlock({ ...rules, name: table });
+  }
   if (options.mode === "connections") {
     if (action === "lock") {
       return renderConnectionTemplate(nft ? "nftables" : "iptables", rules.name, rules.mark);

@@ -24,6 +24,11 @@ export type NetlockErrorCode =
   | "OWN_NAMESPACE"
   /** `userns` for a process in netlock's own user namespace (nothing to enter). */
   | "OWN_USER_NAMESPACE"
+  /**
+   * A cgroup lock refused: the root cgroup (every process), netlock's own
+   * cgroup (it would cut netlock off), or no cgroup v2.
+   */
+  | "CGROUP_REFUSED"
   /** A spawned binary was not found. */
   | "TOOL_NOT_FOUND"
   /** A spawned tool exited with a non-zero code or was killed by a signal. */

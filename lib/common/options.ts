@@ -19,8 +19,11 @@ export const DEFAULT_TIMEOUT_MS = 10_000;
 
 /** Which firewall tool makes the lock. */
 export type Backend = "iptables" | "nftables" | "auto";
-/** Which lock: the whole namespace, or the target's TCP connections. */
-export type Mode = "auto" | "netns" | "connections";
+/**
+ * Which lock: the whole namespace, the TCP connections of the target's
+ * process tree, or every socket of the target's cgroup v2.
+ */
+export type Mode = "auto" | "netns" | "connections" | "cgroup";
 /** Whether to lock IPv6 too (iptables backend). */
 export type Ipv6Choice = "auto" | "on" | "off";
 

@@ -109,7 +109,7 @@ export interface OperationResult {
   /** Whether this call changed anything. */
   changed: boolean;
   /** `netns` (whole namespace) or `connections`. */
-  mode: "netns" | "connections";
+  mode: LockKind;
   /** The backend that holds (or held) the lock. */
   backend: "iptables" | "nftables";
   /** The IP families covered. */
@@ -136,8 +136,11 @@ export interface OperationResult {
   dryRun?: boolean;
 }
 
-/** A lock's kind: a whole namespace, or one process's TCP connections. */
-export type LockKind = "netns" | "connections";
+/**
+ * A lock's kind: a whole namespace, the TCP connections of one process's
+ * tree, or every socket of one process's cgroup v2.
+ */
+export type LockKind = "netns" | "connections" | "cgroup";
 
 /** One lock {@linkcode listLocks} found. */
 export interface LockInfo {

@@ -1,8 +1,11 @@
 /**
- * Finding a process's TCP connections without reading `/proc` from Deno:
- * its socket inodes come from `find /proc/PID/fd -printf '%l\n'`, the kernel's TCP tables
- * from `cat /proc/net/tcp /proc/net/tcp6`, both spawned through nsenter in
- * the namespace that holds the connections.
+ * Finding a process tree and its TCP connections without reading `/proc`
+ * from Deno: one spawned shell walks the tree (`/proc/PID/task/*\/children`,
+ * so the children of every thread), reads the root's start time and cgroup,
+ * netlock's own cgroup and where cgroup v2 is mounted, and then execs one
+ * `find` over the tree's fd directories; `cat /proc/net/tcp /proc/net/tcp6`
+ * gives the kernel's TCP tables at the same time. Both run through nsenter
+ * in the namespace that holds the connections.
  *
  * @module
  */
@@ -15,39 +18,87 @@ import {
   parseSocketInodes,
   selectConnections,
 } from "./proc_net_parser.ts";
+import { parseTreeReport, type ProcessTree } from "./tree_parser.ts";
 
 /**
- * The process's TCP connections with a remote peer (every state but
- * LISTEN); IPv4-mapped IPv6 peers come out as IPv4.
+ * The probe. Arguments: the root's PID, `1` to list the processes of the
+ * root's cgroup subtree, `1` to print the tree's fd links after a `fds`
+ * line. Exits 3 when the root does not exist. Shell builtins only, but for
+ * the cgroup's `find`/`cat` and the last `find` (exec'd).
+ */
+export const TREE_SCRIPT = [
+  'root=$1 members=$2 fds=$3; [ -d "/proc/$root" ] || { echo "netlock-tree: no such process" >&2; exit 3; }',
+  "pids=$root todo=$root",
+  'while [ -n "$todo" ]; do next=; for p in $todo; do',
+  '  for f in /proc/$p/task/*/children; do c=; read -r c <"$f" 2>/dev/null; next="$next $c"; done',
+  'done; set -- $next; todo=$*; pids="$pids${todo:+ $todo}"; done',
+  'echo "tree $pids"',
+  'stat=; read -r stat <"/proc/$root/stat"; set -- ${stat##*") "}; shift 19; echo "start $1"',
+  'cg() { while IFS= read -r l; do case $l in 0::*) echo "$1 ${l#0::}";; esac; done; }',
+  'cg cgroup <"/proc/$root/cgroup"; cg own </proc/self/cgroup',
+  'mnt=; while read -r dev dir type rest; do [ "$type" = cgroup2 ] && { mnt=$dir; break; }; done </proc/mounts',
+  '[ -n "$mnt" ] && echo "mount $mnt"',
+  'if [ "$members" = 1 ] && [ -n "$mnt" ]; then',
+  '  while IFS= read -r l; do case $l in 0::*) g=${l#0::};; esac; done <"/proc/$root/cgroup"',
+  '  echo members $(find "$mnt${g%/}" -name cgroup.procs -exec cat {} + 2>/dev/null)',
+  "fi",
+  '[ "$fds" = 1 ] || exit 0',
+  'echo fds; set --; for p in $pids; do set -- "$@" "/proc/$p/fd"; done',
+  // Every fd's link (sockets are picked out later): -lname would match each
+  // link a second time, a third of find's time for 10,000 sockets.
+  "exec find \"$@\" -mindepth 1 -printf '%l\\n' 2>/dev/null",
+].join("\n");
+
+/** A tree and, when asked for, its TCP connections. */
+export interface TreeProbe {
+  /** The tree. */
+  tree: ProcessTree;
+  /** The tree's TCP connections with a remote peer (when asked for). */
+  connections?: Connection[];
+}
+
+/**
+ * Probes the process tree of `pid`: its PIDs, cgroup, and with
+ * `connections` every TCP connection with a remote peer (every state but
+ * LISTEN; IPv4-mapped IPv6 peers as IPv4) of every process of the tree.
  *
  * @example
  * ```ts ignore
- * import { discoverConnections } from "./discover.ts";
+ * import { probeTree } from "./discover.ts";
  * import { nsenterExec } from "../exec/nsenter.ts";
  *
- * const connections = await discoverConnections(nsenterExec([], { timeoutMs: 10_000 }), 1234);
- * console.log(connections.length);
+ * const { tree, connections } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), 1234, {
+ *   connections: true,
+ * });
+ * console.log(tree.pids, connections?.length);
  * ```
  *
  * @param exec Runs a tool in the namespace of the connections.
- * @param pid The process.
- * @returns Its connections.
+ * @param pid The tree's root.
+ * @param want `connections`: read them too; `members`: list the processes of the root's cgroup.
+ * @returns The tree, and its connections when asked for.
  */
-export async function discoverConnections(exec: ToolExec, pid: number): Promise<Connection[]> {
-  const [links, tables] = await Promise.all([
-    // Every fd's link (sockets are picked out here): -lname would match each
-    // link a second time, a third of find's time for 10,000 sockets.
-    exec("find", [`/proc/${pid}/fd`, "-mindepth", "1", "-printf", "%l\\n"]),
-    exec("cat", ["/proc/net/tcp", "/proc/net/tcp6"]),
+export async function probeTree(
+  exec: ToolExec,
+  pid: number,
+  want: { connections?: boolean; members?: boolean } = {},
+): Promise<TreeProbe> {
+  const flags = [want.members ? "1" : "0", want.connections ? "1" : "0"];
+  const [report, tables] = await Promise.all([
+    exec("sh", ["-c", TREE_SCRIPT, "netlock-tree", String(pid), ...flags]),
+    want.connections ? exec("cat", ["/proc/net/tcp", "/proc/net/tcp6"]) : undefined,
   ]);
-  if (!links.success) {
-    if (/No such file or directory/.test(links.stderr) && links.stdout === "") {
-      throw new NetlockError("NO_SUCH_TARGET", "no such process");
-    }
-    assertToolSuccess(links, "find");
+  if (report.code === 3 && /netlock-tree: no such process/.test(report.stderr)) {
+    throw new NetlockError("NO_SUCH_TARGET", "no such process");
   }
+  // find exits 1 when a process of the tree exited meanwhile: its fds are gone with it.
+  if (!report.success && !(report.code === 1 && report.stdout.includes("\nfds\n"))) {
+    assertToolSuccess(report, "sh");
+  }
+  const { tree, links } = parseTreeReport(report.stdout);
+  if (!tables) return { tree };
   // Without IPv6, /proc/net/tcp6 is missing: cat still prints the IPv4 table.
   if (!tables.success && !tables.stdout.includes("local_address")) assertToolSuccess(tables, "cat");
-  const inodes = parseSocketInodes(links.stdout);
-  return selectConnections(parseProcNetTcp(tables.stdout, inodes), inodes);
+  const inodes = parseSocketInodes(links);
+  return { tree, connections: selectConnections(parseProcNetTcp(tables.stdout, inodes), inodes) };
 }

@@ -10,16 +10,74 @@
 import type { Family } from "../common/types.ts";
 import type { Connection } from "./proc_net_parser.ts";
 
+/** The kinds of lock made for one process: its connections, or its cgroup's sockets. */
+export type ProcessLockKind = "connections" | "cgroup";
+
+const SUFFIX: Record<ProcessLockKind, string> = { connections: "c", cgroup: "g" };
+
 /**
- * The chain (iptables) or table (nftables) name of a process's connection
- * lock: `NAME-cPID`, with NAME shortened so that it fits iptables' 28
- * characters.
+ * The name of a lock made for one process: `NAME-cPID` for its
+ * connections (an iptables chain or an nftables table), `NAME-gPID` for its
+ * cgroup (an nftables table), with NAME shortened so that it fits
+ * iptables' 28 characters.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { processLockName } from "./ruleset.ts";
+ *
+ * assert.equal(processLockName("NETLOCK", "connections", 1234), "NETLOCK-c1234");
+ * assert.equal(processLockName("NETLOCK", "cgroup", 1234), "NETLOCK-g1234");
+ * ```
+ *
+ * @param name The lock name.
+ * @param kind Which lock.
+ * @param pid The process.
+ * @returns The lock's name.
+ */
+export function processLockName(name: string, kind: ProcessLockKind, pid: number): string {
+  const suffix = `-${SUFFIX[kind]}${pid}`;
+  return `${name.slice(0, 28 - suffix.length)}${suffix}`;
+}
+
+/**
+ * Which process lock a chain or table name is (see
+ * {@linkcode processLockName}), or `undefined` when `candidate` is not one
+ * called `name`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { processLockOf } from "./ruleset.ts";
+ *
+ * assert.deepEqual(processLockOf("NETLOCK-g42", "NETLOCK"), { kind: "cgroup", pid: 42 });
+ * assert.equal(processLockOf("OTHER-c1234", "NETLOCK"), undefined);
+ * ```
+ *
+ * @param candidate A chain or table name.
+ * @param name The lock name.
+ * @returns The kind and the PID, or `undefined`.
+ */
+export function processLockOf(
+  candidate: string,
+  name: string,
+): { kind: ProcessLockKind; pid: number } | undefined {
+  const match = candidate.match(/-([cg])([1-9][0-9]{0,9})$/);
+  if (!match) return undefined;
+  const kind = match[1] === "c" ? "connections" : "cgroup";
+  const pid = Number(match[2]);
+  return processLockName(name, kind, pid) === candidate ? { kind, pid } : undefined;
+}
+
+/**
+ * The name of a process's connection lock, `NAME-cPID`.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
  * import { connectionLockName } from "./ruleset.ts";
- * assert(connectionLockName("NETLOCK", 1234) === "NETLOCK-c1234");
+ *
+ * assert.equal(connectionLockName("NETLOCK", 1234), "NETLOCK-c1234");
  * ```
  *
  * @param name The lock name.
@@ -27,32 +85,51 @@ import type { Connection } from "./proc_net_parser.ts";
  * @returns The connection lock's name.
  */
 export function connectionLockName(name: string, pid: number): string {
-  const suffix = `-c${pid}`;
-  return `${name.slice(0, 28 - suffix.length)}${suffix}`;
+  return processLockName(name, "connections", pid);
 }
 
 /**
- * The PID a connection lock's name was made for (see
- * {@linkcode connectionLockName}), or `undefined` when `candidate` is not
- * a connection lock called `name`.
+ * The nftables cgroup lock: table `inet NAME-gPID` whose input and output
+ * chains drop the unmarked packets of every socket of the cgroup v2 `path`
+ * (and the cgroups below it), whichever connection or port, TCP or UDP,
+ * sockets made after the lock included. nft resolves `path` under
+ * `/sys/fs/cgroup`, where cgroup v2 must be mounted when it runs.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { connectionLockPid } from "./ruleset.ts";
- * assert(connectionLockPid("NETLOCK-c1234", "NETLOCK") === 1234);
- * assert(connectionLockPid("OTHER-c1234", "NETLOCK") === undefined);
+ * import { renderNftCgroupLock } from "./ruleset.ts";
+ *
+ * const script = renderNftCgroupLock("NETLOCK-g7", 0xC114, "/app/web", "create");
+ * assert.ok(script.includes(
+ *   'add rule inet NETLOCK-g7 input meta mark != 0xc114 socket cgroupv2 level 2 "app/web" drop\n',
+ * ));
  * ```
  *
- * @param candidate A chain or table name.
- * @param name The lock name.
- * @returns The PID, or `undefined`.
+ * @param table The table name (`NAME-gPID`).
+ * @param mark Packets with this mark pass.
+ * @param path The cgroup v2 path (`/app/web`).
+ * @param how `create` (fails if the table exists) or `replace`.
+ * @returns The `nft -f -` input.
  */
-export function connectionLockPid(candidate: string, name: string): number | undefined {
-  const match = candidate.match(/-c([1-9][0-9]{0,9})$/);
-  if (!match) return undefined;
-  const pid = Number(match[1]);
-  return connectionLockName(name, pid) === candidate ? pid : undefined;
+export function renderNftCgroupLock(
+  table: string,
+  mark: number,
+  path: string,
+  how: "create" | "replace",
+): string {
+  const relative = path.replace(/^\/+/, "");
+  const level = relative.split("/").filter(Boolean).length;
+  const t = `inet ${table}`;
+  const head = how === "create"
+    ? `create table ${t}\n`
+    : `add table ${t}\ndelete table ${t}\nadd table ${t}\n`;
+  return head +
+    (["input", "output"] as const).map((hook) =>
+      `add chain ${t} ${hook} { type filter hook ${hook} priority 0; policy accept; }\n` +
+      `add rule ${t} ${hook} meta mark != 0x${mark.toString(16)} socket cgroupv2 level ${level} ` +
+      `"${relative}" drop\n`
+    ).join("");
 }
 
 /**

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { connectionLockPid } from "../connections/ruleset.ts";
+import { processLockOf } from "../connections/ruleset.ts";
 import { isCriuNftTable } from "../unlock/criu_locks.ts";
 import { NetlockError } from "../common/errors.ts";
 import { readIptablesTable } from "../iptables/backend.ts";
@@ -23,7 +23,7 @@ import { isNetlockTable } from "../nftables/lock_state.ts";
 import { inspectIptablesLock } from "../iptables/lock_state.ts";
 import { DEFAULT_MARK } from "../common/options.ts";
 import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
-import type { Family, LockInfo } from "../common/types.ts";
+import type { Family, LockInfo, LockKind } from "../common/types.ts";
 
 /** What the inventory looks for, and where. */
 export interface InventoryRequest {
@@ -66,8 +66,8 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
   ): FoundLock | undefined => {
     const found = { name: lockName, backend, families: [] as Family[] };
     if (lockName === name) return { kind: "netns", ...found };
-    const pid = connectionLockPid(lockName, name);
-    if (pid !== undefined) return { kind: "connections", ...found, pid };
+    const lock = processLockOf(lockName, name);
+    if (lock !== undefined) return { kind: lock.kind, ...found, pid: lock.pid };
     return request.criu && criu ? { kind: "criu", ...found } : undefined;
   };
 
@@ -77,7 +77,7 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
       const named = lockNamed(chain.name, "iptables", chain.name === "CRIU");
       if (!named) continue;
       // A chain of a lock's name that netlock did not make is listed as such.
-      const kind = named.kind === "connections" ? "connections" : "netns";
+      const kind = named.kind === "netns" ? "netns" : "connections";
       const foreign = named.kind !== "criu" && inspectIptablesLock(table!, {
         name: chain.name,
         mark: DEFAULT_MARK,
@@ -112,8 +112,9 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
   const [alive] = await Promise.all([
     existingPids(request.ownExec, connectionLocks.map((lock) => lock.pid!)),
     ...nftables.filter((lock) => lock.kind !== "criu").map(async (lock) => {
-      const view = await readInetTable(exec, lock.name, lock.kind === "netns");
-      if (view && !isNetlockTable(view, lock.kind === "netns" ? "netns" : "connections")) {
+      const kind = lock.kind as LockKind;
+      const view = await readInetTable(exec, lock.name, kind !== "connections");
+      if (view && !isNetlockTable(view, kind)) {
         Object.assign(lock, { kind: "foreign", families: [] });
         delete lock.pid;
       } else if (lock.kind === "connections") {
@@ -122,7 +123,7 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
     }),
   ]);
   for (const lock of connectionLocks) if (lock.pid) lock.alive = alive.has(lock.pid);
-  const order = { netns: 0, connections: 1, criu: 2, foreign: 3 };
+  const order = { netns: 0, connections: 1, cgroup: 2, criu: 3, foreign: 4 };
   return [...iptables.values(), ...nftables].sort((a, b) =>
     order[a.kind] - order[b.kind] || (a.pid ?? 0) - (b.pid ?? 0) ||
     a.name.localeCompare(b.name) || a.backend.localeCompare(b.backend)

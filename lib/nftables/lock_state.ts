@@ -16,7 +16,7 @@ export type NftLockState = "locked" | "unlocked" | "partial" | "foreign";
  * repair: a namespace lock holds base chains `input`/`output` (type filter,
  * on the hook of their name) and `meta mark MARK accept` rules; a connection
  * lock holds the sets `conn4`/`conn6`, such chains, and drops of unmarked
- * packets. An empty table, or one holding anything else, is someone else's.
+ * packets; a cgroup lock, such chains and drops of unmarked packets. An empty table, or one holding anything else, is someone else's.
  *
  * @example
  * ```ts
@@ -35,10 +35,13 @@ export type NftLockState = "locked" | "unlocked" | "partial" | "foreign";
  * @param kind The kind of lock its name says it is.
  * @returns `true` when it is netlock's.
  */
-export function isNetlockTable(view: NftTableView, kind: "netns" | "connections"): boolean {
+export function isNetlockTable(
+  view: NftTableView,
+  kind: "netns" | "connections" | "cgroup",
+): boolean {
   const sets = Object.keys(view.sets);
   const ruleKind: RuleKind = kind === "netns" ? "markAccept" : "unmarkedDrop";
-  const objectsOk = kind === "netns"
+  const objectsOk = kind !== "connections"
     ? view.otherObjects === 0
     : view.otherObjects === sets.length && sets.every((set) => set === "conn4" || set === "conn6");
   return objectsOk && view.chains.length > 0 &&

@@ -9,6 +9,7 @@
 
 import { NetlockError } from "../common/errors.ts";
 import type { IptablesContext } from "../iptables/backend.ts";
+import type { ToolExec } from "../exec/nsenter.ts";
 import type { IptablesLockState } from "../iptables/lock_state.ts";
 import type { NftContext, NftTableLock } from "../nftables/backend.ts";
 import { inspectNftLock } from "../nftables/lock_state.ts";
@@ -32,6 +33,8 @@ export interface LockShape {
   nftLock: NftTableLock;
   /** Counts what a family's chain or the table locks (connection locks). */
   count?(iptables: IptablesLockState[], table: NftTableView | null): number;
+  /** How nft must be run to apply it (a cgroup lock's nft needs cgroup v2 where it looks). */
+  nftExec?(exec: ToolExec): ToolExec;
 }
 
 /**
@@ -123,7 +126,7 @@ export function nftContext(
   shape: LockShape,
 ): NftContext {
   return {
-    exec: prepared.exec,
+    exec: shape.nftExec?.(prepared.exec) ?? prepared.exec,
     rules: { name: shape.name, mark: opts.mark },
     dryRun: opts.dryRun,
     log: opts.exec.log,

@@ -23,7 +23,7 @@ import {
 import { validateScriptPath } from "../exec/action_scripts.ts";
 import { ownNetns, probeTarget, type TargetProbe, type TargetRef } from "./target.ts";
 import { guardedTarget } from "./guard.ts";
-import type { Family, NetlockOptions } from "../common/types.ts";
+import type { Family, LockKind, NetlockOptions } from "../common/types.ts";
 
 /** Options after validation, with every default filled in. */
 export interface ResolvedOptions {
@@ -57,6 +57,14 @@ export interface ResolvedOptions {
 export const IPV6_IS_IPTABLES =
   "--ipv6 is for the iptables backend: the nftables lock is one inet table for both families";
 
+/** Why `mode: "cgroup"` takes no iptables backend. */
+export const CGROUP_IS_NFTABLES =
+  "--mode cgroup is an nftables lock (iptables cannot match incoming packets by cgroup): " +
+  "use -b nftables or -b auto";
+
+/** The modes. */
+export const MODES = ["auto", "netns", "connections", "cgroup"] as const;
+
 /** Which operation is being prepared. */
 export type Verb = "lock" | "unlock" | "status";
 
@@ -72,7 +80,7 @@ export interface Prepared {
    */
   patientExec: ToolExec;
   /** `netns` (the whole namespace) or `connections` (the process's TCP connections). */
-  mode: "netns" | "connections";
+  mode: LockKind;
   /**
    * The PID does not exist: only its connection lock in netlock's own
    * namespace is looked for, and finding none is "no such process".
@@ -111,6 +119,9 @@ export function resolveOptions(options: NetlockOptions = {}, verb?: Verb): Resol
   if (options.all && verb !== undefined && verb !== "unlock") {
     throw new TypeError(`all is an unlock option; ${verb} takes no all`);
   }
+  if (options.mode === "cgroup" && options.backend === "iptables") {
+    throw new TypeError(CGROUP_IS_NFTABLES);
+  }
   if (
     verb === "lock" && (options.ipv6 ?? "auto") !== "auto" &&
     (options.backend ?? "iptables") !== "iptables"
@@ -127,7 +138,7 @@ export function resolveOptions(options: NetlockOptions = {}, verb?: Verb): Resol
         "auto",
       ] as const,
     ),
-    mode: parseChoice("mode", options.mode ?? "auto", ["auto", "netns", "connections"] as const),
+    mode: parseChoice("mode", options.mode ?? "auto", MODES),
     mark: validateMark(options.mark ?? DEFAULT_MARK),
     name: validateName(options.name ?? DEFAULT_NAME),
     ipv6: parseChoice("ipv6", options.ipv6 ?? "auto", ["auto", "on", "off"] as const),
@@ -163,8 +174,8 @@ export async function prepare(
   options: ResolvedOptions,
   verb: Verb,
 ): Promise<Prepared> {
-  if (options.mode === "connections" && ref.pid === undefined) {
-    throw new TypeError("Connection mode needs a PID target, not --netns");
+  if ((options.mode === "connections" || options.mode === "cgroup") && ref.pid === undefined) {
+    throw new TypeError(`--mode ${options.mode} needs a PID target, not --netns`);
   }
   let exec = nsenterExec(ref.nsenterArgs, options.exec);
   // Unlock: read the whole ruleset (set elements omitted, -t) in the probe's
@@ -192,7 +203,7 @@ export async function prepare(
     probeTarget(ref, exec, needOwn ? Deno.pid : undefined),
   ]);
   let probe: TargetProbe;
-  let mode: "netns" | "connections";
+  let mode: LockKind;
   let gone = false;
   if (probed.status === "fulfilled") {
     probe = probed.value;
@@ -251,7 +262,7 @@ export async function prepare(
  */
 export function canGuard(options: ResolvedOptions, verb: Verb): boolean {
   return verb === "lock" && !options.dryRun && options.actionScripts.length === 0 &&
-    options.mode !== "connections";
+    (options.mode === "auto" || options.mode === "netns");
 }
 
 /**

@@ -8,7 +8,8 @@
  */
 
 import { CRIU_IPTABLES_RULES } from "./criu_locks.ts";
-import { connectionLockPid } from "../connections/ruleset.ts";
+import { processLockOf } from "../connections/ruleset.ts";
+import { cgroupShape } from "../shape/cgroup.ts";
 import { NetlockError } from "../common/errors.ts";
 import { iptablesLock, readIptablesTable } from "../iptables/backend.ts";
 import { unlockThroughNft } from "./transaction.ts";
@@ -56,7 +57,7 @@ export async function unlockAllBackends(
   const wanted = "allOf" in selection
     ? (name: string) => isLockName(name, selection.allOf)
     : (name: string) => selection.shapes.some((shape) => shape.name === name);
-  const bulky = (name: string) => connectionLockPid(name, opts.name) !== undefined;
+  const bulky = (name: string) => processLockOf(name, opts.name)?.kind === "connections";
   const [initial, flavour] = await Promise.all([
     readNftState(prepared.exec, {
       wanted: (name) => wanted(name) || (opts.criu && name === "CRIU"),
@@ -80,7 +81,7 @@ export async function unlockAllBackends(
         wanted,
         criu: opts.criu,
         bulky,
-        kindOf: (name) => bulky(name) ? "connections" : "netns",
+        kindOf: (name) => processLockOf(name, opts.name)?.kind ?? "netns",
         dryRun: opts.dryRun,
         log: opts.exec.log,
       });
@@ -156,10 +157,11 @@ async function legacyLockNames(prepared: Prepared, name: string): Promise<string
 
 /** The shape of the lock called `name`: a connection lock `NAME-cPID`, or the namespace lock. */
 function shapeNamed(opts: ResolvedOptions, name: string): LockShape {
-  const pid = connectionLockPid(name, opts.name);
-  return pid === undefined
-    ? namespaceShape(opts, "read")
-    : connectionShape(opts.name, opts.mark, pid);
+  const lock = processLockOf(name, opts.name);
+  if (lock === undefined) return namespaceShape(opts, "read");
+  return lock.kind === "connections"
+    ? connectionShape(opts.name, opts.mark, lock.pid)
+    : cgroupShape(opts.name, opts.mark, lock.pid);
 }
 
 /** Which iptables the target's PATH has: `nf_tables`, `legacy`, or `missing`. */

@@ -10,11 +10,11 @@
  * @module
  */
 
-import { connectionLockPid } from "../connections/ruleset.ts";
+import { processLockOf } from "../connections/ruleset.ts";
 import { isCriuNftTable } from "./criu_locks.ts";
 import { type NftTableView, type RuleKind, tableView } from "../nftables/view_parser.ts";
 import { isNetlockTable } from "../nftables/lock_state.ts";
-import type { Family } from "../common/types.ts";
+import type { Family, LockKind } from "../common/types.ts";
 
 /** What to remove, and what that is. */
 export interface UnlockPlan {
@@ -36,7 +36,7 @@ export interface UnlockPlan {
 }
 
 /** What a chain or table of this name must look like to be netlock's. */
-export type NameKind = (name: string) => "netns" | "connections";
+export type NameKind = (name: string) => LockKind;
 
 const FAMILIES: [Family, "ip" | "ip6"][] = [["ipv4", "ip"], ["ipv6", "ip6"]];
 
@@ -147,7 +147,7 @@ export function planUnlock(
 export function isNetlockChain(
   view: NftTableView,
   name: string,
-  kind: "netns" | "connections",
+  kind: LockKind,
   rulesKnown: boolean,
 ): boolean {
   const jumps = view.rules.filter((rule) => rule.jumpsTo === name);
@@ -240,7 +240,7 @@ export function lockCandidates(state: NftTableView): string[] {
  * @returns `true` for netlock's locks.
  */
 export function isLockName(candidate: string, name: string): boolean {
-  return candidate === name || connectionLockPid(candidate, name) !== undefined;
+  return candidate === name || processLockOf(candidate, name) !== undefined;
 }
 
 // The iptables-nft part: one family's filter table.

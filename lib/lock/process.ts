@@ -1,0 +1,145 @@
+/**
+ * The locks made for one process: the TCP connections of its whole tree
+ * (connection mode, CRIU's lock for a tree in the host's namespace), or
+ * every socket of its cgroup v2 (cgroup mode). Both refuse what would cut
+ * netlock off (a tree that holds netlock itself; netlock's own cgroup, or
+ * the root cgroup), and a process that exits while it is being locked
+ * leaves nothing locked.
+ *
+ * @module
+ */
+
+import { NetlockError } from "../common/errors.ts";
+import { probeTree } from "../connections/discover.ts";
+import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
+import type { Connection } from "../connections/proc_net_parser.ts";
+import { cgroupShape } from "../shape/cgroup.ts";
+import { connectionShape } from "../shape/connections.ts";
+import type { LockShape, NamespaceOutcome } from "../shape/shape.ts";
+import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
+import { unlockAllBackends } from "../unlock/backends.ts";
+import { lockWithBackend } from "./apply.ts";
+
+/**
+ * Locks the TCP connections of the process tree of `pid` (the process and
+ * every descendant, as CRIU dumps it), in one transaction.
+ *
+ * @param prepared The probed target (netlock's own namespace, usually).
+ * @param opts The validated options.
+ * @param pid The tree's root.
+ * @returns What was done, with the number of connections.
+ */
+export async function lockConnections(
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  pid: number,
+): Promise<NamespaceOutcome> {
+  const { tree, connections } = await probeTree(prepared.exec, pid, { connections: true });
+  refuseOwnTree(tree, opts);
+  const shape = connectionShape(opts.name, opts.mark, pid, connections);
+  const outcome = await lockWithBackend(prepared, opts, shape);
+  await confirmSameProcess(prepared, opts, tree, shape, outcome, "connections");
+  return { ...outcome, connections: (connections as Connection[]).length };
+}
+
+/**
+ * Locks every socket of the cgroup v2 of `pid` (and of the cgroups below
+ * it): TCP and UDP, sockets made later included, one rule per direction.
+ * An nftables table whatever the backend asked for: iptables cannot match
+ * incoming packets by cgroup.
+ *
+ * @param prepared The probed target.
+ * @param opts The validated options.
+ * @param pid The process whose cgroup is locked.
+ * @returns What was done.
+ */
+export async function lockCgroup(
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  pid: number,
+): Promise<NamespaceOutcome> {
+  const { tree } = await probeTree(prepared.exec, pid);
+  const cgroup = lockableCgroup(tree, pid);
+  const shape = cgroupShape(opts.name, opts.mark, pid, cgroup);
+  const outcome = await lockWithBackend(prepared, { ...opts, backend: "nftables" }, shape);
+  await confirmSameProcess(prepared, opts, tree, shape, outcome, "cgroup");
+  return outcome;
+}
+
+/**
+ * The cgroup of a tree's root, if a cgroup lock may be made for it: not the
+ * root cgroup (every process of the system), not netlock's own (nor one
+ * holding it), a path nft can be given, and cgroup v2 mounted.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { lockableCgroup } from "./process.ts";
+ *
+ * const tree = { root: 42, pids: [42], start: "1", cgroup: "/app", ownCgroup: "/", cgroupMount: "/sys/fs/cgroup" };
+ * assert.deepEqual(lockableCgroup(tree, 42), { path: "/app", mount: "/sys/fs/cgroup" });
+ * assert.throws(() => lockableCgroup({ ...tree, cgroup: "/" }, 42), /root cgroup/);
+ * ```
+ *
+ * @param tree The probed tree.
+ * @param pid The process.
+ * @returns The cgroup's path and where cgroup v2 is mounted.
+ */
+export function lockableCgroup(tree: ProcessTree, pid: number): { path: string; mount: string } {
+  const refuse = (why: string) => {
+    throw new NetlockError("CGROUP_REFUSED", `cannot lock the cgroup of process ${pid}: ${why}`);
+  };
+  if (!tree.cgroupMount) return refuse("cgroup v2 is not mounted");
+  if (tree.cgroup === "" || tree.cgroup === "/") {
+    return refuse("it is in the root cgroup, which holds every process of the system");
+  }
+  if (cgroupWithin(tree.ownCgroup, tree.cgroup)) {
+    return refuse(`netlock itself runs in its cgroup ${tree.cgroup} (it would cut itself off)`);
+  }
+  // deno-lint-ignore no-control-regex
+  if (/["\\\u0000-\u001f\u007f]/.test(tree.cgroup)) {
+    return refuse(`nft cannot be given the path ${JSON.stringify(tree.cgroup)}`);
+  }
+  return { path: tree.cgroup, mount: tree.cgroupMount };
+}
+
+/** A tree that holds netlock itself: locking it would cut the caller off. */
+function refuseOwnTree(tree: ProcessTree, opts: ResolvedOptions): void {
+  if (opts.force || !tree.pids.includes(Deno.pid)) return;
+  throw new NetlockError(
+    "OWN_NAMESPACE",
+    `refusing to lock the connections of process ${tree.root}: netlock itself is in its tree ` +
+      "(locking it would cut this session off); add --force",
+  );
+}
+
+/**
+ * The process must still be the one probed once its lock is in place: if it
+ * exited meanwhile (or its PID went to another), the lock is removed again
+ * and the lock fails.
+ */
+async function confirmSameProcess(
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  tree: ProcessTree,
+  shape: LockShape,
+  outcome: NamespaceOutcome,
+  kind: "connections" | "cgroup",
+): Promise<void> {
+  if (opts.dryRun) return;
+  const now = await probeTree(prepared.exec, tree.root).then((probe) => probe.tree.start, () => "");
+  if (now === tree.start) return;
+  if (outcome.changed) {
+    await unlockAllBackends(
+      { ...prepared, exec: prepared.patientExec, prefetch: undefined },
+      opts,
+      {
+        shapes: [shape],
+      },
+    );
+  }
+  throw new NetlockError(
+    "NO_SUCH_TARGET",
+    `process ${tree.root} exited while its ${kind} were being locked; nothing is left locked`,
+  );
+}

@@ -32,6 +32,28 @@
  * await unlockNetwork({ netns: "blue" }, { all: true }); // every lock listed, in one transaction
  * ```
  *
+ * @example Lock a process that shares the host's network: its tree's connections, or its cgroup
+ * ```ts ignore
+ * import { lockNetwork } from "./mod.ts";
+ *
+ * // Every TCP connection of process 1234 and its descendants (CRIU's rule
+ * // for a tree in the host's namespace), in one transaction:
+ * await using connections = await lockNetwork(1234, { mode: "connections" });
+ * // Every socket of its cgroup v2, TCP and UDP, later ones too (nftables):
+ * await using cgroup = await lockNetwork(1234, { mode: "cgroup" });
+ * console.log(connections.connections, cgroup.mode); // e.g. 200 "cgroup"
+ * ```
+ *
+ * @example Print the cgroup lock nft would be given (no root needed)
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { processLockName, renderNftCgroupLock } from "./mod.ts";
+ *
+ * const table = processLockName("NETLOCK", "cgroup", 1234);
+ * const script = renderNftCgroupLock(table, 0xC114, "/system.slice/app.service", "create");
+ * assert.ok(script.includes('socket cgroupv2 level 2 "system.slice/app.service" drop'));
+ * ```
+ *
  * @example Print CRIU's ruleset (no root needed)
  * ```ts
  * import { renderIptablesLock } from "./mod.ts";
@@ -90,7 +112,11 @@ export {
 export {
   connectionIptablesBody,
   connectionLockName,
+  type ProcessLockKind,
+  processLockName,
+  processLockOf,
   renderConnectionTemplate,
+  renderNftCgroupLock,
   renderNftConnectionLock,
 } from "./lib/connections/ruleset.ts";
 export type { Connection } from "./lib/connections/proc_net_parser.ts";

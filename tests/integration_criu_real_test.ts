@@ -8,17 +8,8 @@
  * never under CI.
  */
 import assert from "node:assert/strict";
-import {
-  createPod,
-  criuDump,
-  criuRestore,
-  type Peer,
-  type Pod,
-  startPeer,
-  startTree,
-  type Tree,
-  withCriu,
-} from "./helpers/criu.ts";
+import { createPod, criuDump, criuRestore, type Pod, withCriu } from "./helpers/criu.ts";
+import { type Peer, startPeer, startTree, type Tree } from "./helpers/tree.ts";
 import { cli, createNetns, sh, snapshot } from "./helpers/netns.ts";
 
 const PORT = 7300;
@@ -48,8 +39,9 @@ async function liveTree(): Promise<
   const pod = await createPod(createNetns);
   const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
   const before = await snapshot(pod.pod);
-  const tree = await startTree(pod, PORT, CONNECTIONS, CHILDREN);
-  const peer = await startPeer(pod, PORT, CONNECTIONS);
+  const at = { netns: pod.pod, address: pod.address };
+  const tree = await startTree(at, PORT, CONNECTIONS, CHILDREN);
+  const peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
   await peer.flowing();
   return {
     pod,

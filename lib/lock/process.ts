@@ -37,8 +37,14 @@ export async function lockConnections(
   const { tree, connections } = await probeTree(prepared.exec, pid, { connections: true });
   refuseOwnTree(tree, opts);
   const shape = connectionShape(opts.name, opts.mark, pid, connections);
-  const outcome = await lockWithBackend(prepared, opts, shape);
-  await confirmSameProcess(prepared, opts, tree, shape, outcome, "connections");
+  const outcome = await whileSameProcess(
+    prepared,
+    opts,
+    tree,
+    shape,
+    "connections",
+    () => lockWithBackend(prepared, opts, shape),
+  );
   return { ...outcome, connections: (connections as Connection[]).length };
 }
 
@@ -61,9 +67,15 @@ export async function lockCgroup(
   const { tree } = await probeTree(prepared.exec, pid);
   const cgroup = lockableCgroup(tree, pid);
   const shape = cgroupShape(opts.name, opts.mark, pid, cgroup);
-  const outcome = await lockWithBackend(prepared, { ...opts, backend: "nftables" }, shape);
-  await confirmSameProcess(prepared, opts, tree, shape, outcome, "cgroup");
-  return outcome;
+  const nftables = { ...opts, backend: "nftables" as const };
+  return await whileSameProcess(
+    prepared,
+    opts,
+    tree,
+    shape,
+    "cgroup",
+    () => lockWithBackend(prepared, nftables, shape),
+  );
 }
 
 /**
@@ -114,29 +126,34 @@ function refuseOwnTree(tree: ProcessTree, opts: ResolvedOptions): void {
 }
 
 /**
- * The process must still be the one probed once its lock is in place: if it
- * exited meanwhile (or its PID went to another), the lock is removed again
- * and the lock fails.
+ * Makes a lock, then checks that the process is still the one probed: if
+ * it exited meanwhile (or its PID went to another), whatever was applied is
+ * removed again and the lock fails, saying so.
  */
-async function confirmSameProcess(
+async function whileSameProcess(
   prepared: Prepared,
   opts: ResolvedOptions,
   tree: ProcessTree,
   shape: LockShape,
-  outcome: NamespaceOutcome,
   kind: "connections" | "cgroup",
-): Promise<void> {
-  if (opts.dryRun) return;
-  const now = await probeTree(prepared.exec, tree.root).then((probe) => probe.tree.start, () => "");
-  if (now === tree.start) return;
+  lock: () => Promise<NamespaceOutcome>,
+): Promise<NamespaceOutcome> {
+  const same = async () =>
+    opts.dryRun ||
+    await probeTree(prepared.exec, tree.root).then((probe) => probe.tree.start, () => "") ===
+      tree.start;
+  let outcome: NamespaceOutcome;
+  try {
+    outcome = await lock();
+  } catch (error) {
+    if (await same()) throw error;
+    // Whatever of it may have landed goes below.
+    outcome = { changed: true, backend: "nftables" };
+  }
+  if (await same()) return outcome;
   if (outcome.changed) {
-    await unlockAllBackends(
-      { ...prepared, exec: prepared.patientExec, prefetch: undefined },
-      opts,
-      {
-        shapes: [shape],
-      },
-    );
+    const patient = { ...prepared, exec: prepared.patientExec, prefetch: undefined };
+    await unlockAllBackends(patient, opts, { shapes: [shape] });
   }
   throw new NetlockError(
     "NO_SUCH_TARGET",

@@ -195,8 +195,9 @@ export async function prepare(
   // Settled either way; a prefetch for a target that turns out gone is dropped.
   prefetch?.ruleset?.catch(() => {});
   prefetch?.flavour.catch(() => {});
-  const needOwn = !options.all &&
-    (options.mode === "auto" || (options.mode === "netns" && !options.force));
+  // A process lock in netlock's own namespace is made and read from there:
+  // the process may exit meanwhile, and its /proc/PID/ns/net with it.
+  const needOwn = !options.all && !(options.mode === "netns" && options.force);
   // The probe reads netlock's own namespace too (/proc/<netlock's PID>/ns/net);
   // only if it cannot, a second spawn asks from netlock's side.
   const [probed] = await Promise.allSettled([
@@ -205,6 +206,7 @@ export async function prepare(
   let probe: TargetProbe;
   let mode: LockKind;
   let gone = false;
+  let ownNamespace = false;
   if (probed.status === "fulfilled") {
     probe = probed.value;
     const own = needOwn ? probe.own ?? await ownNetns(options.exec) : undefined;
@@ -219,6 +221,10 @@ export async function prepare(
     if (mode === "connections" && prefetch) {
       cancelRuleset.abort();
       prefetch = undefined;
+    }
+    if (mode !== "netns" && isOwn) {
+      exec = nsenterExec([], options.exec);
+      ownNamespace = true;
     }
   } else {
     // The process is gone: its connection lock, if any, is in netlock's own namespace.
@@ -236,6 +242,7 @@ export async function prepare(
     probe = await probeTarget({ label: "netlock's own namespace", nsenterArgs: [] }, exec);
     mode = "connections";
     gone = true;
+    ownNamespace = true;
   }
   const withIpv6 = options.ipv6 === "on" ||
     (options.ipv6 === "auto" && probe.ipv6) ||
@@ -243,7 +250,7 @@ export async function prepare(
   return {
     probe,
     exec,
-    patientExec: patient(probed.status === "fulfilled" ? ref.nsenterArgs : [], options),
+    patientExec: patient(ownNamespace ? [] : ref.nsenterArgs, options),
     mode,
     families: withIpv6 ? ["ipv4", "ipv6"] : ["ipv4"],
     prefetch,

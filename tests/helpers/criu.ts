@@ -10,10 +10,9 @@
  * check`. `.ci/run` provides one (it builds CRIU 4.2 if it must). Outside CI
  * a test without one is skipped, saying why; under CI it fails.
  */
-import { IN_CI, integration, must, sh, type TestNetns } from "./netns.ts";
+import { IN_CI, integration, must, type TestNetns } from "./netns.ts";
+import type { Tree } from "./tree.ts";
 
-const TREE = new URL("./echo_tree.py", import.meta.url).pathname;
-const PEER = new URL("./echo_peer.ts", import.meta.url).pathname;
 /** netlock's action script for CRIU. */
 export const HOOK = new URL("../../criu-hook.sh", import.meta.url).pathname;
 
@@ -50,7 +49,7 @@ export function criuBin(): string {
 
 let counter = 0;
 
-/** The tree's namespace, the peer's, and the addresses between them. */
+/** The tree's namespace, the peer's, and the tree's address between them. */
 export interface Pod extends AsyncDisposable {
   /** The tree's namespace. */
   pod: TestNetns;
@@ -92,176 +91,6 @@ export async function createPod(create: () => Promise<TestNetns>): Promise<Pod> 
     async [Symbol.asyncDispose]() {
       await peer[Symbol.asyncDispose]();
       await pod[Symbol.asyncDispose]();
-    },
-  };
-}
-
-/** The dumped tree: its root's PID (a session leader), killed with its tree on dispose. */
-export interface Tree extends AsyncDisposable {
-  /** The root's PID, as CRIU is given it. */
-  pid: number;
-  /** Forgets the original tree (CRIU killed it) and waits until it is reaped. */
-  gone(): Promise<void>;
-  /** Takes over the restored tree, to be killed on dispose. */
-  restored(pid: number): void;
-}
-
-/** Starts `echo_tree.py` in the pod, listening on PORT; returns once it listens. */
-export async function startTree(
-  pod: Pod,
-  port: number,
-  connections: number,
-  children: number,
-): Promise<Tree> {
-  const child = new Deno.Command("nsenter", {
-    args: [
-      `--net=${pod.pod.path}`,
-      "--",
-      "setsid",
-      "python3",
-      TREE,
-      pod.address,
-      String(port),
-      String(connections),
-      String(children),
-    ],
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  let restoredPid: number | undefined;
-  for (let i = 0; i < 200; i++) {
-    const ss = await sh(["nsenter", `--net=${pod.pod.path}`, "ss", "-tlnH", `sport = :${port}`]);
-    if (ss.stdout.trim() !== "") break;
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-  let reaped = false;
-  return {
-    pid: child.pid,
-    async gone() {
-      await child.status;
-      reaped = true;
-      // Its children were reparented and killed too: wait until their PIDs are free.
-      await waitForNoTree(pod);
-    },
-    restored(pid) {
-      restoredPid = pid;
-    },
-    async [Symbol.asyncDispose]() {
-      // The whole tree: the root's session.
-      await sh(["pkill", "-KILL", "-s", String(restoredPid ?? child.pid)]);
-      if (!reaped) await child.status;
-      await waitForNoTree(pod);
-    },
-  };
-}
-
-async function waitForNoTree(pod: Pod): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    const left = await sh(["pgrep", "-f", `echo_tree.py ${pod.address} `]);
-    if (left.code !== 0) return;
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
-
-/** The peer: sends on every connection until stopped; then its verdict. */
-export interface Peer extends AsyncDisposable {
-  /** The echoed bytes so far. */
-  progress(): number;
-  /** Resolves once at least `bytes` more were echoed (15 s at most). */
-  flowing(bytes?: number): Promise<void>;
-  /** Stops sending and returns the verdict. */
-  stop(): Promise<PeerVerdict>;
-}
-
-/** What the peer saw. */
-export interface PeerVerdict {
-  connections: number;
-  sent: number;
-  echoed: number;
-  ok: boolean;
-  resets: number;
-  errors: string[];
-  maxSilenceMs: number;
-}
-
-/** Starts the peer in the peer namespace, connected to the tree; returns once connected. */
-export async function startPeer(
-  pod: Pod,
-  port: number,
-  connections: number,
-  pauseMs = 20,
-): Promise<Peer> {
-  const child = new Deno.Command("nsenter", {
-    args: [
-      `--net=${pod.peer.path}`,
-      "--",
-      Deno.execPath(),
-      "run",
-      "--no-config",
-      "--allow-net",
-      PEER,
-      pod.address,
-      String(port),
-      String(connections),
-      String(pauseMs),
-    ],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  let echoed = 0;
-  let verdict: PeerVerdict | undefined;
-  let ready!: () => void;
-  const connected = new Promise<void>((resolve) => ready = resolve);
-  const reading = (async () => {
-    let buffered = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      buffered += chunk;
-      let at;
-      while ((at = buffered.indexOf("\n")) !== -1) {
-        const line = buffered.slice(0, at);
-        buffered = buffered.slice(at + 1);
-        if (line === "connected") ready();
-        else if (line.startsWith("progress ")) echoed = Number(line.split(" ")[1]);
-        else if (line.startsWith("{")) verdict = JSON.parse(line);
-      }
-    }
-  })();
-  const writer = child.stdin.getWriter();
-  const stop = async () => {
-    await writer.write(new TextEncoder().encode("stop\n")).catch(() => {});
-    await writer.close().catch(() => {});
-    await child.status;
-    await reading;
-    if (!verdict) throw new Error("the peer gave no verdict");
-    return verdict;
-  };
-  await Promise.race([
-    connected,
-    child.status.then((status) => {
-      throw new Error(`the peer exited (${status.code}) before it connected`);
-    }),
-  ]);
-  return {
-    progress: () => echoed,
-    async flowing(bytes = 4096) {
-      const from = echoed;
-      for (let i = 0; i < 600 && echoed < from + bytes; i++) {
-        await new Promise((resolve) => setTimeout(resolve, 25));
-      }
-      if (echoed < from + bytes) throw new Error(`no echo for 15 s (at ${echoed} bytes)`);
-    },
-    stop,
-    async [Symbol.asyncDispose]() {
-      if (!verdict) {
-        try {
-          child.kill("SIGKILL");
-        } catch { /* exited */ }
-        await writer.close().catch(() => {});
-        await child.status;
-        await reading.catch(() => {});
-      }
     },
   };
 }

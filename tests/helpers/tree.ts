@@ -1,0 +1,237 @@
+/**
+ * A process tree with live TCP connections, and a peer outside it that
+ * keeps sending on every connection all along and checks every echoed
+ * byte: what the connection and cgroup locks and CRIU's dumps are tried on.
+ * The tree (`echo_tree.py`) is a session leader whose children hold the
+ * connections; it can be started in a cgroup v2 of its own.
+ */
+import { must, sh, type TestNetns } from "./netns.ts";
+
+const TREE = new URL("./echo_tree.py", import.meta.url).pathname;
+const PEER = new URL("./echo_peer.ts", import.meta.url).pathname;
+
+/** A cgroup v2 the test made (a directory under the cgroup v2 mount). */
+export interface Cgroup extends AsyncDisposable {
+  /** Its directory. */
+  dir: string;
+  /** Its path as /proc/PID/cgroup says it (`/nltest-...`). */
+  path: string;
+}
+
+let counter = 0;
+
+/** Makes a cgroup v2 `nltest-PID-N` at the top of the hierarchy; removed on dispose (emptied first). */
+export async function createCgroup(): Promise<Cgroup> {
+  const mounts = await Deno.readTextFile("/proc/mounts");
+  const mount = mounts.split("\n").map((line) => line.split(" ")).find((f) => f[2] === "cgroup2")
+    ?.[1];
+  if (!mount) throw new Error("cgroup v2 is not mounted");
+  const path = `/nltest-${Deno.pid}-${++counter}`;
+  const dir = `${mount}${path}`;
+  await Deno.mkdir(dir);
+  return {
+    dir,
+    path,
+    async [Symbol.asyncDispose]() {
+      // Whatever is left in it goes back to the root cgroup, then it is removed.
+      for (let i = 0; i < 100; i++) {
+        const procs = (await Deno.readTextFile(`${dir}/cgroup.procs`).catch(() => "")).trim();
+        if (procs === "") break;
+        for (const pid of procs.split("\n")) {
+          await Deno.writeTextFile(`${mount}/cgroup.procs`, pid).catch(() => {});
+        }
+      }
+      await must(["rmdir", dir]).catch(() => {});
+    },
+  };
+}
+
+/** The dumped tree: its root's PID (a session leader), killed with its tree on dispose. */
+export interface Tree extends AsyncDisposable {
+  /** The root's PID, as CRIU is given it. */
+  pid: number;
+  /** Forgets the original tree (CRIU killed it) and waits until it is reaped. */
+  gone(): Promise<void>;
+  /** Takes over the restored tree, to be killed on dispose. */
+  restored(pid: number): void;
+}
+
+/** Where a tree listens. */
+export interface Place {
+  /** Its namespace. */
+  netns: TestNetns;
+  /** The address it listens on. */
+  address: string;
+}
+
+/**
+ * Starts `echo_tree.py` (a session leader, as CRIU wants its root) in the
+ * namespace, listening on PORT, in the cgroup `cgroup` when given (joined
+ * before anything is created, so that its sockets are the cgroup's); returns
+ * once it listens.
+ */
+export async function startTree(
+  at: Place,
+  port: number,
+  connections: number,
+  children: number,
+  cgroup?: Cgroup,
+): Promise<Tree> {
+  const tree = [
+    "nsenter",
+    `--net=${at.netns.path}`,
+    "--",
+    "setsid",
+    "python3",
+    TREE,
+    at.address,
+    String(port),
+    String(connections),
+    String(children),
+  ];
+  const argv = cgroup
+    ? ["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', cgroup.dir, ...tree]
+    : tree;
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let restoredPid: number | undefined;
+  for (let i = 0; i < 200; i++) {
+    const ss = await sh(["nsenter", `--net=${at.netns.path}`, "ss", "-tlnH", `sport = :${port}`]);
+    if (ss.stdout.trim() !== "") break;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  let reaped = false;
+  return {
+    pid: child.pid,
+    async gone() {
+      await child.status;
+      reaped = true;
+      // Its children were reparented and killed too: wait until their PIDs are free.
+      await waitForNoTree(at, port);
+    },
+    restored(pid) {
+      restoredPid = pid;
+    },
+    async [Symbol.asyncDispose]() {
+      // The whole tree: the root's session.
+      await sh(["pkill", "-KILL", "-s", String(restoredPid ?? child.pid)]);
+      if (!reaped) await child.status;
+      await waitForNoTree(at, port);
+    },
+  };
+}
+
+async function waitForNoTree(at: Place, port: number): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    const left = await sh(["pgrep", "-f", `echo_tree.py ${at.address} ${port} `]);
+    if (left.code !== 0) return;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/** The peer: sends on every connection until stopped; then its verdict. */
+export interface Peer extends AsyncDisposable {
+  /** The echoed bytes so far. */
+  progress(): number;
+  /** Resolves once at least `bytes` more were echoed (15 s at most). */
+  flowing(bytes?: number): Promise<void>;
+  /** Stops sending and returns the verdict. */
+  stop(): Promise<PeerVerdict>;
+}
+
+/** What the peer saw. */
+export interface PeerVerdict {
+  connections: number;
+  sent: number;
+  echoed: number;
+  ok: boolean;
+  resets: number;
+  errors: string[];
+  maxSilenceMs: number;
+}
+
+/** Starts the peer in `netns`, connected to the tree at `at`; returns once connected. */
+export async function startPeer(
+  netns: TestNetns,
+  at: Place,
+  port: number,
+  connections: number,
+  pauseMs = 20,
+): Promise<Peer> {
+  const child = new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      Deno.execPath(),
+      "run",
+      "--no-config",
+      "--allow-net",
+      PEER,
+      at.address,
+      String(port),
+      String(connections),
+      String(pauseMs),
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  let echoed = 0;
+  let verdict: PeerVerdict | undefined;
+  let ready!: () => void;
+  const connected = new Promise<void>((resolve) => ready = resolve);
+  const reading = (async () => {
+    let buffered = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      buffered += chunk;
+      let at;
+      while ((at = buffered.indexOf("\n")) !== -1) {
+        const line = buffered.slice(0, at);
+        buffered = buffered.slice(at + 1);
+        if (line === "connected") ready();
+        else if (line.startsWith("progress ")) echoed = Number(line.split(" ")[1]);
+        else if (line.startsWith("{")) verdict = JSON.parse(line);
+      }
+    }
+  })();
+  const writer = child.stdin.getWriter();
+  const stop = async () => {
+    await writer.write(new TextEncoder().encode("stop\n")).catch(() => {});
+    await writer.close().catch(() => {});
+    await child.status;
+    await reading;
+    if (!verdict) throw new Error("the peer gave no verdict");
+    return verdict;
+  };
+  await Promise.race([
+    connected,
+    child.status.then((status) => {
+      throw new Error(`the peer exited (${status.code}) before it connected`);
+    }),
+  ]);
+  return {
+    progress: () => echoed,
+    async flowing(bytes = 4096) {
+      const from = echoed;
+      for (let i = 0; i < 600 && echoed < from + bytes; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
+      if (echoed < from + bytes) throw new Error(`no echo for 15 s (at ${echoed} bytes)`);
+    },
+    stop,
+    async [Symbol.asyncDispose]() {
+      if (!verdict) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* exited */ }
+        await writer.close().catch(() => {});
+        await child.status;
+        await reading.catch(() => {});
+      }
+    },
+  };
+}

@@ -215,6 +215,7 @@ async function criuHook(): Promise<number> {
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
   if (plan.action === "none") return EXIT.ok;
+  if (plan.action === "refuse-host-tree") return await refuseHostTree(plan.pid, plan.options);
   try {
     const result = plan.action === "lock"
       ? await lockNetwork(plan.pid, plan.options)
@@ -225,6 +226,27 @@ async function criuHook(): Promise<number> {
     printError(errorMessage(error));
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
+}
+
+/**
+ * `pre-dump` without the warm helper: CRIU sends a tree in its own namespace
+ * no network action, so only the helper can keep it locked until the
+ * restore, and unlock it if it runs again; without it the dump is refused.
+ */
+async function refuseHostTree(pid: number, options: NetlockOptions): Promise<number> {
+  const { sharesNetlockNamespace } = await import("./lib/criu/tree_lock.ts");
+  try {
+    if (!await sharesNetlockNamespace(pid, options)) return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
+    return EXIT.failed;
+  }
+  printError(
+    `criu-hook: process ${pid} shares CRIU's network namespace: only criu-hook.sh's warm ` +
+      "helper can keep its connections locked until the restore (and unlock them if it runs " +
+      "again), and it could not start; refusing the dump",
+  );
+  return EXIT.failed;
 }
 
 async function criuHelper(args: string[]): Promise<number> {

@@ -6,18 +6,25 @@
 # CRIU runs this for every action and waits for it, several times inside the
 # application's frozen window, so it costs no Deno start there:
 # - pre-dump / pre-restore (before anything is frozen): start netlock's warm
-#   helper (cli.ts criu-hook --serve), which arms the lock ahead;
-# - network-lock / network-unlock: one request line to the helper and one
-#   answer line back, with shell builtins only; without a helper, cli.ts does
-#   the work itself (the plain hook);
-# - post-setup-namespaces (restore): tell the helper the restored PID, so it
-#   arms the unlock;
+#   helper (cli.ts criu-hook --serve). For a dump it arms the lock ahead, or,
+#   for a tree in CRIU's own namespace (which CRIU never sends network-lock),
+#   locks it now: by its cgroup when the tree has one of its own, else by its
+#   connections. The helper watches CRIU: when CRIU is gone and the tree runs
+#   again (--leave-running, a failed dump, a CRIU that died), it unlocks.
+# - network-lock / network-unlock / post-dump: one request line to the
+#   helper and one answer line back, with shell builtins only; without a
+#   helper, cli.ts does the work itself (the plain hook). At post-dump a tree
+#   in CRIU's namespace is locked by connection, to outlive it.
+# - setup-namespaces / post-setup-namespaces (restore): tell the helper the
+#   restored PID, so it arms the unlock; and watch CRIU: a restore that fails
+#   before the unlock leaves no lock in a namespace that outlives it.
 # - every other action: nothing.
 # After a dump's lock the helper writes how to unlock it into CRIU's image
-# directory (netlock-unlock: the backend; netlock-unlock.nft: the script). A
-# restore from those images starts no helper: network-unlock runs the script
-# in the restored namespace (one nft), and post-resume (after the restore
-# clock, traffic flowing) removes what is left of an iptables lock.
+# directory (netlock-unlock: what and which backend; netlock-unlock.nft: the
+# script). A restore from those images starts no helper: network-unlock (a
+# tree in its own namespace) or post-restore (a tree in CRIU's namespace)
+# runs the script (one nft), and post-resume (after the restore clock,
+# traffic flowing) removes what is left of an iptables lock.
 # Options come from NETLOCK_BACKEND, NETLOCK_NAME, NETLOCK_MARK, as for cli.ts.
 
 here=${0%/*}
@@ -37,7 +44,7 @@ ask() {
   # The helper holds the other end: end-of-file means it is gone.
   read -r answer 2>/dev/null <"$dir/reply" || return 2
   case $answer in
-  ok) return 0 ;;
+  ok | ready) return 0 ;;
   "error "*)
     printf 'error: %s\n' "${answer#error }" >&2
     return 1
@@ -48,25 +55,59 @@ ask() {
 
 # (Empty without CRIU's image directory: then no plan is ever found.)
 plan=${CRTOOLS_IMAGE_DIR:+$CRTOOLS_IMAGE_DIR/netlock-unlock}
+# The plan's first line: the lock's kind (host: a tree in CRIU's namespace),
+# backend, the dumped PID, and "finish" when post-resume has work left.
+kind= backend= planned= rest=
+[ -n "$plan" ] && read -r kind backend planned rest 2>/dev/null <"$plan"
+case $kind in
+host) ;;
+iptables | nftables) rest=$backend backend=$kind kind=netns planned= ;;
+*) kind= ;;
+esac
 # Left by a planned unlock of iptables for post-resume (CRIU has closed its
-# image directory by then).
+# image directory by then), and by any unlock for the restore's watcher.
 finish=$base/criu-$PPID.finish
+done=$base/criu-$PPID.done watching=$base/criu-$PPID.watch
 
-# Unlocks the restored namespace as the dump's helper planned it: 0 done,
-# 2 not done (no plan, not a namespace of its own, nft failed: cli.ts then
-# reads the state and unlocks whatever is left).
+# Unlocks as the dump's helper planned it: 0 done, 2 not done (no plan, not
+# a namespace of its own, nft failed: cli.ts then reads the state and
+# unlocks whatever is left).
 unlock_from_plan() {
-  [ -n "$plan" ] && read -r backend rest 2>/dev/null <"$plan" || return 2
-  case $CRTOOLS_INIT_PID in '' | *[!0-9]*) return 2 ;; esac
-  # Never netlock's own namespace (the guard of every other path).
-  [ /proc/"$CRTOOLS_INIT_PID"/ns/net -ef /proc/self/ns/net ] && return 2
-  # A failure is cli.ts's to report (it reads what is really there).
-  nsenter --target "$CRTOOLS_INIT_PID" --net -- nft -f - <"$plan.nft" 2>/dev/null || return 2
+  case $kind in
+  netns)
+    case $CRTOOLS_INIT_PID in '' | *[!0-9]*) return 2 ;; esac
+    # Never netlock's own namespace (the guard of every other path).
+    [ /proc/"$CRTOOLS_INIT_PID"/ns/net -ef /proc/self/ns/net ] && return 2
+    # A failure is cli.ts's to report (it reads what is really there).
+    nsenter --target "$CRTOOLS_INIT_PID" --net -- nft -f - <"$plan.nft" 2>/dev/null || return 2
+    ;;
+  host) nft -f - <"$plan.nft" 2>/dev/null || return 2 ;;
+  *) return 2 ;;
+  esac
   # Traffic flows; post-resume removes what is left. (noclobber: never write
   # through a link someone left in a shared $TMPDIR; without the marker,
   # cli.ts removes it now.)
   [ "$rest" = finish ] || return 0
   (set -C && : >"$finish") 2>/dev/null || return 2
+}
+
+# Marks the unlock done, for the restore's watcher (if one watches).
+unlocked() {
+  [ -e "$watching" ] && (set -C && : >"$done") 2>/dev/null
+  return 0
+}
+
+# After CRIU (this script's parent) is gone: unless the unlock was done,
+# remove the lock (the restore failed; what it locked must not outlive it).
+# $1: what to give cli.ts unlock. Outside the restore clock, so cli.ts may
+# start; the namespace is held open as fd 3 for as long as it takes.
+watch() {
+  (set -C && : >"$watching") 2>/dev/null || return 0
+  (
+    tail --pid="$PPID" -s 0.05 -f /dev/null 2>/dev/null
+    [ -e "$done" ] || CRTOOLS_SCRIPT_ACTION= "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"
+    rm -f "$done" "$finish" "$watching"
+  ) </dev/null >/dev/null 2>&1 &
 }
 
 case $CRTOOLS_SCRIPT_ACTION in
@@ -79,12 +120,17 @@ pre-dump | pre-restore)
     # (Without it, none: `cd ""` would stay here, and the plan land in the cwd.)
     [ -n "$CRTOOLS_IMAGE_DIR" ] && images=$(cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && pwd)
     case $images in *,*) images= ;; esac
-  elif [ -r "$plan" ]; then
-    # The dump planned this restore's unlock: no helper needed.
+  elif [ -n "$kind" ]; then
+    # The dump planned this restore's unlock: no helper needed. A tree in
+    # CRIU's namespace is watched from now on (no other action may come).
+    [ "$kind" = host ] && watch "$planned"
     exit 0
   fi
   # A directory that exists is not ours: no helper, the plain hook will do.
-  mkdir -m 0700 "$dir" 2>/dev/null && mkfifo -m 0600 "$dir/cmd" "$dir/reply" || exit 0
+  if ! { mkdir -m 0700 "$dir" 2>/dev/null && mkfifo -m 0600 "$dir/cmd" "$dir/reply"; }; then
+    [ -n "$ready" ] && exec "$here/cli.ts"
+    exit 0
+  fi
   # The helper's keeper holds both FIFOs open for as long as the helper
   # lives: a request written before the helper reads it is kept, and a hook
   # waiting for an answer gets end-of-file once the helper is gone.
@@ -98,32 +144,76 @@ pre-dump | pre-restore)
     rm -rf "$dir"
   ) </dev/null >/dev/null &
   echo $! >"$dir/pid"
-  # Before a dump nothing is frozen yet: wait until the lock is armed. Before
-  # a restore the clock runs already (and there is no PID yet): go on.
-  [ -n "$ready" ] && read -r answer <"$dir/reply"
-  exit 0
+  # Before a dump nothing is frozen yet: wait until the lock is armed (or, for
+  # a tree in CRIU's namespace, made). Before a restore the clock runs
+  # already (and there is no PID yet): go on.
+  [ -n "$ready" ] || exit 0
+  read -r answer <"$dir/reply"
+  case $answer in
+  ready) exit 0 ;;
+  "error "*)
+    printf 'error: %s\n' "${answer#error }" >&2
+    exit 1
+    ;;
+  esac
+  # No helper after all: the plain hook decides.
+  exec "$here/cli.ts"
   ;;
 network-lock)
   ask "lock $CRTOOLS_INIT_PID" answer
+  status=$?
+  ;;
+post-dump)
+  # A tree in CRIU's namespace: locked by connection now. (No helper: the
+  # plain hook refused such a tree at pre-dump.)
+  ask "post-dump $CRTOOLS_INIT_PID" answer
+  status=$?
+  [ $status -eq 2 ] && exit 0
+  exit $status
   ;;
 network-unlock)
-  ask "unlock $CRTOOLS_INIT_PID" answer || { [ $? -eq 2 ] && unlock_from_plan; }
+  ask "unlock $CRTOOLS_INIT_PID" answer
+  status=$?
+  [ $status -eq 2 ] && unlock_from_plan && status=0
+  [ $status -eq 0 ] && unlocked
+  ;;
+post-restore)
+  # A tree in CRIU's namespace: its lock goes now, the last action before
+  # CRIU's own unlock.
+  [ "$kind" = host ] || exit 0
+  if unlock_from_plan; then
+    unlocked
+    exit 0
+  fi
+  CRTOOLS_SCRIPT_ACTION=network-unlock CRTOOLS_INIT_PID=$planned "$here/cli.ts" && unlocked
+  exit $?
   ;;
 post-resume)
-  # The planned unlock removed the iptables jumps only: the rest goes now,
+  # The planned unlock removed what stops traffic only: the rest goes now,
   # after the restore clock, with traffic flowing.
   [ -f "$finish" ] || exit 0
   rm -f "$finish"
+  [ "$kind" = host ] && CRTOOLS_INIT_PID=$planned
   CRTOOLS_SCRIPT_ACTION=network-unlock exec "$here/cli.ts"
   ;;
 setup-namespaces | post-setup-namespaces)
   ask "arm $CRTOOLS_INIT_PID"
+  # Watched from here on, the restored namespace held open.
+  if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$kind" != host ] &&
+    exec 3</proc/"$CRTOOLS_INIT_PID"/ns/net 2>/dev/null; then
+    watch --netns /proc/self/fd/3
+    exec 3<&-
+  fi
   exit 0
   ;;
 *)
   exit 0
   ;;
 esac
-status=$?
 [ $status -eq 2 ] || exit $status
-exec "$here/cli.ts"
+# No helper, or its plan did not fit: cli.ts does the work (and the restore's
+# watcher is told when the unlock is done).
+"$here/cli.ts"
+status=$?
+[ $status -eq 0 ] && [ "$CRTOOLS_SCRIPT_ACTION" = network-unlock ] && unlocked
+exit $status

@@ -33,7 +33,7 @@ export const TREE_SCRIPT = [
   '  for f in /proc/$p/task/*/children; do c=; read -r c <"$f" 2>/dev/null; next="$next $c"; done',
   'done; set -- $next; todo=$*; pids="$pids${todo:+ $todo}"; done',
   'echo "tree $pids"',
-  'stat=; read -r stat <"/proc/$root/stat"; set -- ${stat##*") "}; shift 19; echo "start $1"',
+  'stat=; read -r stat <"/proc/$root/stat"; set -- ${stat##*") "}; echo "state $1"; shift 19; echo "start $1"',
   'cg() { while IFS= read -r l; do case $l in 0::*) echo "$1 ${l#0::}";; esac; done; }',
   'cg cgroup <"/proc/$root/cgroup"; cg own </proc/self/cgroup',
   'mnt=; while read -r dev dir type rest; do [ "$type" = cgroup2 ] && { mnt=$dir; break; }; done </proc/mounts',

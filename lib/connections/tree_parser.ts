@@ -15,6 +15,8 @@ export interface ProcessTree {
   pids: number[];
   /** The root's start time (clock ticks since boot): tells it from a later process of the same PID. */
   start: string;
+  /** The root's state (`S`, `R`, `T`, ...; `Z` for a zombie, which is gone but for its PID). */
+  state?: string;
   /** The root's cgroup v2 path (`/` for the root cgroup). */
   cgroup: string;
   /** netlock's own cgroup v2 path. */
@@ -65,6 +67,7 @@ export function parseTreeReport(text: string): { tree: ProcessTree; links: strin
       root: pids[0],
       pids,
       start: fields.get("start") ?? "",
+      ...(fields.has("state") ? { state: fields.get("state") } : {}),
       cgroup: fields.get("cgroup") ?? "",
       ownCgroup: fields.get("own") ?? "",
       ...(mount ? { cgroupMount: mount } : {}),

@@ -8,6 +8,7 @@
 
 import { NetlockError } from "../common/errors.ts";
 import { renderNftUnlock } from "../nftables/ruleset.ts";
+import { processLockName } from "../connections/ruleset.ts";
 import { parseChoice, parseMark, parsePid, validateName } from "../common/options.ts";
 import type { Family, NetlockOptions } from "../common/types.ts";
 
@@ -23,11 +24,19 @@ export const HOOK_ENV = [
 /** What the hook will do. */
 export type HookPlan =
   | { action: "none" }
-  | { action: "lock" | "unlock"; pid: number; options: NetlockOptions };
+  | { action: "lock" | "unlock"; pid: number; options: NetlockOptions }
+  /**
+   * `pre-dump` without the warm helper: a tree that shares CRIU's namespace
+   * cannot be kept locked (nothing would unlock it when CRIU is gone), so
+   * the dump is refused; any other tree is fine.
+   */
+  | { action: "refuse-host-tree"; pid: number; options: NetlockOptions };
 
 /**
  * Decides what CRIU asked for: `network-lock` locks `CRTOOLS_INIT_PID`'s
- * network, `network-unlock` unlocks it, every other action does nothing.
+ * network, `network-unlock` unlocks it, `pre-dump` (which reaches cli.ts
+ * only when criu-hook.sh's helper could not start) refuses a tree that
+ * shares CRIU's namespace, every other action does nothing.
  * `NETLOCK_BACKEND`, `NETLOCK_NAME` and `NETLOCK_MARK` are validated like
  * the flags (a bad one throws `TypeError`/`RangeError`); a missing or bad
  * `CRTOOLS_INIT_PID` on a network action throws `INVALID_ENVIRONMENT`.
@@ -48,8 +57,19 @@ export type HookPlan =
  */
 export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | undefined): HookPlan {
   const action = env("CRTOOLS_SCRIPT_ACTION");
+  if (action === "pre-dump" && env("CRTOOLS_INIT_PID")) {
+    return { action: "refuse-host-tree", pid: pidFrom(action, env), options: hookOptions(env) };
+  }
   if (action !== "network-lock" && action !== "network-unlock") return { action: "none" };
   const options = hookOptions(env);
+  const pid = pidFrom(action, env);
+  return { action: action === "network-lock" ? "lock" : "unlock", pid, options };
+}
+
+function pidFrom(
+  action: string,
+  env: (name: typeof HOOK_ENV[number]) => string | undefined,
+): number {
   const pidText = env("CRTOOLS_INIT_PID");
   if (pidText === undefined || pidText === "") {
     throw new NetlockError(
@@ -57,16 +77,14 @@ export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | un
       `CRIU action ${action}: CRTOOLS_INIT_PID is not set`,
     );
   }
-  let pid: number;
   try {
-    pid = parsePid(pidText);
+    return parsePid(pidText);
   } catch (error) {
     throw new NetlockError(
       "INVALID_ENVIRONMENT",
       `CRIU action ${action}: CRTOOLS_INIT_PID: ${(error as Error).message}`,
     );
   }
-  return { action: action === "network-lock" ? "lock" : "unlock", pid, options };
 }
 
 /**
@@ -157,4 +175,44 @@ export function renderRestoreUnlock(
     script: tables.map((table) => `flush chain ${table} filter ${lock.name}\n`).join(""),
     finish: true,
   };
+}
+
+/**
+ * How a restore lets traffic through the locks a dump of a tree that shares
+ * CRIU's namespace left (see lib/criu/tree_lock.ts): one `nft -f -` script
+ * run by `criu-hook.sh` at `post-restore`, in its own namespace, the last
+ * action before CRIU's own unlock. nftables: the connection lock's table
+ * and the cgroup lock's table go (`add` first, so that a table that is not
+ * there is no error). iptables (iptables-nft): the connection chains are
+ * flushed in every family, and the rest is removed after the restore
+ * (`finish`: the chains, their jumps, and the cgroup table).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderTreeRestoreUnlock } from "./hook.ts";
+ *
+ * const plan = renderTreeRestoreUnlock({ backend: "nftables", families: ["ipv4"], name: "NETLOCK", pid: 42 });
+ * assert.equal(plan.script, "add table inet NETLOCK-c42\ndelete table inet NETLOCK-c42\n" +
+ *   "add table inet NETLOCK-g42\ndelete table inet NETLOCK-g42\n");
+ * assert.equal(plan.finish, false);
+ * ```
+ *
+ * @param lock The locks the dump left: backend, families, name, the tree's root.
+ * @returns The script, and whether anything is left to remove after it.
+ */
+export function renderTreeRestoreUnlock(
+  lock: { backend: "iptables" | "nftables"; families: Family[]; name: string; pid: number },
+): { script: string; finish: boolean } {
+  const table = (kind: "connections" | "cgroup") => {
+    const name = processLockName(lock.name, kind, lock.pid);
+    return `add table inet ${name}\ndelete table inet ${name}\n`;
+  };
+  if (lock.backend === "nftables") {
+    return { script: table("connections") + table("cgroup"), finish: false };
+  }
+  const chain = processLockName(lock.name, "connections", lock.pid);
+  const script = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6")
+    .map((t) => `add chain ${t} filter ${chain}\nflush chain ${t} filter ${chain}\n`).join("");
+  return { script, finish: true };
 }

@@ -24,13 +24,21 @@ import {
   armNetworkUnlock,
   type KnownLock,
 } from "./armed.ts";
-import { renderRestoreUnlock } from "./hook.ts";
+import { renderRestoreUnlock, renderTreeRestoreUnlock } from "./hook.ts";
+import {
+  lockTreeBeforeFreeze,
+  lockTreeConnections,
+  sharesNetlockNamespace,
+  startOf,
+  stillRuns,
+  unlockTree,
+} from "./tree_lock.ts";
 import { requestedBackend } from "../shape/shape.ts";
 import { resolveOptions } from "../target/prepare.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
 import { runCommand } from "../exec/runner.ts";
 import { parsePid } from "../common/options.ts";
-import type { NetlockOptions } from "../common/types.ts";
+import type { NetlockOptions, OperationResult } from "../common/types.ts";
 
 /** The longest a helper lives, whatever happens (ms). */
 export const HELPER_LIFETIME_MS = 600_000;
@@ -120,15 +128,33 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     backend: requestedBackend(resolveOptions(options)),
     families: ["ipv4", "ipv6"],
   };
+  // The dumped tree, to tell when CRIU is gone whether it runs again.
+  let dumped: { pid: number; start: string; host: boolean } | undefined;
+  let unlocked = false;
+  let postDumped = false;
   // A dump: arm the lock now, and the unlock of the lock it will make, and
   // plan the restore's unlock; criu-hook.sh waits for this at pre-dump,
   // before CRIU freezes anything, so that inside the window only armed
-  // tools are fed. (A restore's lock comes from the images.)
+  // tools are fed. (A restore's lock comes from the images.) A tree that
+  // shares CRIU's namespace gets no network-lock: it is locked now.
   if (settings.pid !== undefined && settings.ready) {
+    const pid = settings.pid;
     if (settings.images) await removeRestorePlan(settings.images);
-    const planned = (await armLock(settings.pid).armed)?.lock;
-    if (planned) await Promise.all([armUnlock(settings.pid, planned).armed, planRestore(planned)]);
-    await answer("ready");
+    const [start, host] = await Promise.all([startOf(pid), sharesNetlockNamespace(pid, options)]);
+    dumped = { pid, start, host };
+    if (host) {
+      try {
+        const locked = await lockTreeBeforeFreeze(pid, options);
+        if (locked.note) log(locked.note);
+        await answer("ready");
+      } catch (error) {
+        await answer(`error ${(error as Error).message}`);
+      }
+    } else {
+      const planned = (await armLock(pid).armed)?.lock;
+      if (planned) await Promise.all([armUnlock(pid, planned).armed, planRestore(planned)]);
+      await answer("ready");
+    }
   }
 
   try {
@@ -143,7 +169,23 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         if (verb !== "arm") await answer(`error ${(error as Error).message}`);
         continue;
       }
-      if (verb === "arm") {
+      if (verb === "post-dump") {
+        // The dump succeeded, the tree is still frozen: a tree in CRIU's
+        // namespace is locked by connection now, to outlive it.
+        if (dumped?.host && dumped.pid === pid) {
+          try {
+            const result = await lockTreeConnections(pid, options);
+            if (settings.images) await writeTreePlan(settings.images, result, pid, log);
+            postDumped = true;
+            await answer("ok");
+          } catch (error) {
+            await answer(`error ${(error as Error).message}`);
+          }
+        } else {
+          postDumped = true;
+          await answer("ok");
+        }
+      } else if (verb === "arm") {
         // setup-namespaces and post-setup-namespaces both say it: arm once.
         if (unlock?.pid !== pid) armUnlock(pid, fromImages);
       } else if (verb === "lock") {
@@ -166,6 +208,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         unlock = undefined;
         try {
           await (armed ? armed.fire() : unlockNetwork(pid, options));
+          unlocked = true;
           await answer("ok");
         } catch (error) {
           await answer(`error ${(error as Error).message}`);
@@ -180,6 +223,17 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   } finally {
     clearTimeout(lifetime);
     stop.abort();
+    // CRIU is gone (or the helper's time is up) without an unlock: a tree
+    // that runs again (--leave-running of a tree in CRIU's namespace, a
+    // failed dump, a CRIU that died) must not stay locked; after a final
+    // dump (the tree is gone) the lock stays for the restore.
+    if (dumped && !unlocked && await stillRuns(dumped.pid, dumped.start)) {
+      await (dumped.host ? unlockTree(dumped.pid, options) : unlockNetwork(dumped.pid, options))
+        .catch((error) => log(`unlock after CRIU ended: ${error.message}`));
+    } else if (dumped?.host && !postDumped) {
+      // Gone without a successful dump (killed before post-dump, say): nothing to keep.
+      await unlockTree(dumped.pid, options).catch(() => {});
+    }
     // Never fire what nobody asked for: kill armed tools that are still waiting.
     for (const pending of [lock?.armed, unlock?.armed]) await (await pending)?.cancel();
     // New hooks must not find a helper that no longer answers.
@@ -206,6 +260,28 @@ async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<v
   }
 }
 
+/**
+ * Writes the restore's unlock of a tree that shares CRIU's namespace into
+ * `images` (see {@linkcode renderTreeRestoreUnlock}): `host BACKEND PID
+ * [finish]`, the script first.
+ */
+async function writeTreePlan(
+  images: string,
+  lock: OperationResult,
+  pid: number,
+  log: (line: string) => void,
+): Promise<void> {
+  const { script, finish } = renderTreeRestoreUnlock({ ...lock, pid });
+  try {
+    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, { mode: 0o600 });
+    const plan = `host ${lock.backend} ${pid}${finish ? " finish" : ""}\n`;
+    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, { mode: 0o600 });
+  } catch (error) {
+    log(`restore plan not written: ${(error as Error).message}`);
+    await removeRestorePlan(images);
+  }
+}
+
 /** What a restore's unlock is planned from. */
 type RestorePlanned = KnownLock & { name: string; mark: number };
 
@@ -220,10 +296,10 @@ async function removeRestorePlan(images: string): Promise<void> {
   }
 }
 
-/** Aborts `stop` when CRIU's process ends (`tail --pid` waits for it). */
+/** Aborts `stop` when CRIU's process ends (`tail --pid` checks every 20 ms). */
 function watchCriu(criuPid: number, stop: AbortController): void {
   runCommand("nsenter", {
-    args: ["--", "tail", `--pid=${criuPid}`, "-f", "/dev/null"],
+    args: ["--", "tail", `--pid=${criuPid}`, "-s", "0.02", "-f", "/dev/null"],
     timeoutMs: 0,
     signal: stop.signal,
   }).then(() => stop.abort(), () => stop.abort());

@@ -29,10 +29,16 @@
 
 here=${0%/*}
 [ "$here" = "$0" ] && here=.
-# One private directory per CRIU process (this script's parent).
+# CRIU's PID: the one in CRTOOLS_IMAGE_DIR (/proc/CRIU/fd/N), which holds
+# when a wrapper runs this script; else this script's parent.
+criu=${CRTOOLS_IMAGE_DIR#/proc/}
+criu=${criu%%/*}
+case $CRTOOLS_IMAGE_DIR in /proc/[0-9]*/fd/*) ;; *) criu=$PPID ;; esac
+case $criu in '' | *[!0-9]*) criu=$PPID ;; esac
+# One private directory per CRIU process.
 base=/run/netlock
 [ -d "$base" ] || mkdir -m 0700 "$base" 2>/dev/null || base=${TMPDIR:-/tmp}
-dir=$base/criu-$PPID
+dir=$base/criu-$criu
 
 # Sends one request; 0 ok, 1 failed (message on stderr), 2 no helper answered.
 ask() {
@@ -66,8 +72,8 @@ iptables | nftables) rest=$backend backend=$kind kind=netns planned= ;;
 esac
 # Left by a planned unlock of iptables for post-resume (CRIU has closed its
 # image directory by then), and by any unlock for the restore's watcher.
-finish=$base/criu-$PPID.finish
-done=$base/criu-$PPID.done watching=$base/criu-$PPID.watch
+finish=$base/criu-$criu.finish
+done=$base/criu-$criu.done watching=$base/criu-$criu.watch
 
 # Unlocks as the dump's helper planned it: 0 done, 2 not done (no plan, not
 # a namespace of its own, nft failed: cli.ts then reads the state and
@@ -97,14 +103,14 @@ unlocked() {
   return 0
 }
 
-# After CRIU (this script's parent) is gone: unless the unlock was done,
+# After CRIU is gone: unless the unlock was done,
 # remove the lock (the restore failed; what it locked must not outlive it).
 # $1: what to give cli.ts unlock. Outside the restore clock, so cli.ts may
 # start; the namespace is held open as fd 3 for as long as it takes.
 watch() {
   (set -C && : >"$watching") 2>/dev/null || return 0
   (
-    tail --pid="$PPID" -s 0.05 -f /dev/null 2>/dev/null
+    tail --pid="$criu" -s 0.05 -f /dev/null 2>/dev/null
     [ -e "$done" ] || CRTOOLS_SCRIPT_ACTION= "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"
     rm -f "$done" "$finish" "$watching"
   ) </dev/null >/dev/null 2>&1 &
@@ -139,7 +145,7 @@ pre-dump | pre-restore)
     deno run --quiet --no-config --allow-run=nsenter \
       --allow-env=PATH,CRTOOLS_SCRIPT_ACTION,CRTOOLS_INIT_PID,NETLOCK_BACKEND,NETLOCK_NAME,NETLOCK_MARK \
       --allow-read="$dir" --allow-write="$dir${images:+,$images}" \
-      "$here/cli.ts" criu-hook --serve "$dir" "$PPID" $ready ${images:+"--images=$images"} \
+      "$here/cli.ts" criu-hook --serve "$dir" "$criu" $ready ${images:+"--images=$images"} \
       </dev/null >/dev/null 4>&- 5>&-
     rm -rf "$dir"
   ) </dev/null >/dev/null &

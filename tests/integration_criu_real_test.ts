@@ -72,7 +72,7 @@ for (const backend of ["iptables", "nftables"]) {
     async fn() {
       await using live = await liveTree();
       const { pod, images, before, tree, peer } = live;
-      const dump = await criuDump(pod, tree, images, ["--leave-running"], env);
+      const dump = await criuDump({ pod }, tree, images, ["--leave-running"], env);
       assert.equal(dump.code, 0, dump.errors);
       assert.ok(await helpersGone(), "the hook's helper ended");
       assert.equal(await snapshot(pod.pod), before, "nothing of the lock is left");
@@ -93,7 +93,8 @@ for (const backend of ["iptables", "nftables"]) {
     async fn() {
       await using live = await liveTree();
       const { pod, images, before, tree, peer } = live;
-      const dump = await criuDump(pod, tree, images, [], env);
+      tree.members();
+      const dump = await criuDump({ pod }, tree, images, [], env);
       assert.equal(dump.code, 0, dump.errors);
       await tree.gone();
       // The tree is gone; its namespace stays locked for the restore: the
@@ -103,7 +104,7 @@ for (const backend of ["iptables", "nftables"]) {
       await new Promise((resolve) => setTimeout(resolve, 500));
       assert.equal(peer.progress(), during, "no echo while the tree is dumped");
 
-      const restore = await criuRestore(pod, images, env);
+      const restore = await criuRestore({ pod }, images, env);
       assert.equal(restore.code, 0, restore.errors);
       tree.restored(restore.pid);
       await peer.flowing();

@@ -102,21 +102,39 @@ export interface CriuRun {
   errors: string;
 }
 
-/** `criu dump` of the tree, netlock's hook as the action script, the pod's namespace external. */
+/**
+ * Where CRIU runs, and the tree's namespace: a pod (the tree's namespace is
+ * external to CRIU: `--external net[INODE]:pod` on dump, `--inherit-fd
+ * fd[7]:pod` on restore), or a host (CRIU runs in the namespace the tree
+ * shares, as for a service on the host).
+ */
+export type Setting = { pod: Pod; hook?: string } | { host: TestNetns; hook?: string };
+
+/** `criu dump` of the tree, netlock's hook (or `setting.hook`) as the action script. */
 export async function criuDump(
-  pod: Pod,
+  setting: Setting,
   tree: Tree,
   images: string,
   extra: string[],
   env: Record<string, string>,
 ): Promise<CriuRun> {
-  const inode = (await must(["stat", "-L", "-c", "%i", pod.pod.path])).trim();
-  const args = ["-t", String(tree.pid), "--external", `net[${inode}]:pod`, ...extra];
-  return await criu(["dump", ...withHook(images, "dump.log"), ...args], env, images);
+  const external = "pod" in setting
+    ? [
+      "--external",
+      `net[${(await must(["stat", "-L", "-c", "%i", setting.pod.pod.path])).trim()}]:pod`,
+    ]
+    : [];
+  const args = ["-t", String(tree.pid), ...external, ...extra];
+  return await criu(
+    setting,
+    ["dump", ...withHook(setting, images, "dump.log"), ...args],
+    env,
+    images,
+  );
 }
 
 /** What every dump and restore of the tests is given: images, log, the hook instead of CRIU's lock. */
-function withHook(images: string, log: string): string[] {
+function withHook(setting: Setting, images: string, log: string): string[] {
   return [
     "-D",
     images,
@@ -127,32 +145,31 @@ function withHook(images: string, log: string): string[] {
     "--network-lock",
     "skip",
     "--action-script",
-    HOOK,
+    setting.hook ?? HOOK,
   ];
 }
 
 /**
- * `criu restore -d` of the images into the pod's namespace (inherited as fd
- * 7); retried while the dumped tree's PIDs are still taken (a process that
- * held TCP sockets keeps its PID a few seconds after it died). Returns the
- * restored root's PID.
+ * `criu restore -d` of the images (a pod's into its namespace); retried
+ * while the dumped tree's PIDs are still taken (a process that held TCP
+ * sockets keeps its PID a few seconds after it died). Returns the restored
+ * root's PID.
  */
 export async function criuRestore(
-  pod: Pod,
+  setting: Setting,
   images: string,
   env: Record<string, string>,
 ): Promise<{ pid: number } & CriuRun> {
   const args = [
     "restore",
     "-d",
-    ...withHook(images, "restore.log"),
-    "--inherit-fd",
-    "fd[7]:pod",
+    ...withHook(setting, images, "restore.log"),
+    ...("pod" in setting ? ["--inherit-fd", "fd[7]:pod"] : []),
     "--pidfile",
     `${images}/restored.pid`,
   ];
   for (let attempt = 0;; attempt++) {
-    const run = await criu(args, env, images, pod.pod.path);
+    const run = await criu(setting, args, env, images);
     if (run.code === 0) {
       const pid = Number((await Deno.readTextFile(`${images}/restored.pid`)).trim());
       return { pid, ...run };
@@ -165,16 +182,18 @@ export async function criuRestore(
 }
 
 async function criu(
+  setting: Setting,
   args: string[],
   env: Record<string, string>,
   images: string,
-  inherit?: string,
 ): Promise<CriuRun> {
   const bin = criuBin();
-  // The pod's namespace is handed to a restore as an open descriptor.
-  const argv = inherit
-    ? ["sh", "-c", 'exec 7<"$0"; exec "$@"', inherit, bin, ...args]
-    : [bin, ...args];
+  // A pod's namespace is handed to a restore as an open descriptor; a host's is entered.
+  const argv = "pod" in setting
+    ? args[0] === "restore"
+      ? ["sh", "-c", 'exec 7<"$0"; exec "$@"', setting.pod.pod.path, bin, ...args]
+      : [bin, ...args]
+    : ["nsenter", `--net=${setting.host.path}`, "--", bin, ...args];
   const out = await new Deno.Command(argv[0], {
     args: argv.slice(1),
     env,

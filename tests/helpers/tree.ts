@@ -50,7 +50,9 @@ export async function createCgroup(): Promise<Cgroup> {
 export interface Tree extends AsyncDisposable {
   /** The root's PID, as CRIU is given it. */
   pid: number;
-  /** Forgets the original tree (CRIU killed it) and waits until it is reaped. */
+  /** The tree's processes now (read before a dump: `gone()` waits for each). */
+  members(): number[];
+  /** Forgets the original tree (CRIU killed it) and waits until every process of it is reaped. */
   gone(): Promise<void>;
   /** Takes over the restored tree, to be killed on dispose. */
   restored(pid: number): void;
@@ -105,13 +107,22 @@ export async function startTree(
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
   let reaped = false;
+  let members: number[] = [];
   return {
     pid: child.pid,
+    members() {
+      members = descendants(child.pid);
+      return members;
+    },
     async gone() {
       await child.status;
       reaped = true;
-      // Its children were reparented and killed too: wait until their PIDs are free.
+      // Its children were reparented and killed too: wait until their PIDs
+      // are free (a zombie keeps its PID until its new parent reaps it).
       await waitForNoTree(at, port);
+      for (let i = 0; i < 400 && members.some((pid) => exists(pid)); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
     },
     restored(pid) {
       restoredPid = pid;
@@ -123,6 +134,29 @@ export async function startTree(
       await waitForNoTree(at, port);
     },
   };
+}
+
+/** The process and its descendants, from each task's children file in /proc. */
+function descendants(root: number): number[] {
+  const pids = [root];
+  for (let i = 0; i < pids.length; i++) {
+    try {
+      for (const task of Deno.readDirSync(`/proc/${pids[i]}/task`)) {
+        const children = Deno.readTextFileSync(`/proc/${pids[i]}/task/${task.name}/children`);
+        pids.push(...children.split(" ").filter(Boolean).map(Number));
+      }
+    } catch { /* exited */ }
+  }
+  return pids;
+}
+
+function exists(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function waitForNoTree(at: Place, port: number): Promise<void> {
@@ -198,10 +232,17 @@ export async function startPeer(
       }
     }
   })();
-  const writer = child.stdin.getWriter();
-  const stop = async () => {
-    await writer.write(new TextEncoder().encode("stop\n")).catch(() => {});
+  let stdinClosed = false;
+  const closeStdin = async (text: string) => {
+    if (stdinClosed) return;
+    stdinClosed = true;
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(text)).catch(() => {});
     await writer.close().catch(() => {});
+    writer.releaseLock();
+  };
+  const stop = async () => {
+    await closeStdin("stop\n");
     await child.status;
     await reading;
     if (!verdict) throw new Error("the peer gave no verdict");
@@ -224,14 +265,13 @@ export async function startPeer(
     },
     stop,
     async [Symbol.asyncDispose]() {
-      if (!verdict) {
-        try {
-          child.kill("SIGKILL");
-        } catch { /* exited */ }
-        await writer.close().catch(() => {});
-        await child.status;
-        await reading.catch(() => {});
-      }
+      // Stopped, or not: it may have ended on its own (its connections reset).
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+      await closeStdin("");
+      await reading.catch(() => {});
     },
   };
 }

@@ -7,6 +7,7 @@ import {
 } from "../lib/connections/proc_net_parser.ts";
 import {
   connectionIptablesBody,
+  connectionIptablesTree,
   connectionLockName,
   renderNftConnectionLock,
 } from "../lib/connections/ruleset.ts";
@@ -75,11 +76,72 @@ Deno.test("formatIpv6() compresses like inet_ntop", () => {
   assert.equal(formatIpv6(bytes([0xfe80, 0, 0, 0, 0, 0, 0, 0])), "fe80::");
 });
 
-Deno.test("connectionLockName() fits iptables' 28 characters", () => {
+Deno.test("connectionLockName() fits iptables' 28 characters with a tree chain's .ID", () => {
   assert.equal(connectionLockName("NETLOCK", 4194303), "NETLOCK-c4194303");
   const long = connectionLockName("A".repeat(28), 4194303);
-  assert.equal(long.length, 28);
+  assert.equal(long.length, 22);
   assert.ok(long.endsWith("-c4194303"));
+});
+
+Deno.test("connectionIptablesTree() files every drop once, under the port it is met with", () => {
+  // A server on port 80 with 300 clients, and a client with 300 connections of its own.
+  const connections = [
+    ...Array.from({ length: 300 }, (_, i) => ({
+      family: "ipv4" as const,
+      local: "10.0.0.1",
+      localPort: 80,
+      remote: `10.0.${i >> 8}.${i & 255}`,
+      remotePort: 40000 + i,
+    })),
+    ...Array.from({ length: 300 }, (_, i) => ({
+      family: "ipv4" as const,
+      local: "10.0.0.1",
+      localPort: 50000 + i,
+      remote: "10.9.9.9",
+      remotePort: 443,
+    })),
+  ];
+  const root = "NETLOCK-c4194303";
+  const tree = connectionIptablesTree(connections, "ipv4", 0xC114, root);
+  const chains = new Map([
+    [root, tree.body],
+    ...tree.subchains.map((c) => [c.name, c.body] as const),
+  ]);
+  assert.ok([...chains.keys()].every((name) => name.length <= 28), "names fit iptables");
+  // Walk the tree as the kernel would: a packet and its ports.
+  const walk = (chain: string, sport: number, dport: number): string[] =>
+    chains.get(chain)!.flatMap((spec) => {
+      const jump = spec.match(/^-p tcp -m tcp --([sd])port ([0-9]+)(?::([0-9]+))? -j (\S+)$/);
+      if (!jump) return [spec];
+      const port = jump[1] === "s" ? sport : dport;
+      const [lo, hi] = [Number(jump[2]), Number(jump[3] ?? jump[2])];
+      return port >= lo && port <= hi ? walk(jump[4], sport, dport) : [];
+    });
+  const flat = connectionIptablesBody(connections, "ipv4", 0xC114);
+  for (const [i, c] of connections.entries()) {
+    assert.ok(walk(root, c.remotePort, c.localPort).includes(flat[2 * i]), `incoming ${i}`);
+    assert.ok(walk(root, c.localPort, c.remotePort).includes(flat[2 * i + 1]), `outgoing ${i}`);
+  }
+  // Each drop is in the tree once; a packet of other traffic meets a few rules.
+  const drops = [...chains.values()].flat().filter((spec) => spec.endsWith("-j DROP"));
+  assert.equal(drops.length, flat.length);
+  assert.equal(new Set(drops).size, flat.length);
+  const met = (sport: number, dport: number): number => {
+    let count = 0;
+    const visit = (chain: string) => {
+      for (const spec of chains.get(chain)!) {
+        count++;
+        const jump = spec.match(/^-p tcp -m tcp --([sd])port ([0-9]+)(?::([0-9]+))? -j (\S+)$/);
+        if (!jump) continue;
+        const port = jump[1] === "s" ? sport : dport;
+        if (port >= Number(jump[2]) && port <= Number(jump[3] ?? jump[2])) visit(jump[4]);
+      }
+    };
+    visit(root);
+    return count;
+  };
+  assert.ok(met(5201, 33333) <= 40, `iperf to 33333: ${met(5201, 33333)} rules`);
+  assert.ok(met(33333, 80) <= 40, `another client of the server: ${met(33333, 80)} rules`);
 });
 
 Deno.test("connectionIptablesBody() drops unmarked packets both ways, as iptables-save prints them", () => {

@@ -305,3 +305,48 @@ async function udpAsk(netns: TestNetns): Promise<string> {
   const result = await sh(["nsenter", `--net=${netns.path}`, "--", "python3", "-c", ask]);
   return result.stdout.trim();
 }
+
+Deno.test({
+  ...integration,
+  name: "iptables: many connections make a tree of chains: locked, idempotent, counted, removed",
+  async fn() {
+    await using netns = await createNetns();
+    const at = { netns, address: "127.0.0.1" };
+    const before = await snapshot(netns);
+    await using tree = await startTree(at, PORT, 40, 2);
+    await using peer = await startPeer(netns, at, PORT, 40);
+    await peer.flowing();
+    const pid = String(tree.pid);
+    const lock = () =>
+      cliInside(netns, ["lock", "--json", "-b", "iptables", "--mode", "connections", pid]);
+    const first = await lock();
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual([JSON.parse(first.stdout).connections, JSON.parse(first.stdout).changed], [
+      40,
+      true,
+    ]);
+    const saved = (await netns.run(["iptables-save"])).stdout;
+    assert.ok(
+      saved.includes(`:NETLOCK-c${pid}.0 - [0:0]`),
+      "the tree's chains are in iptables-save",
+    );
+    const again = await lock();
+    assert.equal(JSON.parse(again.stdout).changed, false, "the same connections: nothing changes");
+    const status = await cliInside(netns, ["status", "--json", pid]);
+    assert.equal(JSON.parse(status.stdout).connections, 40);
+    const listed = await cliInside(netns, ["list", "--json"]);
+    assert.deepEqual(
+      listed.stdout.trim().split("\n").map((line) => JSON.parse(line)).map((
+        l,
+      ) => [l.name, l.connections]),
+      [[`NETLOCK-c${pid}`, 40]],
+    );
+    const held = peer.progress();
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    assert.equal(peer.progress(), held, "no echo while locked");
+    assert.equal((await cliInside(netns, ["unlock", pid])).code, 0);
+    await peer.flowing();
+    assert.deepEqual((await peer.stop()).errors, []);
+    assert.equal(await snapshot(netns), before);
+  },
+});

@@ -106,14 +106,15 @@ Deno.test("lockNamesIn() finds the namespace lock and every connection lock of a
   const state = parseNftTableJson(AFTER_A, { allTables: true });
   assert.deepEqual(lockNamesIn(state, "NETLOCK"), ["NETLOCK-c42", "NETLOCK", "NETLOCK-c7"]);
   assert.deepEqual(lockNamesIn(state, "OTHER"), []);
-  // A name cut to fit 28 characters with the PID is still found; a look-alike is not.
+  // A name cut to fit 22 characters with the PID (28 with a tree chain's `.ID`)
+  // is still found; a look-alike is not.
   const long = "L".repeat(28);
-  assert.deepEqual(processLockOf(`${"L".repeat(21)}-c12345`, long), {
+  assert.deepEqual(processLockOf(`${"L".repeat(15)}-c12345`, long), {
     kind: "connections",
     pid: 12345,
   });
-  assert.deepEqual(processLockOf(`${"L".repeat(21)}-g12345`, long), { kind: "cgroup", pid: 12345 });
-  assert.equal(processLockOf(`${"L".repeat(20)}-c12345`, long), undefined);
+  assert.deepEqual(processLockOf(`${"L".repeat(15)}-g12345`, long), { kind: "cgroup", pid: 12345 });
+  assert.equal(processLockOf(`${"L".repeat(14)}-c12345`, long), undefined);
   assert.equal(processLockOf("NETLOCK-c0", "NETLOCK"), undefined);
   assert.equal(processLockOf("NETLOCK-c042", "NETLOCK"), undefined);
 });

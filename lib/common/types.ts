@@ -29,6 +29,11 @@ export interface LockRules {
    */
   body?: readonly string[] | "any";
   /**
+   * The other chains of a connection lock's tree (see
+   * `connectionIptablesTree`), named `NAME.ID`, each with its rules.
+   */
+  subchains?: readonly { name: string; body: readonly string[] }[];
+  /**
    * Reading: a lock with any mark counts (status and unlock take a lock by
    * its name, whatever its mark).
    */

@@ -19,7 +19,7 @@ const SUFFIX: Record<ProcessLockKind, string> = { connections: "c", cgroup: "g" 
  * The name of a lock made for one process: `NAME-cPID` for its
  * connections (an iptables chain or an nftables table), `NAME-gPID` for its
  * cgroup (an nftables table), with NAME shortened so that it fits
- * iptables' 28 characters.
+ * iptables' 28 characters with room for the chains of its tree.
  *
  * @example
  * ```ts
@@ -37,8 +37,14 @@ const SUFFIX: Record<ProcessLockKind, string> = { connections: "c", cgroup: "g" 
  */
 export function processLockName(name: string, kind: ProcessLockKind, pid: number): string {
   const suffix = `-${SUFFIX[kind]}${pid}`;
-  return `${name.slice(0, 28 - suffix.length)}${suffix}`;
+  return `${name.slice(0, ROOT_LENGTH - suffix.length)}${suffix}`;
 }
+
+/**
+ * The longest process lock name: iptables' 28 characters, less room for the
+ * `.ID` of the chains of a connection lock's tree.
+ */
+const ROOT_LENGTH = 22;
 
 /**
  * Which process lock a chain or table name is (see
@@ -166,6 +172,81 @@ export function connectionIptablesBody(
     `-s ${c.remote}/${mask} -d ${c.local}/${mask} -p tcp -m tcp --sport ${c.remotePort} --dport ${c.localPort} ${tail}`,
     `-s ${c.local}/${mask} -d ${c.remote}/${mask} -p tcp -m tcp --sport ${c.localPort} --dport ${c.remotePort} ${tail}`,
   ]);
+}
+
+/** One chain of an iptables connection lock's tree: its name and rules. */
+export interface Subchain {
+  /** `ROOT.ID`. */
+  name: string;
+  /** Its rules, as iptables-save prints them (without `-A CHAIN`). */
+  body: string[];
+}
+
+/** A chain holds at most this many of the connections' drops; more are split into chains. */
+const LEAF_RULES = 8;
+
+/**
+ * An iptables connection lock whose cost per packet does not grow with the
+ * number of connections: the drops of {@linkcode connectionIptablesBody}
+ * sorted into a tree of chains, by destination port, then (for the many
+ * connections of one port, a server's) by source port, each chain sending
+ * a packet on by a port range. A packet walks two rules per level, about 30
+ * rules for 10,000 connections instead of 20,000. An incoming packet's
+ * destination port is the local one, an outgoing one's the remote one:
+ * each drop is filed under the port it will be met with. Up to 16 drops
+ * stay in the root chain, as CRIU writes them.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { connectionIptablesTree } from "./ruleset.ts";
+ *
+ * const connections = Array.from({ length: 20 }, (_, i) => ({
+ *   family: "ipv4" as const, local: "10.0.0.1", localPort: 80, remote: "10.0.0.2", remotePort: 1000 + i,
+ * }));
+ * const tree = connectionIptablesTree(connections, "ipv4", 0xC114, "NETLOCK-c7");
+ * assert.match(tree.body[0], /^-p tcp -m tcp --dport 80:[0-9]+ -j NETLOCK-c7\.0$/);
+ * const drops = [tree.body, ...tree.subchains.map((c) => c.body)].flat().filter((r) => r.endsWith("-j DROP"));
+ * assert.equal(drops.length, 40);
+ * ```
+ *
+ * @param connections The process tree's connections (other families are skipped).
+ * @param family The family of this tree.
+ * @param mark Packets with this mark pass.
+ * @param root The lock's chain (`NAME-cPID`): the tree's root, jumped to from INPUT and OUTPUT.
+ * @returns The root's rules and the other chains of the tree.
+ */
+export function connectionIptablesTree(
+  connections: readonly Connection[],
+  family: Family,
+  mark: number,
+  root: string,
+): { body: string[]; subchains: Subchain[] } {
+  const specs = connectionIptablesBody(connections, family, mark);
+  if (specs.length <= 2 * LEAF_RULES) return { body: specs, subchains: [] };
+  // specs alternate: incoming (met at the local port), outgoing (met at the remote one).
+  const entries = connections.filter((c) => c.family === family).flatMap((c, i) => [
+    { dport: c.localPort, sport: c.remotePort, spec: specs[2 * i] },
+    { dport: c.remotePort, sport: c.localPort, spec: specs[2 * i + 1] },
+  ]);
+  const subchains: Subchain[] = [];
+  const build = (part: typeof entries, field: "dport" | "sport"): string[] => {
+    if (part.length <= LEAF_RULES) return part.map((entry) => entry.spec);
+    const keys = [...new Set(part.map((entry) => entry[field]))].sort((a, b) => a - b);
+    if (keys.length === 1) {
+      return field === "dport" ? build(part, "sport") : part.map((entry) => entry.spec);
+    }
+    const halves = [keys.slice(0, keys.length >> 1), keys.slice(keys.length >> 1)];
+    return halves.map((half) => {
+      const [lo, hi] = [half[0], half[half.length - 1]];
+      const name = `${root}.${subchains.length.toString(36)}`;
+      const chain: Subchain = { name, body: [] };
+      subchains.push(chain);
+      chain.body = build(part.filter((entry) => entry[field] >= lo && entry[field] <= hi), field);
+      return `-p tcp -m tcp --${field} ${lo === hi ? lo : `${lo}:${hi}`} -j ${name}`;
+    });
+  };
+  return { body: build(entries, "dport"), subchains };
 }
 
 /**

@@ -19,6 +19,10 @@ export interface IptablesLockState {
   chainRulesMatch: boolean;
   /** How many rules the lock chain holds. */
   chainRuleCount: number;
+  /** The chains of a connection lock's tree (`NAME.ID`) that are there. */
+  subchains: string[];
+  /** How many drops of single connections the lock's chains hold (two per connection). */
+  connectionDrops: number;
   /** How many `-j NAME` rules INPUT holds. */
   inputJumps: number;
   /** How many `-j NAME` rules OUTPUT holds. */
@@ -47,6 +51,8 @@ export const UNLOCKED_STATE: IptablesLockState = {
   chainExists: false,
   chainRulesMatch: false,
   chainRuleCount: 0,
+  subchains: [],
+  connectionDrops: 0,
   inputJumps: 0,
   outputJumps: 0,
   otherContent: true,
@@ -84,33 +90,49 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
   const lockRules = table.rules.filter((rule) => rule.chain === rules.name).map((r) => r.spec);
   const body = rules.body;
   const mark = markOf(lockRules[0]);
+  const subchains = table.chains.map((chain) => chain.name)
+    .filter((chain) => chain.startsWith(`${rules.name}.`));
+  const rulesOf = (chain: string) =>
+    table.rules.filter((rule) => rule.chain === chain).map((rule) => rule.spec);
+  const wantedSubchains = rules.subchains ?? [];
+  const subchainsMatch = subchains.length === wantedSubchains.length &&
+    wantedSubchains.every((wanted) => {
+      const have = rulesOf(wanted.name);
+      return have.length === wanted.body.length && have.every((spec, i) => spec === wanted.body[i]);
+    });
   const ipv4Only = lockRules.length === 3 && lockRules[2] === IPV4_ONLY_MARKER;
   const chainRulesMatch = body === "any"
     ? true
     : body
-    ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i])
+    ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i]) &&
+      subchainsMatch
     : lockRules.length === (ipv4Only ? 3 : 2) && mark !== undefined &&
       (rules.anyMark || mark === rules.mark) && lockRules[1] === "-j DROP" &&
       (rules.ipv4Only === undefined || rules.ipv4Only === ipv4Only);
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
   // What a lock of this kind may hold, and who may refer to it.
-  const mayHold = body === undefined ? isNamespaceLockRule : isConnectionLockRule;
+  const mayHold = body === undefined
+    ? isNamespaceLockRule
+    : (spec: string) => isConnectionLockRule(spec) || isTreeRule(spec, rules.name);
   const refersToLock = new RegExp(`(^| )-[jg] ${rules.name}( |$)`);
   const foreign = chainExists && (
     lockRules.some((spec) => !mayHold(spec)) ||
+    subchains.some((chain) => rulesOf(chain).some((spec) => !mayHold(spec))) ||
     table.rules.some((rule) =>
-      rule.chain !== rules.name && refersToLock.test(rule.spec) &&
+      rule.chain !== rules.name && !subchains.includes(rule.chain) &&
+      refersToLock.test(rule.spec) &&
       !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)
     ) ||
     (lockRules.length === 0 && inputJumps + outputJumps === 0)
   );
   const otherContent = !table.compatible ||
     table.chains.some((chain) =>
-      chain.name !== rules.name && (!BUILTIN_CHAINS.has(chain.name) || chain.policy !== "ACCEPT")
+      chain.name !== rules.name && !subchains.includes(chain.name) &&
+      (!BUILTIN_CHAINS.has(chain.name) || chain.policy !== "ACCEPT")
     ) ||
     table.rules.some((rule) =>
-      rule.chain !== rules.name &&
+      rule.chain !== rules.name && !subchains.includes(rule.chain) &&
       !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)
     );
   const status = chainExists && chainRulesMatch && inputJumps === 1 && outputJumps === 1
@@ -123,6 +145,11 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     chainExists,
     chainRulesMatch,
     chainRuleCount: lockRules.length,
+    subchains,
+    connectionDrops: [rules.name, ...subchains].reduce(
+      (sum, chain) => sum + rulesOf(chain).filter(isConnectionLockRule).length,
+      0,
+    ),
     inputJumps,
     outputJumps,
     otherContent,
@@ -162,6 +189,12 @@ function markOf(spec: string | undefined): number | undefined {
 
 function isNamespaceLockRule(spec: string): boolean {
   return markOf(spec) !== undefined || spec === "-j DROP" || spec === IPV4_ONLY_MARKER;
+}
+
+/** A rule of a connection lock's tree: packets of a port range to one of its chains. */
+function isTreeRule(spec: string, root: string): boolean {
+  const match = spec.match(/^-p tcp -m tcp --[sd]port [0-9]+(:[0-9]+)? -j (\S+)$/);
+  return match !== null && match[2].startsWith(`${root}.`);
 }
 
 /** A connection lock's rule: a drop of one connection's unmarked packets. */

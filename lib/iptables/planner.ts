@@ -45,6 +45,7 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
       removeJumps: { input: state.inputJumps, output: state.outputJumps },
       chain: state.chainExists ? "flush" : "create",
       addLock: true,
+      removeSubchains: state.subchains,
     }),
   };
 }
@@ -63,6 +64,7 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
  * const step = planIptablesUnlock({
  *   status: "locked", chainExists: true, chainRulesMatch: true, chainRuleCount: 2, inputJumps: 1,
  *   outputJumps: 1, otherContent: false, flavour: "legacy", foreign: false, ipv4Only: false,
+ *   subchains: [], connectionDrops: 0,
  * }, { name: "NETLOCK", mark: 0xC114 });
  * assert(step?.script.includes("-X NETLOCK"));
  * ```
@@ -82,6 +84,7 @@ export function planIptablesUnlock(
       removeJumps: { input: state.inputJumps, output: state.outputJumps },
       chain: state.chainExists ? "delete" : "keep",
       addLock: false,
+      removeSubchains: state.subchains,
     }),
   };
 }

@@ -15,6 +15,8 @@ export interface IptablesChange {
   chain: "create" | "flush" | "delete" | "keep";
   /** Whether to add the lock's rules and jumps. */
   addLock: boolean;
+  /** The chains of a connection lock's tree that are there now, to remove (after the chain). */
+  removeSubchains?: readonly string[];
 }
 
 /**
@@ -88,6 +90,9 @@ export function renderIptablesChange(rules: LockRules, change: IptablesChange): 
   if (change.chain === "create") lines.push(`-N ${rules.name}`);
   if (change.chain === "flush" || change.chain === "delete") lines.push(`-F ${rules.name}`);
   if (change.chain === "delete") lines.push(`-X ${rules.name}`);
+  // The tree's chains refer to each other: all flushed, then all deleted.
+  const old = change.removeSubchains ?? [];
+  lines.push(...old.map((chain) => `-F ${chain}`), ...old.map((chain) => `-X ${chain}`));
   if (change.addLock) lines.push(...lockLines(rules));
   return wrapFilter(lines);
 }
@@ -105,10 +110,13 @@ function lockLines(rules: LockRules): string[] {
     "-j DROP",
     ...(rules.ipv4Only ? [IPV4_ONLY_MARKER] : []),
   ];
+  const subchains = rules.subchains ?? [];
   return [
+    ...subchains.map((chain) => `-N ${chain.name}`),
     `-I INPUT -j ${rules.name}`,
     `-I OUTPUT -j ${rules.name}`,
     ...body.map((spec) => `-A ${rules.name} ${spec}`),
+    ...subchains.flatMap((chain) => chain.body.map((spec) => `-A ${chain.name} ${spec}`)),
   ];
 }
 

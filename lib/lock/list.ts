@@ -12,7 +12,6 @@ import { processLockOf } from "../connections/ruleset.ts";
 import { isCriuNftTable } from "../unlock/criu_locks.ts";
 import { NetlockError } from "../common/errors.ts";
 import { readIptablesTable } from "../iptables/backend.ts";
-import type { SavedTable } from "../iptables/save_parser.ts";
 import { missingToolError } from "../shape/shape.ts";
 import {
   type NftTableView,
@@ -78,12 +77,13 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
       if (!named) continue;
       // A chain of a lock's name that netlock did not make is listed as such.
       const kind = named.kind === "netns" ? "netns" : "connections";
-      const foreign = named.kind !== "criu" && inspectIptablesLock(table!, {
+      const state = inspectIptablesLock(table!, {
         name: chain.name,
         mark: DEFAULT_MARK,
         anyMark: true,
         ...(kind === "connections" ? { body: "any" as const } : {}),
-      }).foreign;
+      });
+      const foreign = named.kind !== "criu" && state.foreign;
       const key = foreign ? `${chain.name} foreign` : chain.name;
       const lock = iptables.get(key) ??
         (foreign
@@ -96,7 +96,7 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
           : named);
       lock.families.push(families[i]);
       if (lock.kind === "connections") {
-        lock.connections = (lock.connections ?? 0) + rulesIn(table!, chain.name) / 2;
+        lock.connections = (lock.connections ?? 0) + state.connectionDrops / 2;
       }
       iptables.set(key, lock);
     }
@@ -128,10 +128,6 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
     order[a.kind] - order[b.kind] || (a.pid ?? 0) - (b.pid ?? 0) ||
     a.name.localeCompare(b.name) || a.backend.localeCompare(b.backend)
   ).map((lock) => ({ ...lock, families: sortFamilies(lock.families) }));
-}
-
-function rulesIn(table: SavedTable, chain: string): number {
-  return table.rules.filter((rule) => rule.chain === chain).length;
 }
 
 function sortFamilies(families: Family[]): Family[] {

@@ -11,7 +11,7 @@ import { isNetlockTable } from "../nftables/lock_state.ts";
 import type { Family } from "../common/types.ts";
 import type { Connection } from "../connections/proc_net_parser.ts";
 import {
-  connectionIptablesBody,
+  connectionIptablesTree,
   connectionLockName,
   connectionSetElements,
   renderNftConnectionLock,
@@ -44,8 +44,9 @@ export function connectionShape(
     iptablesRules(family) {
       let rules = bodies.get(family);
       if (!rules) {
-        const body = connections ? connectionIptablesBody(connections, family, mark) : "any";
-        rules = { name: table, mark, body };
+        rules = connections
+          ? { name: table, mark, ...connectionIptablesTree(connections, family, mark, table) }
+          : { name: table, mark, body: "any" };
         bodies.set(family, rules);
       }
       return rules;
@@ -68,7 +69,7 @@ export function connectionShape(
     },
     count(iptables, nftTable) {
       if (nftTable) return (nftTable.sets.conn4?.length ?? 0) + (nftTable.sets.conn6?.length ?? 0);
-      return iptables.reduce((sum, state) => sum + state.chainRuleCount / 2, 0);
+      return iptables.reduce((sum, state) => sum + state.connectionDrops / 2, 0);
     },
   };
 }

@@ -303,8 +303,13 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
  */
 export function planNftUnlockCommands(view: NftTableView, names: string | string[]): string[] {
   const wanted = new Set(typeof names === "string" ? [names] : names);
-  const lockChains = view.chains.filter((chain) => wanted.has(chain.name));
-  if (lockChains.length === 0) return [];
+  // A lock's chain, and the chains of its tree (`NAME.ID`, a connection lock's).
+  const ofLock = (chain: string) => {
+    const dot = chain.lastIndexOf(".");
+    return wanted.has(chain) || (dot > 0 && wanted.has(chain.slice(0, dot)));
+  };
+  const lockChains = view.chains.filter((chain) => ofLock(chain.name));
+  if (!lockChains.some((chain) => wanted.has(chain.name))) return [];
   const present = new Set(lockChains.map((chain) => chain.name));
   const oldest = Math.min(...lockChains.map((chain) => chain.handle));
   const table = `${view.family} filter`;
@@ -313,9 +318,9 @@ export function planNftUnlockCommands(view: NftTableView, names: string | string
     present.has(rule.plainJumpTo)
   );
   const commands = jumps.map((rule) => `delete rule ${table} ${rule.chain} handle ${rule.handle}`);
-  for (const chain of lockChains) {
-    commands.push(`flush chain ${table} ${chain.name}`, `delete chain ${table} ${chain.name}`);
-  }
+  // The tree's chains refer to each other: all flushed, then all deleted.
+  commands.push(...lockChains.map((chain) => `flush chain ${table} ${chain.name}`));
+  commands.push(...lockChains.map((chain) => `delete chain ${table} ${chain.name}`));
   const removedRules = new Set(jumps.map((rule) => rule.handle));
   const remainingRules = view.rules.filter((rule) =>
     !present.has(rule.chain) && !removedRules.has(rule.handle)

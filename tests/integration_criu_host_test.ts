@@ -90,8 +90,30 @@ for (const backend of ["iptables", "nftables"]) {
         await using cgroup = own ? await createCgroup() : undefined;
         await using live = await hostTree(cgroup);
         const { host, images, before, tree, peer } = live;
-        const dump = await criuDump({ host }, tree, images, ["--leave-running"], env);
+        await using hook = await wrappedHook();
+        const dump = await criuDump(
+          { host, hook: hook.path },
+          tree,
+          images,
+          ["--leave-running"],
+          env,
+        );
         assert.equal(dump.code, 0, dump.errors);
+        // A shared cgroup: the hook takes the connection path and says so in CRIU's log.
+        const said = dump.log.split("\n").filter((line) => line.startsWith("warning: criu-hook:"));
+        assert.deepEqual(
+          said.map((line) => /locked by address from pre-dump on/.test(line)),
+          own ? [] : [true],
+          said.join("\n"),
+        );
+        // Locked from pre-dump (by cgroup, or by connection) to post-dump (by connection too).
+        const first = own ? `NETLOCK-g${tree.pid}` : `NETLOCK-c${tree.pid}`;
+        assert.deepEqual(await hook.locks(), [
+          `pre-dump ${first}`,
+          `post-dump ${
+            [first, `NETLOCK-c${tree.pid}`].sort().filter((n, i, a) => a.indexOf(n) === i).join(" ")
+          }`,
+        ]);
         assert.ok(await clean(host, before), "nothing of the lock is left once the tree runs");
         await peer.flowing();
         assertWhole(await peer.stop());
@@ -129,19 +151,42 @@ for (const backend of ["iptables", "nftables"]) {
 
 /**
  * An action script that runs criu-hook.sh (as a wrapper would: criu-hook.sh
- * finds CRIU by its image directory), and kills CRIU with SIGKILL once the
- * action `at` is done, before CRIU goes on.
+ * finds CRIU by its image directory), then, after each action, notes which
+ * of netlock's locks are in the tree's namespace (`locks()` reads the
+ * notes: `ACTION NAME...`), and with `killAt` kills CRIU with SIGKILL once
+ * that action is done, before CRIU goes on.
  */
-async function killingHook(at: string): Promise<{ path: string } & AsyncDisposable> {
-  const dir = await Deno.makeTempDir({ prefix: "nltest-kill-" });
+async function wrappedHook(
+  killAt?: string,
+): Promise<{ path: string; locks(): Promise<string[]> } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "nltest-hook-" });
   const path = `${dir}/hook.sh`;
+  const notes = `${dir}/locks`;
+  // The tree's namespace: CRIU's own, or (a pod) its root's.
+  const inTree =
+    'if [ -n "$CRTOOLS_INIT_PID" ]; then nsenter --target "$CRTOOLS_INIT_PID" --net -- "$@"; ' +
+    'else "$@"; fi';
   await Deno.writeTextFile(
     path,
-    `#!/bin/sh\n${HOOK}\nrc=$?\nif [ "$CRTOOLS_SCRIPT_ACTION" = ${at} ]; then\n` +
-      `  criu=\${CRTOOLS_IMAGE_DIR#/proc/}; kill -KILL \${criu%%/*}\nfi\nexit $rc\n`,
+    `#!/bin/sh\n${HOOK}\nrc=$?\nin_tree() { ${inTree}; }\n` +
+      `names=$( { in_tree nft list ruleset; in_tree iptables-save; } 2>/dev/null | ` +
+      `grep -oE 'NETLOCK(-[cg][0-9]+)?( |$)' | tr -d ' ' | sort -u | tr '\\n' ' ')\n` +
+      `echo "$CRTOOLS_SCRIPT_ACTION $names" >>${notes}\n` +
+      (killAt
+        ? `if [ "$CRTOOLS_SCRIPT_ACTION" = ${killAt} ]; then\n` +
+          `  criu=\${CRTOOLS_IMAGE_DIR#/proc/}; kill -KILL \${criu%%/*}\nfi\n`
+        : "") +
+      "exit $rc\n",
     { mode: 0o755 },
   );
-  return { path, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+  return {
+    path,
+    locks: async () =>
+      (await Deno.readTextFile(notes).catch(() => "")).trim().split("\n").map((line) =>
+        line.trim()
+      ),
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
 }
 
 /**
@@ -168,7 +213,7 @@ for (const backend of ["iptables", "nftables"]) {
         await using cgroup = await createCgroup();
         await using live = await hostTree(cgroup);
         const { host, images, before, tree, peer } = live;
-        await using hook = await killingHook(at);
+        await using hook = await wrappedHook(at);
         const dump = await criuDump(
           { host, hook: hook.path },
           tree,
@@ -177,6 +222,7 @@ for (const backend of ["iptables", "nftables"]) {
           env,
         );
         assert.notEqual(dump.code, 0, "CRIU was killed");
+        assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
         assert.ok(await clean(host, before), "the helper unlocked the tree that runs on");
         await runsOn(tree, peer, at);
       },
@@ -197,10 +243,11 @@ for (const backend of ["iptables", "nftables"]) {
           await using tree = await startTree(place, PORT, CONNECTIONS, CHILDREN);
           await using peer = await startPeer(pod.peer, place, PORT, CONNECTIONS);
           await peer.flowing();
-          await using hook = await killingHook(at);
+          await using hook = await wrappedHook(at);
           const setting: Setting = { pod, hook: hook.path };
           const dump = await criuDump(setting, tree, images, ["--leave-running"], env);
           assert.notEqual(dump.code, 0, "CRIU was killed");
+          assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
           assert.ok(await clean(pod.pod, before), "the namespace of the tree that runs on is free");
           await runsOn(tree, peer, at);
         } finally {

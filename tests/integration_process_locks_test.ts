@@ -290,9 +290,10 @@ async function startUdpEcho(netns: TestNetns, cgroup: Cgroup): Promise<Deno.Chil
     stderr: "null",
   }).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  await reader.read();
-  reader.releaseLock();
-  child.stdout.cancel().catch(() => {});
+  const ready = await reader.read();
+  // Cancelling the reader cancels the pipe back to the child's stdout.
+  await reader.cancel();
+  assert.match(ready.value ?? "", /ready/, "the UDP echo started");
   return child;
 }
 

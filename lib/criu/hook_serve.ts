@@ -72,6 +72,8 @@ export interface HelperSettings {
   images?: string;
   /** Receives one line per request and per failure (the helper's log). */
   log?: (line: string) => void;
+  /** Receives what the user should know but is no failure (e.g. the path a lock took). */
+  warn?: (line: string) => void;
 }
 
 /**
@@ -90,6 +92,7 @@ export interface HelperSettings {
 export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   const { dir, options } = settings;
   const log = settings.log ?? (() => {});
+  const warn = settings.warn ?? log;
   // Both ends open read-write: opening never blocks, a request written before
   // the helper reads it waits in the pipe, and a hook waiting for an answer
   // sees end-of-file when the helper is gone.
@@ -145,7 +148,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     if (host) {
       try {
         const locked = await lockTreeBeforeFreeze(pid, options);
-        if (locked.note) log(locked.note);
+        if (locked.note) warn(locked.note);
         await answer("ready");
       } catch (error) {
         await answer(`error ${(error as Error).message}`);

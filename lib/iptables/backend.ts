@@ -269,15 +269,18 @@ async function readStateAfterFailure(
 
 /**
  * The families whose lock is not exactly in place, with what was read. A
- * small chain is read whole; a connection chain (thousands of rules) is
- * judged by its jumps from INPUT, which iptables lists without the chain.
+ * small chain is read whole; a connection lock (thousands of rules, in a
+ * chain or a tree of chains) is judged by its jumps from INPUT, which
+ * iptables lists without the chain.
  */
 async function unlockedFamilies(
   ctx: IptablesContext,
 ): Promise<Map<Family, IptablesLockState | undefined>> {
   const states = await Promise.all(ctx.families.map(async (family) => {
     const rules = rulesOf(ctx, family);
-    if (!Array.isArray(rules.body) || rules.body.length <= 16) {
+    const bulky = Array.isArray(rules.body) &&
+      (rules.body.length > 16 || (rules.subchains?.length ?? 0) > 0);
+    if (!bulky) {
       const state = await readState(ctx, family);
       return state.status === "locked" ? undefined : state;
     }

@@ -92,8 +92,15 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
   const mark = markOf(lockRules[0]);
   const subchains = table.chains.map((chain) => chain.name)
     .filter((chain) => chain.startsWith(`${rules.name}.`));
-  const rulesOf = (chain: string) =>
-    table.rules.filter((rule) => rule.chain === chain).map((rule) => rule.spec);
+  const inTree = new Set(subchains);
+  // By chain, once: a connection lock's tree has thousands of chains.
+  const byChain = new Map<string, string[]>();
+  for (const rule of table.rules) {
+    const specs = byChain.get(rule.chain);
+    if (specs) specs.push(rule.spec);
+    else byChain.set(rule.chain, [rule.spec]);
+  }
+  const rulesOf = (chain: string) => byChain.get(chain) ?? [];
   const wantedSubchains = rules.subchains ?? [];
   const subchainsMatch = subchains.length === wantedSubchains.length &&
     wantedSubchains.every((wanted) => {
@@ -120,7 +127,7 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     lockRules.some((spec) => !mayHold(spec)) ||
     subchains.some((chain) => rulesOf(chain).some((spec) => !mayHold(spec))) ||
     table.rules.some((rule) =>
-      rule.chain !== rules.name && !subchains.includes(rule.chain) &&
+      rule.chain !== rules.name && !inTree.has(rule.chain) &&
       refersToLock.test(rule.spec) &&
       !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)
     ) ||
@@ -128,11 +135,11 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
   );
   const otherContent = !table.compatible ||
     table.chains.some((chain) =>
-      chain.name !== rules.name && !subchains.includes(chain.name) &&
+      chain.name !== rules.name && !inTree.has(chain.name) &&
       (!BUILTIN_CHAINS.has(chain.name) || chain.policy !== "ACCEPT")
     ) ||
     table.rules.some((rule) =>
-      rule.chain !== rules.name && !subchains.includes(rule.chain) &&
+      rule.chain !== rules.name && !inTree.has(rule.chain) &&
       !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)
     );
   const status = chainExists && chainRulesMatch && inputJumps === 1 && outputJumps === 1

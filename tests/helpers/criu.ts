@@ -100,6 +100,8 @@ export interface CriuRun {
   code: number;
   /** The log's error lines, when it failed. */
   errors: string;
+  /** CRIU's whole log (the action script's stderr goes there too). */
+  log: string;
 }
 
 /**
@@ -108,7 +110,12 @@ export interface CriuRun {
  * fd[7]:pod` on restore), or a host (CRIU runs in the namespace the tree
  * shares, as for a service on the host).
  */
-export type Setting = { pod: Pod; hook?: string } | { host: TestNetns; hook?: string };
+export type Setting = ({ pod: Pod } | { host: TestNetns }) & {
+  /** The action script (default criu-hook.sh). */
+  hook?: string;
+  /** CRIU's own lock instead (`["--network-lock", "iptables"]`), or no script at all. */
+  lock?: string[];
+};
 
 /** `criu dump` of the tree, netlock's hook (or `setting.hook`) as the action script. */
 export async function criuDump(
@@ -142,10 +149,7 @@ function withHook(setting: Setting, images: string, log: string): string[] {
     log,
     "-v4",
     "--tcp-established",
-    "--network-lock",
-    "skip",
-    "--action-script",
-    setting.hook ?? HOOK,
+    ...(setting.lock ?? ["--network-lock", "skip", "--action-script", setting.hook ?? HOOK]),
   ];
 }
 
@@ -204,5 +208,5 @@ async function criu(
   const log = await Deno.readTextFile(`${images}/${args[0]}.log`).catch(() => "");
   const errors = log.split("\n").filter((line) => /Error|Warn.*lock|netlock|error: /.test(line))
     .slice(-8).join("\n") + new TextDecoder().decode(out.stderr);
-  return { code: out.code, errors };
+  return { code: out.code, errors, log };
 }

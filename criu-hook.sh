@@ -75,6 +75,18 @@ esac
 finish=$base/criu-$criu.finish
 done=$base/criu-$criu.done watching=$base/criu-$criu.watch
 
+# Creates a marker file, never through one that exists (noclobber: never
+# write through a link someone left in a shared $TMPDIR). No subshell: every
+# fork counts inside CRIU's clock. (`true`, not `:`: a failed redirection
+# of a special builtin would end the script.)
+create() {
+  set -C
+  true 2>/dev/null >"$1"
+  set -- $?
+  set +C
+  return "$1"
+}
+
 # Unlocks as the dump's helper planned it: 0 done, 2 not done (no plan, not
 # a namespace of its own, nft failed: cli.ts then reads the state and
 # unlocks whatever is left).
@@ -90,16 +102,15 @@ unlock_from_plan() {
   host) nft -f - <"$plan.nft" 2>/dev/null || return 2 ;;
   *) return 2 ;;
   esac
-  # Traffic flows; post-resume removes what is left. (noclobber: never write
-  # through a link someone left in a shared $TMPDIR; without the marker,
+  # Traffic flows; post-resume removes what is left. (Without the marker,
   # cli.ts removes it now.)
   [ "$rest" = finish ] || return 0
-  (set -C && : >"$finish") 2>/dev/null || return 2
+  create "$finish" || return 2
 }
 
 # Marks the unlock done, for the restore's watcher (if one watches).
 unlocked() {
-  [ -e "$watching" ] && (set -C && : >"$done") 2>/dev/null
+  [ -e "$watching" ] && create "$done"
   return 0
 }
 
@@ -108,7 +119,7 @@ unlocked() {
 # $1: what to give cli.ts unlock. Outside the restore clock, so cli.ts may
 # start; the namespace is held open as fd 3 for as long as it takes.
 watch() {
-  (set -C && : >"$watching") 2>/dev/null || return 0
+  create "$watching" || return 0
   (
     tail --pid="$criu" -s 0.05 -f /dev/null 2>/dev/null
     [ -e "$done" ] || CRTOOLS_SCRIPT_ACTION= "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"

@@ -12,12 +12,15 @@
  *
  * Needs root, python3 (the dumped process) and a CRIU that passes
  * `criu check`: `CRIU_BIN`, else `criu` on PATH. Without one it says why
- * and measures nothing.
+ * and measures nothing. Run as a program it also runs bench/criu_host.ts
+ * (a tree in CRIU's own namespace, at 200 and 1,000 connections).
  *
  * @module
  */
 
 import { median } from "./measure.ts";
+import { criuStat, findCriu } from "./criu_stats.ts";
+import { criuHostBench, printHostTable } from "./criu_host.ts";
 
 const HOOK = new URL("../criu-hook.sh", import.meta.url).pathname;
 const TARGET = `import socket, time
@@ -42,20 +45,6 @@ export interface CriuRow {
   restoreMs: number;
   frozen: number[];
   restore: number[];
-}
-
-/** The CRIU to measure with, or why there is none. */
-export async function findCriu(): Promise<{ bin: string } | { missing: string }> {
-  const bin = Deno.env.get("CRIU_BIN") ?? "criu";
-  try {
-    const check = await new Deno.Command(bin, { args: ["check"], stdout: "null", stderr: "piped" })
-      .output();
-    if (check.success) return { bin };
-    const why = new TextDecoder().decode(check.stderr).trim().split("\n").at(-1);
-    return { missing: `${bin} check failed: ${why}` };
-  } catch {
-    return { missing: `no CRIU: set CRIU_BIN or put criu on PATH (tried ${bin})` };
-  }
 }
 
 /**
@@ -149,10 +138,9 @@ async function dumpAndRestore(
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
     restored = Number((await Deno.readTextFile(`${images}/pid`)).trim());
-    const frozen = readStat(await Deno.readFile(`${images}/stats-dump`), 1, 2);
-    const restore = readStat(await Deno.readFile(`${images}/stats-restore`), 2, 4);
+    const [frozen, restore] = [await criuStat(images, "dump"), await criuStat(images, "restore")];
     await Deno.remove(images, { recursive: true });
-    return [frozen / 1000, restore / 1000];
+    return [frozen, restore];
   } finally {
     try {
       app.kill("SIGKILL");
@@ -202,48 +190,22 @@ async function waitForConnection(pid: number): Promise<void> {
   throw new Error("the dumped process did not connect");
 }
 
-/** Reads one varint field of a message nested in CRIU's stats image. */
-function readStat(image: Uint8Array, outer: number, inner: number): number {
-  // Two magic numbers, then a 4-byte little-endian size, then stats_entry.
-  const size = new DataView(image.buffer, image.byteOffset + 8, 4).getUint32(0, true);
-  const entry = fields(image.subarray(12, 12 + size)).get(outer) as Uint8Array;
-  return fields(entry).get(inner) as number;
-}
-
-function fields(bytes: Uint8Array): Map<number, number | Uint8Array> {
-  const out = new Map<number, number | Uint8Array>();
-  let i = 0;
-  const varint = () => {
-    let value = 0;
-    let scale = 1;
-    for (;;) {
-      const byte = bytes[i++];
-      value += (byte & 0x7f) * scale;
-      scale *= 128;
-      if (byte < 0x80) return value;
-    }
-  };
-  while (i < bytes.length) {
-    const key = varint();
-    if ((key & 7) === 0) out.set(key >> 3, varint());
-    else if ((key & 7) === 2) {
-      const length = varint();
-      out.set(key >> 3, bytes.subarray(i, i + length));
-      i += length;
-    } else throw new Error(`unexpected protobuf wire type ${key & 7}`);
-  }
-  return out;
-}
-
 if (import.meta.main) {
+  // deno task bench:criu [ROUNDS] [HOST_ROUNDS] [HOST_CONNECTIONS]   (10, 3, 200,1000)
   const rounds = Number(Deno.args[0] ?? "10");
+  const hostRounds = Number(Deno.args[1] ?? "3");
+  const counts = (Deno.args[2] ?? "200,1000").split(",").map(Number);
   const found = await findCriu();
   if ("missing" in found) {
     console.log(`criu: skipped: ${found.missing}`);
     Deno.exit(0);
   }
-  const rows = await criuHookBench(found.bin, rounds);
-  printCriuTable(rows);
+  console.log("A tree in its own network namespace, one loopback connection:\n");
+  printCriuTable(await criuHookBench(found.bin, rounds));
+  if (hostRounds > 0) {
+    console.log("\nA tree in CRIU's own namespace (the host), its children's connections:\n");
+    printHostTable(await criuHostBench(hostRounds, counts));
+  }
 }
 
 /** Prints the rows as a Markdown table, with netlock's ratios to CRIU's own lock. */

@@ -24,7 +24,7 @@
 import { criuDump, criuRestore, type Setting } from "../tests/helpers/criu.ts";
 import { createNetns } from "../tests/helpers/netns.ts";
 import { startPeer, startTree } from "../tests/helpers/tree.ts";
-import { criuStat, findCriu } from "./criu_hook.ts";
+import { criuStat, findCriu } from "./criu_stats.ts";
 import { median } from "./measure.ts";
 
 /** One way of locking the network of a tree in CRIU's namespace. */
@@ -89,7 +89,9 @@ export async function criuHostBench(rounds: number, counts: number[]): Promise<H
       const samples = new Map(methods.map((m) => [m.name, [] as Sample[]]));
       for (let round = 0; round < rounds; round++) {
         for (const method of methods) {
-          samples.get(method.name)!.push(await dumpAndRestore(method, count));
+          const sample = await dumpAndRestore(method, count);
+          samples.get(method.name)!.push(sample);
+          console.error(`    ${method.name}: ${sample.failure ?? "ok"}`);
         }
         console.error(`  host ${count} connections: round ${round + 1}/${rounds}`);
       }

@@ -8,20 +8,28 @@
  *   (c) the CLI end to end against the floor: an empty `deno run` plus (a),
  *   (d) connection mode with 100, 1,000 and 10,000 connections,
  *   (e) 100 namespaces locked and unlocked in one CLI call,
- *   plus the CLI's peak memory.
+ *   (f) iperf3's throughput beside 10,000 locked connections (bench/throughput.ts),
+ *   plus the CLI's peak memory and start-up (--version, --help, rules).
  *
  * Options: `--rounds N` (default 20), `--connections N,N,...`, `--json FILE`,
- * `--only namespace,cli,connections,many,criu` (default all). The `criu` part
+ * `--throughput-connections N` (10000),
+ * `--only namespace,cli,connections,many,throughput,criu` (default all). The `criu` part
  * (bench/criu_hook.ts) needs a real CRIU (`CRIU_BIN` or `criu` on PATH) and
  * says why it is skipped without one; it runs `--rounds` rounds, at most 10.
  */
 import { parseArgs } from "node:util";
 import { lockNetwork, unlockNetwork } from "../mod.ts";
-import { createNetns, startEndpoint, type TestNetns } from "../tests/helpers/netns.ts";
+import {
+  createNetns,
+  startEndpoint,
+  startSleeper,
+  type TestNetns,
+} from "../tests/helpers/netns.ts";
 import { CRIU, type Sequence } from "./criu_sequences.ts";
 import { CRIU_IPTABLES_LOCK } from "../tests/helpers/criu_texts.ts";
 import { median, peakRssKiB, run, time } from "./measure.ts";
-import { criuHookBench, findCriu, printCriuTable } from "./criu_hook.ts";
+import { criuHookBench, printCriuTable } from "./criu_hook.ts";
+import { findCriu } from "./criu_stats.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -29,13 +37,16 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "20" },
     connections: { type: "string", default: "100,1000,10000" },
     json: { type: "string" },
-    only: { type: "string", default: "namespace,cli,connections,many,criu" },
+    only: { type: "string", default: "namespace,cli,connections,many,throughput,criu" },
+    "throughput-connections": { type: "string", default: "10000" },
   },
 });
 const ONLY = new Set(values.only!.split(","));
 for (const part of ONLY) {
-  if (!["namespace", "cli", "connections", "many", "criu"].includes(part)) {
-    console.error(`error: --only takes namespace, cli, connections, many, criu; not ${part}`);
+  if (!["namespace", "cli", "connections", "many", "throughput", "criu"].includes(part)) {
+    console.error(
+      `error: --only takes namespace, cli, connections, many, throughput, criu; not ${part}`,
+    );
     Deno.exit(2);
   }
 }
@@ -87,6 +98,12 @@ try {
   if (ONLY.has("connections")) { for (const n of CONNECTIONS) await connectionLocks(n); }
   if (ONLY.has("many")) await manyNamespaces(100);
   printTable();
+  if (ONLY.has("throughput")) {
+    const { printThroughputTable, throughputBench } = await import("./throughput.ts");
+    const n = Number(values["throughput-connections"]);
+    console.error(`(f) iperf3 beside ${n} locked connections`);
+    printThroughputTable(await throughputBench(n, Math.min(ROUNDS, 3), 3), n);
+  }
   if (ONLY.has("criu")) await criuHook();
   if (values.json) {
     await Deno.writeTextFile(
@@ -156,14 +173,31 @@ async function namespaceLocks(): Promise<void> {
 async function cliEndToEnd(): Promise<void> {
   console.error("(c) CLI end to end vs empty deno run + CRIU's sequence");
   await using netns = await createNetns();
+  // `netlock lock PID`, as operators call it: a process in the namespace.
+  await using target = await startSleeper(netns);
   const lock: number[] = [];
   const unlock: number[] = [];
   const floorLock: number[] = [];
   const floorUnlock: number[] = [];
   const minimal: number[] = [];
-  const cli = (verb: string) => run(netlockCli(verb, "-q", "--netns", netns.path));
+  const startup = {
+    empty: [] as number[],
+    version: [] as number[],
+    help: [] as number[],
+    rules: [] as number[],
+  };
+  const cli = (verb: string) => run(netlockCli(verb, "-q", String(target.pid)));
   for (let round = 0; round < ROUNDS + 2; round++) {
     const empty = await time(() => run([Deno.execPath(), "run", EMPTY]));
+    const version = await time(() => run(netlockCli("--version")));
+    const help = await time(() => run(netlockCli("--help")));
+    const rules = await time(() => run(netlockCli("rules")));
+    if (round >= 2) {
+      startup.empty.push(empty);
+      startup.version.push(version);
+      startup.help.push(help);
+      startup.rules.push(rules);
+    }
     const criuLock = await time(() => CRIU.iptables.lock(netns.path));
     const criuUnlock = await time(() => CRIU.iptables.unlock(netns.path));
     await CRIU.iptables.reset(netns.path);
@@ -180,13 +214,23 @@ async function cliEndToEnd(): Promise<void> {
     lock.push(ours);
     unlock.push(oursUnlock);
   }
+  for (const what of ["version", "help", "rules"] as const) {
+    add({
+      group: "cli start-up",
+      what: what === "rules" ? "rules" : `--${what}`,
+      netlockMs: median(startup[what]),
+      referenceMs: median(startup.empty),
+      reference: "empty deno run",
+      target: 1.25,
+    });
+  }
   add({
     group: "cli iptables",
-    what: "lock",
+    what: "lock PID",
     netlockMs: median(lock),
     referenceMs: median(floorLock),
     reference: "empty deno run + CRIU's lock",
-    target: 1.15,
+    target: 1.5,
   });
   add({
     group: "cli iptables",
@@ -197,12 +241,13 @@ async function cliEndToEnd(): Promise<void> {
   });
   add({
     group: "cli iptables",
-    what: "unlock",
+    what: "unlock PID",
     netlockMs: median(unlock),
     referenceMs: median(floorUnlock),
     reference: "empty deno run + CRIU's unlock",
+    target: 1.5,
   });
-  const rss = await peakRssKiB(netlockCli("lock", "-q", "--netns", netns.path));
+  const rss = await peakRssKiB(netlockCli("lock", "-q", String(target.pid)));
   await cli("unlock");
   add({
     group: "cli iptables",

@@ -63,6 +63,10 @@ Deno.test("parseInvocation() reads list (targets optional) and unlock --all", ()
   assert.ok(all.kind === "targets" && all.command === "unlock" && all.options.all === true);
   const plain = parseInvocation(["unlock", "1"]);
   assert.ok(plain.kind === "targets" && plain.options.all === undefined);
+  // Alone, as list alone: netlock's own namespace, as nsenter sees itself.
+  const own = parseInvocation(["unlock", "--all"]);
+  assert.ok(own.kind === "targets");
+  assert.deepEqual(own.targets, [{ netns: "/proc/self/ns/net" }]);
 });
 
 const LIST_DEFAULTS = {

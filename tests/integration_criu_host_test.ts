@@ -257,6 +257,34 @@ for (const backend of ["iptables", "nftables"]) {
     });
   }
 
+  Deno.test({
+    ...withCriu,
+    name:
+      `real CRIU, host tree restored elsewhere, ${backend}: list shows the lock, unlock --all removes it`,
+    async fn() {
+      await using live = await hostTree();
+      const { host, images, before, tree, peer } = live;
+      tree.members();
+      const dump = await criuDump({ host }, tree, images, [], env);
+      assert.equal(dump.code, 0, dump.errors);
+      await tree.gone();
+      // No restore here (it happens on another machine): the lock stays, and says whose it was.
+      const listed = await cliInside(host, ["list", "--json"]);
+      assert.equal(listed.code, 0, listed.stderr);
+      const held = listed.stdout.trim().split("\n").map((line) => JSON.parse(line));
+      assert.deepEqual(
+        held.map((lock) => [lock.kind, lock.name, lock.backend, lock.pid, lock.alive]),
+        [["connections", `NETLOCK-c${tree.pid}`, backend, tree.pid, false]],
+      );
+      const during = peer.progress();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.equal(peer.progress(), during, "the peers still get no answer (and no reset)");
+      const unlocked = await cliInside(host, ["unlock", "--all"]);
+      assert.equal(unlocked.code, 0, unlocked.stderr);
+      assert.equal(await snapshot(host), before, "nothing of the lock is left");
+    },
+  });
+
   // CRIU_FAULT=6 (FI_POST_RESTORE): the restore fails after the tree is
   // restored, before post-restore and the unlock.
   const failing = { ...env, CRIU_FAULT: "6" };

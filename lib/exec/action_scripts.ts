@@ -62,24 +62,3 @@ export async function runActionScripts(
     }
   }
 }
-
-/**
- * Checks an `--action-script` path: not empty, no control characters.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { validateScriptPath } from "./action_scripts.ts";
- * assert(validateScriptPath("/usr/local/bin/hook") === "/usr/local/bin/hook");
- * ```
- *
- * @param path The path as given.
- * @returns The same path.
- */
-export function validateScriptPath(path: string): string {
-  // deno-lint-ignore no-control-regex
-  if (path === "" || /[\u0000-\u001f\u007f]/.test(path) || path.length > 4096) {
-    throw new TypeError(`Invalid --action-script ${JSON.stringify(path)}: expected a file path`);
-  }
-  return path;
-}

@@ -3,11 +3,14 @@
  * keeps sending on every connection all along and checks every echoed
  * byte: what the connection and cgroup locks and CRIU's dumps are tried on.
  * The tree (`echo_tree.py`) is a session leader whose children hold the
- * connections; it can be started in a cgroup v2 of its own.
+ * connections; it can be started in a cgroup v2 of its own. Its parent is
+ * `reaper.py`, which reaps it as soon as it dies (as a container runtime
+ * would), so that a restore need not wait for PID 1 to free its PIDs.
  */
 import { must, sh, type TestNetns } from "./netns.ts";
 
 const TREE = new URL("./echo_tree.py", import.meta.url).pathname;
+const REAPER = new URL("./reaper.py", import.meta.url).pathname;
 const PEER = new URL("./echo_peer.ts", import.meta.url).pathname;
 
 /** A cgroup v2 the test made (a directory under the cgroup v2 mount). */
@@ -83,7 +86,6 @@ export async function startTree(
     "nsenter",
     `--net=${at.netns.path}`,
     "--",
-    "setsid",
     "python3",
     TREE,
     at.address,
@@ -91,15 +93,17 @@ export async function startTree(
     String(connections),
     String(children),
   ];
-  const argv = cgroup
+  // The root joins the cgroup itself: the reaper stays outside the tree's cgroup.
+  const root = cgroup
     ? ["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', cgroup.dir, ...tree]
     : tree;
-  const child = new Deno.Command(argv[0], {
-    args: argv.slice(1),
+  const child = new Deno.Command("python3", {
+    args: [REAPER, ...root],
     stdin: "null",
-    stdout: "null",
+    stdout: "piped",
     stderr: "null",
   }).spawn();
+  const pid = await firstLineNumber(child.stdout);
   let restoredPid: number | undefined;
   for (let i = 0; i < 200; i++) {
     const ss = await sh(["nsenter", `--net=${at.netns.path}`, "ss", "-tlnH", `sport = :${port}`]);
@@ -109,16 +113,15 @@ export async function startTree(
   let reaped = false;
   let members: number[] = [];
   return {
-    pid: child.pid,
+    pid,
     members() {
-      members = descendants(child.pid);
+      members = descendants(pid);
       return members;
     },
     async gone() {
+      // The reaper ends once it reaped every process of the tree.
       await child.status;
       reaped = true;
-      // Its children were reparented and killed too: wait until their PIDs
-      // are free (a zombie keeps its PID until its new parent reaps it).
       await waitForNoTree(at, port);
       for (let i = 0; i < 400 && members.some((pid) => exists(pid)); i++) {
         await new Promise((resolve) => setTimeout(resolve, 25));
@@ -129,11 +132,26 @@ export async function startTree(
     },
     async [Symbol.asyncDispose]() {
       // The whole tree: the root's session.
-      await sh(["pkill", "-KILL", "-s", String(restoredPid ?? child.pid)]);
+      await sh(["pkill", "-KILL", "-s", String(restoredPid ?? pid)]);
       if (!reaped) await child.status;
       await waitForNoTree(at, port);
     },
   };
+}
+
+/** The PID the reaper prints first. */
+async function firstLineNumber(stdout: ReadableStream<Uint8Array>): Promise<number> {
+  const reader = stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += value;
+  }
+  await reader.cancel();
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`reaper.py printed no PID: ${text}`);
+  return pid;
 }
 
 /** The process and its descendants, from each task's children file in /proc. */
@@ -160,9 +178,19 @@ function exists(pid: number): boolean {
 }
 
 async function waitForNoTree(at: Place, port: number): Promise<void> {
+  // Only this namespace's: a tree elsewhere (another test's, a leftover)
+  // may have the same command line.
+  const netns = Deno.statSync(at.netns.path).ino;
+  const inNetns = (pid: string) => {
+    try {
+      return Deno.statSync(`/proc/${pid}/ns/net`).ino === netns;
+    } catch {
+      return false;
+    }
+  };
   for (let i = 0; i < 400; i++) {
     const left = await sh(["pgrep", "-f", `echo_tree.py ${at.address} ${port} `]);
-    if (left.code !== 0) return;
+    if (!left.stdout.split("\n").some((pid) => pid !== "" && inNetns(pid))) return;
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
 }

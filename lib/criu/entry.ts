@@ -1,0 +1,108 @@
+/**
+ * netlock as CRIU's action script: the plain hook (`cli.ts` run with no
+ * arguments while `CRTOOLS_SCRIPT_ACTION` is set, or `netlock criu-hook`)
+ * and the warm helper `criu-hook.sh` starts. Loaded only for them.
+ *
+ * @module
+ */
+
+import { HOOK_ENV, hookOptions, planCriuHook } from "./hook.ts";
+import { NetlockError } from "../common/errors.ts";
+import { lockNetwork, unlockNetwork } from "../operations.ts";
+import type { NetlockOptions } from "../common/types.ts";
+import { EXIT, printError, printWarning, readEnv } from "../common/output.ts";
+
+/**
+ * The plain hook: locks on `network-lock`, unlocks on `network-unlock`,
+ * refuses a tree in CRIU's namespace at `pre-dump` (no helper), exits 0
+ * silently on every other action.
+ *
+ * @returns The exit code.
+ */
+export async function criuHook(): Promise<number> {
+  const denied = HOOK_ENV.filter((name) =>
+    Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted"
+  );
+  if (denied.length > 0) {
+    printError(`the CRIU hook reads its environment: add --allow-env=${HOOK_ENV.join(",")}`);
+    return EXIT.usage;
+  }
+  let plan;
+  try {
+    plan = planCriuHook((name) => Deno.env.get(name));
+  } catch (error) {
+    printError(errorMessage(error));
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+  if (plan.action === "none") return EXIT.ok;
+  if (plan.action === "refuse-host-tree") return await refuseHostTree(plan.pid, plan.options);
+  try {
+    const result = plan.action === "lock"
+      ? await lockNetwork(plan.pid, plan.options)
+      : await unlockNetwork(plan.pid, plan.options);
+    for (const warning of result.warnings ?? []) printWarning(warning);
+    return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+
+/**
+ * `pre-dump` without the warm helper: CRIU sends a tree in its own namespace
+ * no network action, so only the helper can keep it locked until the
+ * restore, and unlock it if it runs again; without it the dump is refused.
+ */
+async function refuseHostTree(pid: number, options: NetlockOptions): Promise<number> {
+  const { sharesNetlockNamespace } = await import("./tree_lock.ts");
+  try {
+    if (!await sharesNetlockNamespace(pid, options)) return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
+    return EXIT.failed;
+  }
+  printError(
+    `criu-hook: process ${pid} shares CRIU's network namespace: only criu-hook.sh's warm ` +
+      "helper can keep its connections locked until the restore (and unlock them if it runs " +
+      "again), and it could not start; refusing the dump",
+  );
+  return EXIT.failed;
+}
+
+/**
+ * The warm helper (`cli.ts criu-hook --serve DIR CRIU_PID [--ready] [--images=DIR]`).
+ *
+ * @param args The arguments after `--serve`.
+ * @returns The exit code.
+ */
+export async function criuHelper(args: string[]): Promise<number> {
+  const [dir, criuPid, ...flags] = args;
+  const images = flags.find((flag) => flag.startsWith("--images="))?.slice("--images=".length);
+  const { serveCriuHook } = await import("./hook_serve.ts");
+  try {
+    const pidText = readEnv("CRTOOLS_INIT_PID");
+    await serveCriuHook({
+      dir,
+      options: hookOptions((name) => readEnv(name)),
+      pid: pidText ? Number(pidText) : undefined,
+      criuPid: criuPid ? Number(criuPid) : undefined,
+      ready: flags.includes("--ready"),
+      images: images || undefined,
+      log: (line) => line.startsWith("request:") ? undefined : printError(`criu-hook: ${line}`),
+      warn: (line) => printWarning(`criu-hook: ${line}`),
+    });
+    return EXIT.ok;
+  } catch (error) {
+    printError(`criu-hook helper: ${errorMessage(error)}`);
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+
+function isUsageError(error: unknown): boolean {
+  return error instanceof TypeError || error instanceof RangeError ||
+    (error instanceof NetlockError && error.code === "DENO_PERMISSION");
+}
+
+function errorMessage(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).replace(/\s*\n\s*/g, " ").trim();
+}

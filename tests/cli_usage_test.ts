@@ -46,7 +46,7 @@ const BAD_INPUTS: [string, string[], RegExp][] = [
   ["--all on rules", ["rules", "unlock", "--all"], /--all is an unlock option/],
   ["--all with a mode", ["unlock", "--all", "--mode", "connections", "1"], /takes no --mode/],
   ["--all with a value", ["unlock", "--all=yes", "1"], /--all/],
-  ["unlock --all without target", ["unlock", "--all"], /unlock needs a target/],
+  ["unlock without target", ["unlock"], /unlock needs a target/],
   ["list with letters as PID", ["list", "abc"], /Invalid PID "abc"/],
   ["list with PID 0", ["list", "0"], /Invalid PID "0"/],
   ["list with a mode", ["list", "--mode", "netns", "1"], /list takes no --mode/],

@@ -17,7 +17,7 @@ Deno.test({
       await Deno.chmod(privateDir, 0o700);
       const checkout = `${privateDir}/netlock`;
       await Deno.mkdir(checkout);
-      for (const entry of ["cli.ts", "mod.ts", "deno.json", "lib", "tests", "scripts"]) {
+      for (const entry of ["cli.ts", "mod.ts", "deno.json", "dist", "lib", "tests", "scripts"]) {
         await must(["cp", "-r", `${ROOT}${entry}`, checkout]);
       }
       // Only the tests that run as nobody; this file is not among them.

@@ -6,9 +6,11 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
-import { validateScriptPath } from "../exec/action_scripts.ts";
+import { type FlagSpec, parseFlags } from "./flags.ts";
 import {
+  CGROUP_IS_NFTABLES,
+  IPV6_IS_IPTABLES,
+  MODES,
   parseChoice,
   parseMark,
   parsePid,
@@ -16,9 +18,9 @@ import {
   PID_MAX,
   resolveNetnsPath,
   validateName,
+  validateScriptPath,
 } from "../common/options.ts";
 import type { NetlockOptions, Target } from "../common/types.ts";
-import { CGROUP_IS_NFTABLES, IPV6_IS_IPTABLES, MODES } from "../target/prepare.ts";
 
 /** How output is printed. */
 export interface Output {
@@ -94,6 +96,50 @@ const APPLIES: Record<Command, readonly Flag[]> = {
   rules: ["backend", "mode", "mark", "name", "ipv6"],
 };
 
+/** Every flag of every command (which command takes which: {@linkcode APPLIES}). */
+export const FLAGS: Readonly<Record<string, FlagSpec>> = {
+  backend: { type: "string", short: "b" },
+  mode: { type: "string" },
+  mark: { type: "string" },
+  name: { type: "string" },
+  ipv6: { type: "string" },
+  userns: { type: "boolean" },
+  force: { type: "boolean" },
+  criu: { type: "boolean" },
+  all: { type: "boolean" },
+  "action-script": { type: "string", multiple: true },
+  timeout: { type: "string" },
+  "dry-run": { type: "boolean" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean", short: "q" },
+  verbose: { type: "boolean", short: "v" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+  netns: { type: "string", multiple: true },
+};
+
+/** The values {@linkcode FLAGS} give. */
+type FlagValues = Partial<
+  & Record<"action-script" | "netns", string[]>
+  & Record<"backend" | "mode" | "mark" | "name" | "ipv6" | "timeout", string>
+  & Record<
+    | "userns"
+    | "force"
+    | "criu"
+    | "all"
+    | "dry-run"
+    | "json"
+    | "quiet"
+    | "verbose"
+    | "help"
+    | "version",
+    boolean
+  >
+>;
+
+/** `unlock --all` without a target: netlock's own namespace (as nsenter sees itself). */
+const OWN_NAMESPACE = "/proc/self/ns/net";
+
 /** The most targets one call takes (each is a few spawned processes). */
 export const MAX_TARGETS = 4096;
 
@@ -117,31 +163,10 @@ export function parseInvocation(args: readonly string[]): Invocation {
   const separator = args.indexOf("--");
   const own = separator === -1 ? [...args] : args.slice(0, separator);
   const commandArgv = separator === -1 ? undefined : args.slice(separator + 1);
-  const { values, positionals } = parseArgs({
-    args: own,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      backend: { type: "string", short: "b" },
-      mode: { type: "string" },
-      mark: { type: "string" },
-      name: { type: "string" },
-      ipv6: { type: "string" },
-      userns: { type: "boolean" },
-      force: { type: "boolean" },
-      criu: { type: "boolean" },
-      all: { type: "boolean" },
-      "action-script": { type: "string", multiple: true },
-      timeout: { type: "string" },
-      "dry-run": { type: "boolean" },
-      json: { type: "boolean" },
-      quiet: { type: "boolean", short: "q" },
-      verbose: { type: "boolean", short: "v" },
-      help: { type: "boolean", short: "h" },
-      version: { type: "boolean", short: "V" },
-      netns: { type: "string", multiple: true },
-    },
-  });
+  const { values, positionals } = parseFlags(own, FLAGS) as {
+    values: FlagValues;
+    positionals: string[];
+  };
   if (values.help) return { kind: "help" };
   if (values.version) return { kind: "version" };
   const [word, ...rest] = positionals;
@@ -162,7 +187,7 @@ export function parseInvocation(args: readonly string[]): Invocation {
   }
   if (values.all && command !== "unlock") {
     throw new TypeError(
-      `--all is an unlock option (unlock --all TARGET...); ${command} takes none`,
+      `--all is an unlock option (unlock --all [TARGET...]); ${command} takes none`,
     );
   }
   if (values.all && values.mode !== undefined) {
@@ -203,6 +228,11 @@ export function parseInvocation(args: readonly string[]): Invocation {
     ...rest.map(parsePid),
     ...(values.netns ?? []).map((value) => ({ netns: resolveNetnsPath(value) })),
   ];
+  // `unlock --all` alone removes what `list` alone shows: netlock's own namespace's locks
+  // (nsenter opens /proc/self/ns/net as itself: netlock's namespace).
+  if (targets.length === 0 && command === "unlock" && options.all) {
+    targets.push({ netns: OWN_NAMESPACE });
+  }
   if (targets.length === 0 && command !== "list") {
     throw new TypeError(`${command} needs a target: a PID or --netns PATH`);
   }
@@ -292,8 +322,9 @@ export function commandWord(args: readonly string[]): string | undefined {
 }
 
 /**
- * Turns an argument error into the one line the CLI prints: node:util's
- * parser messages are shortened and made specific.
+ * Turns an argument error into the one line the CLI prints: the parser's
+ * messages (node:util's `parseArgs`'s, see ./flags.ts) are shortened and
+ * made specific.
  *
  * @example
  * ```ts
@@ -323,7 +354,9 @@ export function usageMessage(error: unknown): string {
       ambiguous[1]
     }=VALUE if you mean it`;
   }
-  const missing = message.match(/^Option '(--?[\w-]+)(?: <value>)?' argument missing/);
+  const missing = message.match(/^Option '(?:-\w, )?(--?[\w-]+)(?: <value>)?' argument missing/);
   if (missing) return `${missing[1]} needs a value`;
+  const valued = message.match(/^Option '(--[\w-]+)' does not take an argument/);
+  if (valued) return `${valued[1]} takes no value`;
   return message.split(/(?<=\.) /)[0];
 }

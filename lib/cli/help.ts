@@ -23,7 +23,8 @@ export function helpText(version: string): string {
 Usage:
   netlock lock    [options] TARGET...    drop all unmarked traffic of each target
   netlock unlock  [options] TARGET...    remove the lock (succeeds if not locked);
-                                         --all: every lock of the namespace
+                                         --all: every lock of the namespace (no
+                                         target: netlock's own, as list)
   netlock status  [options] TARGET...    exit 0 if every target is locked, 3 if not
   netlock list    [options] [TARGET...]  every lock in each target's namespace (no
                                          target: netlock's own), exit 0 if none
@@ -67,8 +68,9 @@ Options:
                              namespace
       --criu                 status/unlock/list: also see and remove locks
                              CRIU itself left (chain CRIU, tables inet CRIU-*)
-      --all                  unlock: every lock list shows (namespace and
-                             connection locks), one transaction; no --mode
+      --all                  unlock: every lock list shows (namespace,
+                             connection and cgroup locks), one transaction;
+                             no --mode; no target: netlock's own namespace
       --action-script PATH   run PATH (CRIU's contract) before the rules are
                              applied (network-lock) and removed (network-unlock);
                              repeatable; needs --allow-run=PATH

@@ -24,6 +24,18 @@ export type Backend = "iptables" | "nftables" | "auto";
  * process tree, or every socket of the target's cgroup v2.
  */
 export type Mode = "auto" | "netns" | "connections" | "cgroup";
+/** Why `ipv6` goes with the iptables backend only. */
+export const IPV6_IS_IPTABLES =
+  "--ipv6 is for the iptables backend: the nftables lock is one inet table for both families";
+
+/** Why `mode: "cgroup"` takes no iptables backend. */
+export const CGROUP_IS_NFTABLES =
+  "--mode cgroup is an nftables lock (iptables cannot match incoming packets by cgroup): " +
+  "use -b nftables or -b auto";
+
+/** The modes. */
+export const MODES = ["auto", "netns", "connections", "cgroup"] as const;
+
 /** Whether to lock IPv6 too (iptables backend). */
 export type Ipv6Choice = "auto" | "on" | "off";
 
@@ -285,6 +297,27 @@ export function resolveNetnsPath(value: string): string {
     throw new TypeError(`Invalid --netns ${quote(value)}: not a namespace name`);
   }
   return `/run/netns/${value}`;
+}
+
+/**
+ * Checks an `--action-script` path: not empty, no control characters.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { validateScriptPath } from "./options.ts";
+ * assert(validateScriptPath("/usr/local/bin/hook") === "/usr/local/bin/hook");
+ * ```
+ *
+ * @param path The path as given.
+ * @returns The same path.
+ */
+export function validateScriptPath(path: string): string {
+  // deno-lint-ignore no-control-regex
+  if (path === "" || /[\u0000-\u001f\u007f]/.test(path) || path.length > 4096) {
+    throw new TypeError(`Invalid --action-script ${JSON.stringify(path)}: expected a file path`);
+  }
+  return path;
 }
 
 /** Quotes a user value for a one-line message, escaping control characters. */

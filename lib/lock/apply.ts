@@ -18,6 +18,7 @@ import {
   type NamespaceOutcome,
   nftContext,
 } from "../shape/shape.ts";
+import { lockRound } from "../iptables/lock_round.ts";
 import { iptablesUnlock } from "../unlock/iptables.ts";
 
 /**
@@ -32,7 +33,11 @@ export async function lockWithBackend(
   opts: ResolvedOptions,
   shape: LockShape,
 ): Promise<NamespaceOutcome> {
-  const ipt = iptablesContext(prepared, opts, shape);
+  const planned = iptablesContext(prepared, opts, shape);
+  // Both families' restores, and the read after them, in one spawn.
+  const ipt = opts.dryRun
+    ? planned
+    : { ...planned, exec: lockRound(planned.exec, opts.exec.timeoutMs) };
   if (opts.backend === "iptables") {
     return { ...(await iptablesLock(ipt, iptablesUnlock)), backend: "iptables" };
   }

@@ -76,7 +76,8 @@ function ranNothing(error: NetlockError): NetlockError {
 /**
  * Whether an error was thrown before the guarded tool ran: a guard's refusal,
  * nsenter failing to enter the target, or a tool that could not be executed
- * (not on PATH). Nothing can have been applied.
+ * (not on PATH), or an error caused by one of these. Nothing can have been
+ * applied.
  *
  * @example
  * ```ts
@@ -92,7 +93,9 @@ function ranNothing(error: NetlockError): NetlockError {
  */
 export function stoppedBeforeTool(error: unknown): boolean {
   return error instanceof GuardRefusal || (error instanceof Error && RAN_NOTHING.has(error)) ||
-    (error instanceof NetlockError && error.code === "TOOL_NOT_FOUND");
+    (error instanceof NetlockError && error.code === "TOOL_NOT_FOUND") ||
+    // An error that names the tool for a spawn that ran nothing (lock_round.ts).
+    (error instanceof Error && error.cause !== undefined && stoppedBeforeTool(error.cause));
 }
 
 /** What the guard reports about the target, once a guarded tool ran. */

@@ -10,17 +10,20 @@ import { type ExecSettings, nsenterExec, type ToolExec } from "../exec/nsenter.t
 import type { RunResult } from "../exec/runner.ts";
 import {
   type Backend,
+  CGROUP_IS_NFTABLES,
   DEFAULT_MARK,
   DEFAULT_NAME,
   DEFAULT_TIMEOUT_MS,
+  IPV6_IS_IPTABLES,
   type Ipv6Choice,
   type Mode,
+  MODES,
   parseChoice,
   validateMark,
   validateName,
+  validateScriptPath,
   validateTimeoutMs,
 } from "../common/options.ts";
-import { validateScriptPath } from "../exec/action_scripts.ts";
 import { ownNetns, probeTarget, type TargetProbe, type TargetRef } from "./target.ts";
 import { guardedTarget } from "./guard.ts";
 import type { Family, LockKind, NetlockOptions } from "../common/types.ts";
@@ -52,18 +55,6 @@ export interface ResolvedOptions {
   /** How tools are spawned. */
   exec: ExecSettings;
 }
-
-/** Why `ipv6` goes with the iptables backend only. */
-export const IPV6_IS_IPTABLES =
-  "--ipv6 is for the iptables backend: the nftables lock is one inet table for both families";
-
-/** Why `mode: "cgroup"` takes no iptables backend. */
-export const CGROUP_IS_NFTABLES =
-  "--mode cgroup is an nftables lock (iptables cannot match incoming packets by cgroup): " +
-  "use -b nftables or -b auto";
-
-/** The modes. */
-export const MODES = ["auto", "netns", "connections", "cgroup"] as const;
 
 /** Which operation is being prepared. */
 export type Verb = "lock" | "unlock" | "status";

@@ -24,12 +24,12 @@ export interface ReadableCopy extends AsyncDisposable {
 }
 
 /**
- * Copies `cli.ts`, `lib/` and `deno.json` to a new temporary directory that
+ * Copies `cli.ts`, `lib/`, `dist/` and `deno.json` to a new temporary directory that
  * nobody can read, with a Deno cache nobody can write.
  */
 export async function readableCopy(): Promise<ReadableCopy> {
   const dir = await Deno.makeTempDir({ prefix: "netlock-copy-" });
-  await must(["cp", "-r", `${ROOT}cli.ts`, `${ROOT}lib`, `${ROOT}deno.json`, dir]);
+  await must(["cp", "-r", `${ROOT}cli.ts`, `${ROOT}lib`, `${ROOT}dist`, `${ROOT}deno.json`, dir]);
   await Deno.mkdir(`${dir}/deno-dir`);
   await must(["chmod", "-R", "a+rX", dir]);
   await must(["chown", `${NOBODY}:${NOBODY}`, `${dir}/deno-dir`]);

@@ -1,0 +1,90 @@
+/**
+ * The command line: routes the arguments to a command, loading only what
+ * that command needs (dynamic imports): `--version` loads this file and
+ * the version, `--help` the help text, `rules` the parser and the
+ * renderers; the library comes with the commands that act on targets.
+ *
+ * `cli.ts` runs it from `dist/cli.js`, this file and everything it imports
+ * bundled into one (`deno task bundle`): a Deno process loads one file
+ * faster than eighty (issue 20; `deno task check` fails when the bundle is
+ * not this source's).
+ *
+ * @module
+ */
+
+import type { Invocation } from "./args.ts";
+import { EXIT, printError, readEnv, write } from "../common/output.ts";
+import { VERSION } from "../common/version.ts";
+
+/**
+ * Runs the CLI with the given arguments and returns the exit code.
+ *
+ * @param args The arguments after the program name.
+ * @returns The process exit code.
+ */
+export async function main(args: string[]): Promise<number> {
+  // As CRIU's action script, netlock runs inside the dump's frozen window:
+  // it skips loading the argument parser (node:util alone costs ~10 ms).
+  if (args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined) {
+    return await (await import("../criu/entry.ts")).criuHook();
+  }
+  // criu-hook.sh starts the warm helper this way (not a user command).
+  if (args[0] === "criu-hook" && args[1] === "--serve") {
+    return await (await import("../criu/entry.ts")).criuHelper(args.slice(2));
+  }
+  // The version and the help alone need no parser.
+  if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) return await version();
+  if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) return await help();
+  const { commandWord, jsonRequested, parseInvocation, usageMessage } = await import(
+    "./args.ts"
+  );
+  let invocation: Invocation;
+  try {
+    invocation = parseInvocation(args);
+  } catch (error) {
+    const message = usageMessage(error);
+    if (jsonRequested(args)) {
+      const { jsonUsageError } = await import("./report.ts");
+      await write(Deno.stdout, `${jsonUsageError(commandWord(args), message)}\n`);
+    }
+    printError(message);
+    return EXIT.usage;
+  }
+  switch (invocation.kind) {
+    case "help":
+      return await help();
+    case "version":
+      return await version();
+    case "rules": {
+      const { rulesText } = await import("./rules_text.ts");
+      await write(Deno.stdout, rulesText(invocation.options, invocation.action));
+      return EXIT.ok;
+    }
+    case "hook":
+      return await (await import("../criu/entry.ts")).criuHook();
+    case "run": {
+      const { run } = await import("./commands.ts");
+      return await run(invocation.target, invocation.argv, invocation.options, invocation.output);
+    }
+    case "list": {
+      const { list } = await import("./commands.ts");
+      return await list(invocation.targets, invocation.options, invocation.output);
+    }
+    case "targets": {
+      const { forTargets } = await import("./commands.ts");
+      const { command, targets, options, output } = invocation;
+      return await forTargets(command, targets, options, output);
+    }
+  }
+}
+
+async function version(): Promise<number> {
+  await write(Deno.stdout, `netlock ${VERSION}\n`);
+  return EXIT.ok;
+}
+
+async function help(): Promise<number> {
+  const { helpText } = await import("./help.ts");
+  await write(Deno.stdout, helpText(VERSION));
+  return EXIT.ok;
+}

@@ -536,7 +536,7 @@ async function runCommand(command, options = {}) {
   options.log?.(`+ ${[
     command,
     ...options.shownArgs ?? args
-  ].map(shellQuote).join(" ")}`);
+  ].map(shownArg).join(" ")}`);
   requireRunPermission(command);
   options.signal?.throwIfAborted();
   let child;
@@ -735,10 +735,18 @@ function cwdReachable(dir) {
 function signalNumber(signal, code) {
   return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
 }
+function nameScript(script, name) {
+  SCRIPT_NAMES.set(script, name);
+  return script;
+}
+function shownArg(arg) {
+  const name = SCRIPT_NAMES.get(arg);
+  return name === void 0 ? shellQuote(arg) : `<${name}>`;
+}
 function shellQuote(arg) {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
 }
-var DEFAULT_TIMEOUT_MS2, PRINTED_BEFORE_KILL, SIGNAL_NUMBERS;
+var DEFAULT_TIMEOUT_MS2, PRINTED_BEFORE_KILL, SIGNAL_NUMBERS, SCRIPT_NAMES;
 var init_runner = __esm({
   "lib/exec/runner.ts"() {
     init_errors();
@@ -761,6 +769,7 @@ var init_runner = __esm({
       SIGALRM: 14,
       SIGTERM: 15
     };
+    SCRIPT_NAMES = /* @__PURE__ */ new Map();
   }
 });
 
@@ -1616,7 +1625,7 @@ function guardedTarget(ref, settings, options) {
         shown: [
           "/bin/sh",
           "-c",
-          "<netlock guard>",
+          GUARD_SCRIPT,
           ...params
         ]
       })(tool, args, stdin, signal);
@@ -1649,7 +1658,7 @@ var init_guard = __esm({
     init_nsenter();
     init_runner();
     init_target();
-    GUARD_SCRIPT = [
+    GUARD_SCRIPT = nameScript([
       "own=$1 six=$2 report=$3; shift 3; v6=0; ns=-; [ -d /proc/sys/net/ipv6 ] && v6=1",
       'if [ "$own" != - ]; then',
       `  [ -e "/proc/$own/ns/net" ] || { echo "netlock-guard: cannot see netlock's namespace" >&2; exit 88; }`,
@@ -1661,7 +1670,7 @@ var init_guard = __esm({
       "  3</proc/self/ns/net </proc/self/fdinfo/3",
       'echo "netlock-guard ${ns:--} $v6"',
       'exec "$@"'
-    ].join("\n");
+    ].join("\n"), "netlock guard");
     REFUSALS = {
       86: [
         "own namespace",
@@ -2930,6 +2939,7 @@ var READ_AFTER, MAX_INPUT, MISSING, TIMED_OUT, ROUND_SCRIPT, SIGNALS;
 var init_lock_round = __esm({
   "lib/iptables/lock_round.ts"() {
     init_errors();
+    init_runner();
     init_guard();
     READ_AFTER = {
       "iptables-restore": "iptables-save",
@@ -2938,7 +2948,7 @@ var init_lock_round = __esm({
     MAX_INPUT = 32 * 1024;
     MISSING = 89;
     TIMED_OUT = 124;
-    ROUND_SCRIPT = [
+    ROUND_SCRIPT = nameScript([
       "n=$(($# / 3)); v6=0; [ -d /proc/sys/net/ipv6 ] && v6=1",
       'need() { for tool; do command -v "$tool" >/dev/null 2>&1 || exit ' + MISSING + "; done; }",
       'need "$1" "$2"',
@@ -2962,7 +2972,7 @@ var init_lock_round = __esm({
       'if [ $n = 2 ]; then save 1 "$5" >&2 & fi',
       'save 0 "$2"',
       "wait"
-    ].join("\n") + "\n";
+    ].join("\n") + "\n", "netlock lock round");
     SIGNALS = {
       1: "SIGHUP",
       2: "SIGINT",

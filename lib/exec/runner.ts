@@ -113,7 +113,7 @@ export function printedBeforeKill(error: unknown): string | undefined {
 export async function runCommand(command: string, options: RunOptions = {}): Promise<RunResult> {
   const args = [...(options.args ?? [])];
   const argv = [command, ...args];
-  options.log?.(`+ ${[command, ...(options.shownArgs ?? args)].map(shellQuote).join(" ")}`);
+  options.log?.(`+ ${[command, ...(options.shownArgs ?? args)].map(shownArg).join(" ")}`);
   requireRunPermission(command);
   options.signal?.throwIfAborted();
 
@@ -437,6 +437,38 @@ const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = {
 
 function signalNumber(signal: Deno.Signal, code: number): number {
   return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
+}
+
+/** Scripts passed as arguments, shown by name in the `-v` log. */
+const SCRIPT_NAMES = new Map<string, string>();
+
+/**
+ * Names a script that is passed as an argument (`sh -c SCRIPT`), so that the
+ * `-v` log shows `<NAME>` instead of its lines.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { nameScript, runCommand } from "./runner.ts";
+ *
+ * const script = nameScript("echo one\necho two", "two lines");
+ * const lines: string[] = [];
+ * await runCommand("sh", { args: ["-c", script], log: (line) => lines.push(line) });
+ * assert.deepEqual(lines, ["+ sh -c <two lines>"]);
+ * ```
+ *
+ * @param script The script's text.
+ * @param name What the log calls it.
+ * @returns The script, unchanged.
+ */
+export function nameScript(script: string, name: string): string {
+  SCRIPT_NAMES.set(script, name);
+  return script;
+}
+
+function shownArg(arg: string): string {
+  const name = SCRIPT_NAMES.get(arg);
+  return name === undefined ? shellQuote(arg) : `<${name}>`;
 }
 
 /**

@@ -19,7 +19,7 @@
 
 import { NetlockError } from "../common/errors.ts";
 import type { ToolExec } from "../exec/nsenter.ts";
-import type { RunResult } from "../exec/runner.ts";
+import { nameScript, type RunResult } from "../exec/runner.ts";
 import { GuardRefusal } from "../target/guard.ts";
 
 /** The restores that may share a round, and the read that follows each. */
@@ -47,31 +47,34 @@ const TIMED_OUT = 124;
  * IPv6 is reported with status `-`, as the guard would refuse it. Nothing
  * but the tools is spawned, and no file is written.
  */
-export const ROUND_SCRIPT = [
-  "n=$(($# / 3)); v6=0; [ -d /proc/sys/net/ipv6 ] && v6=1",
-  'need() { for tool; do command -v "$tool" >/dev/null 2>&1 || exit ' + MISSING + "; done; }",
-  'need "$1" "$2"',
-  '[ $n = 2 ] && need "$4" "$5"',
-  "restore() {",
-  '  case $2 in ip6*) [ $v6 = 1 ] || { printf "@@restore %s -\\n@@end\\n" "$1"; return; } ;; esac',
-  '  err=$("$2" -w --noflush 2>&1 >/dev/null <<EOF',
-  "$3",
-  "EOF",
-  "  )",
-  '  printf "@@restore %s %s\\n%s\\n@@end\\n" "$1" $? "$err"',
-  "}",
-  "save() {",
-  "  case $2 in ip6*) [ $v6 = 1 ] || return 0 ;; esac",
-  '  out=$("$2" -t filter 2>/dev/null </dev/null)',
-  '  printf "@@save %s %s\\n%s\\n@@end\\n" "$1" $? "$out"',
-  "}",
-  'if [ $n = 2 ]; then restore 1 "$4" "$6" >&2 & fi',
-  'restore 0 "$1" "$3"',
-  "wait",
-  'if [ $n = 2 ]; then save 1 "$5" >&2 & fi',
-  'save 0 "$2"',
-  "wait",
-].join("\n") + "\n";
+export const ROUND_SCRIPT: string = nameScript(
+  [
+    "n=$(($# / 3)); v6=0; [ -d /proc/sys/net/ipv6 ] && v6=1",
+    'need() { for tool; do command -v "$tool" >/dev/null 2>&1 || exit ' + MISSING + "; done; }",
+    'need "$1" "$2"',
+    '[ $n = 2 ] && need "$4" "$5"',
+    "restore() {",
+    '  case $2 in ip6*) [ $v6 = 1 ] || { printf "@@restore %s -\\n@@end\\n" "$1"; return; } ;; esac',
+    '  err=$("$2" -w --noflush 2>&1 >/dev/null <<EOF',
+    "$3",
+    "EOF",
+    "  )",
+    '  printf "@@restore %s %s\\n%s\\n@@end\\n" "$1" $? "$err"',
+    "}",
+    "save() {",
+    "  case $2 in ip6*) [ $v6 = 1 ] || return 0 ;; esac",
+    '  out=$("$2" -t filter 2>/dev/null </dev/null)',
+    '  printf "@@save %s %s\\n%s\\n@@end\\n" "$1" $? "$out"',
+    "}",
+    'if [ $n = 2 ]; then restore 1 "$4" "$6" >&2 & fi',
+    'restore 0 "$1" "$3"',
+    "wait",
+    'if [ $n = 2 ]; then save 1 "$5" >&2 & fi',
+    'save 0 "$2"',
+    "wait",
+  ].join("\n") + "\n",
+  "netlock lock round",
+);
 
 interface Call {
   tool: string;

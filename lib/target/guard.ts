@@ -12,7 +12,7 @@
 
 import { NetlockError } from "../common/errors.ts";
 import { type ExecSettings, nsenterExec, type ToolExec } from "../exec/nsenter.ts";
-import { printedBeforeKill, type RunResult } from "../exec/runner.ts";
+import { nameScript, printedBeforeKill, type RunResult } from "../exec/runner.ts";
 import { probeError, type TargetRef } from "./target.ts";
 
 /**
@@ -26,19 +26,22 @@ import { probeError, type TargetRef } from "./target.ts";
  * probes afterwards). The values are positional parameters, never part of
  * the script.
  */
-export const GUARD_SCRIPT = [
-  "own=$1 six=$2 report=$3; shift 3; v6=0; ns=-; [ -d /proc/sys/net/ipv6 ] && v6=1",
-  'if [ "$own" != - ]; then',
-  '  [ -e "/proc/$own/ns/net" ] || { echo "netlock-guard: cannot see netlock\'s namespace" >&2; exit 88; }',
-  '  [ /proc/self/ns/net -ef "/proc/$own/ns/net" ] && { echo "netlock-guard: own namespace" >&2; exit 86; }',
-  "fi",
-  '[ "$six" = 1 ] && [ $v6 = 0 ] && { echo "netlock-guard: no IPv6" >&2; exit 87; }',
-  // The inode without a fork: /proc/self/fdinfo of an open nsfs file says `ino:` (Linux 5.14+).
-  '[ "$report" = 1 ] && while read -r key value; do [ "$key" = ino: ] && ns=$value; done \\',
-  "  3</proc/self/ns/net </proc/self/fdinfo/3",
-  'echo "netlock-guard ${ns:--} $v6"',
-  'exec "$@"',
-].join("\n");
+export const GUARD_SCRIPT: string = nameScript(
+  [
+    "own=$1 six=$2 report=$3; shift 3; v6=0; ns=-; [ -d /proc/sys/net/ipv6 ] && v6=1",
+    'if [ "$own" != - ]; then',
+    '  [ -e "/proc/$own/ns/net" ] || { echo "netlock-guard: cannot see netlock\'s namespace" >&2; exit 88; }',
+    '  [ /proc/self/ns/net -ef "/proc/$own/ns/net" ] && { echo "netlock-guard: own namespace" >&2; exit 86; }',
+    "fi",
+    '[ "$six" = 1 ] && [ $v6 = 0 ] && { echo "netlock-guard: no IPv6" >&2; exit 87; }',
+    // The inode without a fork: /proc/self/fdinfo of an open nsfs file says `ino:` (Linux 5.14+).
+    '[ "$report" = 1 ] && while read -r key value; do [ "$key" = ino: ] && ns=$value; done \\',
+    "  3</proc/self/ns/net </proc/self/fdinfo/3",
+    'echo "netlock-guard ${ns:--} $v6"',
+    'exec "$@"',
+  ].join("\n"),
+  "netlock guard",
+);
 
 /** The guard's exit codes: its stderr line, the reason, and what netlock reports. */
 const REFUSALS = {
@@ -212,7 +215,7 @@ export function guardedTarget(
     try {
       raw = await nsenterExec(ref.nsenterArgs, settings, {
         argv: ["/bin/sh", "-c", GUARD_SCRIPT, ...params],
-        shown: ["/bin/sh", "-c", "<netlock guard>", ...params],
+        shown: ["/bin/sh", "-c", GUARD_SCRIPT, ...params],
       })(tool, args, stdin, signal);
     } catch (error) {
       // Killed or never started: without the guard's line, the tool never ran.

@@ -213,11 +213,11 @@ function connectionSetElements(connections) {
   };
 }
 function renderNftConnectionLock(table, mark, connections, how) {
-  const m = `meta mark != 0x${mark.toString(16)}`;
   const head = how === "create" ? `create table inet ${table}
 ` : `add table inet ${table}
 delete table inet ${table}
 `;
+  const m = `meta mark != 0x${mark.toString(16)}`;
   const definition = `table inet ${table} {
 	set conn4 {
 		type ipv4_addr . inet_service . ipv4_addr . inet_service
@@ -237,6 +237,9 @@ delete table inet ${table}
 	}
 }
 `;
+  return head + definition + renderNftConnectionAdd(table, connections);
+}
+function renderNftConnectionAdd(table, connections) {
   const sets = connectionSetElements(connections);
   let elements = "";
   for (const [set, keys] of [
@@ -255,7 +258,7 @@ delete table inet ${table}
 `;
     }
   }
-  return head + definition + elements;
+  return elements;
 }
 function renderConnectionTemplate(backend, name, mark) {
   const sample = {
@@ -3880,8 +3883,37 @@ async function lockTreeBeforeFreeze(pid, options) {
     note: connectionNote(pid, why)
   };
 }
-async function lockTreeConnections(pid, options) {
+async function lockTreeConnections(pid, options, before) {
+  if (before?.kind === "connections" && before.result.backend === "nftables") {
+    const added = await addTreeConnections(pid, options, before.result).catch(() => void 0);
+    if (added) return added;
+  }
   return (await lockConnections2(pid, options)).result;
+}
+async function addTreeConnections(pid, options, made) {
+  const started = performance.now();
+  const exec = nsenterExec([], {
+    timeoutMs: options.timeoutMs ?? 1e4,
+    log: options.log
+  });
+  const { connections = [] } = await probeTree(exec, pid, {
+    connections: true
+  });
+  if (connections.length === 0) return {
+    ...made,
+    changed: false
+  };
+  const script = renderNftConnectionAdd(connectionLockName(made.name, pid), connections);
+  if (!(await exec("nft", [
+    "-f",
+    "-"
+  ], script)).success) return void 0;
+  return {
+    ...made,
+    changed: true,
+    connections: connections.length,
+    durationMs: performance.now() - started
+  };
 }
 async function unlockTree(pid, options) {
   return await unlockNetwork(pid, {
@@ -3946,6 +3978,7 @@ function connectionNote(pid, why) {
 var init_tree_lock = __esm({
   "lib/criu/tree_lock.ts"() {
     init_discover();
+    init_ruleset2();
     init_nsenter();
     init_target();
     init_process();
@@ -4261,7 +4294,7 @@ async function serveCriuHook(settings) {
     };
     if (host) {
       try {
-        const locked = await lockTreeBeforeFreeze(pid, options);
+        const locked = dumped.locked = await lockTreeBeforeFreeze(pid, options);
         if (locked.note) warn(locked.note);
         await answer("ready");
       } catch (error) {
@@ -4291,7 +4324,7 @@ async function serveCriuHook(settings) {
       if (verb === "post-dump") {
         if (dumped?.host && dumped.pid === pid) {
           try {
-            const result2 = await lockTreeConnections(pid, options);
+            const result2 = await lockTreeConnections(pid, options, dumped.locked);
             if (settings.images) await writeTreePlan(settings.images, result2, pid, log);
             postDumped = true;
             await answer("ok");

@@ -315,10 +315,10 @@ export function renderNftConnectionLock(
   connections: readonly Connection[],
   how: "create" | "replace",
 ): string {
-  const m = `meta mark != 0x${mark.toString(16)}`;
   const head = how === "create"
     ? `create table inet ${table}\n`
     : `add table inet ${table}\ndelete table inet ${table}\n`;
+  const m = `meta mark != 0x${mark.toString(16)}`;
   const definition = `table inet ${table} {\n` +
     "\tset conn4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t}\n" +
     "\tset conn6 {\n\t\ttype ipv6_addr . inet_service . ipv6_addr . inet_service\n\t}\n" +
@@ -328,6 +328,31 @@ export function renderNftConnectionLock(
     "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n" +
     `\t\t${m} ip daddr . tcp dport . ip saddr . tcp sport @conn4 drop\n` +
     `\t\t${m} ip6 daddr . tcp dport . ip6 saddr . tcp sport @conn6 drop\n\t}\n}\n`;
+  return head + definition + renderNftConnectionAdd(table, connections);
+}
+
+/**
+ * Connections added to the sets of a connection lock that exists: `add
+ * element` lines for both sets, one transaction as `nft -f -` input. (Adding
+ * an element that is there already is no error; the transaction fails whole
+ * when the table or a set is missing.)
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderNftConnectionAdd } from "./ruleset.ts";
+ *
+ * const script = renderNftConnectionAdd("NETLOCK-c7", [{
+ *   family: "ipv4", local: "10.0.0.1", localPort: 5000, remote: "10.0.0.2", remotePort: 80,
+ * }]);
+ * assert.equal(script, "add element inet NETLOCK-c7 conn4 { 10.0.0.2 . 80 . 10.0.0.1 . 5000 }\n");
+ * ```
+ *
+ * @param table The table name (`NAME-cPID`).
+ * @param connections The connections to add.
+ * @returns The `nft -f -` input (empty for no connections).
+ */
+export function renderNftConnectionAdd(table: string, connections: readonly Connection[]): string {
   const sets = connectionSetElements(connections);
   let elements = "";
   for (const [set, keys] of [["conn4", sets.conn4], ["conn6", sets.conn6]] as const) {
@@ -337,7 +362,7 @@ export function renderNftConnectionLock(
       elements += `add element inet ${table} ${set} { ${chunk} }\n`;
     }
   }
-  return head + definition + elements;
+  return elements;
 }
 
 /**

@@ -31,6 +31,7 @@ import {
   sharesNetlockNamespace,
   startOf,
   stillRuns,
+  type TreeLocked,
   unlockTree,
 } from "./tree_lock.ts";
 import { requestedBackend } from "../shape/shape.ts";
@@ -132,7 +133,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     families: ["ipv4", "ipv6"],
   };
   // The dumped tree, to tell when CRIU is gone whether it runs again.
-  let dumped: { pid: number; start: string; host: boolean } | undefined;
+  let dumped: { pid: number; start: string; host: boolean; locked?: TreeLocked } | undefined;
   let unlocked = false;
   let postDumped = false;
   // A dump: arm the lock now, and the unlock of the lock it will make, and
@@ -147,7 +148,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     dumped = { pid, start, host };
     if (host) {
       try {
-        const locked = await lockTreeBeforeFreeze(pid, options);
+        const locked = dumped.locked = await lockTreeBeforeFreeze(pid, options);
         if (locked.note) warn(locked.note);
         await answer("ready");
       } catch (error) {
@@ -177,7 +178,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         // namespace is locked by connection now, to outlive it.
         if (dumped?.host && dumped.pid === pid) {
           try {
-            const result = await lockTreeConnections(pid, options);
+            const result = await lockTreeConnections(pid, options, dumped.locked);
             if (settings.images) await writeTreePlan(settings.images, result, pid, log);
             postDumped = true;
             await answer("ok");

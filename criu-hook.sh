@@ -23,8 +23,8 @@
 # directory (netlock-unlock: what and which backend; netlock-unlock.nft: the
 # script). A restore from those images starts no helper: network-unlock (a
 # tree in its own namespace) or post-restore (a tree in CRIU's namespace)
-# runs the script (one nft), and post-resume (after the restore clock,
-# traffic flowing) removes what is left of an iptables lock.
+# runs the script (one nft: it opens the lock), and post-resume (after the
+# restore clock, traffic flowing) removes what is left of it.
 # Options come from NETLOCK_BACKEND, NETLOCK_NAME, NETLOCK_MARK, as for cli.ts.
 
 here=${0%/*}
@@ -114,15 +114,18 @@ unlocked() {
   return 0
 }
 
-# After CRIU is gone: unless the unlock was done,
-# remove the lock (the restore failed; what it locked must not outlive it).
+# After CRIU is gone: unless the unlock was done and nothing was left for
+# post-resume, remove the lock (the restore failed, or CRIU died before
+# post-resume; what it locked must not outlive it).
 # $1: what to give cli.ts unlock. Outside the restore clock, so cli.ts may
 # start; the namespace is held open as fd 3 for as long as it takes.
 watch() {
   create "$watching" || return 0
   (
     tail --pid="$criu" -s 0.05 -f /dev/null 2>/dev/null
-    [ -e "$done" ] || CRTOOLS_SCRIPT_ACTION= "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"
+    if [ ! -e "$done" ] || [ -e "$finish" ]; then
+      CRTOOLS_SCRIPT_ACTION= "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"
+    fi
     rm -f "$done" "$finish" "$watching"
   ) </dev/null >/dev/null 2>&1 &
 }
@@ -195,8 +198,8 @@ network-unlock)
   [ $status -eq 0 ] && unlocked
   ;;
 post-restore)
-  # A tree in CRIU's namespace: its lock goes now, the last action before
-  # CRIU's own unlock.
+  # A tree in CRIU's namespace: its lock opens now, the last action before
+  # CRIU's own unlock (post-resume removes it).
   [ "$kind" = host ] || exit 0
   if unlock_from_plan; then
     unlocked
@@ -206,8 +209,8 @@ post-restore)
   exit $?
   ;;
 post-resume)
-  # The planned unlock removed what stops traffic only: the rest goes now,
-  # after the restore clock, with traffic flowing.
+  # The planned unlock opened the lock or removed only what stops traffic:
+  # the rest goes now, after the restore clock, with traffic flowing.
   [ -f "$finish" ] || exit 0
   rm -f "$finish"
   [ "$kind" = host ] && CRTOOLS_INIT_PID=$planned

@@ -482,24 +482,17 @@ function renderRestoreUnlock(lock) {
   };
 }
 function renderTreeRestoreUnlock(lock) {
-  const table = (kind) => {
+  const open = (kind) => {
     const name = processLockName(lock.name, kind, lock.pid);
-    return `add table inet ${name}
-delete table inet ${name}
+    return `insert rule inet ${name} input accept
+insert rule inet ${name} output accept
 `;
   };
-  if (lock.backend === "nftables") {
-    return {
-      script: table("connections") + table("cgroup"),
-      finish: false
-    };
-  }
   const chain = processLockName(lock.name, "connections", lock.pid);
-  const script = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6").map((t) => `add chain ${t} filter ${chain}
-flush chain ${t} filter ${chain}
+  const connections = lock.backend === "nftables" ? open("connections") : lock.families.map((family) => family === "ipv4" ? "ip" : "ip6").map((t) => `insert rule ${t} filter ${chain} return
 `).join("");
   return {
-    script,
+    script: connections + (lock.cgroup ? open("cgroup") : ""),
     finish: true
   };
 }
@@ -806,7 +799,8 @@ function isNetlockTable(view, kind) {
   const sets = Object.keys(view.sets);
   const ruleKind2 = kind === "netns" ? "markAccept" : "unmarkedDrop";
   const objectsOk = kind !== "connections" ? view.otherObjects === 0 : view.otherObjects === sets.length && sets.every((set) => set === "conn4" || set === "conn6");
-  return objectsOk && view.chains.length > 0 && view.chains.every((chain) => (chain.name === "input" || chain.name === "output") && chain.hook === chain.name && chain.type === "filter") && view.rules.every((rule) => rule.kind === ruleKind2);
+  return objectsOk && view.chains.length > 0 && view.chains.every((chain) => (chain.name === "input" || chain.name === "output") && chain.hook === chain.name && chain.type === "filter") && view.rules.every((rule) => rule.kind === ruleKind2 || kind !== "netns" && rule.kind === "accept") && // An accept opens a lock's drops: alone, it is not a lock.
+  (!view.rules.some((rule) => rule.kind === "accept") || view.rules.some((rule) => rule.kind === ruleKind2));
 }
 function inspectNftLock(view, rules) {
   if (view === null) return "unlocked";
@@ -865,6 +859,7 @@ function connectionShape(name, mark, pid, connections) {
       inspect(view) {
         if (view === null) return "unlocked";
         if (!isNetlockTable(view, "connections")) return "foreign";
+        if (view.rules.some((rule) => rule.kind === "accept")) return "partial";
         if (!connections) return "locked";
         wanted ??= connectionSetElements(connections);
         const exact = view.chains.length === 2 && sameElements(view.sets.conn4, wanted.conn4) && sameElements(view.sets.conn6, wanted.conn6);
@@ -905,6 +900,7 @@ function cgroupShape(name, mark, pid, cgroup) {
       inspect(view) {
         if (view === null) return "unlocked";
         if (!isNetlockTable(view, "cgroup")) return "foreign";
+        if (view.rules.some((rule) => rule.kind === "accept")) return "partial";
         const whole = [
           "input",
           "output"
@@ -1382,6 +1378,7 @@ function ruleKind(expr, jumpTo, mark) {
   if (!last) return "other";
   const init = rest.slice(0, -1);
   if ("drop" in last && init.length === 0) return "drop";
+  if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
   return "other";
@@ -4325,7 +4322,10 @@ async function serveCriuHook(settings) {
         if (dumped?.host && dumped.pid === pid) {
           try {
             const result2 = await lockTreeConnections(pid, options, dumped.locked);
-            if (settings.images) await writeTreePlan(settings.images, result2, pid, log);
+            if (settings.images) {
+              const cgroup = dumped.locked?.kind === "cgroup";
+              await writeTreePlan(settings.images, result2, pid, cgroup, log);
+            }
             postDumped = true;
             await answer("ok");
           } catch (error) {
@@ -4404,10 +4404,11 @@ async function writeRestorePlan(images, lock) {
     throw error;
   }
 }
-async function writeTreePlan(images, lock, pid, log) {
+async function writeTreePlan(images, lock, pid, cgroup, log) {
   const { script, finish } = renderTreeRestoreUnlock({
     ...lock,
-    pid
+    pid,
+    cgroup
   });
   try {
     await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, {

@@ -97,7 +97,10 @@ Deno.test({
     const udp = await startUdpEcho(netns, cgroup);
     try {
       await peer.flowing();
-      assert.equal(await udpAsk(netns), "pong");
+      const answer = await udpAsk(netns);
+      const exited = await Promise.race([udp.status, Promise.resolve(undefined)]);
+      const why = exited ? await new Response(udp.stderr).text() : "";
+      assert.equal(answer, "pong", `the UDP echo answers (${JSON.stringify(exited)} ${why})`);
 
       const pid = String(tree.pid);
       const locked = await cliInside(netns, ["lock", "--json", "--mode", "cgroup", pid]);
@@ -138,6 +141,7 @@ Deno.test({
         // Exited already: the assertion that failed says why.
       }
       await udp.status;
+      await udp.stderr.cancel().catch(() => {});
     }
   },
 });
@@ -274,8 +278,10 @@ const PATH_WITHOUT_FAKES = `${Deno.env.get("PATH")}:/usr/sbin:/sbin`;
 
 /** A UDP echo on 127.0.0.1:7600 in the cgroup. */
 async function startUdpEcho(netns: TestNetns, cgroup: Cgroup): Promise<Deno.ChildProcess> {
-  const echo = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n" +
+  // Once it said ready, its stdout is /dev/null: the test closes the pipe.
+  const echo = "import os,socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n" +
     "s.bind(('127.0.0.1',7600))\nprint('ready',flush=True)\n" +
+    "os.dup2(os.open(os.devnull,os.O_WRONLY),1)\n" +
     "while True:\n d,a=s.recvfrom(100)\n s.sendto(b'pong',a)\n";
   const child = new Deno.Command("sh", {
     args: [
@@ -291,7 +297,7 @@ async function startUdpEcho(netns: TestNetns, cgroup: Cgroup): Promise<Deno.Chil
     ],
     stdin: "null",
     stdout: "piped",
-    stderr: "null",
+    stderr: "piped",
   }).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   const ready = await reader.read();

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { baseChain, rule } from "./helpers/nft_json.ts";
-import { parseNftTableJson } from "../lib/nftables/view_parser.ts";
+import { parseNftTableJson, tableView } from "../lib/nftables/view_parser.ts";
 import { lockNamesIn, planUnlock } from "../lib/unlock/plan.ts";
 import { processLockOf } from "../lib/connections/ruleset.ts";
+import { connectionShape } from "../lib/shape/connections.ts";
 
 const MARK_MATCH = { match: { op: "==", left: { meta: { key: "mark" } }, right: 49428 } };
 
@@ -143,4 +144,46 @@ Deno.test("planUnlock() leaves a chain or table of the lock's name that is not a
   const plan = planUnlock(state, ["NETLOCK"], false);
   assert.deepEqual(plan.commands, []);
   assert.deepEqual(plan.foreign, ["chain NETLOCK of table ip filter", "table inet NETLOCK"]);
+});
+
+Deno.test("a connection lock a restore opened (accepts ahead of its drops) is netlock's, and no longer a lock", () => {
+  const UNMARKED = { match: { op: "!=", left: { meta: { key: "mark" } }, right: 49428 } };
+  const table = (rules: unknown[]) =>
+    parseNftTableJson(
+      JSON.stringify({
+        nftables: [
+          { table: { family: "inet", name: "NETLOCK-c42", handle: 7 } },
+          { set: { family: "inet", table: "NETLOCK-c42", name: "conn4", handle: 3, elem: [] } },
+          baseChain("inet", "NETLOCK-c42", "input", 1),
+          baseChain("inet", "NETLOCK-c42", "output", 2),
+          ...rules,
+        ],
+      }),
+      { allTables: true },
+    );
+  const drops = [
+    rule("inet", "NETLOCK-c42", "input", 5, [UNMARKED, { drop: null }]),
+    rule("inet", "NETLOCK-c42", "output", 6, [UNMARKED, { drop: null }]),
+  ];
+  const accepts = [
+    rule("inet", "NETLOCK-c42", "input", 8, [{ accept: null }]),
+    rule("inet", "NETLOCK-c42", "output", 9, [{ accept: null }]),
+  ];
+  const opened = table([...accepts, ...drops]);
+  opened.rulesOf = "all";
+  const connections = () => "connections" as const;
+  assert.deepEqual(planUnlock(opened, ["NETLOCK-c42"], false, {}, connections).commands, [
+    "delete table inet NETLOCK-c42",
+  ]);
+  const shape = connectionShape("NETLOCK", 0xC114, 42);
+  const one = (state: ReturnType<typeof table>) => tableView(state, "inet", "NETLOCK-c42");
+  assert.equal(shape.nftLock.inspect(one(table(drops))), "locked");
+  assert.equal(shape.nftLock.inspect(one(opened)), "partial");
+  // Accepts alone are not a lock of netlock's.
+  const bare = table(accepts);
+  bare.rulesOf = "all";
+  assert.deepEqual(planUnlock(bare, ["NETLOCK-c42"], false, {}, connections).foreign, [
+    "table inet NETLOCK-c42",
+  ]);
+  assert.equal(shape.nftLock.inspect(one(bare)), "foreign");
 });

@@ -179,7 +179,10 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         if (dumped?.host && dumped.pid === pid) {
           try {
             const result = await lockTreeConnections(pid, options, dumped.locked);
-            if (settings.images) await writeTreePlan(settings.images, result, pid, log);
+            if (settings.images) {
+              const cgroup = dumped.locked?.kind === "cgroup";
+              await writeTreePlan(settings.images, result, pid, cgroup, log);
+            }
             postDumped = true;
             await answer("ok");
           } catch (error) {
@@ -267,15 +270,17 @@ async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<v
 /**
  * Writes the restore's unlock of a tree that shares CRIU's namespace into
  * `images` (see {@linkcode renderTreeRestoreUnlock}): `host BACKEND PID
- * [finish]`, the script first.
+ * [finish]`, the script first. `cgroup`: the tree was locked by its cgroup
+ * before the freeze, and that lock stands too.
  */
 async function writeTreePlan(
   images: string,
   lock: OperationResult,
   pid: number,
+  cgroup: boolean,
   log: (line: string) => void,
 ): Promise<void> {
-  const { script, finish } = renderTreeRestoreUnlock({ ...lock, pid });
+  const { script, finish } = renderTreeRestoreUnlock({ ...lock, pid, cgroup });
   try {
     await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, { mode: 0o600 });
     const plan = `host ${lock.backend} ${pid}${finish ? " finish" : ""}\n`;

@@ -16,7 +16,9 @@ export type NftLockState = "locked" | "unlocked" | "partial" | "foreign";
  * repair: a namespace lock holds base chains `input`/`output` (type filter,
  * on the hook of their name) and `meta mark MARK accept` rules; a connection
  * lock holds the sets `conn4`/`conn6`, such chains, and drops of unmarked
- * packets; a cgroup lock, such chains and drops of unmarked packets. An empty table, or one holding anything else, is someone else's.
+ * packets; a cgroup lock, such chains and drops of unmarked packets (and,
+ * once a restore opened it, bare accepts ahead of them). An empty table, or
+ * one holding anything else, is someone else's.
  *
  * @example
  * ```ts
@@ -49,7 +51,12 @@ export function isNetlockTable(
       (chain.name === "input" || chain.name === "output") && chain.hook === chain.name &&
       chain.type === "filter"
     ) &&
-    view.rules.every((rule) => rule.kind === ruleKind);
+    view.rules.every((rule) =>
+      rule.kind === ruleKind || (kind !== "netns" && rule.kind === "accept")
+    ) &&
+    // An accept opens a lock's drops: alone, it is not a lock.
+    (!view.rules.some((rule) => rule.kind === "accept") ||
+      view.rules.some((rule) => rule.kind === ruleKind));
 }
 
 /**

@@ -36,10 +36,18 @@ export interface NftChain {
  * What a rule is, as far as locks go: a plain jump (iptables' `-j NAME`),
  * `meta mark MARK accept`, a bare drop, a drop of unmarked packets (a
  * connection lock's rule), an unreachable marker (`-m comment ... -j
- * RETURN`, which says an iptables lock leaves IPv6 open by choice), or
- * anything else.
+ * RETURN`, which says an iptables lock leaves IPv6 open by choice), a
+ * bare accept (what a restore inserts ahead of a process lock's drops to
+ * open it at once: lib/criu/hook.ts), or anything else.
  */
-export type RuleKind = "jump" | "markAccept" | "drop" | "unmarkedDrop" | "marker" | "other";
+export type RuleKind =
+  | "jump"
+  | "markAccept"
+  | "drop"
+  | "unmarkedDrop"
+  | "marker"
+  | "accept"
+  | "other";
 
 /** One rule, reduced to what the unlock needs. */
 export interface NftRule {
@@ -217,6 +225,7 @@ function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
   if (!last) return "other";
   const init = rest.slice(0, -1);
   if ("drop" in last && init.length === 0) return "drop";
+  if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
   return "other";

@@ -55,6 +55,8 @@ export function cgroupShape(
       inspect(view) {
         if (view === null) return "unlocked";
         if (!isNetlockTable(view, "cgroup")) return "foreign";
+        // Opened by a restore (an accept ahead of the drops): no longer a lock.
+        if (view.rules.some((rule) => rule.kind === "accept")) return "partial";
         const whole = ["input", "output"].every((hook) =>
           view.chains.some((chain) => chain.name === hook) &&
           view.rules.filter((rule) => rule.chain === hook).length === 1

@@ -59,6 +59,8 @@ export function connectionShape(
       inspect(view) {
         if (view === null) return "unlocked";
         if (!isNetlockTable(view, "connections")) return "foreign";
+        // Opened by a restore (an accept ahead of the drops): no longer a lock.
+        if (view.rules.some((rule) => rule.kind === "accept")) return "partial";
         if (!connections) return "locked";
         wanted ??= connectionSetElements(connections);
         const exact = view.chains.length === 2 &&

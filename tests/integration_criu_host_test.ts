@@ -52,6 +52,23 @@ async function hostTree(cgroup?: Cgroup): Promise<
   };
 }
 
+/** A host tree dumped for good with the hook (its lock left for a restore), and gone. */
+async function dumpedHostTree(
+  env: Record<string, string>,
+): Promise<Awaited<ReturnType<typeof hostTree>>> {
+  const live = await hostTree();
+  try {
+    live.tree.members();
+    const dump = await criuDump({ host: live.host }, live.tree, live.images, [], env);
+    assert.equal(dump.code, 0, dump.errors);
+    await live.tree.gone();
+    return live;
+  } catch (error) {
+    await live[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
 /** The locks netlock holds in the namespace, as `netlock list` shows them (kind and name). */
 async function locks(netns: TestNetns): Promise<string[]> {
   const listed = await cliInside(netns, ["list", "--json"]);
@@ -262,12 +279,8 @@ for (const backend of ["iptables", "nftables"]) {
     name:
       `real CRIU, host tree restored elsewhere, ${backend}: list shows the lock, unlock --all removes it`,
     async fn() {
-      await using live = await hostTree();
-      const { host, images, before, tree, peer } = live;
-      tree.members();
-      const dump = await criuDump({ host }, tree, images, [], env);
-      assert.equal(dump.code, 0, dump.errors);
-      await tree.gone();
+      await using live = await dumpedHostTree(env);
+      const { host, before, tree, peer } = live;
       // No restore here (it happens on another machine): the lock stays, and says whose it was.
       const listed = await cliInside(host, ["list", "--json"]);
       assert.equal(listed.code, 0, listed.stderr);
@@ -322,12 +335,8 @@ for (const backend of ["iptables", "nftables"]) {
     ...withCriu,
     name: `real CRIU killed right after post-restore, host tree, ${backend}: the opened lock goes`,
     async fn() {
-      await using live = await hostTree();
+      await using live = await dumpedHostTree(env);
       const { host, images, before, tree } = live;
-      tree.members();
-      const dump = await criuDump({ host }, tree, images, [], env);
-      assert.equal(dump.code, 0, dump.errors);
-      await tree.gone();
       // post-restore opened the lock and left its removal to post-resume,
       // which never comes: the restore's watcher removes it.
       await using hook = await wrappedHook("post-restore");
@@ -343,12 +352,8 @@ for (const backend of ["iptables", "nftables"]) {
     ...withCriu,
     name: `real CRIU, a restore that fails leaves no lock on the host, ${backend}`,
     async fn() {
-      await using live = await hostTree();
-      const { host, images, before, tree } = live;
-      tree.members();
-      const dump = await criuDump({ host }, tree, images, [], env);
-      assert.equal(dump.code, 0, dump.errors);
-      await tree.gone();
+      await using live = await dumpedHostTree(env);
+      const { host, images, before } = live;
       assert.notEqual(await snapshot(host), before, "locked for the restore");
       const restore = await criuRestore({ host }, images, failing);
       assert.notEqual(restore.code, 0, "the restore failed");

@@ -75,33 +75,13 @@ Deno.test({
     const writer = child.stdin.getWriter();
     const out = child.stdout.pipeThrough(new TextDecoderStream()).values();
     const next = async () => JSON.parse((await out.next()).value ?? "null");
-    const table = `inet NETLOCK-c${tree.pid}`;
+    const table = `NETLOCK-c${tree.pid}`;
+    const nft = (...args: string[]) => must(["ip", "netns", "exec", netns.name, "nft", ...args]);
     const elements = async () =>
-      (await must([
-        "ip",
-        "netns",
-        "exec",
-        netns.name,
-        "nft",
-        "list",
-        "set",
-        table.split(" ")[0],
-        table.split(" ")[1],
-        "conn4",
-      ]))
+      (await nft("list", "set", "inet", table, "conn4"))
         .match(/127\.0\.0\.1 \. [0-9]+ \. 127\.0\.0\.1 \. [0-9]+/g)?.length ?? 0;
     const handles = async () =>
-      (await must([
-        "ip",
-        "netns",
-        "exec",
-        netns.name,
-        "nft",
-        "-a",
-        "list",
-        "table",
-        ...table.split(" "),
-      ]))
+      (await nft("-a", "list", "table", "inet", table))
         .match(/(table inet \S+|chain input|chain output) \{ # handle [0-9]+/g);
     try {
       // The tree shares the test's cgroup: locked by connection (3 of them, both ends in the tree's view).
@@ -121,30 +101,12 @@ Deno.test({
       assert.equal(await elements(), 5);
       assert.deepEqual(await handles(), chains, "the same table and chains: nothing was made anew");
       // The lock is gone (removed by hand): post-dump makes it anew.
-      await must([
-        "ip",
-        "netns",
-        "exec",
-        netns.name,
-        "nft",
-        "delete",
-        "table",
-        ...table.split(" "),
-      ]);
+      await nft("delete", "table", "inet", table);
       await writer.write(new TextEncoder().encode("post-dump\n"));
       assert.deepEqual(await next(), { connections: 5 });
       assert.equal(await elements(), 5);
       // Unlocked before the peers stop: they wait for every echo.
-      await must([
-        "ip",
-        "netns",
-        "exec",
-        netns.name,
-        "nft",
-        "delete",
-        "table",
-        ...table.split(" "),
-      ]);
+      await nft("delete", "table", "inet", table);
       await second.stop();
     } finally {
       await writer.close().catch(() => {});

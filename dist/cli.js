@@ -531,7 +531,7 @@ async function runCommand(command, options = {}) {
   ];
   options.log?.(`+ ${[
     command,
-    ...options.shownArgs ?? args
+    ...args
   ].map(shownArg).join(" ")}`);
   requireRunPermission(command);
   options.signal?.throwIfAborted();
@@ -730,6 +730,11 @@ function cwdReachable(dir) {
 }
 function signalNumber(signal, code) {
   return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
+}
+function shellStatusSignal(status) {
+  if (status <= 128) return null;
+  const found = Object.entries(SIGNAL_NUMBERS).find(([, number]) => number === status - 128);
+  return found ? found[0] : null;
 }
 function nameScript(script, name) {
   SCRIPT_NAMES.set(script, name);
@@ -934,24 +939,14 @@ var init_cgroup = __esm({
 });
 
 // lib/exec/nsenter.ts
-function nsenterExec(nsenterArgs, settings, wrapper = {
-  argv: [],
-  shown: []
-}) {
+function nsenterExec(nsenterArgs, settings, wrapper = []) {
   return async (tool, args, stdin, signal) => {
     const env = toolEnv();
     const result2 = await runCommand("nsenter", {
       args: [
         ...nsenterArgs,
         "--",
-        ...wrapper.argv,
-        tool,
-        ...args
-      ],
-      shownArgs: [
-        ...nsenterArgs,
-        "--",
-        ...wrapper.shown,
+        ...wrapper,
         tool,
         ...args
       ],
@@ -1615,20 +1610,12 @@ function guardedTarget(ref, settings, options) {
     ];
     let raw;
     try {
-      raw = await nsenterExec(ref.nsenterArgs, settings, {
-        argv: [
-          "/bin/sh",
-          "-c",
-          GUARD_SCRIPT,
-          ...params
-        ],
-        shown: [
-          "/bin/sh",
-          "-c",
-          GUARD_SCRIPT,
-          ...params
-        ]
-      })(tool, args, stdin, signal);
+      raw = await nsenterExec(ref.nsenterArgs, settings, [
+        "/bin/sh",
+        "-c",
+        GUARD_SCRIPT,
+        ...params
+      ])(tool, args, stdin, signal);
     } catch (error) {
       const printed = printedBeforeKill(error) ?? "";
       const guarded = reportLine(printed);
@@ -2906,7 +2893,7 @@ ${ran.stderr}`);
   };
 }
 function result(argv, code, stdout, stderr) {
-  const signal = code > 128 ? SIGNALS[code - 128] ?? null : null;
+  const signal = shellStatusSignal(code);
   return {
     argv,
     code,
@@ -2935,7 +2922,7 @@ function parseBlocks(stdout) {
   }
   return found;
 }
-var READ_AFTER, MAX_INPUT, MISSING, TIMED_OUT, ROUND_SCRIPT, SIGNALS;
+var READ_AFTER, MAX_INPUT, MISSING, TIMED_OUT, ROUND_SCRIPT;
 var init_lock_round = __esm({
   "lib/iptables/lock_round.ts"() {
     init_errors();
@@ -2973,13 +2960,6 @@ var init_lock_round = __esm({
       'save 0 "$2"',
       "wait"
     ].join("\n") + "\n", "netlock lock round");
-    SIGNALS = {
-      1: "SIGHUP",
-      2: "SIGINT",
-      6: "SIGABRT",
-      9: "SIGKILL",
-      15: "SIGTERM"
-    };
   }
 });
 

@@ -47,19 +47,18 @@ export interface ExecSettings {
  * @param nsenterArgs The namespace flags, e.g. `["--target", "1234", "--net"]`.
  * @param settings Timeout, signal and logger.
  * @param wrapper A command that `exec`s the tool, put before it (the lock's
- *   guard), and how the `-v` log shows it.
+ *   guard; a script in it shows by name in the `-v` log: `nameScript`).
  * @returns A function that runs one tool in that namespace.
  */
 export function nsenterExec(
   nsenterArgs: readonly string[],
   settings: ExecSettings,
-  wrapper: { argv: readonly string[]; shown: readonly string[] } = { argv: [], shown: [] },
+  wrapper: readonly string[] = [],
 ): ToolExec {
   return async (tool, args, stdin, signal) => {
     const env = toolEnv();
     const result = await runCommand("nsenter", {
-      args: [...nsenterArgs, "--", ...wrapper.argv, tool, ...args],
-      shownArgs: [...nsenterArgs, "--", ...wrapper.shown, tool, ...args],
+      args: [...nsenterArgs, "--", ...wrapper, tool, ...args],
       stdin,
       timeoutMs: settings.timeoutMs,
       signal: signal && settings.signal

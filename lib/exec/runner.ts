@@ -27,8 +27,6 @@ export interface RunOptions {
   env?: Record<string, string>;
   /** Called with one line per spawned command and per stderr line (for `-v`). */
   log?: (line: string) => void;
-  /** What the `-v` log shows as the arguments (default: `args`). */
-  shownArgs?: readonly string[];
   /** How timeout and abort messages name the command (default: the command). */
   label?: string;
   /**
@@ -113,7 +111,7 @@ export function printedBeforeKill(error: unknown): string | undefined {
 export async function runCommand(command: string, options: RunOptions = {}): Promise<RunResult> {
   const args = [...(options.args ?? [])];
   const argv = [command, ...args];
-  options.log?.(`+ ${[command, ...(options.shownArgs ?? args)].map(shownArg).join(" ")}`);
+  options.log?.(`+ ${[command, ...args].map(shownArg).join(" ")}`);
   requireRunPermission(command);
   options.signal?.throwIfAborted();
 
@@ -437,6 +435,28 @@ const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = {
 
 function signalNumber(signal: Deno.Signal, code: number): number {
   return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
+}
+
+/**
+ * The signal a shell's exit status `128 + N` reports (a tool run inside a
+ * shell that was killed), or `null`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { shellStatusSignal } from "./runner.ts";
+ *
+ * assert.equal(shellStatusSignal(137), "SIGKILL");
+ * assert.equal(shellStatusSignal(1), null);
+ * ```
+ *
+ * @param status The exit status the shell reported.
+ * @returns The signal's name, or `null`.
+ */
+export function shellStatusSignal(status: number): Deno.Signal | null {
+  if (status <= 128) return null;
+  const found = Object.entries(SIGNAL_NUMBERS).find(([, number]) => number === status - 128);
+  return found ? found[0] as Deno.Signal : null;
 }
 
 /** Scripts passed as arguments, shown by name in the `-v` log. */

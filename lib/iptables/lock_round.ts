@@ -19,7 +19,7 @@
 
 import { NetlockError } from "../common/errors.ts";
 import type { ToolExec } from "../exec/nsenter.ts";
-import { nameScript, type RunResult } from "../exec/runner.ts";
+import { nameScript, type RunResult, shellStatusSignal } from "../exec/runner.ts";
 import { GuardRefusal } from "../target/guard.ts";
 
 /** The restores that may share a round, and the read that follows each. */
@@ -198,17 +198,9 @@ export function lockRound(exec: ToolExec, timeoutMs: number): ToolExec {
 }
 
 function result(argv: string[], code: number, stdout: string, stderr: string): RunResult {
-  const signal = code > 128 ? SIGNALS[code - 128] ?? null : null;
+  const signal = shellStatusSignal(code);
   return { argv, code, signal, success: code === 0, stdout, stderr, stdinClosedEarly: false };
 }
-
-const SIGNALS: Record<number, Deno.Signal> = {
-  1: "SIGHUP",
-  2: "SIGINT",
-  6: "SIGABRT",
-  9: "SIGKILL",
-  15: "SIGTERM",
-};
 
 /** The round's blocks, by kind and family index. */
 function parseBlocks(stdout: string): {

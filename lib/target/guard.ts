@@ -213,10 +213,17 @@ export function guardedTarget(
     ];
     let raw: RunResult;
     try {
-      raw = await nsenterExec(ref.nsenterArgs, settings, {
-        argv: ["/bin/sh", "-c", GUARD_SCRIPT, ...params],
-        shown: ["/bin/sh", "-c", GUARD_SCRIPT, ...params],
-      })(tool, args, stdin, signal);
+      raw = await nsenterExec(ref.nsenterArgs, settings, [
+        "/bin/sh",
+        "-c",
+        GUARD_SCRIPT,
+        ...params,
+      ])(
+        tool,
+        args,
+        stdin,
+        signal,
+      );
     } catch (error) {
       // Killed or never started: without the guard's line, the tool never ran.
       const printed = printedBeforeKill(error) ?? "";

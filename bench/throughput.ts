@@ -17,6 +17,7 @@
 import { lockNetwork } from "../mod.ts";
 import { createNetns, sh, type TestNetns } from "../tests/helpers/netns.ts";
 import { median } from "./measure.ts";
+import { lineReader } from "../tests/helpers/lines.ts";
 
 const HOLDER = `import resource, socket, sys, time
 role, n = sys.argv[1], int(sys.argv[2])
@@ -49,10 +50,11 @@ async function spawnIn(netns: TestNetns, argv: string[]): Promise<Deno.ChildProc
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const { value } = await reader.read();
-  if (!value?.startsWith("ready")) throw new Error(`${argv.join(" ")} did not start: ${value}`);
-  reader.releaseLock();
+  // Whole lines, then drained: a pipe closed after a partial read kills the child.
+  const output = lineReader(child.stdout);
+  const first = await output.next();
+  output.drain();
+  if (first !== "ready") throw new Error(`${argv.join(" ")} did not start: ${first}`);
   return child;
 }
 

@@ -1057,6 +1057,15 @@ function parseProcNetTcp(text, inodes) {
   }
   return entries;
 }
+function parseSocketCgroups(text) {
+  const cgroups = /* @__PURE__ */ new Map();
+  for (const line of text.split("\n")) {
+    const inode = / ino:([0-9]+)/.exec(line)?.[1];
+    const cgroup = / cgroup:(\S+)/.exec(line)?.[1];
+    if (inode && inode !== "0" && cgroup) cgroups.set(inode, cgroup);
+  }
+  return cgroups;
+}
 function parseSocketInodes(text) {
   const inodes = /* @__PURE__ */ new Set();
   for (const match of text.matchAll(/^ *socket:\[([0-9]+)\] *$/gm)) inodes.add(match[1]);
@@ -1192,11 +1201,12 @@ var init_tree_parser = __esm({
 
 // lib/connections/discover.ts
 async function probeTree(exec, pid, want = {}) {
+  const fds = want.connections || want.socketCgroups;
   const flags = [
     want.members ? "1" : "0",
-    want.connections ? "1" : "0"
+    fds ? "1" : "0"
   ];
-  const [report2, tables] = await Promise.all([
+  const [report2, tables, diag] = await Promise.all([
     exec("sh", [
       "-c",
       TREE_SCRIPT,
@@ -1204,9 +1214,13 @@ async function probeTree(exec, pid, want = {}) {
       String(pid),
       ...flags
     ]),
-    want.connections ? exec("cat", [
+    fds ? exec("cat", [
       "/proc/net/tcp",
       "/proc/net/tcp6"
+    ]) : void 0,
+    want.socketCgroups ? exec("ss", [
+      "-tanHe",
+      "--cgroup"
     ]) : void 0
   ]);
   if (report2.code === 3 && /netlock-tree: no such process/.test(report2.stderr)) {
@@ -1221,10 +1235,20 @@ async function probeTree(exec, pid, want = {}) {
   };
   if (!tables.success && !tables.stdout.includes("local_address")) assertToolSuccess(tables, "cat");
   const inodes = parseSocketInodes(links);
-  return {
-    tree,
-    connections: selectConnections(parseProcNetTcp(tables.stdout, inodes), inodes)
+  const rows = parseProcNetTcp(tables.stdout, inodes);
+  const probe = {
+    tree
   };
+  if (want.connections) probe.connections = selectConnections(rows, inodes);
+  if (diag) {
+    assertToolSuccess(diag, "ss");
+    const cgroups = parseSocketCgroups(diag.stdout);
+    probe.socketCgroups = new Map(rows.map((row) => [
+      row.inode,
+      cgroups.get(row.inode)
+    ]));
+  }
+  return probe;
 }
 var TREE_SCRIPT;
 var init_discover = __esm({
@@ -2176,7 +2200,7 @@ function planUnlock(state, names, criu, scope = {}, kindOf2 = () => "netns") {
       ...criu ? [
         "CRIU"
       ] : []
-    ]));
+    ], scope.tidy?.includes(family) ?? false));
     for (const name of ours) found.add(name);
     if (ours.length > 0) plan.iptables.push(family);
     if (criu && view.chains.some((chain) => chain.name === "CRIU")) plan.criu.iptables.push(family);
@@ -2223,7 +2247,7 @@ function lockCandidates(state) {
 function isLockName(candidate, name) {
   return candidate === name || processLockOf(candidate, name) !== void 0;
 }
-function planNftUnlockCommands(view, names) {
+function planNftUnlockCommands(view, names, tidy = false) {
   const wanted = new Set(typeof names === "string" ? [
     names
   ] : names);
@@ -2232,9 +2256,11 @@ function planNftUnlockCommands(view, names) {
     return wanted.has(chain) || dot > 0 && wanted.has(chain.slice(0, dot));
   };
   const lockChains = view.chains.filter((chain) => ofLock(chain.name));
-  if (!lockChains.some((chain) => wanted.has(chain.name))) return [];
+  if (!lockChains.some((chain) => wanted.has(chain.name)) && !(tidy && lockChains.length === 0)) {
+    return [];
+  }
   const present = new Set(lockChains.map((chain) => chain.name));
-  const oldest = Math.min(...lockChains.map((chain) => chain.handle));
+  const oldest = lockChains.length ? Math.min(...lockChains.map((chain) => chain.handle)) : Infinity;
   const table = `${view.family} filter`;
   const jumps = view.rules.filter((rule) => (rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.plainJumpTo !== void 0 && present.has(rule.plainJumpTo));
   const commands = jumps.map((rule) => `delete rule ${table} ${rule.chain} handle ${rule.handle}`);
@@ -2246,6 +2272,7 @@ function planNftUnlockCommands(view, names) {
   const leftovers = view.chains.filter((chain) => !present.has(chain.name));
   const madeForALock = view.otherObjects === 0 && leftovers.every(emptyAcceptBase) && leftovers.every((chain) => chain.handle > 1);
   const createdByLock = view.chains.filter((chain) => emptyAcceptBase(chain) && (chain.handle > oldest || madeForALock));
+  if (lockChains.length === 0 && (!madeForALock || leftovers.length === 0)) return [];
   for (const chain of createdByLock) commands.push(`delete chain ${table} ${chain.name}`);
   const remainingChains = view.chains.length - lockChains.length - createdByLock.length;
   if (remainingChains === 0 && view.otherObjects === 0) commands.push(`delete table ${table}`);
@@ -2373,9 +2400,18 @@ async function unlockThroughNft(exec, state, request) {
     tables: request.tables
   };
   let removed;
+  let tidied = false;
   for (let attempt = 0; attempt < MAX_ATTEMPTS2; attempt++) {
     const names = lockCandidates(state).filter(request.wanted);
-    const plan = planUnlock(state, names, request.criu, scope, request.kindOf);
+    let plan = planUnlock(state, names, request.criu, scope, request.kindOf);
+    const tidying = plan.commands.length === 0 && !tidied && (removed?.iptables.length ?? 0) > 0;
+    if (tidying) {
+      tidied = true;
+      plan = planUnlock(state, [], false, {
+        ...scope,
+        tidy: removed.iptables
+      }, request.kindOf);
+    }
     if (plan.commands.length === 0) {
       if (!removed && plan.foreign.length > 0) throw foreignError(plan.foreign);
       return removed;
@@ -2401,6 +2437,7 @@ ${script}EOF`);
       "-"
     ], script);
     const applied = result2.success && !result2.stdinClosedEarly;
+    if (tidying) return removed;
     if (applied && echo) {
       if (!result2.stdout.includes(`add table ${marker}`)) throw didNothing();
       return mergePlans(removed, plan);
@@ -3822,20 +3859,31 @@ var init_operations = __esm({
 var tree_lock_exports = {};
 __export(tree_lock_exports, {
   cgroupOfItsOwn: () => cgroupOfItsOwn,
+  frozenConnections: () => frozenConnections,
+  keptNote: () => keptNote,
   lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
   lockTreeConnections: () => lockTreeConnections,
+  narrowToConnections: () => narrowToConnections,
   sharesNetlockNamespace: () => sharesNetlockNamespace,
+  socketsOutside: () => socketsOutside,
   startOf: () => startOf,
   stillRuns: () => stillRuns,
-  unlockTree: () => unlockTree
+  unlockKept: () => unlockKept
 });
 async function lockTreeBeforeFreeze(pid, options) {
-  const { tree } = await probeTree(nsenterExec([], {
+  const exec = nsenterExec([], {
     timeoutMs: 1e4
-  }), pid, {
-    members: true
   });
-  const why = cgroupOfItsOwn(tree);
+  const probe = await probeTree(exec, pid, {
+    members: true,
+    socketCgroups: true
+  }).catch(async (error) => ({
+    ...await probeTree(exec, pid, {
+      members: true
+    }),
+    error
+  }));
+  const why = cgroupOfItsOwn(probe.tree) ?? ("error" in probe ? `the cgroups of its sockets could not be read (${probe.error.message})` : socketsOutside(probe.tree, probe.socketCgroups));
   if (why === void 0) {
     try {
       const result2 = await lockNetwork(pid, {
@@ -3892,11 +3940,50 @@ async function addTreeConnections(pid, options, made) {
     durationMs: performance.now() - started
   };
 }
-async function unlockTree(pid, options) {
-  return await unlockNetwork(pid, {
+async function unlockKept(pid, options, kinds) {
+  const opts = resolveOptions({
     ...options,
-    mode: "auto"
+    mode: "netns",
+    force: true
+  }, "unlock");
+  const prepared = await prepare({
+    label: "netlock's own namespace",
+    nsenterArgs: []
+  }, opts, "unlock");
+  const shapes = kinds.map((kind) => kind === "cgroup" ? cgroupShape(opts.name, opts.mark, pid) : connectionShape(opts.name, opts.mark, pid));
+  return await unlockAllBackends(prepared, opts, {
+    shapes
   });
+}
+async function frozenConnections(pid, options) {
+  const exec = nsenterExec([
+    "--target",
+    String(pid),
+    "--net"
+  ], {
+    timeoutMs: options.timeoutMs ?? 1e4
+  });
+  return (await probeTree(exec, pid, {
+    connections: true
+  })).connections ?? [];
+}
+async function narrowToConnections(netns, pid, connections, options) {
+  if (connections.length > 0) {
+    const opts = resolveOptions({
+      ...options,
+      mode: "netns"
+    }, "lock");
+    const prepared = await prepare(toTargetRef({
+      netns
+    }), opts, "lock");
+    await lockWithBackend(prepared, opts, connectionShape(opts.name, opts.mark, pid, connections));
+  }
+  await unlockNetwork({
+    netns
+  }, options);
+}
+function keptNote(pid, lock) {
+  return `the ${lock.connections ?? 0} dumped connections of process ${pid} stay locked (${connectionLockName(lock.name, pid)}) until a restore of these images succeeds, also across failed restores; a tree that runs on after this dump keeps nothing; remove it by hand with 'netlock unlock ${pid}' (or 'netlock unlock --all')`;
 }
 async function stillRuns(pid, start) {
   try {
@@ -3939,6 +4026,14 @@ function cgroupOfItsOwn(tree) {
   }
   return void 0;
 }
+function socketsOutside(tree, sockets = /* @__PURE__ */ new Map()) {
+  const outside = [
+    ...sockets
+  ].filter(([, cgroup2]) => cgroup2 === void 0 || !cgroupWithin(cgroup2, tree.cgroup));
+  if (outside.length === 0) return void 0;
+  const [inode, cgroup] = outside[0];
+  return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), so a cgroup lock would miss them`;
+}
 async function lockConnections2(pid, options) {
   const result2 = await lockNetwork(pid, {
     ...options,
@@ -3956,9 +4051,15 @@ var init_tree_lock = __esm({
   "lib/criu/tree_lock.ts"() {
     init_discover();
     init_ruleset2();
+    init_tree_parser();
     init_nsenter();
     init_target();
+    init_prepare();
     init_process();
+    init_cgroup();
+    init_connections();
+    init_backends();
+    init_apply();
     init_operations();
   }
 });
@@ -4206,6 +4307,8 @@ var hook_serve_exports = {};
 __export(hook_serve_exports, {
   HELPER_LIFETIME_MS: () => HELPER_LIFETIME_MS,
   RESTORE_PLAN: () => RESTORE_PLAN,
+  WAIT_GONE_SCRIPT: () => WAIT_GONE_SCRIPT,
+  renderPlanFile: () => renderPlanFile,
   serveCriuHook: () => serveCriuHook
 });
 async function serveCriuHook(settings) {
@@ -4222,8 +4325,8 @@ async function serveCriuHook(settings) {
     write: true
   });
   const stop = new AbortController();
-  const lifetime = setTimeout(() => stop.abort(), HELPER_LIFETIME_MS);
-  if (settings.criuPid !== void 0) watchCriu(settings.criuPid, stop);
+  const lifetime = settings.criuPid === void 0 ? setTimeout(() => stop.abort(), settings.lifetimeMs ?? HELPER_LIFETIME_MS) : void 0;
+  if (settings.criuPid !== void 0) watchCriu(settings.criuPid, settings.criuStart, stop);
   const answer = async (line) => {
     await writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}
 `));
@@ -4257,6 +4360,8 @@ async function serveCriuHook(settings) {
   let dumped;
   let unlocked = false;
   let postDumped = false;
+  let narrowed;
+  let frozen;
   if (settings.pid !== void 0 && settings.ready) {
     const pid = settings.pid;
     if (settings.images) await removeRestorePlan(settings.images);
@@ -4273,7 +4378,7 @@ async function serveCriuHook(settings) {
       try {
         const locked = dumped.locked = await lockTreeBeforeFreeze(pid, options);
         if (locked.note) warn(locked.note);
-        await answer("ready");
+        await answer("ready host");
       } catch (error) {
         await answer(`error ${error.message}`);
       }
@@ -4283,7 +4388,7 @@ async function serveCriuHook(settings) {
         armUnlock(pid, planned).armed,
         planRestore(planned)
       ]);
-      await answer("ready");
+      await answer("ready netns");
     }
   }
   try {
@@ -4302,14 +4407,19 @@ async function serveCriuHook(settings) {
         if (dumped?.host && dumped.pid === pid) {
           try {
             const result2 = await lockTreeConnections(pid, options, dumped.locked);
-            if (settings.images) {
-              const cgroup = dumped.locked?.kind === "cgroup";
-              await writeTreePlan(settings.images, result2, pid, cgroup, log);
-            }
+            if (!settings.images) throw new Error("CRIU's image directory is unknown");
+            await writeTreePlan(settings.images, result2, pid);
             postDumped = true;
             await answer("ok");
+            warn(keptNote(pid, result2));
           } catch (error) {
-            await answer(`error ${error.message}`);
+            await answer(`error criu-hook: cannot keep process ${pid} locked for its restore: ` + error.message);
+          }
+          if (postDumped && dumped.locked?.kind === "cgroup") {
+            narrowed = unlockKept(pid, options, [
+              "cgroup"
+            ]).then(() => {
+            }, (error) => log(`the cgroup lock of process ${pid} stays: ${error.message}`));
           }
         } else {
           postDumped = true;
@@ -4323,6 +4433,12 @@ async function serveCriuHook(settings) {
         try {
           const locked = await (armed ? armed.fire() : lockNetwork(pid, options));
           await answer("ok");
+          if (dumped?.pid === pid && settings.netnsHandle) {
+            frozen = frozenConnections(pid, options).catch((error) => {
+              log(`the connections of process ${pid} were not read: ${error.message}`);
+              return void 0;
+            });
+          }
           if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
             armUnlock(pid, locked);
             if (locked.mode === "netns") await planRestore(locked);
@@ -4349,10 +4465,11 @@ async function serveCriuHook(settings) {
   } finally {
     clearTimeout(lifetime);
     stop.abort();
-    if (dumped && !unlocked && await stillRuns(dumped.pid, dumped.start)) {
-      await (dumped.host ? unlockTree(dumped.pid, options) : unlockNetwork(dumped.pid, options)).catch((error) => log(`unlock after CRIU ended: ${error.message}`));
-    } else if (dumped?.host && !postDumped) {
-      await unlockTree(dumped.pid, options).catch(() => {
+    await narrowed;
+    if (dumped && !unlocked) {
+      await afterCriu(dumped, postDumped, options, log, {
+        netns: settings.netnsHandle,
+        connections: await frozen
       });
     }
     for (const pending of [
@@ -4368,14 +4485,39 @@ async function serveCriuHook(settings) {
     reply.close();
   }
 }
-async function writeRestorePlan(images, lock) {
-  const { script, finish } = renderRestoreUnlock(lock);
+async function afterCriu(dumped, postDumped, options, log, namespace) {
+  const runs = await stillRuns(dumped.pid, dumped.start);
+  const failed = (error) => log(`unlock after CRIU ended: ${error.message}`);
+  if (!dumped.host) {
+    if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
+    else if (postDumped && namespace.netns && namespace.connections) {
+      await narrowToConnections(namespace.netns, dumped.pid, namespace.connections, options).catch((error) => log(`the namespace lock stays whole: ${error.message}`));
+    }
+    return;
+  }
+  const kinds = runs || !postDumped ? [
+    "connections",
+    "cgroup"
+  ] : [
+    "cgroup"
+  ];
+  await unlockKept(dumped.pid, options, [
+    ...kinds
+  ]).catch(failed);
+}
+function renderPlanFile(plan) {
+  return `version=1
+kind=${plan.kind}
+backend=${plan.backend}
+` + (plan.pid !== void 0 ? `pid=${plan.pid}
+` : "") + `finish=${plan.finish ? 1 : 0}
+`;
+}
+async function writePlan(images, script, plan) {
   try {
     await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, {
       mode: 384
     });
-    const plan = `${lock.backend}${finish ? " finish" : ""}
-`;
     await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, {
       mode: 384
     });
@@ -4384,25 +4526,25 @@ async function writeRestorePlan(images, lock) {
     throw error;
   }
 }
-async function writeTreePlan(images, lock, pid, cgroup, log) {
+async function writeRestorePlan(images, lock) {
+  const { script, finish } = renderRestoreUnlock(lock);
+  await writePlan(images, script, renderPlanFile({
+    kind: "netns",
+    backend: lock.backend,
+    finish
+  }));
+}
+async function writeTreePlan(images, lock, pid) {
   const { script, finish } = renderTreeRestoreUnlock({
     ...lock,
-    pid,
-    cgroup
+    pid
   });
-  try {
-    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, {
-      mode: 384
-    });
-    const plan = `host ${lock.backend} ${pid}${finish ? " finish" : ""}
-`;
-    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, {
-      mode: 384
-    });
-  } catch (error) {
-    log(`restore plan not written: ${error.message}`);
-    await removeRestorePlan(images);
-  }
+  await writePlan(images, script, renderPlanFile({
+    kind: "host",
+    backend: lock.backend,
+    pid,
+    finish
+  }));
 }
 function sameLock(a, b) {
   return a.backend === b.backend && a.families.join() === b.families.join();
@@ -4416,16 +4558,16 @@ async function removeRestorePlan(images) {
     });
   }
 }
-function watchCriu(criuPid, stop) {
+function watchCriu(criuPid, criuStart, stop) {
   runCommand("nsenter", {
     args: [
       "--",
-      "tail",
-      `--pid=${criuPid}`,
-      "-s",
-      "0.02",
-      "-f",
-      "/dev/null"
+      "sh",
+      "-c",
+      WAIT_GONE_SCRIPT,
+      "netlock-wait",
+      String(criuPid),
+      criuStart ?? ""
     ],
     timeoutMs: 0,
     signal: stop.signal
@@ -4462,7 +4604,7 @@ async function writeAll(file, bytes) {
   let written = 0;
   while (written < bytes.length) written += await file.write(bytes.subarray(written));
 }
-var HELPER_LIFETIME_MS, RESTORE_PLAN;
+var HELPER_LIFETIME_MS, RESTORE_PLAN, WAIT_GONE_SCRIPT;
 var init_hook_serve = __esm({
   "lib/criu/hook_serve.ts"() {
     init_armed();
@@ -4475,6 +4617,11 @@ var init_hook_serve = __esm({
     init_options();
     HELPER_LIFETIME_MS = 6e5;
     RESTORE_PLAN = "netlock-unlock";
+    WAIT_GONE_SCRIPT = [
+      'alive() { s=; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; set -- ${s##*") "}; shift 19; [ -z "$start" ] || [ "$1" = "$start" ]; }',
+      'start=$2; tail --pid="$1" -s 0.02 -f /dev/null 2>/dev/null',
+      'while alive "$1"; do sleep 0.05 2>/dev/null || sleep 1; done'
+    ].join("\n");
   }
 });
 
@@ -4524,7 +4671,9 @@ async function refuseHostTree(pid, options) {
 }
 async function criuHelper(args) {
   const [dir, criuPid, ...flags] = args;
-  const images = flags.find((flag) => flag.startsWith("--images="))?.slice("--images=".length);
+  const flag = (name) => flags.find((flag2) => flag2.startsWith(`--${name}=`))?.slice(name.length + 3);
+  const images = flag("images");
+  const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
   const { serveCriuHook: serveCriuHook2 } = await Promise.resolve().then(() => (init_hook_serve(), hook_serve_exports));
   try {
     const pidText = readEnv("CRTOOLS_INIT_PID");
@@ -4533,6 +4682,9 @@ async function criuHelper(args) {
       options: hookOptions((name) => readEnv(name)),
       pid: pidText ? Number(pidText) : void 0,
       criuPid: criuPid ? Number(criuPid) : void 0,
+      criuStart: flag("criu-start") || void 0,
+      netnsHandle: flag("netns-handle") || void 0,
+      lifetimeMs: lifetime > 0 ? lifetime : void 0,
       ready: flags.includes("--ready"),
       images: images || void 0,
       log: (line) => line.startsWith("request:") ? void 0 : printError(`criu-hook: ${line}`),

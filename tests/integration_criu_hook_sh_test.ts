@@ -42,8 +42,9 @@ async function asCriu(
     `sort -u | wc -l | grep -c 3`;
   const count = `$(( $(${dropping("iptables-save")}) + $(${dropping("ip6tables-save")}) + ` +
     `$(nsenter --net=${netnsPath} nft list ruleset | grep -c 'table inet NETLOCK') ))`;
-  // "warm" while the helper's FIFOs are there (it answers), "-" otherwise.
-  const warm = `{ test -p /run/netlock/criu-$$/cmd && echo warm || echo -; }`;
+  // "warm" while the image directory points to a helper whose FIFOs are there, "-" otherwise.
+  const warm = `{ d=; read -r d 2>/dev/null <"$CRTOOLS_IMAGE_DIR/netlock-helper"; ` +
+    `test -p "$d/cmd" && echo warm || echo -; }`;
   // nsenter execs the tool: an armed one is `nft -f -` or `ip(6)tables-restore` in PID's namespace.
   const armed = `pgrep --ns ${pid} --nslist net -f "^(nft -f -|ip6?tables-restore -w --noflush)$"`;
   const awaitArmed = `n=0; until ${armed} >/dev/null; do n=$((n+1)); ` +
@@ -104,8 +105,13 @@ function untilUnlock(step: string): string {
 /** The helper's directory is gone once it ended (bounded wait). */
 async function helperEnded(parent: number): Promise<boolean> {
   for (let i = 0; i < 200; i++) {
-    const left = await sh(["sh", "-c", `ls -d /run/netlock/criu-${parent} /tmp/criu-${parent}`]);
-    const helpers = await sh(["pgrep", "-f", `criu-hook --serve .*criu-${parent} `]);
+    // This CRIU's entries: criu-PID-START.* (directory, markers).
+    const left = await sh([
+      "sh",
+      "-c",
+      `ls -d /run/netlock/criu-${parent}-* /tmp/criu-${parent}-*`,
+    ]);
+    const helpers = await sh(["pgrep", "-f", `criu-hook --serve .*criu-${parent}-`]);
     if (left.stdout.trim() === "" && helpers.code !== 0) return true;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
@@ -217,7 +223,10 @@ for (const backend of ["iptables", "nftables"]) {
         assert.ok(await helperEnded(dump.parent));
         assert.deepEqual(dump.denoStarts, ["pre-dump"], "only the helper started Deno");
         const plan = await Deno.readTextFile(`${images}/netlock-unlock`);
-        assert.equal(plan, backend === "iptables" ? "iptables finish\n" : "nftables\n");
+        assert.equal(
+          plan,
+          `version=1\nkind=netns\nbackend=${backend}\nfinish=${backend === "iptables" ? 1 : 0}\n`,
+        );
 
         // The restored namespace holds the lock the images carried.
         await lockWith(backend, sleeper.pid);

@@ -58,9 +58,14 @@ async function liveTree(): Promise<
   };
 }
 
-async function locked(pod: Pod): Promise<boolean> {
-  const status = await cli(["status", "--netns", pod.pod.name]);
-  return status.code === 0;
+/** The locks `netlock list` shows in the pod's namespace (kind and name). */
+async function kept(pod: Pod): Promise<string[]> {
+  const listed = await cli(["list", "--json", "--netns", pod.pod.name]);
+  assert.equal(listed.code, 0, listed.stderr);
+  return listed.stdout.split("\n").filter(Boolean).map((line) => {
+    const lock = JSON.parse(line);
+    return `${lock.kind} ${lock.name}`;
+  });
 }
 
 for (const backend of ["iptables", "nftables"]) {
@@ -97,9 +102,11 @@ for (const backend of ["iptables", "nftables"]) {
       const dump = await criuDump({ pod }, tree, images, [], env);
       assert.equal(dump.code, 0, dump.errors);
       await tree.gone();
-      // The tree is gone; its namespace stays locked for the restore: the
-      // peer's packets are dropped, not answered with a reset.
-      assert.equal(await locked(pod), true, "locked between dump and restore");
+      // The tree is gone; its namespace outlives it (a pod's): once the hook's
+      // helper is done, the lock is narrowed to the dumped connections, kept
+      // for the restore: the peer's packets are dropped, not answered with a reset.
+      assert.ok(await helpersGone(), "the hook's helper ended");
+      assert.deepEqual(await kept(pod), [`connections NETLOCK-c${tree.pid}`]);
       const during = peer.progress();
       await new Promise((resolve) => setTimeout(resolve, 500));
       assert.equal(peer.progress(), during, "no echo while the tree is dumped");

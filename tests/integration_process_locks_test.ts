@@ -20,6 +20,7 @@ import {
   type TestNetns,
 } from "./helpers/netns.ts";
 import { type Cgroup, createCgroup, startPeer, startTree } from "./helpers/tree.ts";
+import { type LineReader, lineReader } from "./helpers/lines.ts";
 
 const PORT = 7500;
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -94,7 +95,7 @@ Deno.test({
     await using tree = await startTree(at, PORT, 3, 2, cgroup);
     await using peer = await startPeer(netns, at, PORT, 3);
     // A UDP echo in the same cgroup.
-    const udp = await startUdpEcho(netns, cgroup);
+    const { child: udp, output } = await startUdpEcho(netns, cgroup);
     try {
       await peer.flowing();
       const answer = await udpAsk(netns);
@@ -141,6 +142,7 @@ Deno.test({
         // Exited already: the assertion that failed says why.
       }
       await udp.status;
+      await output.drain();
       await udp.stderr.cancel().catch(() => {});
     }
   },
@@ -277,11 +279,12 @@ Deno.test({
 const PATH_WITHOUT_FAKES = `${Deno.env.get("PATH")}:/usr/sbin:/sbin`;
 
 /** A UDP echo on 127.0.0.1:7600 in the cgroup. */
-async function startUdpEcho(netns: TestNetns, cgroup: Cgroup): Promise<Deno.ChildProcess> {
-  // Once it said ready, its stdout is /dev/null: the test closes the pipe.
+async function startUdpEcho(
+  netns: TestNetns,
+  cgroup: Cgroup,
+): Promise<{ child: Deno.ChildProcess; output: LineReader }> {
   const echo = "import os,socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n" +
     "s.bind(('127.0.0.1',7600))\nprint('ready',flush=True)\n" +
-    "os.dup2(os.open(os.devnull,os.O_WRONLY),1)\n" +
     "while True:\n d,a=s.recvfrom(100)\n s.sendto(b'pong',a)\n";
   const child = new Deno.Command("sh", {
     args: [
@@ -299,12 +302,11 @@ async function startUdpEcho(netns: TestNetns, cgroup: Cgroup): Promise<Deno.Chil
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const ready = await reader.read();
-  // Cancelling the reader cancels the pipe back to the child's stdout.
-  await reader.cancel();
-  assert.match(ready.value ?? "", /ready/, "the UDP echo started");
-  return child;
+  // Whole lines, and the pipe drained to its end: never closed under the child.
+  const output = lineReader(child.stdout);
+  assert.equal(await output.next(), "ready", "the UDP echo started");
+  output.drain();
+  return { child, output };
 }
 
 /** One datagram to the UDP echo: "pong", or "timeout" after 700 ms. */

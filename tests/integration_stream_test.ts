@@ -34,8 +34,8 @@ async function link(a: TestNetns, b: TestNetns): Promise<void> {
     "netns",
     b.name,
   ]);
-  await must(["ip", "-n", a.name, "addr", "add", "10.213.0.1/30", "dev", `nla${suffix}`]);
-  await must(["ip", "-n", b.name, "addr", "add", "10.213.0.2/30", "dev", `nlb${suffix}`]);
+  await must(["ip", "-n", a.name, "addr", "add", "198.19.0.1/30", "dev", `nla${suffix}`]);
+  await must(["ip", "-n", b.name, "addr", "add", "198.19.0.2/30", "dev", `nlb${suffix}`]);
   await must(["ip", "-n", a.name, "link", "set", `nla${suffix}`, "up"]);
   await must(["ip", "-n", b.name, "link", "set", `nlb${suffix}`, "up"]);
 }
@@ -59,7 +59,7 @@ for (const [what, options] of MODES) {
       await using sender = await createNetns();
       await using receiver = await createNetns();
       await link(sender, receiver);
-      const rx = spawnIn(receiver, ["receive", "10.213.0.2:7200", String(BYTES)]);
+      const rx = spawnIn(receiver, ["receive", "198.19.0.2:7200", String(BYTES)]);
       // Every line the receiver prints, with the time it arrived.
       const seen: { at: number; line: string }[] = [];
       const reading = (async () => {
@@ -88,7 +88,7 @@ for (const [what, options] of MODES) {
       try {
         await waitFor((line) => line === "ready");
         // 64 KiB every 15 ms: about 4 MiB/s, so the stream lasts past the lock.
-        const tx = spawnIn(sender, ["send", "10.213.0.2", "7200", String(BYTES), "15"]);
+        const tx = spawnIn(sender, ["send", "198.19.0.2", "7200", String(BYTES), "15"]);
         await waitFor((line) =>
           line.startsWith("progress ") && Number(line.split(" ")[1]) >= 1024 * 1024
         );

@@ -80,3 +80,36 @@ Deno.test("planNftUnlockCommands() keeps a table holding sets, and does nothing 
   assert.ok(!planNftUnlockCommands(view, "NETLOCK").includes("delete table ip filter"));
   assert.deepEqual(planNftUnlockCommands(view, "OTHER"), []);
 });
+
+Deno.test("planNftUnlockCommands() tidies a table made for locks that another unlock emptied, and only that", () => {
+  // Two locks removed at once: each saw the other's chain, and the table stayed, empty.
+  const left = parseNftTableJson(JSON.stringify({
+    nftables: [
+      { table: { family: "ip", name: "filter", handle: 1 } },
+      baseChain("ip", "filter", "INPUT", 3),
+      baseChain("ip", "filter", "OUTPUT", 5),
+    ],
+  }));
+  assert.deepEqual(planNftUnlockCommands(left, "NETLOCK-c42"), [], "nothing of the lock: no tidy");
+  assert.deepEqual(planNftUnlockCommands(left, "NETLOCK-c42", true), [
+    "delete chain ip filter INPUT",
+    "delete chain ip filter OUTPUT",
+    "delete table ip filter",
+  ]);
+  // A user's own table (its INPUT came first) or rule stays.
+  const own = parseNftTableJson(JSON.stringify({
+    nftables: [
+      { table: { family: "ip", name: "filter", handle: 1 } },
+      baseChain("ip", "filter", "INPUT", 1),
+    ],
+  }));
+  assert.deepEqual(planNftUnlockCommands(own, "NETLOCK-c42", true), []);
+  const ruled = parseNftTableJson(JSON.stringify({
+    nftables: [
+      { table: { family: "ip", name: "filter", handle: 1 } },
+      baseChain("ip", "filter", "INPUT", 3),
+      rule("ip", "filter", "INPUT", 4, [{ counter: null }, { accept: null }]),
+    ],
+  }));
+  assert.deepEqual(planNftUnlockCommands(ruled, "NETLOCK-c42", true), []);
+});

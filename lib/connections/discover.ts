@@ -15,6 +15,7 @@ import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
 import {
   type Connection,
   parseProcNetTcp,
+  parseSocketCgroups,
   parseSocketInodes,
   selectConnections,
 } from "./proc_net_parser.ts";
@@ -55,12 +56,19 @@ export interface TreeProbe {
   tree: ProcessTree;
   /** The tree's TCP connections with a remote peer (when asked for). */
   connections?: Connection[];
+  /**
+   * The cgroup of every TCP socket of the tree, listeners included, by
+   * inode (when asked for; `undefined` for a socket sock_diag gave none).
+   */
+  socketCgroups?: Map<string, string | undefined>;
 }
 
 /**
  * Probes the process tree of `pid`: its PIDs, cgroup, and with
  * `connections` every TCP connection with a remote peer (every state but
- * LISTEN; IPv4-mapped IPv6 peers as IPv4) of every process of the tree.
+ * LISTEN; IPv4-mapped IPv6 peers as IPv4) of every process of the tree;
+ * with `socketCgroups` the cgroup of each of its TCP sockets (`ss`, run in
+ * the same round).
  *
  * @example
  * ```ts ignore
@@ -75,18 +83,21 @@ export interface TreeProbe {
  *
  * @param exec Runs a tool in the namespace of the connections.
  * @param pid The tree's root.
- * @param want `connections`: read them too; `members`: list the processes of the root's cgroup.
+ * @param want `connections`: read them too; `members`: list the processes of the root's
+ *   cgroup; `socketCgroups`: the cgroups of its TCP sockets.
  * @returns The tree, and its connections when asked for.
  */
 export async function probeTree(
   exec: ToolExec,
   pid: number,
-  want: { connections?: boolean; members?: boolean } = {},
+  want: { connections?: boolean; members?: boolean; socketCgroups?: boolean } = {},
 ): Promise<TreeProbe> {
-  const flags = [want.members ? "1" : "0", want.connections ? "1" : "0"];
-  const [report, tables] = await Promise.all([
+  const fds = want.connections || want.socketCgroups;
+  const flags = [want.members ? "1" : "0", fds ? "1" : "0"];
+  const [report, tables, diag] = await Promise.all([
     exec("sh", ["-c", TREE_SCRIPT, "netlock-tree", String(pid), ...flags]),
-    want.connections ? exec("cat", ["/proc/net/tcp", "/proc/net/tcp6"]) : undefined,
+    fds ? exec("cat", ["/proc/net/tcp", "/proc/net/tcp6"]) : undefined,
+    want.socketCgroups ? exec("ss", ["-tanHe", "--cgroup"]) : undefined,
   ]);
   if (report.code === 3 && /netlock-tree: no such process/.test(report.stderr)) {
     throw new NetlockError("NO_SUCH_TARGET", "no such process");
@@ -100,5 +111,13 @@ export async function probeTree(
   // Without IPv6, /proc/net/tcp6 is missing: cat still prints the IPv4 table.
   if (!tables.success && !tables.stdout.includes("local_address")) assertToolSuccess(tables, "cat");
   const inodes = parseSocketInodes(links);
-  return { tree, connections: selectConnections(parseProcNetTcp(tables.stdout, inodes), inodes) };
+  const rows = parseProcNetTcp(tables.stdout, inodes);
+  const probe: TreeProbe = { tree };
+  if (want.connections) probe.connections = selectConnections(rows, inodes);
+  if (diag) {
+    assertToolSuccess(diag, "ss");
+    const cgroups = parseSocketCgroups(diag.stdout);
+    probe.socketCgroups = new Map(rows.map((row) => [row.inode, cgroups.get(row.inode)]));
+  }
+  return probe;
 }

@@ -81,6 +81,37 @@ export function parseProcNetTcp(text: string, inodes?: ReadonlySet<string>): Tcp
 }
 
 /**
+ * Parses `ss -tanHe --cgroup` (sock_diag): the cgroup v2 each TCP socket
+ * belongs to, by inode. A socket's cgroup is the one its creator was in (an
+ * accepted socket takes its listener's), which is what nftables' `socket
+ * cgroupv2` matches, not the cgroup its process is in now.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { parseSocketCgroups } from "./proc_net_parser.ts";
+ *
+ * const cgroups = parseSocketCgroups(
+ *   "ESTAB 0 0 127.0.0.1:80 127.0.0.1:5000 ino:7 sk:1 cgroup:/a <-> cgroup:/a\n" +
+ *     "TIME-WAIT 0 0 127.0.0.1:81 127.0.0.1:5001 timer:(timewait,55sec,0) ino:0 sk:2\n",
+ * );
+ * assert.deepEqual([...cgroups], [["7", "/a"]]);
+ * ```
+ *
+ * @param text What ss printed.
+ * @returns Each socket's cgroup path, by inode (sockets without one are left out).
+ */
+export function parseSocketCgroups(text: string): Map<string, string> {
+  const cgroups = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const inode = / ino:([0-9]+)/.exec(line)?.[1];
+    const cgroup = / cgroup:(\S+)/.exec(line)?.[1];
+    if (inode && inode !== "0" && cgroup) cgroups.set(inode, cgroup);
+  }
+  return cgroups;
+}
+
+/**
  * Parses the socket links of a process's fds (`socket:[INODE]`, one a line,
  * as `find /proc/PID/fd -lname 'socket:*' -printf '%l\n'` prints them).
  *

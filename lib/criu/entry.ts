@@ -70,14 +70,19 @@ async function refuseHostTree(pid: number, options: NetlockOptions): Promise<num
 }
 
 /**
- * The warm helper (`cli.ts criu-hook --serve DIR CRIU_PID [--ready] [--images=DIR]`).
+ * The warm helper (`cli.ts criu-hook --serve DIR CRIU_PID [--criu-start=TICKS]
+ * [--netns-handle=PATH] [--ready] [--images=DIR]`). `NETLOCK_HELPER_LIFETIME_MS` bounds a helper
+ * that is not given CRIU's PID (tests shorten it).
  *
  * @param args The arguments after `--serve`.
  * @returns The exit code.
  */
 export async function criuHelper(args: string[]): Promise<number> {
   const [dir, criuPid, ...flags] = args;
-  const images = flags.find((flag) => flag.startsWith("--images="))?.slice("--images=".length);
+  const flag = (name: string) =>
+    flags.find((flag) => flag.startsWith(`--${name}=`))?.slice(name.length + 3);
+  const images = flag("images");
+  const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
   const { serveCriuHook } = await import("./hook_serve.ts");
   try {
     const pidText = readEnv("CRTOOLS_INIT_PID");
@@ -86,6 +91,9 @@ export async function criuHelper(args: string[]): Promise<number> {
       options: hookOptions((name) => readEnv(name)),
       pid: pidText ? Number(pidText) : undefined,
       criuPid: criuPid ? Number(criuPid) : undefined,
+      criuStart: flag("criu-start") || undefined,
+      netnsHandle: flag("netns-handle") || undefined,
+      lifetimeMs: lifetime > 0 ? lifetime : undefined,
       ready: flags.includes("--ready"),
       images: images || undefined,
       log: (line) => line.startsWith("request:") ? undefined : printError(`criu-hook: ${line}`),

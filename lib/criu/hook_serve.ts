@@ -10,9 +10,12 @@
  * restored namespace; not answered), `unlock PID` (answered; then the helper
  * removes what is left of the lock and ends), `exit`.
  *
- * It ends on its own: after `unlock`, when CRIU is gone, or after
- * {@linkcode HELPER_LIFETIME_MS}; armed tools that were never fired are
- * killed, so it never applies anything nobody asked for.
+ * It ends on its own: after `unlock`, or when CRIU is gone (no timer ends it
+ * while CRIU lives: a dump may take as long as it takes); armed tools that
+ * were never fired are killed, so it never applies anything nobody asked
+ * for. What it leaves after a dump is the one rule of docs/criu.md: the
+ * dumped connections stay locked until a restore succeeds; a tree that runs
+ * on keeps nothing.
  *
  * @module
  */
@@ -26,14 +29,18 @@ import {
 } from "./armed.ts";
 import { renderRestoreUnlock, renderTreeRestoreUnlock } from "./hook.ts";
 import {
+  frozenConnections,
+  keptNote,
   lockTreeBeforeFreeze,
   lockTreeConnections,
+  narrowToConnections,
   sharesNetlockNamespace,
   startOf,
   stillRuns,
   type TreeLocked,
-  unlockTree,
+  unlockKept,
 } from "./tree_lock.ts";
+import type { Connection } from "../connections/proc_net_parser.ts";
 import { requestedBackend } from "../shape/shape.ts";
 import { resolveOptions } from "../target/prepare.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
@@ -41,17 +48,33 @@ import { runCommand } from "../exec/runner.ts";
 import { parsePid } from "../common/options.ts";
 import type { NetlockOptions, OperationResult } from "../common/types.ts";
 
-/** The longest a helper lives, whatever happens (ms). */
+/**
+ * The longest a helper lives when it does not know CRIU's PID (ms). With
+ * CRIU's PID it lives as long as CRIU does, however long that is.
+ */
 export const HELPER_LIFETIME_MS = 600_000;
 
 /**
- * The restore's unlock in CRIU's image directory: this file says the
- * backend, and `finish` when something is left to remove after the restore;
+ * The restore's unlock in CRIU's image directory: this file (key=value
+ * lines, see {@linkcode renderPlanFile}) says the kind of lock, the backend,
+ * and `finish=1` when something is left to remove after the restore;
  * `netlock-unlock.nft` holds the script (see
  * {@linkcode renderRestoreUnlock}). Written after the script, removed
  * before it.
  */
 export const RESTORE_PLAN = "netlock-unlock";
+
+/**
+ * Waits until CRIU (`$1`, started at `$2`) is gone. `tail --pid` checks
+ * every 20 ms without a process per check; where tail has no `--pid`
+ * (BusyBox's returns at once) the loop does the waiting. The start time
+ * keeps a PID that another process took from passing for CRIU.
+ */
+export const WAIT_GONE_SCRIPT = [
+  'alive() { s=; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; set -- ${s##*") "}; shift 19; [ -z "$start" ] || [ "$1" = "$start" ]; }',
+  'start=$2; tail --pid="$1" -s 0.02 -f /dev/null 2>/dev/null',
+  'while alive "$1"; do sleep 0.05 2>/dev/null || sleep 1; done',
+].join("\n");
 
 /** Where the helper is and what it serves. */
 export interface HelperSettings {
@@ -63,6 +86,16 @@ export interface HelperSettings {
   pid?: number;
   /** CRIU's PID: the helper ends when it is gone. */
   criuPid?: number;
+  /** CRIU's start time (field 22 of its stat): a PID reused by another process is not CRIU. */
+  criuStart?: string;
+  /**
+   * A path that holds the dumped tree's network namespace open (the
+   * keeper's descriptor): where a namespace lock is narrowed to the dumped
+   * connections once a final dump took the tree.
+   */
+  netnsHandle?: string;
+  /** The longest the helper lives without CRIU's PID (default {@linkcode HELPER_LIFETIME_MS}). */
+  lifetimeMs?: number;
   /** A dump: arm the lock of `pid` and answer `ready` (pre-dump waits for it). */
   ready?: boolean;
   /**
@@ -100,8 +133,11 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   const cmd = await Deno.open(`${dir}/cmd`, { read: true, write: true });
   const reply = await Deno.open(`${dir}/reply`, { read: true, write: true });
   const stop = new AbortController();
-  const lifetime = setTimeout(() => stop.abort(), HELPER_LIFETIME_MS);
-  if (settings.criuPid !== undefined) watchCriu(settings.criuPid, stop);
+  // No timer while CRIU lives: a long dump keeps its lock to the end.
+  const lifetime = settings.criuPid === undefined
+    ? setTimeout(() => stop.abort(), settings.lifetimeMs ?? HELPER_LIFETIME_MS)
+    : undefined;
+  if (settings.criuPid !== undefined) watchCriu(settings.criuPid, settings.criuStart, stop);
 
   const answer = async (line: string) => {
     await writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}\n`));
@@ -119,8 +155,8 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     const armed = armNetworkUnlock(pid, options, known).catch(() => undefined);
     return unlock = { pid, known, armed };
   };
-  // The restore's unlock, next to the images; a failure only costs the
-  // restore its fast path.
+  // The restore's unlock of a namespace lock, next to the images; a failure
+  // only costs the restore its fast path (cli.ts finds the lock without it).
   const planRestore = async (planned: RestorePlanned) => {
     if (!settings.images) return;
     await writeRestorePlan(settings.images, planned).catch((error) =>
@@ -136,6 +172,10 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   let dumped: { pid: number; start: string; host: boolean; locked?: TreeLocked } | undefined;
   let unlocked = false;
   let postDumped = false;
+  // A host tree's cgroup lock goes once its connections are locked by address.
+  let narrowed: Promise<void> | undefined;
+  // A tree in its own namespace: its connections, read once it is frozen and locked.
+  let frozen: Promise<Connection[] | undefined> | undefined;
   // A dump: arm the lock now, and the unlock of the lock it will make, and
   // plan the restore's unlock; criu-hook.sh waits for this at pre-dump,
   // before CRIU freezes anything, so that inside the window only armed
@@ -150,14 +190,14 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
       try {
         const locked = dumped.locked = await lockTreeBeforeFreeze(pid, options);
         if (locked.note) warn(locked.note);
-        await answer("ready");
+        await answer("ready host");
       } catch (error) {
         await answer(`error ${(error as Error).message}`);
       }
     } else {
       const planned = (await armLock(pid).armed)?.lock;
       if (planned) await Promise.all([armUnlock(pid, planned).armed, planRestore(planned)]);
-      await answer("ready");
+      await answer("ready netns");
     }
   }
 
@@ -179,14 +219,25 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         if (dumped?.host && dumped.pid === pid) {
           try {
             const result = await lockTreeConnections(pid, options, dumped.locked);
-            if (settings.images) {
-              const cgroup = dumped.locked?.kind === "cgroup";
-              await writeTreePlan(settings.images, result, pid, cgroup, log);
-            }
+            // Without its plan the restore could not unlock the tree: no such dump.
+            if (!settings.images) throw new Error("CRIU's image directory is unknown");
+            await writeTreePlan(settings.images, result, pid);
             postDumped = true;
             await answer("ok");
+            warn(keptNote(pid, result));
           } catch (error) {
-            await answer(`error ${(error as Error).message}`);
+            await answer(
+              `error criu-hook: cannot keep process ${pid} locked for its restore: ` +
+                (error as Error).message,
+            );
+          }
+          // The dumped connections are locked by address: the cgroup lock
+          // (which would cut off a fallback started in that cgroup) goes.
+          if (postDumped && dumped.locked?.kind === "cgroup") {
+            narrowed = unlockKept(pid, options, ["cgroup"]).then(
+              () => {},
+              (error) => log(`the cgroup lock of process ${pid} stays: ${error.message}`),
+            );
           }
         } else {
           postDumped = true;
@@ -201,6 +252,13 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         try {
           const locked = await (armed ? armed.fire() : lockNetwork(pid, options));
           await answer("ok");
+          // The tree is frozen: what a final dump takes, for the narrowing after it.
+          if (dumped?.pid === pid && settings.netnsHandle) {
+            frozen = frozenConnections(pid, options).catch((error) => {
+              log(`the connections of process ${pid} were not read: ${error.message}`);
+              return undefined;
+            });
+          }
           // Not the lock planned at pre-dump (the armed one fell back): arm
           // and plan again, for this very lock, while CRIU dumps.
           if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
@@ -230,16 +288,16 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   } finally {
     clearTimeout(lifetime);
     stop.abort();
-    // CRIU is gone (or the helper's time is up) without an unlock: a tree
-    // that runs again (--leave-running of a tree in CRIU's namespace, a
-    // failed dump, a CRIU that died) must not stay locked; after a final
-    // dump (the tree is gone) the lock stays for the restore.
-    if (dumped && !unlocked && await stillRuns(dumped.pid, dumped.start)) {
-      await (dumped.host ? unlockTree(dumped.pid, options) : unlockNetwork(dumped.pid, options))
-        .catch((error) => log(`unlock after CRIU ended: ${error.message}`));
-    } else if (dumped?.host && !postDumped) {
-      // Gone without a successful dump (killed before post-dump, say): nothing to keep.
-      await unlockTree(dumped.pid, options).catch(() => {});
+    await narrowed;
+    // CRIU is gone without an unlock. A tree that runs again
+    // (--leave-running of a tree in CRIU's namespace, a failed dump, a CRIU
+    // that died) keeps nothing; after a final dump (the tree is gone) the
+    // dumped connections stay locked for the restore, and nothing more.
+    if (dumped && !unlocked) {
+      await afterCriu(dumped, postDumped, options, log, {
+        netns: settings.netnsHandle,
+        connections: await frozen,
+      });
     }
     // Never fire what nobody asked for: kill armed tools that are still waiting.
     for (const pending of [lock?.armed, unlock?.armed]) await (await pending)?.cancel();
@@ -251,15 +309,70 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
 }
 
 /**
- * Writes the restore's unlock of `lock` into `images`: the script first, the
- * plan last, so that a restore never finds half of it (and falls back to
- * the helper or `cli.ts` without one).
+ * What stays of a dump's lock once CRIU is gone without an unlock (the one
+ * rule of docs/criu.md): a tree that runs again keeps nothing; a tree gone
+ * after its dump keeps its dumped connections, locked by address (no
+ * cgroup lock; a namespace lock narrowed to them); gone without a
+ * successful dump, nothing. Exactly the
+ * locks the dump made, by name and kind, in netlock's own namespace for a
+ * host tree (never whatever namespace its PID may be in by now).
  */
-async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<void> {
-  const { script, finish } = renderRestoreUnlock(lock);
+async function afterCriu(
+  dumped: { pid: number; start: string; host: boolean },
+  postDumped: boolean,
+  options: NetlockOptions,
+  log: (line: string) => void,
+  namespace: { netns?: string; connections?: Connection[] },
+): Promise<void> {
+  const runs = await stillRuns(dumped.pid, dumped.start);
+  const failed = (error: Error) => log(`unlock after CRIU ended: ${error.message}`);
+  if (!dumped.host) {
+    if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
+    // A final dump: the namespace lock narrows to the dumped connections
+    // (unread ones: the whole lock stays, the safe side).
+    else if (postDumped && namespace.netns && namespace.connections) {
+      await narrowToConnections(namespace.netns, dumped.pid, namespace.connections, options)
+        .catch((error) => log(`the namespace lock stays whole: ${error.message}`));
+    }
+    return;
+  }
+  const kinds = runs || !postDumped ? ["connections", "cgroup"] as const : ["cgroup"] as const;
+  await unlockKept(dumped.pid, options, [...kinds]).catch(failed);
+}
+
+/**
+ * The plan file: version 1, key=value lines (`kind`, `backend`, `pid` for a
+ * host tree, `finish`), which criu-hook.sh reads by key.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderPlanFile } from "./hook_serve.ts";
+ *
+ * assert.equal(
+ *   renderPlanFile({ kind: "host", backend: "nftables", pid: 42, finish: true }),
+ *   "version=1\nkind=host\nbackend=nftables\npid=42\nfinish=1\n",
+ * );
+ * ```
+ *
+ * @param plan What the restore's unlock is.
+ * @returns The file's text.
+ */
+export function renderPlanFile(
+  plan: { kind: "netns" | "host"; backend: string; pid?: number; finish: boolean },
+): string {
+  return `version=1\nkind=${plan.kind}\nbackend=${plan.backend}\n` +
+    (plan.pid !== undefined ? `pid=${plan.pid}\n` : "") + `finish=${plan.finish ? 1 : 0}\n`;
+}
+
+/**
+ * Writes a restore plan into `images`: the script first, the plan last, so
+ * that a restore never finds half of it (and falls back to the helper or
+ * `cli.ts` without one). Throws when it cannot (what was written is removed).
+ */
+async function writePlan(images: string, script: string, plan: string): Promise<void> {
   try {
     await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, { mode: 0o600 });
-    const plan = `${lock.backend}${finish ? " finish" : ""}\n`;
     await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, { mode: 0o600 });
   } catch (error) {
     await removeRestorePlan(images);
@@ -267,28 +380,24 @@ async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<v
   }
 }
 
+/** Writes the restore's unlock of the namespace lock `lock` into `images`. */
+async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<void> {
+  const { script, finish } = renderRestoreUnlock(lock);
+  await writePlan(images, script, renderPlanFile({ kind: "netns", backend: lock.backend, finish }));
+}
+
 /**
  * Writes the restore's unlock of a tree that shares CRIU's namespace into
- * `images` (see {@linkcode renderTreeRestoreUnlock}): `host BACKEND PID
- * [finish]`, the script first. `cgroup`: the tree was locked by its cgroup
- * before the freeze, and that lock stands too.
+ * `images` (see {@linkcode renderTreeRestoreUnlock}): it opens the lock of
+ * the dumped connections (the cgroup lock is gone by then).
  */
-async function writeTreePlan(
-  images: string,
-  lock: OperationResult,
-  pid: number,
-  cgroup: boolean,
-  log: (line: string) => void,
-): Promise<void> {
-  const { script, finish } = renderTreeRestoreUnlock({ ...lock, pid, cgroup });
-  try {
-    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, { mode: 0o600 });
-    const plan = `host ${lock.backend} ${pid}${finish ? " finish" : ""}\n`;
-    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, { mode: 0o600 });
-  } catch (error) {
-    log(`restore plan not written: ${(error as Error).message}`);
-    await removeRestorePlan(images);
-  }
+async function writeTreePlan(images: string, lock: OperationResult, pid: number): Promise<void> {
+  const { script, finish } = renderTreeRestoreUnlock({ ...lock, pid });
+  await writePlan(
+    images,
+    script,
+    renderPlanFile({ kind: "host", backend: lock.backend, pid, finish }),
+  );
 }
 
 /** What a restore's unlock is planned from. */
@@ -305,10 +414,10 @@ async function removeRestorePlan(images: string): Promise<void> {
   }
 }
 
-/** Aborts `stop` when CRIU's process ends (`tail --pid` checks every 20 ms). */
-function watchCriu(criuPid: number, stop: AbortController): void {
+/** Aborts `stop` when CRIU's process ends (see {@linkcode WAIT_GONE_SCRIPT}). */
+function watchCriu(criuPid: number, criuStart: string | undefined, stop: AbortController): void {
   runCommand("nsenter", {
-    args: ["--", "tail", `--pid=${criuPid}`, "-s", "0.02", "-f", "/dev/null"],
+    args: ["--", "sh", "-c", WAIT_GONE_SCRIPT, "netlock-wait", String(criuPid), criuStart ?? ""],
     timeoutMs: 0,
     signal: stop.signal,
   }).then(() => stop.abort(), () => stop.abort());

@@ -5,25 +5,35 @@
  * locks it itself:
  *
  * - before the freeze (`pre-dump`): by the tree's cgroup v2 when it has one
- *   of its own (one rule per direction: every socket of the tree, those it
- *   opens later included), else by the connections it has then;
+ *   of its own and every TCP socket of the tree belongs to it (one rule per
+ *   direction: every socket of the tree, those it opens later included),
+ *   else by the connections it has then;
  * - once the dump succeeded, still frozen (`post-dump`): every connection
  *   of the tree by its addresses and ports, so that the lock outlives the
  *   tree after a final dump (a socket rule matches nothing once the sockets
  *   are gone, and the peers' packets would be answered with resets);
+ * - once that is made, the cgroup lock goes (a fallback started in the
+ *   tree's cgroup must be able to talk);
  * - when CRIU is gone: nothing of it is left if the tree runs again
  *   (`--leave-running`, a failed dump, a CRIU that died); after a final dump
- *   it stays for the restore.
+ *   the dumped connections stay locked until a restore succeeds.
  *
  * @module
  */
 
 import { probeTree } from "../connections/discover.ts";
+import type { Connection } from "../connections/proc_net_parser.ts";
 import { connectionLockName, renderNftConnectionAdd } from "../connections/ruleset.ts";
-import type { ProcessTree } from "../connections/tree_parser.ts";
+import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
 import { ownNetns, probeTarget, toTargetRef } from "../target/target.ts";
+import { prepare, resolveOptions } from "../target/prepare.ts";
 import { lockableCgroup } from "../lock/process.ts";
+import { cgroupShape } from "../shape/cgroup.ts";
+import { connectionShape } from "../shape/connections.ts";
+import type { NamespaceOutcome } from "../shape/shape.ts";
+import { unlockAllBackends } from "../unlock/backends.ts";
+import { lockWithBackend } from "../lock/apply.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
 import type { NetlockOptions, OperationResult } from "../common/types.ts";
 
@@ -39,8 +49,10 @@ export interface TreeLocked {
 
 /**
  * Locks a tree that shares netlock's namespace before CRIU freezes it: by
- * its cgroup v2 when no process outside the tree is in it (and it is
- * neither the root cgroup nor netlock's own), else by its connections.
+ * its cgroup v2 when no process outside the tree is in it, every TCP socket
+ * of the tree belongs to it (a socket belongs to the cgroup it was made in:
+ * one accepted on a listener made elsewhere is not), and it is neither the
+ * root cgroup nor netlock's own; else by its connections.
  *
  * @example
  * ```ts ignore
@@ -58,8 +70,15 @@ export async function lockTreeBeforeFreeze(
   pid: number,
   options: NetlockOptions,
 ): Promise<TreeLocked> {
-  const { tree } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid, { members: true });
-  const why = cgroupOfItsOwn(tree);
+  const exec = nsenterExec([], { timeoutMs: 10_000 });
+  const probe = await probeTree(exec, pid, { members: true, socketCgroups: true }).catch(
+    // No ss, or one without --cgroup: the sockets' cgroups cannot be checked.
+    async (error) => ({ ...(await probeTree(exec, pid, { members: true })), error }),
+  );
+  const why = cgroupOfItsOwn(probe.tree) ??
+    ("error" in probe
+      ? `the cgroups of its sockets could not be read (${(probe.error as Error).message})`
+      : socketsOutside(probe.tree, probe.socketCgroups));
   if (why === undefined) {
     try {
       const result = await lockNetwork(pid, { ...options, backend: "nftables", mode: "cgroup" });
@@ -120,15 +139,103 @@ async function addTreeConnections(
 }
 
 /**
- * Removes every lock the hook made for the tree (by cgroup and by
- * connection), whether its process still exists or not.
+ * Removes locks the hook made for the tree, by kind and by the names they
+ * were made under, in netlock's own namespace, where they were made:
+ * whatever process has the PID by now (none, a zombie, another process in
+ * another namespace) changes nothing of it.
+ *
+ * @param pid The tree's root, as it was dumped.
+ * @param options The hook's options.
+ * @param kinds Which: the connection lock, the cgroup lock, or both.
+ * @returns What was done.
+ */
+export async function unlockKept(
+  pid: number,
+  options: NetlockOptions,
+  kinds: ("connections" | "cgroup")[],
+): Promise<NamespaceOutcome> {
+  // netlock's own namespace as a namespace target, for the unlock alone.
+  const opts = resolveOptions({ ...options, mode: "netns", force: true }, "unlock");
+  const prepared = await prepare(
+    { label: "netlock's own namespace", nsenterArgs: [] },
+    opts,
+    "unlock",
+  );
+  const shapes = kinds.map((kind) =>
+    kind === "cgroup"
+      ? cgroupShape(opts.name, opts.mark, pid)
+      : connectionShape(opts.name, opts.mark, pid)
+  );
+  return await unlockAllBackends(prepared, opts, { shapes });
+}
+
+/**
+ * The TCP connections of a tree in a namespace of its own, read while it is
+ * frozen (after `network-lock`): what a namespace lock narrows to once the
+ * tree is gone.
  *
  * @param pid The tree's root.
- * @param options The hook's options.
- * @returns The unlock's report.
+ * @param options The hook's options (timeout).
+ * @returns The connections.
  */
-export async function unlockTree(pid: number, options: NetlockOptions): Promise<OperationResult> {
-  return await unlockNetwork(pid, { ...options, mode: "auto" });
+export async function frozenConnections(
+  pid: number,
+  options: NetlockOptions,
+): Promise<Connection[]> {
+  const exec = nsenterExec(["--target", String(pid), "--net"], {
+    timeoutMs: options.timeoutMs ?? 10_000,
+  });
+  return (await probeTree(exec, pid, { connections: true })).connections ?? [];
+}
+
+/**
+ * Narrows the namespace lock of a tree that a final dump took to the
+ * tree's dumped connections (`NAME-cPID` in that namespace, the lock made
+ * first, then the namespace lock removed): a namespace that outlives the
+ * tree (a pod's, held by its sandbox) lets its other processes talk, while
+ * the peers of the dumped connections still get no answer, and no reset,
+ * until a restore.
+ *
+ * @param netns A path that holds the namespace (the tree is gone).
+ * @param pid The dumped tree's root (the lock's name).
+ * @param connections Its connections, read while it was frozen.
+ * @param options The hook's options.
+ */
+export async function narrowToConnections(
+  netns: string,
+  pid: number,
+  connections: Connection[],
+  options: NetlockOptions,
+): Promise<void> {
+  if (connections.length > 0) {
+    const opts = resolveOptions({ ...options, mode: "netns" }, "lock");
+    const prepared = await prepare(toTargetRef({ netns }), opts, "lock");
+    await lockWithBackend(prepared, opts, connectionShape(opts.name, opts.mark, pid, connections));
+  }
+  await unlockNetwork({ netns }, options);
+}
+
+/**
+ * The line CRIU's log gets after a dump that leaves a tree's connections
+ * locked: what stays, until when, and how to remove it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { keptNote } from "./tree_lock.ts";
+ *
+ * assert.match(keptNote(42, { name: "NETLOCK", connections: 3 }), /netlock unlock 42/);
+ * ```
+ *
+ * @param pid The dumped tree's root.
+ * @param lock The connection lock: its name and how many connections it holds.
+ * @returns The line.
+ */
+export function keptNote(pid: number, lock: { name: string; connections?: number }): string {
+  return `the ${lock.connections ?? 0} dumped connections of process ${pid} stay locked ` +
+    `(${connectionLockName(lock.name, pid)}) until a restore of these images succeeds, ` +
+    "also across failed restores; a tree that runs on after this dump keeps nothing; " +
+    `remove it by hand with 'netlock unlock ${pid}' (or 'netlock unlock --all')`;
 }
 
 /**
@@ -206,6 +313,40 @@ export function cgroupOfItsOwn(tree: ProcessTree): string | undefined {
     return `its cgroup ${tree.cgroup} is not its own (process ${outsider}, outside the tree, is in it too)`;
   }
   return undefined;
+}
+
+/**
+ * Why a tree's cgroup lock would miss some of its sockets, or `undefined`:
+ * a TCP socket of the tree (listeners included) that belongs to a cgroup
+ * outside the tree's (made by a process before it moved, accepted on a
+ * listener made elsewhere, inherited from a parent elsewhere).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { socketsOutside } from "./tree_lock.ts";
+ *
+ * const tree = { root: 42, pids: [42], start: "1", cgroup: "/app", ownCgroup: "/" };
+ * assert.equal(socketsOutside(tree, new Map([["7", "/app/x"]])), undefined);
+ * assert.match(socketsOutside(tree, new Map([["7", "/web"]]))!, /socket 7 belongs to cgroup \/web/);
+ * ```
+ *
+ * @param tree The tree.
+ * @param sockets The cgroup of each of its TCP sockets, by inode.
+ * @returns The reason, or `undefined`.
+ */
+export function socketsOutside(
+  tree: ProcessTree,
+  sockets: Map<string, string | undefined> = new Map(),
+): string | undefined {
+  const outside = [...sockets].filter(([, cgroup]) =>
+    cgroup === undefined || !cgroupWithin(cgroup, tree.cgroup)
+  );
+  if (outside.length === 0) return undefined;
+  const [inode, cgroup] = outside[0];
+  return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs ` +
+    `to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), ` +
+    "so a cgroup lock would miss them";
 }
 
 async function lockConnections(

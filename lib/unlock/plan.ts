@@ -73,7 +73,7 @@ export function planUnlock(
   state: NftTableView,
   names: readonly string[],
   criu: boolean,
-  scope: { families?: readonly Family[]; tables?: boolean } = {},
+  scope: { families?: readonly Family[]; tables?: boolean; tidy?: readonly Family[] } = {},
   kindOf: NameKind = () => "netns",
 ): UnlockPlan {
   const plan: UnlockPlan = {
@@ -96,7 +96,13 @@ export function planUnlock(
       plan.foreign.push(`chain ${name} of table ${nftFamily} filter`);
       return false;
     });
-    plan.commands.push(...planNftUnlockCommands(view, [...ours, ...(criu ? ["CRIU"] : [])]));
+    plan.commands.push(
+      ...planNftUnlockCommands(
+        view,
+        [...ours, ...(criu ? ["CRIU"] : [])],
+        scope.tidy?.includes(family) ?? false,
+      ),
+    );
     for (const name of ours) found.add(name);
     if (ours.length > 0) plan.iptables.push(family);
     if (criu && view.chains.some((chain) => chain.name === "CRIU")) plan.criu.iptables.push(family);
@@ -297,11 +303,22 @@ export function hasLockChain(view: NftTableView | null, name: string): boolean {
  * ].join("\n"));
  * ```
  *
+ * With `tidy` (the caller just removed a lock from this table), a table
+ * left with no lock chain at all but made for a lock (see below) goes too:
+ * two locks removed at once each see the other's chain and leave the table.
+ * Its base chains are deleted one by one before it, so that a lock that
+ * lands meanwhile (a jump in INPUT) makes the whole transaction fail.
+ *
  * @param view The family's filter table as nft lists it.
  * @param names The lock chains' names (netlock's, and CRIU's with `--criu`).
- * @returns The commands, in order; empty when there is no lock chain.
+ * @param tidy Remove a table made for a lock even when no lock chain is left in it.
+ * @returns The commands, in order; empty when there is no lock chain (nor table to tidy).
  */
-export function planNftUnlockCommands(view: NftTableView, names: string | string[]): string[] {
+export function planNftUnlockCommands(
+  view: NftTableView,
+  names: string | string[],
+  tidy = false,
+): string[] {
   const wanted = new Set(typeof names === "string" ? [names] : names);
   // A lock's chain, and the chains of its tree (`NAME.ID`, a connection lock's).
   const ofLock = (chain: string) => {
@@ -309,9 +326,13 @@ export function planNftUnlockCommands(view: NftTableView, names: string | string
     return wanted.has(chain) || (dot > 0 && wanted.has(chain.slice(0, dot)));
   };
   const lockChains = view.chains.filter((chain) => ofLock(chain.name));
-  if (!lockChains.some((chain) => wanted.has(chain.name))) return [];
+  if (!lockChains.some((chain) => wanted.has(chain.name)) && !(tidy && lockChains.length === 0)) {
+    return [];
+  }
   const present = new Set(lockChains.map((chain) => chain.name));
-  const oldest = Math.min(...lockChains.map((chain) => chain.handle));
+  const oldest = lockChains.length
+    ? Math.min(...lockChains.map((chain) => chain.handle))
+    : Infinity;
   const table = `${view.family} filter`;
   const jumps = view.rules.filter((rule) =>
     (rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.plainJumpTo !== undefined &&
@@ -339,6 +360,8 @@ export function planNftUnlockCommands(view: NftTableView, names: string | string
   const createdByLock = view.chains.filter((chain) =>
     emptyAcceptBase(chain) && (chain.handle > oldest || madeForALock)
   );
+  // Tidying: the whole table made for a lock, or nothing.
+  if (lockChains.length === 0 && (!madeForALock || leftovers.length === 0)) return [];
   for (const chain of createdByLock) commands.push(`delete chain ${table} ${chain.name}`);
   const remainingChains = view.chains.length - lockChains.length - createdByLock.length;
   if (remainingChains === 0 && view.otherObjects === 0) commands.push(`delete table ${table}`);

@@ -66,9 +66,18 @@ export async function unlockThroughNft(
   const wanted = (name: string) => request.wanted(name) || (request.criu && name === "CRIU");
   const scope = { families: request.families, tables: request.tables };
   let removed: UnlockPlan | undefined;
+  let tidied = false;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const names = lockCandidates(state).filter(request.wanted);
-    const plan = planUnlock(state, names, request.criu, scope, request.kindOf);
+    let plan = planUnlock(state, names, request.criu, scope, request.kindOf);
+    // Read back after removing iptables locks: a filter table made for a
+    // lock and left empty (another lock removed at the same time held it)
+    // goes, once, at best (a change meanwhile leaves it).
+    const tidying = plan.commands.length === 0 && !tidied && (removed?.iptables.length ?? 0) > 0;
+    if (tidying) {
+      tidied = true;
+      plan = planUnlock(state, [], false, { ...scope, tidy: removed!.iptables }, request.kindOf);
+    }
     if (plan.commands.length === 0) {
       // Nothing of netlock's, only a chain or table of the name someone else made.
       if (!removed && plan.foreign.length > 0) throw foreignError(plan.foreign);
@@ -91,6 +100,7 @@ export async function unlockThroughNft(
     }
     const result = await exec("nft", echo ? ["-e", "-f", "-"] : ["-f", "-"], script);
     const applied = result.success && !result.stdinClosedEarly;
+    if (tidying) return removed;
     if (applied && echo) {
       if (!result.stdout.includes(`add table ${marker}`)) throw didNothing();
       return mergePlans(removed, plan);

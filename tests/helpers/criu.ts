@@ -11,6 +11,7 @@
  * a test without one is skipped, saying why; under CI it fails.
  */
 import { IN_CI, integration, must, type TestNetns } from "./netns.ts";
+import { lineReader } from "./lines.ts";
 import type { Tree } from "./tree.ts";
 
 /** netlock's action script for CRIU. */
@@ -59,7 +60,7 @@ export interface Pod extends AsyncDisposable {
   address: string;
 }
 
-/** Two namespaces joined by a veth pair: the pod (10.215.N.2) and its peer (10.215.N.1). */
+/** Two namespaces joined by a veth pair: the pod (198.18.N.2) and its peer (198.18.N.1). */
 export async function createPod(create: () => Promise<TestNetns>): Promise<Pod> {
   const pod = await create();
   const peer = await create();
@@ -80,14 +81,14 @@ export async function createPod(create: () => Promise<TestNetns>): Promise<Pod> 
     "netns",
     peer.name,
   ]);
-  await must(["ip", "-n", pod.name, "addr", "add", `10.215.${n}.2/30`, "dev", `nlp${suffix}`]);
-  await must(["ip", "-n", peer.name, "addr", "add", `10.215.${n}.1/30`, "dev", `nlq${suffix}`]);
+  await must(["ip", "-n", pod.name, "addr", "add", `198.18.${n}.2/30`, "dev", `nlp${suffix}`]);
+  await must(["ip", "-n", peer.name, "addr", "add", `198.18.${n}.1/30`, "dev", `nlq${suffix}`]);
   await must(["ip", "-n", pod.name, "link", "set", `nlp${suffix}`, "up"]);
   await must(["ip", "-n", peer.name, "link", "set", `nlq${suffix}`, "up"]);
   return {
     pod,
     peer,
-    address: `10.215.${n}.2`,
+    address: `198.18.${n}.2`,
     async [Symbol.asyncDispose]() {
       await peer[Symbol.asyncDispose]();
       await pod[Symbol.asyncDispose]();
@@ -115,6 +116,13 @@ export type Setting = ({ pod: Pod } | { host: TestNetns }) & {
   hook?: string;
   /** CRIU's own lock instead (`["--network-lock", "iptables"]`), or no script at all. */
   lock?: string[];
+  /**
+   * CRIU leads a process group (and session) of its own, as under
+   * `timeout(1)` or a service manager, so that its whole group can be killed.
+   */
+  ownGroup?: boolean;
+  /** What runs CRIU's command line (entering a PID namespace, say). */
+  prefix?: string[];
 };
 
 /** `criu dump` of the tree, netlock's hook (or `setting.hook`) as the action script. */
@@ -156,13 +164,14 @@ function withHook(setting: Setting, images: string, log: string): string[] {
 /**
  * `criu restore -d` of the images (a pod's into its namespace); retried
  * while the dumped tree's PIDs are still taken (a process that held TCP
- * sockets keeps its PID a few seconds after it died). Returns the restored
- * root's PID.
+ * sockets keeps its PID a few seconds after it died), as users retry; with
+ * `once`, the first attempt is all. Returns the restored root's PID.
  */
 export async function criuRestore(
   setting: Setting,
   images: string,
   env: Record<string, string>,
+  once = false,
 ): Promise<{ pid: number } & CriuRun> {
   const args = [
     "restore",
@@ -178,7 +187,7 @@ export async function criuRestore(
       const pid = Number((await Deno.readTextFile(`${images}/restored.pid`)).trim());
       return { pid, ...run };
     }
-    if (!/Can't fork for [0-9]+: File exists/.test(run.errors) || attempt > 50) {
+    if (once || !/Can't fork for [0-9]+: File exists/.test(run.errors) || attempt > 50) {
       return { pid: 0, ...run };
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -193,11 +202,17 @@ async function criu(
 ): Promise<CriuRun> {
   const bin = criuBin();
   // A pod's namespace is handed to a restore as an open descriptor; a host's is entered.
-  const argv = "pod" in setting
+  const inNetns = "pod" in setting
     ? args[0] === "restore"
       ? ["sh", "-c", 'exec 7<"$0"; exec "$@"', setting.pod.pod.path, bin, ...args]
       : [bin, ...args]
     : ["nsenter", `--net=${setting.host.path}`, "--", bin, ...args];
+  // setsid --wait: CRIU leads its own group; setsid waits and passes its status on.
+  const argv = [
+    ...setting.prefix ?? [],
+    ...setting.ownGroup ? ["setsid", "--wait"] : [],
+    ...inNetns,
+  ];
   const out = await new Deno.Command(argv[0], {
     args: argv.slice(1),
     env,
@@ -209,4 +224,102 @@ async function criu(
   const errors = log.split("\n").filter((line) => /Error|Warn.*lock|netlock|error: /.test(line))
     .slice(-8).join("\n") + new TextDecoder().decode(out.stderr);
   return { code: out.code, errors, log };
+}
+
+/** A wrapped action script: its path, and the locks it saw after each action. */
+export interface WrappedHook extends AsyncDisposable {
+  /** The script to give CRIU. */
+  path: string;
+  /** `ACTION NAME...` after each action: netlock's locks in the tree's namespace then. */
+  locks(): Promise<string[]>;
+}
+
+/** What the wrapper does beside running criu-hook.sh. */
+export interface WrapOptions {
+  /** Kills CRIU (SIGKILL) once this action is done, before CRIU goes on. */
+  killAt?: string;
+  /** With `killAt`: kills CRIU's whole process group (CRIU, its scripts, what they left in it). */
+  group?: boolean;
+  /** Sleeps this long before this action's hook runs (`[action, seconds]`): a long dump. */
+  delay?: [string, number];
+  /** Notes `criu-pid=PID ACTION` (the PID the hook is given for CRIU) instead of the locks. */
+  notePid?: boolean;
+}
+
+/**
+ * An action script that runs criu-hook.sh (as a wrapper would: criu-hook.sh
+ * finds CRIU by its image directory), then, after each action, notes which
+ * of netlock's locks are in the tree's namespace (`locks()` reads the
+ * notes: `ACTION NAME...`), and kills CRIU or its group, or waits, as told.
+ */
+export async function wrappedHook(options: WrapOptions = {}): Promise<WrappedHook> {
+  const dir = await Deno.makeTempDir({ prefix: "nltest-hook-" });
+  const path = `${dir}/hook.sh`;
+  const notes = `${dir}/locks`;
+  // The tree's namespace: CRIU's own, or (a pod) its root's.
+  const inTree =
+    'if [ -n "$CRTOOLS_INIT_PID" ]; then nsenter --target "$CRTOOLS_INIT_PID" --net -- "$@"; ' +
+    'else "$@"; fi';
+  const criu = "criu=${CRTOOLS_IMAGE_DIR#/proc/}; criu=${criu%%/*}";
+  const kill = options.group
+    ? `${criu}; kill -KILL -$(ps -o pgid= -p "$criu" | tr -d ' ')`
+    : `${criu}; kill -KILL "$criu"`;
+  const [delayed, seconds] = options.delay ?? ["", 0];
+  await Deno.writeTextFile(
+    path,
+    "#!/bin/sh\n" +
+      (delayed ? `[ "$CRTOOLS_SCRIPT_ACTION" = ${delayed} ] && sleep ${seconds}\n` : "") +
+      `${HOOK}\nrc=$?\nin_tree() { ${inTree}; }\n` +
+      `names=$( { in_tree nft list ruleset; in_tree iptables-save; } 2>/dev/null | ` +
+      `grep -oE 'NETLOCK(-[cg][0-9]+)?( |$)' | tr -d ' ' | sort -u | tr '\\n' ' ')\n` +
+      (options.notePid
+        ? `${criu}; echo "criu-pid=$criu $CRTOOLS_SCRIPT_ACTION" >>${notes}\n`
+        : `echo "$CRTOOLS_SCRIPT_ACTION $names" >>${notes}\n`) +
+      (options.killAt
+        ? `if [ "$CRTOOLS_SCRIPT_ACTION" = ${options.killAt} ]; then ${kill}; fi\n`
+        : "") +
+      "exit $rc\n",
+    { mode: 0o755 },
+  );
+  return {
+    path,
+    locks: async () =>
+      (await Deno.readTextFile(notes).catch(() => "")).trim().split("\n").map((line) =>
+        line.trim()
+      ),
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+const PID_HOLDER = new URL("./pid_holder.py", import.meta.url).pathname;
+
+/**
+ * Holds `pid` (a zombie, or a live process) until disposed: what makes a
+ * restore fail with `Can't fork for PID: File exists`.
+ */
+export async function holdPid(pid: number, mode: "zombie" | "live"): Promise<AsyncDisposable> {
+  const child = new Deno.Command("python3", {
+    args: [PID_HOLDER, String(pid), mode],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const output = lineReader(child.stdout);
+  const writer = child.stdin.getWriter();
+  const free = async () => {
+    await writer.write(new TextEncoder().encode("free\n")).catch(() => {});
+    await writer.close().catch(() => {});
+    const freed = await output.next();
+    await output.drain();
+    const status = await child.status;
+    if (freed !== "freed" || !status.success) {
+      throw new Error(`pid_holder: ${freed} (${status.code})`);
+    }
+  };
+  const held = await output.next();
+  if (held !== "held") {
+    await free().catch(() => {});
+    throw new Error(`pid_holder did not hold ${pid}: ${held}`);
+  }
+  return { [Symbol.asyncDispose]: free };
 }

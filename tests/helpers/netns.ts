@@ -5,6 +5,7 @@
  */
 
 import { runCommand } from "../../lib/exec/runner.ts";
+import { lineReader } from "./lines.ts";
 
 const decoder = new TextDecoder();
 const ROOT = new URL("../../", import.meta.url);
@@ -191,14 +192,15 @@ export async function startServer(
   endpoints: string[],
 ): Promise<AsyncDisposable> {
   const child = spawnDenoTool(netns, TCP_TOOL, ["serve", ...endpoints]);
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const { value } = await reader.read();
-  if (!value?.startsWith("ready")) throw new Error(`server did not start: ${value}`);
+  const output = lineReader(child.stdout);
+  const first = await output.next();
+  output.drain();
+  if (first !== "ready") throw new Error(`server did not start: ${first}`);
   return {
     async [Symbol.asyncDispose]() {
       child.kill("SIGKILL");
-      await reader.cancel();
       await child.status;
+      await output.drain();
     },
   };
 }
@@ -259,18 +261,11 @@ export interface Endpoint extends AsyncDisposable {
 /** Starts `conn_tool.ts ARGS...` inside the namespace and waits for "ready". */
 export async function startEndpoint(netns: TestNetns, args: string[]): Promise<Endpoint> {
   const process = spawnDenoTool(netns, CONN_TOOL, args, "piped");
-  const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const output = lineReader(process.stdout);
   const writer = process.stdin.getWriter();
-  let buffered = "";
   const readLine = async (): Promise<string> => {
-    while (!buffered.includes("\n")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`endpoint ${args.join(" ")} exited`);
-      buffered += value;
-    }
-    const at = buffered.indexOf("\n");
-    const line = buffered.slice(0, at);
-    buffered = buffered.slice(at + 1);
+    const line = await output.next();
+    if (line === undefined) throw new Error(`endpoint ${args.join(" ")} exited`);
     return line;
   };
   if ((await readLine()) !== "ready") throw new Error(`endpoint ${args.join(" ")} did not start`);
@@ -282,8 +277,8 @@ export async function startEndpoint(netns: TestNetns, args: string[]): Promise<E
       process.kill("SIGKILL");
     } catch { /* already gone */ }
     await writer.close().catch(() => {});
-    await reader.cancel().catch(() => {});
     await process.status;
+    await output.drain();
   };
   return {
     pid: process.pid,
@@ -308,18 +303,19 @@ export async function startSleeper(netns: TestNetns): Promise<{ pid: number } & 
     stdin: "null",
     stdout: "piped",
   }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const output = lineReader(child.stdout);
   const dispose = async () => {
     try {
       child.kill("SIGKILL");
     } catch { /* exited */ }
-    await reader.cancel().catch(() => {});
     await child.status;
+    await output.drain();
   };
-  const { value } = await reader.read();
-  if (value !== "in\n") {
+  const first = await output.next();
+  output.drain();
+  if (first !== "in") {
     await dispose();
-    throw new Error(`the sleeper did not enter ${netns.name}: ${JSON.stringify(value)}`);
+    throw new Error(`the sleeper did not enter ${netns.name}: ${JSON.stringify(first)}`);
   }
   return { pid: child.pid, [Symbol.asyncDispose]: dispose };
 }

@@ -8,6 +8,7 @@
  * would), so that a restore need not wait for PID 1 to free its PIDs.
  */
 import { must, sh, type TestNetns } from "./netns.ts";
+import { lineReader } from "./lines.ts";
 
 const TREE = new URL("./echo_tree.py", import.meta.url).pathname;
 const REAPER = new URL("./reaper.py", import.meta.url).pathname;
@@ -103,7 +104,11 @@ export async function startTree(
     stdout: "piped",
     stderr: "null",
   }).spawn();
-  const pid = await firstLineNumber(child.stdout);
+  const output = lineReader(child.stdout);
+  const first = await output.next();
+  output.drain();
+  const pid = Number(first);
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`reaper.py printed no PID: ${first}`);
   let restoredPid: number | undefined;
   for (let i = 0; i < 200; i++) {
     const ss = await sh(["nsenter", `--net=${at.netns.path}`, "ss", "-tlnH", `sport = :${port}`]);
@@ -121,6 +126,7 @@ export async function startTree(
     async gone() {
       // The reaper ends once it reaped every process of the tree.
       await child.status;
+      await output.drain();
       reaped = true;
       await waitForNoTree(at, port);
       for (let i = 0; i < 400 && members.some((pid) => exists(pid)); i++) {
@@ -134,24 +140,10 @@ export async function startTree(
       // The whole tree: the root's session.
       await sh(["pkill", "-KILL", "-s", String(restoredPid ?? pid)]);
       if (!reaped) await child.status;
+      await output.drain();
       await waitForNoTree(at, port);
     },
   };
-}
-
-/** The PID the reaper prints first. */
-async function firstLineNumber(stdout: ReadableStream<Uint8Array>): Promise<number> {
-  const reader = stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  while (!text.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += value;
-  }
-  await reader.cancel();
-  const pid = Number(text.trim());
-  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`reaper.py printed no PID: ${text}`);
-  return pid;
 }
 
 /** The process and its descendants, from each task's children file in /proc. */

@@ -1,0 +1,91 @@
+/**
+ * A tree on the "host" for the real-CRIU tests: a namespace made for the
+ * test in which CRIU runs, and the tree (whose children hold the
+ * connections) and a peer that keeps sending all along live; CRIU runs no
+ * network action for such a tree, so criu-hook.sh locks it itself.
+ */
+import assert from "node:assert/strict";
+import { criuDump } from "./criu.ts";
+import { cliInside, createNetns, snapshot, type TestNetns } from "./netns.ts";
+import { type Cgroup, type Peer, startPeer, startTree, type Tree } from "./tree.ts";
+
+/** Where the tree listens. */
+export const PORT = 7700;
+/** How many connections the peer holds. */
+export const CONNECTIONS = 6;
+/** How many children of the root hold them. */
+export const CHILDREN = 2;
+
+/** A live host tree: its namespace, the image directory, the namespace before, the tree, the peer. */
+export type HostTree =
+  & { host: TestNetns; images: string; before: string; tree: Tree; peer: Peer }
+  & AsyncDisposable;
+
+/** A host namespace with a tree (in `cgroup` when given) and a peer that is sending. */
+export async function hostTree(cgroup?: Cgroup, connections = CONNECTIONS): Promise<HostTree> {
+  const host = await createNetns();
+  const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
+  const before = await snapshot(host);
+  const at = { netns: host, address: "127.0.0.1" };
+  const tree = await startTree(at, PORT, connections, CHILDREN, cgroup);
+  const peer = await startPeer(host, at, PORT, connections);
+  await peer.flowing();
+  return {
+    host,
+    images,
+    before,
+    tree,
+    peer,
+    async [Symbol.asyncDispose]() {
+      await peer[Symbol.asyncDispose]();
+      await tree[Symbol.asyncDispose]();
+      await Deno.remove(images, { recursive: true });
+      await host[Symbol.asyncDispose]();
+    },
+  };
+}
+
+/** A host tree dumped for good with the hook (its lock left for a restore), and gone. */
+export async function dumpedHostTree(
+  env: Record<string, string>,
+  cgroup?: Cgroup,
+): Promise<HostTree> {
+  const live = await hostTree(cgroup);
+  try {
+    live.tree.members();
+    const dump = await criuDump({ host: live.host }, live.tree, live.images, [], env);
+    assert.equal(dump.code, 0, dump.errors);
+    await live.tree.gone();
+    return live;
+  } catch (error) {
+    await live[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
+/** The locks netlock holds in the namespace, as `netlock list` shows them (kind and name). */
+export async function locks(netns: TestNetns): Promise<string[]> {
+  const listed = await cliInside(netns, ["list", "--json"]);
+  assert.equal(listed.code, 0, listed.stderr);
+  return listed.stdout.split("\n").filter(Boolean).map((line) => {
+    const lock = JSON.parse(line);
+    return `${lock.kind} ${lock.name}`;
+  });
+}
+
+/** Waits (10 s at most) until nothing of netlock's is left in the namespace. */
+export async function clean(netns: TestNetns, before: string): Promise<boolean> {
+  for (let i = 0; i < 200; i++) {
+    if (await snapshot(netns) === before) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return false;
+}
+
+/** The peer's verdict: every byte echoed in order, no reset, no error. */
+export function assertWhole(verdict: { ok: boolean; resets: number; errors: string[] }): void {
+  assert.deepEqual(
+    { ok: verdict.ok, resets: verdict.resets, errors: verdict.errors },
+    { ok: true, resets: 0, errors: [] },
+  );
+}

@@ -1,0 +1,41 @@
+"""Holds a given PID, as a process that took a dumped tree's PID would.
+
+    pid_holder.py PID zombie|live
+
+Makes a child with PID (writing PID-1 to /proc/sys/kernel/ns_last_pid
+before each fork, as CRIU does, until the kernel hands PID out): `zombie`,
+a child that exits at once and is not reaped (a killed process whose parent
+has not waited yet); `live`, a child that sleeps (a PID reused by another
+process). Prints "held" once it holds the PID, then waits for a line on
+stdin (or its end): it frees the PID (kills and reaps the child), prints
+"freed" and exits. Exits 1 when the PID could not be had.
+"""
+import os, signal, sys, time
+
+pid, mode = int(sys.argv[1]), sys.argv[2]
+child = 0
+for attempt in range(20000):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+        last.write(str(pid - 1))
+    got = os.fork()
+    if got == 0:
+        if mode == "live":
+            time.sleep(3600)
+        os._exit(0)
+    if got == pid:
+        child = got
+        break
+    # Someone else's fork came first: give it back and try again.
+    os.kill(got, signal.SIGKILL)
+    os.waitpid(got, 0)
+if not child:
+    sys.exit(f"pid_holder: PID {pid} could not be had")
+if mode == "zombie":
+    # Its exit is seen (it is a zombie now), and it stays one until reaped.
+    os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
+print("held", flush=True)
+sys.stdin.readline()
+if mode == "live":
+    os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+print("freed", flush=True)

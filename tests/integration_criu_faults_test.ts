@@ -1,0 +1,402 @@
+/**
+ * When a checkpoint goes wrong, with a real CRIU and criu-hook.sh: the one
+ * rule of docs/criu.md. The dumped connections stay locked from the dump
+ * until a restore succeeds, whatever fails in between, so a retry keeps
+ * every connection; whatever locks more (a cgroup lock) goes once it is not
+ * needed; a tree that runs on keeps nothing. And the safety net: the hook's
+ * helper outlives CRIU's process group and any timer, the pre-dump lock
+ * covers every socket of the tree, a dump whose restore plan cannot be
+ * written fails, and two CRIUs never take each other's state.
+ */
+import assert from "node:assert/strict";
+import {
+  createPod,
+  criuDump,
+  criuRestore,
+  holdPid,
+  type Setting,
+  withCriu,
+  wrappedHook,
+} from "./helpers/criu.ts";
+import { createNetns, probe, sh, snapshot } from "./helpers/netns.ts";
+import { lineReader } from "./helpers/lines.ts";
+import { createCgroup, startPeer, startTree, type Tree } from "./helpers/tree.ts";
+import {
+  assertWhole,
+  CHILDREN,
+  clean,
+  CONNECTIONS,
+  dumpedHostTree,
+  hostTree,
+  locks,
+  PORT,
+} from "./helpers/host_tree.ts";
+
+/** Waits (10 s at most) until no helper, watcher or state of criu-hook.sh is left. */
+async function hookIdle(): Promise<string> {
+  let left = "";
+  for (let i = 0; i < 200; i++) {
+    const state = await sh(["sh", "-c", "ls -d /run/netlock/criu-* 2>/dev/null"]);
+    const processes = await sh(["pgrep", "-af", "criu-hook\\.sh .|criu-hook --serve"]);
+    left = (state.stdout + processes.stdout).trim();
+    if (left === "") return "";
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return left;
+}
+
+/** The peer's echoes stall for 400 ms: its connections are locked. */
+async function stalled(peer: { progress(): number }): Promise<boolean> {
+  const during = peer.progress();
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  return peer.progress() === during;
+}
+
+const SECOND_PORT = 7710;
+
+for (const backend of ["iptables", "nftables"]) {
+  const env = { NETLOCK_BACKEND: backend };
+
+  for (const holder of ["zombie", "live"] as const) {
+    Deno.test({
+      ...withCriu,
+      name:
+        `real CRIU, ${backend}: a restore that fails (PID held by a ${holder}) keeps every dumped connection locked, the cgroup talks, the retry restores them all`,
+      async fn() {
+        await using cgroup = await createCgroup();
+        await using live = await dumpedHostTree(env, cgroup);
+        const { host, images, before, tree, peer } = live;
+        // What a final dump keeps: the dumped connections, and no cgroup lock.
+        assert.ok(await hookIdle() === "", "the dump's helper ended");
+        assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
+        {
+          await using _held = await holdPid(tree.pid, holder);
+          const failed = await criuRestore({ host }, images, env, true);
+          assert.notEqual(failed.code, 0, "the PID is taken");
+          assert.match(failed.errors, /File exists/);
+          assert.equal(await hookIdle(), "", "the restore's watcher ended");
+          // The dumped connections stay locked (no reset, no echo) ...
+          assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
+          assert.ok(await stalled(peer), "no echo while the tree is not restored");
+          // ... and a fallback in the tree's cgroup talks.
+          const at = { netns: host, address: "127.0.0.1" };
+          await using _fallback = await startTree(at, SECOND_PORT, 0, 0, cgroup);
+          assert.equal(await probe(host, "127.0.0.1", SECOND_PORT), "ok", "the fallback answers");
+        }
+        const restore = await criuRestore({ host }, images, env);
+        assert.equal(restore.code, 0, restore.errors);
+        tree.restored(restore.pid);
+        await peer.flowing();
+        assert.ok(await clean(host, before), "the restore removed the lock");
+        assertWhole(await peer.stop());
+        assert.equal(await hookIdle(), "");
+      },
+    });
+  }
+
+  Deno.test({
+    ...withCriu,
+    name:
+      `real CRIU, ${backend}: a restore that fails after the tree was restored keeps the dumped connections locked; the retry restores them all`,
+    async fn() {
+      await using live = await dumpedHostTree(env);
+      const { host, images, before, tree, peer } = live;
+      // CRIU_FAULT=6 (FI_POST_RESTORE): the restore fails after the tree is
+      // restored, before post-restore and the unlock; CRIU kills it again.
+      const failed = await criuRestore({ host }, images, { ...env, CRIU_FAULT: "6" });
+      assert.notEqual(failed.code, 0, "the restore failed");
+      assert.equal(await hookIdle(), "", "the restore's watcher ended");
+      assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
+      assert.ok(await stalled(peer), "no echo, no reset");
+      const restore = await criuRestore({ host }, images, env);
+      assert.equal(restore.code, 0, restore.errors);
+      tree.restored(restore.pid);
+      await peer.flowing();
+      assert.ok(await clean(host, before), "the restore removed the lock");
+      assertWhole(await peer.stop());
+    },
+  });
+
+  for (const at of ["network-lock", "post-dump"]) {
+    Deno.test({
+      ...withCriu,
+      name:
+        `real CRIU killed with its whole process group after ${at}, tree in its own namespace, ${backend}: the tree runs unlocked within 3 s, no helper left`,
+      async fn() {
+        await using pod = await createPod(createNetns);
+        const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
+        try {
+          const before = await snapshot(pod.pod);
+          const place = { netns: pod.pod, address: pod.address };
+          await using tree = await startTree(place, PORT, CONNECTIONS, CHILDREN);
+          await using peer = await startPeer(pod.peer, place, PORT, CONNECTIONS);
+          await peer.flowing();
+          await using hook = await wrappedHook({ killAt: at, group: true });
+          const setting: Setting = { pod, hook: hook.path, ownGroup: true };
+          const dump = await criuDump(setting, tree, images, ["--leave-running"], env);
+          const killed = performance.now();
+          assert.notEqual(dump.code, 0, "CRIU was killed");
+          assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
+          assert.ok(await clean(pod.pod, before), "the namespace of the tree that runs on is free");
+          const took = performance.now() - killed;
+          assert.ok(took < 3000, `unlocked ${took.toFixed(0)} ms after CRIU's group was killed`);
+          assert.equal(await hookIdle(), "", "no helper left");
+          assert.ok(tree.members().length > CHILDREN, "the tree runs on");
+          if (at === "network-lock") {
+            await peer.flowing();
+            assertWhole(await peer.stop());
+          }
+        } finally {
+          await Deno.remove(images, { recursive: true });
+        }
+      },
+    });
+  }
+
+  Deno.test({
+    ...withCriu,
+    name:
+      `real CRIU, ${backend}: a dump that outlasts the helper's old lifetime keeps its lock to the end`,
+    async fn() {
+      await using cgroup = await createCgroup();
+      await using live = await hostTree(cgroup);
+      const { host, images, before, tree, peer } = live;
+      // The old helper gave up after its lifetime (here 1 s) and unlocked a
+      // frozen tree; this dump takes 2 s more at post-dump.
+      await using hook = await wrappedHook({ delay: ["post-dump", 2] });
+      tree.members();
+      const dump = await criuDump(
+        { host, hook: hook.path },
+        tree,
+        images,
+        [],
+        { ...env, NETLOCK_HELPER_LIFETIME_MS: "1000" },
+      );
+      assert.equal(dump.code, 0, dump.errors);
+      await tree.gone();
+      assert.deepEqual((await hook.locks()).slice(0, 2).map((line) => line.split(" ")[0]), [
+        "pre-dump",
+        "post-dump",
+      ]);
+      assert.match((await hook.locks())[1], new RegExp(`NETLOCK-c${tree.pid}`));
+      assert.equal(await hookIdle(), "");
+      assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
+      assert.ok(await stalled(peer), "still locked after the dump");
+      const restore = await criuRestore({ host }, images, env);
+      assert.equal(restore.code, 0, restore.errors);
+      tree.restored(restore.pid);
+      await peer.flowing();
+      assert.ok(await clean(host, before), "the restore removed the lock");
+      assertWhole(await peer.stop());
+    },
+  });
+
+  Deno.test({
+    ...withCriu,
+    name:
+      `real CRIU, ${backend}: connections accepted on a listener made in another cgroup lose no byte`,
+    async fn() {
+      // The tree makes its listener and accepts in cgroup A, then moves to
+      // cgroup B, its own: its sockets stay A's, which a lock of B misses.
+      await using first = await createCgroup();
+      await using second = await createCgroup();
+      await using live = await hostTree(first);
+      const { host, images, before, tree, peer } = live;
+      for (const pid of tree.members()) {
+        await Deno.writeTextFile(`${second.dir}/cgroup.procs`, String(pid));
+      }
+      const dump = await criuDump({ host }, tree, images, [], env);
+      assert.equal(dump.code, 0, dump.errors);
+      await tree.gone();
+      assert.ok(await stalled(peer), "locked while dumped");
+      const restore = await criuRestore({ host }, images, env);
+      assert.equal(restore.code, 0, restore.errors);
+      tree.restored(restore.pid);
+      await peer.flowing();
+      assert.ok(await clean(host, before), "the restore removed the lock");
+      assertWhole(await peer.stop());
+      // Locked by connection from pre-dump on, and CRIU's log says why.
+      assert.match(dump.log, /TCP sockets are not its cgroup's \(socket [0-9]+ belongs to cgroup/);
+    },
+  });
+
+  Deno.test({
+    ...withCriu,
+    name:
+      `real CRIU, ${backend}: a dump whose restore plan cannot be written fails with one line, the tree runs on unlocked`,
+    async fn() {
+      await using cgroup = await createCgroup();
+      await using live = await hostTree(cgroup);
+      const { host, images, before, tree, peer } = live;
+      // A directory where the plan's script goes: writing it fails.
+      await Deno.mkdir(`${images}/netlock-unlock.nft/in-the-way`, { recursive: true });
+      const dump = await criuDump({ host }, tree, images, [], env);
+      assert.notEqual(dump.code, 0, "the dump failed");
+      const said = dump.log.split("\n").filter((line) => line.startsWith("error: "));
+      assert.equal(said.length, 1, said.join("\n"));
+      assert.match(
+        said[0],
+        new RegExp(`^error: criu-hook: cannot keep process ${tree.pid} locked for its restore: `),
+      );
+      assert.ok(await clean(host, before), "nothing of the lock is left");
+      assert.equal(await hookIdle(), "");
+      assert.ok(tree.members().length > CHILDREN, "the tree runs on");
+      await peer.flowing();
+      assertWhole(await peer.stop());
+    },
+  });
+}
+
+/** A PID namespace's init: it reaps every orphan, as a container's init does. */
+const INIT = "import os, time\nprint('ready', flush=True)\nwhile True:\n" +
+  "    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(0.05)\n";
+
+/**
+ * A PID namespace with /proc of its own (`unshare --pid --fork
+ * --mount-proc`), entered with `enter`; everything in it is killed on
+ * dispose (its init first).
+ */
+async function pidNamespace(): Promise<{ enter: string[]; pidns: string } & AsyncDisposable> {
+  const child = new Deno.Command("unshare", {
+    args: ["--pid", "--fork", "--mount-proc", "python3", "-c", INIT],
+    stdin: "null",
+    stdout: "piped",
+    // (unshare complains on stderr when its namespace is killed.)
+    stderr: "null",
+  }).spawn();
+  const output = lineReader(child.stdout);
+  assert.equal(await output.next(), "ready");
+  output.drain();
+  const init = (await Deno.readTextFile(`/proc/${child.pid}/task/${child.pid}/children`)).trim();
+  return {
+    enter: ["nsenter", `--target=${init}`, "--pid", "--mount", "--"],
+    pidns: await Deno.readLink(`/proc/${init}/ns/pid`),
+    async [Symbol.asyncDispose]() {
+      await sh(["kill", "-KILL", init]);
+      await child.status;
+      await output.drain();
+    },
+  };
+}
+
+/** Starts echo_tree.py in the PID namespace with root PID `pid` there, in `host`'s network. */
+async function treeIn(
+  ns: { enter: string[] },
+  host: { path: string },
+  pid: number,
+  port: number,
+): Promise<void> {
+  // Nothing inherited but /dev/null from this namespace: CRIU dumps every open file.
+  const start = 'echo $(($0 - 1)) >/proc/sys/kernel/ns_last_pid; nsenter --net="$1" -- ' +
+    "setsid python3 -c 'import os, sys; os.closerange(3, 65536); os.execvp(sys.argv[1], sys.argv[1:])' " +
+    'python3 "$2" 127.0.0.1 "$3" "$4" 1 </dev/null >/dev/null 2>&1 & echo $!';
+  const started = await sh([
+    ...ns.enter,
+    "sh",
+    "-c",
+    start,
+    String(pid),
+    host.path,
+    new URL("./helpers/echo_tree.py", import.meta.url).pathname,
+    String(port),
+    String(CONNECTIONS),
+  ]);
+  assert.equal(started.stdout.trim(), String(pid), started.stderr);
+  for (let i = 0; i < 200; i++) {
+    const ss = await sh(["nsenter", `--net=${host.path}`, "ss", "-tlnH", `sport = :${port}`]);
+    if (ss.stdout.trim() !== "") return;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error(`the tree in its PID namespace does not listen on ${port}`);
+}
+
+/** Runs CRIU in the PID namespace with PID 200 there (ns_last_pid), whatever ran before. */
+function criuAt200(ns: { enter: string[] }): string[] {
+  return [...ns.enter, "sh", "-c", 'echo 199 >/proc/sys/kernel/ns_last_pid; "$@"', "criu-at-200"];
+}
+
+for (const backend of ["iptables", "nftables"]) {
+  const env = { NETLOCK_BACKEND: backend };
+  Deno.test({
+    ...withCriu,
+    name:
+      `real CRIU, ${backend}: two host trees dumped and restored at once by two CRIUs with the same PID in their own PID namespaces keep every connection; stale state refuses nothing`,
+    async fn() {
+      await using host = await createNetns();
+      const before = await snapshot(host);
+      await using first = await pidNamespace();
+      await using second = await pidNamespace();
+      // What runs that were killed left: an older hook's directory, and a
+      // helper directory and a watcher's marker of a CRIU 200 of the first
+      // namespace that is gone (no helper or watcher lives).
+      await Deno.mkdir("/run/netlock", { recursive: true, mode: 0o700 });
+      for (const dir of ["/run/netlock/criu-200", "/run/netlock/criu-200-1.stale0"]) {
+        await Deno.mkdir(dir, { recursive: true });
+        await sh(["mkfifo", `${dir}/cmd`, `${dir}/reply`]);
+        await Deno.writeTextFile(`${dir}/pid`, "4194300\n");
+      }
+      await Deno.writeTextFile("/run/netlock/criu-200-1.stale0/pidns", `${first.pidns}\n`);
+      await Deno.writeTextFile("/run/netlock/criu-200-1-100.watch", `4194300 ${first.pidns}\n`);
+      const trees = [{ ns: first, pid: 100, port: PORT }, {
+        ns: second,
+        pid: 150,
+        port: SECOND_PORT,
+      }];
+      await using _images = {
+        paths: await Promise.all(trees.map(() => Deno.makeTempDir({ prefix: "nltest-criu-" }))),
+        async [Symbol.asyncDispose]() {
+          for (const path of this.paths) await Deno.remove(path, { recursive: true });
+        },
+      };
+      const images = _images.paths;
+      const peers = [];
+      for (const { ns, pid, port } of trees) {
+        await treeIn(ns, host, pid, port);
+        const peer = await startPeer(
+          host,
+          { netns: host, address: "127.0.0.1" },
+          port,
+          CONNECTIONS,
+        );
+        peers.push(peer);
+      }
+      try {
+        for (const peer of peers) await peer.flowing();
+        // Each CRIU is PID 200 in its namespace: the hook notes the PID it is given.
+        await using hook = await wrappedHook({ notePid: true });
+        const settings = trees.map(({ ns }) => ({ host, hook: hook.path, prefix: criuAt200(ns) }));
+        const dumps = await Promise.all(
+          trees.map(({ pid }, i) => criuDump(settings[i], { pid } as Tree, images[i], [], env)),
+        );
+        for (const dump of dumps) assert.equal(dump.code, 0, dump.errors);
+        assert.deepEqual(
+          [...new Set((await hook.locks()).map((line) => line.split(" ")[0]))],
+          ["criu-pid=200"],
+          "both CRIUs had PID 200",
+        );
+        assert.deepEqual((await locks(host)).sort(), [
+          "connections NETLOCK-c100",
+          "connections NETLOCK-c150",
+        ]);
+        for (const peer of peers) assert.ok(await stalled(peer), "locked while dumped");
+        const restores = await Promise.all(
+          trees.map((_, i) => criuRestore(settings[i], images[i], env)),
+        );
+        for (const restore of restores) assert.equal(restore.code, 0, restore.errors);
+        for (const peer of peers) await peer.flowing();
+        assert.ok(
+          await clean(host, before),
+          `both restores removed their locks: ${await snapshot(host)}`,
+        );
+        for (const peer of peers) assertWhole(await peer.stop());
+        assert.equal(
+          await hookIdle(),
+          "",
+          "the stale state was swept, nothing of the runs is left",
+        );
+      } finally {
+        for (const peer of peers) await peer[Symbol.asyncDispose]();
+      }
+    },
+  });
+}

@@ -73,6 +73,15 @@ leave_cgroup() {
   return 0
 }
 
+# cli.ts as the plain hook, told the PID the tree was dumped with ($1): a
+# tree restored in a PID namespace of its own (a container) has a new PID
+# outside it, and the locks kept since the dump bear the old one.
+plain_hook() {
+  NETLOCK_DUMPED_PID=$1 deno run --quiet --no-config --allow-run=nsenter \
+    --allow-env=PATH,CRTOOLS_SCRIPT_ACTION,CRTOOLS_INIT_PID,NETLOCK_BACKEND,NETLOCK_NAME,NETLOCK_MARK,NETLOCK_DUMPED_PID \
+    "$here/cli.ts"
+}
+
 # Run detached: a session of its own (setsid without a fork: a background
 # job of this shell leads no process group).
 detach=setsid
@@ -175,7 +184,13 @@ watcher)
   echo "$$ $(readlink /proc/self/ns/pid)" >"$markers.watch"
   wait_gone "$criu" "$start"
   if [ -e "$markers.finish" ] || { [ "$when" = undone ] && [ ! -e "$markers.done" ]; }; then
-    CRTOOLS_SCRIPT_ACTION= "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"
+    if [ "$when" = opened ]; then
+      # The dumped tree's locks, by its dumped PID ($1), in this namespace
+      # (the plain hook of this very shell, which is in it).
+      CRTOOLS_SCRIPT_ACTION=network-unlock CRTOOLS_INIT_PID=$$ plain_hook "$1"
+    else
+      CRTOOLS_SCRIPT_ACTION= "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"
+    fi
   fi
   rm -f "$markers.done" "$markers.finish" "$markers.watch"
   exit 0
@@ -243,20 +258,20 @@ if [ -n "$plan" ] && [ -f "$plan" ]; then
   done <"$plan"
 fi
 case $version/$kind in 1/host | 1/netns) ;; *) kind= ;; esac
-# A restore's markers, for its tree: left by a planned unlock for
-# post-resume (CRIU has closed its image directory by then, so they are
-# found by CRIU's PID and start time and the tree's PID), and by any unlock
-# for the restore's watcher.
-markers=$run-${CRTOOLS_INIT_PID:-$planned}
+# A restore's markers: left by a planned unlock for post-resume (CRIU has
+# closed its image directory by then, so they are found by CRIU's PID and
+# start time; .finish holds the plan's kind and dumped PID), and by any
+# unlock for the restore's watcher.
+markers=$run
 finish=$markers.finish done=$markers.done watching=$markers.watch
 
-# Creates a marker file, never through one that exists (noclobber: never
-# write through a link someone left in a shared $TMPDIR). No subshell: every
-# fork counts inside CRIU's clock. (`true`, not `:`: a failed redirection
-# of a special builtin would end the script.)
+# Creates a marker file holding $2, never through one that exists
+# (noclobber: never write through a link someone left in a shared $TMPDIR,
+# and a run of another PID namespace with the same CRIU PID and start time
+# keeps its own). No subshell: every fork counts inside CRIU's clock.
 create() {
   set -C
-  true 2>/dev/null >"$1"
+  printf '%s\n' "$2" 2>/dev/null >"$1"
   set -- $?
   set +C
   return "$1"
@@ -280,7 +295,7 @@ unlock_from_plan() {
   # Traffic flows; post-resume removes what is left. (Without the marker,
   # cli.ts removes it now.)
   [ "$finish_left" = 1 ] || return 0
-  create "$finish" || return 2
+  create "$finish" "$kind $planned" || return 2
 }
 
 # Marks the unlock done, for the restore's watcher (if one watches).
@@ -386,16 +401,17 @@ post-restore)
     unlocked
     exit 0
   fi
-  CRTOOLS_SCRIPT_ACTION=network-unlock CRTOOLS_INIT_PID=$planned "$here/cli.ts" && unlocked
+  CRTOOLS_SCRIPT_ACTION=network-unlock plain_hook "$planned" && unlocked
   exit $?
   ;;
 post-resume)
   # The planned unlock opened the lock or removed only what stops traffic:
   # the rest goes now, after the restore clock, with traffic flowing.
-  [ -f "$finish" ] || exit 0
+  left=
+  read -r _ left 2>/dev/null <"$finish" || exit 0
   rm -f "$finish"
-  [ "$kind" = host ] && CRTOOLS_INIT_PID=$planned
-  CRTOOLS_SCRIPT_ACTION=network-unlock exec "$here/cli.ts"
+  CRTOOLS_SCRIPT_ACTION=network-unlock plain_hook "$left"
+  exit $?
   ;;
 setup-namespaces | post-setup-namespaces)
   helper_dir
@@ -415,7 +431,11 @@ esac
 [ $status -eq 2 ] || exit $status
 # No helper, or its plan did not fit: cli.ts does the work (and the restore's
 # watcher is told when the unlock is done).
-"$here/cli.ts"
+if [ -n "$planned" ]; then
+  plain_hook "$planned"
+else
+  "$here/cli.ts"
+fi
 status=$?
 [ $status -eq 0 ] && [ "$CRTOOLS_SCRIPT_ACTION" = network-unlock ] && unlocked
 exit $status

@@ -1400,6 +1400,7 @@ function ruleKind(expr, jumpTo, mark) {
   if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
+  if ("return" in last && init.length === 0) return "return";
   return "other";
 }
 function isUnmarkedMatch(e) {
@@ -2231,10 +2232,12 @@ function isNetlockChain(view, name, kind, rulesKnown) {
     "drop",
     "marker"
   ] : [
-    "unmarkedDrop"
+    "unmarkedDrop",
+    "return"
   ];
   const own = view.rules.filter((rule) => rule.chain === name);
-  return own.every((rule) => allowed.includes(rule.kind)) && (own.length > 0 || jumps.length > 0);
+  const ours = (rule) => allowed.includes(rule.kind) || kind !== "netns" && (rule.jumpsTo ?? "").startsWith(`${name}.`);
+  return own.every(ours) && (own.length > 0 || jumps.length > 0);
 }
 function lockCandidates(state) {
   return [
@@ -2411,6 +2414,12 @@ async function unlockThroughNft(exec, state, request) {
         ...scope,
         tidy: removed.iptables
       }, request.kindOf);
+      if (plan.commands.length === 0) {
+        plan.commands = await chainless(exec, state, request.families ?? [
+          "ipv4",
+          "ipv6"
+        ]);
+      }
     }
     if (plan.commands.length === 0) {
       if (!removed && plan.foreign.length > 0) throw foreignError(plan.foreign);
@@ -2461,6 +2470,25 @@ ${script}EOF`);
 function foreignError(what) {
   const others = what.length > 1 ? ` (nor is ${what.slice(1).join(", ")})` : "";
   return new NetlockError("NAME_IN_USE", `${what[0]} is not a netlock lock${others}: it holds, or is used by, what netlock never makes; netlock leaves it alone: give the lock another --name`);
+}
+async function chainless(exec, state, families) {
+  const unseen = families.map((family) => family === "ipv4" ? "ip" : "ip6").filter((table) => !state.chains.some((c) => c.family === table && c.table === "filter"));
+  const listed = await Promise.all(unseen.map((table) => exec("nft", [
+    "-j",
+    "list",
+    "table",
+    table,
+    "filter"
+  ])));
+  return unseen.filter((_, i) => {
+    if (!listed[i].success) return false;
+    try {
+      const objects = JSON.parse(listed[i].stdout).nftables ?? [];
+      return objects.every((object) => "metainfo" in object || "table" in object);
+    } catch {
+      return false;
+    }
+  }).map((table) => `delete table ${table} filter`);
 }
 function didNothing() {
   return new NetlockError("TOOL_FAILED", "nft exited with code 0 but did not apply the unlock");
@@ -3940,16 +3968,24 @@ async function addTreeConnections(pid, options, made) {
     durationMs: performance.now() - started
   };
 }
-async function unlockKept(pid, options, kinds) {
+async function unlockKept(pid, options, kinds, netnsOf) {
   const opts = resolveOptions({
     ...options,
     mode: "netns",
     force: true
   }, "unlock");
-  const prepared = await prepare({
+  const where = netnsOf === void 0 ? {
     label: "netlock's own namespace",
     nsenterArgs: []
-  }, opts, "unlock");
+  } : {
+    label: `the namespace of process ${netnsOf}`,
+    nsenterArgs: [
+      "--target",
+      String(netnsOf),
+      "--net"
+    ]
+  };
+  const prepared = await prepare(where, opts, "unlock");
   const shapes = kinds.map((kind) => kind === "cgroup" ? cgroupShape(opts.name, opts.mark, pid) : connectionShape(opts.name, opts.mark, pid));
   return await unlockAllBackends(prepared, opts, {
     shapes
@@ -4384,10 +4420,15 @@ async function serveCriuHook(settings) {
       }
     } else {
       const planned = (await armLock(pid).armed)?.lock;
-      if (planned) await Promise.all([
-        armUnlock(pid, planned).armed,
-        planRestore(planned)
-      ]);
+      if (planned) {
+        await Promise.all([
+          armUnlock(pid, planned).armed,
+          planRestore({
+            ...planned,
+            pid
+          })
+        ]);
+      }
       await answer("ready netns");
     }
   }
@@ -4441,7 +4482,10 @@ async function serveCriuHook(settings) {
           }
           if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
             armUnlock(pid, locked);
-            if (locked.mode === "netns") await planRestore(locked);
+            if (locked.mode === "netns") await planRestore({
+              ...locked,
+              pid
+            });
           }
         } catch (error) {
           await answer(`error ${error.message}`);
@@ -4531,6 +4575,7 @@ async function writeRestorePlan(images, lock) {
   await writePlan(images, script, renderPlanFile({
     kind: "netns",
     backend: lock.backend,
+    pid: lock.pid,
     finish
   }));
 }
@@ -4652,6 +4697,14 @@ async function criuHook() {
   try {
     const result2 = plan.action === "lock" ? await lockNetwork(plan.pid, plan.options) : await unlockNetwork(plan.pid, plan.options);
     for (const warning of result2.warnings ?? []) printWarning(warning);
+    const dumped = Number(readEnv("NETLOCK_DUMPED_PID") ?? "");
+    if (plan.action === "unlock" && Number.isSafeInteger(dumped) && dumped > 0 && dumped !== plan.pid) {
+      const { unlockKept: unlockKept2 } = await Promise.resolve().then(() => (init_tree_lock(), tree_lock_exports));
+      await unlockKept2(dumped, plan.options, [
+        "connections",
+        "cgroup"
+      ], plan.pid);
+    }
     return EXIT.ok;
   } catch (error) {
     printError(errorMessage(error));

@@ -30,6 +30,7 @@ import {
   hostTree,
   locks,
   PORT,
+  restoresWhole,
 } from "./helpers/host_tree.ts";
 
 /** Waits (10 s at most) until no helper, watcher or state of criu-hook.sh is left. */
@@ -65,7 +66,7 @@ for (const backend of ["iptables", "nftables"]) {
       async fn() {
         await using cgroup = await createCgroup();
         await using live = await dumpedHostTree(env, cgroup);
-        const { host, images, before, tree, peer } = live;
+        const { host, images, tree, peer } = live;
         // What a final dump keeps: the dumped connections, and no cgroup lock.
         assert.ok(await hookIdle() === "", "the dump's helper ended");
         assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
@@ -83,12 +84,7 @@ for (const backend of ["iptables", "nftables"]) {
           await using _fallback = await startTree(at, SECOND_PORT, 0, 0, cgroup);
           assert.equal(await probe(host, "127.0.0.1", SECOND_PORT), "ok", "the fallback answers");
         }
-        const restore = await criuRestore({ host }, images, env);
-        assert.equal(restore.code, 0, restore.errors);
-        tree.restored(restore.pid);
-        await peer.flowing();
-        assert.ok(await clean(host, before), "the restore removed the lock");
-        assertWhole(await peer.stop());
+        await restoresWhole(live, env);
         assert.equal(await hookIdle(), "");
       },
     });
@@ -100,7 +96,7 @@ for (const backend of ["iptables", "nftables"]) {
       `real CRIU, ${backend}: a restore that fails after the tree was restored keeps the dumped connections locked; the retry restores them all`,
     async fn() {
       await using live = await dumpedHostTree(env);
-      const { host, images, before, tree, peer } = live;
+      const { host, images, tree, peer } = live;
       // CRIU_FAULT=6 (FI_POST_RESTORE): the restore fails after the tree is
       // restored, before post-restore and the unlock; CRIU kills it again.
       const failed = await criuRestore({ host }, images, { ...env, CRIU_FAULT: "6" });
@@ -108,12 +104,7 @@ for (const backend of ["iptables", "nftables"]) {
       assert.equal(await hookIdle(), "", "the restore's watcher ended");
       assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
       assert.ok(await stalled(peer), "no echo, no reset");
-      const restore = await criuRestore({ host }, images, env);
-      assert.equal(restore.code, 0, restore.errors);
-      tree.restored(restore.pid);
-      await peer.flowing();
-      assert.ok(await clean(host, before), "the restore removed the lock");
-      assertWhole(await peer.stop());
+      await restoresWhole(live, env);
     },
   });
 
@@ -160,7 +151,7 @@ for (const backend of ["iptables", "nftables"]) {
     async fn() {
       await using cgroup = await createCgroup();
       await using live = await hostTree(cgroup);
-      const { host, images, before, tree, peer } = live;
+      const { host, images, tree, peer } = live;
       // The old helper gave up after its lifetime (here 1 s) and unlocked a
       // frozen tree; this dump takes 2 s more at post-dump.
       await using hook = await wrappedHook({ delay: ["post-dump", 2] });
@@ -182,12 +173,7 @@ for (const backend of ["iptables", "nftables"]) {
       assert.equal(await hookIdle(), "");
       assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
       assert.ok(await stalled(peer), "still locked after the dump");
-      const restore = await criuRestore({ host }, images, env);
-      assert.equal(restore.code, 0, restore.errors);
-      tree.restored(restore.pid);
-      await peer.flowing();
-      assert.ok(await clean(host, before), "the restore removed the lock");
-      assertWhole(await peer.stop());
+      await restoresWhole(live, env);
     },
   });
 
@@ -201,7 +187,7 @@ for (const backend of ["iptables", "nftables"]) {
       await using first = await createCgroup();
       await using second = await createCgroup();
       await using live = await hostTree(first);
-      const { host, images, before, tree, peer } = live;
+      const { host, images, tree, peer } = live;
       for (const pid of tree.members()) {
         await Deno.writeTextFile(`${second.dir}/cgroup.procs`, String(pid));
       }
@@ -209,12 +195,7 @@ for (const backend of ["iptables", "nftables"]) {
       assert.equal(dump.code, 0, dump.errors);
       await tree.gone();
       assert.ok(await stalled(peer), "locked while dumped");
-      const restore = await criuRestore({ host }, images, env);
-      assert.equal(restore.code, 0, restore.errors);
-      tree.restored(restore.pid);
-      await peer.flowing();
-      assert.ok(await clean(host, before), "the restore removed the lock");
-      assertWhole(await peer.stop());
+      await restoresWhole(live, env);
       // Locked by connection from pre-dump on, and CRIU's log says why.
       assert.match(dump.log, /TCP sockets are not its cgroup's \(socket [0-9]+ belongs to cgroup/);
     },

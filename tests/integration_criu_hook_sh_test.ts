@@ -225,7 +225,8 @@ for (const backend of ["iptables", "nftables"]) {
         const plan = await Deno.readTextFile(`${images}/netlock-unlock`);
         assert.equal(
           plan,
-          `version=1\nkind=netns\nbackend=${backend}\nfinish=${backend === "iptables" ? 1 : 0}\n`,
+          `version=1\nkind=netns\nbackend=${backend}\npid=${sleeper.pid}\n` +
+            `finish=${backend === "iptables" ? 1 : 0}\n`,
         );
 
         // The restored namespace holds the lock the images carried.

@@ -30,6 +30,7 @@ import {
   hostTree,
   locks,
   PORT,
+  restoresWhole,
 } from "./helpers/host_tree.ts";
 
 /** Waits (10 s at most) until `read` gives `expected` (the hook's helper works after CRIU). */
@@ -97,7 +98,7 @@ for (const backend of ["iptables", "nftables"]) {
       async fn() {
         await using cgroup = own ? await createCgroup() : undefined;
         await using live = await hostTree(cgroup);
-        const { host, images, before, tree, peer } = live;
+        const { host, images, tree, peer } = live;
         tree.members();
         const dump = await criuDump({ host }, tree, images, [], env);
         assert.equal(dump.code, 0, dump.errors);
@@ -109,12 +110,7 @@ for (const backend of ["iptables", "nftables"]) {
         await new Promise((resolve) => setTimeout(resolve, 500));
         assert.equal(peer.progress(), during, "no echo while the tree is dumped");
 
-        const restore = await criuRestore({ host }, images, env);
-        assert.equal(restore.code, 0, restore.errors);
-        tree.restored(restore.pid);
-        await peer.flowing();
-        assert.ok(await clean(host, before), "the restore removed the lock");
-        assertWhole(await peer.stop());
+        await restoresWhole(live, env);
       },
     });
   }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { baseChain, rule } from "./helpers/nft_json.ts";
-import { hasLockChain, planNftUnlockCommands } from "../lib/unlock/plan.ts";
+import { hasLockChain, isNetlockChain, planNftUnlockCommands } from "../lib/unlock/plan.ts";
 import { parseNftTableJson } from "../lib/nftables/view_parser.ts";
 
 const JUMP = [{ counter: { packets: 0, bytes: 0 } }, { jump: { target: "NETLOCK" } }];
@@ -112,4 +112,29 @@ Deno.test("planNftUnlockCommands() tidies a table made for locks that another un
     ],
   }));
   assert.deepEqual(planNftUnlockCommands(ruled, "NETLOCK-c42", true), []);
+});
+
+Deno.test("isNetlockChain() takes a read connection lock: its drops, its tree's jumps, the return that opens it", () => {
+  const view = parseNftTableJson(JSON.stringify({
+    nftables: [
+      { table: { family: "ip", name: "filter", handle: 1 } },
+      { chain: { family: "ip", table: "filter", name: "NETLOCK-c42", handle: 1 } },
+      { chain: { family: "ip", table: "filter", name: "NETLOCK-c42.0", handle: 2 } },
+      baseChain("ip", "filter", "INPUT", 3),
+      rule("ip", "filter", "INPUT", 4, [{ counter: null }, { jump: { target: "NETLOCK-c42" } }]),
+      rule("ip", "filter", "NETLOCK-c42", 5, [{ counter: null }, { return: null }]),
+      rule("ip", "filter", "NETLOCK-c42", 6, [
+        { match: { op: "==", left: { payload: { protocol: "tcp", field: "dport" } }, right: 80 } },
+        { counter: null },
+        { jump: { target: "NETLOCK-c42.0" } },
+      ]),
+    ],
+  }));
+  assert.equal(isNetlockChain(view, "NETLOCK-c42", "connections", true), true);
+  // A jump elsewhere is not a lock's.
+  const elsewhere = {
+    ...view,
+    rules: view.rules.map((r) => ({ ...r, jumpsTo: r.jumpsTo?.replace(".0", "X") })),
+  };
+  assert.equal(isNetlockChain(elsewhere, "NETLOCK-c42", "connections", true), false);
 });

@@ -41,6 +41,16 @@ export async function criuHook(): Promise<number> {
       ? await lockNetwork(plan.pid, plan.options)
       : await unlockNetwork(plan.pid, plan.options);
     for (const warning of result.warnings ?? []) printWarning(warning);
+    // criu-hook.sh says which PID the tree had when it was dumped: a tree
+    // restored in a PID namespace of its own (a container) has a new PID
+    // outside it, and the locks kept since the dump bear the old one.
+    const dumped = Number(readEnv("NETLOCK_DUMPED_PID") ?? "");
+    if (
+      plan.action === "unlock" && Number.isSafeInteger(dumped) && dumped > 0 && dumped !== plan.pid
+    ) {
+      const { unlockKept } = await import("./tree_lock.ts");
+      await unlockKept(dumped, plan.options, ["connections", "cgroup"], plan.pid);
+    }
     return EXIT.ok;
   } catch (error) {
     printError(errorMessage(error));

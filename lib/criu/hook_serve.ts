@@ -196,7 +196,9 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
       }
     } else {
       const planned = (await armLock(pid).armed)?.lock;
-      if (planned) await Promise.all([armUnlock(pid, planned).armed, planRestore(planned)]);
+      if (planned) {
+        await Promise.all([armUnlock(pid, planned).armed, planRestore({ ...planned, pid })]);
+      }
       await answer("ready netns");
     }
   }
@@ -263,7 +265,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
           // and plan again, for this very lock, while CRIU dumps.
           if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
             armUnlock(pid, locked);
-            if (locked.mode === "netns") await planRestore(locked);
+            if (locked.mode === "netns") await planRestore({ ...locked, pid });
           }
         } catch (error) {
           await answer(`error ${(error as Error).message}`);
@@ -341,8 +343,9 @@ async function afterCriu(
 }
 
 /**
- * The plan file: version 1, key=value lines (`kind`, `backend`, `pid` for a
- * host tree, `finish`), which criu-hook.sh reads by key.
+ * The plan file: version 1, key=value lines (`kind`, `backend`, `pid`: the
+ * dumped root, whose PID a restore in a PID namespace of its own changes,
+ * `finish`), which criu-hook.sh reads by key.
  *
  * @example
  * ```ts
@@ -383,7 +386,11 @@ async function writePlan(images: string, script: string, plan: string): Promise<
 /** Writes the restore's unlock of the namespace lock `lock` into `images`. */
 async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<void> {
   const { script, finish } = renderRestoreUnlock(lock);
-  await writePlan(images, script, renderPlanFile({ kind: "netns", backend: lock.backend, finish }));
+  await writePlan(
+    images,
+    script,
+    renderPlanFile({ kind: "netns", backend: lock.backend, pid: lock.pid, finish }),
+  );
 }
 
 /**
@@ -400,8 +407,8 @@ async function writeTreePlan(images: string, lock: OperationResult, pid: number)
   );
 }
 
-/** What a restore's unlock is planned from. */
-type RestorePlanned = KnownLock & { name: string; mark: number };
+/** What a restore's unlock is planned from: the lock, and the dumped PID. */
+type RestorePlanned = KnownLock & { name: string; mark: number; pid: number };
 
 function sameLock(a: KnownLock, b: KnownLock): boolean {
   return a.backend === b.backend && a.families.join() === b.families.join();

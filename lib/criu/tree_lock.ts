@@ -147,20 +147,23 @@ async function addTreeConnections(
  * @param pid The tree's root, as it was dumped.
  * @param options The hook's options.
  * @param kinds Which: the connection lock, the cgroup lock, or both.
+ * @param netnsOf Where, when not netlock's own namespace: the namespace of this
+ *   process (a restored tree, whose PID outside its PID namespace is new).
  * @returns What was done.
  */
 export async function unlockKept(
   pid: number,
   options: NetlockOptions,
   kinds: ("connections" | "cgroup")[],
+  netnsOf?: number,
 ): Promise<NamespaceOutcome> {
-  // netlock's own namespace as a namespace target, for the unlock alone.
+  // netlock's own namespace (or `netnsOf`'s) as a namespace target, for the unlock alone.
   const opts = resolveOptions({ ...options, mode: "netns", force: true }, "unlock");
-  const prepared = await prepare(
-    { label: "netlock's own namespace", nsenterArgs: [] },
-    opts,
-    "unlock",
-  );
+  const where = netnsOf === undefined ? { label: "netlock's own namespace", nsenterArgs: [] } : {
+    label: `the namespace of process ${netnsOf}`,
+    nsenterArgs: ["--target", String(netnsOf), "--net"],
+  };
+  const prepared = await prepare(where, opts, "unlock");
   const shapes = kinds.map((kind) =>
     kind === "cgroup"
       ? cgroupShape(opts.name, opts.mark, pid)

@@ -47,6 +47,7 @@ export type RuleKind =
   | "unmarkedDrop"
   | "marker"
   | "accept"
+  | "return"
   | "other";
 
 /** One rule, reduced to what the unlock needs. */
@@ -228,6 +229,8 @@ function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
   if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
+  // A bare return: what opens an iptables connection lock for a restore.
+  if ("return" in last && init.length === 0) return "return";
   return "other";
 }
 

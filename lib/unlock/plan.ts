@@ -164,11 +164,16 @@ export function isNetlockChain(
   // A lock's chain always has its jumps (they come and go in its own
   // transactions); a connection lock's thousands of rules are not read.
   if (!rulesKnown) return jumps.length > 0;
+  // A connection lock's chain: its drops, jumps into its own tree of chains
+  // (NAME.ID), and the bare return at its head that opens it for a restore.
   const allowed: RuleKind[] = kind === "netns"
     ? ["markAccept", "drop", "marker"]
-    : ["unmarkedDrop"];
+    : ["unmarkedDrop", "return"];
   const own = view.rules.filter((rule) => rule.chain === name);
-  return own.every((rule) => allowed.includes(rule.kind)) && (own.length > 0 || jumps.length > 0);
+  const ours = (rule: NftTableView["rules"][number]) =>
+    allowed.includes(rule.kind) ||
+    (kind !== "netns" && (rule.jumpsTo ?? "").startsWith(`${name}.`));
+  return own.every(ours) && (own.length > 0 || jumps.length > 0);
 }
 
 /**

@@ -77,6 +77,9 @@ export async function unlockThroughNft(
     if (tidying) {
       tidied = true;
       plan = planUnlock(state, [], false, { ...scope, tidy: removed!.iptables }, request.kindOf);
+      if (plan.commands.length === 0) {
+        plan.commands = await chainless(exec, state, request.families ?? ["ipv4", "ipv6"]);
+      }
     }
     if (plan.commands.length === 0) {
       // Nothing of netlock's, only a chain or table of the name someone else made.
@@ -136,6 +139,32 @@ export function foreignError(what: string[]): NetlockError {
     `${what[0]} is not a netlock lock${others}: it holds, or is used by, what netlock never ` +
       "makes; netlock leaves it alone: give the lock another --name",
   );
+}
+
+/**
+ * `delete table` for each touched family's filter table that exists with
+ * nothing in it at all (no chain, set or other object): what two unlocks
+ * at once may leave, and what a read of the chains cannot see.
+ */
+async function chainless(
+  exec: ToolExec,
+  state: NftTableView,
+  families: readonly Family[],
+): Promise<string[]> {
+  const unseen = families.map((family) => family === "ipv4" ? "ip" : "ip6")
+    .filter((table) => !state.chains.some((c) => c.family === table && c.table === "filter"));
+  const listed = await Promise.all(
+    unseen.map((table) => exec("nft", ["-j", "list", "table", table, "filter"])),
+  );
+  return unseen.filter((_, i) => {
+    if (!listed[i].success) return false;
+    try {
+      const objects = (JSON.parse(listed[i].stdout).nftables ?? []) as Record<string, unknown>[];
+      return objects.every((object) => "metainfo" in object || "table" in object);
+    } catch {
+      return false;
+    }
+  }).map((table) => `delete table ${table} filter`);
 }
 
 function didNothing(): NetlockError {

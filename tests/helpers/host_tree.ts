@@ -5,7 +5,7 @@
  * network action for such a tree, so criu-hook.sh locks it itself.
  */
 import assert from "node:assert/strict";
-import { criuDump } from "./criu.ts";
+import { criuDump, criuRestore } from "./criu.ts";
 import { cliInside, createNetns, snapshot, type TestNetns } from "./netns.ts";
 import { type Cgroup, type Peer, startPeer, startTree, type Tree } from "./tree.ts";
 
@@ -88,4 +88,18 @@ export function assertWhole(verdict: { ok: boolean; resets: number; errors: stri
     { ok: verdict.ok, resets: verdict.resets, errors: verdict.errors },
     { ok: true, resets: 0, errors: [] },
   );
+}
+
+/**
+ * Restores the dumped host tree (retrying while its PIDs are taken) and
+ * checks the outcome: the peer's echoes flow again, nothing of the lock is
+ * left, every byte came back in order and no connection was reset.
+ */
+export async function restoresWhole(live: HostTree, env: Record<string, string>): Promise<void> {
+  const restore = await criuRestore({ host: live.host }, live.images, env);
+  assert.equal(restore.code, 0, restore.errors);
+  live.tree.restored(restore.pid);
+  await live.peer.flowing();
+  assert.ok(await clean(live.host, live.before), "the restore removed the lock");
+  assertWhole(await live.peer.stop());
 }

@@ -1,0 +1,172 @@
+/**
+ * netlock as the network lock of a container runtime's checkpoint: Debian's
+ * runc, pointed at `criu-netlock` (`runc --criu`), checkpoints and restores
+ * a busybox container whose echo server holds live connections to a peer
+ * that sends on every one all along, over a veth pair. runc drives CRIU
+ * through its RPC (`criu swrk`); NETLOCK_BACKEND reaches the hook through
+ * runc's environment. No connection broken, the container's namespace
+ * locked between checkpoint and restore, nothing left. The control: CRIU's
+ * lock skipped and no hook, and the connections break.
+ */
+import assert from "node:assert/strict";
+import { createPod } from "./helpers/criu.ts";
+import { cli, createNetns, snapshot, type TestNetns } from "./helpers/netns.ts";
+import {
+  criuWithoutLock,
+  startContainer,
+  startPodmanContainer,
+  withPodman,
+  withRunc,
+} from "./helpers/runc.ts";
+import { type Peer, startPeer } from "./helpers/tree.ts";
+import { assertWhole, clean } from "./helpers/host_tree.ts";
+
+const PORT = 7800;
+const CONNECTIONS = 8;
+
+/** The locks `netlock list` shows in a namespace (kind and name). */
+async function locksIn(netns: TestNetns): Promise<string[]> {
+  const listed = await cli(["list", "--json", "--netns", netns.path]);
+  assert.equal(listed.code, 0, listed.stderr);
+  return listed.stdout.split("\n").filter(Boolean).map((line) => {
+    const lock = JSON.parse(line);
+    return `${lock.kind} ${lock.name}`;
+  });
+}
+
+/** The peer's echoes stall for 400 ms. */
+async function stalled(peer: { progress(): number }): Promise<boolean> {
+  const during = peer.progress();
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  return peer.progress() === during;
+}
+
+/** A runtime's command: its exit code and what it said. */
+type Ran = { code: number; stderr: string };
+
+/**
+ * Checkpoint, then restore: in between the namespace `netns` holds a lock
+ * and the peer gets no echo (and no reset); after, the echoes flow, nothing
+ * of the lock is left, and every byte came back in order.
+ */
+async function keepsEveryConnection(
+  netns: TestNetns,
+  before: string,
+  peer: Peer,
+  checkpoint: () => Promise<Ran>,
+  restore: () => Promise<Ran>,
+): Promise<void> {
+  const checkpointed = await checkpoint();
+  assert.equal(checkpointed.code, 0, checkpointed.stderr);
+  assert.notDeepEqual(await locksIn(netns), [], "locked between checkpoint and restore");
+  assert.ok(await stalled(peer), "no echo while checkpointed");
+  const restored = await restore();
+  assert.equal(restored.code, 0, restored.stderr);
+  await peer.flowing();
+  assert.ok(await clean(netns, before), `nothing of the lock is left: ${await snapshot(netns)}`);
+  assertWhole(await peer.stop());
+}
+
+for (const backend of ["iptables", "nftables"]) {
+  const env = { NETLOCK_BACKEND: backend };
+
+  Deno.test({
+    ...withRunc,
+    name:
+      `runc --criu criu-netlock, ${backend}: checkpoint --tcp-established and restore keep every connection of a container in a pre-made namespace`,
+    async fn() {
+      await using pod = await createPod(createNetns);
+      const before = await snapshot(pod.pod);
+      await using container = await startContainer(pod.peer, PORT, pod.pod.path);
+      const at = { netns: pod.pod, address: pod.address };
+      await using peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
+      await peer.flowing();
+      await keepsEveryConnection(
+        pod.pod,
+        before,
+        peer,
+        () => container.checkpoint([], env),
+        () => container.restore(env),
+      );
+    },
+  });
+
+  Deno.test({
+    ...withRunc,
+    name:
+      `runc --criu criu-netlock, ${backend}: checkpoint --leave-running keeps every connection and leaves nothing`,
+    async fn() {
+      await using pod = await createPod(createNetns);
+      const before = await snapshot(pod.pod);
+      await using container = await startContainer(pod.peer, PORT, pod.pod.path);
+      const at = { netns: pod.pod, address: pod.address };
+      await using peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
+      await peer.flowing();
+      const checkpoint = await container.checkpoint(["--leave-running"], env);
+      assert.equal(checkpoint.code, 0, checkpoint.stderr);
+      await peer.flowing();
+      assert.ok(await clean(pod.pod, before), "nothing of the lock is left");
+      assertWhole(await peer.stop());
+    },
+  });
+
+  Deno.test({
+    ...withRunc,
+    name:
+      `runc --criu criu-netlock, ${backend}: a container on the host's network keeps every connection across checkpoint and restore`,
+    async fn() {
+      await using host = await createNetns();
+      const before = await snapshot(host);
+      await using container = await startContainer(host, PORT);
+      await using peer = await startPeer(host, { netns: host, address: "127.0.0.1" }, PORT, 8);
+      await peer.flowing();
+      await keepsEveryConnection(
+        host,
+        before,
+        peer,
+        () => container.checkpoint([], env),
+        () => container.restore(env),
+      );
+    },
+  });
+
+  Deno.test({
+    ...withPodman,
+    name:
+      `podman with criu-netlock installed as criu, ${backend}: container checkpoint and restore --tcp-established keep every connection`,
+    async fn() {
+      await using pod = await createPod(createNetns);
+      const before = await snapshot(pod.pod);
+      await using container = await startPodmanContainer(pod.pod.path, PORT);
+      const at = { netns: pod.pod, address: pod.address };
+      await using peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
+      await peer.flowing();
+      const verb = (name: string) => () =>
+        container.podman(["container", name, "--tcp-established", container.name], env);
+      await keepsEveryConnection(pod.pod, before, peer, verb("checkpoint"), verb("restore"));
+    },
+  });
+}
+
+Deno.test({
+  ...withRunc,
+  name: "runc with CRIU's lock skipped and no hook (the control): the connections break",
+  async fn() {
+    await using pod = await createPod(createNetns);
+    await using nolock = await criuWithoutLock();
+    await using container = await startContainer(pod.peer, PORT, pod.pod.path);
+    const at = { netns: pod.pod, address: pod.address };
+    await using peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
+    await peer.flowing();
+    const checkpoint = await container.checkpoint([], {}, nolock.path);
+    assert.equal(checkpoint.code, 0, checkpoint.stderr);
+    // Unlocked, the peer's packets meet closed sockets: reset.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const restore = await container.restore({}, nolock.path);
+    const verdict = await peer.stop();
+    assert.ok(
+      verdict.resets > 0 || !verdict.ok,
+      `without a lock the connections break (restore ${restore.code}): ${JSON.stringify(verdict)}`,
+    );
+  },
+});

@@ -2414,12 +2414,10 @@ async function unlockThroughNft(exec, state, request) {
         ...scope,
         tidy: removed.iptables
       }, request.kindOf);
-      if (plan.commands.length === 0) {
-        plan.commands = await chainless(exec, state, request.families ?? [
-          "ipv4",
-          "ipv6"
-        ]);
-      }
+      plan.commands.push(...await chainless(exec, state, request.families ?? [
+        "ipv4",
+        "ipv6"
+      ]));
     }
     if (plan.commands.length === 0) {
       if (!removed && plan.foreign.length > 0) throw foreignError(plan.foreign);

@@ -6,7 +6,7 @@
  * First the concurrency, fault and stream suites once, with STRESS_ROUNDS=60
  * rounds inside their tests; then ROUNDS whole runs of each suite that
  * drives real processes from the outside and reads them: the process-lock
- * suite and the real-CRIU suites (the CRIU hook's faults, host trees, pods).
+ * suite and the real-CRIU fault tests (the CRIU hook's faults).
  * Stops at the first failure and shows its output; prints one
  * `N passed, M failed` line per run and a total at the end.
  */
@@ -20,8 +20,6 @@ const ONCE = [
 const REPEATED = [
   "tests/integration_process_locks_test.ts",
   "tests/integration_criu_faults_test.ts",
-  "tests/integration_criu_host_test.ts",
-  "tests/integration_criu_real_test.ts",
 ];
 
 let passed = 0;

@@ -77,9 +77,10 @@ export async function unlockThroughNft(
     if (tidying) {
       tidied = true;
       plan = planUnlock(state, [], false, { ...scope, tidy: removed!.iptables }, request.kindOf);
-      if (plan.commands.length === 0) {
-        plan.commands = await chainless(exec, state, request.families ?? ["ipv4", "ipv6"]);
-      }
+      // Two unlocks at once read chains and rules in separate calls: one
+      // may delete the base chains of a family and leave its table with no
+      // chain at all, which a read of the chains cannot see.
+      plan.commands.push(...await chainless(exec, state, request.families ?? ["ipv4", "ipv6"]));
     }
     if (plan.commands.length === 0) {
       // Nothing of netlock's, only a chain or table of the name someone else made.

@@ -246,7 +246,10 @@ ask() {
 # (Empty without CRIU's image directory: then no plan is ever found.)
 plan=${CRTOOLS_IMAGE_DIR:+$CRTOOLS_IMAGE_DIR/netlock-unlock}
 kind= backend= planned= finish_left= version=
-if [ -n "$plan" ] && [ -f "$plan" ]; then
+# (Only the restore's actions read it: the dump's, inside the frozen window, do not.)
+plan_read=
+case $CRTOOLS_SCRIPT_ACTION in pre-restore | setup-namespaces | network-unlock | post-restore) ;; *) plan_read=no ;; esac
+if [ -z "$plan_read" ] && [ -n "$plan" ] && [ -f "$plan" ]; then
   while IFS='=' read -r key value; do
     case $key in
     version) version=$value ;;

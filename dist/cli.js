@@ -3997,7 +3997,13 @@ async function frozenConnections(pid, options) {
   ], {
     timeoutMs: options.timeoutMs ?? 1e4
   });
-  return (await probeTree(exec, pid, {
+  const niced = (tool, args, stdin, signal) => exec("nice", [
+    "-n",
+    "19",
+    tool,
+    ...args
+  ], stdin, signal);
+  return (await probeTree(niced, pid, {
     connections: true
   })).connections ?? [];
 }

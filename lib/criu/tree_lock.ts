@@ -25,7 +25,7 @@ import { probeTree } from "../connections/discover.ts";
 import type { Connection } from "../connections/proc_net_parser.ts";
 import { connectionLockName, renderNftConnectionAdd } from "../connections/ruleset.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
-import { nsenterExec } from "../exec/nsenter.ts";
+import { nsenterExec, type ToolExec } from "../exec/nsenter.ts";
 import { ownNetns, probeTarget, toTargetRef } from "../target/target.ts";
 import { prepare, resolveOptions } from "../target/prepare.ts";
 import { lockableCgroup } from "../lock/process.ts";
@@ -188,7 +188,10 @@ export async function frozenConnections(
   const exec = nsenterExec(["--target", String(pid), "--net"], {
     timeoutMs: options.timeoutMs ?? 10_000,
   });
-  return (await probeTree(exec, pid, { connections: true })).connections ?? [];
+  // Inside CRIU's frozen window, alongside CRIU: at the lowest priority.
+  const niced: ToolExec = (tool, args, stdin, signal) =>
+    exec("nice", ["-n", "19", tool, ...args], stdin, signal);
+  return (await probeTree(niced, pid, { connections: true })).connections ?? [];
 }
 
 /**

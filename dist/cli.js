@@ -1159,27 +1159,27 @@ function parseTreeReport(text) {
   const at = text.indexOf("\nfds\n");
   const head = at === -1 ? text : text.slice(0, at);
   const links = at === -1 ? "" : text.slice(at + 5);
-  const fields = /* @__PURE__ */ new Map();
+  const fields2 = /* @__PURE__ */ new Map();
   for (const line of head.split("\n")) {
     const space = line.indexOf(" ");
-    if (space > 0) fields.set(line.slice(0, space), line.slice(space + 1).trim());
+    if (space > 0) fields2.set(line.slice(0, space), line.slice(space + 1).trim());
   }
   const numbers = (value) => (value ?? "").split(/\s+/).filter(Boolean).map(Number).filter(Number.isSafeInteger);
   const pids = [
-    ...new Set(numbers(fields.get("tree")))
+    ...new Set(numbers(fields2.get("tree")))
   ];
-  const members = fields.has("members") ? numbers(fields.get("members")) : void 0;
-  const mount = fields.get("mount");
+  const members = fields2.has("members") ? numbers(fields2.get("members")) : void 0;
+  const mount = fields2.get("mount");
   return {
     tree: {
       root: pids[0],
       pids,
-      start: fields.get("start") ?? "",
-      ...fields.has("state") ? {
-        state: fields.get("state")
+      start: fields2.get("start") ?? "",
+      ...fields2.has("state") ? {
+        state: fields2.get("state")
       } : {},
-      cgroup: fields.get("cgroup") ?? "",
-      ownCgroup: fields.get("own") ?? "",
+      cgroup: fields2.get("cgroup") ?? "",
+      ownCgroup: fields2.get("own") ?? "",
       ...mount ? {
         cgroupMount: mount
       } : {},
@@ -3885,7 +3885,6 @@ var init_operations = __esm({
 var tree_lock_exports = {};
 __export(tree_lock_exports, {
   cgroupOfItsOwn: () => cgroupOfItsOwn,
-  frozenConnections: () => frozenConnections,
   keptNote: () => keptNote,
   lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
   lockTreeConnections: () => lockTreeConnections,
@@ -3988,24 +3987,6 @@ async function unlockKept(pid, options, kinds, netnsOf) {
   return await unlockAllBackends(prepared, opts, {
     shapes
   });
-}
-async function frozenConnections(pid, options) {
-  const exec = nsenterExec([
-    "--target",
-    String(pid),
-    "--net"
-  ], {
-    timeoutMs: options.timeoutMs ?? 1e4
-  });
-  const niced = (tool, args, stdin, signal) => exec("nice", [
-    "-n",
-    "19",
-    tool,
-    ...args
-  ], stdin, signal);
-  return (await probeTree(niced, pid, {
-    connections: true
-  })).connections ?? [];
 }
 async function narrowToConnections(netns, pid, connections, options) {
   if (connections.length > 0) {
@@ -4342,6 +4323,106 @@ var init_armed = __esm({
   }
 });
 
+// lib/criu/dumped_sockets.ts
+function fields(bytes) {
+  const out = /* @__PURE__ */ new Map();
+  let at = 0;
+  const varint = () => {
+    let value = 0;
+    let scale = 1;
+    for (; ; ) {
+      if (at >= bytes.length) throw new RangeError("truncated varint");
+      const byte = bytes[at++];
+      value += (byte & 127) * scale;
+      if (byte < 128) return value;
+      scale *= 128;
+    }
+  };
+  while (at < bytes.length) {
+    const key = varint();
+    const [field, wire] = [
+      Math.floor(key / 8),
+      key % 8
+    ];
+    let value;
+    if (wire === 0) value = varint();
+    else if (wire === 2) {
+      const length = varint();
+      value = bytes.subarray(at, at + length);
+      at += length;
+    } else if (wire === 5) {
+      value = new DataView(bytes.buffer, bytes.byteOffset + at, 4).getUint32(0, true);
+      at += 4;
+    } else if (wire === 1) {
+      at += 8;
+      continue;
+    } else throw new RangeError(`unknown wire type ${wire}`);
+    out.set(field, [
+      ...out.get(field) ?? [],
+      value
+    ]);
+  }
+  return out;
+}
+function address(words, family) {
+  const bytes = words.flatMap((w) => [
+    w & 255,
+    w >>> 8 & 255,
+    w >>> 16 & 255,
+    w >>> 24
+  ]);
+  if (family === AF_INET) return bytes.slice(0, 4).join(".");
+  if (bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 255 && bytes[11] === 255) {
+    return bytes.slice(12, 16).join(".");
+  }
+  const groups = [];
+  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8 | bytes[i + 1]).toString(16));
+  return groups.join(":");
+}
+function parseDumpedConnections(image) {
+  const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  if (image.length < 8 || view.getUint32(0, true) !== IMG_COMMON_MAGIC || view.getUint32(4, true) !== FILES_MAGIC) {
+    throw new RangeError("not a CRIU files.img");
+  }
+  const connections = [];
+  for (let at = 8; at + 4 <= image.length; ) {
+    const size = view.getUint32(at, true);
+    const entry = fields(image.subarray(at + 4, at + 4 + size));
+    at += 4 + size;
+    if (entry.get(1)?.[0] !== INETSK) continue;
+    const isk = entry.get(4)?.[0];
+    if (!(isk instanceof Uint8Array)) continue;
+    const sk = fields(isk);
+    const num = (field) => Number(sk.get(field)?.[0] ?? -1);
+    const words = (field) => (sk.get(field) ?? []).map(Number);
+    const family = num(3);
+    if (num(5) !== IPPROTO_TCP || num(6) === TCP_LISTEN || num(8) <= 0) continue;
+    if (family !== AF_INET && family !== AF_INET6) continue;
+    const local = address(words(11), family);
+    const remote = address(words(12), family);
+    connections.push({
+      family: local.includes(":") ? "ipv6" : "ipv4",
+      local,
+      localPort: num(7),
+      remote,
+      remotePort: num(8)
+    });
+  }
+  return connections;
+}
+var IMG_COMMON_MAGIC, FILES_MAGIC, INETSK, IPPROTO_TCP, AF_INET, AF_INET6, TCP_LISTEN;
+var init_dumped_sockets = __esm({
+  "lib/criu/dumped_sockets.ts"() {
+    IMG_COMMON_MAGIC = 1414939417;
+    FILES_MAGIC = 1445998904;
+    INETSK = 4;
+    IPPROTO_TCP = 6;
+    AF_INET = 2;
+    AF_INET6 = 10;
+    TCP_LISTEN = 10;
+  }
+});
+
 // lib/criu/hook_serve.ts
 var hook_serve_exports = {};
 __export(hook_serve_exports, {
@@ -4401,7 +4482,6 @@ async function serveCriuHook(settings) {
   let unlocked = false;
   let postDumped = false;
   let narrowed;
-  let frozen;
   if (settings.pid !== void 0 && settings.ready) {
     const pid = settings.pid;
     if (settings.images) await removeRestorePlan(settings.images);
@@ -4478,12 +4558,6 @@ async function serveCriuHook(settings) {
         try {
           const locked = await (armed ? armed.fire() : lockNetwork(pid, options));
           await answer("ok");
-          if (dumped?.pid === pid && settings.netnsHandle) {
-            frozen = frozenConnections(pid, options).catch((error) => {
-              log(`the connections of process ${pid} were not read: ${error.message}`);
-              return void 0;
-            });
-          }
           if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
             armUnlock(pid, locked);
             if (locked.mode === "netns") await planRestore({
@@ -4517,7 +4591,8 @@ async function serveCriuHook(settings) {
     if (dumped && !unlocked) {
       await afterCriu(dumped, postDumped, options, log, {
         netns: settings.netnsHandle,
-        connections: await frozen
+        // What the dump took, from its images (read after CRIU, not in its window).
+        connections: () => dumpedConnections(settings.images, log)
       });
     }
     for (const pending of [
@@ -4538,8 +4613,11 @@ async function afterCriu(dumped, postDumped, options, log, namespace) {
   const failed = (error) => log(`unlock after CRIU ended: ${error.message}`);
   if (!dumped.host) {
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
-    else if (postDumped && namespace.netns && namespace.connections) {
-      await narrowToConnections(namespace.netns, dumped.pid, namespace.connections, options).catch((error) => log(`the namespace lock stays whole: ${error.message}`));
+    else if (postDumped && namespace.netns) {
+      const connections = await namespace.connections();
+      if (connections) {
+        await narrowToConnections(namespace.netns, dumped.pid, connections, options).catch((error) => log(`the namespace lock stays whole: ${error.message}`));
+      }
     }
     return;
   }
@@ -4552,6 +4630,15 @@ async function afterCriu(dumped, postDumped, options, log, namespace) {
   await unlockKept(dumped.pid, options, [
     ...kinds
   ]).catch(failed);
+}
+async function dumpedConnections(images, log) {
+  if (!images) return void 0;
+  try {
+    return parseDumpedConnections(await Deno.readFile(`${images}/files.img`));
+  } catch (error) {
+    log(`the dumped connections were not read, the namespace lock stays whole: ${error}`);
+    return void 0;
+  }
 }
 function renderPlanFile(plan) {
   return `version=1
@@ -4658,6 +4745,7 @@ var init_hook_serve = __esm({
   "lib/criu/hook_serve.ts"() {
     init_armed();
     init_hook();
+    init_dumped_sockets();
     init_tree_lock();
     init_shape();
     init_prepare();

@@ -28,8 +28,8 @@ import {
   type KnownLock,
 } from "./armed.ts";
 import { renderRestoreUnlock, renderTreeRestoreUnlock } from "./hook.ts";
+import { parseDumpedConnections } from "./dumped_sockets.ts";
 import {
-  frozenConnections,
   keptNote,
   lockTreeBeforeFreeze,
   lockTreeConnections,
@@ -174,8 +174,6 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   let postDumped = false;
   // A host tree's cgroup lock goes once its connections are locked by address.
   let narrowed: Promise<void> | undefined;
-  // A tree in its own namespace: its connections, read once it is frozen and locked.
-  let frozen: Promise<Connection[] | undefined> | undefined;
   // A dump: arm the lock now, and the unlock of the lock it will make, and
   // plan the restore's unlock; criu-hook.sh waits for this at pre-dump,
   // before CRIU freezes anything, so that inside the window only armed
@@ -254,13 +252,6 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         try {
           const locked = await (armed ? armed.fire() : lockNetwork(pid, options));
           await answer("ok");
-          // The tree is frozen: what a final dump takes, for the narrowing after it.
-          if (dumped?.pid === pid && settings.netnsHandle) {
-            frozen = frozenConnections(pid, options).catch((error) => {
-              log(`the connections of process ${pid} were not read: ${error.message}`);
-              return undefined;
-            });
-          }
           // Not the lock planned at pre-dump (the armed one fell back): arm
           // and plan again, for this very lock, while CRIU dumps.
           if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
@@ -298,7 +289,8 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     if (dumped && !unlocked) {
       await afterCriu(dumped, postDumped, options, log, {
         netns: settings.netnsHandle,
-        connections: await frozen,
+        // What the dump took, from its images (read after CRIU, not in its window).
+        connections: () => dumpedConnections(settings.images, log),
       });
     }
     // Never fire what nobody asked for: kill armed tools that are still waiting.
@@ -324,7 +316,7 @@ async function afterCriu(
   postDumped: boolean,
   options: NetlockOptions,
   log: (line: string) => void,
-  namespace: { netns?: string; connections?: Connection[] },
+  namespace: { netns?: string; connections: () => Promise<Connection[] | undefined> },
 ): Promise<void> {
   const runs = await stillRuns(dumped.pid, dumped.start);
   const failed = (error: Error) => log(`unlock after CRIU ended: ${error.message}`);
@@ -332,14 +324,31 @@ async function afterCriu(
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
     // A final dump: the namespace lock narrows to the dumped connections
     // (unread ones: the whole lock stays, the safe side).
-    else if (postDumped && namespace.netns && namespace.connections) {
-      await narrowToConnections(namespace.netns, dumped.pid, namespace.connections, options)
-        .catch((error) => log(`the namespace lock stays whole: ${error.message}`));
+    else if (postDumped && namespace.netns) {
+      const connections = await namespace.connections();
+      if (connections) {
+        await narrowToConnections(namespace.netns, dumped.pid, connections, options)
+          .catch((error) => log(`the namespace lock stays whole: ${error.message}`));
+      }
     }
     return;
   }
   const kinds = runs || !postDumped ? ["connections", "cgroup"] as const : ["cgroup"] as const;
   await unlockKept(dumped.pid, options, [...kinds]).catch(failed);
+}
+
+/** The TCP connections a dump took, from its `files.img`; `undefined` when they cannot be read. */
+async function dumpedConnections(
+  images: string | undefined,
+  log: (line: string) => void,
+): Promise<Connection[] | undefined> {
+  if (!images) return undefined;
+  try {
+    return parseDumpedConnections(await Deno.readFile(`${images}/files.img`));
+  } catch (error) {
+    log(`the dumped connections were not read, the namespace lock stays whole: ${error}`);
+    return undefined;
+  }
 }
 
 /**

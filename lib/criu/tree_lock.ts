@@ -25,7 +25,7 @@ import { probeTree } from "../connections/discover.ts";
 import type { Connection } from "../connections/proc_net_parser.ts";
 import { connectionLockName, renderNftConnectionAdd } from "../connections/ruleset.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
-import { nsenterExec, type ToolExec } from "../exec/nsenter.ts";
+import { nsenterExec } from "../exec/nsenter.ts";
 import { ownNetns, probeTarget, toTargetRef } from "../target/target.ts";
 import { prepare, resolveOptions } from "../target/prepare.ts";
 import { lockableCgroup } from "../lock/process.ts";
@@ -173,28 +173,6 @@ export async function unlockKept(
 }
 
 /**
- * The TCP connections of a tree in a namespace of its own, read while it is
- * frozen (after `network-lock`): what a namespace lock narrows to once the
- * tree is gone.
- *
- * @param pid The tree's root.
- * @param options The hook's options (timeout).
- * @returns The connections.
- */
-export async function frozenConnections(
-  pid: number,
-  options: NetlockOptions,
-): Promise<Connection[]> {
-  const exec = nsenterExec(["--target", String(pid), "--net"], {
-    timeoutMs: options.timeoutMs ?? 10_000,
-  });
-  // Inside CRIU's frozen window, alongside CRIU: at the lowest priority.
-  const niced: ToolExec = (tool, args, stdin, signal) =>
-    exec("nice", ["-n", "19", tool, ...args], stdin, signal);
-  return (await probeTree(niced, pid, { connections: true })).connections ?? [];
-}
-
-/**
  * Narrows the namespace lock of a tree that a final dump took to the
  * tree's dumped connections (`NAME-cPID` in that namespace, the lock made
  * first, then the namespace lock removed): a namespace that outlives the
@@ -204,7 +182,7 @@ export async function frozenConnections(
  *
  * @param netns A path that holds the namespace (the tree is gone).
  * @param pid The dumped tree's root (the lock's name).
- * @param connections Its connections, read while it was frozen.
+ * @param connections Its connections, as the dump's images hold them.
  * @param options The hook's options.
  */
 export async function narrowToConnections(

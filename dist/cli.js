@@ -2481,8 +2481,8 @@ async function chainless(exec, state, families) {
   return unseen.filter((_, i) => {
     if (!listed[i].success) return false;
     try {
-      const objects = JSON.parse(listed[i].stdout).nftables ?? [];
-      return objects.every((object) => "metainfo" in object || "table" in object);
+      const view = parseNftTableJson(listed[i].stdout);
+      return view.chains.length === 0 && view.rules.length === 0 && view.otherObjects === 0;
     } catch {
       return false;
     }
@@ -2519,6 +2519,7 @@ var init_transaction = __esm({
   "lib/unlock/transaction.ts"() {
     init_errors();
     init_nsenter();
+    init_view_parser();
     init_plan();
     init_state();
     MAX_ATTEMPTS2 = 12;

@@ -9,7 +9,7 @@
 
 import { NetlockError } from "../common/errors.ts";
 import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
-import type { NftTableView } from "../nftables/view_parser.ts";
+import { type NftTableView, parseNftTableJson } from "../nftables/view_parser.ts";
 import type { Family } from "../common/types.ts";
 import { lockCandidates, type NameKind, planUnlock, type UnlockPlan } from "./plan.ts";
 import { readNftState } from "./state.ts";
@@ -160,8 +160,8 @@ async function chainless(
   return unseen.filter((_, i) => {
     if (!listed[i].success) return false;
     try {
-      const objects = (JSON.parse(listed[i].stdout).nftables ?? []) as Record<string, unknown>[];
-      return objects.every((object) => "metainfo" in object || "table" in object);
+      const view = parseNftTableJson(listed[i].stdout);
+      return view.chains.length === 0 && view.rules.length === 0 && view.otherObjects === 0;
     } catch {
       return false;
     }

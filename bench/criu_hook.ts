@@ -10,6 +10,10 @@
  * forks and waits for it at every action), and `skip` with netlock's
  * `criu-hook.sh` for each backend.
  *
+ * `NETLOCK_BENCH_OTHER_HOOK=/path/to/criu-hook.sh` adds that hook (another
+ * checkout's, say the last release's) for each backend, interleaved with
+ * this one: a change is judged side by side, in one run.
+ *
  * Needs root, python3 (the dumped process) and a CRIU that passes
  * `criu check`: `CRIU_BIN`, else `criu` on PATH. Without one it says why
  * and measures nothing. Run as a program it also runs bench/criu_host.ts
@@ -73,6 +77,7 @@ export async function criuHookBench(bin: string, rounds: number): Promise<CriuRo
       args: ["--network-lock", "skip", "--action-script", HOOK],
       env: { NETLOCK_BACKEND: backend },
     })),
+    ...otherHookMethods(),
   ];
   const samples = new Map(
     methods.map((m) => [m.name, { frozen: [] as number[], restore: [] as number[] }]),
@@ -94,6 +99,17 @@ export async function criuHookBench(bin: string, rounds: number): Promise<CriuRo
     const { frozen, restore } = samples.get(name)!;
     return { method: name, frozenMs: median(frozen), restoreMs: median(restore), frozen, restore };
   });
+}
+
+/** The methods of `NETLOCK_BENCH_OTHER_HOOK`, if it is set. */
+function otherHookMethods(): Method[] {
+  const other = Deno.env.get("NETLOCK_BENCH_OTHER_HOOK");
+  if (!other) return [];
+  return (["iptables", "nftables"] as const).map((backend) => ({
+    name: `skip + ${other} (netlock ${backend})`,
+    args: ["--network-lock", "skip", "--action-script", other],
+    env: { NETLOCK_BACKEND: backend },
+  }));
 }
 
 async function dumpAndRestore(
@@ -223,5 +239,13 @@ export function printCriuTable(rows: CriuRow[]): void {
       `${backend}: netlock / CRIU frozen ${(ours.frozenMs / criu.frozenMs).toFixed(2)}, ` +
         `restore ${(ours.restoreMs / criu.restoreMs).toFixed(2)}`,
     );
+    const other = rows.find((r) => r !== ours && r.method.endsWith(`.sh (netlock ${backend})`));
+    if (other) {
+      console.log(
+        `${backend}: this criu-hook.sh minus ${other.method}: frozen ` +
+          `${(ours.frozenMs - other.frozenMs).toFixed(1)} ms, restore ` +
+          `${(ours.restoreMs - other.restoreMs).toFixed(1)} ms`,
+      );
+    }
   }
 }

@@ -107,6 +107,13 @@ function renderNftUnlock(rules) {
   return `delete table inet ${rules.name}
 `;
 }
+function renderNftOpen(rules) {
+  return [
+    "input",
+    "output"
+  ].map((chain) => `insert rule inet ${rules.name} ${chain} accept
+`).join("");
+}
 var init_ruleset = __esm({
   "lib/nftables/ruleset.ts"() {
   }
@@ -471,12 +478,12 @@ function parseMarkFrom(variable, value) {
 }
 function renderRestoreUnlock(lock) {
   if (lock.backend === "nftables") return {
-    script: renderNftUnlock(lock),
-    finish: false
+    script: renderNftOpen(lock),
+    finish: true
   };
   const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
   return {
-    script: tables.map((table) => `flush chain ${table} filter ${lock.name}
+    script: tables.map((table) => `insert rule ${table} filter ${lock.name} return
 `).join(""),
     finish: true
   };
@@ -804,7 +811,7 @@ function isNetlockTable(view, kind) {
   const sets = Object.keys(view.sets);
   const ruleKind2 = kind === "netns" ? "markAccept" : "unmarkedDrop";
   const objectsOk = kind !== "connections" ? view.otherObjects === 0 : view.otherObjects === sets.length && sets.every((set) => set === "conn4" || set === "conn6");
-  return objectsOk && view.chains.length > 0 && view.chains.every((chain) => (chain.name === "input" || chain.name === "output") && chain.hook === chain.name && chain.type === "filter") && view.rules.every((rule) => rule.kind === ruleKind2 || kind !== "netns" && rule.kind === "accept") && // An accept opens a lock's drops: alone, it is not a lock.
+  return objectsOk && view.chains.length > 0 && view.chains.every((chain) => (chain.name === "input" || chain.name === "output") && chain.hook === chain.name && chain.type === "filter") && view.rules.every((rule) => rule.kind === ruleKind2 || rule.kind === "accept") && // An accept opens a lock's drops: alone, it is not a lock.
   (!view.rules.some((rule) => rule.kind === "accept") || view.rules.some((rule) => rule.kind === ruleKind2));
 }
 function inspectNftLock(view, rules) {
@@ -1733,6 +1740,11 @@ function renderIptablesUnlock(rules) {
     addLock: false
   });
 }
+function renderIptablesOpen(rules) {
+  return wrapFilter([
+    `-I ${rules.name} 1 -j RETURN`
+  ]);
+}
 function renderIptablesChange(rules, change) {
   const lines2 = [];
   for (let i = 0; i < change.removeJumps.input; i++) lines2.push(`-D INPUT -j ${rules.name}`);
@@ -1840,7 +1852,7 @@ function markOf(spec) {
   return match ? Number(match[1]) : void 0;
 }
 function isNamespaceLockRule(spec) {
-  return markOf(spec) !== void 0 || spec === "-j DROP" || spec === IPV4_ONLY_MARKER;
+  return markOf(spec) !== void 0 || spec === "-j DROP" || spec === IPV4_ONLY_MARKER || spec === "-j RETURN";
 }
 function isTreeRule(spec, root) {
   const match = spec.match(/^-p tcp -m tcp --[sd]port [0-9]+(:[0-9]+)? -j (\S+)$/);
@@ -2230,7 +2242,8 @@ function isNetlockChain(view, name, kind, rulesKnown) {
   const allowed = kind === "netns" ? [
     "markAccept",
     "drop",
-    "marker"
+    "marker",
+    "return"
   ] : [
     "unmarkedDrop",
     "return"
@@ -4227,34 +4240,25 @@ async function armNetworkUnlock(target, options = {}, known) {
         "-f",
         "-"
       ]),
-      text: renderNftUnlock(rules)
+      text: renderNftOpen(rules)
     }
   ] : status.families.map((family) => ({
     tool: spawn(restoreTool(family), [
       "-w",
       "--noflush"
     ]),
-    text: renderIptablesChange(rules, {
-      removeJumps: {
-        input: 1,
-        output: 1
-      },
-      chain: "keep",
-      addLock: false
-    })
+    text: renderIptablesOpen(rules)
   }));
   return {
     async fire() {
       const start = performance.now();
       if (!await firedAll(steps, opts.exec.timeoutMs, stop)) return await unlockOnce();
-      const result2 = {
+      return {
         ...status,
         locked: false,
         changed: true,
         durationMs: performance.now() - start
       };
-      if (status.backend === "nftables") unlocked = Promise.resolve(result2);
-      return result2;
     },
     finish: unlockOnce,
     cancel: () => cancelAll(steps, stop)
@@ -4447,7 +4451,8 @@ async function serveCriuHook(settings) {
     write: true
   });
   const stop = new AbortController();
-  const lifetime = settings.criuPid === void 0 ? setTimeout(() => stop.abort(), settings.lifetimeMs ?? HELPER_LIFETIME_MS) : void 0;
+  const lifetime = settings.criuPid === void 0 ? setTimeout(() => stop.abort(), settings.lifetimeMs ?? HELPER_LIFETIME_MS) : setInterval(() => {
+  }, 2 ** 31 - 1);
   if (settings.criuPid !== void 0) watchCriu(settings.criuPid, settings.criuStart, stop);
   const answer = async (line) => {
     await writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}

@@ -38,7 +38,7 @@ async function hookIdle(): Promise<string> {
   let left = "";
   for (let i = 0; i < 200; i++) {
     const state = await sh(["sh", "-c", "ls -d /run/netlock/criu-* 2>/dev/null"]);
-    const processes = await sh(["pgrep", "-af", "criu-hook\\.sh .|criu-hook --serve"]);
+    const processes = await sh(["pgrep", "-af", "hook/detached\\.sh|criu-hook --serve"]);
     left = (state.stdout + processes.stdout).trim();
     if (left === "") return "";
     await new Promise((resolve) => setTimeout(resolve, 50));

@@ -36,12 +36,17 @@ async function asCriu(
     `#!/bin/sh\necho "$NLTEST_ACTION" >>${stub}/starts\nexec ${Deno.execPath()} "$@"\n`,
     { mode: 0o755 },
   );
-  // Per family, a jump to the chain and its DROP rule; the nftables table.
+  // The locks that stop traffic: per family, a jump to the chain and its
+  // DROP rule, and no RETURN opening it; the nftables table, without the
+  // accept that opens it (an opened lock is removed after CRIU's window).
   const dropping = (tool: string) =>
-    `nsenter --net=${netnsPath} ${tool} | grep -e '-j NETLOCK$' -e '^-A NETLOCK -j DROP$' | ` +
-    `sort -u | wc -l | grep -c 3`;
+    `{ s=$(nsenter --net=${netnsPath} ${tool}); echo "$s" | grep -qx -- '-A NETLOCK -j RETURN' ` +
+    `&& echo 0 || echo "$s" | grep -e '-j NETLOCK$' -e '^-A NETLOCK -j DROP$' | ` +
+    `sort -u | wc -l | grep -c 3; }`;
+  const nftDropping = `nsenter --net=${netnsPath} nft list table inet NETLOCK 2>/dev/null | ` +
+    `grep -c -e 'chain input' -e '^[[:space:]]*accept$' | grep -c 1`;
   const count = `$(( $(${dropping("iptables-save")}) + $(${dropping("ip6tables-save")}) + ` +
-    `$(nsenter --net=${netnsPath} nft list ruleset | grep -c 'table inet NETLOCK') ))`;
+    `$(${nftDropping}) ))`;
   // "warm" while the image directory points to a helper whose FIFOs are there, "-" otherwise.
   const warm = `{ d=; read -r d 2>/dev/null <"$CRTOOLS_IMAGE_DIR/netlock-helper"; ` +
     `test -p "$d/cmd" && echo warm || echo -; }`;
@@ -225,8 +230,7 @@ for (const backend of ["iptables", "nftables"]) {
         const plan = await Deno.readTextFile(`${images}/netlock-unlock`);
         assert.equal(
           plan,
-          `version=1\nkind=netns\nbackend=${backend}\npid=${sleeper.pid}\n` +
-            `finish=${backend === "iptables" ? 1 : 0}\n`,
+          `version=1\nkind=netns\nbackend=${backend}\npid=${sleeper.pid}\nfinish=1\n`,
         );
 
         // The restored namespace holds the lock the images carried.
@@ -239,9 +243,9 @@ for (const backend of ["iptables", "nftables"]) {
           "post-resume 0 0 -",
         ]);
         assert.equal(restore.stderr, "");
-        // No Deno inside the restore clock; post-resume removes the rest of
-        // an iptables lock (the namespace is then as it was).
-        assert.deepEqual(restore.denoStarts, backend === "iptables" ? ["post-resume"] : []);
+        // No Deno inside the restore clock; post-resume removes the opened
+        // lock (the namespace is then as it was).
+        assert.deepEqual(restore.denoStarts, ["post-resume"]);
         assert.equal(await snapshot(netns), before);
 
         // A plan that no longer fits (nothing is locked): cli.ts decides, quietly.

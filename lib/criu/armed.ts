@@ -19,8 +19,8 @@ import { nsenterExec } from "../exec/nsenter.ts";
 import { asNetworkLock, getLockStatus, lockNetwork, unlockNetwork } from "../operations.ts";
 import { prepare, resolveOptions } from "../target/prepare.ts";
 import type { RunResult } from "../exec/runner.ts";
-import { renderIptablesChange } from "../iptables/ruleset.ts";
-import { renderNftLock, renderNftUnlock } from "../nftables/ruleset.ts";
+import { renderIptablesChange, renderIptablesOpen } from "../iptables/ruleset.ts";
+import { renderNftLock, renderNftOpen } from "../nftables/ruleset.ts";
 import { toTargetRef } from "../target/target.ts";
 import type {
   Family,
@@ -54,14 +54,15 @@ export interface ArmedLock {
 /** An unlock made ready to be applied at once. */
 export interface ArmedUnlock {
   /**
-   * Lets traffic flow again: the armed step alone (the iptables jumps, or
-   * the whole nftables table). Call {@linkcode ArmedUnlock.finish} after.
+   * Lets traffic flow again: the armed step alone opens the lock (an accept
+   * or `RETURN` at its head; nothing is deleted, which would wait for an RCU
+   * grace period). Call {@linkcode ArmedUnlock.finish} after.
    */
   fire(): Promise<UnlockResult>;
   /**
-   * Removes whatever the fired step left of the lock (the iptables chain and
-   * the tables created for it), like {@linkcode unlockNetwork}; outside the
-   * window where every millisecond counts.
+   * Removes the opened lock (the nftables table; the iptables jumps, chain
+   * and the tables created for it), like {@linkcode unlockNetwork}; outside
+   * the window where every millisecond counts.
    */
   finish(): Promise<UnlockResult>;
   /** Kills the armed tools without applying anything; resolves once they are gone. */
@@ -222,29 +223,19 @@ export async function armNetworkUnlock(
   const stop = new AbortController();
   const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
   const rules = { name: opts.name, mark: opts.mark };
+  // Fired, the lock opens (an insert); deleting it inside CRIU's window
+  // would wait for an RCU grace period. `finish()` removes it, after.
   const steps = status.backend === "nftables"
-    ? [{ tool: spawn("nft", ["-f", "-"]), text: renderNftUnlock(rules) }]
+    ? [{ tool: spawn("nft", ["-f", "-"]), text: renderNftOpen(rules) }]
     : status.families.map((family) => ({
       tool: spawn(restoreTool(family), ["-w", "--noflush"]),
-      text: renderIptablesChange(rules, {
-        removeJumps: { input: 1, output: 1 },
-        chain: "keep",
-        addLock: false,
-      }),
+      text: renderIptablesOpen(rules),
     }));
   return {
     async fire() {
       const start = performance.now();
       if (!await firedAll(steps, opts.exec.timeoutMs, stop)) return await unlockOnce();
-      const result: UnlockResult = {
-        ...status,
-        locked: false,
-        changed: true,
-        durationMs: performance.now() - start,
-      };
-      // nftables: the table is gone, nothing is left to finish.
-      if (status.backend === "nftables") unlocked = Promise.resolve(result);
-      return result;
+      return { ...status, locked: false, changed: true, durationMs: performance.now() - start };
     },
     finish: unlockOnce,
     cancel: () => cancelAll(steps, stop),

@@ -7,7 +7,7 @@
  */
 
 import { NetlockError } from "../common/errors.ts";
-import { renderNftUnlock } from "../nftables/ruleset.ts";
+import { renderNftOpen } from "../nftables/ruleset.ts";
 import { processLockName } from "../connections/ruleset.ts";
 import { parseChoice, parseMark, parsePid, validateName } from "../common/options.ts";
 import type { Family, NetlockOptions } from "../common/types.ts";
@@ -147,11 +147,14 @@ function parseMarkFrom(variable: string, value: string): number {
  * How a restore lets traffic through the lock a dump's images hold: one
  * `nft -f -` script, written next to the images by the dump's helper and run
  * by `criu-hook.sh` at the restore's `network-unlock`, so that a restore
- * starts no Deno. For nftables it deletes the table (the whole unlock). For
- * iptables (iptables-nft: its rules are nf_tables objects) it flushes the
- * lock chain in every family, in one transaction; the empty chain and its
- * jumps are removed after the restore (`finish`). On legacy iptables the
- * script fails and the hook falls back to the full unlock.
+ * starts no Deno. It opens the lock and deletes nothing (a deletion waits
+ * for an RCU grace period, 10-22 ms here, inside the restore clock): an
+ * `accept` at the head of both chains of the nftables table, or, with
+ * iptables (iptables-nft: its rules are nf_tables objects), a `return` at
+ * the head of the lock chain in every family, in one transaction. The
+ * opened lock is removed after the restore (`finish`, at `post-resume`). On
+ * legacy iptables the script fails and the hook falls back to the full
+ * unlock.
  *
  * @example
  * ```ts
@@ -159,7 +162,7 @@ function parseMarkFrom(variable: string, value: string): number {
  * import { renderRestoreUnlock } from "./hook.ts";
  *
  * const plan = renderRestoreUnlock({ backend: "iptables", families: ["ipv4", "ipv6"], name: "NETLOCK", mark: 0xc114 });
- * assert(plan.script === "flush chain ip filter NETLOCK\nflush chain ip6 filter NETLOCK\n");
+ * assert.equal(plan.script, "insert rule ip filter NETLOCK return\ninsert rule ip6 filter NETLOCK return\n");
  * assert(plan.finish);
  * ```
  *
@@ -169,10 +172,10 @@ function parseMarkFrom(variable: string, value: string): number {
 export function renderRestoreUnlock(
   lock: { backend: "iptables" | "nftables"; families: Family[]; name: string; mark: number },
 ): { script: string; finish: boolean } {
-  if (lock.backend === "nftables") return { script: renderNftUnlock(lock), finish: false };
+  if (lock.backend === "nftables") return { script: renderNftOpen(lock), finish: true };
   const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
   return {
-    script: tables.map((table) => `flush chain ${table} filter ${lock.name}\n`).join(""),
+    script: tables.map((table) => `insert rule ${table} filter ${lock.name} return\n`).join(""),
     finish: true,
   };
 }

@@ -195,7 +195,9 @@ function markOf(spec: string | undefined): number | undefined {
 }
 
 function isNamespaceLockRule(spec: string): boolean {
-  return markOf(spec) !== undefined || spec === "-j DROP" || spec === IPV4_ONLY_MARKER;
+  // (`-j RETURN`: the lock opened, see renderIptablesOpen.)
+  return markOf(spec) !== undefined || spec === "-j DROP" || spec === IPV4_ONLY_MARKER ||
+    spec === "-j RETURN";
 }
 
 /** A rule of a connection lock's tree: packets of a port range to one of its chains. */

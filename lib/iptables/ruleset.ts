@@ -64,6 +64,31 @@ export function renderIptablesUnlock(rules: LockRules): string {
 }
 
 /**
+ * The opening of the lock: a `RETURN` at the head of its chain, so that
+ * traffic flows again while the chain and its jumps stay. With iptables-nft
+ * a transaction that deletes rules waits for an RCU grace period (10-20 ms
+ * here); an insert does not. Inside CRIU's window the lock is opened, and
+ * removed after it (fails when the chain does not exist).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderIptablesOpen } from "./ruleset.ts";
+ *
+ * assert.equal(
+ *   renderIptablesOpen({ name: "NETLOCK", mark: 0xC114 }),
+ *   "*filter\n-I NETLOCK 1 -j RETURN\nCOMMIT\n",
+ * );
+ * ```
+ *
+ * @param rules The lock name.
+ * @returns The `iptables-restore --noflush` input.
+ */
+export function renderIptablesOpen(rules: LockRules): string {
+  return wrapFilter([`-I ${rules.name} 1 -j RETURN`]);
+}
+
+/**
  * Renders any change the planner decides: delete jumps, create / flush /
  * delete the chain, add the lock. The script is one `COMMIT`, so
  * `iptables-restore` applies all of it or nothing.

@@ -51,9 +51,7 @@ export function isNetlockTable(
       (chain.name === "input" || chain.name === "output") && chain.hook === chain.name &&
       chain.type === "filter"
     ) &&
-    view.rules.every((rule) =>
-      rule.kind === ruleKind || (kind !== "netns" && rule.kind === "accept")
-    ) &&
+    view.rules.every((rule) => rule.kind === ruleKind || rule.kind === "accept") &&
     // An accept opens a lock's drops: alone, it is not a lock.
     (!view.rules.some((rule) => rule.kind === "accept") ||
       view.rules.some((rule) => rule.kind === ruleKind));

@@ -92,3 +92,28 @@ export function renderNftRelock(rules: LockRules): string {
 export function renderNftUnlock(rules: LockRules): string {
   return `delete table inet ${rules.name}\n`;
 }
+
+/**
+ * The opening of the lock: an `accept` at the head of both chains, so that
+ * traffic flows again while the table stays. An nf_tables transaction that
+ * deletes a base chain waits for an RCU grace period (16-22 ms here); an
+ * insert costs what an empty transaction does. Inside CRIU's window the lock
+ * is opened, and deleted after it (fails when the table does not exist).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderNftOpen } from "./ruleset.ts";
+ * assert.equal(
+ *   renderNftOpen({ name: "NETLOCK", mark: 0 }),
+ *   "insert rule inet NETLOCK input accept\ninsert rule inet NETLOCK output accept\n",
+ * );
+ * ```
+ *
+ * @param rules The table name.
+ * @returns The `nft -f -` input.
+ */
+export function renderNftOpen(rules: LockRules): string {
+  return ["input", "output"].map((chain) => `insert rule inet ${rules.name} ${chain} accept\n`)
+    .join("");
+}

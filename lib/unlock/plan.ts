@@ -165,9 +165,9 @@ export function isNetlockChain(
   // transactions); a connection lock's thousands of rules are not read.
   if (!rulesKnown) return jumps.length > 0;
   // A connection lock's chain: its drops, jumps into its own tree of chains
-  // (NAME.ID), and the bare return at its head that opens it for a restore.
+  // (NAME.ID); either lock's chain: the bare return at its head that opens it.
   const allowed: RuleKind[] = kind === "netns"
-    ? ["markAccept", "drop", "marker"]
+    ? ["markAccept", "drop", "marker", "return"]
     : ["unmarkedDrop", "return"];
   const own = view.rules.filter((rule) => rule.chain === name);
   const ours = (rule: NftTableView["rules"][number]) =>

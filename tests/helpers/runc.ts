@@ -7,7 +7,7 @@
  * checkpointed and restored by runc through `criu-netlock` (runc
  * `--criu`), CRIU's RPC (`criu swrk`) and all.
  */
-import { criuBin, HOOK } from "./criu.ts";
+import { criuBin, HOOK, withCriu } from "./criu.ts";
 import { IN_CI, integration, must, sh, type TestNetns } from "./netns.ts";
 
 /** netlock's CRIU wrapper for runtimes. */
@@ -40,7 +40,7 @@ const MISSING = findRuntime();
 /** Test options: a runtime test (needs runc and CRIU; never skipped under CI). */
 export const withRunc = {
   ...integration,
-  ignore: integration.ignore || (!IN_CI && MISSING !== undefined),
+  ignore: withCriu.ignore || (!IN_CI && MISSING !== undefined),
 };
 if (withRunc.ignore && !integration.ignore && MISSING) {
   console.error(`runtime tests skipped: ${MISSING}`);
@@ -195,7 +195,7 @@ const NO_PODMAN = findPodman();
 /** Test options: a podman test (needs podman and CRIU; never skipped under CI). */
 export const withPodman = {
   ...integration,
-  ignore: integration.ignore || (!IN_CI && (MISSING !== undefined || NO_PODMAN !== undefined)),
+  ignore: withCriu.ignore || (!IN_CI && (MISSING !== undefined || NO_PODMAN !== undefined)),
 };
 if (withPodman.ignore && !integration.ignore && NO_PODMAN) {
   console.error(`podman tests skipped: ${NO_PODMAN}`);

@@ -3899,6 +3899,8 @@ var init_operations = __esm({
 var tree_lock_exports = {};
 __export(tree_lock_exports, {
   cgroupOfItsOwn: () => cgroupOfItsOwn,
+  completeTreeLock: () => completeTreeLock,
+  connectionKey: () => connectionKey,
   keptNote: () => keptNote,
   lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
   lockTreeConnections: () => lockTreeConnections,
@@ -3924,28 +3926,76 @@ async function lockTreeBeforeFreeze(pid, options) {
   }));
   const why = cgroupOfItsOwn(probe.tree) ?? ("error" in probe ? `the cgroups of its sockets could not be read (${probe.error.message})` : socketsOutside(probe.tree, probe.socketCgroups));
   if (why === void 0) {
+    let result2;
     try {
-      const result2 = await lockNetwork(pid, {
+      result2 = await lockNetwork(pid, {
         ...options,
         backend: "nftables",
         mode: "cgroup"
       });
-      return {
-        kind: "cgroup",
-        result: result2
-      };
     } catch (error) {
       const note = `the cgroup lock failed (${error.message})`;
       return {
-        ...await lockConnections2(pid, options),
+        ...await prepareConnections(pid, options),
         note: connectionNote(pid, note)
       };
     }
+    const prepared = await prepareConnections(pid, options).catch(() => void 0);
+    return {
+      kind: "cgroup",
+      result: result2,
+      prepared: prepared?.prepared
+    };
   }
   return {
-    ...await lockConnections2(pid, options),
+    ...await prepareConnections(pid, options),
     note: connectionNote(pid, why)
   };
+}
+async function prepareConnections(pid, options) {
+  const exec = nsenterExec([], {
+    timeoutMs: 1e4,
+    log: options.log
+  });
+  const { connections: held = [] } = await probeTree(exec, pid, {
+    connections: true
+  });
+  const locked = await lockConnections2(pid, options);
+  return {
+    ...locked,
+    prepared: {
+      lock: locked.result,
+      held
+    }
+  };
+}
+async function completeTreeLock(pid, options, before, dumped) {
+  if (!before?.prepared) return void 0;
+  const { lock, held } = before.prepared;
+  const holds = new Set(held.map(connectionKey));
+  const missing = dumped.filter((connection) => !holds.has(connectionKey(connection)));
+  const report2 = {
+    ...lock,
+    connections: dumped.length
+  };
+  if (missing.length === 0) return {
+    ...report2,
+    changed: false
+  };
+  if (lock.backend !== "nftables") return void 0;
+  const exec = nsenterExec([], {
+    timeoutMs: options.timeoutMs ?? 1e4,
+    log: options.log
+  });
+  const script = renderNftConnectionAdd(connectionLockName(lock.name, pid), missing);
+  return (await exec("nft", [
+    "-f",
+    "-"
+  ], script)).success ? report2 : void 0;
+}
+function connectionKey(connection) {
+  const canonical = (address2) => connection.family === "ipv6" ? new URL(`http://[${address2}]/`).hostname : address2;
+  return `${canonical(connection.local)} ${connection.localPort} ${canonical(connection.remote)} ${connection.remotePort}`;
 }
 async function lockTreeConnections(pid, options, before) {
   if (before?.kind === "connections" && before.result.backend === "nftables") {
@@ -4537,7 +4587,8 @@ async function serveCriuHook(settings) {
       if (verb === "post-dump") {
         if (dumped?.host && dumped.pid === pid) {
           try {
-            const result2 = await lockTreeConnections(pid, options, dumped.locked);
+            const taken = await dumpedConnections(settings.images, log);
+            const result2 = (taken && await completeTreeLock(pid, options, dumped.locked, taken).catch(() => void 0)) ?? await lockTreeConnections(pid, options, dumped.locked);
             if (!settings.images) throw new Error("CRIU's image directory is unknown");
             await writeTreePlan(settings.images, result2, pid);
             postDumped = true;
@@ -4642,7 +4693,7 @@ async function dumpedConnections(images, log) {
   try {
     return parseDumpedConnections(await Deno.readFile(`${images}/files.img`));
   } catch (error) {
-    log(`the dumped connections were not read, the namespace lock stays whole: ${error}`);
+    log(`the dumped connections were not read from CRIU's images: ${error}`);
     return void 0;
   }
 }

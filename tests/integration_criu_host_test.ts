@@ -77,9 +77,9 @@ for (const backend of ["iptables", "nftables"]) {
           own ? ["kept"] : ["connection path", "kept"],
           said.join("\n"),
         );
-        // Locked from pre-dump (by cgroup, or by connection) to post-dump by connection (the
-        // cgroup lock goes once the connections are locked by address: maybe already gone).
-        const first = own ? `NETLOCK-g${tree.pid}` : `NETLOCK-c${tree.pid}`;
+        // Locked from pre-dump (by cgroup and by connection, or by connection) to post-dump by
+        // connection (the cgroup lock goes once post-dump answered: maybe already gone).
+        const first = own ? `NETLOCK-c${tree.pid} NETLOCK-g${tree.pid}` : `NETLOCK-c${tree.pid}`;
         const [preDump, postDump, ...more] = await hook.locks();
         assert.deepEqual([preDump, more], [`pre-dump ${first}`, []]);
         assert.match(

@@ -30,6 +30,7 @@ import {
 import { renderRestoreUnlock, renderTreeRestoreUnlock } from "./hook.ts";
 import { parseDumpedConnections } from "./dumped_sockets.ts";
 import {
+  completeTreeLock,
   keptNote,
   lockTreeBeforeFreeze,
   lockTreeConnections,
@@ -222,7 +223,12 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         // namespace is locked by connection now, to outlive it.
         if (dumped?.host && dumped.pid === pid) {
           try {
-            const result = await lockTreeConnections(pid, options, dumped.locked);
+            // The lock made before the freeze, completed with what the dump
+            // took (CRIU's images are written by now); else made anew.
+            const taken = await dumpedConnections(settings.images, log);
+            const result = (taken &&
+              await completeTreeLock(pid, options, dumped.locked, taken).catch(() => undefined)) ??
+              await lockTreeConnections(pid, options, dumped.locked);
             // Without its plan the restore could not unlock the tree: no such dump.
             if (!settings.images) throw new Error("CRIU's image directory is unknown");
             await writeTreePlan(settings.images, result, pid);
@@ -350,7 +356,7 @@ async function dumpedConnections(
   try {
     return parseDumpedConnections(await Deno.readFile(`${images}/files.img`));
   } catch (error) {
-    log(`the dumped connections were not read, the namespace lock stays whole: ${error}`);
+    log(`the dumped connections were not read from CRIU's images: ${error}`);
     return undefined;
   }
 }

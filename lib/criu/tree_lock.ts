@@ -7,11 +7,14 @@
  * - before the freeze (`pre-dump`): by the tree's cgroup v2 when it has one
  *   of its own and every TCP socket of the tree belongs to it (one rule per
  *   direction: every socket of the tree, those it opens later included),
- *   else by the connections it has then;
+ *   and by the connections it has then (by address: the frozen window pays
+ *   for none of it);
  * - once the dump succeeded, still frozen (`post-dump`): every connection
- *   of the tree by its addresses and ports, so that the lock outlives the
+ *   the dump took by its addresses and ports, so that the lock outlives the
  *   tree after a final dump (a socket rule matches nothing once the sockets
- *   are gone, and the peers' packets would be answered with resets);
+ *   are gone, and the peers' packets would be answered with resets): those
+ *   in CRIU's images that the pre-dump lock does not hold are added
+ *   (usually none);
  * - once that is made, the cgroup lock goes (a fallback started in the
  *   tree's cgroup must be able to talk);
  * - when CRIU is gone: nothing of it is left if the tree runs again
@@ -45,6 +48,12 @@ export interface TreeLocked {
   note?: string;
   /** The lock's report. */
   result: OperationResult;
+  /**
+   * The connection lock made before the freeze (`NAME-cPID`; for a cgroup
+   * lock, beside it), and the connections found just before it was made:
+   * at `post-dump` only those the dump took beyond them are added.
+   */
+  prepared?: { lock: OperationResult; held: readonly Connection[] };
 }
 
 /**
@@ -80,16 +89,92 @@ export async function lockTreeBeforeFreeze(
       ? `the cgroups of its sockets could not be read (${(probe.error as Error).message})`
       : socketsOutside(probe.tree, probe.socketCgroups));
   if (why === undefined) {
+    let result: OperationResult;
     try {
-      const result = await lockNetwork(pid, { ...options, backend: "nftables", mode: "cgroup" });
-      return { kind: "cgroup", result };
+      result = await lockNetwork(pid, { ...options, backend: "nftables", mode: "cgroup" });
     } catch (error) {
       // No nft, say: the connections, as for a tree without a cgroup of its own.
       const note = `the cgroup lock failed (${(error as Error).message})`;
-      return { ...(await lockConnections(pid, options)), note: connectionNote(pid, note) };
+      return { ...(await prepareConnections(pid, options)), note: connectionNote(pid, note) };
     }
+    // The cgroup lock holds every socket of the tree; its connections by
+    // address now too, outside the frozen window (a failure leaves that to
+    // post-dump).
+    const prepared = await prepareConnections(pid, options).catch(() => undefined);
+    return { kind: "cgroup", result, prepared: prepared?.prepared };
   }
-  return { ...(await lockConnections(pid, options)), note: connectionNote(pid, why) };
+  return { ...(await prepareConnections(pid, options)), note: connectionNote(pid, why) };
+}
+
+/**
+ * The tree's connections locked by address, and the connections found just
+ * before the lock was made (each held by it unless it closed in between:
+ * one closed and opened again on the same addresses and ports within that
+ * moment is all it could miss, which TIME_WAIT keeps from happening).
+ */
+async function prepareConnections(
+  pid: number,
+  options: NetlockOptions,
+): Promise<{ kind: "connections"; result: OperationResult } & Pick<TreeLocked, "prepared">> {
+  const exec = nsenterExec([], { timeoutMs: 10_000, log: options.log });
+  const { connections: held = [] } = await probeTree(exec, pid, { connections: true });
+  const locked = await lockConnections(pid, options);
+  return { ...locked, prepared: { lock: locked.result, held } };
+}
+
+/**
+ * At `post-dump`, the connection lock made before the freeze completed with
+ * the connections the dump took (from CRIU's images) that it does not hold:
+ * usually none, and then nothing runs inside the frozen window. `undefined`
+ * when there is no such lock or the missing ones could not be added (the
+ * caller then locks the tree's connections anew).
+ *
+ * @param pid The tree's root.
+ * @param options The hook's options.
+ * @param before What `pre-dump` locked.
+ * @param dumped The TCP connections in CRIU's images.
+ * @returns The lock's report, covering every dumped connection.
+ */
+export async function completeTreeLock(
+  pid: number,
+  options: NetlockOptions,
+  before: TreeLocked | undefined,
+  dumped: readonly Connection[],
+): Promise<OperationResult | undefined> {
+  if (!before?.prepared) return undefined;
+  const { lock, held } = before.prepared;
+  const holds = new Set(held.map(connectionKey));
+  const missing = dumped.filter((connection) => !holds.has(connectionKey(connection)));
+  const report = { ...lock, connections: dumped.length };
+  if (missing.length === 0) return { ...report, changed: false };
+  // Added to the nftables sets; an iptables tree of chains is made anew by the caller.
+  if (lock.backend !== "nftables") return undefined;
+  const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
+  const script = renderNftConnectionAdd(connectionLockName(lock.name, pid), missing);
+  return (await exec("nft", ["-f", "-"], script)).success ? report : undefined;
+}
+
+/**
+ * One connection as a key, whatever the text of its IPv6 addresses
+ * (canonical, as URLs write them).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { connectionKey } from "./tree_lock.ts";
+ *
+ * const a = { family: "ipv6" as const, local: "fd00:0::1", localPort: 1, remote: "::1", remotePort: 2 };
+ * assert.equal(connectionKey(a), connectionKey({ ...a, local: "fd00::1" }));
+ * ```
+ *
+ * @param connection The connection.
+ * @returns `LOCAL LPORT REMOTE RPORT`.
+ */
+export function connectionKey(connection: Connection): string {
+  const canonical = (address: string) =>
+    connection.family === "ipv6" ? new URL(`http://[${address}]/`).hostname : address;
+  return `${canonical(connection.local)} ${connection.localPort} ` +
+    `${canonical(connection.remote)} ${connection.remotePort}`;
 }
 
 /**

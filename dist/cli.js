@@ -3983,15 +3983,7 @@ async function completeTreeLock(pid, options, before, dumped) {
     changed: false
   };
   if (lock.backend !== "nftables") return void 0;
-  const exec = nsenterExec([], {
-    timeoutMs: options.timeoutMs ?? 1e4,
-    log: options.log
-  });
-  const script = renderNftConnectionAdd(connectionLockName(lock.name, pid), missing);
-  return (await exec("nft", [
-    "-f",
-    "-"
-  ], script)).success ? report2 : void 0;
+  return await addToSets(pid, options, lock, missing) ? report2 : void 0;
 }
 function connectionKey(connection) {
   const canonical = (address2) => connection.family === "ipv6" ? new URL(`http://[${address2}]/`).hostname : address2;
@@ -4017,17 +4009,24 @@ async function addTreeConnections(pid, options, made) {
     ...made,
     changed: false
   };
-  const script = renderNftConnectionAdd(connectionLockName(made.name, pid), connections);
-  if (!(await exec("nft", [
-    "-f",
-    "-"
-  ], script)).success) return void 0;
+  if (!await addToSets(pid, options, made, connections)) return void 0;
   return {
     ...made,
     changed: true,
     connections: connections.length,
     durationMs: performance.now() - started
   };
+}
+async function addToSets(pid, options, made, connections) {
+  const exec = nsenterExec([], {
+    timeoutMs: options.timeoutMs ?? 1e4,
+    log: options.log
+  });
+  const script = renderNftConnectionAdd(connectionLockName(made.name, pid), connections);
+  return (await exec("nft", [
+    "-f",
+    "-"
+  ], script)).success;
 }
 async function unlockKept(pid, options, kinds, netnsOf) {
   const opts = resolveOptions({

@@ -149,9 +149,7 @@ export async function completeTreeLock(
   if (missing.length === 0) return { ...report, changed: false };
   // Added to the nftables sets; an iptables tree of chains is made anew by the caller.
   if (lock.backend !== "nftables") return undefined;
-  const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
-  const script = renderNftConnectionAdd(connectionLockName(lock.name, pid), missing);
-  return (await exec("nft", ["-f", "-"], script)).success ? report : undefined;
+  return await addToSets(pid, options, lock, missing) ? report : undefined;
 }
 
 /**
@@ -213,14 +211,25 @@ async function addTreeConnections(
   const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
   const { connections = [] } = await probeTree(exec, pid, { connections: true });
   if (connections.length === 0) return { ...made, changed: false };
-  const script = renderNftConnectionAdd(connectionLockName(made.name, pid), connections);
-  if (!(await exec("nft", ["-f", "-"], script)).success) return undefined;
+  if (!await addToSets(pid, options, made, connections)) return undefined;
   return {
     ...made,
     changed: true,
     connections: connections.length,
     durationMs: performance.now() - started,
   };
+}
+
+/** Adds `connections` to the sets of the nftables connection lock `made` (one `nft`); `true` when done. */
+async function addToSets(
+  pid: number,
+  options: NetlockOptions,
+  made: OperationResult,
+  connections: readonly Connection[],
+): Promise<boolean> {
+  const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
+  const script = renderNftConnectionAdd(connectionLockName(made.name, pid), connections);
+  return (await exec("nft", ["-f", "-"], script)).success;
 }
 
 /**

@@ -17,7 +17,7 @@
  * Needs root, python3 (the dumped process) and a CRIU that passes
  * `criu check`: `CRIU_BIN`, else `criu` on PATH. Without one it says why
  * and measures nothing. Run as a program it also runs bench/criu_host.ts
- * (a tree in CRIU's own namespace, at 200 and 1,000 connections).
+ * (a tree in CRIU's own namespace, at 200, 1,000 and 10,000 connections).
  *
  * @module
  */
@@ -210,7 +210,7 @@ if (import.meta.main) {
   // deno task bench:criu [ROUNDS] [HOST_ROUNDS] [HOST_CONNECTIONS]   (10, 3, 200,1000)
   const rounds = Number(Deno.args[0] ?? "10");
   const hostRounds = Number(Deno.args[1] ?? "3");
-  const counts = (Deno.args[2] ?? "200,1000").split(",").map(Number);
+  const counts = (Deno.args[2] ?? "200,1000,10000").split(",").map(Number);
   const found = await findCriu();
   if ("missing" in found) {
     console.log(`criu: skipped: ${found.missing}`);

@@ -60,3 +60,37 @@ function fields(bytes: Uint8Array): Map<number, number | Uint8Array> {
   }
   return out;
 }
+
+/** A tmpfs the benchmark mounts for CRIU's images, removed on dispose. */
+export interface ImagesTmpfs extends AsyncDisposable {
+  /** Where it is mounted. */
+  path: string;
+}
+
+/**
+ * Mounts a tmpfs of its own for CRIU's images (as a migration would keep
+ * them in memory): on a disk, a dump of 10,000 connections creates 10,000
+ * `tcp-stream-*.img` files, and ext4 slows each new inode down while the
+ * previous round's deleted ones are "recent" (CRIU's dump of 10,000
+ * connections took 1.1 s or 4.7 s by the round here, `perf`: ext4's
+ * recently_deleted). Not /dev/shm: Deno asks for --allow-all under /dev
+ * (denoland/deno#30979), which the hook's helper is not given.
+ */
+export async function imagesTmpfs(): Promise<ImagesTmpfs> {
+  const path = await Deno.makeTempDir({ prefix: "netlock-bench-images-" });
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "mode=0700", "netlock-bench", path],
+    stderr: "piped",
+  }).output();
+  if (!mount.success) {
+    await Deno.remove(path);
+    throw new Error(`cannot mount a tmpfs: ${new TextDecoder().decode(mount.stderr).trim()}`);
+  }
+  return {
+    path,
+    async [Symbol.asyncDispose]() {
+      await new Deno.Command("umount", { args: [path] }).output();
+      await Deno.remove(path);
+    },
+  };
+}

@@ -154,63 +154,115 @@ add rule ${t} ${hook} meta mark != 0x${mark.toString(16)} socket cgroupv2 level 
 `).join("");
 }
 function connectionIptablesBody(connections, family, mark) {
-  const mask = family === "ipv4" ? "32" : "128";
-  const tail = `-m mark ! --mark 0x${mark.toString(16)} -j DROP`;
-  return connections.filter((c) => c.family === family).flatMap((c) => [
-    `-s ${c.remote}/${mask} -d ${c.local}/${mask} -p tcp -m tcp --sport ${c.remotePort} --dport ${c.localPort} ${tail}`,
-    `-s ${c.local}/${mask} -d ${c.remote}/${mask} -p tcp -m tcp --sport ${c.localPort} --dport ${c.remotePort} ${tail}`
-  ]);
+  return [
+    markedReturn(mark),
+    ...connectionDrops(connections, family)
+  ];
 }
-function connectionIptablesTree(connections, family, mark, root) {
-  const specs = connectionIptablesBody(connections, family, mark);
-  if (specs.length <= 2 * LEAF_RULES) return {
-    body: specs,
-    subchains: []
-  };
-  const entries = connections.filter((c) => c.family === family).flatMap((c, i) => [
+function markedReturn(mark) {
+  return `-m mark --mark 0x${mark.toString(16)} -j RETURN`;
+}
+function dropsOf(connections, family) {
+  const mask = family === "ipv4" ? "32" : "128";
+  return connections.filter((c) => c.family === family).flatMap((c) => [
     {
-      dport: c.localPort,
+      addresses: `-s ${c.remote}/${mask} -d ${c.local}/${mask}`,
       sport: c.remotePort,
-      spec: specs[2 * i]
+      dport: c.localPort
     },
     {
-      dport: c.remotePort,
+      addresses: `-s ${c.local}/${mask} -d ${c.remote}/${mask}`,
       sport: c.localPort,
-      spec: specs[2 * i + 1]
+      dport: c.remotePort
     }
   ]);
+}
+function portDrop(drop) {
+  return `-p tcp -m tcp --sport ${drop.sport} --dport ${drop.dport} -j DROP`;
+}
+function fullDrop(drop) {
+  return `${drop.addresses} ${portDrop(drop)}`;
+}
+function connectionDrops(connections, family) {
+  return dropsOf(connections, family).map(fullDrop);
+}
+function connectionIptablesTree(connections, family, mark, root) {
+  const drops = dropsOf(connections, family);
+  const head = markedReturn(mark);
+  if (drops.length <= 2 * LEAF_RULES) {
+    return {
+      body: [
+        head,
+        ...drops.map(fullDrop)
+      ],
+      subchains: []
+    };
+  }
   const subchains = [];
-  const build = (part, field) => {
-    if (part.length <= LEAF_RULES) return part.map((entry) => entry.spec);
-    const keys = [
-      ...new Set(part.map((entry) => entry[field]))
-    ].sort((a, b) => a - b);
-    if (keys.length === 1) {
-      return field === "dport" ? build(part, "sport") : part.map((entry) => entry.spec);
-    }
-    const size = Math.ceil(keys.length / FANOUT);
-    const groups = Array.from({
-      length: Math.ceil(keys.length / size)
-    }, (_, i) => keys.slice(i * size, (i + 1) * size));
-    return groups.map((group) => {
-      const [lo, hi] = [
-        group[0],
-        group[group.length - 1]
-      ];
-      const name = `${root}.${subchains.length.toString(36)}`;
-      const chain = {
-        name,
-        body: []
-      };
-      subchains.push(chain);
-      chain.body = build(part.filter((entry) => entry[field] >= lo && entry[field] <= hi), field);
-      return `-p tcp -m tcp --${field} ${lo === hi ? lo : `${lo}:${hi}`} -j ${name}`;
-    });
+  const chain = (rules) => {
+    const made = {
+      name: `${root}.${subchains.length.toString(36)}`,
+      body: []
+    };
+    subchains.push(made);
+    made.body = rules();
+    return made.name;
   };
+  const build = (part, field, spec) => {
+    if (part.length <= LEAF_RULES) return part.map(spec);
+    const keys = part.map((drop) => drop[field]).filter((key, i, all) => key !== all[i - 1]);
+    if (keys.length === 1) {
+      return field === "dport" ? build(sortedBy(part, "sport"), "sport", spec) : part.map(spec);
+    }
+    const ranges = Math.min(FANOUT, Math.ceil(part.length / LEAF_RULES));
+    const size = Math.ceil(keys.length / ranges);
+    const jumps = [];
+    for (let k = 0, start = 0; k < keys.length; k += size) {
+      const [lo, hi] = [
+        keys[k],
+        keys[Math.min(k + size, keys.length) - 1]
+      ];
+      let end = start;
+      while (end < part.length && part[end][field] <= hi) end++;
+      const range = part.slice(start, end);
+      const name = chain(() => build(range, field, spec));
+      jumps.push(`-p tcp -m tcp --${field} ${lo === hi ? lo : `${lo}:${hi}`} -j ${name}`);
+      start = end;
+    }
+    return jumps;
+  };
+  const byPair = /* @__PURE__ */ new Map();
+  for (const drop of drops) {
+    const same = byPair.get(drop.addresses);
+    if (same) same.push(drop);
+    else byPair.set(drop.addresses, [
+      drop
+    ]);
+  }
+  const pairs = [
+    ...byPair
+  ].filter(([, same]) => same.length >= LEAF_RULES).sort(([a, x], [b, y]) => y.length - x.length || (a < b ? -1 : a > b ? 1 : 0)).slice(0, FANOUT);
+  const body = [
+    head
+  ];
+  for (const [addresses, same] of pairs) {
+    body.push(`${addresses} -j ${chain(() => build(sortedBy(same, "dport"), "dport", portDrop))}`);
+  }
+  const paired = new Set(pairs.map(([addresses]) => addresses));
+  const rest = drops.filter((drop) => !paired.has(drop.addresses));
+  body.push(...build(sortedBy(rest, "dport"), "dport", fullDrop));
   return {
-    body: build(entries, "dport"),
+    body,
     subchains
   };
+}
+function sortedBy(entries, field) {
+  const starts = new Uint32Array(65537);
+  for (const entry of entries) starts[entry[field] + 1]++;
+  for (let port = 1; port < starts.length; port++) starts[port] += starts[port - 1];
+  const sorted = new Array(entries.length);
+  for (const entry of entries) sorted[starts[entry[field]]++] = entry;
+  return sorted;
 }
 function connectionSetElements(connections) {
   const key = (c) => `${c.remote} ${c.remotePort} ${c.local} ${c.localPort}`;
@@ -267,6 +319,13 @@ function renderNftConnectionAdd(table, connections) {
   }
   return elements;
 }
+function renderIptablesConnectionAdd(chain, connections, family) {
+  const rules = connectionDrops(connections, family).map((spec) => `-A ${chain} ${spec}
+`);
+  return `*filter
+${rules.join("")}COMMIT
+`;
+}
 function renderConnectionTemplate(backend, name, mark) {
   const sample = {
     family: "ipv4",
@@ -299,8 +358,8 @@ var init_ruleset2 = __esm({
       cgroup: "g"
     };
     ROOT_LENGTH = 22;
-    LEAF_RULES = 8;
-    FANOUT = 8;
+    LEAF_RULES = 64;
+    FANOUT = 16;
   }
 });
 
@@ -1166,27 +1225,27 @@ function parseTreeReport(text) {
   const at = text.indexOf("\nfds\n");
   const head = at === -1 ? text : text.slice(0, at);
   const links = at === -1 ? "" : text.slice(at + 5);
-  const fields2 = /* @__PURE__ */ new Map();
+  const fields = /* @__PURE__ */ new Map();
   for (const line of head.split("\n")) {
     const space = line.indexOf(" ");
-    if (space > 0) fields2.set(line.slice(0, space), line.slice(space + 1).trim());
+    if (space > 0) fields.set(line.slice(0, space), line.slice(space + 1).trim());
   }
   const numbers = (value) => (value ?? "").split(/\s+/).filter(Boolean).map(Number).filter(Number.isSafeInteger);
   const pids = [
-    ...new Set(numbers(fields2.get("tree")))
+    ...new Set(numbers(fields.get("tree")))
   ];
-  const members = fields2.has("members") ? numbers(fields2.get("members")) : void 0;
-  const mount = fields2.get("mount");
+  const members = fields.has("members") ? numbers(fields.get("members")) : void 0;
+  const mount = fields.get("mount");
   return {
     tree: {
       root: pids[0],
       pids,
-      start: fields2.get("start") ?? "",
-      ...fields2.has("state") ? {
-        state: fields2.get("state")
+      start: fields.get("start") ?? "",
+      ...fields.has("state") ? {
+        state: fields.get("state")
       } : {},
-      cgroup: fields2.get("cgroup") ?? "",
-      ownCgroup: fields2.get("own") ?? "",
+      cgroup: fields.get("cgroup") ?? "",
+      ownCgroup: fields.get("own") ?? "",
       ...mount ? {
         cgroupMount: mount
       } : {},
@@ -1406,6 +1465,8 @@ function ruleKind(expr, jumpTo, mark) {
   if ("drop" in last && init.length === 0) return "drop";
   if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
+  if ("drop" in last && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
+  if ("return" in last && init.length === 1 && isMarkMatch(init[0])) return "markedReturn";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
   if ("return" in last && init.length === 0) return "return";
   return "other";
@@ -1413,6 +1474,14 @@ function ruleKind(expr, jumpTo, mark) {
 function isUnmarkedMatch(e) {
   const match = e.match;
   return match?.op === "!=" && match.left?.meta?.key === "mark";
+}
+function isEqualMatch(e) {
+  const match = e.match;
+  return match?.op === "==" && match.left?.meta?.key !== "mark";
+}
+function isMarkMatch(e) {
+  const match = e.match;
+  return match?.op === "==" && match.left?.meta?.key === "mark";
 }
 function isCommentMatch(e) {
   const xt = e.xt;
@@ -1818,7 +1887,8 @@ function inspectIptablesLock(table, rules) {
   const chainRulesMatch = body === "any" ? true : body ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i]) && subchainsMatch : lockRules.length === (ipv4Only ? 3 : 2) && mark !== void 0 && (rules.anyMark || mark === rules.mark) && lockRules[1] === "-j DROP" && (rules.ipv4Only === void 0 || rules.ipv4Only === ipv4Only);
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
-  const mayHold = body === void 0 ? isNamespaceLockRule : (spec) => isConnectionLockRule(spec) || isTreeRule(spec, rules.name);
+  const mayHold = body === void 0 ? isNamespaceLockRule : (spec) => isConnectionLockRule(spec) || isTreeRule(spec, rules.name) || isMarkedReturn(spec) || // (`-j RETURN`: the lock opened by a restore, see renderIptablesOpen.)
+  spec === "-j RETURN";
   const refersToLock = new RegExp(`(^| )-[jg] ${rules.name}( |$)`);
   const foreign = chainExists && (lockRules.some((spec) => !mayHold(spec)) || subchains.some((chain) => rulesOf2(chain).some((spec) => !mayHold(spec))) || table.rules.some((rule) => rule.chain !== rules.name && !inTree.has(rule.chain) && refersToLock.test(rule.spec) && !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)) || lockRules.length === 0 && inputJumps + outputJumps === 0);
   const otherContent = !table.compatible || table.chains.some((chain) => chain.name !== rules.name && !inTree.has(chain.name) && (!BUILTIN_CHAINS2.has(chain.name) || chain.policy !== "ACCEPT")) || table.rules.some((rule) => rule.chain !== rules.name && !inTree.has(rule.chain) && !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump));
@@ -1855,11 +1925,14 @@ function isNamespaceLockRule(spec) {
   return markOf(spec) !== void 0 || spec === "-j DROP" || spec === IPV4_ONLY_MARKER || spec === "-j RETURN";
 }
 function isTreeRule(spec, root) {
-  const match = spec.match(/^-p tcp -m tcp --[sd]port [0-9]+(:[0-9]+)? -j (\S+)$/);
-  return match !== null && match[2].startsWith(`${root}.`);
+  const match = spec.match(/^(?:-p tcp -m tcp --[sd]port [0-9]+(?::[0-9]+)?|-s \S+ -d \S+) -j (\S+)$/);
+  return match !== null && match[1].startsWith(`${root}.`);
 }
 function isConnectionLockRule(spec) {
-  return /^-s \S+ -d \S+ -p tcp -m tcp --sport [0-9]+ --dport [0-9]+ -m mark ! --mark 0x[0-9a-f]+ -j DROP$/.test(spec);
+  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j DROP$/.test(spec);
+}
+function isMarkedReturn(spec) {
+  return /^-m mark --mark 0x[0-9a-f]+ -j RETURN$/.test(spec);
 }
 var BUILTIN_CHAINS2, UNLOCKED_STATE;
 var init_lock_state2 = __esm({
@@ -2245,6 +2318,8 @@ function isNetlockChain(view, name, kind, rulesKnown) {
     "marker",
     "return"
   ] : [
+    "markedReturn",
+    "matchedDrop",
     "unmarkedDrop",
     "return"
   ];
@@ -3957,7 +4032,7 @@ async function prepareConnections(pid, options) {
     timeoutMs: 1e4,
     log: options.log
   });
-  const { connections: held = [] } = await probeTree(exec, pid, {
+  const { connections = [] } = await probeTree(exec, pid, {
     connections: true
   });
   const locked = await lockConnections2(pid, options);
@@ -3965,15 +4040,14 @@ async function prepareConnections(pid, options) {
     ...locked,
     prepared: {
       lock: locked.result,
-      held
+      held: new Set(connections.map(connectionKey))
     }
   };
 }
 async function completeTreeLock(pid, options, before, dumped) {
   if (!before?.prepared) return void 0;
   const { lock, held } = before.prepared;
-  const holds = new Set(held.map(connectionKey));
-  const missing = dumped.filter((connection) => !holds.has(connectionKey(connection)));
+  const missing = dumped.filter((connection) => !held.has(connectionKey(connection)));
   const report2 = {
     ...lock,
     connections: dumped.length
@@ -3982,8 +4056,7 @@ async function completeTreeLock(pid, options, before, dumped) {
     ...report2,
     changed: false
   };
-  if (lock.backend !== "nftables") return void 0;
-  return await addToSets(pid, options, lock, missing) ? report2 : void 0;
+  return await addToLock(pid, options, lock, missing) ? report2 : void 0;
 }
 function connectionKey(connection) {
   const canonical = (address2) => connection.family === "ipv6" ? new URL(`http://[${address2}]/`).hostname : address2;
@@ -4009,7 +4082,7 @@ async function addTreeConnections(pid, options, made) {
     ...made,
     changed: false
   };
-  if (!await addToSets(pid, options, made, connections)) return void 0;
+  if (!await addToLock(pid, options, made, connections)) return void 0;
   return {
     ...made,
     changed: true,
@@ -4017,16 +4090,29 @@ async function addTreeConnections(pid, options, made) {
     durationMs: performance.now() - started
   };
 }
-async function addToSets(pid, options, made, connections) {
+async function addToLock(pid, options, made, connections) {
   const exec = nsenterExec([], {
     timeoutMs: options.timeoutMs ?? 1e4,
     log: options.log
   });
-  const script = renderNftConnectionAdd(connectionLockName(made.name, pid), connections);
-  return (await exec("nft", [
-    "-f",
-    "-"
-  ], script)).success;
+  const name = connectionLockName(made.name, pid);
+  const tools = {
+    ipv4: "iptables-restore",
+    ipv6: "ip6tables-restore"
+  };
+  const runs = made.backend === "nftables" ? [
+    exec("nft", [
+      "-f",
+      "-"
+    ], renderNftConnectionAdd(name, connections))
+  ] : [
+    "ipv4",
+    "ipv6"
+  ].filter((family) => connections.some((connection) => connection.family === family)).map((family) => exec(tools[family], [
+    "-w",
+    "--noflush"
+  ], renderIptablesConnectionAdd(name, connections, family)));
+  return (await Promise.all(runs)).every((run3) => run3.success);
 }
 async function unlockKept(pid, options, kinds, netnsOf) {
   const opts = resolveOptions({
@@ -4378,60 +4464,74 @@ var init_armed = __esm({
 });
 
 // lib/criu/dumped_sockets.ts
-function fields(bytes) {
-  const out = /* @__PURE__ */ new Map();
-  let at = 0;
-  const varint = () => {
-    let value = 0;
-    let scale = 1;
-    for (; ; ) {
-      if (at >= bytes.length) throw new RangeError("truncated varint");
-      const byte = bytes[at++];
-      value += (byte & 127) * scale;
-      if (byte < 128) return value;
-      scale *= 128;
+function varint(bytes, at, end) {
+  let value = 0;
+  let scale = 1;
+  while (at < end) {
+    const byte = bytes[at++];
+    value += (byte & 127) * scale;
+    if (byte < 128) {
+      after = at;
+      return value;
     }
-  };
-  while (at < bytes.length) {
-    const key = varint();
-    const [field, wire] = [
-      Math.floor(key / 8),
-      key % 8
-    ];
-    let value;
-    if (wire === 0) value = varint();
-    else if (wire === 2) {
-      const length = varint();
-      value = bytes.subarray(at, at + length);
-      at += length;
-    } else if (wire === 5) {
-      value = new DataView(bytes.buffer, bytes.byteOffset + at, 4).getUint32(0, true);
-      at += 4;
-    } else if (wire === 1) {
-      at += 8;
-      continue;
-    } else throw new RangeError(`unknown wire type ${wire}`);
-    out.set(field, [
-      ...out.get(field) ?? [],
-      value
-    ]);
+    scale *= 128;
   }
-  return out;
+  throw new RangeError("truncated varint");
+}
+function skip(bytes, at, end, wire) {
+  let next;
+  if (wire === 0) next = (varint(bytes, at, end), after);
+  else if (wire === 2) next = varint(bytes, at, end) + after;
+  else if (wire === 1) next = at + 8;
+  else if (wire === 5) next = at + 4;
+  else throw new RangeError(`unknown wire type ${wire}`);
+  if (next > end) throw new RangeError("truncated field");
+  return next;
 }
 function address(words, family) {
-  const bytes = words.flatMap((w) => [
-    w & 255,
-    w >>> 8 & 255,
-    w >>> 16 & 255,
-    w >>> 24
-  ]);
-  if (family === AF_INET) return bytes.slice(0, 4).join(".");
-  if (bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 255 && bytes[11] === 255) {
-    return bytes.slice(12, 16).join(".");
-  }
+  const dotted2 = (w) => `${w & 255}.${w >>> 8 & 255}.${w >>> 16 & 255}.${w >>> 24}`;
+  if (family === AF_INET) return dotted2(words[0] ?? 0);
+  if (!words[0] && !words[1] && words[2] === 4294901760) return dotted2(words[3] ?? 0);
   const groups = [];
-  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8 | bytes[i + 1]).toString(16));
+  for (let i = 0; i < 4; i++) {
+    const w = words[i] ?? 0;
+    groups.push(((w & 255) << 8 | w >>> 8 & 255).toString(16));
+    groups.push(((w >>> 16 & 255) << 8 | w >>> 24).toString(16));
+  }
   return groups.join(":");
+}
+function inetConnection(bytes, at, end) {
+  let family = -1, proto = -1, state = -1, localPort = -1, remotePort = -1;
+  const src = [];
+  const dst = [];
+  while (at < end) {
+    const key = varint(bytes, at, end);
+    if (key % 8 !== 0) {
+      at = skip(bytes, after, end, key % 8);
+      continue;
+    }
+    const value = varint(bytes, after, end);
+    at = after;
+    const field = Math.floor(key / 8);
+    if (field === 3) family = value;
+    else if (field === 5) proto = value;
+    else if (field === 6) state = value;
+    else if (field === 7) localPort = value;
+    else if (field === 8) remotePort = value;
+    else if (field === 11) src.push(value);
+    else if (field === 12) dst.push(value);
+  }
+  if (proto !== IPPROTO_TCP || state === TCP_LISTEN || remotePort <= 0) return void 0;
+  if (family !== AF_INET && family !== AF_INET6) return void 0;
+  const local = address(src, family);
+  const remote = address(dst, family);
+  return {
+    family: local.includes(":") ? "ipv6" : "ipv4",
+    local,
+    localPort,
+    remote,
+    remotePort
+  };
 }
 function parseDumpedConnections(image) {
   const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
@@ -4440,31 +4540,32 @@ function parseDumpedConnections(image) {
   }
   const connections = [];
   for (let at = 8; at + 4 <= image.length; ) {
-    const size = view.getUint32(at, true);
-    const entry = fields(image.subarray(at + 4, at + 4 + size));
-    at += 4 + size;
-    if (entry.get(1)?.[0] !== INETSK) continue;
-    const isk = entry.get(4)?.[0];
-    if (!(isk instanceof Uint8Array)) continue;
-    const sk = fields(isk);
-    const num = (field) => Number(sk.get(field)?.[0] ?? -1);
-    const words = (field) => (sk.get(field) ?? []).map(Number);
-    const family = num(3);
-    if (num(5) !== IPPROTO_TCP || num(6) === TCP_LISTEN || num(8) <= 0) continue;
-    if (family !== AF_INET && family !== AF_INET6) continue;
-    const local = address(words(11), family);
-    const remote = address(words(12), family);
-    connections.push({
-      family: local.includes(":") ? "ipv6" : "ipv4",
-      local,
-      localPort: num(7),
-      remote,
-      remotePort: num(8)
-    });
+    const end = at + 4 + view.getUint32(at, true);
+    if (end > image.length) throw new RangeError("truncated entry");
+    let type = -1;
+    let socket = -1;
+    let socketEnd = -1;
+    for (let field = at + 4; field < end; ) {
+      const key = varint(image, field, end);
+      if (key === TYPE_KEY) {
+        type = varint(image, after, end);
+        if (type !== INETSK) break;
+        field = after;
+      } else if (key === SOCKET_KEY) {
+        const length = varint(image, after, end);
+        socket = after;
+        socketEnd = field = socket + length;
+        if (socketEnd > end) throw new RangeError("truncated field");
+      } else field = skip(image, after, end, key % 8);
+    }
+    at = end;
+    if (type !== INETSK || socket < 0) continue;
+    const connection = inetConnection(image, socket, socketEnd);
+    if (connection) connections.push(connection);
   }
   return connections;
 }
-var IMG_COMMON_MAGIC, FILES_MAGIC, INETSK, IPPROTO_TCP, AF_INET, AF_INET6, TCP_LISTEN;
+var IMG_COMMON_MAGIC, FILES_MAGIC, INETSK, IPPROTO_TCP, AF_INET, AF_INET6, TCP_LISTEN, TYPE_KEY, SOCKET_KEY, after;
 var init_dumped_sockets = __esm({
   "lib/criu/dumped_sockets.ts"() {
     IMG_COMMON_MAGIC = 1414939417;
@@ -4474,6 +4575,9 @@ var init_dumped_sockets = __esm({
     AF_INET = 2;
     AF_INET6 = 10;
     TCP_LISTEN = 10;
+    TYPE_KEY = 1 * 8 + 0;
+    SOCKET_KEY = 4 * 8 + 2;
+    after = 0;
   }
 });
 

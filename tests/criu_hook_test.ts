@@ -65,44 +65,78 @@ Deno.test("planCriuHook() refuses a bad PID (INVALID_ENVIRONMENT) and bad option
   );
 });
 
+// files.img: the two magics, then entries `u32 size` + file_entry (type 4: an inet socket, its
+// inet_sk_entry in field 4).
+const varint = (n: number): number[] =>
+  n < 128 ? [n] : [(n & 0x7f) | 0x80, ...varint(Math.floor(n / 128))];
+const field = (f: number, n: number) => [...varint(f * 8), ...varint(n)];
+const bytes = (f: number, b: number[]) => [...varint(f * 8 + 2), ...varint(b.length), ...b];
+const MAGICS = [0x19, 0x43, 0x56, 0x54, 0x38, 0x31, 0x30, 0x56];
+const isk = (family: number, state: number, src: number[], dst: number[], ports: number[]) => [
+  ...field(1, 3),
+  ...field(2, 99),
+  ...field(3, family),
+  ...field(4, 1),
+  ...field(5, 6),
+  ...field(6, state),
+  ...field(7, ports[0]),
+  ...field(8, ports[1]),
+  ...src.flatMap((word) => field(11, word)),
+  ...dst.flatMap((word) => field(12, word)),
+];
+const entry = (type: number, sk?: number[]) => {
+  const body = [...field(1, type), ...field(2, 7), ...(sk ? bytes(4, sk) : [])];
+  return [body.length, 0, 0, 0, ...body];
+};
+
 Deno.test("parseDumpedConnections() reads the TCP connections of a dump's files.img", () => {
-  // files.img: the two magics, then entries `u32 size` + file_entry; a TCP socket 127.0.0.1:7999 ->
-  // 127.0.0.1:56054 (established), a listener (left out), and a pipe (left out).
-  const varint = (n: number): number[] => n < 128 ? [n] : [(n & 0x7f) | 0x80, ...varint(n >>> 7)];
-  const field = (f: number, n: number) => [...varint(f * 8), ...varint(n)];
-  const bytes = (f: number, b: number[]) => [...varint(f * 8 + 2), ...varint(b.length), ...b];
+  // A TCP socket 127.0.0.1:7999 -> 127.0.0.1:56054 (established), a listener
+  // (left out), and a pipe (left out).
   const loopback = 0x0100007f; // 127.0.0.1 as CRIU keeps it (network order in a little-endian word)
-  const isk = (state: number, src: number, dst: number) => [
-    ...field(1, 3),
-    ...field(2, 99),
-    ...field(3, 2),
-    ...field(4, 1),
-    ...field(5, 6),
-    ...field(6, state),
-    ...field(7, src),
-    ...field(8, dst),
-    ...field(11, loopback),
-    ...field(12, loopback),
-  ];
-  const entry = (type: number, sk?: number[]) => {
-    const body = [...field(1, type), ...field(2, 7), ...(sk ? bytes(4, sk) : [])];
-    return [body.length, 0, 0, 0, ...body];
-  };
   const image = new Uint8Array([
-    0x19,
-    0x43,
-    0x56,
-    0x54,
-    0x38,
-    0x31,
-    0x30,
-    0x56,
-    ...entry(4, isk(1, 7999, 56054)),
-    ...entry(4, isk(10, 7999, 0)),
+    ...MAGICS,
+    ...entry(4, isk(2, 1, [loopback], [loopback], [7999, 56054])),
+    ...entry(4, isk(2, 10, [loopback], [0], [7999, 0])),
     ...entry(2),
   ]);
   assert.deepEqual(parseDumpedConnections(image), [
     { family: "ipv4", local: "127.0.0.1", localPort: 7999, remote: "127.0.0.1", remotePort: 56054 },
   ]);
   assert.throws(() => parseDumpedConnections(new Uint8Array(8)), /not a CRIU files.img/);
+  assert.throws(
+    () => parseDumpedConnections(new Uint8Array([...MAGICS, 200, 0, 0, 0, 8, 4])),
+    /truncated/,
+  );
+});
+
+Deno.test("parseDumpedConnections() reads IPv6 addresses, an IPv4-mapped one as IPv4", () => {
+  // ::1 -> 2001:db8::5, and ::ffff:198.18.0.1 -> ::ffff:198.18.0.2 (words in network order).
+  const v6 = (bytes: number[]) =>
+    [0, 4, 8, 12].map((i) =>
+      bytes[i] + bytes[i + 1] * 0x100 + bytes[i + 2] * 0x10000 + bytes[i + 3] * 0x1000000
+    );
+  const ip = (text: number[]) => v6([...Array(16 - text.length).fill(0), ...text]);
+  const doc = v6([0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 5]);
+  const mapped = (last: number) => ip([0xff, 0xff, 198, 18, 0, last]);
+  const image = new Uint8Array([
+    ...MAGICS,
+    ...entry(4, isk(10, 1, ip([1]), doc, [8080, 40000])),
+    ...entry(4, isk(10, 1, mapped(1), mapped(2), [8080, 40001])),
+  ]);
+  assert.deepEqual(parseDumpedConnections(image), [
+    {
+      family: "ipv6",
+      local: "0:0:0:0:0:0:0:1",
+      localPort: 8080,
+      remote: "2001:db8:0:0:0:0:0:5",
+      remotePort: 40000,
+    },
+    {
+      family: "ipv4",
+      local: "198.18.0.1",
+      localPort: 8080,
+      remote: "198.18.0.2",
+      remotePort: 40001,
+    },
+  ]);
 });

@@ -326,8 +326,8 @@ Deno.test({
     await using netns = await createNetns();
     const at = { netns, address: "127.0.0.1" };
     const before = await snapshot(netns);
-    await using tree = await startTree(at, PORT, 40, 2);
-    await using peer = await startPeer(netns, at, PORT, 40);
+    await using tree = await startTree(at, PORT, 100, 2);
+    await using peer = await startPeer(netns, at, PORT, 100);
     await peer.flowing();
     const pid = String(tree.pid);
     const lock = () =>
@@ -335,7 +335,7 @@ Deno.test({
     const first = await lock();
     assert.equal(first.code, 0, first.stderr);
     assert.deepEqual([JSON.parse(first.stdout).connections, JSON.parse(first.stdout).changed], [
-      40,
+      100,
       true,
     ]);
     const saved = (await netns.run(["iptables-save"])).stdout;
@@ -346,13 +346,13 @@ Deno.test({
     const again = await lock();
     assert.equal(JSON.parse(again.stdout).changed, false, "the same connections: nothing changes");
     const status = await cliInside(netns, ["status", "--json", pid]);
-    assert.equal(JSON.parse(status.stdout).connections, 40);
+    assert.equal(JSON.parse(status.stdout).connections, 100);
     const listed = await cliInside(netns, ["list", "--json"]);
     assert.deepEqual(
       listed.stdout.trim().split("\n").map((line) => JSON.parse(line)).map((
         l,
       ) => [l.name, l.connections]),
-      [[`NETLOCK-c${pid}`, 40]],
+      [[`NETLOCK-c${pid}`, 100]],
     );
     const held = peer.progress();
     await new Promise((resolve) => setTimeout(resolve, 600));

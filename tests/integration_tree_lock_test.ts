@@ -7,8 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { createNetns, integration, must, snapshot } from "./helpers/netns.ts";
-import { startPeer, startTree } from "./helpers/tree.ts";
+import { createNetns, integration, must, snapshot, type TestNetns } from "./helpers/netns.ts";
+import { type Peer, startPeer, startTree, type Tree } from "./helpers/tree.ts";
 
 const PORT = 7710;
 const TREE_LOCK = new URL("../lib/criu/tree_lock.ts", import.meta.url).href;
@@ -43,38 +43,80 @@ function sockets(pids: number[]): number {
   return count;
 }
 
+/** A namespace (and its state before), a tree that accepts 5 connections, and a peer holding 3 of them. */
+async function threeOfFive(): Promise<
+  { netns: TestNetns; before: string; tree: Tree; first: Peer } & AsyncDisposable
+> {
+  const stack = new AsyncDisposableStack();
+  const netns = stack.use(await createNetns());
+  const before = await snapshot(netns);
+  const at = { netns, address: "127.0.0.1" };
+  const tree = stack.use(await startTree(at, PORT, 5, 1));
+  const first = stack.use(await startPeer(netns, at, PORT, 3));
+  return { netns, before, tree, first, [Symbol.asyncDispose]: () => stack.disposeAsync() };
+}
+
+/** A program run in the namespace (as the hook's helper runs there): its JSON lines, and lines sent to it. */
+interface Program extends AsyncDisposable {
+  /** The next JSON line it prints. */
+  next(): Promise<unknown>;
+  /** Sends it a line. */
+  send(line: string): Promise<void>;
+}
+
+/** Runs `text` as a Deno program inside `netns` with `args`; disposing it checks that it ran to its end. */
+async function runProgram(netns: TestNetns, text: string, args: string[]): Promise<Program> {
+  const dir = await Deno.makeTempDir({ prefix: "nltest-tree-lock-" });
+  await Deno.writeTextFile(`${dir}/program.ts`, text);
+  const child = new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--no-config",
+      `${dir}/program.ts`,
+      ...args,
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  const out = child.stdout.pipeThrough(new TextDecoderStream()).values();
+  return {
+    next: async () => JSON.parse((await out.next()).value ?? "null"),
+    send: (line) => writer.write(new TextEncoder().encode(`${line}\n`)),
+    async [Symbol.asyncDispose]() {
+      await writer.close().catch(() => {});
+      const [status, errors] = await Promise.all([child.status, new Response(child.stderr).text()]);
+      for await (const _ of out) { /* drained */ }
+      await Deno.remove(dir, { recursive: true });
+      assert.ok(status.success, `the program ran to its end: ${errors}`);
+    },
+  };
+}
+
+/** Two more connections accepted by the tree (a connection in the listen queue is not the tree's yet). */
+async function twoMore(netns: TestNetns, tree: Tree): Promise<Peer> {
+  const held = sockets(tree.members());
+  const second = await startPeer(netns, { netns, address: "127.0.0.1" }, PORT, 2);
+  for (let i = 0; i < 200 && sockets(tree.members()) < held + 2; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  assert.equal(sockets(tree.members()), held + 2);
+  return second;
+}
+
 Deno.test({
   ...integration,
   name:
     "post-dump adds the tree's connections to the lock made before the freeze; a lock that is gone is made anew",
   async fn() {
-    await using netns = await createNetns();
-    const before = await snapshot(netns);
-    const at = { netns, address: "127.0.0.1" };
-    // The tree accepts 5: 3 now, 2 after the first lock.
-    await using tree = await startTree(at, PORT, 5, 1);
-    await using first = await startPeer(netns, at, PORT, 3);
-    const dir = await Deno.makeTempDir({ prefix: "nltest-tree-lock-" });
-    const program = `${dir}/program.ts`;
-    await Deno.writeTextFile(program, PROGRAM);
-    const child = new Deno.Command("nsenter", {
-      args: [
-        `--net=${netns.path}`,
-        "--",
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--no-config",
-        program,
-        String(tree.pid),
-      ],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    const out = child.stdout.pipeThrough(new TextDecoderStream()).values();
-    const next = async () => JSON.parse((await out.next()).value ?? "null");
+    await using setup = await threeOfFive();
+    const { netns, before, tree, first } = setup;
+    const program = await runProgram(netns, PROGRAM, [String(tree.pid)]);
     const table = `NETLOCK-c${tree.pid}`;
     const nft = (...args: string[]) => must(["ip", "netns", "exec", netns.name, "nft", ...args]);
     const elements = async () =>
@@ -83,40 +125,107 @@ Deno.test({
     const handles = async () =>
       (await nft("-a", "list", "table", "inet", table))
         .match(/(table inet \S+|chain input|chain output) \{ # handle [0-9]+/g);
-    try {
+    {
+      await using _program = program;
       // The tree shares the test's cgroup: locked by connection (3 of them, both ends in the tree's view).
-      assert.deepEqual(await next(), { kind: "connections" });
+      assert.deepEqual(await program.next(), { kind: "connections" });
       assert.equal(await elements(), 3);
       const chains = await handles();
       // Connections opened after the lock (before the freeze): added, the table kept as it is.
-      const held = sockets(tree.members());
-      await using second = await startPeer(netns, at, PORT, 2);
-      // Accepted by the tree (a connection in the listen queue is not the tree's yet).
-      for (let i = 0; i < 200 && sockets(tree.members()) < held + 2; i++) {
-        await new Promise((resolve) => setTimeout(resolve, 25));
-      }
-      assert.equal(sockets(tree.members()), held + 2);
-      await writer.write(new TextEncoder().encode("post-dump\n"));
-      assert.deepEqual(await next(), { connections: 5 });
+      await using second = await twoMore(netns, tree);
+      await program.send("post-dump");
+      assert.deepEqual(await program.next(), { connections: 5 });
       assert.equal(await elements(), 5);
       assert.deepEqual(await handles(), chains, "the same table and chains: nothing was made anew");
       // The lock is gone (removed by hand): post-dump makes it anew.
       await nft("delete", "table", "inet", table);
-      await writer.write(new TextEncoder().encode("post-dump\n"));
-      assert.deepEqual(await next(), { connections: 5 });
+      await program.send("post-dump");
+      assert.deepEqual(await program.next(), { connections: 5 });
       assert.equal(await elements(), 5);
       // Unlocked before the peers stop: they wait for every echo.
       await nft("delete", "table", "inet", table);
       await second.stop();
-    } finally {
-      await writer.close().catch(() => {});
-      const status = await child.status;
-      await child.stderr.cancel();
-      await Deno.remove(dir, { recursive: true });
-      assert.ok(status.success, "the program ran to its end");
     }
     await first.stop();
     await tree[Symbol.asyncDispose]();
     assert.equal(await snapshot(netns), before);
   },
 });
+
+/** The program for completeTreeLock: pre-dump's lock, then (after a line) the completion with what a dump would take. */
+const COMPLETE_PROGRAM = `
+import { completeTreeLock, lockTreeBeforeFreeze } from "${TREE_LOCK}";
+import { probeTree } from "${new URL("../lib/connections/discover.ts", import.meta.url).href}";
+import { nsenterExec } from "${new URL("../lib/exec/nsenter.ts", import.meta.url).href}";
+const pid = Number(Deno.args[0]);
+const options = { backend: Deno.args[1] } as const;
+const before = await lockTreeBeforeFreeze(pid, options);
+console.log(JSON.stringify({ kind: before.kind }));
+const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).values();
+await lines.next();
+// What CRIU's images would hold: the tree's connections now.
+const { connections } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid, { connections: true });
+const after = await completeTreeLock(pid, options, before, connections);
+console.log(JSON.stringify({ connections: after?.connections, changed: after?.changed }));
+`;
+
+for (const backend of ["iptables", "nftables"] as const) {
+  Deno.test({
+    ...integration,
+    name:
+      `${backend}: post-dump's completion adds only the connections opened since the lock made before the freeze`,
+    async fn() {
+      await using setup = await threeOfFive();
+      const { netns, before, tree, first } = setup;
+      const program = await runProgram(netns, COMPLETE_PROGRAM, [String(tree.pid), backend]);
+      const name = `NETLOCK-c${tree.pid}`;
+      const inNetns = (...argv: string[]) => must(["ip", "netns", "exec", netns.name, ...argv]);
+      // The lock's drops (iptables: rules of its chains; nftables: set elements, a drop each way).
+      const drops = async () =>
+        backend === "iptables"
+          ? (await inNetns("iptables-save", "-t", "filter")).split("\n")
+            .filter((line) => line.startsWith(`-A ${name}`) && line.endsWith("-j DROP")).length
+          : 2 * ((await inNetns("nft", "list", "set", "inet", name, "conn4"))
+            .match(/127\.0\.0\.1 \. [0-9]+ \. 127\.0\.0\.1 \. [0-9]+/g)?.length ?? 0);
+      {
+        await using _program = program;
+        assert.deepEqual(await program.next(), { kind: "connections" });
+        assert.equal(await drops(), 6);
+        await using second = await twoMore(netns, tree);
+        const rulesBefore = backend === "iptables"
+          ? (await inNetns("iptables-save", "-t", "filter")).split("\n")
+            .filter((line) => line.startsWith(`-A ${name}`))
+          : [];
+        await program.send("post-dump");
+        // Completed (not made anew): the 2 new connections' drops are added.
+        assert.deepEqual(await program.next(), { connections: 5, changed: true });
+        assert.equal(await drops(), 10);
+        if (backend === "iptables") {
+          const rulesAfter = (await inNetns("iptables-save", "-t", "filter")).split("\n")
+            .filter((line) => line.startsWith(`-A ${name}`));
+          assert.deepEqual(rulesAfter.slice(0, rulesBefore.length), rulesBefore, "appended");
+          assert.equal(rulesAfter.length, rulesBefore.length + 4);
+        }
+        // Unlocked before the peers stop: they wait for every echo.
+        await must([
+          "nsenter",
+          `--net=${netns.path}`,
+          "--",
+          Deno.execPath(),
+          "run",
+          "-A",
+          new URL("../cli.ts", import.meta.url).pathname,
+          "unlock",
+          "--mode",
+          "connections",
+          String(tree.pid),
+        ]);
+        assert.equal(await drops().catch(() => 0), 0);
+        await second.stop();
+      }
+      await first.stop();
+      await tree[Symbol.asyncDispose]();
+      assert.equal(await snapshot(netns), before);
+    },
+  });
+}

@@ -26,7 +26,11 @@
 
 import { probeTree } from "../connections/discover.ts";
 import type { Connection } from "../connections/proc_net_parser.ts";
-import { connectionLockName, renderNftConnectionAdd } from "../connections/ruleset.ts";
+import {
+  connectionLockName,
+  renderIptablesConnectionAdd,
+  renderNftConnectionAdd,
+} from "../connections/ruleset.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
 import { ownNetns, probeTarget, toTargetRef } from "../target/target.ts";
@@ -50,10 +54,11 @@ export interface TreeLocked {
   result: OperationResult;
   /**
    * The connection lock made before the freeze (`NAME-cPID`; for a cgroup
-   * lock, beside it), and the connections found just before it was made:
-   * at `post-dump` only those the dump took beyond them are added.
+   * lock, beside it), and the connections found just before it was made
+   * (their {@linkcode connectionKey}s, made before the freeze too): at
+   * `post-dump` only those the dump took beyond them are added.
    */
-  prepared?: { lock: OperationResult; held: readonly Connection[] };
+  prepared?: { lock: OperationResult; held: ReadonlySet<string> };
 }
 
 /**
@@ -117,9 +122,12 @@ async function prepareConnections(
   options: NetlockOptions,
 ): Promise<{ kind: "connections"; result: OperationResult } & Pick<TreeLocked, "prepared">> {
   const exec = nsenterExec([], { timeoutMs: 10_000, log: options.log });
-  const { connections: held = [] } = await probeTree(exec, pid, { connections: true });
+  const { connections = [] } = await probeTree(exec, pid, { connections: true });
   const locked = await lockConnections(pid, options);
-  return { ...locked, prepared: { lock: locked.result, held } };
+  return {
+    ...locked,
+    prepared: { lock: locked.result, held: new Set(connections.map(connectionKey)) },
+  };
 }
 
 /**
@@ -143,13 +151,12 @@ export async function completeTreeLock(
 ): Promise<OperationResult | undefined> {
   if (!before?.prepared) return undefined;
   const { lock, held } = before.prepared;
-  const holds = new Set(held.map(connectionKey));
-  const missing = dumped.filter((connection) => !holds.has(connectionKey(connection)));
+  const missing = dumped.filter((connection) => !held.has(connectionKey(connection)));
   const report = { ...lock, connections: dumped.length };
   if (missing.length === 0) return { ...report, changed: false };
-  // Added to the nftables sets; an iptables tree of chains is made anew by the caller.
-  if (lock.backend !== "nftables") return undefined;
-  return await addToSets(pid, options, lock, missing) ? report : undefined;
+  // Added to the lock as it is: one transaction (a family), not the whole
+  // lock again inside the window.
+  return await addToLock(pid, options, lock, missing) ? report : undefined;
 }
 
 /**
@@ -211,7 +218,7 @@ async function addTreeConnections(
   const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
   const { connections = [] } = await probeTree(exec, pid, { connections: true });
   if (connections.length === 0) return { ...made, changed: false };
-  if (!await addToSets(pid, options, made, connections)) return undefined;
+  if (!await addToLock(pid, options, made, connections)) return undefined;
   return {
     ...made,
     changed: true,
@@ -220,16 +227,32 @@ async function addTreeConnections(
   };
 }
 
-/** Adds `connections` to the sets of the nftables connection lock `made` (one `nft`); `true` when done. */
-async function addToSets(
+/**
+ * Adds `connections` to the connection lock `made`: to its nftables sets
+ * (one `nft`), or their drops appended to its iptables chain (an
+ * `iptables-restore` for each family with some, at once); `true` when done.
+ */
+async function addToLock(
   pid: number,
   options: NetlockOptions,
   made: OperationResult,
   connections: readonly Connection[],
 ): Promise<boolean> {
   const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
-  const script = renderNftConnectionAdd(connectionLockName(made.name, pid), connections);
-  return (await exec("nft", ["-f", "-"], script)).success;
+  const name = connectionLockName(made.name, pid);
+  const tools = { ipv4: "iptables-restore", ipv6: "ip6tables-restore" } as const;
+  const runs = made.backend === "nftables"
+    ? [exec("nft", ["-f", "-"], renderNftConnectionAdd(name, connections))]
+    : (["ipv4", "ipv6"] as const)
+      .filter((family) => connections.some((connection) => connection.family === family))
+      .map((family) =>
+        exec(
+          tools[family],
+          ["-w", "--noflush"],
+          renderIptablesConnectionAdd(name, connections, family),
+        )
+      );
+  return (await Promise.all(runs)).every((run) => run.success);
 }
 
 /**

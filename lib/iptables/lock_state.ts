@@ -121,7 +121,10 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
   // What a lock of this kind may hold, and who may refer to it.
   const mayHold = body === undefined
     ? isNamespaceLockRule
-    : (spec: string) => isConnectionLockRule(spec) || isTreeRule(spec, rules.name);
+    : (spec: string) =>
+      isConnectionLockRule(spec) || isTreeRule(spec, rules.name) || isMarkedReturn(spec) ||
+      // (`-j RETURN`: the lock opened by a restore, see renderIptablesOpen.)
+      spec === "-j RETURN";
   const refersToLock = new RegExp(`(^| )-[jg] ${rules.name}( |$)`);
   const foreign = chainExists && (
     lockRules.some((spec) => !mayHold(spec)) ||
@@ -200,14 +203,29 @@ function isNamespaceLockRule(spec: string): boolean {
     spec === "-j RETURN";
 }
 
-/** A rule of a connection lock's tree: packets of a port range to one of its chains. */
+/**
+ * A rule of a connection lock's tree: packets of a port range, or of an
+ * address pair, to one of its chains.
+ */
 function isTreeRule(spec: string, root: string): boolean {
-  const match = spec.match(/^-p tcp -m tcp --[sd]port [0-9]+(:[0-9]+)? -j (\S+)$/);
-  return match !== null && match[2].startsWith(`${root}.`);
+  const match = spec.match(
+    /^(?:-p tcp -m tcp --[sd]port [0-9]+(?::[0-9]+)?|-s \S+ -d \S+) -j (\S+)$/,
+  );
+  return match !== null && match[1].startsWith(`${root}.`);
 }
 
-/** A connection lock's rule: a drop of one connection's unmarked packets. */
+/**
+ * A connection lock's rule: a drop of one connection's packets (unmarked
+ * ones: the lock's chain returns marked packets first; an earlier netlock
+ * checked the mark in each drop, and such a lock is still netlock's), by
+ * ports alone in a chain its addresses lead to.
+ */
 function isConnectionLockRule(spec: string): boolean {
-  return /^-s \S+ -d \S+ -p tcp -m tcp --sport [0-9]+ --dport [0-9]+ -m mark ! --mark 0x[0-9a-f]+ -j DROP$/
+  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j DROP$/
     .test(spec);
+}
+
+/** The first rule of a connection lock's chain: marked packets return. */
+function isMarkedReturn(spec: string): boolean {
+  return /^-m mark --mark 0x[0-9a-f]+ -j RETURN$/.test(spec);
 }

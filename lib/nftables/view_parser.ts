@@ -34,17 +34,22 @@ export interface NftChain {
 
 /**
  * What a rule is, as far as locks go: a plain jump (iptables' `-j NAME`),
- * `meta mark MARK accept`, a bare drop, a drop of unmarked packets (a
- * connection lock's rule), an unreachable marker (`-m comment ... -j
- * RETURN`, which says an iptables lock leaves IPv6 open by choice), a
- * bare accept (what a restore inserts ahead of a process lock's drops to
- * open it at once: lib/criu/hook.ts), or anything else.
+ * `meta mark MARK accept`, a bare drop, a drop of unmarked packets (an
+ * nftables connection lock's rule), a drop of what plain matches select
+ * (an iptables connection lock's drop of one connection), `meta mark MARK
+ * return` (the first rule of an iptables connection lock), an unreachable
+ * marker (`-m comment ... -j RETURN`, which says an iptables lock leaves
+ * IPv6 open by choice), a bare accept or return (what a restore inserts
+ * ahead of a process lock's drops to open it at once: lib/criu/hook.ts),
+ * or anything else.
  */
 export type RuleKind =
   | "jump"
   | "markAccept"
   | "drop"
   | "unmarkedDrop"
+  | "matchedDrop"
+  | "markedReturn"
   | "marker"
   | "accept"
   | "return"
@@ -228,6 +233,8 @@ function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
   if ("drop" in last && init.length === 0) return "drop";
   if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
+  if ("drop" in last && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
+  if ("return" in last && init.length === 1 && isMarkMatch(init[0])) return "markedReturn";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
   // A bare return: what opens an iptables connection lock for a restore.
   if ("return" in last && init.length === 0) return "return";
@@ -237,6 +244,17 @@ function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
 function isUnmarkedMatch(e: Expr): boolean {
   const match = e.match as { op?: unknown; left?: { meta?: { key?: unknown } } } | undefined;
   return match?.op === "!=" && match.left?.meta?.key === "mark";
+}
+
+/** A `==` match of anything but the mark (an address, a port, the protocol). */
+function isEqualMatch(e: Expr): boolean {
+  const match = e.match as { op?: unknown; left?: { meta?: { key?: unknown } } } | undefined;
+  return match?.op === "==" && match.left?.meta?.key !== "mark";
+}
+
+function isMarkMatch(e: Expr): boolean {
+  const match = e.match as { op?: unknown; left?: { meta?: { key?: unknown } } } | undefined;
+  return match?.op === "==" && match.left?.meta?.key === "mark";
 }
 
 function isCommentMatch(e: Expr): boolean {

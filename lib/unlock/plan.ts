@@ -164,11 +164,12 @@ export function isNetlockChain(
   // A lock's chain always has its jumps (they come and go in its own
   // transactions); a connection lock's thousands of rules are not read.
   if (!rulesKnown) return jumps.length > 0;
-  // A connection lock's chain: its drops, jumps into its own tree of chains
-  // (NAME.ID); either lock's chain: the bare return at its head that opens it.
+  // A connection lock's chain: its marked return and drops (an earlier
+  // netlock's: unmarked drops), jumps into its own tree of chains (NAME.ID);
+  // either lock's chain: the bare return at its head that opens it.
   const allowed: RuleKind[] = kind === "netns"
     ? ["markAccept", "drop", "marker", "return"]
-    : ["unmarkedDrop", "return"];
+    : ["markedReturn", "matchedDrop", "unmarkedDrop", "return"];
   const own = view.rules.filter((rule) => rule.chain === name);
   const ours = (rule: NftTableView["rules"][number]) =>
     allowed.includes(rule.kind) ||

@@ -22,9 +22,13 @@ export type HostTree =
   & AsyncDisposable;
 
 /** A host namespace with a tree (in `cgroup` when given) and a peer that is sending. */
-export async function hostTree(cgroup?: Cgroup, connections = CONNECTIONS): Promise<HostTree> {
+export async function hostTree(
+  cgroup?: Cgroup,
+  connections = CONNECTIONS,
+  imagesUnder?: string,
+): Promise<HostTree> {
   const host = await createNetns();
-  const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
+  const images = await Deno.makeTempDir({ prefix: "nltest-criu-", dir: imagesUnder });
   const before = await snapshot(host);
   const at = { netns: host, address: "127.0.0.1" };
   const tree = await startTree(at, PORT, connections, CHILDREN, cgroup);

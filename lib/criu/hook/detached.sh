@@ -96,12 +96,22 @@ keeper)
   fi 2>/dev/null
   # (In a subshell: dash would move the keeper's own 4-6 aside while the
   # helper runs, and the namespace's handle with them.)
+  # The helper reads and writes its directory only (the images through its
+  # link there); images under /dev (/dev/shm) take --allow-all, which Deno
+  # asks for any path there whatever --allow-read says (denoland/deno#30979).
+  # (--allow-all stands alone: Deno refuses it beside another --allow-.)
+  set -- "$here/cli.ts" criu-hook --serve "$dir" "$criu" "$@"
+  case $images in
+  /dev/*) set -- --allow-all "$@" ;;
+  *)
+    set -- --allow-run=nsenter \
+      --allow-env=PATH,CRTOOLS_SCRIPT_ACTION,CRTOOLS_INIT_PID,NETLOCK_BACKEND,NETLOCK_NAME,NETLOCK_MARK,NETLOCK_HELPER_LIFETIME_MS \
+      --allow-read="$dir" --allow-write="$dir" "$@"
+    ;;
+  esac
   (
     exec 4>&- 5>&- 6<&-
-    exec deno run --quiet --no-config --allow-run=nsenter \
-      --allow-env=PATH,CRTOOLS_SCRIPT_ACTION,CRTOOLS_INIT_PID,NETLOCK_BACKEND,NETLOCK_NAME,NETLOCK_MARK,NETLOCK_HELPER_LIFETIME_MS \
-      --allow-read="$dir" --allow-write="$dir" \
-      "$here/cli.ts" criu-hook --serve "$dir" "$criu" "$@"
+    exec deno run --quiet --no-config "$@"
   ) </dev/null >/dev/null
   exec 4>&- 5>&- 6<&-
   # The image directory's pointer to this helper, if it is still this one's.

@@ -123,10 +123,10 @@ post-dump)
   ask "post-dump $CRTOOLS_INIT_PID" answer
   status=$?
   [ $status -eq 2 ] || exit $status
-  kind=
-  [ -n "$dir" ] && read -r kind 2>/dev/null <"$dir/kind"
+  tree=
+  [ -n "$dir" ] && read -r tree 2>/dev/null <"$dir/tree"
   # Such a tree is the helper's alone to keep locked: never a dump without it.
-  if [ "$kind" = host ]; then
+  if [ "$tree" = host ]; then
     echo "error: criu-hook: the helper that keeps process $CRTOOLS_INIT_PID locked is gone; failing the dump (the tree runs on)" >&2
     exit 1
   fi

@@ -13,35 +13,44 @@
  * Deno permission needed is `--allow-run=nsenter` (and root on the host).
  *
  * @example Lock a namespace for the length of a scope
- * ```ts ignore
+ * ```ts
  * import { lockNetwork } from "./mod.ts";
  *
- * {
- *   await using lock = await lockNetwork({ netns: "/run/netns/blue" });
- *   // dump the processes here: no packet reaches or leaves them
- * } // unlocked here, also when the block throws
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   {
+ *     await using lock = await lockNetwork({ netns: "/run/netns/blue" });
+ *     // dump the processes here: no packet reaches or leaves them
+ *   } // unlocked here, also when the block throws
+ * }
  * ```
  *
  * @example See every lock in a namespace, and remove them all
- * ```ts ignore
+ * ```ts
  * import { listLocks, unlockNetwork } from "./mod.ts";
  *
- * for (const lock of await listLocks({ netns: "blue" })) {
- *   console.log(lock.kind, lock.name, lock.pid ?? "", lock.alive ?? "");
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   for (const lock of await listLocks({ netns: "blue" })) {
+ *     console.log(lock.kind, lock.name, lock.pid ?? "", lock.alive ?? "");
+ *   }
+ *   await unlockNetwork({ netns: "blue" }, { all: true }); // every lock listed, in one transaction
  * }
- * await unlockNetwork({ netns: "blue" }, { all: true }); // every lock listed, in one transaction
  * ```
  *
  * @example Lock a process that shares the host's network: its tree's connections, or its cgroup
- * ```ts ignore
+ * ```ts
  * import { lockNetwork } from "./mod.ts";
  *
- * // Every TCP connection of process 1234 and its descendants (CRIU's rule
- * // for a tree in the host's namespace), in one transaction:
- * await using connections = await lockNetwork(1234, { mode: "connections" });
- * // Every socket of its cgroup v2, TCP and UDP, later ones too (nftables):
- * await using cgroup = await lockNetwork(1234, { mode: "cgroup" });
- * console.log(connections.connections, cgroup.mode); // e.g. 200 "cgroup"
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   // Every TCP connection of process 1234 and its descendants (CRIU's rule
+ *   // for a tree in the host's namespace), in one transaction:
+ *   await using connections = await lockNetwork(1234, { mode: "connections" });
+ *   // Every socket of its cgroup v2, TCP and UDP, later ones too (nftables):
+ *   await using cgroup = await lockNetwork(1234, { mode: "cgroup" });
+ *   console.log(connections.connections, cgroup.mode); // e.g. 200 "cgroup"
+ * }
  * ```
  *
  * @example Print the cgroup lock nft would be given (no root needed)
@@ -56,9 +65,16 @@
  *
  * @example Print CRIU's ruleset (no root needed)
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderIptablesLock } from "./mod.ts";
  *
- * console.log(renderIptablesLock({ name: "CRIU", mark: 0xC114 }));
+ * const rules = renderIptablesLock({ name: "CRIU", mark: 0xC114 });
+ * assert.equal(
+ *   rules,
+ *   "*filter\n:CRIU - [0:0]\n-I INPUT -j CRIU\n-I OUTPUT -j CRIU\n" +
+ *     "-A CRIU -m mark --mark 0xC114 -j ACCEPT\n-A CRIU -j DROP\nCOMMIT\n",
+ * );
+ * console.log(rules);
  * ```
  *
  * @module

@@ -82,40 +82,506 @@ var init_errors = __esm({
   }
 });
 
-// lib/nftables/ruleset.ts
-function renderNftChains(rules) {
-  const table = `inet ${rules.name}`;
-  return [
+// lib/common/options.ts
+function parsePid(text) {
+  if (!/^[1-9][0-9]{0,9}$/.test(text)) {
+    throw new TypeError(`Invalid PID ${quote(text)}: expected a decimal number from 1 to ${PID_MAX}`);
+  }
+  const pid = Number(text);
+  if (pid < 1 || pid > PID_MAX) {
+    throw new RangeError(`Invalid PID ${quote(text)}: expected a number from 1 to ${PID_MAX}`);
+  }
+  return pid;
+}
+function validatePid(pid) {
+  if (!Number.isSafeInteger(pid) || pid < 1 || pid > PID_MAX) {
+    throw new RangeError(`Invalid PID ${pid}: expected an integer from 1 to ${PID_MAX}`);
+  }
+  return pid;
+}
+function parseMark(text) {
+  if (!/^(0x[0-9A-Fa-f]{1,8}|0|[1-9][0-9]{0,9})$/.test(text)) {
+    throw new TypeError(`Invalid mark ${quote(text)}: expected a decimal or 0x-hex number from 1 to 0xFFFFFFFF`);
+  }
+  if (Number(text) === 0) throw new RangeError(markZero(quote(text)));
+  return validateMark(Number(text));
+}
+function validateMark(mark) {
+  if (mark === 0) throw new RangeError(markZero("0"));
+  if (!Number.isSafeInteger(mark) || mark < 1 || mark > 4294967295) {
+    throw new RangeError(`Invalid mark ${mark}: expected a number from 1 to 0xFFFFFFFF`);
+  }
+  return mark;
+}
+function markZero(shown) {
+  return `Invalid mark ${shown}: every unmarked packet has mark 0, so nothing would be dropped; expected a number from 1 to 0xFFFFFFFF`;
+}
+function formatMark(mark) {
+  return `0x${mark.toString(16).toUpperCase()}`;
+}
+function validateName(name) {
+  if (!NAME_PATTERN.test(name)) {
+    throw new TypeError(`Invalid name ${quote(name)}: expected a letter, then up to 27 letters, digits, '_' or '-'`);
+  }
+  if (BUILTIN_CHAINS.includes(name)) {
+    throw new TypeError(`Invalid name ${quote(name)}: a built-in chain (${BUILTIN_CHAINS.join(", ")}) cannot be a lock's name`);
+  }
+  return name;
+}
+function parseTimeoutSeconds(text) {
+  if (!/^(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?$/.test(text) || Number(text) <= 0 || Number(text) > 86400) {
+    throw new RangeError(`Invalid timeout ${quote(text)}: expected a number of seconds above 0, at most 86400`);
+  }
+  return Math.round(Number(text) * 1e3);
+}
+function validateTimeoutMs(ms) {
+  if (!Number.isFinite(ms) || ms <= 0 || ms > 864e5) {
+    throw new RangeError(`Invalid timeout ${ms} ms: expected above 0, at most one day`);
+  }
+  return ms;
+}
+function parseChoice(flag, value, choices) {
+  if (!choices.includes(value)) {
+    throw new TypeError(`Invalid ${flag} ${quote(value)}: expected one of ${choices.join(", ")}`);
+  }
+  return value;
+}
+function resolveNetnsPath(value) {
+  if (value === "" || /[\u0000-\u001f\u007f]/.test(value) || value.length > 4096) {
+    throw new TypeError(`Invalid --netns ${quote(value)}: expected a namespace file path or a name from /run/netns`);
+  }
+  if (value.includes("/")) return value;
+  if (value === "." || value === "..") {
+    throw new TypeError(`Invalid --netns ${quote(value)}: not a namespace name`);
+  }
+  return `/run/netns/${value}`;
+}
+function validateScriptPath(path) {
+  if (path === "" || /[\u0000-\u001f\u007f]/.test(path) || path.length > 4096) {
+    throw new TypeError(`Invalid --action-script ${JSON.stringify(path)}: expected a file path`);
+  }
+  return path;
+}
+function quote(value) {
+  const shown = value.length > 64 ? `${value.slice(0, 64)}...` : value;
+  return JSON.stringify(shown);
+}
+var PID_MAX, DEFAULT_NAME, DEFAULT_MARK, DEFAULT_TIMEOUT_MS, IPV6_IS_IPTABLES, CGROUP_IS_NFTABLES, MODES, NAME_PATTERN, BUILTIN_CHAINS;
+var init_options = __esm({
+  "lib/common/options.ts"() {
+    PID_MAX = 4194304;
+    DEFAULT_NAME = "NETLOCK";
+    DEFAULT_MARK = 49428;
+    DEFAULT_TIMEOUT_MS = 1e4;
+    IPV6_IS_IPTABLES = "--ipv6 is for the iptables backend: the nftables lock is one inet table for both families";
+    CGROUP_IS_NFTABLES = "--mode cgroup is an nftables lock (iptables cannot match incoming packets by cgroup): use -b nftables or -b auto";
+    MODES = [
+      "auto",
+      "netns",
+      "connections",
+      "cgroup"
+    ];
+    NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_-]{0,27}$/;
+    BUILTIN_CHAINS = [
+      "INPUT",
+      "OUTPUT",
+      "FORWARD",
+      "PREROUTING",
+      "POSTROUTING"
+    ];
+  }
+});
+
+// lib/criu/hook.ts
+function planCriuHook(env) {
+  const action = env("CRTOOLS_SCRIPT_ACTION");
+  if (action === "pre-dump" && env("CRTOOLS_INIT_PID")) {
+    return {
+      action: "refuse-host-tree",
+      pid: pidFrom(action, env),
+      options: hookOptions(env)
+    };
+  }
+  if (action !== "network-lock" && action !== "network-unlock") return {
+    action: "none"
+  };
+  const options = hookOptions(env);
+  const pid = pidFrom(action, env);
+  return {
+    action: action === "network-lock" ? "lock" : "unlock",
+    pid,
+    options
+  };
+}
+function pidFrom(action, env) {
+  const pidText = env("CRTOOLS_INIT_PID");
+  if (pidText === void 0 || pidText === "") {
+    throw new NetlockError("INVALID_ENVIRONMENT", `CRIU action ${action}: CRTOOLS_INIT_PID is not set`);
+  }
+  try {
+    return parsePid(pidText);
+  } catch (error) {
+    throw new NetlockError("INVALID_ENVIRONMENT", `CRIU action ${action}: CRTOOLS_INIT_PID: ${error.message}`);
+  }
+}
+function hookOptions(env) {
+  const options = {};
+  const backend = env("NETLOCK_BACKEND");
+  const name = env("NETLOCK_NAME");
+  const mark = env("NETLOCK_MARK");
+  if (backend !== void 0) {
+    options.backend = parseChoice("NETLOCK_BACKEND", backend, [
+      "iptables",
+      "nftables",
+      "auto"
+    ]);
+  }
+  if (name !== void 0) options.name = validateNameFrom("NETLOCK_NAME", name);
+  if (mark !== void 0) options.mark = parseMarkFrom("NETLOCK_MARK", mark);
+  return options;
+}
+function validateNameFrom(variable, value) {
+  try {
+    return validateName(value);
+  } catch (error) {
+    throw new TypeError(`${variable}: ${error.message}`);
+  }
+}
+function parseMarkFrom(variable, value) {
+  try {
+    return parseMark(value);
+  } catch (error) {
+    throw new TypeError(`${variable}: ${error.message}`);
+  }
+}
+var HOOK_ENV;
+var init_hook = __esm({
+  "lib/criu/hook.ts"() {
+    init_errors();
+    init_options();
+    HOOK_ENV = [
+      "CRTOOLS_SCRIPT_ACTION",
+      "CRTOOLS_INIT_PID",
+      "NETLOCK_BACKEND",
+      "NETLOCK_NAME",
+      "NETLOCK_MARK"
+    ];
+  }
+});
+
+// lib/exec/runner.ts
+function killed(error, stdout) {
+  PRINTED_BEFORE_KILL.set(error, stdout);
+  return error;
+}
+function printedBeforeKill(error) {
+  return error instanceof Error ? PRINTED_BEFORE_KILL.get(error) : void 0;
+}
+async function runCommand(command, options = {}) {
+  const args = [
+    ...options.args ?? []
+  ];
+  const argv = [
+    command,
+    ...args
+  ];
+  options.log?.(`+ ${[
+    command,
+    ...args
+  ].map(shownArg).join(" ")}`);
+  requireRunPermission(command);
+  options.signal?.throwIfAborted();
+  let child;
+  try {
+    const inherit = options.stdio === "inherit";
+    child = new Deno.Command(command, {
+      args,
+      stdin: inherit ? "inherit" : options.stdin === void 0 ? "null" : "piped",
+      stdout: inherit ? "inherit" : "piped",
+      stderr: inherit ? "inherit" : "piped",
+      // Deno refuses a scoped --allow-run while LD_PRELOAD is inherited; a
+      // privileged tool has no business inheriting a preload anyway.
+      env: {
+        ...options.env,
+        LD_PRELOAD: ""
+      }
+    }).spawn();
+  } catch (error) {
+    throw spawnError(command, error);
+  }
+  let stopReason;
+  const stop = (reason) => {
+    stopReason ??= reason;
+    try {
+      child.kill("SIGKILL");
+    } catch {
+    }
+  };
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS2;
+  const deadline = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : void 0;
+  const onTimeout = () => stop("timeout");
+  deadline?.addEventListener("abort", onTimeout, {
+    once: true
+  });
+  const onAbort = () => stop("abort");
+  options.signal?.addEventListener("abort", onAbort, {
+    once: true
+  });
+  const forwarders = (options.forwardSignals ?? []).map((signal) => {
+    const forward = () => {
+      try {
+        child.kill(signal);
+      } catch {
+      }
+    };
+    Deno.addSignalListener(signal, forward);
+    return () => Deno.removeSignalListener(signal, forward);
+  });
+  try {
+    await Promise.resolve();
+    const piped = options.stdio !== "inherit";
+    const [stdinResult, finished] = await Promise.allSettled([
+      options.stdin === void 0 || !piped ? Promise.resolve() : feedStdin(options.stdin, child.stdin),
+      piped ? child.output() : child.status
+    ]);
+    if (finished.status === "rejected") throw finished.reason;
+    const decoder = new TextDecoder();
+    const captured = piped ? finished.value : void 0;
+    const printed = captured ? decoder.decode(captured.stdout) : "";
+    const stderrText = captured ? decoder.decode(captured.stderr) : "";
+    if (options.log) {
+      for (const line of stderrText.split("\n")) if (line) options.log(`  ${line}`);
+    }
+    const label = options.label ?? command;
+    if (stopReason === "timeout") {
+      throw killed(new NetlockError("TIMEOUT", `${label} did not finish within ${timeoutMs / 1e3} s and was killed`), printed);
+    }
+    if (stopReason === "abort") {
+      throw killed(new NetlockError("ABORTED", `${label} was cancelled and killed`, {
+        cause: options.signal?.reason
+      }), printed);
+    }
+    const { code, signal } = finished.value;
+    return {
+      argv,
+      code: signal === null ? code : 128 + signalNumber(signal, code),
+      signal,
+      success: code === 0 && signal === null,
+      stdout: printed,
+      stderr: stderrText,
+      stdinClosedEarly: stdinResult.status === "rejected"
+    };
+  } finally {
+    deadline?.removeEventListener("abort", onTimeout);
+    options.signal?.removeEventListener("abort", onAbort);
+    for (const remove of forwarders) remove();
+  }
+}
+function assertSuccess(result2, tool) {
+  if (result2.success && !result2.stdinClosedEarly) return;
+  if (result2.success) {
+    throw new NetlockError("BROKEN_PIPE", `${tool} exited with code 0 but closed its stdin before reading it all`);
+  }
+  throw new NetlockError("TOOL_FAILED", describeFailure(result2, tool));
+}
+function describeFailure(result2, tool) {
+  const how = result2.signal === null ? `${tool} exited with code ${result2.code}` : `${tool} was killed by ${result2.signal}`;
+  const reason = firstLine(result2.stderr);
+  return reason ? `${how}: ${reason}` : how;
+}
+function firstLine(text) {
+  const lines2 = text.split("\n").map((line) => line.trim()).filter((line) => line !== "");
+  const banner = /^\S+ v[0-9][\w.-]* \([^)]*\):$/;
+  return lines2.find((line) => !banner.test(line)) ?? lines2[0] ?? "";
+}
+async function feedStdin(input, sink) {
+  if (input instanceof ReadableStream) return await input.pipeTo(sink);
+  const writer = sink.getWriter();
+  try {
+    await writer.write(typeof input === "string" ? new TextEncoder().encode(input) : input);
+    await writer.close();
+  } catch (error) {
+    await writer.abort(error).catch(() => {
+    });
+    throw error;
+  }
+}
+function requireRunPermission(command) {
+  const state = Deno.permissions.querySync({
+    name: "run",
+    command
+  }).state;
+  if (state === "granted") return;
+  if (!command.includes("/") && onPath(command) === false) {
+    throw new NetlockError("TOOL_NOT_FOUND", `${command} not found on PATH`);
+  }
+  throw new NetlockError("DENO_PERMISSION", `requires permission to run ${command}: add --allow-run=${command} (if it is given, ${command} is not installed or not on PATH)`);
+}
+function onPath(command) {
+  const granted = (descriptor) => Deno.permissions.querySync(descriptor).state === "granted";
+  if (!granted({
+    name: "env",
+    variable: "PATH"
+  }) || !granted({
+    name: "read"
+  })) return void 0;
+  return (Deno.env.get("PATH") ?? "").split(":").some((dir) => {
+    try {
+      return Deno.statSync(`${dir || "."}/${command}`).isFile;
+    } catch {
+      return false;
+    }
+  });
+}
+function spawnError(command, error) {
+  const message = error instanceof Error ? error.message : String(error);
+  if (error instanceof Deno.errors.NotCapable) {
+    return new NetlockError("DENO_PERMISSION", `Cannot run ${command}: ${firstLine(message)} (add --allow-run=${command})`, {
+      cause: error
+    });
+  }
+  const cwd = /No such cwd '([^']*)'|failed resolving cwd/.exec(message);
+  if (cwd) {
+    const dir = cwd[1] === void 0 ? "" : ` ${cwd[1]}`;
+    return new NetlockError("NOT_PERMITTED", `cannot run ${command}: the working directory${dir} cannot be accessed by this user (run netlock from a directory it can enter)`, {
+      cause: error
+    });
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    const cwd2 = currentDir();
+    const what = cwdReachable(cwd2) === false ? `the working directory ${cwd2} cannot be accessed by this user (run netlock from a directory it can enter)` : `permission denied (this user cannot access the binary, a directory on its path, or the working directory${cwd2 ? ` ${cwd2}` : ""})`;
+    return new NetlockError("NOT_PERMITTED", `cannot run ${command}: ${what}`, {
+      cause: error
+    });
+  }
+  if (error instanceof Deno.errors.NotFound) {
+    const where = command.includes("/") ? "" : " on PATH";
+    return new NetlockError("TOOL_NOT_FOUND", `${command} not found${where}`, {
+      cause: error
+    });
+  }
+  return new NetlockError("TOOL_FAILED", `Cannot run ${command}: ${firstLine(message)}`, {
+    cause: error
+  });
+}
+function currentDir() {
+  try {
+    return Deno.cwd();
+  } catch {
+    return void 0;
+  }
+}
+function cwdReachable(dir) {
+  if (dir === void 0) return void 0;
+  if (Deno.permissions.querySync({
+    name: "read",
+    path: dir
+  }).state !== "granted") return;
+  try {
+    Deno.chdir(dir);
+    return true;
+  } catch (error) {
+    return error instanceof Deno.errors.PermissionDenied ? false : void 0;
+  }
+}
+function signalNumber(signal, code) {
+  return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
+}
+function shellStatusSignal(status) {
+  if (status <= 128) return null;
+  const found = Object.entries(SIGNAL_NUMBERS).find(([, number]) => number === status - 128);
+  return found ? found[0] : null;
+}
+function nameScript(script, file) {
+  SCRIPT_FILES.set(script, file);
+  return script;
+}
+function shownArg(arg) {
+  const file = SCRIPT_FILES.get(arg);
+  return file === void 0 ? shellQuote(arg) : `"$(cat ${shellQuote(file)})"`;
+}
+function shellQuote(arg) {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+}
+var DEFAULT_TIMEOUT_MS2, PRINTED_BEFORE_KILL, SIGNAL_NUMBERS, SCRIPT_FILES;
+var init_runner = __esm({
+  "lib/exec/runner.ts"() {
+    init_errors();
+    DEFAULT_TIMEOUT_MS2 = 1e4;
+    PRINTED_BEFORE_KILL = /* @__PURE__ */ new WeakMap();
+    SIGNAL_NUMBERS = {
+      SIGHUP: 1,
+      SIGINT: 2,
+      SIGQUIT: 3,
+      SIGILL: 4,
+      SIGTRAP: 5,
+      SIGABRT: 6,
+      SIGBUS: 7,
+      SIGFPE: 8,
+      SIGKILL: 9,
+      SIGUSR1: 10,
+      SIGSEGV: 11,
+      SIGUSR2: 12,
+      SIGPIPE: 13,
+      SIGALRM: 14,
+      SIGTERM: 15
+    };
+    SCRIPT_FILES = /* @__PURE__ */ new Map();
+  }
+});
+
+// lib/exec/action_scripts.ts
+async function runActionScripts(scripts, action, target, settings) {
+  const env = {
+    CRTOOLS_SCRIPT_ACTION: action,
+    NETLOCK_NETNS: target.netnsPath
+  };
+  if (target.pid !== void 0) env.CRTOOLS_INIT_PID = String(target.pid);
+  for (const script of scripts) {
+    const result2 = await runCommand(script, {
+      ...settings,
+      env,
+      label: `action script ${script}`
+    });
+    if (!result2.success) {
+      throw new NetlockError("TOOL_FAILED", `action script ${script} (${action}) failed: ${describeFailure(result2, script)}`);
+    }
+  }
+}
+var init_action_scripts = __esm({
+  "lib/exec/action_scripts.ts"() {
+    init_errors();
+    init_runner();
+  }
+});
+
+// lib/nftables/lock_state.ts
+function isNetlockTable(view, kind) {
+  const sets = Object.keys(view.sets);
+  const ruleKind2 = kind === "netns" ? "markAccept" : "unmarkedDrop";
+  const objectsOk = kind !== "connections" ? view.otherObjects === 0 : view.otherObjects === sets.length && sets.every((set) => set === "conn4" || set === "conn6");
+  return objectsOk && view.chains.length > 0 && view.chains.every((chain) => (chain.name === "input" || chain.name === "output") && chain.hook === chain.name && chain.type === "filter") && view.rules.every((rule) => rule.kind === ruleKind2 || rule.kind === "accept") && // An accept opens a lock's drops: alone, it is not a lock.
+  (!view.rules.some((rule) => rule.kind === "accept") || view.rules.some((rule) => rule.kind === ruleKind2));
+}
+function inspectNftLock(view, rules) {
+  if (view === null) return "unlocked";
+  if (!isNetlockTable(view, "netns")) return "foreign";
+  const mark = nftLockMark(view);
+  const exact = view.chains.length === 2 && view.rules.length === 2 && mark !== void 0 && (rules.anyMark || mark === rules.mark) && [
     "input",
     "output"
-  ].map((hook) => `add chain ${table} ${hook} { type filter hook ${hook} priority 0; policy drop; }
-add rule ${table} ${hook} meta mark 0x${rules.mark.toString(16)} accept
-`).join("");
+  ].every((hook) => {
+    const chain = view.chains.find((c) => c.name === hook);
+    const chainRules = view.rules.filter((r) => r.chain === hook);
+    return chain?.prio === 0 && chain.policy === "drop" && chainRules.length === 1 && chainRules[0].markAccept === mark;
+  });
+  return exact ? "locked" : "partial";
 }
-function renderNftLock(rules) {
-  return `create table inet ${rules.name}
-${renderNftChains(rules)}`;
+function nftLockMark(view) {
+  return view.rules.find((rule) => rule.markAccept !== void 0)?.markAccept;
 }
-function renderNftRelock(rules) {
-  const table = `inet ${rules.name}`;
-  return `add table ${table}
-delete table ${table}
-add table ${table}
-${renderNftChains(rules)}`;
-}
-function renderNftUnlock(rules) {
-  return `delete table inet ${rules.name}
-`;
-}
-function renderNftOpen(rules) {
-  return [
-    "input",
-    "output"
-  ].map((chain) => `insert rule inet ${rules.name} ${chain} accept
-`).join("");
-}
-var init_ruleset = __esm({
-  "lib/nftables/ruleset.ts"() {
+var init_lock_state = __esm({
+  "lib/nftables/lock_state.ts"() {
   }
 });
 
@@ -351,7 +817,7 @@ function renderConnectionTemplate(backend, name, mark) {
   return text.replaceAll("192.0.2.1/32", "LOCAL").replaceAll("192.0.2.2/32", "REMOTE").replaceAll("192.0.2.1", "LOCAL").replaceAll("192.0.2.2", "REMOTE").replaceAll("65001", "LPORT").replaceAll("65002", "RPORT");
 }
 var SUFFIX, ROOT_LENGTH, LEAF_RULES, FANOUT;
-var init_ruleset2 = __esm({
+var init_ruleset = __esm({
   "lib/connections/ruleset.ts"() {
     SUFFIX = {
       connections: "c",
@@ -360,538 +826,6 @@ var init_ruleset2 = __esm({
     ROOT_LENGTH = 22;
     LEAF_RULES = 64;
     FANOUT = 16;
-  }
-});
-
-// lib/common/options.ts
-function parsePid(text) {
-  if (!/^[1-9][0-9]{0,9}$/.test(text)) {
-    throw new TypeError(`Invalid PID ${quote(text)}: expected a decimal number from 1 to ${PID_MAX}`);
-  }
-  const pid = Number(text);
-  if (pid < 1 || pid > PID_MAX) {
-    throw new RangeError(`Invalid PID ${quote(text)}: expected a number from 1 to ${PID_MAX}`);
-  }
-  return pid;
-}
-function validatePid(pid) {
-  if (!Number.isSafeInteger(pid) || pid < 1 || pid > PID_MAX) {
-    throw new RangeError(`Invalid PID ${pid}: expected an integer from 1 to ${PID_MAX}`);
-  }
-  return pid;
-}
-function parseMark(text) {
-  if (!/^(0x[0-9A-Fa-f]{1,8}|0|[1-9][0-9]{0,9})$/.test(text)) {
-    throw new TypeError(`Invalid mark ${quote(text)}: expected a decimal or 0x-hex number from 1 to 0xFFFFFFFF`);
-  }
-  if (Number(text) === 0) throw new RangeError(markZero(quote(text)));
-  return validateMark(Number(text));
-}
-function validateMark(mark) {
-  if (mark === 0) throw new RangeError(markZero("0"));
-  if (!Number.isSafeInteger(mark) || mark < 1 || mark > 4294967295) {
-    throw new RangeError(`Invalid mark ${mark}: expected a number from 1 to 0xFFFFFFFF`);
-  }
-  return mark;
-}
-function markZero(shown) {
-  return `Invalid mark ${shown}: every unmarked packet has mark 0, so nothing would be dropped; expected a number from 1 to 0xFFFFFFFF`;
-}
-function formatMark(mark) {
-  return `0x${mark.toString(16).toUpperCase()}`;
-}
-function validateName(name) {
-  if (!NAME_PATTERN.test(name)) {
-    throw new TypeError(`Invalid name ${quote(name)}: expected a letter, then up to 27 letters, digits, '_' or '-'`);
-  }
-  if (BUILTIN_CHAINS.includes(name)) {
-    throw new TypeError(`Invalid name ${quote(name)}: a built-in chain (${BUILTIN_CHAINS.join(", ")}) cannot be a lock's name`);
-  }
-  return name;
-}
-function parseTimeoutSeconds(text) {
-  if (!/^(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?$/.test(text) || Number(text) <= 0 || Number(text) > 86400) {
-    throw new RangeError(`Invalid timeout ${quote(text)}: expected a number of seconds above 0, at most 86400`);
-  }
-  return Math.round(Number(text) * 1e3);
-}
-function validateTimeoutMs(ms) {
-  if (!Number.isFinite(ms) || ms <= 0 || ms > 864e5) {
-    throw new RangeError(`Invalid timeout ${ms} ms: expected above 0, at most one day`);
-  }
-  return ms;
-}
-function parseChoice(flag, value, choices) {
-  if (!choices.includes(value)) {
-    throw new TypeError(`Invalid ${flag} ${quote(value)}: expected one of ${choices.join(", ")}`);
-  }
-  return value;
-}
-function resolveNetnsPath(value) {
-  if (value === "" || /[\u0000-\u001f\u007f]/.test(value) || value.length > 4096) {
-    throw new TypeError(`Invalid --netns ${quote(value)}: expected a namespace file path or a name from /run/netns`);
-  }
-  if (value.includes("/")) return value;
-  if (value === "." || value === "..") {
-    throw new TypeError(`Invalid --netns ${quote(value)}: not a namespace name`);
-  }
-  return `/run/netns/${value}`;
-}
-function validateScriptPath(path) {
-  if (path === "" || /[\u0000-\u001f\u007f]/.test(path) || path.length > 4096) {
-    throw new TypeError(`Invalid --action-script ${JSON.stringify(path)}: expected a file path`);
-  }
-  return path;
-}
-function quote(value) {
-  const shown = value.length > 64 ? `${value.slice(0, 64)}...` : value;
-  return JSON.stringify(shown);
-}
-var PID_MAX, DEFAULT_NAME, DEFAULT_MARK, DEFAULT_TIMEOUT_MS, IPV6_IS_IPTABLES, CGROUP_IS_NFTABLES, MODES, NAME_PATTERN, BUILTIN_CHAINS;
-var init_options = __esm({
-  "lib/common/options.ts"() {
-    PID_MAX = 4194304;
-    DEFAULT_NAME = "NETLOCK";
-    DEFAULT_MARK = 49428;
-    DEFAULT_TIMEOUT_MS = 1e4;
-    IPV6_IS_IPTABLES = "--ipv6 is for the iptables backend: the nftables lock is one inet table for both families";
-    CGROUP_IS_NFTABLES = "--mode cgroup is an nftables lock (iptables cannot match incoming packets by cgroup): use -b nftables or -b auto";
-    MODES = [
-      "auto",
-      "netns",
-      "connections",
-      "cgroup"
-    ];
-    NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_-]{0,27}$/;
-    BUILTIN_CHAINS = [
-      "INPUT",
-      "OUTPUT",
-      "FORWARD",
-      "PREROUTING",
-      "POSTROUTING"
-    ];
-  }
-});
-
-// lib/criu/hook.ts
-function planCriuHook(env) {
-  const action = env("CRTOOLS_SCRIPT_ACTION");
-  if (action === "pre-dump" && env("CRTOOLS_INIT_PID")) {
-    return {
-      action: "refuse-host-tree",
-      pid: pidFrom(action, env),
-      options: hookOptions(env)
-    };
-  }
-  if (action !== "network-lock" && action !== "network-unlock") return {
-    action: "none"
-  };
-  const options = hookOptions(env);
-  const pid = pidFrom(action, env);
-  return {
-    action: action === "network-lock" ? "lock" : "unlock",
-    pid,
-    options
-  };
-}
-function pidFrom(action, env) {
-  const pidText = env("CRTOOLS_INIT_PID");
-  if (pidText === void 0 || pidText === "") {
-    throw new NetlockError("INVALID_ENVIRONMENT", `CRIU action ${action}: CRTOOLS_INIT_PID is not set`);
-  }
-  try {
-    return parsePid(pidText);
-  } catch (error) {
-    throw new NetlockError("INVALID_ENVIRONMENT", `CRIU action ${action}: CRTOOLS_INIT_PID: ${error.message}`);
-  }
-}
-function hookOptions(env) {
-  const options = {};
-  const backend = env("NETLOCK_BACKEND");
-  const name = env("NETLOCK_NAME");
-  const mark = env("NETLOCK_MARK");
-  if (backend !== void 0) {
-    options.backend = parseChoice("NETLOCK_BACKEND", backend, [
-      "iptables",
-      "nftables",
-      "auto"
-    ]);
-  }
-  if (name !== void 0) options.name = validateNameFrom("NETLOCK_NAME", name);
-  if (mark !== void 0) options.mark = parseMarkFrom("NETLOCK_MARK", mark);
-  return options;
-}
-function validateNameFrom(variable, value) {
-  try {
-    return validateName(value);
-  } catch (error) {
-    throw new TypeError(`${variable}: ${error.message}`);
-  }
-}
-function parseMarkFrom(variable, value) {
-  try {
-    return parseMark(value);
-  } catch (error) {
-    throw new TypeError(`${variable}: ${error.message}`);
-  }
-}
-function renderRestoreUnlock(lock) {
-  if (lock.backend === "nftables") return {
-    script: renderNftOpen(lock),
-    finish: true
-  };
-  const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
-  return {
-    script: tables.map((table) => `insert rule ${table} filter ${lock.name} return
-`).join(""),
-    finish: true
-  };
-}
-function renderTreeRestoreUnlock(lock) {
-  const open = (kind) => {
-    const name = processLockName(lock.name, kind, lock.pid);
-    return `insert rule inet ${name} input accept
-insert rule inet ${name} output accept
-`;
-  };
-  const chain = processLockName(lock.name, "connections", lock.pid);
-  const connections = lock.backend === "nftables" ? open("connections") : lock.families.map((family) => family === "ipv4" ? "ip" : "ip6").map((t) => `insert rule ${t} filter ${chain} return
-`).join("");
-  return {
-    script: connections + (lock.cgroup ? open("cgroup") : ""),
-    finish: true
-  };
-}
-var HOOK_ENV;
-var init_hook = __esm({
-  "lib/criu/hook.ts"() {
-    init_errors();
-    init_ruleset();
-    init_ruleset2();
-    init_options();
-    HOOK_ENV = [
-      "CRTOOLS_SCRIPT_ACTION",
-      "CRTOOLS_INIT_PID",
-      "NETLOCK_BACKEND",
-      "NETLOCK_NAME",
-      "NETLOCK_MARK"
-    ];
-  }
-});
-
-// lib/exec/runner.ts
-function killed(error, stdout) {
-  PRINTED_BEFORE_KILL.set(error, stdout);
-  return error;
-}
-function printedBeforeKill(error) {
-  return error instanceof Error ? PRINTED_BEFORE_KILL.get(error) : void 0;
-}
-async function runCommand(command, options = {}) {
-  const args = [
-    ...options.args ?? []
-  ];
-  const argv = [
-    command,
-    ...args
-  ];
-  options.log?.(`+ ${[
-    command,
-    ...args
-  ].map(shownArg).join(" ")}`);
-  requireRunPermission(command);
-  options.signal?.throwIfAborted();
-  let child;
-  try {
-    const inherit = options.stdio === "inherit";
-    child = new Deno.Command(command, {
-      args,
-      stdin: inherit ? "inherit" : options.stdin === void 0 ? "null" : "piped",
-      stdout: inherit ? "inherit" : "piped",
-      stderr: inherit ? "inherit" : "piped",
-      // Deno refuses a scoped --allow-run while LD_PRELOAD is inherited; a
-      // privileged tool has no business inheriting a preload anyway.
-      env: {
-        ...options.env,
-        LD_PRELOAD: ""
-      }
-    }).spawn();
-  } catch (error) {
-    throw spawnError(command, error);
-  }
-  let stopReason;
-  const stop = (reason) => {
-    stopReason ??= reason;
-    try {
-      child.kill("SIGKILL");
-    } catch {
-    }
-  };
-  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS2;
-  const deadline = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : void 0;
-  const onTimeout = () => stop("timeout");
-  deadline?.addEventListener("abort", onTimeout, {
-    once: true
-  });
-  const onAbort = () => stop("abort");
-  options.signal?.addEventListener("abort", onAbort, {
-    once: true
-  });
-  const forwarders = (options.forwardSignals ?? []).map((signal) => {
-    const forward = () => {
-      try {
-        child.kill(signal);
-      } catch {
-      }
-    };
-    Deno.addSignalListener(signal, forward);
-    return () => Deno.removeSignalListener(signal, forward);
-  });
-  try {
-    await Promise.resolve();
-    const piped = options.stdio !== "inherit";
-    const [stdinResult, finished] = await Promise.allSettled([
-      options.stdin === void 0 || !piped ? Promise.resolve() : feedStdin(options.stdin, child.stdin),
-      piped ? child.output() : child.status
-    ]);
-    if (finished.status === "rejected") throw finished.reason;
-    const decoder = new TextDecoder();
-    const captured = piped ? finished.value : void 0;
-    const printed = captured ? decoder.decode(captured.stdout) : "";
-    const stderrText = captured ? decoder.decode(captured.stderr) : "";
-    if (options.log) {
-      for (const line of stderrText.split("\n")) if (line) options.log(`  ${line}`);
-    }
-    const label = options.label ?? command;
-    if (stopReason === "timeout") {
-      throw killed(new NetlockError("TIMEOUT", `${label} did not finish within ${timeoutMs / 1e3} s and was killed`), printed);
-    }
-    if (stopReason === "abort") {
-      throw killed(new NetlockError("ABORTED", `${label} was cancelled and killed`, {
-        cause: options.signal?.reason
-      }), printed);
-    }
-    const { code, signal } = finished.value;
-    return {
-      argv,
-      code: signal === null ? code : 128 + signalNumber(signal, code),
-      signal,
-      success: code === 0 && signal === null,
-      stdout: printed,
-      stderr: stderrText,
-      stdinClosedEarly: stdinResult.status === "rejected"
-    };
-  } finally {
-    deadline?.removeEventListener("abort", onTimeout);
-    options.signal?.removeEventListener("abort", onAbort);
-    for (const remove of forwarders) remove();
-  }
-}
-function assertSuccess(result2, tool) {
-  if (result2.success && !result2.stdinClosedEarly) return;
-  if (result2.success) {
-    throw new NetlockError("BROKEN_PIPE", `${tool} exited with code 0 but closed its stdin before reading it all`);
-  }
-  throw new NetlockError("TOOL_FAILED", describeFailure(result2, tool));
-}
-function describeFailure(result2, tool) {
-  const how = result2.signal === null ? `${tool} exited with code ${result2.code}` : `${tool} was killed by ${result2.signal}`;
-  const reason = firstLine(result2.stderr);
-  return reason ? `${how}: ${reason}` : how;
-}
-function firstLine(text) {
-  const lines2 = text.split("\n").map((line) => line.trim()).filter((line) => line !== "");
-  const banner = /^\S+ v[0-9][\w.-]* \([^)]*\):$/;
-  return lines2.find((line) => !banner.test(line)) ?? lines2[0] ?? "";
-}
-async function feedStdin(input, sink) {
-  if (input instanceof ReadableStream) return await input.pipeTo(sink);
-  const writer = sink.getWriter();
-  try {
-    await writer.write(typeof input === "string" ? new TextEncoder().encode(input) : input);
-    await writer.close();
-  } catch (error) {
-    await writer.abort(error).catch(() => {
-    });
-    throw error;
-  }
-}
-function requireRunPermission(command) {
-  const state = Deno.permissions.querySync({
-    name: "run",
-    command
-  }).state;
-  if (state === "granted") return;
-  if (!command.includes("/") && onPath(command) === false) {
-    throw new NetlockError("TOOL_NOT_FOUND", `${command} not found on PATH`);
-  }
-  throw new NetlockError("DENO_PERMISSION", `requires permission to run ${command}: add --allow-run=${command} (if it is given, ${command} is not installed or not on PATH)`);
-}
-function onPath(command) {
-  const granted = (descriptor) => Deno.permissions.querySync(descriptor).state === "granted";
-  if (!granted({
-    name: "env",
-    variable: "PATH"
-  }) || !granted({
-    name: "read"
-  })) return void 0;
-  return (Deno.env.get("PATH") ?? "").split(":").some((dir) => {
-    try {
-      return Deno.statSync(`${dir || "."}/${command}`).isFile;
-    } catch {
-      return false;
-    }
-  });
-}
-function spawnError(command, error) {
-  const message = error instanceof Error ? error.message : String(error);
-  if (error instanceof Deno.errors.NotCapable) {
-    return new NetlockError("DENO_PERMISSION", `Cannot run ${command}: ${firstLine(message)} (add --allow-run=${command})`, {
-      cause: error
-    });
-  }
-  const cwd = /No such cwd '([^']*)'|failed resolving cwd/.exec(message);
-  if (cwd) {
-    const dir = cwd[1] === void 0 ? "" : ` ${cwd[1]}`;
-    return new NetlockError("NOT_PERMITTED", `cannot run ${command}: the working directory${dir} cannot be accessed by this user (run netlock from a directory it can enter)`, {
-      cause: error
-    });
-  }
-  if (error instanceof Deno.errors.PermissionDenied) {
-    const cwd2 = currentDir();
-    const what = cwdReachable(cwd2) === false ? `the working directory ${cwd2} cannot be accessed by this user (run netlock from a directory it can enter)` : `permission denied (this user cannot access the binary, a directory on its path, or the working directory${cwd2 ? ` ${cwd2}` : ""})`;
-    return new NetlockError("NOT_PERMITTED", `cannot run ${command}: ${what}`, {
-      cause: error
-    });
-  }
-  if (error instanceof Deno.errors.NotFound) {
-    const where = command.includes("/") ? "" : " on PATH";
-    return new NetlockError("TOOL_NOT_FOUND", `${command} not found${where}`, {
-      cause: error
-    });
-  }
-  return new NetlockError("TOOL_FAILED", `Cannot run ${command}: ${firstLine(message)}`, {
-    cause: error
-  });
-}
-function currentDir() {
-  try {
-    return Deno.cwd();
-  } catch {
-    return void 0;
-  }
-}
-function cwdReachable(dir) {
-  if (dir === void 0) return void 0;
-  if (Deno.permissions.querySync({
-    name: "read",
-    path: dir
-  }).state !== "granted") return;
-  try {
-    Deno.chdir(dir);
-    return true;
-  } catch (error) {
-    return error instanceof Deno.errors.PermissionDenied ? false : void 0;
-  }
-}
-function signalNumber(signal, code) {
-  return SIGNAL_NUMBERS[signal] ?? (code > 128 ? code - 128 : 0);
-}
-function shellStatusSignal(status) {
-  if (status <= 128) return null;
-  const found = Object.entries(SIGNAL_NUMBERS).find(([, number]) => number === status - 128);
-  return found ? found[0] : null;
-}
-function nameScript(script, name) {
-  SCRIPT_NAMES.set(script, name);
-  return script;
-}
-function shownArg(arg) {
-  const name = SCRIPT_NAMES.get(arg);
-  return name === void 0 ? shellQuote(arg) : `<${name}>`;
-}
-function shellQuote(arg) {
-  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
-}
-var DEFAULT_TIMEOUT_MS2, PRINTED_BEFORE_KILL, SIGNAL_NUMBERS, SCRIPT_NAMES;
-var init_runner = __esm({
-  "lib/exec/runner.ts"() {
-    init_errors();
-    DEFAULT_TIMEOUT_MS2 = 1e4;
-    PRINTED_BEFORE_KILL = /* @__PURE__ */ new WeakMap();
-    SIGNAL_NUMBERS = {
-      SIGHUP: 1,
-      SIGINT: 2,
-      SIGQUIT: 3,
-      SIGILL: 4,
-      SIGTRAP: 5,
-      SIGABRT: 6,
-      SIGBUS: 7,
-      SIGFPE: 8,
-      SIGKILL: 9,
-      SIGUSR1: 10,
-      SIGSEGV: 11,
-      SIGUSR2: 12,
-      SIGPIPE: 13,
-      SIGALRM: 14,
-      SIGTERM: 15
-    };
-    SCRIPT_NAMES = /* @__PURE__ */ new Map();
-  }
-});
-
-// lib/exec/action_scripts.ts
-async function runActionScripts(scripts, action, target, settings) {
-  const env = {
-    CRTOOLS_SCRIPT_ACTION: action,
-    NETLOCK_NETNS: target.netnsPath
-  };
-  if (target.pid !== void 0) env.CRTOOLS_INIT_PID = String(target.pid);
-  for (const script of scripts) {
-    const result2 = await runCommand(script, {
-      ...settings,
-      env,
-      label: `action script ${script}`
-    });
-    if (!result2.success) {
-      throw new NetlockError("TOOL_FAILED", `action script ${script} (${action}) failed: ${describeFailure(result2, script)}`);
-    }
-  }
-}
-var init_action_scripts = __esm({
-  "lib/exec/action_scripts.ts"() {
-    init_errors();
-    init_runner();
-  }
-});
-
-// lib/nftables/lock_state.ts
-function isNetlockTable(view, kind) {
-  const sets = Object.keys(view.sets);
-  const ruleKind2 = kind === "netns" ? "markAccept" : "unmarkedDrop";
-  const objectsOk = kind !== "connections" ? view.otherObjects === 0 : view.otherObjects === sets.length && sets.every((set) => set === "conn4" || set === "conn6");
-  return objectsOk && view.chains.length > 0 && view.chains.every((chain) => (chain.name === "input" || chain.name === "output") && chain.hook === chain.name && chain.type === "filter") && view.rules.every((rule) => rule.kind === ruleKind2 || rule.kind === "accept") && // An accept opens a lock's drops: alone, it is not a lock.
-  (!view.rules.some((rule) => rule.kind === "accept") || view.rules.some((rule) => rule.kind === ruleKind2));
-}
-function inspectNftLock(view, rules) {
-  if (view === null) return "unlocked";
-  if (!isNetlockTable(view, "netns")) return "foreign";
-  const mark = nftLockMark(view);
-  const exact = view.chains.length === 2 && view.rules.length === 2 && mark !== void 0 && (rules.anyMark || mark === rules.mark) && [
-    "input",
-    "output"
-  ].every((hook) => {
-    const chain = view.chains.find((c) => c.name === hook);
-    const chainRules = view.rules.filter((r) => r.chain === hook);
-    return chain?.prio === 0 && chain.policy === "drop" && chainRules.length === 1 && chainRules[0].markAccept === mark;
-  });
-  return exact ? "locked" : "partial";
-}
-function nftLockMark(view) {
-  return view.rules.find((rule) => rule.markAccept !== void 0)?.markAccept;
-}
-var init_lock_state = __esm({
-  "lib/nftables/lock_state.ts"() {
   }
 });
 
@@ -946,7 +880,7 @@ function connectionShape(name, mark, pid, connections) {
 var init_connections = __esm({
   "lib/shape/connections.ts"() {
     init_lock_state();
-    init_ruleset2();
+    init_ruleset();
   }
 });
 
@@ -999,7 +933,7 @@ var NFT_CGROUP_ROOT;
 var init_cgroup = __esm({
   "lib/shape/cgroup.ts"() {
     init_lock_state();
-    init_ruleset2();
+    init_ruleset();
     NFT_CGROUP_ROOT = "/sys/fs/cgroup";
   }
 });
@@ -1098,6 +1032,109 @@ var init_nsenter = __esm({
   "lib/exec/nsenter.ts"() {
     init_errors();
     init_runner();
+  }
+});
+
+// lib/exec/shell_programs.ts
+var TREE_SH, WAIT_GONE_SH, LOCK_ROUND_SH, GUARD_SH;
+var init_shell_programs = __esm({
+  "lib/exec/shell_programs.ts"() {
+    init_runner();
+    TREE_SH = nameScript(`# The probe of a process tree (lib/connections/discover.ts), run by sh -c
+# in netlock's namespace.
+# Arguments: the root's PID, 1 to list the processes of the root's cgroup
+# subtree, 1 to print the tree's fd links after a "fds" line.
+# Prints "tree PIDS", "state S", "start TICKS", "cgroup PATH", "own PATH",
+# "mount DIR" (cgroup v2), "members PIDS", then "fds" and one link a line;
+# exits 3 when the root does not exist. Shell builtins only, but for the
+# cgroup's find/cat and the last find (exec'd).
+root=$1 members=$2 fds=$3; [ -d "/proc/$root" ] || { echo "netlock-tree: no such process" >&2; exit 3; }
+pids=$root todo=$root
+while [ -n "$todo" ]; do next=; for p in $todo; do
+  for f in /proc/$p/task/*/children; do c=; read -r c <"$f" 2>/dev/null; next="$next $c"; done
+done; set -- $next; todo=$*; pids="$pids\${todo:+ $todo}"; done
+echo "tree $pids"
+stat=; read -r stat <"/proc/$root/stat"; set -- \${stat##*") "}; echo "state $1"; shift 19; echo "start $1"
+cg() { while IFS= read -r l; do case $l in 0::*) echo "$1 \${l#0::}";; esac; done; }
+cg cgroup <"/proc/$root/cgroup"; cg own </proc/self/cgroup
+mnt=
+# shellcheck disable=SC2034 # the fields of a line of /proc/mounts, by position
+while read -r dev dir type rest; do [ "$type" = cgroup2 ] && { mnt=$dir; break; }; done </proc/mounts
+[ -n "$mnt" ] && echo "mount $mnt"
+if [ "$members" = 1 ] && [ -n "$mnt" ]; then
+  while IFS= read -r l; do case $l in 0::*) g=\${l#0::};; esac; done <"/proc/$root/cgroup"
+  # shellcheck disable=SC2046 # the PIDs, one line
+  echo members $(find "$mnt\${g%/}" -name cgroup.procs -exec cat {} + 2>/dev/null)
+fi
+[ "$fds" = 1 ] || exit 0
+echo fds; set --; for p in $pids; do set -- "$@" "/proc/$p/fd"; done
+exec find "$@" -mindepth 1 -printf '%l\\n' 2>/dev/null
+`, "lib/connections/tree.sh");
+    WAIT_GONE_SH = nameScript(`# Waits until CRIU is gone (lib/criu/helper/channel.ts).
+# Arguments: CRIU's PID, its start time (field 22 of its stat; empty: any
+# process of that PID). tail --pid checks every 20 ms without a process per
+# check; where tail has no --pid (BusyBox's returns at once) the loop does
+# the waiting. The start time keeps a PID another process took from passing
+# for CRIU.
+alive() { s=; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; set -- \${s##*") "}; shift 19; [ -z "$start" ] || [ "$1" = "$start" ]; }
+start=$2; tail --pid="$1" -s 0.02 -f /dev/null 2>/dev/null
+while alive "$1"; do sleep 0.05 2>/dev/null || sleep 1; done
+`, "lib/criu/helper/wait_gone.sh");
+    LOCK_ROUND_SH = nameScript(`# The iptables lock round (lib/iptables/lock_round.ts), run by sh -c inside
+# the target's namespace: both families' restores in parallel, then both
+# filter tables read back.
+# Arguments, per family (one or two): the restore tool, the read tool, the
+# restore's input. Each restore's status and stderr, then each read's status
+# and stdout, are printed as blocks "@@KIND INDEX STATUS" ... "@@end": the
+# first family's on stdout, the second's on stderr, so that the two run in
+# parallel and never interleave. A v6 family in a kernel without IPv6 is
+# reported with status "-". Exits 89, before running anything, when a tool
+# is missing. Nothing but the tools is spawned, and no file is written.
+n=$(($# / 3)); v6=0; [ -d /proc/sys/net/ipv6 ] && v6=1
+need() { for tool; do command -v "$tool" >/dev/null 2>&1 || exit 89; done; }
+need "$1" "$2"
+[ $n = 2 ] && need "$4" "$5"
+restore() {
+  case $2 in ip6*) [ $v6 = 1 ] || { printf "@@restore %s -\\n@@end\\n" "$1"; return; } ;; esac
+  err=$("$2" -w --noflush 2>&1 >/dev/null <<EOF
+$3
+EOF
+  )
+  printf "@@restore %s %s\\n%s\\n@@end\\n" "$1" $? "$err"
+}
+save() {
+  case $2 in ip6*) [ $v6 = 1 ] || return 0 ;; esac
+  out=$("$2" -t filter 2>/dev/null </dev/null)
+  printf "@@save %s %s\\n%s\\n@@end\\n" "$1" $? "$out"
+}
+if [ $n = 2 ]; then restore 1 "$4" "$6" >&2 & fi
+restore 0 "$1" "$3"
+wait
+if [ $n = 2 ]; then save 1 "$5" >&2 & fi
+save 0 "$2"
+wait
+`, "lib/iptables/lock_round.sh");
+    GUARD_SH = nameScript(`# netlock's guard (lib/netns/guard.ts), run by sh -c inside the target's
+# namespace ahead of a tool: with shell builtins only (no fork before the
+# exec), it checks that the namespace is not netlock's own and has IPv6
+# when the tool needs it, then execs the tool.
+# Arguments: netlock's PID (- for no check), 1 when the tool needs IPv6,
+# 1 to report the namespace's inode, then the tool and its arguments.
+# Prints "netlock-guard INODE|- 0|1" (the inode, IPv6) before the tool runs,
+# or exits 86 (own namespace), 87 (no IPv6) or 88 (cannot see netlock's
+# namespace) with a "netlock-guard:" line on stderr.
+own=$1 six=$2 report=$3; shift 3; v6=0; ns=-; [ -d /proc/sys/net/ipv6 ] && v6=1
+if [ "$own" != - ]; then
+  [ -e "/proc/$own/ns/net" ] || { echo "netlock-guard: cannot see netlock's namespace" >&2; exit 88; }
+  # shellcheck disable=SC3013 # -ef: dash, bash and BusyBox's ash have it
+  [ /proc/self/ns/net -ef "/proc/$own/ns/net" ] && { echo "netlock-guard: own namespace" >&2; exit 86; }
+fi
+[ "$six" = 1 ] && [ $v6 = 0 ] && { echo "netlock-guard: no IPv6" >&2; exit 87; }
+[ "$report" = 1 ] && while read -r key value; do [ "$key" = ino: ] && ns=$value; done \\
+  3</proc/self/ns/net </proc/self/fdinfo/3
+echo "netlock-guard \${ns:--} $v6"
+exec "$@"
+`, "lib/netns/guard.sh");
   }
 });
 
@@ -1321,30 +1358,10 @@ var init_discover = __esm({
   "lib/connections/discover.ts"() {
     init_errors();
     init_nsenter();
+    init_shell_programs();
     init_proc_net_parser();
     init_tree_parser();
-    TREE_SCRIPT = [
-      'root=$1 members=$2 fds=$3; [ -d "/proc/$root" ] || { echo "netlock-tree: no such process" >&2; exit 3; }',
-      "pids=$root todo=$root",
-      'while [ -n "$todo" ]; do next=; for p in $todo; do',
-      '  for f in /proc/$p/task/*/children; do c=; read -r c <"$f" 2>/dev/null; next="$next $c"; done',
-      'done; set -- $next; todo=$*; pids="$pids${todo:+ $todo}"; done',
-      'echo "tree $pids"',
-      'stat=; read -r stat <"/proc/$root/stat"; set -- ${stat##*") "}; echo "state $1"; shift 19; echo "start $1"',
-      'cg() { while IFS= read -r l; do case $l in 0::*) echo "$1 ${l#0::}";; esac; done; }',
-      'cg cgroup <"/proc/$root/cgroup"; cg own </proc/self/cgroup',
-      'mnt=; while read -r dev dir type rest; do [ "$type" = cgroup2 ] && { mnt=$dir; break; }; done </proc/mounts',
-      '[ -n "$mnt" ] && echo "mount $mnt"',
-      'if [ "$members" = 1 ] && [ -n "$mnt" ]; then',
-      '  while IFS= read -r l; do case $l in 0::*) g=${l#0::};; esac; done <"/proc/$root/cgroup"',
-      '  echo members $(find "$mnt${g%/}" -name cgroup.procs -exec cat {} + 2>/dev/null)',
-      "fi",
-      '[ "$fds" = 1 ] || exit 0',
-      'echo fds; set --; for p in $pids; do set -- "$@" "/proc/$p/fd"; done',
-      // Every fd's link (sockets are picked out later): -lname would match each
-      // link a second time, a third of find's time for 10,000 sockets.
-      `exec find "$@" -mindepth 1 -printf '%l\\n' 2>/dev/null`
-    ].join("\n");
+    TREE_SCRIPT = TREE_SH;
   }
 });
 
@@ -1556,7 +1573,7 @@ var init_criu_locks = __esm({
   }
 });
 
-// lib/target/target.ts
+// lib/netns/target.ts
 function toTargetRef(target, options = {}) {
   if (typeof target === "number" || typeof target === "object" && target && "pid" in target) {
     const pid = validatePid(typeof target === "number" ? target : target.pid);
@@ -1643,7 +1660,7 @@ function probeError(ref, stderr) {
 }
 var ownNetnsPromise;
 var init_target = __esm({
-  "lib/target/target.ts"() {
+  "lib/netns/target.ts"() {
     init_errors();
     init_nsenter();
     init_options();
@@ -1651,7 +1668,7 @@ var init_target = __esm({
   }
 });
 
-// lib/target/guard.ts
+// lib/netns/guard.ts
 function ranNothing(error) {
   RAN_NOTHING.add(error);
   return error;
@@ -1741,24 +1758,13 @@ function guardedTarget(ref, settings, options) {
 }
 var GUARD_SCRIPT, REFUSALS, GuardRefusal, RAN_NOTHING;
 var init_guard = __esm({
-  "lib/target/guard.ts"() {
+  "lib/netns/guard.ts"() {
     init_errors();
     init_nsenter();
     init_runner();
+    init_shell_programs();
     init_target();
-    GUARD_SCRIPT = nameScript([
-      "own=$1 six=$2 report=$3; shift 3; v6=0; ns=-; [ -d /proc/sys/net/ipv6 ] && v6=1",
-      'if [ "$own" != - ]; then',
-      `  [ -e "/proc/$own/ns/net" ] || { echo "netlock-guard: cannot see netlock's namespace" >&2; exit 88; }`,
-      '  [ /proc/self/ns/net -ef "/proc/$own/ns/net" ] && { echo "netlock-guard: own namespace" >&2; exit 86; }',
-      "fi",
-      '[ "$six" = 1 ] && [ $v6 = 0 ] && { echo "netlock-guard: no IPv6" >&2; exit 87; }',
-      // The inode without a fork: /proc/self/fdinfo of an open nsfs file says `ino:` (Linux 5.14+).
-      '[ "$report" = 1 ] && while read -r key value; do [ "$key" = ino: ] && ns=$value; done \\',
-      "  3</proc/self/ns/net </proc/self/fdinfo/3",
-      'echo "netlock-guard ${ns:--} $v6"',
-      'exec "$@"'
-    ].join("\n"), "netlock guard");
+    GUARD_SCRIPT = GUARD_SH;
     REFUSALS = {
       86: [
         "own namespace",
@@ -1852,7 +1858,7 @@ function wrapFilter(lines2) {
   ].join("\n");
 }
 var IPV4_ONLY_MARKER;
-var init_ruleset3 = __esm({
+var init_ruleset2 = __esm({
   "lib/iptables/ruleset.ts"() {
     init_options();
     IPV4_ONLY_MARKER = '-m comment --comment "netlock: ipv6 off" -j RETURN';
@@ -1937,7 +1943,7 @@ function isMarkedReturn(spec) {
 var BUILTIN_CHAINS2, UNLOCKED_STATE;
 var init_lock_state2 = __esm({
   "lib/iptables/lock_state.ts"() {
-    init_ruleset3();
+    init_ruleset2();
     BUILTIN_CHAINS2 = /* @__PURE__ */ new Set([
       "INPUT",
       "FORWARD",
@@ -1993,7 +1999,7 @@ function planIptablesUnlock(state, rules) {
 }
 var init_planner = __esm({
   "lib/iptables/planner.ts"() {
-    init_ruleset3();
+    init_ruleset2();
   }
 });
 
@@ -2372,7 +2378,7 @@ function planNftUnlockCommands(view, names, tidy = false) {
 var FAMILIES;
 var init_plan = __esm({
   "lib/unlock/plan.ts"() {
-    init_ruleset2();
+    init_ruleset();
     init_criu_locks();
     init_view_parser();
     init_lock_state();
@@ -2614,6 +2620,43 @@ var init_transaction = __esm({
   }
 });
 
+// lib/nftables/ruleset.ts
+function renderNftChains(rules) {
+  const table = `inet ${rules.name}`;
+  return [
+    "input",
+    "output"
+  ].map((hook) => `add chain ${table} ${hook} { type filter hook ${hook} priority 0; policy drop; }
+add rule ${table} ${hook} meta mark 0x${rules.mark.toString(16)} accept
+`).join("");
+}
+function renderNftLock(rules) {
+  return `create table inet ${rules.name}
+${renderNftChains(rules)}`;
+}
+function renderNftRelock(rules) {
+  const table = `inet ${rules.name}`;
+  return `add table ${table}
+delete table ${table}
+add table ${table}
+${renderNftChains(rules)}`;
+}
+function renderNftUnlock(rules) {
+  return `delete table inet ${rules.name}
+`;
+}
+function renderNftOpen(rules) {
+  return [
+    "input",
+    "output"
+  ].map((chain) => `insert rule inet ${rules.name} ${chain} accept
+`).join("");
+}
+var init_ruleset3 = __esm({
+  "lib/nftables/ruleset.ts"() {
+  }
+});
+
 // lib/shape/shape.ts
 function namespaceShape(opts, purpose = "lock") {
   const rules = purpose === "read" ? {
@@ -2667,7 +2710,7 @@ var init_shape = __esm({
   "lib/shape/shape.ts"() {
     init_errors();
     init_lock_state();
-    init_ruleset();
+    init_ruleset3();
   }
 });
 
@@ -2838,7 +2881,7 @@ async function putBack(prepared, opts, names) {
 var init_backends = __esm({
   "lib/unlock/backends.ts"() {
     init_criu_locks();
-    init_ruleset2();
+    init_ruleset();
     init_cgroup();
     init_errors();
     init_backend();
@@ -3074,44 +3117,20 @@ function parseBlocks(stdout) {
   }
   return found;
 }
-var READ_AFTER, MAX_INPUT, MISSING, TIMED_OUT, ROUND_SCRIPT;
+var READ_AFTER, MAX_INPUT, TIMED_OUT, ROUND_SCRIPT;
 var init_lock_round = __esm({
   "lib/iptables/lock_round.ts"() {
     init_errors();
     init_runner();
+    init_shell_programs();
     init_guard();
     READ_AFTER = {
       "iptables-restore": "iptables-save",
       "ip6tables-restore": "ip6tables-save"
     };
     MAX_INPUT = 32 * 1024;
-    MISSING = 89;
     TIMED_OUT = 124;
-    ROUND_SCRIPT = nameScript([
-      "n=$(($# / 3)); v6=0; [ -d /proc/sys/net/ipv6 ] && v6=1",
-      'need() { for tool; do command -v "$tool" >/dev/null 2>&1 || exit ' + MISSING + "; done; }",
-      'need "$1" "$2"',
-      '[ $n = 2 ] && need "$4" "$5"',
-      "restore() {",
-      '  case $2 in ip6*) [ $v6 = 1 ] || { printf "@@restore %s -\\n@@end\\n" "$1"; return; } ;; esac',
-      '  err=$("$2" -w --noflush 2>&1 >/dev/null <<EOF',
-      "$3",
-      "EOF",
-      "  )",
-      '  printf "@@restore %s %s\\n%s\\n@@end\\n" "$1" $? "$err"',
-      "}",
-      "save() {",
-      "  case $2 in ip6*) [ $v6 = 1 ] || return 0 ;; esac",
-      '  out=$("$2" -t filter 2>/dev/null </dev/null)',
-      '  printf "@@save %s %s\\n%s\\n@@end\\n" "$1" $? "$out"',
-      "}",
-      'if [ $n = 2 ]; then restore 1 "$4" "$6" >&2 & fi',
-      'restore 0 "$1" "$3"',
-      "wait",
-      'if [ $n = 2 ]; then save 1 "$5" >&2 & fi',
-      'save 0 "$2"',
-      "wait"
-    ].join("\n") + "\n", "netlock lock round");
+    ROUND_SCRIPT = LOCK_ROUND_SH;
   }
 });
 
@@ -3371,7 +3390,7 @@ var init_status = __esm({
   }
 });
 
-// lib/target/prepare.ts
+// lib/netns/prepare.ts
 function resolveOptions(options = {}, verb) {
   if (options.all && verb !== void 0 && verb !== "unlock") {
     throw new TypeError(`all is an unlock option; ${verb} takes no all`);
@@ -3548,7 +3567,7 @@ function refuseOwnNamespace() {
   throw new NetlockError("OWN_NAMESPACE", "refusing to lock netlock's own network namespace (it would cut this machine off); lock the process's connections (--mode connections, a PID target), or add --force");
 }
 var init_prepare = __esm({
-  "lib/target/prepare.ts"() {
+  "lib/netns/prepare.ts"() {
     init_errors();
     init_nsenter();
     init_options();
@@ -3716,7 +3735,7 @@ async function optional(read) {
 }
 var init_list = __esm({
   "lib/lock/list.ts"() {
-    init_ruleset2();
+    init_ruleset();
     init_criu_locks();
     init_errors();
     init_backend();
@@ -3956,7 +3975,7 @@ var init_operations = __esm({
     init_connections();
     init_cgroup();
     init_process();
-    init_ruleset2();
+    init_ruleset();
     init_apply();
     init_status();
     init_shape();
@@ -4220,7 +4239,7 @@ function connectionNote(pid, why) {
 var init_tree_lock = __esm({
   "lib/criu/tree_lock.ts"() {
     init_discover();
-    init_ruleset2();
+    init_ruleset();
     init_tree_parser();
     init_nsenter();
     init_target();
@@ -4231,6 +4250,86 @@ var init_tree_lock = __esm({
     init_backends();
     init_apply();
     init_operations();
+  }
+});
+
+// lib/criu/helper/channel.ts
+async function openChannel(dir) {
+  const cmd = await Deno.open(`${dir}/cmd`, {
+    read: true,
+    write: true
+  });
+  const reply = await Deno.open(`${dir}/reply`, {
+    read: true,
+    write: true
+  });
+  return {
+    requests: (stop) => lines(cmd, stop),
+    answer: (line) => writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}
+`)),
+    async close() {
+      for (const fifo of [
+        "cmd",
+        "reply"
+      ]) await Deno.remove(`${dir}/${fifo}`).catch(() => {
+      });
+      cmd.close();
+      reply.close();
+    }
+  };
+}
+function watchCriu(criuPid, criuStart, stop) {
+  runCommand("nsenter", {
+    args: [
+      "--",
+      "sh",
+      "-c",
+      WAIT_GONE_SCRIPT,
+      "netlock-wait",
+      String(criuPid),
+      criuStart ?? ""
+    ],
+    timeoutMs: 0,
+    signal: stop.signal
+  }).then(() => stop.abort(), () => stop.abort());
+}
+async function* lines(file, signal) {
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(4096);
+  let pending = "";
+  const aborted = new Promise((resolve) => {
+    if (signal.aborted) resolve(null);
+    signal.addEventListener("abort", () => resolve(null), {
+      once: true
+    });
+  });
+  while (!signal.aborted) {
+    const n = await Promise.race([
+      file.read(buffer),
+      aborted
+    ]);
+    if (n === null) return;
+    pending += decoder.decode(buffer.subarray(0, n), {
+      stream: true
+    });
+    let newline;
+    while ((newline = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, newline).trim();
+      pending = pending.slice(newline + 1);
+      if (line) yield line;
+    }
+  }
+}
+async function writeAll(file, bytes) {
+  let written = 0;
+  while (written < bytes.length) written += await file.write(bytes.subarray(written));
+}
+var WAIT_GONE_SCRIPT;
+var init_channel = __esm({
+  "lib/criu/helper/channel.ts"() {
+    init_runner();
+    init_shell_programs();
+    WAIT_GONE_SCRIPT = WAIT_GONE_SH;
   }
 });
 
@@ -4456,8 +4555,8 @@ var init_armed = __esm({
     init_nsenter();
     init_operations();
     init_prepare();
+    init_ruleset2();
     init_ruleset3();
-    init_ruleset();
     init_target();
     ARMED_LIFETIME_MS = 6e5;
   }
@@ -4581,193 +4680,95 @@ var init_dumped_sockets = __esm({
   }
 });
 
-// lib/criu/hook_serve.ts
-var hook_serve_exports = {};
-__export(hook_serve_exports, {
-  HELPER_LIFETIME_MS: () => HELPER_LIFETIME_MS,
-  RESTORE_PLAN: () => RESTORE_PLAN,
-  WAIT_GONE_SCRIPT: () => WAIT_GONE_SCRIPT,
-  renderPlanFile: () => renderPlanFile,
-  serveCriuHook: () => serveCriuHook
-});
-async function serveCriuHook(settings) {
-  const { dir, options } = settings;
-  const log = settings.log ?? (() => {
-  });
-  const warn = settings.warn ?? log;
-  const cmd = await Deno.open(`${dir}/cmd`, {
-    read: true,
-    write: true
-  });
-  const reply = await Deno.open(`${dir}/reply`, {
-    read: true,
-    write: true
-  });
-  const stop = new AbortController();
-  const lifetime = settings.criuPid === void 0 ? setTimeout(() => stop.abort(), settings.lifetimeMs ?? HELPER_LIFETIME_MS) : setInterval(() => {
-  }, 2 ** 31 - 1);
-  if (settings.criuPid !== void 0) watchCriu(settings.criuPid, settings.criuStart, stop);
-  const answer = async (line) => {
-    await writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}
-`));
+// lib/criu/plan.ts
+function renderPlanFile(plan) {
+  return `version=1
+kind=${plan.tree}
+backend=${plan.backend}
+` + (plan.pid !== void 0 ? `pid=${plan.pid}
+` : "") + `finish=${plan.finish ? 1 : 0}
+`;
+}
+function renderRestoreUnlock(lock) {
+  if (lock.backend === "nftables") return {
+    script: renderNftOpen(lock),
+    finish: true
   };
-  let lock;
-  let unlock;
-  const armLock = (pid) => lock = {
-    pid,
-    armed: armNetworkLock(pid, options).catch(() => void 0)
+  const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
+  return {
+    script: tables.map((table) => `insert rule ${table} filter ${lock.name} return
+`).join(""),
+    finish: true
   };
-  const armUnlock = (pid, known) => {
-    unlock?.armed.then((armed2) => armed2?.cancel());
-    const armed = armNetworkUnlock(pid, options, known).catch(() => void 0);
-    return unlock = {
-      pid,
-      known,
-      armed
-    };
+}
+function renderTreeRestoreUnlock(lock) {
+  const open = (kind) => {
+    const name = processLockName(lock.name, kind, lock.pid);
+    return `insert rule inet ${name} input accept
+insert rule inet ${name} output accept
+`;
   };
-  const planRestore = async (planned) => {
-    if (!settings.images) return;
-    await writeRestorePlan(settings.images, planned).catch((error) => log(`restore plan not written: ${error.message}`));
+  const chain = processLockName(lock.name, "connections", lock.pid);
+  const connections = lock.backend === "nftables" ? open("connections") : lock.families.map((family) => family === "ipv4" ? "ip" : "ip6").map((t) => `insert rule ${t} filter ${chain} return
+`).join("");
+  return {
+    script: connections + (lock.cgroup ? open("cgroup") : ""),
+    finish: true
   };
-  const fromImages = {
-    backend: requestedBackend(resolveOptions(options)),
-    families: [
-      "ipv4",
-      "ipv6"
-    ]
-  };
-  let dumped;
-  let unlocked = false;
-  let postDumped = false;
-  let narrowed;
-  if (settings.pid !== void 0 && settings.ready) {
-    const pid = settings.pid;
-    if (settings.images) await removeRestorePlan(settings.images);
-    const [start, host] = await Promise.all([
-      startOf(pid),
-      sharesNetlockNamespace(pid, options)
-    ]);
-    dumped = {
-      pid,
-      start,
-      host
-    };
-    if (host) {
-      try {
-        const locked = dumped.locked = await lockTreeBeforeFreeze(pid, options);
-        if (locked.note) warn(locked.note);
-        await answer("ready host");
-      } catch (error) {
-        await answer(`error ${error.message}`);
-      }
-    } else {
-      const planned = (await armLock(pid).armed)?.lock;
-      if (planned) {
-        await Promise.all([
-          armUnlock(pid, planned).armed,
-          planRestore({
-            ...planned,
-            pid
-          })
-        ]);
-      }
-      await answer("ready netns");
-    }
-  }
+}
+async function writePlan(images, script, plan) {
   try {
-    for await (const line of lines(cmd, stop.signal)) {
-      const [verb, pidText] = line.split(" ");
-      log(`request: ${line}`);
-      if (verb === "exit") break;
-      let pid;
-      try {
-        pid = parsePid(pidText ?? "");
-      } catch (error) {
-        if (verb !== "arm") await answer(`error ${error.message}`);
-        continue;
-      }
-      if (verb === "post-dump") {
-        if (dumped?.host && dumped.pid === pid) {
-          try {
-            const taken = await dumpedConnections(settings.images, log);
-            const result2 = (taken && await completeTreeLock(pid, options, dumped.locked, taken).catch(() => void 0)) ?? await lockTreeConnections(pid, options, dumped.locked);
-            if (!settings.images) throw new Error("CRIU's image directory is unknown");
-            await writeTreePlan(settings.images, result2, pid);
-            postDumped = true;
-            await answer("ok");
-            warn(keptNote(pid, result2));
-          } catch (error) {
-            await answer(`error criu-hook: cannot keep process ${pid} locked for its restore: ` + error.message);
-          }
-          if (postDumped && dumped.locked?.kind === "cgroup") {
-            narrowed = unlockKept(pid, options, [
-              "cgroup"
-            ]).then(() => {
-            }, (error) => log(`the cgroup lock of process ${pid} stays: ${error.message}`));
-          }
-        } else {
-          postDumped = true;
-          await answer("ok");
-        }
-      } else if (verb === "arm") {
-        if (unlock?.pid !== pid) armUnlock(pid, fromImages);
-      } else if (verb === "lock") {
-        const armed = await (lock?.pid === pid ? lock : armLock(pid)).armed;
-        lock = void 0;
-        try {
-          const locked = await (armed ? armed.fire() : lockNetwork(pid, options));
-          await answer("ok");
-          if (unlock?.pid !== pid || !sameLock(unlock.known, locked)) {
-            armUnlock(pid, locked);
-            if (locked.mode === "netns") await planRestore({
-              ...locked,
-              pid
-            });
-          }
-        } catch (error) {
-          await answer(`error ${error.message}`);
-        }
-      } else if (verb === "unlock") {
-        const armed = await (unlock?.pid === pid ? unlock : armUnlock(pid, fromImages)).armed;
-        unlock = void 0;
-        try {
-          await (armed ? armed.fire() : unlockNetwork(pid, options));
-          unlocked = true;
-          await answer("ok");
-        } catch (error) {
-          await answer(`error ${error.message}`);
-        }
-        await armed?.finish().catch((error) => log(`finish: ${error.message}`));
-        break;
-      } else {
-        await answer(`error unknown request: ${verb}`);
-      }
-    }
-  } finally {
-    clearTimeout(lifetime);
-    stop.abort();
-    await narrowed;
-    if (dumped && !unlocked) {
-      await afterCriu(dumped, postDumped, options, log, {
-        netns: settings.netnsHandle,
-        // What the dump took, from its images (read after CRIU, not in its window).
-        connections: () => dumpedConnections(settings.images, log)
-      });
-    }
-    for (const pending of [
-      lock?.armed,
-      unlock?.armed
-    ]) await (await pending)?.cancel();
-    for (const fifo of [
-      "cmd",
-      "reply"
-    ]) await Deno.remove(`${dir}/${fifo}`).catch(() => {
+    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, {
+      mode: 384
     });
-    cmd.close();
-    reply.close();
+    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, {
+      mode: 384
+    });
+  } catch (error) {
+    await removeRestorePlan(images);
+    throw error;
   }
 }
+async function writeRestorePlan(images, lock) {
+  const { script, finish } = renderRestoreUnlock(lock);
+  await writePlan(images, script, renderPlanFile({
+    tree: "netns",
+    backend: lock.backend,
+    pid: lock.pid,
+    finish
+  }));
+}
+async function writeTreePlan(images, lock, pid) {
+  const { script, finish } = renderTreeRestoreUnlock({
+    ...lock,
+    pid
+  });
+  await writePlan(images, script, renderPlanFile({
+    tree: "host",
+    backend: lock.backend,
+    pid,
+    finish
+  }));
+}
+async function removeRestorePlan(images) {
+  for (const suffix of [
+    "",
+    ".nft"
+  ]) {
+    await Deno.remove(`${images}/${RESTORE_PLAN}${suffix}`).catch(() => {
+    });
+  }
+}
+var RESTORE_PLAN;
+var init_plan2 = __esm({
+  "lib/criu/plan.ts"() {
+    init_ruleset3();
+    init_ruleset();
+    RESTORE_PLAN = "netlock-unlock";
+  }
+});
+
+// lib/criu/helper/dump_session.ts
 async function afterCriu(dumped, postDumped, options, log, namespace) {
   const runs = await stillRuns(dumped.pid, dumped.start);
   const failed = (error) => log(`unlock after CRIU ended: ${error.message}`);
@@ -4800,125 +4801,307 @@ async function dumpedConnections(images, log) {
     return void 0;
   }
 }
-function renderPlanFile(plan) {
-  return `version=1
-kind=${plan.kind}
-backend=${plan.backend}
-` + (plan.pid !== void 0 ? `pid=${plan.pid}
-` : "") + `finish=${plan.finish ? 1 : 0}
-`;
-}
-async function writePlan(images, script, plan) {
-  try {
-    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}.nft`, script, {
-      mode: 384
-    });
-    await Deno.writeTextFile(`${images}/${RESTORE_PLAN}`, plan, {
-      mode: 384
-    });
-  } catch (error) {
-    await removeRestorePlan(images);
-    throw error;
-  }
-}
-async function writeRestorePlan(images, lock) {
-  const { script, finish } = renderRestoreUnlock(lock);
-  await writePlan(images, script, renderPlanFile({
-    kind: "netns",
-    backend: lock.backend,
-    pid: lock.pid,
-    finish
-  }));
-}
-async function writeTreePlan(images, lock, pid) {
-  const { script, finish } = renderTreeRestoreUnlock({
-    ...lock,
-    pid
-  });
-  await writePlan(images, script, renderPlanFile({
-    kind: "host",
-    backend: lock.backend,
-    pid,
-    finish
-  }));
-}
-function sameLock(a, b) {
-  return a.backend === b.backend && a.families.join() === b.families.join();
-}
-async function removeRestorePlan(images) {
-  for (const suffix of [
-    "",
-    ".nft"
-  ]) {
-    await Deno.remove(`${images}/${RESTORE_PLAN}${suffix}`).catch(() => {
-    });
-  }
-}
-function watchCriu(criuPid, criuStart, stop) {
-  runCommand("nsenter", {
-    args: [
-      "--",
-      "sh",
-      "-c",
-      WAIT_GONE_SCRIPT,
-      "netlock-wait",
-      String(criuPid),
-      criuStart ?? ""
-    ],
-    timeoutMs: 0,
-    signal: stop.signal
-  }).then(() => stop.abort(), () => stop.abort());
-}
-async function* lines(file, signal) {
-  const decoder = new TextDecoder();
-  const buffer = new Uint8Array(4096);
-  let pending = "";
-  const aborted = new Promise((resolve) => {
-    if (signal.aborted) resolve(null);
-    signal.addEventListener("abort", () => resolve(null), {
-      once: true
-    });
-  });
-  while (!signal.aborted) {
-    const n = await Promise.race([
-      file.read(buffer),
-      aborted
-    ]);
-    if (n === null) return;
-    pending += decoder.decode(buffer.subarray(0, n), {
-      stream: true
-    });
-    let newline;
-    while ((newline = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, newline).trim();
-      pending = pending.slice(newline + 1);
-      if (line) yield line;
-    }
-  }
-}
-async function writeAll(file, bytes) {
-  let written = 0;
-  while (written < bytes.length) written += await file.write(bytes.subarray(written));
-}
-var HELPER_LIFETIME_MS, RESTORE_PLAN, WAIT_GONE_SCRIPT;
-var init_hook_serve = __esm({
-  "lib/criu/hook_serve.ts"() {
+var DumpSession;
+var init_dump_session = __esm({
+  "lib/criu/helper/dump_session.ts"() {
     init_armed();
-    init_hook();
     init_dumped_sockets();
+    init_plan2();
     init_tree_lock();
+    init_operations();
+    DumpSession = class {
+      #settings;
+      #unlocks;
+      /** What is armed, for which PID; an arm that failed is redone by the ordinary lock when fired. */
+      #lock;
+      /** The dumped tree, to tell when CRIU is gone whether it runs again. */
+      #dumped;
+      #postDumped = false;
+      /** A host tree's cgroup lock goes once its connections are locked by address. */
+      #narrowed;
+      /**
+       * @param settings The options, the image directory, the logs.
+       * @param unlocks The helper's unlock (a dump arms it for the lock it makes).
+       */
+      constructor(settings, unlocks) {
+        this.#settings = settings;
+        this.#unlocks = unlocks;
+      }
+      /**
+       * `pre-dump` (criu-hook.sh waits for the answer, before CRIU freezes
+       * anything): a tree in a namespace of its own gets its lock and the
+       * unlock of that lock armed, and its restore planned, so that inside the
+       * window only armed tools are fed; a tree that shares CRIU's namespace
+       * gets no network-lock: it is locked now.
+       *
+       * @returns The answer: `ready host`, `ready netns` or `error MESSAGE`.
+       */
+      async prepare(pid) {
+        const { options, images, warn } = this.#settings;
+        if (images) await removeRestorePlan(images);
+        const [start, host] = await Promise.all([
+          startOf(pid),
+          sharesNetlockNamespace(pid, options)
+        ]);
+        this.#dumped = {
+          pid,
+          start,
+          host
+        };
+        if (host) {
+          try {
+            const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, options);
+            if (locked.note) warn(locked.note);
+            return "ready host";
+          } catch (error) {
+            return `error ${error.message}`;
+          }
+        }
+        const planned = (await this.#arm(pid).armed)?.lock;
+        if (planned) {
+          await Promise.all([
+            this.#unlocks.arm(pid, planned),
+            this.#planRestore({
+              ...planned,
+              pid
+            })
+          ]);
+        }
+        return "ready netns";
+      }
+      /** `lock PID` (network-lock, inside the window): fires the armed lock, or locks the ordinary way. */
+      async lock(pid, answer) {
+        const armed = await (this.#lock?.pid === pid ? this.#lock : this.#arm(pid)).armed;
+        this.#lock = void 0;
+        try {
+          const locked = await (armed ? armed.fire() : lockNetwork(pid, this.#settings.options));
+          await answer("ok");
+          if (!this.#unlocks.armedFor(pid, locked)) {
+            this.#unlocks.arm(pid, locked);
+            if (locked.mode === "netns") await this.#planRestore({
+              ...locked,
+              pid
+            });
+          }
+        } catch (error) {
+          await answer(`error ${error.message}`);
+        }
+      }
+      /**
+       * `post-dump PID`: the dump succeeded, the tree is still frozen. A tree in
+       * CRIU's namespace is locked by connection now, to outlive it: the lock
+       * made before the freeze, completed with what the dump took (CRIU's
+       * images are written by now), else made anew; then its restore is planned
+       * and its cgroup lock goes.
+       */
+      async postDump(pid, answer) {
+        const { options, images, log, warn } = this.#settings;
+        const dumped = this.#dumped;
+        if (!(dumped?.host && dumped.pid === pid)) {
+          this.#postDumped = true;
+          await answer("ok");
+          return;
+        }
+        try {
+          const taken = await dumpedConnections(images, log);
+          const result2 = (taken && await completeTreeLock(pid, options, dumped.locked, taken).catch(() => void 0)) ?? await lockTreeConnections(pid, options, dumped.locked);
+          if (!images) throw new Error("CRIU's image directory is unknown");
+          await writeTreePlan(images, result2, pid);
+          this.#postDumped = true;
+          await answer("ok");
+          warn(keptNote(pid, result2));
+        } catch (error) {
+          await answer(`error criu-hook: cannot keep process ${pid} locked for its restore: ` + error.message);
+        }
+        if (this.#postDumped && dumped.locked?.kind === "cgroup") {
+          this.#narrowed = unlockKept(pid, options, [
+            "cgroup"
+          ]).then(() => {
+          }, (error) => log(`the cgroup lock of process ${pid} stays: ${error.message}`));
+        }
+      }
+      /**
+       * CRIU is gone. Without an unlock, a tree that runs again (--leave-running
+       * of a tree in CRIU's namespace, a failed dump, a CRIU that died) keeps
+       * nothing; after a final dump (the tree is gone) the dumped connections
+       * stay locked for the restore, and nothing more. An armed lock never
+       * fired is cancelled.
+       *
+       * @param unlocked Whether CRIU's unlock came and succeeded.
+       */
+      async end(unlocked) {
+        await this.#narrowed;
+        if (this.#dumped && !unlocked) {
+          await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log, {
+            netns: this.#settings.netnsHandle,
+            // What the dump took, from its images (read after CRIU, not in its window).
+            connections: () => dumpedConnections(this.#settings.images, this.#settings.log)
+          });
+        }
+        await (await this.#lock?.armed)?.cancel();
+      }
+      #arm(pid) {
+        const armed = armNetworkLock(pid, this.#settings.options).catch(() => void 0);
+        return this.#lock = {
+          pid,
+          armed
+        };
+      }
+      /** The restore's unlock of a namespace lock, next to the images; a failure only costs the restore its fast path (cli.ts finds the lock without it). */
+      async #planRestore(planned) {
+        const { images, log } = this.#settings;
+        if (!images) return;
+        await writeRestorePlan(images, planned).catch((error) => log(`restore plan not written: ${error.message}`));
+      }
+    };
+  }
+});
+
+// lib/criu/helper/restore_session.ts
+var RestoreSession;
+var init_restore_session = __esm({
+  "lib/criu/helper/restore_session.ts"() {
+    init_armed();
     init_shape();
     init_prepare();
     init_operations();
-    init_runner();
+    RestoreSession = class {
+      #options;
+      #log;
+      /** On restore, the lock is the one the dump's images hold. */
+      #fromImages;
+      #armed;
+      /**
+       * @param options The hook's options.
+       * @param log The helper's log.
+       */
+      constructor(options, log) {
+        this.#options = options;
+        this.#log = log;
+        this.#fromImages = {
+          backend: requestedBackend(resolveOptions(options)),
+          families: [
+            "ipv4",
+            "ipv6"
+          ]
+        };
+      }
+      /**
+       * Arms the unlock of `known` for `pid` (the one armed before is
+       * cancelled). An arm that fails (the target could not be probed yet, say)
+       * is redone by the ordinary unlock when fired.
+       */
+      arm(pid, known) {
+        this.#armed?.armed.then((armed2) => armed2?.cancel());
+        const armed = armNetworkUnlock(pid, this.#options, known).catch(() => void 0);
+        this.#armed = {
+          pid,
+          known,
+          armed
+        };
+        return armed;
+      }
+      /** `arm PID`: the restore's unlock of the lock in the images (setup-namespaces and post-setup-namespaces both say it: armed once). */
+      armFromImages(pid) {
+        if (this.#armed?.pid !== pid) this.arm(pid, this.#fromImages);
+      }
+      /** Whether the unlock armed for `pid` is that of a lock like `lock` (same backend and families). */
+      armedFor(pid, lock) {
+        const armed = this.#armed;
+        return armed?.pid === pid && armed.known.backend === lock.backend && armed.known.families.join() === lock.families.join();
+      }
+      /**
+       * `unlock PID`: fires the armed unlock (armed now if it was not), or
+       * unlocks the ordinary way; answers; then removes what is left of the
+       * lock (CRIU goes on: outside its window).
+       *
+       * @returns Whether the unlock succeeded.
+       */
+      async unlock(pid, answer) {
+        const armed = await (this.#armed?.pid === pid ? this.#armed.armed : this.arm(pid, this.#fromImages));
+        this.#armed = void 0;
+        let unlocked = false;
+        try {
+          await (armed ? armed.fire() : unlockNetwork(pid, this.#options));
+          unlocked = true;
+          await answer("ok");
+        } catch (error) {
+          await answer(`error ${error.message}`);
+        }
+        await armed?.finish().catch((error) => this.#log(`finish: ${error.message}`));
+        return unlocked;
+      }
+      /** Never fires what nobody asked for: kills an armed tool that is still waiting. */
+      async cancel() {
+        await (await this.#armed?.armed)?.cancel();
+      }
+    };
+  }
+});
+
+// lib/criu/helper/serve.ts
+var serve_exports = {};
+__export(serve_exports, {
+  HELPER_LIFETIME_MS: () => HELPER_LIFETIME_MS,
+  serveCriuHook: () => serveCriuHook
+});
+async function serveCriuHook(settings) {
+  const { dir, options } = settings;
+  const log = settings.log ?? (() => {
+  });
+  const warn = settings.warn ?? log;
+  const channel = await openChannel(dir);
+  const stop = new AbortController();
+  const lifetime = settings.criuPid === void 0 ? setTimeout(() => stop.abort(), settings.lifetimeMs ?? HELPER_LIFETIME_MS) : setInterval(() => {
+  }, 2 ** 31 - 1);
+  if (settings.criuPid !== void 0) watchCriu(settings.criuPid, settings.criuStart, stop);
+  const answer = (line) => channel.answer(line);
+  const unlocks = new RestoreSession(options, log);
+  const dump = new DumpSession({
+    options,
+    images: settings.images,
+    netnsHandle: settings.netnsHandle,
+    log,
+    warn
+  }, unlocks);
+  if (settings.pid !== void 0 && settings.ready) await answer(await dump.prepare(settings.pid));
+  let unlocked = false;
+  try {
+    for await (const line of channel.requests(stop.signal)) {
+      const [verb, pidText] = line.split(" ");
+      log(`request: ${line}`);
+      if (verb === "exit") break;
+      let pid;
+      try {
+        pid = parsePid(pidText ?? "");
+      } catch (error) {
+        if (verb !== "arm") await answer(`error ${error.message}`);
+        continue;
+      }
+      if (verb === "post-dump") await dump.postDump(pid, answer);
+      else if (verb === "arm") unlocks.armFromImages(pid);
+      else if (verb === "lock") await dump.lock(pid, answer);
+      else if (verb === "unlock") {
+        unlocked = await unlocks.unlock(pid, answer);
+        break;
+      } else await answer(`error unknown request: ${verb}`);
+    }
+  } finally {
+    clearTimeout(lifetime);
+    stop.abort();
+    await dump.end(unlocked);
+    await unlocks.cancel();
+    await channel.close();
+  }
+}
+var HELPER_LIFETIME_MS;
+var init_serve = __esm({
+  "lib/criu/helper/serve.ts"() {
+    init_channel();
+    init_dump_session();
+    init_restore_session();
     init_options();
     HELPER_LIFETIME_MS = 6e5;
-    RESTORE_PLAN = "netlock-unlock";
-    WAIT_GONE_SCRIPT = [
-      'alive() { s=; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; set -- ${s##*") "}; shift 19; [ -z "$start" ] || [ "$1" = "$start" ]; }',
-      'start=$2; tail --pid="$1" -s 0.02 -f /dev/null 2>/dev/null',
-      'while alive "$1"; do sleep 0.05 2>/dev/null || sleep 1; done'
-    ].join("\n");
   }
 });
 
@@ -4979,7 +5162,7 @@ async function criuHelper(args) {
   const flag = (name) => flags.find((flag2) => flag2.startsWith(`--${name}=`))?.slice(name.length + 3);
   const images = flag("images");
   const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
-  const { serveCriuHook: serveCriuHook2 } = await Promise.resolve().then(() => (init_hook_serve(), hook_serve_exports));
+  const { serveCriuHook: serveCriuHook2 } = await Promise.resolve().then(() => (init_serve(), serve_exports));
   try {
     const pidText = readEnv("CRTOOLS_INIT_PID");
     await serveCriuHook2({
@@ -5591,7 +5774,7 @@ function lockTable(locks) {
 }
 var init_report = __esm({
   "lib/cli/report.ts"() {
-    init_ruleset2();
+    init_ruleset();
     init_errors();
   }
 });
@@ -5633,9 +5816,9 @@ function rulesText(options, action) {
 }
 var init_rules_text = __esm({
   "lib/cli/rules_text.ts"() {
+    init_ruleset();
     init_ruleset2();
     init_ruleset3();
-    init_ruleset();
     init_options();
   }
 });

@@ -14,7 +14,7 @@ import { lockWithBackend } from "./lock/apply.ts";
 import { statusAllBackends } from "./lock/status.ts";
 import { type LockShape, type NamespaceOutcome, namespaceShape } from "./shape/shape.ts";
 import { unlockAllBackends } from "./unlock/backends.ts";
-import { GuardRefusal } from "./target/guard.ts";
+import { GuardRefusal } from "./netns/guard.ts";
 import {
   canGuard,
   inContext,
@@ -24,8 +24,8 @@ import {
   type ResolvedOptions,
   resolveOptions,
   type Verb,
-} from "./target/prepare.ts";
-import { type TargetRef, toTargetRef } from "./target/target.ts";
+} from "./netns/prepare.ts";
+import { type TargetRef, toTargetRef } from "./netns/target.ts";
 import { NetlockError } from "./common/errors.ts";
 import { readLockInventory } from "./lock/list.ts";
 import { nsenterExec } from "./exec/nsenter.ts";
@@ -48,13 +48,16 @@ import type {
  * IPv6, and safe under concurrent calls.
  *
  * @example Lock a namespace for the length of a scope
- * ```ts ignore
+ * ```ts
  * import { lockNetwork } from "./operations.ts";
  *
- * {
- *   await using lock = await lockNetwork({ netns: "blue" });
- *   console.log(lock.families); // ["ipv4", "ipv6"]
- * } // unlocked here
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   {
+ *     await using lock = await lockNetwork({ netns: "blue" });
+ *     console.log(lock.families); // ["ipv4", "ipv6"]
+ *   } // unlocked here
+ * }
  * ```
  *
  * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.
@@ -109,11 +112,14 @@ export function asNetworkLock(
  * other rules are left alone.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { unlockNetwork } from "./operations.ts";
  *
- * const result = await unlockNetwork(1234);
- * console.log(result.changed);
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const result = await unlockNetwork(1234);
+ *   console.log(result.changed);
+ * }
  * ```
  *
  * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.
@@ -149,11 +155,14 @@ export function unlockNetwork(target: Target, options: NetlockOptions = {}): Pro
  * only part of a lock is present (for example one family).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { getLockStatus } from "./operations.ts";
  *
- * const status = await getLockStatus({ netns: "blue" });
- * console.log(status.state);
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const status = await getLockStatus({ netns: "blue" });
+ *   console.log(status.state);
+ * }
  * ```
  *
  * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.
@@ -181,11 +190,14 @@ export async function getLockStatus(
  * needs.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { listLocks } from "./operations.ts";
  *
- * for (const lock of await listLocks({ netns: "blue" })) {
- *   console.log(lock.kind, lock.name, lock.backend, lock.pid ?? "");
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   for (const lock of await listLocks({ netns: "blue" })) {
+ *     console.log(lock.kind, lock.name, lock.backend, lock.pid ?? "");
+ *   }
  * }
  * ```
  *
@@ -226,12 +238,15 @@ export async function listLocks(
  * returns or throws.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { withNetworkLock } from "./operations.ts";
  *
- * const checkpoint = await withNetworkLock(1234, async () => {
- *   return "dumped"; // dump the process here
- * });
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const checkpoint = await withNetworkLock(1234, async () => {
+ *     return "dumped"; // dump the process here
+ *   });
+ * }
  * ```
  *
  * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.

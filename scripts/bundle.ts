@@ -1,5 +1,6 @@
 /**
- * Writes `dist/cli.js`, the CLI (`lib/cli/main.ts` and all it imports) as
+ * Writes `lib/exec/shell_programs.ts` (scripts/embed_shell.ts), then
+ * `dist/cli.js`, the CLI (`lib/cli/main.ts` and all it imports) as
  * one file, which `cli.ts` runs: a Deno process starts a third faster from
  * one module than from eighty. With `--check`, writes nothing and fails
  * (exit 1) when `dist/cli.js` is not exactly what the source bundles to.
@@ -9,6 +10,8 @@
  *
  * @module
  */
+
+import { embedded, TARGET as PROGRAMS } from "./embed_shell.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SOURCE = "lib/cli/main.ts";
@@ -34,6 +37,16 @@ async function bundle(): Promise<string> {
 }
 
 if (import.meta.main) {
+  // The shell programs first: the bundle carries them.
+  const programs = await embedded();
+  if (Deno.args.includes("--check")) {
+    if (await Deno.readTextFile(`${ROOT}${PROGRAMS}`).catch(() => "") !== programs) {
+      console.error(`error: ${PROGRAMS} is not what the .sh files make: run deno task bundle`);
+      Deno.exit(1);
+    }
+  } else {
+    await Deno.writeTextFile(`${ROOT}${PROGRAMS}`, programs);
+  }
   const fresh = await bundle();
   if (Deno.args.includes("--check")) {
     const committed = await Deno.readTextFile(`${ROOT}${TARGET}`).catch(() => "");

@@ -3,7 +3,9 @@
 # shellcheck finds no warning. Without shellcheck (Debian: apt-get install
 # shellcheck) only the parse is checked, and said; under CI it is required.
 cd "$(dirname "$0")/.." || exit 1
-posix="criu-hook.sh criu-netlock $(echo lib/criu/hook/*.sh)"
+# criu-hook.sh and its own shell, and the programs the library runs by sh -c
+# (lib/**/*.sh, embedded by scripts/embed_shell.ts).
+posix="criu-hook.sh criu-netlock $(find lib -name '*.sh' | sort)"
 bash_scripts="scripts/demo.sh .ci/run"
 for file in $posix; do sh -n "$file" || exit 1; done
 for file in $bash_scripts; do bash -n "$file" || exit 1; done

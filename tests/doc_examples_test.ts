@@ -29,3 +29,28 @@ Deno.test("no doc example asserts with console.assert (it prints and passes)", a
   }
   assert.deepEqual(offenders, []);
 });
+
+Deno.test("every doc example is checked: none is `ts ignore`; mod.ts's assert what they show or need root", async () => {
+  const files = [
+    "mod.ts",
+    "cli.ts",
+    ...(await Array.fromAsync(sources(new URL("lib/", ROOT), "lib/"))),
+  ];
+  const ignored: string[] = [];
+  for (const file of files) {
+    const text = await Deno.readTextFile(new URL(file, ROOT));
+    for (const [i, line] of text.split("\n").entries()) {
+      if (/^\s*\*\s*```ts\s+ignore/.test(line)) ignored.push(`${file}:${i + 1}`);
+    }
+  }
+  assert.deepEqual(ignored, [], "an example that needs root is a function: type-checked, not run");
+  const mod = await Deno.readTextFile(new URL("mod.ts", ROOT));
+  const examples = [...mod.matchAll(/```ts\n([\s\S]*?)```/g)].map((match) => match[1]);
+  assert.ok(examples.length >= 5);
+  for (const example of examples) {
+    assert.ok(
+      /assert/.test(example) || /export async function example\(\)/.test(example),
+      `an example of mod.ts neither asserts nor is type-checked only:\n${example}`,
+    );
+  }
+});

@@ -9,12 +9,12 @@ import {
   GuardRefusal,
   parseGuarded,
   stoppedBeforeTool,
-} from "../lib/target/guard.ts";
+} from "../lib/netns/guard.ts";
 import { iptablesLock } from "../lib/iptables/backend.ts";
 import { iptablesUnlock } from "../lib/unlock/iptables.ts";
 import { assertToolSuccess, type ToolExec } from "../lib/exec/nsenter.ts";
 import { printedBeforeKill, runCommand, type RunResult } from "../lib/exec/runner.ts";
-import { ownNetns } from "../lib/target/target.ts";
+import { ownNetns } from "../lib/netns/target.ts";
 
 const OWN = { label: "netlock's own namespace", nsenterArgs: [] };
 const SETTINGS = { timeoutMs: 5000 };

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 const FLOORS: string[][] = [
   ["common"],
   ["exec"],
-  ["target"],
+  ["netns"],
   ["connections", "nftables"],
   ["iptables"],
   ["shape"],

@@ -3,7 +3,7 @@ import { NetlockError } from "../lib/common/errors.ts";
 import type { ToolExec } from "../lib/exec/nsenter.ts";
 import { runCommand, type RunResult } from "../lib/exec/runner.ts";
 import { lockRound, ROUND_SCRIPT } from "../lib/iptables/lock_round.ts";
-import { GuardRefusal, stoppedBeforeTool } from "../lib/target/guard.ts";
+import { GuardRefusal, stoppedBeforeTool } from "../lib/netns/guard.ts";
 
 interface Spawn {
   tool: string;

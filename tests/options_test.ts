@@ -9,7 +9,7 @@ import {
   validateMark,
   validateName,
 } from "../lib/common/options.ts";
-import { resolveOptions } from "../lib/target/prepare.ts";
+import { resolveOptions } from "../lib/netns/prepare.ts";
 
 Deno.test("parsePid() accepts 1..4194304 in decimal only", () => {
   assert.equal(parsePid("1"), 1);

@@ -46,11 +46,14 @@ export interface RunLockedResult {
  * checked before anything is locked). Never throws.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { runLocked } from "./run_locked.ts";
  *
- * const { exitCode } = await runLocked({ netns: "blue" }, ["criu", "dump", "-t", "1234"]);
- * Deno.exit(exitCode);
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const { exitCode } = await runLocked({ netns: "blue" }, ["criu", "dump", "-t", "1234"]);
+ *   Deno.exit(exitCode);
+ * }
  * ```
  *
  * @param target What to lock.

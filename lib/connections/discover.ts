@@ -12,6 +12,7 @@
 
 import { NetlockError } from "../common/errors.ts";
 import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
+import { TREE_SH } from "../exec/shell_programs.ts";
 import {
   type Connection,
   parseProcNetTcp,
@@ -21,34 +22,8 @@ import {
 } from "./proc_net_parser.ts";
 import { parseTreeReport, type ProcessTree } from "./tree_parser.ts";
 
-/**
- * The probe. Arguments: the root's PID, `1` to list the processes of the
- * root's cgroup subtree, `1` to print the tree's fd links after a `fds`
- * line. Exits 3 when the root does not exist. Shell builtins only, but for
- * the cgroup's `find`/`cat` and the last `find` (exec'd).
- */
-export const TREE_SCRIPT = [
-  'root=$1 members=$2 fds=$3; [ -d "/proc/$root" ] || { echo "netlock-tree: no such process" >&2; exit 3; }',
-  "pids=$root todo=$root",
-  'while [ -n "$todo" ]; do next=; for p in $todo; do',
-  '  for f in /proc/$p/task/*/children; do c=; read -r c <"$f" 2>/dev/null; next="$next $c"; done',
-  'done; set -- $next; todo=$*; pids="$pids${todo:+ $todo}"; done',
-  'echo "tree $pids"',
-  'stat=; read -r stat <"/proc/$root/stat"; set -- ${stat##*") "}; echo "state $1"; shift 19; echo "start $1"',
-  'cg() { while IFS= read -r l; do case $l in 0::*) echo "$1 ${l#0::}";; esac; done; }',
-  'cg cgroup <"/proc/$root/cgroup"; cg own </proc/self/cgroup',
-  'mnt=; while read -r dev dir type rest; do [ "$type" = cgroup2 ] && { mnt=$dir; break; }; done </proc/mounts',
-  '[ -n "$mnt" ] && echo "mount $mnt"',
-  'if [ "$members" = 1 ] && [ -n "$mnt" ]; then',
-  '  while IFS= read -r l; do case $l in 0::*) g=${l#0::};; esac; done <"/proc/$root/cgroup"',
-  '  echo members $(find "$mnt${g%/}" -name cgroup.procs -exec cat {} + 2>/dev/null)',
-  "fi",
-  '[ "$fds" = 1 ] || exit 0',
-  'echo fds; set --; for p in $pids; do set -- "$@" "/proc/$p/fd"; done',
-  // Every fd's link (sockets are picked out later): -lname would match each
-  // link a second time, a third of find's time for 10,000 sockets.
-  "exec find \"$@\" -mindepth 1 -printf '%l\\n' 2>/dev/null",
-].join("\n");
+/** The probe of a process tree: lib/connections/tree.sh (its arguments and output are said there). */
+export const TREE_SCRIPT: string = TREE_SH;
 
 /** A tree and, when asked for, its TCP connections. */
 export interface TreeProbe {
@@ -71,14 +46,17 @@ export interface TreeProbe {
  * the same round).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { probeTree } from "./discover.ts";
  * import { nsenterExec } from "../exec/nsenter.ts";
  *
- * const { tree, connections } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), 1234, {
- *   connections: true,
- * });
- * console.log(tree.pids, connections?.length);
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const { tree, connections } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), 1234, {
+ *     connections: true,
+ *   });
+ *   console.log(tree.pids, connections?.length);
+ * }
  * ```
  *
  * @param exec Runs a tool in the namespace of the connections.

@@ -17,11 +17,11 @@
 
 import { nsenterExec } from "../exec/nsenter.ts";
 import { asNetworkLock, getLockStatus, lockNetwork, unlockNetwork } from "../operations.ts";
-import { prepare, resolveOptions } from "../target/prepare.ts";
+import { prepare, resolveOptions } from "../netns/prepare.ts";
 import type { RunResult } from "../exec/runner.ts";
 import { renderIptablesChange, renderIptablesOpen } from "../iptables/ruleset.ts";
 import { renderNftLock, renderNftOpen } from "../nftables/ruleset.ts";
-import { toTargetRef } from "../target/target.ts";
+import { toTargetRef } from "../netns/target.ts";
 import type {
   Family,
   NetlockOptions,
@@ -83,12 +83,15 @@ interface Primed {
  * plain {@linkcode lockNetwork}.
  *
  * @example Lock at the moment an orchestrator chooses
- * ```ts ignore
+ * ```ts
  * import { armNetworkLock } from "./armed.ts";
  *
- * const armed = await armNetworkLock(1234, { backend: "nftables" });
- * // ... freeze the process ...
- * await using lock = await armed.fire(); // a few ms: only the ruleset is written
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const armed = await armNetworkLock(1234, { backend: "nftables" });
+ *   // ... freeze the process ...
+ *   await using lock = await armed.fire(); // a few ms: only the ruleset is written
+ * }
  * ```
  *
  * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.
@@ -173,12 +176,15 @@ export interface KnownLock {
  * fire that finds another state falls back to {@linkcode unlockNetwork}.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { armNetworkUnlock } from "./armed.ts";
  *
- * const armed = await armNetworkUnlock(1234);
- * await armed.fire();   // traffic flows
- * await armed.finish(); // nothing of the lock is left
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const armed = await armNetworkUnlock(1234);
+ *   await armed.fire();   // traffic flows
+ *   await armed.finish(); // nothing of the lock is left
+ * }
  * ```
  *
  * @param target A PID, `{ pid }`, or `{ netns: PATH_OR_NAME }`.

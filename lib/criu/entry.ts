@@ -93,7 +93,7 @@ export async function criuHelper(args: string[]): Promise<number> {
     flags.find((flag) => flag.startsWith(`--${name}=`))?.slice(name.length + 3);
   const images = flag("images");
   const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
-  const { serveCriuHook } = await import("./hook_serve.ts");
+  const { serveCriuHook } = await import("./helper/serve.ts");
   try {
     const pidText = readEnv("CRTOOLS_INIT_PID");
     await serveCriuHook({

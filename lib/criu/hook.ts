@@ -7,10 +7,8 @@
  */
 
 import { NetlockError } from "../common/errors.ts";
-import { renderNftOpen } from "../nftables/ruleset.ts";
-import { processLockName } from "../connections/ruleset.ts";
 import { parseChoice, parseMark, parsePid, validateName } from "../common/options.ts";
-import type { Family, NetlockOptions } from "../common/types.ts";
+import type { NetlockOptions } from "../common/types.ts";
 
 /** The environment variables the hook reads (and the shebang grants). */
 export const HOOK_ENV = [
@@ -141,93 +139,4 @@ function parseMarkFrom(variable: string, value: string): number {
   } catch (error) {
     throw new TypeError(`${variable}: ${(error as Error).message}`);
   }
-}
-
-/**
- * How a restore lets traffic through the lock a dump's images hold: one
- * `nft -f -` script, written next to the images by the dump's helper and run
- * by `criu-hook.sh` at the restore's `network-unlock`, so that a restore
- * starts no Deno. It opens the lock and deletes nothing (a deletion waits
- * for an RCU grace period, 10-22 ms here, inside the restore clock): an
- * `accept` at the head of both chains of the nftables table, or, with
- * iptables (iptables-nft: its rules are nf_tables objects), a `return` at
- * the head of the lock chain in every family, in one transaction. The
- * opened lock is removed after the restore (`finish`, at `post-resume`). On
- * legacy iptables the script fails and the hook falls back to the full
- * unlock.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { renderRestoreUnlock } from "./hook.ts";
- *
- * const plan = renderRestoreUnlock({ backend: "iptables", families: ["ipv4", "ipv6"], name: "NETLOCK", mark: 0xc114 });
- * assert.equal(plan.script, "insert rule ip filter NETLOCK return\ninsert rule ip6 filter NETLOCK return\n");
- * assert(plan.finish);
- * ```
- *
- * @param lock The lock the dump made.
- * @returns The script, and whether anything is left to remove after it.
- */
-export function renderRestoreUnlock(
-  lock: { backend: "iptables" | "nftables"; families: Family[]; name: string; mark: number },
-): { script: string; finish: boolean } {
-  if (lock.backend === "nftables") return { script: renderNftOpen(lock), finish: true };
-  const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
-  return {
-    script: tables.map((table) => `insert rule ${table} filter ${lock.name} return\n`).join(""),
-    finish: true,
-  };
-}
-
-/**
- * How a restore lets traffic through the locks a dump of a tree that shares
- * CRIU's namespace left (see lib/criu/tree_lock.ts): one `nft -f -` script
- * run by `criu-hook.sh` at `post-restore`, in its own namespace, the last
- * action before CRIU's own unlock. It deletes nothing: it inserts a bare
- * `accept` ahead of the drops of each lock table (the connection lock's
- * with nftables, the cgroup lock's when the tree was locked by cgroup), and
- * `return` at the head of the connection chain in every family with
- * iptables (iptables-nft: its rules are nf_tables objects). An nf_tables
- * transaction that deletes anything waits for an RCU grace period, 11-15 ms
- * here, longer than the whole restore of CRIU's own unlock; an insert costs
- * about 2 ms. What is left, opened, is removed after the restore clock
- * (`finish`, at `post-resume`). A table or chain that is not there fails
- * the script, and the hook falls back to the full unlock.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { renderTreeRestoreUnlock } from "./hook.ts";
- *
- * const plan = renderTreeRestoreUnlock({ backend: "nftables", families: ["ipv4"], name: "NETLOCK", pid: 42, cgroup: true });
- * assert.equal(plan.script, "insert rule inet NETLOCK-c42 input accept\n" +
- *   "insert rule inet NETLOCK-c42 output accept\n" +
- *   "insert rule inet NETLOCK-g42 input accept\ninsert rule inet NETLOCK-g42 output accept\n");
- * assert.equal(plan.finish, true);
- * ```
- *
- * @param lock The locks the dump left: backend, families, name, the tree's
- *   root, and whether it was locked by its cgroup too.
- * @returns The script, and whether anything is left to remove after it.
- */
-export function renderTreeRestoreUnlock(
-  lock: {
-    backend: "iptables" | "nftables";
-    families: Family[];
-    name: string;
-    pid: number;
-    cgroup?: boolean;
-  },
-): { script: string; finish: true } {
-  const open = (kind: "connections" | "cgroup") => {
-    const name = processLockName(lock.name, kind, lock.pid);
-    return `insert rule inet ${name} input accept\ninsert rule inet ${name} output accept\n`;
-  };
-  const chain = processLockName(lock.name, "connections", lock.pid);
-  const connections = lock.backend === "nftables"
-    ? open("connections")
-    : lock.families.map((family) => family === "ipv4" ? "ip" : "ip6")
-      .map((t) => `insert rule ${t} filter ${chain} return\n`).join("");
-  return { script: connections + (lock.cgroup ? open("cgroup") : ""), finish: true };
 }

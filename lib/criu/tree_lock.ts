@@ -33,8 +33,8 @@ import {
 } from "../connections/ruleset.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
-import { ownNetns, probeTarget, toTargetRef } from "../target/target.ts";
-import { prepare, resolveOptions } from "../target/prepare.ts";
+import { ownNetns, probeTarget, toTargetRef } from "../netns/target.ts";
+import { prepare, resolveOptions } from "../netns/prepare.ts";
 import { lockableCgroup } from "../lock/process.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
 import { connectionShape } from "../shape/connections.ts";
@@ -69,11 +69,14 @@ export interface TreeLocked {
  * root cgroup nor netlock's own; else by its connections.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { lockTreeBeforeFreeze } from "./tree_lock.ts";
  *
- * const locked = await lockTreeBeforeFreeze(1234, { backend: "nftables" });
- * if (locked.note) console.error(locked.note);
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const locked = await lockTreeBeforeFreeze(1234, { backend: "nftables" });
+ *   if (locked.note) console.error(locked.note);
+ * }
  * ```
  *
  * @param pid The tree's root (CRIU's `CRTOOLS_INIT_PID`).

@@ -29,11 +29,14 @@ export interface ScriptTarget {
  * `DENO_PERMISSION` when it cannot run).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { runActionScripts } from "./action_scripts.ts";
  *
- * await runActionScripts(["/usr/local/bin/notify"], "network-lock",
- *   { pid: 1234, netnsPath: "/proc/1234/ns/net" }, { timeoutMs: 10_000 });
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   await runActionScripts(["/usr/local/bin/notify"], "network-lock",
+ *     { pid: 1234, netnsPath: "/proc/1234/ns/net" }, { timeoutMs: 10_000 });
+ * }
  * ```
  *
  * @param scripts The scripts' paths.

@@ -459,36 +459,37 @@ export function shellStatusSignal(status: number): Deno.Signal | null {
   return found ? found[0] as Deno.Signal : null;
 }
 
-/** Scripts passed as arguments, shown by name in the `-v` log. */
-const SCRIPT_NAMES = new Map<string, string>();
+/** Scripts passed as arguments, shown by their file in the `-v` log. */
+const SCRIPT_FILES = new Map<string, string>();
 
 /**
- * Names a script that is passed as an argument (`sh -c SCRIPT`), so that the
- * `-v` log shows `<NAME>` instead of its lines.
+ * Says which file a script passed as an argument (`sh -c SCRIPT`) comes
+ * from, so that the `-v` log shows what runs as a command that runs it
+ * again from the source tree, `"$(cat FILE)"`, instead of its lines.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
  * import { nameScript, runCommand } from "./runner.ts";
  *
- * const script = nameScript("echo one\necho two", "two lines");
+ * const script = nameScript("echo one\necho two\n", "lib/two_lines.sh");
  * const lines: string[] = [];
- * await runCommand("sh", { args: ["-c", script], log: (line) => lines.push(line) });
- * assert.deepEqual(lines, ["+ sh -c <two lines>"]);
+ * await runCommand("sh", { args: ["-c", script, "two"], log: (line) => lines.push(line) });
+ * assert.deepEqual(lines, ['+ sh -c "$(cat lib/two_lines.sh)" two']);
  * ```
  *
  * @param script The script's text.
- * @param name What the log calls it.
+ * @param file The file it comes from, from the source tree's root.
  * @returns The script, unchanged.
  */
-export function nameScript(script: string, name: string): string {
-  SCRIPT_NAMES.set(script, name);
+export function nameScript(script: string, file: string): string {
+  SCRIPT_FILES.set(script, file);
   return script;
 }
 
 function shownArg(arg: string): string {
-  const name = SCRIPT_NAMES.get(arg);
-  return name === undefined ? shellQuote(arg) : `<${name}>`;
+  const file = SCRIPT_FILES.get(arg);
+  return file === undefined ? shellQuote(arg) : `"$(cat ${shellQuote(file)})"`;
 }
 
 /**

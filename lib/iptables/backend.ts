@@ -7,7 +7,7 @@
  */
 
 import { NetlockError } from "../common/errors.ts";
-import { GuardRefusal, stoppedBeforeTool } from "../target/guard.ts";
+import { GuardRefusal, stoppedBeforeTool } from "../netns/guard.ts";
 import { assertToolSuccess, type ToolExec, toolMissing } from "../exec/nsenter.ts";
 import type { RunResult } from "../exec/runner.ts";
 import type { Family } from "../common/types.ts";

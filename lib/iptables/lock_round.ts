@@ -19,8 +19,9 @@
 
 import { NetlockError } from "../common/errors.ts";
 import type { ToolExec } from "../exec/nsenter.ts";
-import { nameScript, type RunResult, shellStatusSignal } from "../exec/runner.ts";
-import { GuardRefusal } from "../target/guard.ts";
+import { type RunResult, shellStatusSignal } from "../exec/runner.ts";
+import { LOCK_ROUND_SH } from "../exec/shell_programs.ts";
+import { GuardRefusal } from "../netns/guard.ts";
 
 /** The restores that may share a round, and the read that follows each. */
 const READ_AFTER: Record<string, string> = {
@@ -31,50 +32,15 @@ const READ_AFTER: Record<string, string> = {
 /** Larger inputs (connection locks) go through stdin, tool by tool. */
 const MAX_INPUT = 32 * 1024;
 
-/** The round's exit code when a tool is missing: then nothing ran, tool by tool decides. */
-const MISSING = 89;
-
 /** timeout(1)'s exit code when the round's time was up. */
 const TIMED_OUT = 124;
 
 /**
- * The round, run by `/bin/sh -c` (an argument, not stdin: a cold process
- * writes a pipe slowly). Arguments: per family the restore tool, the read
- * tool and the restore's input. Each restore's status and stderr, then each read's
- * status and stdout, are printed as blocks `@@KIND INDEX STATUS` ...
- * `@@end`: the first family's on stdout, the second's on stderr, so that the
- * two run in parallel and never interleave. A v6 family in a kernel without
- * IPv6 is reported with status `-`, as the guard would refuse it. Nothing
- * but the tools is spawned, and no file is written.
+ * The round: lib/iptables/lock_round.sh (its arguments and the blocks it
+ * prints are said there), run by `/bin/sh -c` (an argument, not stdin: a
+ * cold process writes a pipe slowly).
  */
-export const ROUND_SCRIPT: string = nameScript(
-  [
-    "n=$(($# / 3)); v6=0; [ -d /proc/sys/net/ipv6 ] && v6=1",
-    'need() { for tool; do command -v "$tool" >/dev/null 2>&1 || exit ' + MISSING + "; done; }",
-    'need "$1" "$2"',
-    '[ $n = 2 ] && need "$4" "$5"',
-    "restore() {",
-    '  case $2 in ip6*) [ $v6 = 1 ] || { printf "@@restore %s -\\n@@end\\n" "$1"; return; } ;; esac',
-    '  err=$("$2" -w --noflush 2>&1 >/dev/null <<EOF',
-    "$3",
-    "EOF",
-    "  )",
-    '  printf "@@restore %s %s\\n%s\\n@@end\\n" "$1" $? "$err"',
-    "}",
-    "save() {",
-    "  case $2 in ip6*) [ $v6 = 1 ] || return 0 ;; esac",
-    '  out=$("$2" -t filter 2>/dev/null </dev/null)',
-    '  printf "@@save %s %s\\n%s\\n@@end\\n" "$1" $? "$out"',
-    "}",
-    'if [ $n = 2 ]; then restore 1 "$4" "$6" >&2 & fi',
-    'restore 0 "$1" "$3"',
-    "wait",
-    'if [ $n = 2 ]; then save 1 "$5" >&2 & fi',
-    'save 0 "$2"',
-    "wait",
-  ].join("\n") + "\n",
-  "netlock lock round",
-);
+export const ROUND_SCRIPT: string = LOCK_ROUND_SH;
 
 interface Call {
   tool: string;
@@ -88,15 +54,23 @@ interface Call {
  * in one shell, followed by the reads it will ask for next.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { lockRound } from "./lock_round.ts";
+ * import { renderIptablesLock } from "./ruleset.ts";
+ * import { nsenterExec } from "../exec/nsenter.ts";
  *
- * const exec = lockRound(guardedExec, 10_000);
- * const [v4, v6] = await Promise.all([
- *   exec("iptables-restore", ["-w", "--noflush"], rules),
- *   exec("ip6tables-restore", ["-w", "--noflush"], rules),
- * ]);
- * const table = await exec("iptables-save", ["-t", "filter"]); // read in the same spawn
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const rules = renderIptablesLock({ name: "NETLOCK", mark: 0xC114 });
+ *   const inTarget = nsenterExec(["--target", "1234", "--net"], { timeoutMs: 10_000 });
+ *   const exec = lockRound(inTarget, 10_000);
+ *   const [v4, v6] = await Promise.all([
+ *     exec("iptables-restore", ["-w", "--noflush"], rules),
+ *     exec("ip6tables-restore", ["-w", "--noflush"], rules),
+ *   ]);
+ *   const table = await exec("iptables-save", ["-t", "filter"]); // read in the same spawn
+ *   console.log(v4.code, v6.code, table.stdout);
+ * }
  * ```
  *
  * @param exec Runs a tool in the target's namespace (the guarded exec).

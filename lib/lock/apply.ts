@@ -10,7 +10,7 @@
 import { NetlockError } from "../common/errors.ts";
 import { iptablesLock } from "../iptables/backend.ts";
 import { lockNftTable } from "../nftables/backend.ts";
-import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
+import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import {
   iptablesContext,
   type LockShape,

@@ -16,7 +16,7 @@ import type { Connection } from "../connections/proc_net_parser.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
 import { connectionShape } from "../shape/connections.ts";
 import type { LockShape, NamespaceOutcome } from "../shape/shape.ts";
-import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
+import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
 import { lockWithBackend } from "./apply.ts";
 

@@ -13,7 +13,7 @@ import { foreignError } from "../unlock/transaction.ts";
 import type { SavedTable } from "../iptables/save_parser.ts";
 import { readNftLockTable } from "../nftables/backend.ts";
 import { nftLockMark } from "../nftables/lock_state.ts";
-import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
+import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import {
   type BackendName,
   iptablesContext,

@@ -15,7 +15,7 @@ import type { NftContext, NftTableLock } from "../nftables/backend.ts";
 import { inspectNftLock } from "../nftables/lock_state.ts";
 import { renderNftLock, renderNftRelock } from "../nftables/ruleset.ts";
 import type { NftTableView } from "../nftables/view_parser.ts";
-import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
+import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import type { CriuLocks, Family, LockKind, LockRules } from "../common/types.ts";
 
 export type BackendName = "iptables" | "nftables";

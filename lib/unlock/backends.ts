@@ -15,7 +15,7 @@ import { iptablesLock, readIptablesTable } from "../iptables/backend.ts";
 import { unlockThroughNft } from "./transaction.ts";
 import { readNftState } from "./state.ts";
 import { type ToolExec, toolMissing } from "../exec/nsenter.ts";
-import type { Prepared, ResolvedOptions } from "../target/prepare.ts";
+import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import type { RunResult } from "../exec/runner.ts";
 import { connectionShape } from "../shape/connections.ts";
 import {

@@ -13,7 +13,7 @@ start=$started
 run=$base/criu-$criu-$start
 # A restore's markers: left by a planned unlock for post-resume (CRIU has
 # closed its image directory by then, so they are found by CRIU's PID and
-# start time; .finish holds the plan's kind and dumped PID), and by any
+# start time; .finish holds the plan's tree and dumped PID), and by any
 # unlock for the restore's watcher.
 markers=$run
 finish=$markers.finish watching=$markers.watch
@@ -25,20 +25,21 @@ command -v setsid >/dev/null 2>&1 || detach=
 detached=$here/lib/criu/hook/detached.sh
 
 # The restore's plan, written by the dump's helper (version 1, key=value
-# lines, read by key): kind (netns: a tree in a namespace of its own; host:
-# a tree in CRIU's namespace), pid (the dumped root, host), and finish=1
+# lines, read by key): kind, which holds the tree (netns: a tree in a
+# namespace of its own; host: a tree in CRIU's namespace; the key's name is
+# version 1's), pid (the dumped root, host), and finish=1
 # when post-resume has work left (backend is for cli.ts).
 # (Empty without CRIU's image directory: then no plan is ever found. Only
 # the restore's actions read it: the dump's do not.)
 plan=${CRTOOLS_IMAGE_DIR:+$CRTOOLS_IMAGE_DIR/netlock-unlock}
-kind='' planned='' finish_left='' version=''
+tree='' planned='' finish_left='' version=''
 case $CRTOOLS_SCRIPT_ACTION in
 pre-restore | setup-namespaces | network-unlock | post-restore)
   if [ -n "$plan" ] && [ -f "$plan" ]; then
     while IFS='=' read -r key value; do
       case $key in
       version) version=$value ;;
-      kind) kind=$value ;;
+      kind) tree=$value ;; # (the key of version 1: which tree was dumped)
       pid) planned=$value ;;
       finish) finish_left=$value ;;
       esac
@@ -46,13 +47,13 @@ pre-restore | setup-namespaces | network-unlock | post-restore)
   fi
   ;;
 esac
-case $version/$kind in 1/host | 1/netns) ;; *) kind='' ;; esac
+case $version/$tree in 1/host | 1/netns) ;; *) tree='' ;; esac
 
 # Unlocks as the dump's helper planned it: 0 done, 2 not done (no plan, not
 # a namespace of its own, nft failed: cli.ts then reads the state and
 # unlocks whatever is left).
 unlock_from_plan() {
-  case $kind in
+  case $tree in
   netns)
     case $CRTOOLS_INIT_PID in '' | *[!0-9]*) return 2 ;; esac
     # Never netlock's own namespace (the guard of every other path).
@@ -67,7 +68,7 @@ unlock_from_plan() {
   # Traffic flows; post-resume removes what is left. (Without the marker,
   # cli.ts removes it now.)
   [ "$finish_left" = 1 ] || return 0
-  create "$finish" "$kind $planned" || return 2
+  create "$finish" "$tree $planned" || return 2
 }
 
 # Starts the restore's watcher, detached: $1 when to unlock, the rest what
@@ -108,7 +109,7 @@ pre-dump)
   read -r answer <"$dir/reply"
   case $answer in
   "ready "*)
-    printf '%s\n' "${answer#ready }" >"$dir/kind"
+    printf '%s\n' "${answer#ready }" >"$dir/tree"
     exit 0
     ;;
   "error "*)
@@ -120,10 +121,10 @@ pre-dump)
   exec "$here/cli.ts"
   ;;
 pre-restore)
-  if [ -n "$kind" ]; then
+  if [ -n "$tree" ]; then
     # The dump planned this restore's unlock: no helper needed. A tree in
     # CRIU's namespace is watched from now on (no other action may come).
-    [ "$kind" = host ] && watch opened "$planned"
+    [ "$tree" = host ] && watch opened "$planned"
     exit 0
   fi
   # Before a restore the clock runs already (and there is no PID yet): go on.
@@ -140,7 +141,7 @@ network-unlock)
 post-restore)
   # A tree in CRIU's namespace: its lock opens now, the last action before
   # CRIU's own unlock (post-resume removes it).
-  [ "$kind" = host ] || exit 0
+  [ "$tree" = host ] || exit 0
   if unlock_from_plan; then
     unlocked
     exit 0
@@ -161,7 +162,7 @@ setup-namespaces | post-setup-namespaces)
   helper_dir
   ask "arm $CRTOOLS_INIT_PID"
   # Watched from here on, the restored namespace held open.
-  if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$kind" != host ] &&
+  if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$tree" != host ] &&
     exec 3</proc/"$CRTOOLS_INIT_PID"/ns/net 2>/dev/null; then
     watch undone --netns /proc/self/fd/3
     exec 3<&-

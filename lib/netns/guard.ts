@@ -12,36 +12,18 @@
 
 import { NetlockError } from "../common/errors.ts";
 import { type ExecSettings, nsenterExec, type ToolExec } from "../exec/nsenter.ts";
-import { nameScript, printedBeforeKill, type RunResult } from "../exec/runner.ts";
+import { printedBeforeKill, type RunResult } from "../exec/runner.ts";
+import { GUARD_SH } from "../exec/shell_programs.ts";
 import { probeError, type TargetRef } from "./target.ts";
 
 /**
- * The guard. Arguments: netlock's PID (`-`: no own-namespace check), `1`
- * when the tool needs IPv6, `1` to report the namespace's inode, then the
- * tool and its arguments. It prints `netlock-guard INODE|- 0|1` (IPv6) on
- * stdout before the tool runs, or exits 86 (own namespace), 87 (no IPv6) or
- * 88 (cannot see netlock's namespace) with a `netlock-guard:` line on
- * stderr. Only shell builtins run before `exec` (no fork: the inode comes
- * from `/proc/self/fdinfo`; where the kernel does not show it, the caller
- * probes afterwards). The values are positional parameters, never part of
- * the script.
+ * The guard: lib/netns/guard.sh (its arguments, output and exit codes are
+ * said there). Only shell builtins run before `exec` (no fork: the inode
+ * comes from `/proc/self/fdinfo`; where the kernel does not show it, the
+ * caller probes afterwards). The values are positional parameters, never
+ * part of the script.
  */
-export const GUARD_SCRIPT: string = nameScript(
-  [
-    "own=$1 six=$2 report=$3; shift 3; v6=0; ns=-; [ -d /proc/sys/net/ipv6 ] && v6=1",
-    'if [ "$own" != - ]; then',
-    '  [ -e "/proc/$own/ns/net" ] || { echo "netlock-guard: cannot see netlock\'s namespace" >&2; exit 88; }',
-    '  [ /proc/self/ns/net -ef "/proc/$own/ns/net" ] && { echo "netlock-guard: own namespace" >&2; exit 86; }',
-    "fi",
-    '[ "$six" = 1 ] && [ $v6 = 0 ] && { echo "netlock-guard: no IPv6" >&2; exit 87; }',
-    // The inode without a fork: /proc/self/fdinfo of an open nsfs file says `ino:` (Linux 5.14+).
-    '[ "$report" = 1 ] && while read -r key value; do [ "$key" = ino: ] && ns=$value; done \\',
-    "  3</proc/self/ns/net </proc/self/fdinfo/3",
-    'echo "netlock-guard ${ns:--} $v6"',
-    'exec "$@"',
-  ].join("\n"),
-  "netlock guard",
-);
+export const GUARD_SCRIPT: string = GUARD_SH;
 
 /** The guard's exit codes: its stderr line, the reason, and what netlock reports. */
 const REFUSALS = {
@@ -166,16 +148,19 @@ export interface GuardedTarget {
  * fails (no such process, not permitted), the probe's error is thrown.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { guardedTarget } from "./guard.ts";
  * import { toTargetRef } from "./target.ts";
  *
- * const target = guardedTarget(toTargetRef(1234), { timeoutMs: 10_000 }, {
- *   ownPid: Deno.pid,
- *   checkIpv6: true,
- * });
- * await target.exec("iptables-restore", ["-w", "--noflush"], "*filter\nCOMMIT\n");
- * console.log(target.report()?.netns);
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const target = guardedTarget(toTargetRef(1234), { timeoutMs: 10_000 }, {
+ *     ownPid: Deno.pid,
+ *     checkIpv6: true,
+ *   });
+ *   await target.exec("iptables-restore", ["-w", "--noflush"], "*filter\nCOMMIT\n");
+ *   console.log(target.report()?.netns);
+ * }
  * ```
  *
  * @param ref The validated target.

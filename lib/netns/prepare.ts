@@ -265,7 +265,7 @@ export function canGuard(options: ResolvedOptions, verb: Verb): boolean {
 
 /**
  * The lock's fast path: no probe spawn before the lock. The first tools run
- * behind the guard (lib/target/guard.ts), which refuses netlock's own namespace
+ * behind the guard (lib/netns/guard.ts), which refuses netlock's own namespace
  * (unless `--mode netns --force`), skips IPv6 where the kernel has none, and
  * reports the namespace's identity. A {@linkcode GuardRefusal} for the own
  * namespace sends the caller to {@linkcode prepare}, which decides

@@ -84,13 +84,16 @@ export function toTargetRef(target: Target, options: { userns?: boolean } = {}):
  * `NOT_PERMITTED` when nsenter cannot enter it.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { probeTarget, toTargetRef } from "./target.ts";
  * import { nsenterExec } from "../exec/nsenter.ts";
  *
- * const ref = toTargetRef(1234);
- * const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, { timeoutMs: 10_000 }));
- * console.log(probe.netns, probe.ipv6);
+ * // Needs root and a live target: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   const ref = toTargetRef(1234);
+ *   const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, { timeoutMs: 10_000 }));
+ *   console.log(probe.netns, probe.ipv6);
+ * }
  * ```
  *
  * @param ref The validated target.

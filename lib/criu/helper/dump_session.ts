@@ -1,0 +1,248 @@
+/**
+ * The dump side of the helper. At `pre-dump`, before CRIU freezes
+ * anything: a tree in a namespace of its own gets its lock and unlock
+ * armed and its restore planned; a tree in CRIU's namespace (which CRIU
+ * sends no network-lock) is locked now (lib/criu/tree_lock.ts). Inside the
+ * frozen window: `lock PID` fires the armed lock; `post-dump PID` makes a
+ * host tree's lock outlive it (completed with the connections CRIU's images
+ * hold) and plans its restore. Once CRIU is gone: the one rule of
+ * docs/criu.md (a tree that runs again keeps nothing; after a final dump
+ * the dumped connections stay locked, and nothing more).
+ *
+ * @module
+ */
+
+import { type ArmedLock, armNetworkLock } from "../armed.ts";
+import { parseDumpedConnections } from "../dumped_sockets.ts";
+import {
+  removeRestorePlan,
+  type RestorePlanned,
+  writeRestorePlan,
+  writeTreePlan,
+} from "../plan.ts";
+import type { RestoreSession } from "./restore_session.ts";
+import {
+  completeTreeLock,
+  keptNote,
+  lockTreeBeforeFreeze,
+  lockTreeConnections,
+  narrowToConnections,
+  sharesNetlockNamespace,
+  startOf,
+  stillRuns,
+  type TreeLocked,
+  unlockKept,
+} from "../tree_lock.ts";
+import type { Connection } from "../../connections/proc_net_parser.ts";
+import { lockNetwork, unlockNetwork } from "../../operations.ts";
+import type { NetlockOptions } from "../../common/types.ts";
+
+/** What the dump session needs of the helper's settings. */
+export interface DumpSettings {
+  /** The lock options. */
+  options: NetlockOptions;
+  /** CRIU's image directory (its real path), where the restore's plan goes. */
+  images?: string;
+  /** A path holding the dumped tree's network namespace open. */
+  netnsHandle?: string;
+  /** The helper's log. */
+  log: (line: string) => void;
+  /** What the user should know but is no failure. */
+  warn: (line: string) => void;
+}
+
+/** One dump: its armed lock, the dumped tree, and how far the dump went. */
+export class DumpSession {
+  #settings: DumpSettings;
+  #unlocks: RestoreSession;
+  /** What is armed, for which PID; an arm that failed is redone by the ordinary lock when fired. */
+  #lock?: { pid: number; armed: Promise<ArmedLock | undefined> };
+  /** The dumped tree, to tell when CRIU is gone whether it runs again. */
+  #dumped?: { pid: number; start: string; host: boolean; locked?: TreeLocked };
+  #postDumped = false;
+  /** A host tree's cgroup lock goes once its connections are locked by address. */
+  #narrowed?: Promise<void>;
+
+  /**
+   * @param settings The options, the image directory, the logs.
+   * @param unlocks The helper's unlock (a dump arms it for the lock it makes).
+   */
+  constructor(settings: DumpSettings, unlocks: RestoreSession) {
+    this.#settings = settings;
+    this.#unlocks = unlocks;
+  }
+
+  /**
+   * `pre-dump` (criu-hook.sh waits for the answer, before CRIU freezes
+   * anything): a tree in a namespace of its own gets its lock and the
+   * unlock of that lock armed, and its restore planned, so that inside the
+   * window only armed tools are fed; a tree that shares CRIU's namespace
+   * gets no network-lock: it is locked now.
+   *
+   * @returns The answer: `ready host`, `ready netns` or `error MESSAGE`.
+   */
+  async prepare(pid: number): Promise<string> {
+    const { options, images, warn } = this.#settings;
+    if (images) await removeRestorePlan(images);
+    const [start, host] = await Promise.all([startOf(pid), sharesNetlockNamespace(pid, options)]);
+    this.#dumped = { pid, start, host };
+    if (host) {
+      try {
+        const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, options);
+        if (locked.note) warn(locked.note);
+        return "ready host";
+      } catch (error) {
+        return `error ${(error as Error).message}`;
+      }
+    }
+    const planned = (await this.#arm(pid).armed)?.lock;
+    if (planned) {
+      await Promise.all([this.#unlocks.arm(pid, planned), this.#planRestore({ ...planned, pid })]);
+    }
+    return "ready netns";
+  }
+
+  /** `lock PID` (network-lock, inside the window): fires the armed lock, or locks the ordinary way. */
+  async lock(pid: number, answer: (line: string) => Promise<void>): Promise<void> {
+    const armed = await (this.#lock?.pid === pid ? this.#lock : this.#arm(pid)).armed;
+    this.#lock = undefined;
+    try {
+      const locked = await (armed ? armed.fire() : lockNetwork(pid, this.#settings.options));
+      await answer("ok");
+      // Not the lock planned at pre-dump (the armed one fell back): arm
+      // and plan again, for this very lock, while CRIU dumps.
+      if (!this.#unlocks.armedFor(pid, locked)) {
+        this.#unlocks.arm(pid, locked);
+        if (locked.mode === "netns") await this.#planRestore({ ...locked, pid });
+      }
+    } catch (error) {
+      await answer(`error ${(error as Error).message}`);
+    }
+  }
+
+  /**
+   * `post-dump PID`: the dump succeeded, the tree is still frozen. A tree in
+   * CRIU's namespace is locked by connection now, to outlive it: the lock
+   * made before the freeze, completed with what the dump took (CRIU's
+   * images are written by now), else made anew; then its restore is planned
+   * and its cgroup lock goes.
+   */
+  async postDump(pid: number, answer: (line: string) => Promise<void>): Promise<void> {
+    const { options, images, log, warn } = this.#settings;
+    const dumped = this.#dumped;
+    if (!(dumped?.host && dumped.pid === pid)) {
+      this.#postDumped = true;
+      await answer("ok");
+      return;
+    }
+    try {
+      const taken = await dumpedConnections(images, log);
+      const result = (taken &&
+        await completeTreeLock(pid, options, dumped.locked, taken).catch(() => undefined)) ??
+        await lockTreeConnections(pid, options, dumped.locked);
+      // Without its plan the restore could not unlock the tree: no such dump.
+      if (!images) throw new Error("CRIU's image directory is unknown");
+      await writeTreePlan(images, result, pid);
+      this.#postDumped = true;
+      await answer("ok");
+      warn(keptNote(pid, result));
+    } catch (error) {
+      await answer(
+        `error criu-hook: cannot keep process ${pid} locked for its restore: ` +
+          (error as Error).message,
+      );
+    }
+    // The dumped connections are locked by address: the cgroup lock
+    // (which would cut off a fallback started in that cgroup) goes.
+    if (this.#postDumped && dumped.locked?.kind === "cgroup") {
+      this.#narrowed = unlockKept(pid, options, ["cgroup"]).then(
+        () => {},
+        (error) => log(`the cgroup lock of process ${pid} stays: ${error.message}`),
+      );
+    }
+  }
+
+  /**
+   * CRIU is gone. Without an unlock, a tree that runs again (--leave-running
+   * of a tree in CRIU's namespace, a failed dump, a CRIU that died) keeps
+   * nothing; after a final dump (the tree is gone) the dumped connections
+   * stay locked for the restore, and nothing more. An armed lock never
+   * fired is cancelled.
+   *
+   * @param unlocked Whether CRIU's unlock came and succeeded.
+   */
+  async end(unlocked: boolean): Promise<void> {
+    await this.#narrowed;
+    if (this.#dumped && !unlocked) {
+      await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log, {
+        netns: this.#settings.netnsHandle,
+        // What the dump took, from its images (read after CRIU, not in its window).
+        connections: () => dumpedConnections(this.#settings.images, this.#settings.log),
+      });
+    }
+    await (await this.#lock?.armed)?.cancel();
+  }
+
+  #arm(pid: number): { pid: number; armed: Promise<ArmedLock | undefined> } {
+    const armed = armNetworkLock(pid, this.#settings.options).catch(() => undefined);
+    return this.#lock = { pid, armed };
+  }
+
+  /** The restore's unlock of a namespace lock, next to the images; a failure only costs the restore its fast path (cli.ts finds the lock without it). */
+  async #planRestore(planned: RestorePlanned): Promise<void> {
+    const { images, log } = this.#settings;
+    if (!images) return;
+    await writeRestorePlan(images, planned).catch((error) =>
+      log(`restore plan not written: ${error.message}`)
+    );
+  }
+}
+
+/**
+ * What stays of a dump's lock once CRIU is gone without an unlock (the one
+ * rule of docs/criu.md): a tree that runs again keeps nothing; a tree gone
+ * after its dump keeps its dumped connections, locked by address (no
+ * cgroup lock; a namespace lock narrowed to them); gone without a
+ * successful dump, nothing. Exactly the
+ * locks the dump made, by name and kind, in netlock's own namespace for a
+ * host tree (never whatever namespace its PID may be in by now).
+ */
+async function afterCriu(
+  dumped: { pid: number; start: string; host: boolean },
+  postDumped: boolean,
+  options: NetlockOptions,
+  log: (line: string) => void,
+  namespace: { netns?: string; connections: () => Promise<Connection[] | undefined> },
+): Promise<void> {
+  const runs = await stillRuns(dumped.pid, dumped.start);
+  const failed = (error: Error) => log(`unlock after CRIU ended: ${error.message}`);
+  if (!dumped.host) {
+    if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
+    // A final dump: the namespace lock narrows to the dumped connections
+    // (unread ones: the whole lock stays, the safe side).
+    else if (postDumped && namespace.netns) {
+      const connections = await namespace.connections();
+      if (connections) {
+        await narrowToConnections(namespace.netns, dumped.pid, connections, options)
+          .catch((error) => log(`the namespace lock stays whole: ${error.message}`));
+      }
+    }
+    return;
+  }
+  const kinds = runs || !postDumped ? ["connections", "cgroup"] as const : ["cgroup"] as const;
+  await unlockKept(dumped.pid, options, [...kinds]).catch(failed);
+}
+
+/** The TCP connections a dump took, from its `files.img`; `undefined` when they cannot be read. */
+async function dumpedConnections(
+  images: string | undefined,
+  log: (line: string) => void,
+): Promise<Connection[] | undefined> {
+  if (!images) return undefined;
+  try {
+    return parseDumpedConnections(await Deno.readFile(`${images}/files.img`));
+  } catch (error) {
+    log(`the dumped connections were not read from CRIU's images: ${error}`);
+    return undefined;
+  }
+}

@@ -11,7 +11,8 @@
  * `N passed, M failed` line per run and a total at the end.
  */
 
-const ROUNDS = Number(Deno.args[0] ?? "20");
+// (`deno task stress -- N` passes the `--` along.)
+const ROUNDS = Number(Deno.args.filter((arg) => arg !== "--")[0] ?? "20");
 const ONCE = [
   "tests/integration_concurrency_test.ts",
   "tests/integration_faults_test.ts",

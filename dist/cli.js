@@ -3186,7 +3186,8 @@ async function lockConnections(prepared, opts, pid) {
   const outcome = await whileSameProcess(prepared, opts, tree, shape, "connections", () => lockWithBackend(prepared, opts, shape));
   return {
     ...outcome,
-    connections: connections.length
+    connections: connections.length,
+    lockedConnections: connections
   };
 }
 async function lockCgroup(prepared, opts, pid) {
@@ -3759,6 +3760,22 @@ async function lockNetwork(target, options = {}) {
   });
   return asNetworkLock(result2, target, options);
 }
+async function lockConnectionsOf(pid, options = {}) {
+  let locked = [];
+  const result2 = await run(pid, {
+    ...options,
+    mode: "connections"
+  }, "lock", async (p, opts, ref) => {
+    await runScripts(opts, ref, "network-lock");
+    const outcome = await lockConnections(p, opts, ref.pid);
+    locked = outcome.lockedConnections ?? [];
+    return outcome;
+  });
+  return {
+    result: result2,
+    locked
+  };
+}
 function asNetworkLock(result2, target, options) {
   let unlocking;
   const unlock = () => unlocking ??= unlockNetwork(target, options);
@@ -4047,19 +4064,13 @@ async function lockTreeBeforeFreeze(pid, options) {
   };
 }
 async function prepareConnections(pid, options) {
-  const exec = nsenterExec([], {
-    timeoutMs: 1e4,
-    log: options.log
-  });
-  const { connections = [] } = await probeTree(exec, pid, {
-    connections: true
-  });
-  const locked = await lockConnections2(pid, options);
+  const { result: result2, locked } = await lockConnectionsOf(pid, options);
   return {
-    ...locked,
+    kind: "connections",
+    result: result2,
     prepared: {
-      lock: locked.result,
-      held: new Set(connections.map(connectionKey))
+      lock: result2,
+      held: new Set(locked.map(connectionKey))
     }
   };
 }

@@ -9,9 +9,10 @@
  * lock skipped and no hook, and the connections break.
  */
 import assert from "node:assert/strict";
-import { createPod } from "./helpers/criu.ts";
+import { createPod, type Pod } from "./helpers/criu.ts";
 import { cli, createNetns, snapshot, type TestNetns } from "./helpers/netns.ts";
 import {
+  type Container,
   criuWithoutLock,
   startContainer,
   startPodmanContainer,
@@ -67,6 +68,20 @@ async function keepsEveryConnection(
   assertWhole(await peer.stop());
 }
 
+/** A pod's namespace (and its state before), a runc container in it, and a peer sending to it. */
+async function podContainer(): Promise<
+  { pod: Pod; before: string; container: Container; peer: Peer } & AsyncDisposable
+> {
+  const stack = new AsyncDisposableStack();
+  const pod = stack.use(await createPod(createNetns));
+  const before = await snapshot(pod.pod);
+  const container = stack.use(await startContainer(pod.peer, PORT, pod.pod.path));
+  const at = { netns: pod.pod, address: pod.address };
+  const peer = stack.use(await startPeer(pod.peer, at, PORT, CONNECTIONS));
+  await peer.flowing();
+  return { pod, before, container, peer, [Symbol.asyncDispose]: () => stack.disposeAsync() };
+}
+
 for (const backend of ["iptables", "nftables"]) {
   const env = { NETLOCK_BACKEND: backend };
 
@@ -75,12 +90,8 @@ for (const backend of ["iptables", "nftables"]) {
     name:
       `runc --criu criu-netlock, ${backend}: checkpoint --tcp-established and restore keep every connection of a container in a pre-made namespace`,
     async fn() {
-      await using pod = await createPod(createNetns);
-      const before = await snapshot(pod.pod);
-      await using container = await startContainer(pod.peer, PORT, pod.pod.path);
-      const at = { netns: pod.pod, address: pod.address };
-      await using peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
-      await peer.flowing();
+      await using setup = await podContainer();
+      const { pod, before, container, peer } = setup;
       await keepsEveryConnection(
         pod.pod,
         before,
@@ -96,12 +107,8 @@ for (const backend of ["iptables", "nftables"]) {
     name:
       `runc --criu criu-netlock, ${backend}: checkpoint --leave-running keeps every connection and leaves nothing`,
     async fn() {
-      await using pod = await createPod(createNetns);
-      const before = await snapshot(pod.pod);
-      await using container = await startContainer(pod.peer, PORT, pod.pod.path);
-      const at = { netns: pod.pod, address: pod.address };
-      await using peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
-      await peer.flowing();
+      await using setup = await podContainer();
+      const { pod, before, container, peer } = setup;
       const checkpoint = await container.checkpoint(["--leave-running"], env);
       assert.equal(checkpoint.code, 0, checkpoint.stderr);
       await peer.flowing();

@@ -41,7 +41,7 @@ import { connectionShape } from "../shape/connections.ts";
 import type { NamespaceOutcome } from "../shape/shape.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
 import { lockWithBackend } from "../lock/apply.ts";
-import { lockNetwork, unlockNetwork } from "../operations.ts";
+import { lockConnectionsOf, lockNetwork, unlockNetwork } from "../operations.ts";
 import type { NetlockOptions, OperationResult } from "../common/types.ts";
 
 /** What the hook locked before the freeze. */
@@ -115,21 +115,19 @@ export async function lockTreeBeforeFreeze(
 }
 
 /**
- * The tree's connections locked by address, and the connections found just
- * before the lock was made (each held by it unless it closed in between:
- * one closed and opened again on the same addresses and ports within that
- * moment is all it could miss, which TIME_WAIT keeps from happening).
+ * The tree's connections locked by address, and the keys of the
+ * connections the lock was made for (its own probe's: the tree is probed
+ * once).
  */
 async function prepareConnections(
   pid: number,
   options: NetlockOptions,
 ): Promise<{ kind: "connections"; result: OperationResult } & Pick<TreeLocked, "prepared">> {
-  const exec = nsenterExec([], { timeoutMs: 10_000, log: options.log });
-  const { connections = [] } = await probeTree(exec, pid, { connections: true });
-  const locked = await lockConnections(pid, options);
+  const { result, locked } = await lockConnectionsOf(pid, options);
   return {
-    ...locked,
-    prepared: { lock: locked.result, held: new Set(connections.map(connectionKey)) },
+    kind: "connections",
+    result,
+    prepared: { lock: result, held: new Set(locked.map(connectionKey)) },
   };
 }
 

@@ -27,7 +27,7 @@ import { lockWithBackend } from "./apply.ts";
  * @param prepared The probed target (netlock's own namespace, usually).
  * @param opts The validated options.
  * @param pid The tree's root.
- * @returns What was done, with the number of connections.
+ * @returns What was done, with the connections locked.
  */
 export async function lockConnections(
   prepared: Prepared,
@@ -45,7 +45,11 @@ export async function lockConnections(
     "connections",
     () => lockWithBackend(prepared, opts, shape),
   );
-  return { ...outcome, connections: (connections as Connection[]).length };
+  return {
+    ...outcome,
+    connections: (connections as Connection[]).length,
+    lockedConnections: connections,
+  };
 }
 
 /**

@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { Connection } from "../connections/proc_net_parser.ts";
 import { NetlockError } from "../common/errors.ts";
 import type { IptablesContext } from "../iptables/backend.ts";
 import type { ToolExec } from "../exec/nsenter.ts";
@@ -76,6 +77,8 @@ export interface NamespaceOutcome {
   criu?: CriuLocks;
   /** How many connections the lock covers (connection locks). */
   connections?: number;
+  /** The connections a connection lock was made for (not reported: the CRIU hook keeps their keys). */
+  lockedConnections?: readonly Connection[];
   /** Problems that did not stop the operation. */
   warnings?: string[];
   /** Unlock: the names of the locks removed. */

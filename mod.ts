@@ -135,7 +135,7 @@ export {
   renderNftCgroupLock,
   renderNftConnectionLock,
 } from "./lib/connections/ruleset.ts";
-export type { Connection } from "./lib/connections/proc_net_parser.ts";
+export type { Connection, Listener } from "./lib/connections/proc_net_parser.ts";
 export {
   assertSuccess,
   describeFailure,

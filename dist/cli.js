@@ -559,7 +559,7 @@ var init_action_scripts = __esm({
 function isNetlockTable(view, kind) {
   const sets = Object.keys(view.sets);
   const ruleKind2 = kind === "netns" ? "markAccept" : "unmarkedDrop";
-  const objectsOk = kind !== "connections" ? view.otherObjects === 0 : view.otherObjects === sets.length && sets.every((set) => set === "conn4" || set === "conn6");
+  const objectsOk = kind !== "connections" ? view.otherObjects === 0 : view.otherObjects === sets.length && sets.every((set) => CONNECTION_SETS.has(set));
   return objectsOk && view.chains.length > 0 && view.chains.every((chain) => (chain.name === "input" || chain.name === "output") && chain.hook === chain.name && chain.type === "filter") && view.rules.every((rule) => rule.kind === ruleKind2 || rule.kind === "accept") && // An accept opens a lock's drops: alone, it is not a lock.
   (!view.rules.some((rule) => rule.kind === "accept") || view.rules.some((rule) => rule.kind === ruleKind2));
 }
@@ -580,8 +580,16 @@ function inspectNftLock(view, rules) {
 function nftLockMark(view) {
   return view.rules.find((rule) => rule.markAccept !== void 0)?.markAccept;
 }
+var CONNECTION_SETS;
 var init_lock_state = __esm({
   "lib/nftables/lock_state.ts"() {
+    CONNECTION_SETS = /* @__PURE__ */ new Set([
+      "conn4",
+      "conn6",
+      "listen4",
+      "listen6",
+      "listenany"
+    ]);
   }
 });
 
@@ -649,17 +657,26 @@ function portDrop(drop) {
 function fullDrop(drop) {
   return `${drop.addresses} ${portDrop(drop)}`;
 }
+function isWildcard(address2) {
+  return /^[0.:]+$/.test(address2);
+}
+function listenerDrops(listeners, family) {
+  const mask = family === "ipv4" ? "32" : "128";
+  return listeners.filter((l) => l.family === family || family === "ipv4" && l.family === "ipv6" && isWildcard(l.local)).map((l) => `${isWildcard(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP`);
+}
 function connectionDrops(connections, family) {
   return dropsOf(connections, family).map(fullDrop);
 }
-function connectionIptablesTree(connections, family, mark, root) {
+function connectionIptablesTree(connections, family, mark, root, listeners = []) {
   const drops = dropsOf(connections, family);
   const head = markedReturn(mark);
+  const synDrops = listenerDrops(listeners, family);
   if (drops.length <= 2 * LEAF_RULES) {
     return {
       body: [
         head,
-        ...drops.map(fullDrop)
+        ...drops.map(fullDrop),
+        ...synDrops
       ],
       subchains: []
     };
@@ -716,7 +733,7 @@ function connectionIptablesTree(connections, family, mark, root) {
   }
   const paired = new Set(pairs.map(([addresses]) => addresses));
   const rest = drops.filter((drop) => !paired.has(drop.addresses));
-  body.push(...build(sortedBy(rest, "dport"), "dport", fullDrop));
+  body.push(...build(sortedBy(rest, "dport"), "dport", fullDrop), ...synDrops);
   return {
     body,
     subchains
@@ -737,12 +754,24 @@ function connectionSetElements(connections) {
     conn6: connections.filter((c) => c.family === "ipv6").map(key)
   };
 }
-function renderNftConnectionLock(table, mark, connections, how) {
+function listenerSetElements(listeners) {
+  const bound = listeners.filter((l) => !isWildcard(l.local));
+  const key = (l) => `${l.local} ${l.localPort}`;
+  return {
+    listen4: bound.filter((l) => l.family === "ipv4").map(key),
+    listen6: bound.filter((l) => l.family === "ipv6").map(key),
+    listenany: [
+      ...new Set(listeners.filter((l) => isWildcard(l.local)).map((l) => String(l.localPort)))
+    ]
+  };
+}
+function renderNftConnectionLock(table, mark, connections, how, listeners = []) {
   const head = how === "create" ? `create table inet ${table}
 ` : `add table inet ${table}
 delete table inet ${table}
 `;
   const m = `meta mark != 0x${mark.toString(16)}`;
+  const syn = "tcp flags & (fin | syn | rst | ack) == syn";
   const definition = `table inet ${table} {
 	set conn4 {
 		type ipv4_addr . inet_service . ipv4_addr . inet_service
@@ -750,10 +779,22 @@ delete table inet ${table}
 	set conn6 {
 		type ipv6_addr . inet_service . ipv6_addr . inet_service
 	}
+	set listen4 {
+		type ipv4_addr . inet_service
+	}
+	set listen6 {
+		type ipv6_addr . inet_service
+	}
+	set listenany {
+		type inet_service
+	}
 	chain input {
 		type filter hook input priority 0; policy accept;
 		${m} ip saddr . tcp sport . ip daddr . tcp dport @conn4 drop
 		${m} ip6 saddr . tcp sport . ip6 daddr . tcp dport @conn6 drop
+		${syn} ${m} ip daddr . tcp dport @listen4 drop
+		${syn} ${m} ip6 daddr . tcp dport @listen6 drop
+		${syn} ${m} tcp dport @listenany drop
 	}
 	chain output {
 		type filter hook output priority 0; policy accept;
@@ -762,21 +803,22 @@ delete table inet ${table}
 	}
 }
 `;
-  return head + definition + renderNftConnectionAdd(table, connections);
+  return head + definition + renderNftConnectionAdd(table, connections, listeners);
 }
-function renderNftConnectionAdd(table, connections) {
-  const sets = connectionSetElements(connections);
+function renderNftConnectionAdd(table, connections, listeners = []) {
+  const sets = {
+    ...connectionSetElements(connections),
+    ...listenerSetElements(listeners)
+  };
   let elements = "";
-  for (const [set, keys] of [
-    [
-      "conn4",
-      sets.conn4
-    ],
-    [
-      "conn6",
-      sets.conn6
-    ]
+  for (const set of [
+    "conn4",
+    "conn6",
+    "listen4",
+    "listen6",
+    "listenany"
   ]) {
+    const keys = sets[set];
     for (let i = 0; i < keys.length; i += 1e3) {
       const chunk = keys.slice(i, i + 1e3).map((k) => k.replace(/ /g, " . ")).join(", ");
       elements += `add element inet ${table} ${set} { ${chunk} }
@@ -785,8 +827,11 @@ function renderNftConnectionAdd(table, connections) {
   }
   return elements;
 }
-function renderIptablesConnectionAdd(chain, connections, family) {
-  const rules = connectionDrops(connections, family).map((spec) => `-A ${chain} ${spec}
+function renderIptablesConnectionAdd(chain, connections, family, listeners = []) {
+  const rules = [
+    ...connectionDrops(connections, family),
+    ...listenerDrops(listeners, family)
+  ].map((spec) => `-A ${chain} ${spec}
 `);
   return `*filter
 ${rules.join("")}COMMIT
@@ -830,7 +875,7 @@ var init_ruleset = __esm({
 });
 
 // lib/shape/connections.ts
-function connectionShape(name, mark, pid, connections) {
+function connectionShape(name, mark, pid, connections, listeners = []) {
   const table = connectionLockName(name, pid);
   let wanted;
   const bodies = /* @__PURE__ */ new Map();
@@ -846,7 +891,7 @@ function connectionShape(name, mark, pid, connections) {
         rules = connections ? {
           name: table,
           mark,
-          ...connectionIptablesTree(connections, family, mark, table)
+          ...connectionIptablesTree(connections, family, mark, table, listeners)
         } : {
           name: table,
           mark,
@@ -859,15 +904,19 @@ function connectionShape(name, mark, pid, connections) {
     nftLock: {
       bulky: true,
       // Rendered only when used: 10,000 elements make a megabyte of script.
-      create: () => renderNftConnectionLock(table, mark, connections ?? [], "create"),
-      replace: () => renderNftConnectionLock(table, mark, connections ?? [], "replace"),
+      create: () => renderNftConnectionLock(table, mark, connections ?? [], "create", listeners),
+      replace: () => renderNftConnectionLock(table, mark, connections ?? [], "replace", listeners),
       inspect(view) {
         if (view === null) return "unlocked";
         if (!isNetlockTable(view, "connections")) return "foreign";
         if (view.rules.some((rule) => rule.kind === "accept")) return "partial";
         if (!connections) return "locked";
-        wanted ??= connectionSetElements(connections);
-        const exact = view.chains.length === 2 && sameElements(view.sets.conn4, wanted.conn4) && sameElements(view.sets.conn6, wanted.conn6);
+        wanted ??= {
+          ...connectionSetElements(connections),
+          ...listenerSetElements(listeners)
+        };
+        const sets = wanted;
+        const exact = view.chains.length === 2 && Object.keys(sets).every((set) => sameElements(view.sets[set], sets[set]));
         return exact ? "locked" : "partial";
       }
     },
@@ -1893,7 +1942,7 @@ function inspectIptablesLock(table, rules) {
   const chainRulesMatch = body === "any" ? true : body ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i]) && subchainsMatch : lockRules.length === (ipv4Only ? 3 : 2) && mark !== void 0 && (rules.anyMark || mark === rules.mark) && lockRules[1] === "-j DROP" && (rules.ipv4Only === void 0 || rules.ipv4Only === ipv4Only);
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
-  const mayHold = body === void 0 ? isNamespaceLockRule : (spec) => isConnectionLockRule(spec) || isTreeRule(spec, rules.name) || isMarkedReturn(spec) || // (`-j RETURN`: the lock opened by a restore, see renderIptablesOpen.)
+  const mayHold = body === void 0 ? isNamespaceLockRule : (spec) => isConnectionLockRule(spec) || isTreeRule(spec, rules.name) || isMarkedReturn(spec) || isListenerDrop(spec) || // (`-j RETURN`: the lock opened by a restore, see renderIptablesOpen.)
   spec === "-j RETURN";
   const refersToLock = new RegExp(`(^| )-[jg] ${rules.name}( |$)`);
   const foreign = chainExists && (lockRules.some((spec) => !mayHold(spec)) || subchains.some((chain) => rulesOf2(chain).some((spec) => !mayHold(spec))) || table.rules.some((rule) => rule.chain !== rules.name && !inTree.has(rule.chain) && refersToLock.test(rule.spec) && !((rule.chain === "INPUT" || rule.chain === "OUTPUT") && rule.spec === jump)) || lockRules.length === 0 && inputJumps + outputJumps === 0);
@@ -1936,6 +1985,9 @@ function isTreeRule(spec, root) {
 }
 function isConnectionLockRule(spec) {
   return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j DROP$/.test(spec);
+}
+function isListenerDrop(spec) {
+  return /^(-d \S+ )?-p tcp -m tcp --dport [0-9]+ --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/.test(spec);
 }
 function isMarkedReturn(spec) {
   return /^-m mark --mark 0x[0-9a-f]+ -j RETURN$/.test(spec);
@@ -4015,7 +4067,7 @@ __export(tree_lock_exports, {
   keptNote: () => keptNote,
   lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
   lockTreeConnections: () => lockTreeConnections,
-  narrowToConnections: () => narrowToConnections,
+  narrowToDumped: () => narrowToDumped,
   sharesNetlockNamespace: () => sharesNetlockNamespace,
   socketsOutside: () => socketsOutside,
   startOf: () => startOf,
@@ -4077,16 +4129,20 @@ async function prepareConnections(pid, options) {
 async function completeTreeLock(pid, options, before, dumped) {
   if (!before?.prepared) return void 0;
   const { lock, held } = before.prepared;
-  const missing = dumped.filter((connection) => !held.has(connectionKey(connection)));
+  const missing = dumped.connections.filter((connection) => !held.has(connectionKey(connection)));
   const report2 = {
     ...lock,
-    connections: dumped.length
+    connections: dumped.connections.length
   };
-  if (missing.length === 0) return {
+  const { listeners } = dumped;
+  if (missing.length === 0 && listeners.length === 0) return {
     ...report2,
     changed: false
   };
-  return await addToLock(pid, options, lock, missing) ? report2 : void 0;
+  return await addToLock(pid, options, lock, missing, listeners) ? {
+    ...report2,
+    changed: true
+  } : void 0;
 }
 function connectionKey(connection) {
   const canonical = (address2) => connection.family === "ipv6" ? new URL(`http://[${address2}]/`).hostname : address2;
@@ -4120,7 +4176,7 @@ async function addTreeConnections(pid, options, made) {
     durationMs: performance.now() - started
   };
 }
-async function addToLock(pid, options, made, connections) {
+async function addToLock(pid, options, made, connections, listeners = []) {
   const exec = nsenterExec([], {
     timeoutMs: options.timeoutMs ?? 1e4,
     log: options.log
@@ -4130,18 +4186,25 @@ async function addToLock(pid, options, made, connections) {
     ipv4: "iptables-restore",
     ipv6: "ip6tables-restore"
   };
+  const families = made.families;
   const runs = made.backend === "nftables" ? [
     exec("nft", [
       "-f",
       "-"
-    ], renderNftConnectionAdd(name, connections))
+    ], renderNftConnectionAdd(name, connections, listeners))
   ] : [
     "ipv4",
     "ipv6"
-  ].filter((family) => connections.some((connection) => connection.family === family)).map((family) => exec(tools[family], [
+  ].map((family) => renderIptablesConnectionAdd(name, connections, family, listeners)).map((script, i) => ({
+    script,
+    family: [
+      "ipv4",
+      "ipv6"
+    ][i]
+  })).filter(({ script, family }) => script !== "*filter\nCOMMIT\n" && families.includes(family)).map(({ script, family }) => exec(tools[family], [
     "-w",
     "--noflush"
-  ], renderIptablesConnectionAdd(name, connections, family)));
+  ], script));
   return (await Promise.all(runs)).every((run3) => run3.success);
 }
 async function unlockKept(pid, options, kinds, netnsOf) {
@@ -4167,8 +4230,8 @@ async function unlockKept(pid, options, kinds, netnsOf) {
     shapes
   });
 }
-async function narrowToConnections(netns, pid, connections, options) {
-  if (connections.length > 0) {
+async function narrowToDumped(netns, pid, taken, options) {
+  if (taken.connections.length + taken.listeners.length > 0) {
     const opts = resolveOptions({
       ...options,
       mode: "netns"
@@ -4176,7 +4239,8 @@ async function narrowToConnections(netns, pid, connections, options) {
     const prepared = await prepare(toTargetRef({
       netns
     }), opts, "lock");
-    await lockWithBackend(prepared, opts, connectionShape(opts.name, opts.mark, pid, connections));
+    const shape = connectionShape(opts.name, opts.mark, pid, taken.connections, taken.listeners);
+    await lockWithBackend(prepared, opts, shape);
   }
   await unlockNetwork({
     netns
@@ -4574,6 +4638,11 @@ var init_armed = __esm({
 });
 
 // lib/criu/dumped_sockets.ts
+var dumped_sockets_exports = {};
+__export(dumped_sockets_exports, {
+  parseDumpedConnections: () => parseDumpedConnections,
+  parseDumpedSockets: () => parseDumpedSockets
+});
 function varint(bytes, at, end) {
   let value = 0;
   let scale = 1;
@@ -4610,7 +4679,7 @@ function address(words, family) {
   }
   return groups.join(":");
 }
-function inetConnection(bytes, at, end) {
+function inetSocket(bytes, at, end, into) {
   let family = -1, proto = -1, state = -1, localPort = -1, remotePort = -1;
   const src = [];
   const dst = [];
@@ -4631,24 +4700,36 @@ function inetConnection(bytes, at, end) {
     else if (field === 11) src.push(value);
     else if (field === 12) dst.push(value);
   }
-  if (proto !== IPPROTO_TCP || state === TCP_LISTEN || remotePort <= 0) return void 0;
-  if (family !== AF_INET && family !== AF_INET6) return void 0;
+  if (proto !== IPPROTO_TCP || family !== AF_INET && family !== AF_INET6) return;
   const local = address(src, family);
+  const of = (text) => text.includes(":") ? "ipv6" : "ipv4";
+  if (state === TCP_LISTEN) {
+    if (localPort > 0) into.listeners.push({
+      family: of(local),
+      local,
+      localPort
+    });
+    return;
+  }
+  if (remotePort <= 0) return;
   const remote = address(dst, family);
-  return {
-    family: local.includes(":") ? "ipv6" : "ipv4",
+  into.connections.push({
+    family: of(local),
     local,
     localPort,
     remote,
     remotePort
-  };
+  });
 }
-function parseDumpedConnections(image) {
+function parseDumpedSockets(image) {
   const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
   if (image.length < 8 || view.getUint32(0, true) !== IMG_COMMON_MAGIC || view.getUint32(4, true) !== FILES_MAGIC) {
     throw new RangeError("not a CRIU files.img");
   }
-  const connections = [];
+  const taken = {
+    connections: [],
+    listeners: []
+  };
   for (let at = 8; at + 4 <= image.length; ) {
     const end = at + 4 + view.getUint32(at, true);
     if (end > image.length) throw new RangeError("truncated entry");
@@ -4669,11 +4750,12 @@ function parseDumpedConnections(image) {
       } else field = skip(image, after, end, key % 8);
     }
     at = end;
-    if (type !== INETSK || socket < 0) continue;
-    const connection = inetConnection(image, socket, socketEnd);
-    if (connection) connections.push(connection);
+    if (type === INETSK && socket >= 0) inetSocket(image, socket, socketEnd, taken);
   }
-  return connections;
+  return taken;
+}
+function parseDumpedConnections(image) {
+  return parseDumpedSockets(image).connections;
 }
 var IMG_COMMON_MAGIC, FILES_MAGIC, INETSK, IPPROTO_TCP, AF_INET, AF_INET6, TCP_LISTEN, TYPE_KEY, SOCKET_KEY, after;
 var init_dumped_sockets = __esm({
@@ -4780,17 +4862,11 @@ var init_plan2 = __esm({
 });
 
 // lib/criu/helper/dump_session.ts
-async function afterCriu(dumped, postDumped, options, log, namespace) {
+async function afterCriu(dumped, postDumped, options, log) {
   const runs = await stillRuns(dumped.pid, dumped.start);
   const failed = (error) => log(`unlock after CRIU ended: ${error.message}`);
   if (!dumped.host) {
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
-    else if (postDumped && namespace.netns) {
-      const connections = await namespace.connections();
-      if (connections) {
-        await narrowToConnections(namespace.netns, dumped.pid, connections, options).catch((error) => log(`the namespace lock stays whole: ${error.message}`));
-      }
-    }
     return;
   }
   const kinds = runs || !postDumped ? [
@@ -4803,10 +4879,10 @@ async function afterCriu(dumped, postDumped, options, log, namespace) {
     ...kinds
   ]).catch(failed);
 }
-async function dumpedConnections(images, log) {
+async function dumpedSockets(images, log) {
   if (!images) return void 0;
   try {
-    return parseDumpedConnections(await Deno.readFile(`${images}/files.img`));
+    return parseDumpedSockets(await Deno.readFile(`${images}/files.img`));
   } catch (error) {
     log(`the dumped connections were not read from CRIU's images: ${error}`);
     return void 0;
@@ -4914,7 +4990,7 @@ var init_dump_session = __esm({
           return;
         }
         try {
-          const taken = await dumpedConnections(images, log);
+          const taken = await dumpedSockets(images, log);
           const result2 = (taken && await completeTreeLock(pid, options, dumped.locked, taken).catch(() => void 0)) ?? await lockTreeConnections(pid, options, dumped.locked);
           if (!images) throw new Error("CRIU's image directory is unknown");
           await writeTreePlan(images, result2, pid);
@@ -4934,8 +5010,9 @@ var init_dump_session = __esm({
       /**
        * CRIU is gone. Without an unlock, a tree that runs again (--leave-running
        * of a tree in CRIU's namespace, a failed dump, a CRIU that died) keeps
-       * nothing; after a final dump (the tree is gone) the dumped connections
-       * stay locked for the restore, and nothing more. An armed lock never
+       * nothing; after a final dump (the tree is gone) a host tree's dumped
+       * connections stay locked for the restore, and nothing more; a tree in a
+       * namespace of its own keeps the namespace locked. An armed lock never
        * fired is cancelled.
        *
        * @param unlocked Whether CRIU's unlock came and succeeded.
@@ -4943,11 +5020,7 @@ var init_dump_session = __esm({
       async end(unlocked) {
         await this.#narrowed;
         if (this.#dumped && !unlocked) {
-          await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log, {
-            netns: this.#settings.netnsHandle,
-            // What the dump took, from its images (read after CRIU, not in its window).
-            connections: () => dumpedConnections(this.#settings.images, this.#settings.log)
-          });
+          await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log);
         }
         await (await this.#lock?.armed)?.cancel();
       }
@@ -5071,7 +5144,6 @@ async function serveCriuHook(settings) {
   const dump = new DumpSession({
     options,
     images: settings.images,
-    netnsHandle: settings.netnsHandle,
     log,
     warn
   }, unlocks);
@@ -5120,7 +5192,8 @@ var init_serve = __esm({
 var entry_exports = {};
 __export(entry_exports, {
   criuHelper: () => criuHelper,
-  criuHook: () => criuHook
+  criuHook: () => criuHook,
+  criuNarrow: () => criuNarrow
 });
 async function criuHook() {
   const denied = HOOK_ENV.filter((name) => Deno.permissions.querySync({
@@ -5182,7 +5255,6 @@ async function criuHelper(args) {
       pid: pidText ? Number(pidText) : void 0,
       criuPid: criuPid ? Number(criuPid) : void 0,
       criuStart: flag("criu-start") || void 0,
-      netnsHandle: flag("netns-handle") || void 0,
       lifetimeMs: lifetime > 0 ? lifetime : void 0,
       ready: flags.includes("--ready"),
       images: images || void 0,
@@ -5192,6 +5264,24 @@ async function criuHelper(args) {
     return EXIT.ok;
   } catch (error) {
     printError(`criu-hook helper: ${errorMessage(error)}`);
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+async function criuNarrow(args) {
+  const [pidText = "", images, netns, ...rest] = args;
+  if (!images || !netns || rest.length > 0) {
+    printError("criu-hook --narrow takes the dumped PID, the image directory and the namespace");
+    return EXIT.usage;
+  }
+  try {
+    const pid = parsePid(pidText);
+    const { parseDumpedSockets: parseDumpedSockets2 } = await Promise.resolve().then(() => (init_dumped_sockets(), dumped_sockets_exports));
+    const { narrowToDumped: narrowToDumped2 } = await Promise.resolve().then(() => (init_tree_lock(), tree_lock_exports));
+    const taken = parseDumpedSockets2(await Deno.readFile(`${images}/files.img`));
+    await narrowToDumped2(netns, pid, taken, hookOptions((name) => readEnv(name)));
+    return EXIT.ok;
+  } catch (error) {
+    printError(`criu-hook: the namespace lock stays whole: ${errorMessage(error)}`);
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
 }
@@ -5205,6 +5295,7 @@ var init_entry = __esm({
   "lib/criu/entry.ts"() {
     init_hook();
     init_errors();
+    init_options();
     init_operations();
     init_output();
   }
@@ -6290,6 +6381,9 @@ async function main(args) {
   }
   if (args[0] === "criu-hook" && args[1] === "--serve") {
     return await (await Promise.resolve().then(() => (init_entry(), entry_exports))).criuHelper(args.slice(2));
+  }
+  if (args[0] === "criu-hook" && args[1] === "--narrow") {
+    return await (await Promise.resolve().then(() => (init_entry(), entry_exports))).criuNarrow(args.slice(2));
   }
   if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) return await version();
   if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) return await help();

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.." || exit 1
 # criu-hook.sh and its own shell, and the programs the library runs by sh -c
 # (lib/**/*.sh, embedded by scripts/embed_shell.ts).
 posix="criu-hook.sh criu-netlock $(find lib -name '*.sh' | sort)"
-bash_scripts="scripts/demo.sh .ci/run"
+bash_scripts="scripts/demo.sh scripts/zdtm.sh .ci/run"
 for file in $posix; do sh -n "$file" || exit 1; done
 for file in $bash_scripts; do bash -n "$file" || exit 1; done
 if ! command -v shellcheck >/dev/null 2>&1; then

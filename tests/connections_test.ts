@@ -9,6 +9,9 @@ import {
   connectionIptablesBody,
   connectionIptablesTree,
   connectionLockName,
+  listenerSetElements,
+  renderIptablesConnectionAdd,
+  renderNftConnectionAdd,
   renderNftConnectionLock,
 } from "../lib/connections/ruleset.ts";
 
@@ -215,4 +218,46 @@ Deno.test("renderNftConnectionLock() is one batch: table, sets, chains and every
   );
   assert.equal(script.match(/^add element inet NETLOCK-c9 conn4 /gm)?.length, 3);
   assert.equal(script.match(/10\.0\.0\.2 \. 80 \. 10\.0\.0\.1 \. /g)?.length, 2500);
+});
+
+Deno.test("a connection lock drops the SYNs of the listeners it is given, unmarked, in both backends", () => {
+  const listeners = [
+    { family: "ipv4" as const, local: "198.18.0.1", localPort: 80 },
+    { family: "ipv6" as const, local: "0:0:0:0:0:0:0:0", localPort: 443 },
+    { family: "ipv4" as const, local: "0.0.0.0", localPort: 443 },
+  ];
+  // iptables: at the end of the root chain, a wildcard without -d; `::` in both families.
+  const v4 = connectionIptablesTree([], "ipv4", 0xC114, "NETLOCK-c7", listeners).body;
+  assert.deepEqual(v4, [
+    "-m mark --mark 0xc114 -j RETURN",
+    "-d 198.18.0.1/32 -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+    "-p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+    "-p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+  ]);
+  const v6 = connectionIptablesTree([], "ipv6", 0xC114, "NETLOCK-c7", listeners).body;
+  assert.deepEqual(v6.slice(1), [
+    "-p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+  ]);
+  assert.equal(
+    renderIptablesConnectionAdd("NETLOCK-c7", [], "ipv4", listeners.slice(0, 1)),
+    "*filter\n-A NETLOCK-c7 -d 198.18.0.1/32 -p tcp -m tcp --dport 80 " +
+      "--tcp-flags FIN,SYN,RST,ACK SYN -j DROP\nCOMMIT\n",
+  );
+  // nftables: three sets, one SYN drop each in the input chain.
+  assert.deepEqual(listenerSetElements(listeners), {
+    listen4: ["198.18.0.1 80"],
+    listen6: [],
+    listenany: ["443"],
+  });
+  const script = renderNftConnectionLock("NETLOCK-c7", 0xC114, [], "create", listeners);
+  assert.match(
+    script,
+    /tcp flags & \(fin \| syn \| rst \| ack\) == syn meta mark != 0xc114 ip daddr \. tcp dport @listen4 drop/,
+  );
+  assert.match(script, /meta mark != 0xc114 tcp dport @listenany drop/);
+  assert.ok(script.endsWith(
+    "add element inet NETLOCK-c7 listen4 { 198.18.0.1 . 80 }\n" +
+      "add element inet NETLOCK-c7 listenany { 443 }\n",
+  ));
+  assert.equal(renderNftConnectionAdd("NETLOCK-c7", [], []), "");
 });

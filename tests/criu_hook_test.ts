@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { planCriuHook } from "../lib/criu/hook.ts";
-import { parseDumpedConnections } from "../lib/criu/dumped_sockets.ts";
+import { parseDumpedConnections, parseDumpedSockets } from "../lib/criu/dumped_sockets.ts";
 
 const env = (vars: Record<string, string>) => (name: string) => vars[name];
 
@@ -139,4 +139,31 @@ Deno.test("parseDumpedConnections() reads IPv6 addresses, an IPv4-mapped one as 
       remotePort: 40001,
     },
   ]);
+});
+
+Deno.test("parseDumpedSockets() also reads the dump's listeners, a wildcard one as it is", () => {
+  const loopback = 0x0100007f;
+  const image = new Uint8Array([
+    ...MAGICS,
+    ...entry(4, isk(2, 1, [loopback], [loopback], [7999, 56054])),
+    ...entry(4, isk(2, 10, [loopback], [0], [7999, 0])),
+    ...entry(4, isk(10, 10, [0, 0, 0, 0], [0, 0, 0, 0], [8443, 0])),
+    // A UDP socket (protocol 17) is no listener.
+    ...entry(4, [...isk(2, 7, [0], [0], [53, 0]), ...field(5, 17)]),
+  ]);
+  assert.deepEqual(parseDumpedSockets(image), {
+    connections: [
+      {
+        family: "ipv4",
+        local: "127.0.0.1",
+        localPort: 7999,
+        remote: "127.0.0.1",
+        remotePort: 56054,
+      },
+    ],
+    listeners: [
+      { family: "ipv4", local: "127.0.0.1", localPort: 7999 },
+      { family: "ipv6", local: "0:0:0:0:0:0:0:0", localPort: 8443 },
+    ],
+  });
 });

@@ -102,11 +102,11 @@ for (const backend of ["iptables", "nftables"]) {
       const dump = await criuDump({ pod }, tree, images, [], env);
       assert.equal(dump.code, 0, dump.errors);
       await tree.gone();
-      // The tree is gone; its namespace outlives it (a pod's): once the hook's
-      // helper is done, the lock is narrowed to the dumped connections, kept
-      // for the restore: the peer's packets are dropped, not answered with a reset.
+      // The tree is gone; its namespace outlives it (a pod's): it stays
+      // locked whole until the restore (CRIU's contract): the peer's packets
+      // are dropped, not answered with a reset.
       assert.ok(await helpersGone(), "the hook's helper ended");
-      assert.deepEqual(await kept(pod), [`connections NETLOCK-c${tree.pid}`]);
+      assert.deepEqual(await kept(pod), ["netns NETLOCK"]);
       const during = peer.progress();
       await new Promise((resolve) => setTimeout(resolve, 500));
       assert.equal(peer.progress(), during, "no echo while the tree is dumped");

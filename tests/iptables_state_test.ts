@@ -142,3 +142,21 @@ Deno.test("inspectIptablesLock() reads the mark and the IPv4-only marker of a lo
     "locked",
   );
 });
+
+Deno.test("inspectIptablesLock() takes a connection lock's listener drops as its own", () => {
+  const chain = "NETLOCK-c7";
+  const table = (drop: string) =>
+    parseIptablesSave(
+      HEADER + `*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:${chain} - [0:0]\n` +
+        `-A INPUT -j ${chain}\n-A OUTPUT -j ${chain}\n` +
+        `-A ${chain} -m mark --mark 0xc114 -j RETURN\n-A ${chain} ${drop}\nCOMMIT\n`,
+    );
+  const rules = { name: chain, mark: 0xC114, body: "any" as const };
+  const syn = "-p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP";
+  assert.equal(inspectIptablesLock(table(`-d 198.18.0.1/32 ${syn}`), rules).foreign, false);
+  assert.equal(inspectIptablesLock(table(syn), rules).foreign, false);
+  assert.equal(inspectIptablesLock(table(syn), rules).connectionDrops, 0);
+  // Any other drop of a port is someone else's.
+  const other = "-p tcp -m tcp --dport 80 -j DROP";
+  assert.equal(inspectIptablesLock(table(other), rules).foreign, true);
+});

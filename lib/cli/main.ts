@@ -32,6 +32,10 @@ export async function main(args: string[]): Promise<number> {
   if (args[0] === "criu-hook" && args[1] === "--serve") {
     return await (await import("../criu/entry.ts")).criuHelper(args.slice(2));
   }
+  // The restore's watcher narrows a namespace lock this way (not a user command).
+  if (args[0] === "criu-hook" && args[1] === "--narrow") {
+    return await (await import("../criu/entry.ts")).criuNarrow(args.slice(2));
+  }
   // The version and the help alone need no parser.
   if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) return await version();
   if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) return await help();

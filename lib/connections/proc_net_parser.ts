@@ -22,6 +22,21 @@ export interface Connection {
   remotePort: number;
 }
 
+/**
+ * A TCP listening socket (what a dump takes besides its connections): a
+ * SYN to its address and port is dropped while it is locked, so that a
+ * client waits for the restored service instead of being refused. A
+ * wildcard address (`0.0.0.0`, `::`) stands for every local address.
+ */
+export interface Listener {
+  /** `ipv4` (also for an IPv4-mapped IPv6 address) or `ipv6`. */
+  family: Family;
+  /** The address it listens on (`0.0.0.0` or `::`: any). */
+  local: string;
+  /** The port it listens on. */
+  localPort: number;
+}
+
 /** One row of a kernel TCP table. */
 export interface TcpEntry extends Connection {
   /** The socket's inode, as in `socket:[INODE]`. */

@@ -8,7 +8,7 @@
  */
 
 import type { Family } from "../common/types.ts";
-import type { Connection } from "./proc_net_parser.ts";
+import type { Connection, Listener } from "./proc_net_parser.ts";
 
 /** The kinds of lock made for one process: its connections, or its cgroup's sockets. */
 export type ProcessLockKind = "connections" | "cgroup";
@@ -214,6 +214,27 @@ function fullDrop(drop: Drop): string {
   return `${drop.addresses} ${portDrop(drop)}`;
 }
 
+/** Whether an address is a wildcard (`0.0.0.0`, `::` in any spelling): every local address. */
+function isWildcard(address: string): boolean {
+  return /^[0.:]+$/.test(address);
+}
+
+/**
+ * The drops of a family's listeners: a SYN (a new connection's first
+ * segment) to the listener's address and port, unmarked (the lock's chain
+ * returns marked packets first). A wildcard IPv6 listener (`::`, which may
+ * take IPv4 too) is locked in both families: the safe side.
+ */
+function listenerDrops(listeners: readonly Listener[], family: Family): string[] {
+  const mask = family === "ipv4" ? "32" : "128";
+  return listeners.filter((l) =>
+    l.family === family || (family === "ipv4" && l.family === "ipv6" && isWildcard(l.local))
+  ).map((l) =>
+    `${isWildcard(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} ` +
+    "--tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
+  );
+}
+
 /** Each connection's drops: the incoming direction, then the outgoing one. */
 function connectionDrops(connections: readonly Connection[], family: Family): string[] {
   return dropsOf(connections, family).map(fullDrop);
@@ -283,6 +304,7 @@ const FANOUT = 16;
  * @param family The family of this tree.
  * @param mark Packets with this mark pass.
  * @param root The lock's chain (`NAME-cPID`): the tree's root, jumped to from INPUT and OUTPUT.
+ * @param listeners Listeners whose SYNs are dropped too (at the end of the root).
  * @returns The root's rules and the other chains of the tree.
  */
 export function connectionIptablesTree(
@@ -290,11 +312,13 @@ export function connectionIptablesTree(
   family: Family,
   mark: number,
   root: string,
+  listeners: readonly Listener[] = [],
 ): { body: string[]; subchains: Subchain[] } {
   const drops = dropsOf(connections, family);
   const head = markedReturn(mark);
+  const synDrops = listenerDrops(listeners, family);
   if (drops.length <= 2 * LEAF_RULES) {
-    return { body: [head, ...drops.map(fullDrop)], subchains: [] };
+    return { body: [head, ...drops.map(fullDrop), ...synDrops], subchains: [] };
   }
   const subchains: Subchain[] = [];
   // A new chain of the tree (named in the order made, parents first).
@@ -346,7 +370,7 @@ export function connectionIptablesTree(
   }
   const paired = new Set(pairs.map(([addresses]) => addresses));
   const rest = drops.filter((drop) => !paired.has(drop.addresses));
-  body.push(...build(sortedBy(rest, "dport"), "dport", fullDrop));
+  body.push(...build(sortedBy(rest, "dport"), "dport", fullDrop), ...synDrops);
   return { body, subchains };
 }
 
@@ -393,9 +417,45 @@ export function connectionSetElements(
 }
 
 /**
+ * The elements of the nftables listener sets: `LOCAL LPORT` per family
+ * (`listen4`, `listen6`), and `LPORT` for wildcard listeners (`listenany`,
+ * both families: the safe side for a `::` listener that takes IPv4 too).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { listenerSetElements } from "./ruleset.ts";
+ *
+ * const sets = listenerSetElements([
+ *   { family: "ipv4", local: "10.0.0.1", localPort: 80 },
+ *   { family: "ipv6", local: "::", localPort: 443 },
+ * ]);
+ * assert.deepEqual(sets, { listen4: ["10.0.0.1 80"], listen6: [], listenany: ["443"] });
+ * ```
+ *
+ * @param listeners The listeners.
+ * @returns The elements of `listen4`, `listen6` and `listenany`.
+ */
+export function listenerSetElements(
+  listeners: readonly Listener[],
+): { listen4: string[]; listen6: string[]; listenany: string[] } {
+  const bound = listeners.filter((l) => !isWildcard(l.local));
+  const key = (l: Listener) => `${l.local} ${l.localPort}`;
+  return {
+    listen4: bound.filter((l) => l.family === "ipv4").map(key),
+    listen6: bound.filter((l) => l.family === "ipv6").map(key),
+    listenany: [
+      ...new Set(listeners.filter((l) => isWildcard(l.local)).map((l) => String(l.localPort))),
+    ],
+  };
+}
+
+/**
  * The nftables connection lock: table `inet NAME-cPID` with two sets of
  * `addr . port . addr . port` (remote first) and input/output chains that
- * drop unmarked packets of those connections; elements are added in the
+ * drop unmarked packets of those connections, and three sets of listeners
+ * (`listen4`, `listen6`: `addr . port`; `listenany`: a wildcard's port)
+ * whose unmarked SYNs the input chain drops; elements are added in the
  * same transaction. `replace` swaps out an existing table atomically.
  *
  * @example
@@ -414,6 +474,7 @@ export function connectionSetElements(
  * @param mark Packets with this mark pass.
  * @param connections The connections to lock.
  * @param how `create` (fails if the table exists) or `replace`.
+ * @param listeners The listeners to lock.
  * @returns The `nft -f -` input.
  */
 export function renderNftConnectionLock(
@@ -421,21 +482,30 @@ export function renderNftConnectionLock(
   mark: number,
   connections: readonly Connection[],
   how: "create" | "replace",
+  listeners: readonly Listener[] = [],
 ): string {
   const head = how === "create"
     ? `create table inet ${table}\n`
     : `add table inet ${table}\ndelete table inet ${table}\n`;
   const m = `meta mark != 0x${mark.toString(16)}`;
+  const syn = "tcp flags & (fin | syn | rst | ack) == syn";
   const definition = `table inet ${table} {\n` +
     "\tset conn4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t}\n" +
     "\tset conn6 {\n\t\ttype ipv6_addr . inet_service . ipv6_addr . inet_service\n\t}\n" +
+    "\tset listen4 {\n\t\ttype ipv4_addr . inet_service\n\t}\n" +
+    "\tset listen6 {\n\t\ttype ipv6_addr . inet_service\n\t}\n" +
+    "\tset listenany {\n\t\ttype inet_service\n\t}\n" +
     "\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n" +
     `\t\t${m} ip saddr . tcp sport . ip daddr . tcp dport @conn4 drop\n` +
-    `\t\t${m} ip6 saddr . tcp sport . ip6 daddr . tcp dport @conn6 drop\n\t}\n` +
+    `\t\t${m} ip6 saddr . tcp sport . ip6 daddr . tcp dport @conn6 drop\n` +
+    // A SYN only: the cheap match first, so other traffic pays one compare.
+    `\t\t${syn} ${m} ip daddr . tcp dport @listen4 drop\n` +
+    `\t\t${syn} ${m} ip6 daddr . tcp dport @listen6 drop\n` +
+    `\t\t${syn} ${m} tcp dport @listenany drop\n\t}\n` +
     "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n" +
     `\t\t${m} ip daddr . tcp dport . ip saddr . tcp sport @conn4 drop\n` +
     `\t\t${m} ip6 daddr . tcp dport . ip6 saddr . tcp sport @conn6 drop\n\t}\n}\n`;
-  return head + definition + renderNftConnectionAdd(table, connections);
+  return head + definition + renderNftConnectionAdd(table, connections, listeners);
 }
 
 /**
@@ -457,12 +527,18 @@ export function renderNftConnectionLock(
  *
  * @param table The table name (`NAME-cPID`).
  * @param connections The connections to add.
+ * @param listeners The listeners to add.
  * @returns The `nft -f -` input (empty for no connections).
  */
-export function renderNftConnectionAdd(table: string, connections: readonly Connection[]): string {
-  const sets = connectionSetElements(connections);
+export function renderNftConnectionAdd(
+  table: string,
+  connections: readonly Connection[],
+  listeners: readonly Listener[] = [],
+): string {
+  const sets = { ...connectionSetElements(connections), ...listenerSetElements(listeners) };
   let elements = "";
-  for (const [set, keys] of [["conn4", sets.conn4], ["conn6", sets.conn6]] as const) {
+  for (const set of ["conn4", "conn6", "listen4", "listen6", "listenany"] as const) {
+    const keys = sets[set];
     // Chunks keep each command line of a 10,000-connection batch reasonable.
     for (let i = 0; i < keys.length; i += 1000) {
       const chunk = keys.slice(i, i + 1000).map((k) => k.replace(/ /g, " . ")).join(", ");
@@ -498,14 +574,17 @@ export function renderNftConnectionAdd(table: string, connections: readonly Conn
  * @param chain The lock's chain (`NAME-cPID`).
  * @param connections The connections to add (other families are skipped).
  * @param family The family of this input.
+ * @param listeners The listeners to add (their SYNs dropped).
  * @returns The `iptables-restore --noflush` input.
  */
 export function renderIptablesConnectionAdd(
   chain: string,
   connections: readonly Connection[],
   family: Family,
+  listeners: readonly Listener[] = [],
 ): string {
-  const rules = connectionDrops(connections, family).map((spec) => `-A ${chain} ${spec}\n`);
+  const rules = [...connectionDrops(connections, family), ...listenerDrops(listeners, family)]
+    .map((spec) => `-A ${chain} ${spec}\n`);
   return `*filter\n${rules.join("")}COMMIT\n`;
 }
 

@@ -1,13 +1,22 @@
 /**
- * The TCP connections a CRIU dump took, read from its images (`files.img`:
- * a `file_entry` per file of the tree, its `inet_sk_entry` for a socket):
- * what a namespace lock narrows to once the tree is gone, read after CRIU
- * is gone instead of from the frozen tree inside CRIU's window. Pure.
+ * The TCP connections and listeners a CRIU dump took, read from its images
+ * (`files.img`: a `file_entry` per file of the tree, its `inet_sk_entry`
+ * for a socket): what stays locked after a final dump (a host tree's lock
+ * completed at post-dump, a namespace lock narrowed after a failed
+ * restore), read from the images instead of from the frozen tree. Pure.
  *
  * @module
  */
 
-import type { Connection } from "../connections/proc_net_parser.ts";
+import type { Connection, Listener } from "../connections/proc_net_parser.ts";
+
+/** What a dump took: its TCP connections and its TCP listeners. */
+export interface DumpedSockets {
+  /** Every TCP socket with a peer (any state but LISTEN). */
+  connections: Connection[];
+  /** Every listening TCP socket. */
+  listeners: Listener[];
+}
 
 /** CRIU's image magics: every image starts with the common one, then its own. */
 const IMG_COMMON_MAGIC = 0x54564319;
@@ -75,8 +84,8 @@ function address(words: number[], family: number): string {
   return groups.join(":");
 }
 
-/** inet_sk_entry (bytes `at` to `end`): a TCP connection (not a listener, with a peer), or `undefined`. */
-function inetConnection(bytes: Uint8Array, at: number, end: number): Connection | undefined {
+/** inet_sk_entry (bytes `at` to `end`): a TCP connection or listener, added to `into`. */
+function inetSocket(bytes: Uint8Array, at: number, end: number, into: DumpedSockets): void {
   let family = -1, proto = -1, state = -1, localPort = -1, remotePort = -1;
   const src: number[] = [];
   const dst: number[] = [];
@@ -97,31 +106,36 @@ function inetConnection(bytes: Uint8Array, at: number, end: number): Connection 
     else if (field === 11) src.push(value);
     else if (field === 12) dst.push(value);
   }
-  if (proto !== IPPROTO_TCP || state === TCP_LISTEN || remotePort <= 0) return undefined;
-  if (family !== AF_INET && family !== AF_INET6) return undefined;
+  if (proto !== IPPROTO_TCP || (family !== AF_INET && family !== AF_INET6)) return;
   const local = address(src, family);
+  const of = (text: string) => text.includes(":") ? "ipv6" as const : "ipv4" as const;
+  if (state === TCP_LISTEN) {
+    if (localPort > 0) into.listeners.push({ family: of(local), local, localPort });
+    return;
+  }
+  if (remotePort <= 0) return;
   const remote = address(dst, family);
-  return { family: local.includes(":") ? "ipv6" : "ipv4", local, localPort, remote, remotePort };
+  into.connections.push({ family: of(local), local, localPort, remote, remotePort });
 }
 
 /**
- * The TCP connections (every state but LISTEN, with a peer) of a dump's
- * `files.img`.
+ * The TCP connections (every state but LISTEN, with a peer) and the TCP
+ * listeners of a dump's `files.img`.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { parseDumpedConnections } from "./dumped_sockets.ts";
+ * import { parseDumpedSockets } from "./dumped_sockets.ts";
  *
- * // No entry: no connection (the image is just its two magics).
+ * // No entry: nothing taken (the image is just its two magics).
  * const empty = new Uint8Array([0x19, 0x43, 0x56, 0x54, 0x38, 0x31, 0x30, 0x56]);
- * assert.deepEqual(parseDumpedConnections(empty), []);
+ * assert.deepEqual(parseDumpedSockets(empty), { connections: [], listeners: [] });
  * ```
  *
  * @param image The bytes of `files.img`.
- * @returns The connections, local and remote as the tree saw them.
+ * @returns The connections and listeners, addresses as the tree saw them.
  */
-export function parseDumpedConnections(image: Uint8Array): Connection[] {
+export function parseDumpedSockets(image: Uint8Array): DumpedSockets {
   const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
   if (
     image.length < 8 || view.getUint32(0, true) !== IMG_COMMON_MAGIC ||
@@ -129,7 +143,7 @@ export function parseDumpedConnections(image: Uint8Array): Connection[] {
   ) {
     throw new RangeError("not a CRIU files.img");
   }
-  const connections: Connection[] = [];
+  const taken: DumpedSockets = { connections: [], listeners: [] };
   for (let at = 8; at + 4 <= image.length;) {
     const end = at + 4 + view.getUint32(at, true);
     if (end > image.length) throw new RangeError("truncated entry");
@@ -151,9 +165,28 @@ export function parseDumpedConnections(image: Uint8Array): Connection[] {
       } else field = skip(image, after, end, key % 8);
     }
     at = end;
-    if (type !== INETSK || socket < 0) continue;
-    const connection = inetConnection(image, socket, socketEnd);
-    if (connection) connections.push(connection);
+    if (type === INETSK && socket >= 0) inetSocket(image, socket, socketEnd, taken);
   }
-  return connections;
+  return taken;
+}
+
+/**
+ * The TCP connections (every state but LISTEN, with a peer) of a dump's
+ * `files.img` (see {@linkcode parseDumpedSockets}, which also reads its
+ * listeners).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { parseDumpedConnections } from "./dumped_sockets.ts";
+ *
+ * const empty = new Uint8Array([0x19, 0x43, 0x56, 0x54, 0x38, 0x31, 0x30, 0x56]);
+ * assert.deepEqual(parseDumpedConnections(empty), []);
+ * ```
+ *
+ * @param image The bytes of `files.img`.
+ * @returns The connections, local and remote as the tree saw them.
+ */
+export function parseDumpedConnections(image: Uint8Array): Connection[] {
+  return parseDumpedSockets(image).connections;
 }

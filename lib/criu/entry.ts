@@ -8,6 +8,7 @@
 
 import { HOOK_ENV, hookOptions, planCriuHook } from "./hook.ts";
 import { NetlockError } from "../common/errors.ts";
+import { parsePid } from "../common/options.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
 import type { NetlockOptions } from "../common/types.ts";
 import { EXIT, printError, printWarning, readEnv } from "../common/output.ts";
@@ -81,7 +82,7 @@ async function refuseHostTree(pid: number, options: NetlockOptions): Promise<num
 
 /**
  * The warm helper (`cli.ts criu-hook --serve DIR CRIU_PID [--criu-start=TICKS]
- * [--netns-handle=PATH] [--ready] [--images=DIR]`). `NETLOCK_HELPER_LIFETIME_MS` bounds a helper
+ * [--ready] [--images=DIR]`). `NETLOCK_HELPER_LIFETIME_MS` bounds a helper
  * that is not given CRIU's PID (tests shorten it).
  *
  * @param args The arguments after `--serve`.
@@ -102,7 +103,6 @@ export async function criuHelper(args: string[]): Promise<number> {
       pid: pidText ? Number(pidText) : undefined,
       criuPid: criuPid ? Number(criuPid) : undefined,
       criuStart: flag("criu-start") || undefined,
-      netnsHandle: flag("netns-handle") || undefined,
       lifetimeMs: lifetime > 0 ? lifetime : undefined,
       ready: flags.includes("--ready"),
       images: images || undefined,
@@ -112,6 +112,38 @@ export async function criuHelper(args: string[]): Promise<number> {
     return EXIT.ok;
   } catch (error) {
     printError(`criu-hook helper: ${errorMessage(error)}`);
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+
+/**
+ * After a restore that failed (the restore's watcher, once CRIU is gone):
+ * the namespace lock the dump left narrows to what the dump took, its TCP
+ * connections and listeners as CRIU's images hold them, locked under the
+ * dumped PID's name (`NAME-cPID`), so that a namespace that outlives the
+ * tree (a pod's) lets its other processes talk while the dumped
+ * connections wait, unanswered, for a retry
+ * (`cli.ts criu-hook --narrow PID IMAGES NETNS`).
+ *
+ * @param args The arguments after `--narrow`: the dumped PID, the image
+ *   directory, a path that holds the namespace.
+ * @returns The exit code.
+ */
+export async function criuNarrow(args: string[]): Promise<number> {
+  const [pidText = "", images, netns, ...rest] = args;
+  if (!images || !netns || rest.length > 0) {
+    printError("criu-hook --narrow takes the dumped PID, the image directory and the namespace");
+    return EXIT.usage;
+  }
+  try {
+    const pid = parsePid(pidText);
+    const { parseDumpedSockets } = await import("./dumped_sockets.ts");
+    const { narrowToDumped } = await import("./tree_lock.ts");
+    const taken = parseDumpedSockets(await Deno.readFile(`${images}/files.img`));
+    await narrowToDumped(netns, pid, taken, hookOptions((name) => readEnv(name)));
+    return EXIT.ok;
+  } catch (error) {
+    printError(`criu-hook: the namespace lock stays whole: ${errorMessage(error)}`);
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
 }

@@ -25,7 +25,8 @@
  */
 
 import { probeTree } from "../connections/discover.ts";
-import type { Connection } from "../connections/proc_net_parser.ts";
+import type { Connection, Listener } from "../connections/proc_net_parser.ts";
+import type { DumpedSockets } from "./dumped_sockets.ts";
 import {
   connectionLockName,
   renderIptablesConnectionAdd,
@@ -141,23 +142,27 @@ async function prepareConnections(
  * @param pid The tree's root.
  * @param options The hook's options.
  * @param before What `pre-dump` locked.
- * @param dumped The TCP connections in CRIU's images.
+ * @param dumped The TCP connections and listeners in CRIU's images (a
+ *   listener is always added: the lock made before the freeze holds none).
  * @returns The lock's report, covering every dumped connection.
  */
 export async function completeTreeLock(
   pid: number,
   options: NetlockOptions,
   before: TreeLocked | undefined,
-  dumped: readonly Connection[],
+  dumped: DumpedSockets,
 ): Promise<OperationResult | undefined> {
   if (!before?.prepared) return undefined;
   const { lock, held } = before.prepared;
-  const missing = dumped.filter((connection) => !held.has(connectionKey(connection)));
-  const report = { ...lock, connections: dumped.length };
-  if (missing.length === 0) return { ...report, changed: false };
+  const missing = dumped.connections.filter((connection) => !held.has(connectionKey(connection)));
+  const report = { ...lock, connections: dumped.connections.length };
+  const { listeners } = dumped;
+  if (missing.length === 0 && listeners.length === 0) return { ...report, changed: false };
   // Added to the lock as it is: one transaction (a family), not the whole
   // lock again inside the window.
-  return await addToLock(pid, options, lock, missing) ? report : undefined;
+  return await addToLock(pid, options, lock, missing, listeners)
+    ? { ...report, changed: true }
+    : undefined;
 }
 
 /**
@@ -238,21 +243,20 @@ async function addToLock(
   options: NetlockOptions,
   made: OperationResult,
   connections: readonly Connection[],
+  listeners: readonly Listener[] = [],
 ): Promise<boolean> {
   const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
   const name = connectionLockName(made.name, pid);
   const tools = { ipv4: "iptables-restore", ipv6: "ip6tables-restore" } as const;
+  const families = made.families;
   const runs = made.backend === "nftables"
-    ? [exec("nft", ["-f", "-"], renderNftConnectionAdd(name, connections))]
+    ? [exec("nft", ["-f", "-"], renderNftConnectionAdd(name, connections, listeners))]
     : (["ipv4", "ipv6"] as const)
-      .filter((family) => connections.some((connection) => connection.family === family))
-      .map((family) =>
-        exec(
-          tools[family],
-          ["-w", "--noflush"],
-          renderIptablesConnectionAdd(name, connections, family),
-        )
-      );
+      .map((family) => renderIptablesConnectionAdd(name, connections, family, listeners))
+      .map((script, i) => ({ script, family: (["ipv4", "ipv6"] as const)[i] }))
+      // A family with drops to add, that the lock covers.
+      .filter(({ script, family }) => script !== "*filter\nCOMMIT\n" && families.includes(family))
+      .map(({ script, family }) => exec(tools[family], ["-w", "--noflush"], script));
   return (await Promise.all(runs)).every((run) => run.success);
 }
 
@@ -291,28 +295,40 @@ export async function unlockKept(
 }
 
 /**
- * Narrows the namespace lock of a tree that a final dump took to the
- * tree's dumped connections (`NAME-cPID` in that namespace, the lock made
- * first, then the namespace lock removed): a namespace that outlives the
- * tree (a pod's, held by its sandbox) lets its other processes talk, while
- * the peers of the dumped connections still get no answer, and no reset,
- * until a restore.
+ * Narrows the namespace lock a dump left to what the dump took, after a
+ * restore that failed: the dumped connections and listeners locked
+ * (`NAME-cPID` in that namespace) first, then the namespace lock removed,
+ * so that a namespace that outlives the tree (a pod's, held by its
+ * sandbox) lets its other processes talk, while the peers of the dumped
+ * connections, and clients of its listeners, get no answer (and no reset)
+ * until a restore succeeds.
+ *
+ * @example
+ * ```ts
+ * import { narrowToDumped } from "./tree_lock.ts";
+ *
+ * // Needs root and a locked namespace: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   await narrowToDumped("/run/netns/pod", 4242, { connections: [], listeners: [] }, {});
+ * }
+ * ```
  *
  * @param netns A path that holds the namespace (the tree is gone).
  * @param pid The dumped tree's root (the lock's name).
- * @param connections Its connections, as the dump's images hold them.
+ * @param taken What the dump took, as its images hold it.
  * @param options The hook's options.
  */
-export async function narrowToConnections(
+export async function narrowToDumped(
   netns: string,
   pid: number,
-  connections: Connection[],
+  taken: DumpedSockets,
   options: NetlockOptions,
 ): Promise<void> {
-  if (connections.length > 0) {
+  if (taken.connections.length + taken.listeners.length > 0) {
     const opts = resolveOptions({ ...options, mode: "netns" }, "lock");
     const prepared = await prepare(toTargetRef({ netns }), opts, "lock");
-    await lockWithBackend(prepared, opts, connectionShape(opts.name, opts.mark, pid, connections));
+    const shape = connectionShape(opts.name, opts.mark, pid, taken.connections, taken.listeners);
+    await lockWithBackend(prepared, opts, shape);
   }
   await unlockNetwork({ netns }, options);
 }

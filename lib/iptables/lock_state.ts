@@ -123,6 +123,7 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     ? isNamespaceLockRule
     : (spec: string) =>
       isConnectionLockRule(spec) || isTreeRule(spec, rules.name) || isMarkedReturn(spec) ||
+      isListenerDrop(spec) ||
       // (`-j RETURN`: the lock opened by a restore, see renderIptablesOpen.)
       spec === "-j RETURN";
   const refersToLock = new RegExp(`(^| )-[jg] ${rules.name}( |$)`);
@@ -222,6 +223,12 @@ function isTreeRule(spec: string, root: string): boolean {
  */
 function isConnectionLockRule(spec: string): boolean {
   return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j DROP$/
+    .test(spec);
+}
+
+/** A connection lock's drop of a listener's SYNs (to its address, or any, and port). */
+function isListenerDrop(spec: string): boolean {
+  return /^(-d \S+ )?-p tcp -m tcp --dport [0-9]+ --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/
     .test(spec);
 }
 

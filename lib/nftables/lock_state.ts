@@ -8,6 +8,9 @@
 import type { LockRules } from "../common/types.ts";
 import type { NftTableView, RuleKind } from "./view_parser.ts";
 
+/** The sets a connection lock's table may hold. */
+const CONNECTION_SETS = new Set(["conn4", "conn6", "listen4", "listen6", "listenany"]);
+
 /** The state of a lock's table: `foreign` is a table of that name netlock did not make. */
 export type NftLockState = "locked" | "unlocked" | "partial" | "foreign";
 
@@ -15,7 +18,8 @@ export type NftLockState = "locked" | "unlocked" | "partial" | "foreign";
  * Whether a table is a netlock lock of the given kind, whole or in need of
  * repair: a namespace lock holds base chains `input`/`output` (type filter,
  * on the hook of their name) and `meta mark MARK accept` rules; a connection
- * lock holds the sets `conn4`/`conn6`, such chains, and drops of unmarked
+ * lock holds the sets `conn4`/`conn6` (and, since listeners are locked,
+ * `listen4`/`listen6`/`listenany`), such chains, and drops of unmarked
  * packets; a cgroup lock, such chains and drops of unmarked packets (and,
  * once a restore opened it, bare accepts ahead of them). An empty table, or
  * one holding anything else, is someone else's.
@@ -45,7 +49,7 @@ export function isNetlockTable(
   const ruleKind: RuleKind = kind === "netns" ? "markAccept" : "unmarkedDrop";
   const objectsOk = kind !== "connections"
     ? view.otherObjects === 0
-    : view.otherObjects === sets.length && sets.every((set) => set === "conn4" || set === "conn6");
+    : view.otherObjects === sets.length && sets.every((set) => CONNECTION_SETS.has(set));
   return objectsOk && view.chains.length > 0 &&
     view.chains.every((chain) =>
       (chain.name === "input" || chain.name === "output") && chain.hook === chain.name &&

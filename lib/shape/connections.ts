@@ -9,23 +9,25 @@ import type { LockRules } from "../common/types.ts";
 import type { LockShape } from "./shape.ts";
 import { isNetlockTable } from "../nftables/lock_state.ts";
 import type { Family } from "../common/types.ts";
-import type { Connection } from "../connections/proc_net_parser.ts";
+import type { Connection, Listener } from "../connections/proc_net_parser.ts";
 import {
   connectionIptablesTree,
   connectionLockName,
   connectionSetElements,
+  listenerSetElements,
   renderNftConnectionLock,
 } from "../connections/ruleset.ts";
 
 /**
  * The connection lock of a process. With `connections`, the lock must hold
- * exactly those; without (unlock, status), any connection lock of that
- * process counts.
+ * exactly those (and `listeners`, whose SYNs it drops); without (unlock,
+ * status), any connection lock of that process counts.
  *
  * @param name The lock name.
  * @param mark Packets with this mark pass.
  * @param pid The process.
  * @param connections Its connections, when locking.
+ * @param listeners Its listeners, when locking (what a dump took).
  * @returns The lock's shape for the backends.
  */
 export function connectionShape(
@@ -33,9 +35,10 @@ export function connectionShape(
   mark: number,
   pid: number,
   connections?: readonly Connection[],
+  listeners: readonly Listener[] = [],
 ): LockShape {
   const table = connectionLockName(name, pid);
-  let wanted: { conn4: string[]; conn6: string[] } | undefined;
+  let wanted: Record<string, string[]> | undefined;
   const bodies = new Map<Family, LockRules>();
   const sameElements = (have: string[] | undefined, want: string[]) =>
     (have ?? []).length === want.length && new Set([...(have ?? []), ...want]).size === want.length;
@@ -45,7 +48,11 @@ export function connectionShape(
       let rules = bodies.get(family);
       if (!rules) {
         rules = connections
-          ? { name: table, mark, ...connectionIptablesTree(connections, family, mark, table) }
+          ? {
+            name: table,
+            mark,
+            ...connectionIptablesTree(connections, family, mark, table, listeners),
+          }
           : { name: table, mark, body: "any" };
         bodies.set(family, rules);
       }
@@ -54,18 +61,19 @@ export function connectionShape(
     nftLock: {
       bulky: true,
       // Rendered only when used: 10,000 elements make a megabyte of script.
-      create: () => renderNftConnectionLock(table, mark, connections ?? [], "create"),
-      replace: () => renderNftConnectionLock(table, mark, connections ?? [], "replace"),
+      create: () => renderNftConnectionLock(table, mark, connections ?? [], "create", listeners),
+      replace: () => renderNftConnectionLock(table, mark, connections ?? [], "replace", listeners),
       inspect(view) {
         if (view === null) return "unlocked";
         if (!isNetlockTable(view, "connections")) return "foreign";
         // Opened by a restore (an accept ahead of the drops): no longer a lock.
         if (view.rules.some((rule) => rule.kind === "accept")) return "partial";
         if (!connections) return "locked";
-        wanted ??= connectionSetElements(connections);
+        wanted ??= { ...connectionSetElements(connections), ...listenerSetElements(listeners) };
+        const sets = wanted;
+        // (A lock made before listeners were locked has no listener sets.)
         const exact = view.chains.length === 2 &&
-          sameElements(view.sets.conn4, wanted.conn4) &&
-          sameElements(view.sets.conn6, wanted.conn6);
+          Object.keys(sets).every((set) => sameElements(view.sets[set], sets[set]));
         return exact ? "locked" : "partial";
       },
     },

@@ -211,6 +211,7 @@ export async function probe(
   host: string,
   port: number,
   timeoutMs = 1500,
+  mode: "connect" | "open" = "connect",
 ): Promise<string> {
   const result = await netns.run([
     Deno.execPath(),
@@ -218,12 +219,29 @@ export async function probe(
     "--no-config",
     "--allow-net",
     TCP_TOOL,
-    "connect",
+    mode,
     host,
     String(port),
     String(timeoutMs),
   ]);
   return result.stdout.trim() || `exit ${result.code}: ${result.stderr.trim()}`;
+}
+
+/**
+ * A client that connects (the handshake alone) from inside the namespace
+ * while a dumped service is down: `pending()` says whether it still waits
+ * (its SYNs dropped, not refused), `result` is "open", "timeout" or the
+ * error's name (`ConnectionRefused`: the lock let a SYN meet no listener).
+ */
+export function waitingClient(
+  netns: TestNetns,
+  host: string,
+  port: number,
+  timeoutMs = 30_000,
+): { result: Promise<string>; pending(): boolean } {
+  let settled = false;
+  const result = probe(netns, host, port, timeoutMs, "open").finally(() => settled = true);
+  return { result, pending: () => !settled };
 }
 
 /** Counts the lines of a text that match a pattern. */

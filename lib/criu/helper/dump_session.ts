@@ -13,7 +13,7 @@
  */
 
 import { type ArmedLock, armNetworkLock } from "../armed.ts";
-import { parseDumpedConnections } from "../dumped_sockets.ts";
+import { type DumpedSockets, parseDumpedSockets } from "../dumped_sockets.ts";
 import {
   removeRestorePlan,
   type RestorePlanned,
@@ -26,14 +26,12 @@ import {
   keptNote,
   lockTreeBeforeFreeze,
   lockTreeConnections,
-  narrowToConnections,
   sharesNetlockNamespace,
   startOf,
   stillRuns,
   type TreeLocked,
   unlockKept,
 } from "../tree_lock.ts";
-import type { Connection } from "../../connections/proc_net_parser.ts";
 import { lockNetwork, unlockNetwork } from "../../operations.ts";
 import type { NetlockOptions } from "../../common/types.ts";
 
@@ -43,8 +41,6 @@ export interface DumpSettings {
   options: NetlockOptions;
   /** CRIU's image directory (its real path), where the restore's plan goes. */
   images?: string;
-  /** A path holding the dumped tree's network namespace open. */
-  netnsHandle?: string;
   /** The helper's log. */
   log: (line: string) => void;
   /** What the user should know but is no failure. */
@@ -136,7 +132,7 @@ export class DumpSession {
       return;
     }
     try {
-      const taken = await dumpedConnections(images, log);
+      const taken = await dumpedSockets(images, log);
       const result = (taken &&
         await completeTreeLock(pid, options, dumped.locked, taken).catch(() => undefined)) ??
         await lockTreeConnections(pid, options, dumped.locked);
@@ -165,8 +161,9 @@ export class DumpSession {
   /**
    * CRIU is gone. Without an unlock, a tree that runs again (--leave-running
    * of a tree in CRIU's namespace, a failed dump, a CRIU that died) keeps
-   * nothing; after a final dump (the tree is gone) the dumped connections
-   * stay locked for the restore, and nothing more. An armed lock never
+   * nothing; after a final dump (the tree is gone) a host tree's dumped
+   * connections stay locked for the restore, and nothing more; a tree in a
+   * namespace of its own keeps the namespace locked. An armed lock never
    * fired is cancelled.
    *
    * @param unlocked Whether CRIU's unlock came and succeeded.
@@ -174,11 +171,7 @@ export class DumpSession {
   async end(unlocked: boolean): Promise<void> {
     await this.#narrowed;
     if (this.#dumped && !unlocked) {
-      await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log, {
-        netns: this.#settings.netnsHandle,
-        // What the dump took, from its images (read after CRIU, not in its window).
-        connections: () => dumpedConnections(this.#settings.images, this.#settings.log),
-      });
+      await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log);
     }
     await (await this.#lock?.armed)?.cancel();
   }
@@ -200,10 +193,11 @@ export class DumpSession {
 
 /**
  * What stays of a dump's lock once CRIU is gone without an unlock (the one
- * rule of docs/criu.md): a tree that runs again keeps nothing; a tree gone
- * after its dump keeps its dumped connections, locked by address (no
- * cgroup lock; a namespace lock narrowed to them); gone without a
- * successful dump, nothing. Exactly the
+ * rule of docs/criu.md): a tree that runs again keeps nothing; a host tree
+ * gone after its dump keeps its dumped connections, locked by address (no
+ * cgroup lock), gone without a successful dump, nothing; a tree in a
+ * namespace of its own that is gone keeps the whole namespace lock (until
+ * its restore, or an operator). Exactly the
  * locks the dump made, by name and kind, in netlock's own namespace for a
  * host tree (never whatever namespace its PID may be in by now).
  */
@@ -212,35 +206,29 @@ async function afterCriu(
   postDumped: boolean,
   options: NetlockOptions,
   log: (line: string) => void,
-  namespace: { netns?: string; connections: () => Promise<Connection[] | undefined> },
 ): Promise<void> {
   const runs = await stillRuns(dumped.pid, dumped.start);
   const failed = (error: Error) => log(`unlock after CRIU ended: ${error.message}`);
   if (!dumped.host) {
+    // A final dump keeps the whole namespace locked until its restore
+    // (CRIU's contract, zdtm's netns_lock tests): a namespace that outlives
+    // the tree narrows only after a restore that failed (the restore's
+    // watcher, lib/criu/hook/detached.sh).
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
-    // A final dump: the namespace lock narrows to the dumped connections
-    // (unread ones: the whole lock stays, the safe side).
-    else if (postDumped && namespace.netns) {
-      const connections = await namespace.connections();
-      if (connections) {
-        await narrowToConnections(namespace.netns, dumped.pid, connections, options)
-          .catch((error) => log(`the namespace lock stays whole: ${error.message}`));
-      }
-    }
     return;
   }
   const kinds = runs || !postDumped ? ["connections", "cgroup"] as const : ["cgroup"] as const;
   await unlockKept(dumped.pid, options, [...kinds]).catch(failed);
 }
 
-/** The TCP connections a dump took, from its `files.img`; `undefined` when they cannot be read. */
-async function dumpedConnections(
+/** The TCP connections and listeners a dump took, from its `files.img`; `undefined` when they cannot be read. */
+async function dumpedSockets(
   images: string | undefined,
   log: (line: string) => void,
-): Promise<Connection[] | undefined> {
+): Promise<DumpedSockets | undefined> {
   if (!images) return undefined;
   try {
-    return parseDumpedConnections(await Deno.readFile(`${images}/files.img`));
+    return parseDumpedSockets(await Deno.readFile(`${images}/files.img`));
   } catch (error) {
     log(`the dumped connections were not read from CRIU's images: ${error}`);
     return undefined;

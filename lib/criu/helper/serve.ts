@@ -47,12 +47,6 @@ export interface HelperSettings {
   criuPid?: number;
   /** CRIU's start time (field 22 of its stat): a PID reused by another process is not CRIU. */
   criuStart?: string;
-  /**
-   * A path that holds the dumped tree's network namespace open (the
-   * keeper's descriptor): where a namespace lock is narrowed to the dumped
-   * connections once a final dump took the tree.
-   */
-  netnsHandle?: string;
   /** The longest the helper lives without CRIU's PID (default {@linkcode HELPER_LIFETIME_MS}). */
   lifetimeMs?: number;
   /** A dump: arm the lock of `pid` and answer `ready` (pre-dump waits for it). */
@@ -104,7 +98,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   const answer = (line: string) => channel.answer(line);
   const unlocks = new RestoreSession(options, log);
   const dump = new DumpSession(
-    { options, images: settings.images, netnsHandle: settings.netnsHandle, log, warn },
+    { options, images: settings.images, log, warn },
     unlocks,
   );
   // A dump: pre-dump waits for this answer, before CRIU freezes anything.

@@ -162,9 +162,14 @@ setup-namespaces | post-setup-namespaces)
   helper_dir
   ask "arm $CRTOOLS_INIT_PID"
   # Watched from here on, the restored namespace held open.
+  # A restore that fails narrows the namespace lock the dump left to what
+  # the dump took (its images, by their real path: CRIU's /proc path goes
+  # with CRIU), by the dumped PID the plan names.
   if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$tree" != host ] &&
     exec 3</proc/"$CRTOOLS_INIT_PID"/ns/net 2>/dev/null; then
-    watch undone --netns /proc/self/fd/3
+    images=
+    [ "$tree" = netns ] && [ -n "$planned" ] && cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && images=$PWD
+    watch undone "$planned" "$images"
     exec 3<&-
   fi
   exit 0

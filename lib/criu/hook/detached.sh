@@ -89,13 +89,8 @@ keeper)
   readlink /proc/self/ns/pid >"$dir/pidns" 2>/dev/null
   sweep
   exec 4<>"$dir/cmd" 5<>"$dir/reply"
-  # The dumped tree's namespace, held for as long as the helper lives: after
-  # a final dump its lock narrows to the dumped connections there.
-  if [ -n "$CRTOOLS_INIT_PID" ] && exec 6<"/proc/$CRTOOLS_INIT_PID/ns/net"; then
-    set -- "$@" "--netns-handle=/proc/$$/fd/6"
-  fi 2>/dev/null
-  # (In a subshell: dash would move the keeper's own 4-6 aside while the
-  # helper runs, and the namespace's handle with them.)
+  # (In a subshell: dash would move the keeper's own 4 and 5 aside while
+  # the helper runs.)
   # The helper reads and writes its directory only (the images through its
   # link there); images under /dev (/dev/shm) take --allow-all, which Deno
   # asks for any path there whatever --allow-read says (denoland/deno#30979).
@@ -110,10 +105,10 @@ keeper)
     ;;
   esac
   (
-    exec 4>&- 5>&- 6<&-
+    exec 4>&- 5>&-
     exec deno run --quiet --no-config "$@"
   ) </dev/null >/dev/null
-  exec 4>&- 5>&- 6<&-
+  exec 4>&- 5>&-
   # The image directory's pointer to this helper, if it is still this one's.
   if [ -n "$images" ]; then
     pointed=
@@ -124,14 +119,19 @@ keeper)
   ;;
 watcher)
   # $1 $2: CRIU's PID and start time, $3: the run's marker prefix, $4:
-  # when to unlock; the rest: what to give cli.ts unlock. After CRIU is
-  # gone, it removes what CRIU's restore left and must not: "opened" (a
-  # host tree), a lock the restore opened and whose post-resume never came
-  # (the dumped connections stay locked after a restore that failed before
-  # it opened them); "undone" (a namespace), the namespace's lock unless the
-  # unlock was done and nothing was left for post-resume (a connection lock
-  # the dump narrowed it to stays). Outside the restore clock, so cli.ts may
-  # start; the namespace is held open as fd 3.
+  # when to act. After CRIU is gone, it removes what CRIU's restore left
+  # and must not, or narrows what it must keep:
+  # - "opened" (a host tree; $5 the dumped PID): a lock the restore opened
+  #   and whose post-resume never came (the dumped connections stay locked
+  #   after a restore that failed before it opened them);
+  # - "undone" (a namespace, held open as fd 3; $5 the dumped PID and $6
+  #   the images' real path, when the dump planned this restore): unless
+  #   the unlock was done, the namespace lock narrows to what the dump took
+  #   (its connections and listeners, from the images), so that a namespace
+  #   that outlives the failed restore (a pod's) lets its other processes
+  #   talk while the dumped connections wait for a retry; without images,
+  #   the namespace lock goes.
+  # Outside the restore clock, so cli.ts may start.
   criu=$1 start=$2 markers=$3 when=$4
   shift 4
   leave_cgroup
@@ -142,8 +142,11 @@ watcher)
       # The dumped tree's locks, by its dumped PID ($1), in this namespace
       # (the plain hook of this very shell, which is in it).
       CRTOOLS_SCRIPT_ACTION=network-unlock CRTOOLS_INIT_PID=$$ plain_hook "$1"
+    elif [ -n "$1" ] && [ -n "$2" ] && [ -e "$2/files.img" ]; then
+      narrow_hook "$1" "$2" /proc/self/fd/3
     else
-      CRTOOLS_SCRIPT_ACTION='' "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" "$@"
+      CRTOOLS_SCRIPT_ACTION='' "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" \
+        --netns /proc/self/fd/3
     fi
   fi
   rm -f "$markers.done" "$markers.finish" "$markers.watch"

@@ -14,6 +14,7 @@ import {
   criuDump,
   criuRestore,
   holdPid,
+  inCgroup,
   type Setting,
   withCriu,
   wrappedHook,
@@ -31,6 +32,7 @@ import {
   locks,
   PORT,
   restoresWhole,
+  stalled,
 } from "./helpers/host_tree.ts";
 
 /** Waits (10 s at most) until no helper, watcher or state of criu-hook.sh is left. */
@@ -44,13 +46,6 @@ async function hookIdle(): Promise<string> {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return left;
-}
-
-/** The peer's echoes stall for 400 ms: its connections are locked. */
-async function stalled(peer: { progress(): number }): Promise<boolean> {
-  const during = peer.progress();
-  await new Promise((resolve) => setTimeout(resolve, 400));
-  return peer.progress() === during;
 }
 
 const SECOND_PORT = 7710;
@@ -132,7 +127,7 @@ for (const backend of ["iptables", "nftables"]) {
           const took = performance.now() - killed;
           assert.ok(took < 3000, `unlocked ${took.toFixed(0)} ms after CRIU's group was killed`);
           assert.equal(await hookIdle(), "", "no helper left");
-          assert.ok(tree.members().length > CHILDREN, "the tree runs on");
+          assert.ok(tree.thawed(), "the tree runs on (not frozen)");
           if (at === "network-lock") {
             await peer.flowing();
             assertWhole(await peer.stop());
@@ -143,6 +138,71 @@ for (const backend of ["iptables", "nftables"]) {
       },
     });
   }
+
+  for (const at of ["network-lock", "post-dump"]) {
+    Deno.test({
+      ...withCriu,
+      name:
+        `real CRIU killed with its whole cgroup (cgroup.kill) after ${at} of a --leave-running dump, tree in its own namespace, ${backend}: the helper, out of CRIU's cgroup, unlocks the tree that runs on`,
+      async fn() {
+        await using pod = await createPod(createNetns);
+        // CRIU runs in a cgroup of its own, as in a unit a service manager stops.
+        await using criuCgroup = await createCgroup();
+        const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
+        try {
+          const before = await snapshot(pod.pod);
+          const place = { netns: pod.pod, address: pod.address };
+          await using tree = await startTree(place, PORT, CONNECTIONS, CHILDREN);
+          await using peer = await startPeer(pod.peer, place, PORT, CONNECTIONS);
+          await peer.flowing();
+          await using hook = await wrappedHook({ killAt: at, cgroup: criuCgroup.dir });
+          const setting: Setting = { pod, hook: hook.path, prefix: inCgroup(criuCgroup.dir) };
+          const dump = await criuDump(setting, tree, images, ["--leave-running"], env);
+          assert.notEqual(dump.code, 0, "CRIU was killed");
+          assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
+          assert.ok(await clean(pod.pod, before), "the namespace of the tree that runs on is free");
+          assert.equal(await hookIdle(), "", "no helper left");
+          assert.ok(tree.thawed(), "the tree runs on (not frozen)");
+        } finally {
+          await Deno.remove(images, { recursive: true });
+        }
+      },
+    });
+  }
+
+  Deno.test({
+    ...withCriu,
+    name:
+      `real CRIU, ${backend}: the dumped PID taken by another process before the helper looks keeps the dumped connections locked`,
+    async fn() {
+      await using live = await hostTree();
+      const { host, images, tree, peer } = live;
+      // The helper is held at post-dump, until the tree is gone and its
+      // PID belongs to another process: then it decides whether the tree
+      // runs on (it must not: that process is not the tree).
+      await using hook = await wrappedHook({ stopHelperAt: "post-dump" });
+      tree.members();
+      const dump = await criuDump({ host, hook: hook.path }, tree, images, [], env);
+      const helper = (await hook.locks()).find((line) => line.startsWith("stopped "))?.split(
+        " ",
+      )[1];
+      try {
+        assert.equal(dump.code, 0, dump.errors);
+        assert.match(helper ?? "", /^[0-9]+$/, "the helper was stopped");
+        await tree.gone();
+        {
+          await using _other = await holdPid(tree.pid, "live");
+          await sh(["kill", "-CONT", helper!]);
+          assert.equal(await hookIdle(), "", "the helper ended");
+          assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
+          assert.ok(await stalled(peer), "the dumped connections stay locked (no reset)");
+        }
+      } finally {
+        if (helper) await sh(["kill", "-CONT", helper]);
+      }
+      await restoresWhole(live, env);
+    },
+  });
 
   Deno.test({
     ...withCriu,
@@ -221,7 +281,7 @@ for (const backend of ["iptables", "nftables"]) {
       );
       assert.ok(await clean(host, before), "nothing of the lock is left");
       assert.equal(await hookIdle(), "");
-      assert.ok(tree.members().length > CHILDREN, "the tree runs on");
+      assert.ok(tree.thawed(), "the tree runs on (not frozen)");
       await peer.flowing();
       assertWhole(await peer.stop());
     },

@@ -20,7 +20,7 @@ import {
   withRunc,
 } from "./helpers/runc.ts";
 import { type Peer, startPeer } from "./helpers/tree.ts";
-import { assertWhole, clean } from "./helpers/host_tree.ts";
+import { assertWhole, clean, stalled } from "./helpers/host_tree.ts";
 
 const PORT = 7800;
 const CONNECTIONS = 8;
@@ -33,13 +33,6 @@ async function locksIn(netns: TestNetns): Promise<string[]> {
     const lock = JSON.parse(line);
     return `${lock.kind} ${lock.name}`;
   });
-}
-
-/** The peer's echoes stall for 400 ms. */
-async function stalled(peer: { progress(): number }): Promise<boolean> {
-  const during = peer.progress();
-  await new Promise((resolve) => setTimeout(resolve, 400));
-  return peer.progress() === during;
 }
 
 /** A runtime's command: its exit code and what it said. */

@@ -125,6 +125,11 @@ export type Setting = ({ pod: Pod } | { host: TestNetns }) & {
   prefix?: string[];
 };
 
+/** What runs a command in the cgroup v2 directory `dir` (as a service manager starts a unit). */
+export function inCgroup(dir: string): string[] {
+  return ["sh", "-c", 'echo $$ >"$0/cgroup.procs" && exec "$@"', dir];
+}
+
 /** `criu dump` of the tree, netlock's hook (or `setting.hook`) as the action script. */
 export async function criuDump(
   setting: Setting,
@@ -240,10 +245,21 @@ export interface WrapOptions {
   killAt?: string;
   /** With `killAt`: kills CRIU's whole process group (CRIU, its scripts, what they left in it). */
   group?: boolean;
+  /**
+   * With `killAt`: kills every process of this cgroup v2 directory (CRIU's:
+   * `cgroup.kill`, as a unit stop does), whatever its process group.
+   */
+  cgroup?: string;
   /** Sleeps this long before this action's hook runs (`[action, seconds]`): a long dump. */
   delay?: [string, number];
   /** Notes `criu-pid=PID ACTION` (the PID the hook is given for CRIU) instead of the locks. */
   notePid?: boolean;
+  /**
+   * Stops (SIGSTOP) the hook's helper once this action is done, and notes
+   * `stopped PID`: the test decides when it goes on (`SIGCONT`), e.g.
+   * after something happened that the helper must see once CRIU is gone.
+   */
+  stopHelperAt?: string;
 }
 
 /**
@@ -261,7 +277,9 @@ export async function wrappedHook(options: WrapOptions = {}): Promise<WrappedHoo
     'if [ -n "$CRTOOLS_INIT_PID" ]; then nsenter --target "$CRTOOLS_INIT_PID" --net -- "$@"; ' +
     'else "$@"; fi';
   const criu = "criu=${CRTOOLS_IMAGE_DIR#/proc/}; criu=${criu%%/*}";
-  const kill = options.group
+  const kill = options.cgroup
+    ? `echo 1 >${options.cgroup}/cgroup.kill`
+    : options.group
     ? `${criu}; kill -KILL -$(ps -o pgid= -p "$criu" | tr -d ' ')`
     : `${criu}; kill -KILL "$criu"`;
   const [delayed, seconds] = options.delay ?? ["", 0];
@@ -277,6 +295,12 @@ export async function wrappedHook(options: WrapOptions = {}): Promise<WrappedHoo
         : `echo "$CRTOOLS_SCRIPT_ACTION $names" >>${notes}\n`) +
       (options.killAt
         ? `if [ "$CRTOOLS_SCRIPT_ACTION" = ${options.killAt} ]; then ${kill}; fi\n`
+        : "") +
+      (options.stopHelperAt
+        ? `if [ "$CRTOOLS_SCRIPT_ACTION" = ${options.stopHelperAt} ]; then ` +
+          'read -r dir <"$CRTOOLS_IMAGE_DIR/netlock-helper"; ' +
+          'helper=$(pgrep -f "criu-hook --serve $dir "); kill -STOP $helper; ' +
+          `echo "stopped $helper" >>${notes}; fi\n`
         : "") +
       "exit $rc\n",
     { mode: 0o755 },

@@ -8,7 +8,8 @@
  * counter pattern (byte i is i % 251) in 1 KiB chunks, one chunk per
  * PAUSE_MS, while it reads the echo and checks it byte for byte. Prints
  * "connected" once every connection is up, and "progress N" as the echoed
- * total grows (at most every 100 ms). The line "stop" on stdin ends the
+ * total grows (at most every 100 ms), "broken I" as soon as connection I
+ * fails (a reset, a short echo, a close). The line "stop" on stdin ends the
  * sending; once every byte sent came back (30 s at most), it prints a last
  * JSON line: {connections, sent, echoed, ok, resets, errors, maxSilenceMs},
  * maxSilenceMs being the longest a connection waited for its echo while
@@ -111,6 +112,8 @@ const results = await Promise.all(conns.map(async (conn, index) => {
   } catch (e) {
     if (e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe) resets++;
     error = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+    // At once, not only in the verdict: a reset is told from silence.
+    console.log(`broken ${index}`);
   }
   if (!done) {
     try {

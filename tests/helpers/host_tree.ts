@@ -5,7 +5,7 @@
  * network action for such a tree, so criu-hook.sh locks it itself.
  */
 import assert from "node:assert/strict";
-import { criuDump, criuRestore } from "./criu.ts";
+import { createPod, criuDump, criuRestore } from "./criu.ts";
 import { cliInside, createNetns, snapshot, type TestNetns } from "./netns.ts";
 import { type Cgroup, type Peer, startPeer, startTree, type Tree } from "./tree.ts";
 
@@ -16,23 +16,37 @@ export const CONNECTIONS = 6;
 /** How many children of the root hold them. */
 export const CHILDREN = 2;
 
-/** A live host tree: its namespace, the image directory, the namespace before, the tree, the peer. */
+/** A live host tree: its namespace, the image directory, the namespace before, the tree, the peer (and its namespace). */
 export type HostTree =
-  & { host: TestNetns; images: string; before: string; tree: Tree; peer: Peer }
+  & {
+    host: TestNetns;
+    images: string;
+    before: string;
+    tree: Tree;
+    peer: Peer;
+    peerNetns: TestNetns;
+  }
   & AsyncDisposable;
 
-/** A host namespace with a tree (in `cgroup` when given) and a peer that is sending. */
+/**
+ * A host namespace with a tree (in `cgroup` when given) and a peer that is
+ * sending: on loopback in the same namespace, or (`apart`) in a namespace
+ * of its own across a veth pair, where the two directions of a connection
+ * have different addresses and each crosses the lock once.
+ */
 export async function hostTree(
   cgroup?: Cgroup,
   connections = CONNECTIONS,
   imagesUnder?: string,
+  apart = false,
 ): Promise<HostTree> {
-  const host = await createNetns();
+  const pod = apart ? await createPod(createNetns) : undefined;
+  const host = pod?.pod ?? await createNetns();
   const images = await Deno.makeTempDir({ prefix: "nltest-criu-", dir: imagesUnder });
   const before = await snapshot(host);
-  const at = { netns: host, address: "127.0.0.1" };
+  const at = { netns: host, address: pod?.address ?? "127.0.0.1" };
   const tree = await startTree(at, PORT, connections, CHILDREN, cgroup);
-  const peer = await startPeer(host, at, PORT, connections);
+  const peer = await startPeer(pod?.peer ?? host, at, PORT, connections);
   await peer.flowing();
   return {
     host,
@@ -40,11 +54,12 @@ export async function hostTree(
     before,
     tree,
     peer,
+    peerNetns: pod?.peer ?? host,
     async [Symbol.asyncDispose]() {
       await peer[Symbol.asyncDispose]();
       await tree[Symbol.asyncDispose]();
       await Deno.remove(images, { recursive: true });
-      await host[Symbol.asyncDispose]();
+      await (pod ?? host)[Symbol.asyncDispose]();
     },
   };
 }
@@ -84,6 +99,19 @@ export async function clean(netns: TestNetns, before: string): Promise<boolean> 
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return false;
+}
+
+/**
+ * The peer's echoes stall for `ms` (400 by default) and no connection
+ * breaks meanwhile: its connections are locked (silence), not reset.
+ */
+export async function stalled(
+  peer: { progress(): number; broken(): number },
+  ms = 400,
+): Promise<boolean> {
+  const [echoed, broken] = [peer.progress(), peer.broken()];
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  return peer.progress() === echoed && peer.broken() === 0 && broken === 0;
 }
 
 /** The peer's verdict: every byte echoed in order, no reset, no error. */

@@ -58,6 +58,8 @@ export interface Tree extends AsyncDisposable {
   members(): number[];
   /** Forgets the original tree (CRIU killed it) and waits until every process of it is reaped. */
   gone(): Promise<void>;
+  /** Whether the tree is thawed: its root lives, and none of it is stopped or held by a tracer. */
+  thawed(): boolean;
   /** Takes over the restored tree, to be killed on dispose. */
   restored(pid: number): void;
 }
@@ -133,6 +135,15 @@ export async function startTree(
         await new Promise((resolve) => setTimeout(resolve, 25));
       }
     },
+    thawed() {
+      // The root lives and no process of the tree is stopped: a tree CRIU
+      // left frozen shows `t`. (Children CRIU killed with their sockets in
+      // repair mode, as a CRIU killed inside the dump leaves them, are
+      // zombies: not frozen.)
+      const root = stateOf(pid);
+      return root !== undefined && root !== "Z" && root !== "X" &&
+        descendants(pid).every((member) => !["t", "T"].includes(stateOf(member) ?? ""));
+    },
     restored(pid) {
       restoredPid = pid;
     },
@@ -158,6 +169,16 @@ function descendants(root: number): number[] {
     } catch { /* exited */ }
   }
   return pids;
+}
+
+/** A process's state letter (`/proc/PID/stat`), `undefined` when it is gone. */
+function stateOf(pid: number): string | undefined {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
+  } catch {
+    return undefined;
+  }
 }
 
 function exists(pid: number): boolean {
@@ -191,6 +212,8 @@ async function waitForNoTree(at: Place, port: number): Promise<void> {
 export interface Peer extends AsyncDisposable {
   /** The echoed bytes so far. */
   progress(): number;
+  /** How many connections failed so far (reset, closed, a wrong byte): silence is not this. */
+  broken(): number;
   /** Resolves once at least `bytes` more were echoed (15 s at most). */
   flowing(bytes?: number): Promise<void>;
   /** Stops sending and returns the verdict. */
@@ -235,6 +258,7 @@ export async function startPeer(
     stderr: "inherit",
   }).spawn();
   let echoed = 0;
+  let broken = 0;
   let verdict: PeerVerdict | undefined;
   let ready!: () => void;
   const connected = new Promise<void>((resolve) => ready = resolve);
@@ -248,6 +272,7 @@ export async function startPeer(
         buffered = buffered.slice(at + 1);
         if (line === "connected") ready();
         else if (line.startsWith("progress ")) echoed = Number(line.split(" ")[1]);
+        else if (line.startsWith("broken ")) broken++;
         else if (line.startsWith("{")) verdict = JSON.parse(line);
       }
     }
@@ -276,6 +301,7 @@ export async function startPeer(
   ]);
   return {
     progress: () => echoed,
+    broken: () => broken,
     async flowing(bytes = 4096) {
       const from = echoed;
       for (let i = 0; i < 600 && echoed < from + bytes; i++) {

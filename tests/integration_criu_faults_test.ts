@@ -351,9 +351,57 @@ async function treeIn(
   throw new Error(`the tree in its PID namespace does not listen on ${port}`);
 }
 
-/** Runs CRIU in the PID namespace with PID 200 there (ns_last_pid), whatever ran before. */
-function criuAt200(ns: { enter: string[] }): string[] {
-  return [...ns.enter, "sh", "-c", 'echo 199 >/proc/sys/kernel/ns_last_pid; "$@"', "criu-at-200"];
+const GATE = new URL("./helpers/gate.sh", import.meta.url).pathname;
+
+/**
+ * Runs CRIU in the PID namespace with PID 200 there (ns_last_pid), whatever
+ * ran before, held at `gate` (./helpers/gate.sh) once it has its PID.
+ */
+function criuAt200(ns: { enter: string[] }, gate: string): string[] {
+  return [
+    ...ns.enter,
+    "sh",
+    "-c",
+    // (Not the last command: the shell forks it, as PID 200.)
+    'echo 199 >/proc/sys/kernel/ns_last_pid; sh "$0" "$@"; exit $?',
+    GATE,
+    gate,
+  ];
+}
+
+/**
+ * Runs two CRIUs (`run(i, prefix)`), each PID 200 in its own PID
+ * namespace, started in the same clock tick (same PID and start time: the
+ * names of their state would collide without their PID namespace in them),
+ * and released at once; a pair whose start times differ is stopped before
+ * CRIU runs, and started again.
+ */
+async function sameTick<T>(
+  namespaces: { enter: string[] }[],
+  run: (i: number, prefix: string[]) => Promise<T>,
+): Promise<{ runs: T[]; start: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "nltest-gate-" });
+  try {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const gates = namespaces.map((_, i) => `${dir}/${attempt}-${i}`);
+      for (const gate of gates) await sh(["mkfifo", gate]);
+      const runs = namespaces.map((ns, i) => run(i, criuAt200(ns, gates[i])));
+      let starts: string[] = [];
+      for (let i = 0; i < 400 && starts.length < gates.length; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        starts = (await Promise.all(
+          gates.map((gate) => Deno.readTextFile(`${gate}.start`).catch(() => "")),
+        )).map((text) => text.trim()).filter(Boolean);
+      }
+      const same = starts.length === gates.length && new Set(starts).size === 1;
+      await Promise.all(gates.map((gate) => Deno.writeTextFile(gate, same ? "go\n" : "stop\n")));
+      const done = await Promise.all(runs);
+      if (same) return { runs: done, start: starts[0] };
+    }
+    throw new Error("no two CRIUs started in the same clock tick in 50 attempts");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 for (const backend of ["iptables", "nftables"]) {
@@ -403,27 +451,53 @@ for (const backend of ["iptables", "nftables"]) {
       }
       try {
         for (const peer of peers) await peer.flowing();
-        // Each CRIU is PID 200 in its namespace: the hook notes the PID it is given.
+        // Each CRIU is PID 200 in its namespace, both started in the same
+        // clock tick: the hook notes the PID and start time it is given, and
+        // how many restore watchers there are.
         await using hook = await wrappedHook({ notePid: true });
-        const settings = trees.map(({ ns }) => ({ host, hook: hook.path, prefix: criuAt200(ns) }));
-        const dumps = await Promise.all(
-          trees.map(({ pid }, i) => criuDump(settings[i], { pid } as Tree, images[i], [], env)),
+        const namespaces = trees.map(({ ns }) => ns);
+        const dumped = await sameTick(
+          namespaces,
+          (i, prefix) =>
+            criuDump(
+              { host, hook: hook.path, prefix },
+              { pid: trees[i].pid } as Tree,
+              images[i],
+              [],
+              env,
+            ),
         );
-        for (const dump of dumps) assert.equal(dump.code, 0, dump.errors);
+        for (const dump of dumped.runs) assert.equal(dump.code, 0, dump.errors);
+        const notes = await hook.locks();
         assert.deepEqual(
-          [...new Set((await hook.locks()).map((line) => line.split(" ")[0]))],
-          ["criu-pid=200"],
-          "both CRIUs had PID 200",
+          [...new Set(notes.map((line) => line.split(" ").slice(0, 2).join(" ")))],
+          [`criu-pid=200 start=${dumped.start}`],
+          "both CRIUs had PID 200 and the same start time",
+        );
+        // The two dumps overlapped: both pre-dumps before either post-dump.
+        const actions = notes.map((line) => line.split(" ")[2]);
+        assert.ok(
+          actions.lastIndexOf("pre-dump") < actions.indexOf("post-dump"),
+          `the dumps ran at once: ${actions.join(" ")}`,
         );
         assert.deepEqual((await locks(host)).sort(), [
           "connections NETLOCK-c100",
           "connections NETLOCK-c150",
         ]);
         for (const peer of peers) assert.ok(await stalled(peer), "locked while dumped");
-        const restores = await Promise.all(
-          trees.map((_, i) => criuRestore(settings[i], images[i], env)),
+        const noted = (await hook.locks()).length;
+        const restored = await sameTick(
+          namespaces,
+          (i, prefix) => criuRestore({ host, hook: hook.path, prefix }, images[i], env, true),
         );
-        for (const restore of restores) assert.equal(restore.code, 0, restore.errors);
+        for (const restore of restored.runs) assert.equal(restore.code, 0, restore.errors);
+        // Each restore had its own watcher (same PID, same start time: one
+        // marker's name for both, without the PID namespace in it).
+        const watchers = (await hook.locks()).slice(noted).filter((line) =>
+          / post-restore /.test(line)
+        )
+          .map((line) => Number(line.match(/watchers=([0-9]+)/)?.[1]));
+        assert.ok(Math.max(...watchers) >= 2, `each restore watched: ${watchers}`);
         for (const peer of peers) await peer.flowing();
         assert.ok(
           await clean(host, before),

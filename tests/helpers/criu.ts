@@ -252,7 +252,11 @@ export interface WrapOptions {
   cgroup?: string;
   /** Sleeps this long before this action's hook runs (`[action, seconds]`): a long dump. */
   delay?: [string, number];
-  /** Notes `criu-pid=PID ACTION` (the PID the hook is given for CRIU) instead of the locks. */
+  /**
+   * Notes `criu-pid=PID start=TICKS ACTION watchers=N` (CRIU as the hook
+   * finds it, and how many restore watchers' markers exist) instead of the
+   * locks.
+   */
   notePid?: boolean;
   /**
    * Stops (SIGSTOP) the hook's helper once this action is done, and notes
@@ -291,7 +295,9 @@ export async function wrappedHook(options: WrapOptions = {}): Promise<WrappedHoo
       `names=$( { in_tree nft list ruleset; in_tree iptables-save; } 2>/dev/null | ` +
       `grep -oE 'NETLOCK(-[cg][0-9]+)?( |$)' | tr -d ' ' | sort -u | tr '\\n' ' ')\n` +
       (options.notePid
-        ? `${criu}; echo "criu-pid=$criu $CRTOOLS_SCRIPT_ACTION" >>${notes}\n`
+        ? `${criu}; read -r stat </proc/$criu/stat; set -- \${stat##*") "}; shift 19; ` +
+          "watchers=$(ls /run/netlock/criu-*.watch 2>/dev/null | wc -l); " +
+          `echo "criu-pid=$criu start=$1 $CRTOOLS_SCRIPT_ACTION watchers=$watchers" >>${notes}\n`
         : `echo "$CRTOOLS_SCRIPT_ACTION $names" >>${notes}\n`) +
       (options.killAt
         ? `if [ "$CRTOOLS_SCRIPT_ACTION" = ${options.killAt} ]; then ${kill}; fi\n`

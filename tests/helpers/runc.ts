@@ -218,11 +218,18 @@ export interface PodmanContainer extends AsyncDisposable {
  * it). Limits are set below this machine's (podman's defaults are above
  * what it may raise).
  */
-export async function startPodmanContainer(joins: string, port: number): Promise<PodmanContainer> {
+export async function startPodmanContainer(
+  joins: string,
+  port: number,
+  installEnv: Record<string, string> = {},
+): Promise<PodmanContainer> {
   const dir = await Deno.makeTempDir({ prefix: "nltest-podman-" });
   const bin = `${dir}/bin`;
   await Deno.mkdir(bin);
-  await must(["env", `NETLOCK_CRIU=${criuBin()}`, CRIU_NETLOCK, "install", bin]);
+  // (podman passes its caller's environment to no runtime: the backend is
+  // the installed criu's default.)
+  const settings = Object.entries(installEnv).map(([name, value]) => `${name}=${value}`);
+  await must(["env", `NETLOCK_CRIU=${criuBin()}`, ...settings, CRIU_NETLOCK, "install", bin]);
   const path = `${bin}:${Deno.env.get("PATH")}:/usr/sbin:/sbin`;
   const podman = async (args: string[], env: Record<string, string> = {}) => {
     const out = await new Deno.Command("podman", {

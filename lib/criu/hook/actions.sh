@@ -7,10 +7,14 @@
 # shellcheck source=lib/criu/hook/run.sh
 . "$here/lib/criu/hook/run.sh"
 
-# One CRIU run: its PID and start time; its entries are BASE/criu-PID-START*.
+# One CRIU run: its PID, start time and PID namespace; its entries are
+# BASE/criu-PID-START-PIDNS*. (A PID and a start time repeat in other PID
+# namespaces: two containers' CRIUs, both PID 200, started in the same
+# clock tick.)
 started_of "$criu"
 start=$started
-run=$base/criu-$criu-$start
+pid_namespace
+run=$base/criu-$criu-$start${pidns:+-$pidns}
 # A restore's markers: left by a planned unlock for post-resume (CRIU has
 # closed its image directory by then, so they are found by CRIU's PID and
 # start time; .finish holds the plan's tree and dumped PID), and by any

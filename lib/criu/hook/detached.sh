@@ -44,6 +44,7 @@ leave_cgroup() {
 # entries are judged, and never one just made.
 sweep() {
   mine=$(readlink /proc/self/ns/pid 2>/dev/null) || return 0
+  pid_namespace
   for entry in "$base"/criu-*; do
     [ -e "$entry" ] || continue
     name=${entry##*/criu-}
@@ -57,6 +58,11 @@ sweep() {
       [ -e "${entry%.*}.watch" ] && continue
       start=${name#"$pid"-}
       start=${start%%[!0-9]*}
+      # Another PID namespace's CRIU (its PID says nothing here).
+      ns=${name#"$pid"-"$start"}
+      ns=${ns#-}
+      ns=${ns%%[!0-9]*}
+      [ -n "$ns" ] && [ "$ns" != "$pidns" ] && continue
       alive_as "$pid" "$start" && continue
       rm -f "$entry"
       continue

@@ -16,6 +16,17 @@ started_of() {
   started=$1
 }
 
+# This shell's PID namespace, as its inode number, into $pidns (empty
+# where the kernel does not show it): from the fdinfo of the namespace
+# opened as fd 3, with builtins only (no fork inside CRIU's clock).
+pid_namespace() {
+  pidns=
+  while read -r key value; do
+    [ "$key" = ino: ] && pidns=$value
+  done 3</proc/self/ns/pid </proc/self/fdinfo/3 2>/dev/null
+  case $pidns in *[!0-9]*) pidns= ;; esac
+}
+
 # Whether process $1 is still the one that started at $2.
 alive_as() {
   started_of "$1" && [ "$started" = "$2" ]

@@ -1241,6 +1241,20 @@ function selectConnections(entries, inodes) {
   }
   return connections;
 }
+function selectListeners(entries, inodes) {
+  const seen = /* @__PURE__ */ new Set();
+  const listeners = [];
+  for (const entry of entries) {
+    if (entry.state !== LISTEN || !inodes.has(entry.inode) || seen.has(entry.inode)) continue;
+    seen.add(entry.inode);
+    listeners.push({
+      family: entry.family,
+      local: entry.local,
+      localPort: entry.localPort
+    });
+  }
+  return listeners;
+}
 function formatIpv6(bytes) {
   const groups = Array.from({
     length: 8
@@ -1391,7 +1405,10 @@ async function probeTree(exec, pid, want = {}) {
   const probe = {
     tree
   };
-  if (want.connections) probe.connections = selectConnections(rows, inodes);
+  if (want.connections) {
+    probe.connections = selectConnections(rows, inodes);
+    probe.listeners = selectListeners(rows, inodes);
+  }
   if (diag) {
     assertToolSuccess(diag, "ss");
     const cgroups = parseSocketCgroups(diag.stdout);
@@ -1958,6 +1975,12 @@ function inspectIptablesLock(table, rules) {
       rules.name,
       ...subchains
     ].reduce((sum, chain) => sum + rulesOf2(chain).filter(isConnectionLockRule).length, 0),
+    listeners: lockRules.flatMap((spec) => {
+      const match = spec.match(LISTENER_DROP);
+      return match ? [
+        `${match[1]?.replace(/\/(32|128)$/, "") ?? "any"} ${match[2]}`
+      ] : [];
+    }),
     inputJumps,
     outputJumps,
     otherContent,
@@ -1987,12 +2010,12 @@ function isConnectionLockRule(spec) {
   return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j DROP$/.test(spec);
 }
 function isListenerDrop(spec) {
-  return /^(-d \S+ )?-p tcp -m tcp --dport [0-9]+ --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/.test(spec);
+  return LISTENER_DROP.test(spec);
 }
 function isMarkedReturn(spec) {
   return /^-m mark --mark 0x[0-9a-f]+ -j RETURN$/.test(spec);
 }
-var BUILTIN_CHAINS2, UNLOCKED_STATE;
+var BUILTIN_CHAINS2, UNLOCKED_STATE, LISTENER_DROP;
 var init_lock_state2 = __esm({
   "lib/iptables/lock_state.ts"() {
     init_ruleset2();
@@ -2008,6 +2031,7 @@ var init_lock_state2 = __esm({
       chainRuleCount: 0,
       subchains: [],
       connectionDrops: 0,
+      listeners: [],
       inputJumps: 0,
       outputJumps: 0,
       otherContent: true,
@@ -2015,6 +2039,7 @@ var init_lock_state2 = __esm({
       foreign: false,
       ipv4Only: false
     };
+    LISTENER_DROP = /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/;
   }
 });
 
@@ -3229,17 +3254,20 @@ var init_apply = __esm({
 });
 
 // lib/lock/process.ts
-async function lockConnections(prepared, opts, pid) {
-  const { tree, connections } = await probeTree(prepared.exec, pid, {
+async function lockConnections(prepared, opts, pid, listeners = false) {
+  const probe = await probeTree(prepared.exec, pid, {
     connections: true
   });
+  const { tree, connections } = probe;
   refuseOwnTree(tree, opts);
-  const shape = connectionShape(opts.name, opts.mark, pid, connections);
+  const listening = listeners ? probe.listeners ?? [] : [];
+  const shape = connectionShape(opts.name, opts.mark, pid, connections, listening);
   const outcome = await whileSameProcess(prepared, opts, tree, shape, "connections", () => lockWithBackend(prepared, opts, shape));
   return {
     ...outcome,
     connections: connections.length,
-    lockedConnections: connections
+    lockedConnections: connections,
+    lockedListeners: listening
   };
 }
 async function lockCgroup(prepared, opts, pid) {
@@ -3660,6 +3688,12 @@ async function readLockInventory(request) {
       ...found
     } : void 0;
   };
+  const listened = /* @__PURE__ */ new Map();
+  const listening = (lock) => {
+    const keys = listened.get(lock) ?? /* @__PURE__ */ new Set();
+    listened.set(lock, keys);
+    return keys;
+  };
   const iptables = /* @__PURE__ */ new Map();
   for (const [i, table] of tables.entries()) {
     for (const chain of table?.chains ?? []) {
@@ -3685,6 +3719,7 @@ async function readLockInventory(request) {
       lock.families.push(families[i]);
       if (lock.kind === "connections") {
         lock.connections = (lock.connections ?? 0) + state.connectionDrops / 2;
+        for (const listener of state.listeners) listening(lock).add(listener);
       }
       iptables.set(key, lock);
     }
@@ -3717,10 +3752,18 @@ async function readLockInventory(request) {
         delete lock.pid;
       } else if (lock.kind === "connections") {
         lock.connections = (view?.sets.conn4?.length ?? 0) + (view?.sets.conn6?.length ?? 0);
+        for (const set of [
+          "listen4",
+          "listen6",
+          "listenany"
+        ]) {
+          for (const element of view?.sets[set] ?? []) listening(lock).add(`${set} ${element}`);
+        }
       }
     })
   ]);
   for (const lock of connectionLocks) if (lock.pid) lock.alive = alive.has(lock.pid);
+  for (const [lock, keys] of listened) if (keys.size > 0) lock.listeners = keys.size;
   const order = {
     netns: 0,
     connections: 1,
@@ -3814,18 +3857,21 @@ async function lockNetwork(target, options = {}) {
 }
 async function lockConnectionsOf(pid, options = {}) {
   let locked = [];
+  let listeners = [];
   const result2 = await run(pid, {
     ...options,
     mode: "connections"
   }, "lock", async (p, opts, ref) => {
     await runScripts(opts, ref, "network-lock");
-    const outcome = await lockConnections(p, opts, ref.pid);
+    const outcome = await lockConnections(p, opts, ref.pid, true);
     locked = outcome.lockedConnections ?? [];
+    listeners = outcome.lockedListeners ?? [];
     return outcome;
   });
   return {
     result: result2,
-    locked
+    locked,
+    listeners
   };
 }
 function asNetworkLock(result2, target, options) {
@@ -4065,6 +4111,7 @@ __export(tree_lock_exports, {
   completeTreeLock: () => completeTreeLock,
   connectionKey: () => connectionKey,
   keptNote: () => keptNote,
+  listenerKey: () => listenerKey,
   lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
   lockTreeConnections: () => lockTreeConnections,
   narrowToDumped: () => narrowToDumped,
@@ -4116,13 +4163,16 @@ async function lockTreeBeforeFreeze(pid, options) {
   };
 }
 async function prepareConnections(pid, options) {
-  const { result: result2, locked } = await lockConnectionsOf(pid, options);
+  const { result: result2, locked, listeners } = await lockConnectionsOf(pid, options);
   return {
     kind: "connections",
     result: result2,
     prepared: {
       lock: result2,
-      held: new Set(locked.map(connectionKey))
+      held: /* @__PURE__ */ new Set([
+        ...locked.map(connectionKey),
+        ...listeners.map(listenerKey)
+      ])
     }
   };
 }
@@ -4130,11 +4180,11 @@ async function completeTreeLock(pid, options, before, dumped) {
   if (!before?.prepared) return void 0;
   const { lock, held } = before.prepared;
   const missing = dumped.connections.filter((connection) => !held.has(connectionKey(connection)));
+  const listeners = dumped.listeners.filter((listener) => !held.has(listenerKey(listener)));
   const report2 = {
     ...lock,
     connections: dumped.connections.length
   };
-  const { listeners } = dumped;
   if (missing.length === 0 && listeners.length === 0) return {
     ...report2,
     changed: false
@@ -4144,9 +4194,15 @@ async function completeTreeLock(pid, options, before, dumped) {
     changed: true
   } : void 0;
 }
+function listenerKey(listener) {
+  const local = /^[0.:]+$/.test(listener.local) ? "*" : canonicalAddress(listener.local);
+  return `listen ${listener.family} ${local} ${listener.localPort}`;
+}
 function connectionKey(connection) {
-  const canonical = (address2) => connection.family === "ipv6" ? new URL(`http://[${address2}]/`).hostname : address2;
-  return `${canonical(connection.local)} ${connection.localPort} ${canonical(connection.remote)} ${connection.remotePort}`;
+  return `${canonicalAddress(connection.local)} ${connection.localPort} ${canonicalAddress(connection.remote)} ${connection.remotePort}`;
+}
+function canonicalAddress(address2) {
+  return address2.includes(":") ? new URL(`http://[${address2}]/`).hostname : address2;
 }
 async function lockTreeConnections(pid, options, before) {
   if (before?.kind === "connections" && before.result.backend === "nftables") {
@@ -4299,10 +4355,7 @@ function socketsOutside(tree, sockets = /* @__PURE__ */ new Map()) {
   return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), so a cgroup lock would miss them`;
 }
 async function lockConnections2(pid, options) {
-  const result2 = await lockNetwork(pid, {
-    ...options,
-    mode: "connections"
-  });
+  const { result: result2 } = await lockConnectionsOf(pid, options);
   return {
     kind: "connections",
     result: result2
@@ -5858,7 +5911,8 @@ function lockTable(locks) {
       "FAMILIES",
       "PID",
       "ALIVE",
-      "CONNECTIONS"
+      "CONNECTIONS",
+      "LISTENERS"
     ],
     ...locks.map((lock) => [
       lock.target.netns,
@@ -5868,7 +5922,8 @@ function lockTable(locks) {
       lock.families.join("+"),
       lock.pid === void 0 ? "-" : String(lock.pid),
       lock.alive === void 0 ? "-" : lock.alive ? "yes" : "no",
-      lock.connections === void 0 ? "-" : String(lock.connections)
+      lock.connections === void 0 ? "-" : String(lock.connections),
+      lock.kind !== "connections" ? "-" : String(lock.listeners ?? 0)
     ])
   ];
   const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));

@@ -10,7 +10,7 @@ import { connectionShape } from "./shape/connections.ts";
 import { cgroupShape } from "./shape/cgroup.ts";
 import { lockCgroup, lockConnections } from "./lock/process.ts";
 import { processLockOf } from "./connections/ruleset.ts";
-import type { Connection } from "./connections/proc_net_parser.ts";
+import type { Connection, Listener } from "./connections/proc_net_parser.ts";
 import { lockWithBackend } from "./lock/apply.ts";
 import { statusAllBackends } from "./lock/status.ts";
 import { type LockShape, type NamespaceOutcome, namespaceShape } from "./shape/shape.ts";
@@ -82,10 +82,11 @@ export async function lockNetwork(
 }
 
 /**
- * Locks the TCP connections of the process tree of `pid` (connection
- * mode), as {@linkcode lockNetwork} does, and says which connections it
- * locked: the CRIU hook keeps them, to add at `post-dump` only those CRIU
- * dumped beyond them, without probing the tree a second time.
+ * Locks the TCP connections and listeners of the process tree of `pid`
+ * (connection mode, as {@linkcode lockNetwork} does, and the tree's
+ * listening sockets: what a dump takes), and says which it locked: the
+ * CRIU hook keeps them, to add at `post-dump` only those CRIU dumped beyond
+ * them, without probing the tree a second time.
  *
  * @example
  * ```ts
@@ -93,32 +94,36 @@ export async function lockNetwork(
  *
  * // Needs root and a live target: type-checked here, not run.
  * export async function example(): Promise<void> {
- *   const { result, locked } = await lockConnectionsOf(1234, { backend: "nftables" });
- *   console.log(result.connections === locked.length);
+ *   const { result, locked, listeners } = await lockConnectionsOf(1234, { backend: "nftables" });
+ *   console.log(result.connections === locked.length, listeners.length);
  * }
  * ```
  *
  * @param pid The tree's root.
  * @param options As for {@linkcode lockNetwork} (the mode is `connections`).
- * @returns The lock's report, and the connections it was made for.
+ * @returns The lock's report, and the connections and listeners it was made for.
  */
 export async function lockConnectionsOf(
   pid: number,
   options: NetlockOptions = {},
-): Promise<{ result: OperationResult; locked: readonly Connection[] }> {
+): Promise<
+  { result: OperationResult; locked: readonly Connection[]; listeners: readonly Listener[] }
+> {
   let locked: readonly Connection[] = [];
+  let listeners: readonly Listener[] = [];
   const result = await run(
     pid,
     { ...options, mode: "connections" },
     "lock",
     async (p, opts, ref) => {
       await runScripts(opts, ref, "network-lock");
-      const outcome = await lockConnections(p, opts, ref.pid!);
+      const outcome = await lockConnections(p, opts, ref.pid!, true);
       locked = outcome.lockedConnections ?? [];
+      listeners = outcome.lockedListeners ?? [];
       return outcome;
     },
   );
-  return { result, locked };
+  return { result, locked, listeners };
 }
 
 /**

@@ -293,6 +293,9 @@ for (const backend of ["iptables", "nftables"]) {
       await new Promise((resolve) => setTimeout(resolve, 1500));
       assert.ok(client.pending(), `the client waits: ${client.pending() || await client.result}`);
       assert.deepEqual(await locks(host), [`connections NETLOCK-c${tree.pid}`]);
+      // `list` shows what it holds: the tree's connections and its listener.
+      const listed = JSON.parse((await cliInside(host, ["list", "--json"])).stdout);
+      assert.deepEqual([listed.connections, listed.listeners], [CONNECTIONS, 1]);
       await restoresWhole(live, env);
       assert.equal(await client.result, "open", "the client connects to the restored service");
     },

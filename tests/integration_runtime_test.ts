@@ -46,6 +46,13 @@ async function undelivered(netns: TestNetns): Promise<number> {
   return field("InReceives") - field("InDelivers");
 }
 
+/**
+ * A checkpoint locked the namespace when at least this many of the peer's
+ * packets went undelivered meanwhile: its 8 connections send every 20 ms,
+ * and a lock dropped 29-38 here; without one, 0 or 1 (a stray packet).
+ */
+const LOCKED = 10;
+
 /** A runtime's command: its exit code and what it said. */
 type Ran = { code: number; stderr: string };
 
@@ -122,7 +129,8 @@ for (const backend of ["iptables", "nftables"]) {
       const checkpoint = await container.checkpoint(["--leave-running"], env);
       assert.equal(checkpoint.code, 0, checkpoint.stderr);
       // The peer sends all along: the lock dropped some of it during the checkpoint.
-      assert.ok(await undelivered(pod.pod) > dropped, "the checkpoint locked the namespace");
+      const during = await undelivered(pod.pod) - dropped;
+      assert.ok(during >= LOCKED, `the checkpoint locked the namespace (${during} dropped)`);
       await peer.flowing();
       assert.ok(await clean(pod.pod, before), "nothing of the lock is left");
       assertWhole(await peer.stop());
@@ -188,7 +196,8 @@ Deno.test({
     const dropped = await undelivered(pod.pod);
     const checkpoint = await container.checkpoint([], {}, nolock.path);
     assert.equal(checkpoint.code, 0, checkpoint.stderr);
-    assert.equal(await undelivered(pod.pod), dropped, "nothing locked the namespace");
+    const during = await undelivered(pod.pod) - dropped;
+    assert.ok(during < LOCKED, `nothing locked the namespace (${during} dropped)`);
     // Unlocked, the peer's packets meet closed sockets: reset, while the
     // restore itself succeeds (the connections break for want of a lock).
     await new Promise((resolve) => setTimeout(resolve, 1000));

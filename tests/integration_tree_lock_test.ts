@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { createNetns, integration, must, snapshot, type TestNetns } from "./helpers/netns.ts";
+import { lineReader } from "./helpers/lines.ts";
 import { type Peer, startPeer, startTree, type Tree } from "./helpers/tree.ts";
 
 const PORT = 7710;
@@ -98,15 +99,48 @@ async function runProgram(netns: TestNetns, text: string, args: string[]): Promi
   };
 }
 
-/** Two more connections accepted by the tree (a connection in the listen queue is not the tree's yet). */
-async function twoMore(netns: TestNetns, tree: Tree): Promise<Peer> {
+const MARKED_CLIENT = new URL("./helpers/marked_client.py", import.meta.url).pathname;
+
+/**
+ * Two more connections accepted by the tree after the lock made before the
+ * freeze (which drops unmarked SYNs to the tree's listener: their SYNs are
+ * marked, as a connection that came in before the lock would not need);
+ * `stop()` closes them.
+ */
+async function twoMore(
+  netns: TestNetns,
+  tree: Tree,
+): Promise<{ stop(): Promise<void> } & AsyncDisposable> {
   const held = sockets(tree.members());
-  const second = await startPeer(netns, { netns, address: "127.0.0.1" }, PORT, 2);
+  const child = new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      "python3",
+      MARKED_CLIENT,
+      "127.0.0.1",
+      String(PORT),
+      "2",
+      "0xc114",
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const output = lineReader(child.stdout);
+  assert.equal(await output.next(), "connected");
   for (let i = 0; i < 200 && sockets(tree.members()) < held + 2; i++) {
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
   assert.equal(sockets(tree.members()), held + 2);
-  return second;
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    stopped ??= (async () => {
+      await child.stdin.close().catch(() => {});
+      await child.status;
+      await output.drain();
+    })();
+  return { stop, [Symbol.asyncDispose]: stop };
 }
 
 Deno.test({
@@ -164,8 +198,13 @@ console.log(JSON.stringify({ kind: before.kind }));
 const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).values();
 await lines.next();
 // What CRIU's images would hold: the tree's connections now.
-const { connections } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid, { connections: true });
-const after = await completeTreeLock(pid, options, before, connections);
+const { connections, listeners } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid, {
+  connections: true,
+});
+const after = await completeTreeLock(pid, options, before, {
+  connections: connections ?? [],
+  listeners: listeners ?? [],
+});
 console.log(JSON.stringify({ connections: after?.connections, changed: after?.changed }));
 `;
 
@@ -184,7 +223,10 @@ for (const backend of ["iptables", "nftables"] as const) {
       const drops = async () =>
         backend === "iptables"
           ? (await inNetns("iptables-save", "-t", "filter")).split("\n")
-            .filter((line) => line.startsWith(`-A ${name}`) && line.endsWith("-j DROP")).length
+            .filter((line) =>
+              line.startsWith(`-A ${name}`) && line.endsWith("-j DROP") &&
+              !line.includes("--tcp-flags") // (the listener's)
+            ).length
           : 2 * ((await inNetns("nft", "list", "set", "inet", name, "conn4"))
             .match(/127\.0\.0\.1 \. [0-9]+ \. 127\.0\.0\.1 \. [0-9]+/g)?.length ?? 0);
       {

@@ -103,12 +103,13 @@ Deno.test("lockTable() aligns one row per lock, with - where a field does not ap
         pid: 42,
         alive: false,
         connections: 3,
+        listeners: 1,
       },
     ]),
     [
-      "NAMESPACE  KIND         NAME         BACKEND   FAMILIES   PID  ALIVE  CONNECTIONS",
-      "net:[1]    netns        NETLOCK      nftables  ipv4       -    -      -",
-      "net:[1]    connections  NETLOCK-c42  iptables  ipv4+ipv6  42   no     3",
+      "NAMESPACE  KIND         NAME         BACKEND   FAMILIES   PID  ALIVE  CONNECTIONS  LISTENERS",
+      "net:[1]    netns        NETLOCK      nftables  ipv4       -    -      -            -",
+      "net:[1]    connections  NETLOCK-c42  iptables  ipv4+ipv6  42   no     3            1",
     ].join("\n"),
   );
 });

@@ -358,7 +358,17 @@ export function jsonLock(lock: LockInfo): string {
  */
 export function lockTable(locks: LockInfo[]): string {
   const rows = [
-    ["NAMESPACE", "KIND", "NAME", "BACKEND", "FAMILIES", "PID", "ALIVE", "CONNECTIONS"],
+    [
+      "NAMESPACE",
+      "KIND",
+      "NAME",
+      "BACKEND",
+      "FAMILIES",
+      "PID",
+      "ALIVE",
+      "CONNECTIONS",
+      "LISTENERS",
+    ],
     ...locks.map((lock) => [
       lock.target.netns,
       lock.kind,
@@ -368,6 +378,7 @@ export function lockTable(locks: LockInfo[]): string {
       lock.pid === undefined ? "-" : String(lock.pid),
       lock.alive === undefined ? "-" : lock.alive ? "yes" : "no",
       lock.connections === undefined ? "-" : String(lock.connections),
+      lock.kind !== "connections" ? "-" : String(lock.listeners ?? 0),
     ]),
   ];
   const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));

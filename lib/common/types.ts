@@ -169,6 +169,11 @@ export interface LockInfo {
   alive?: boolean;
   /** Connection locks: how many TCP connections it holds. */
   connections?: number;
+  /**
+   * Connection locks: how many listening addresses and ports it holds (a
+   * client's SYN to one is dropped, not refused); present when it holds any.
+   */
+  listeners?: number;
 }
 
 /** CRIU's own locks, found (status) or removed (unlock) with the `criu` option. */

@@ -15,10 +15,12 @@ import { assertToolSuccess, type ToolExec } from "../exec/nsenter.ts";
 import { TREE_SH } from "../exec/shell_programs.ts";
 import {
   type Connection,
+  type Listener,
   parseProcNetTcp,
   parseSocketCgroups,
   parseSocketInodes,
   selectConnections,
+  selectListeners,
 } from "./proc_net_parser.ts";
 import { parseTreeReport, type ProcessTree } from "./tree_parser.ts";
 
@@ -31,6 +33,8 @@ export interface TreeProbe {
   tree: ProcessTree;
   /** The tree's TCP connections with a remote peer (when asked for). */
   connections?: Connection[];
+  /** The tree's TCP listeners (with its connections). */
+  listeners?: Listener[];
   /**
    * The cgroup of every TCP socket of the tree, listeners included, by
    * inode (when asked for; `undefined` for a socket sock_diag gave none).
@@ -91,7 +95,10 @@ export async function probeTree(
   const inodes = parseSocketInodes(links);
   const rows = parseProcNetTcp(tables.stdout, inodes);
   const probe: TreeProbe = { tree };
-  if (want.connections) probe.connections = selectConnections(rows, inodes);
+  if (want.connections) {
+    probe.connections = selectConnections(rows, inodes);
+    probe.listeners = selectListeners(rows, inodes);
+  }
   if (diag) {
     assertToolSuccess(diag, "ss");
     const cgroups = parseSocketCgroups(diag.stdout);

@@ -181,6 +181,37 @@ export function selectConnections(entries: TcpEntry[], inodes: Set<string>): Con
 }
 
 /**
+ * The listeners of a process: its TCP sockets in state LISTEN, each once
+ * (what a dump takes besides its connections).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { selectListeners } from "./proc_net_parser.ts";
+ *
+ * const listeners = selectListeners([
+ *   { family: "ipv4", local: "0.0.0.0", localPort: 80, remote: "0.0.0.0", remotePort: 0, state: "0A", inode: "1" },
+ *   { family: "ipv4", local: "127.0.0.1", localPort: 80, remote: "127.0.0.1", remotePort: 5000, state: "01", inode: "2" },
+ * ], new Set(["1", "2"]));
+ * assert.deepEqual(listeners, [{ family: "ipv4", local: "0.0.0.0", localPort: 80 }]);
+ * ```
+ *
+ * @param entries The kernel's TCP table rows.
+ * @param inodes The process's socket inodes.
+ * @returns The listeners, without duplicates.
+ */
+export function selectListeners(entries: TcpEntry[], inodes: Set<string>): Listener[] {
+  const seen = new Set<string>();
+  const listeners: Listener[] = [];
+  for (const entry of entries) {
+    if (entry.state !== LISTEN || !inodes.has(entry.inode) || seen.has(entry.inode)) continue;
+    seen.add(entry.inode);
+    listeners.push({ family: entry.family, local: entry.local, localPort: entry.localPort });
+  }
+  return listeners;
+}
+
+/**
  * Formats 16 bytes as an IPv6 address the way `inet_ntop` (and so
  * iptables-save and nft) prints it: lower-case, the longest run of two or
  * more zero groups as `::`.

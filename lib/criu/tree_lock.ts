@@ -124,11 +124,14 @@ async function prepareConnections(
   pid: number,
   options: NetlockOptions,
 ): Promise<{ kind: "connections"; result: OperationResult } & Pick<TreeLocked, "prepared">> {
-  const { result, locked } = await lockConnectionsOf(pid, options);
+  const { result, locked, listeners } = await lockConnectionsOf(pid, options);
   return {
     kind: "connections",
     result,
-    prepared: { lock: result, held: new Set(locked.map(connectionKey)) },
+    prepared: {
+      lock: result,
+      held: new Set([...locked.map(connectionKey), ...listeners.map(listenerKey)]),
+    },
   };
 }
 
@@ -142,8 +145,7 @@ async function prepareConnections(
  * @param pid The tree's root.
  * @param options The hook's options.
  * @param before What `pre-dump` locked.
- * @param dumped The TCP connections and listeners in CRIU's images (a
- *   listener is always added: the lock made before the freeze holds none).
+ * @param dumped The TCP connections and listeners in CRIU's images.
  * @returns The lock's report, covering every dumped connection.
  */
 export async function completeTreeLock(
@@ -155,14 +157,35 @@ export async function completeTreeLock(
   if (!before?.prepared) return undefined;
   const { lock, held } = before.prepared;
   const missing = dumped.connections.filter((connection) => !held.has(connectionKey(connection)));
+  const listeners = dumped.listeners.filter((listener) => !held.has(listenerKey(listener)));
   const report = { ...lock, connections: dumped.connections.length };
-  const { listeners } = dumped;
   if (missing.length === 0 && listeners.length === 0) return { ...report, changed: false };
   // Added to the lock as it is: one transaction (a family), not the whole
   // lock again inside the window.
   return await addToLock(pid, options, lock, missing, listeners)
     ? { ...report, changed: true }
     : undefined;
+}
+
+/**
+ * One listener as a key, whatever the text of its address (see
+ * {@linkcode connectionKey}); a wildcard in any spelling is `*`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { listenerKey } from "./tree_lock.ts";
+ *
+ * const any = { family: "ipv6" as const, local: "::", localPort: 80 };
+ * assert.equal(listenerKey(any), listenerKey({ ...any, local: "0:0:0:0:0:0:0:0" }));
+ * ```
+ *
+ * @param listener The listener.
+ * @returns `listen FAMILY LOCAL LPORT`.
+ */
+export function listenerKey(listener: Listener): string {
+  const local = /^[0.:]+$/.test(listener.local) ? "*" : canonicalAddress(listener.local);
+  return `listen ${listener.family} ${local} ${listener.localPort}`;
 }
 
 /**
@@ -182,10 +205,13 @@ export async function completeTreeLock(
  * @returns `LOCAL LPORT REMOTE RPORT`.
  */
 export function connectionKey(connection: Connection): string {
-  const canonical = (address: string) =>
-    connection.family === "ipv6" ? new URL(`http://[${address}]/`).hostname : address;
-  return `${canonical(connection.local)} ${connection.localPort} ` +
-    `${canonical(connection.remote)} ${connection.remotePort}`;
+  return `${canonicalAddress(connection.local)} ${connection.localPort} ` +
+    `${canonicalAddress(connection.remote)} ${connection.remotePort}`;
+}
+
+/** An address as URLs write it (IPv6 compressed and lower-case; IPv4 as it is). */
+function canonicalAddress(address: string): string {
+  return address.includes(":") ? new URL(`http://[${address}]/`).hostname : address;
 }
 
 /**
@@ -467,11 +493,12 @@ export function socketsOutside(
     "so a cgroup lock would miss them";
 }
 
+/** The tree's connections and listeners locked by address (what a dump takes). */
 async function lockConnections(
   pid: number,
   options: NetlockOptions,
 ): Promise<{ kind: "connections"; result: OperationResult }> {
-  const result = await lockNetwork(pid, { ...options, mode: "connections" });
+  const { result } = await lockConnectionsOf(pid, options);
   return { kind: "connections", result };
 }
 

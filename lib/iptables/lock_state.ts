@@ -23,6 +23,8 @@ export interface IptablesLockState {
   subchains: string[];
   /** How many drops of single connections the lock's chains hold (two per connection). */
   connectionDrops: number;
+  /** The listeners whose SYNs the lock's chain drops: `ADDRESS PORT` (`any PORT` for a wildcard). */
+  listeners: string[];
   /** How many `-j NAME` rules INPUT holds. */
   inputJumps: number;
   /** How many `-j NAME` rules OUTPUT holds. */
@@ -53,6 +55,7 @@ export const UNLOCKED_STATE: IptablesLockState = {
   chainRuleCount: 0,
   subchains: [],
   connectionDrops: 0,
+  listeners: [],
   inputJumps: 0,
   outputJumps: 0,
   otherContent: true,
@@ -161,6 +164,10 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
       (sum, chain) => sum + rulesOf(chain).filter(isConnectionLockRule).length,
       0,
     ),
+    listeners: lockRules.flatMap((spec) => {
+      const match = spec.match(LISTENER_DROP);
+      return match ? [`${match[1]?.replace(/\/(32|128)$/, "") ?? "any"} ${match[2]}`] : [];
+    }),
     inputJumps,
     outputJumps,
     otherContent,
@@ -227,9 +234,11 @@ function isConnectionLockRule(spec: string): boolean {
 }
 
 /** A connection lock's drop of a listener's SYNs (to its address, or any, and port). */
+const LISTENER_DROP =
+  /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/;
+
 function isListenerDrop(spec: string): boolean {
-  return /^(-d \S+ )?-p tcp -m tcp --dport [0-9]+ --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/
-    .test(spec);
+  return LISTENER_DROP.test(spec);
 }
 
 /** The first rule of a connection lock's chain: marked packets return. */

@@ -64,7 +64,7 @@ export function planIptablesLock(state: IptablesLockState, rules: LockRules): Ip
  * const step = planIptablesUnlock({
  *   status: "locked", chainExists: true, chainRulesMatch: true, chainRuleCount: 2, inputJumps: 1,
  *   outputJumps: 1, otherContent: false, flavour: "legacy", foreign: false, ipv4Only: false,
- *   subchains: [], connectionDrops: 0,
+ *   subchains: [], connectionDrops: 0, listeners: [],
  * }, { name: "NETLOCK", mark: 0xC114 });
  * assert(step?.script.includes("-X NETLOCK"));
  * ```

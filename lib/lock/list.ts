@@ -70,6 +70,13 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
     return request.criu && criu ? { kind: "criu", ...found } : undefined;
   };
 
+  // Each connection lock's listeners, by a key each.
+  const listened = new Map<FoundLock, Set<string>>();
+  const listening = (lock: FoundLock): Set<string> => {
+    const keys = listened.get(lock) ?? new Set<string>();
+    listened.set(lock, keys);
+    return keys;
+  };
   const iptables = new Map<string, FoundLock>();
   for (const [i, table] of tables.entries()) {
     for (const chain of table?.chains ?? []) {
@@ -97,6 +104,8 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
       lock.families.push(families[i]);
       if (lock.kind === "connections") {
         lock.connections = (lock.connections ?? 0) + state.connectionDrops / 2;
+        // (A wildcard IPv6 listener is dropped in both families: counted once.)
+        for (const listener of state.listeners) listening(lock).add(listener);
       }
       iptables.set(key, lock);
     }
@@ -119,10 +128,14 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
         delete lock.pid;
       } else if (lock.kind === "connections") {
         lock.connections = (view?.sets.conn4?.length ?? 0) + (view?.sets.conn6?.length ?? 0);
+        for (const set of ["listen4", "listen6", "listenany"]) {
+          for (const element of view?.sets[set] ?? []) listening(lock).add(`${set} ${element}`);
+        }
       }
     }),
   ]);
   for (const lock of connectionLocks) if (lock.pid) lock.alive = alive.has(lock.pid);
+  for (const [lock, keys] of listened) if (keys.size > 0) lock.listeners = keys.size;
   const order = { netns: 0, connections: 1, cgroup: 2, criu: 3, foreign: 4 };
   return [...iptables.values(), ...nftables].sort((a, b) =>
     order[a.kind] - order[b.kind] || (a.pid ?? 0) - (b.pid ?? 0) ||

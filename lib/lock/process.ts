@@ -22,21 +22,27 @@ import { lockWithBackend } from "./apply.ts";
 
 /**
  * Locks the TCP connections of the process tree of `pid` (the process and
- * every descendant, as CRIU dumps it), in one transaction.
+ * every descendant, as CRIU dumps it), in one transaction; with
+ * `listeners`, its listeners too (a SYN to one is dropped: what the CRIU
+ * hook keeps of a dumped tree; `--mode connections` locks connections only).
  *
  * @param prepared The probed target (netlock's own namespace, usually).
  * @param opts The validated options.
  * @param pid The tree's root.
- * @returns What was done, with the connections locked.
+ * @param listeners Whether the tree's listeners are locked too.
+ * @returns What was done, with the connections (and listeners) locked.
  */
 export async function lockConnections(
   prepared: Prepared,
   opts: ResolvedOptions,
   pid: number,
+  listeners = false,
 ): Promise<NamespaceOutcome> {
-  const { tree, connections } = await probeTree(prepared.exec, pid, { connections: true });
+  const probe = await probeTree(prepared.exec, pid, { connections: true });
+  const { tree, connections } = probe;
   refuseOwnTree(tree, opts);
-  const shape = connectionShape(opts.name, opts.mark, pid, connections);
+  const listening = listeners ? probe.listeners ?? [] : [];
+  const shape = connectionShape(opts.name, opts.mark, pid, connections, listening);
   const outcome = await whileSameProcess(
     prepared,
     opts,
@@ -49,6 +55,7 @@ export async function lockConnections(
     ...outcome,
     connections: (connections as Connection[]).length,
     lockedConnections: connections,
+    lockedListeners: listening,
   };
 }
 

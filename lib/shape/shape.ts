@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Connection } from "../connections/proc_net_parser.ts";
+import type { Connection, Listener } from "../connections/proc_net_parser.ts";
 import { NetlockError } from "../common/errors.ts";
 import type { IptablesContext } from "../iptables/backend.ts";
 import type { ToolExec } from "../exec/nsenter.ts";
@@ -79,6 +79,8 @@ export interface NamespaceOutcome {
   connections?: number;
   /** The connections a connection lock was made for (not reported: the CRIU hook keeps their keys). */
   lockedConnections?: readonly Connection[];
+  /** The listeners a connection lock was made for (the CRIU hook's). */
+  lockedListeners?: readonly Listener[];
   /** Problems that did not stop the operation. */
   warnings?: string[];
   /** Unlock: the names of the locks removed. */

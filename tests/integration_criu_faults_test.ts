@@ -10,7 +10,6 @@
  */
 import assert from "node:assert/strict";
 import {
-  createPod,
   criuDump,
   criuRestore,
   holdPid,
@@ -24,12 +23,12 @@ import { lineReader } from "./helpers/lines.ts";
 import { createCgroup, startPeer, startTree, type Tree } from "./helpers/tree.ts";
 import {
   assertWhole,
-  CHILDREN,
   clean,
   CONNECTIONS,
   dumpedHostTree,
   hostTree,
   locks,
+  podTree,
   PORT,
   restoresWhole,
   stalled,
@@ -103,71 +102,41 @@ for (const backend of ["iptables", "nftables"]) {
     },
   });
 
-  for (const at of ["network-lock", "post-dump"]) {
-    Deno.test({
-      ...withCriu,
-      name:
-        `real CRIU killed with its whole process group after ${at}, tree in its own namespace, ${backend}: the tree runs unlocked within 3 s, no helper left`,
-      async fn() {
-        await using pod = await createPod(createNetns);
-        const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
-        try {
-          const before = await snapshot(pod.pod);
-          const place = { netns: pod.pod, address: pod.address };
-          await using tree = await startTree(place, PORT, CONNECTIONS, CHILDREN);
-          await using peer = await startPeer(pod.peer, place, PORT, CONNECTIONS);
-          await peer.flowing();
-          await using hook = await wrappedHook({ killAt: at, group: true });
-          const setting: Setting = { pod, hook: hook.path, ownGroup: true };
+  // What a unit stop or timeout(1) does: CRIU killed with its whole process
+  // group, or with its whole cgroup (cgroup.kill, CRIU run in a cgroup of
+  // its own), whatever process group its children are in.
+  for (const by of ["process group", "cgroup"] as const) {
+    for (const at of ["network-lock", "post-dump"]) {
+      Deno.test({
+        ...withCriu,
+        name:
+          `real CRIU killed with its whole ${by} after ${at} of a --leave-running dump, tree in its own namespace, ${backend}: the helper unlocks the tree that runs on within 3 s, no helper left`,
+        async fn() {
+          await using live = await podTree();
+          const { pod, images, before, tree, peer } = live;
+          await using criuCgroup = await createCgroup();
+          await using hook = await wrappedHook(
+            by === "cgroup" ? { killAt: at, cgroup: criuCgroup.dir } : { killAt: at, group: true },
+          );
+          const setting: Setting = by === "cgroup"
+            ? { pod, hook: hook.path, prefix: inCgroup(criuCgroup.dir) }
+            : { pod, hook: hook.path, ownGroup: true };
           const dump = await criuDump(setting, tree, images, ["--leave-running"], env);
           const killed = performance.now();
           assert.notEqual(dump.code, 0, "CRIU was killed");
           assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
           assert.ok(await clean(pod.pod, before), "the namespace of the tree that runs on is free");
           const took = performance.now() - killed;
-          assert.ok(took < 3000, `unlocked ${took.toFixed(0)} ms after CRIU's group was killed`);
+          assert.ok(took < 3000, `unlocked ${took.toFixed(0)} ms after CRIU was killed`);
           assert.equal(await hookIdle(), "", "no helper left");
           assert.ok(tree.thawed(), "the tree runs on (not frozen)");
           if (at === "network-lock") {
             await peer.flowing();
             assertWhole(await peer.stop());
           }
-        } finally {
-          await Deno.remove(images, { recursive: true });
-        }
-      },
-    });
-  }
-
-  for (const at of ["network-lock", "post-dump"]) {
-    Deno.test({
-      ...withCriu,
-      name:
-        `real CRIU killed with its whole cgroup (cgroup.kill) after ${at} of a --leave-running dump, tree in its own namespace, ${backend}: the helper, out of CRIU's cgroup, unlocks the tree that runs on`,
-      async fn() {
-        await using pod = await createPod(createNetns);
-        // CRIU runs in a cgroup of its own, as in a unit a service manager stops.
-        await using criuCgroup = await createCgroup();
-        const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
-        try {
-          const before = await snapshot(pod.pod);
-          const place = { netns: pod.pod, address: pod.address };
-          await using tree = await startTree(place, PORT, CONNECTIONS, CHILDREN);
-          await using peer = await startPeer(pod.peer, place, PORT, CONNECTIONS);
-          await peer.flowing();
-          await using hook = await wrappedHook({ killAt: at, cgroup: criuCgroup.dir });
-          const setting: Setting = { pod, hook: hook.path, prefix: inCgroup(criuCgroup.dir) };
-          const dump = await criuDump(setting, tree, images, ["--leave-running"], env);
-          assert.notEqual(dump.code, 0, "CRIU was killed");
-          assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
-          assert.ok(await clean(pod.pod, before), "the namespace of the tree that runs on is free");
-          assert.equal(await hookIdle(), "", "no helper left");
-          assert.ok(tree.thawed(), "the tree runs on (not frozen)");
-        } finally {
-          await Deno.remove(images, { recursive: true });
-        }
-      },
-    });
+        },
+      });
+    }
   }
 
   Deno.test({

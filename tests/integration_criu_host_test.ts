@@ -30,6 +30,7 @@ import {
   type HostTree,
   hostTree,
   locks,
+  podTree,
   PORT,
   restoresWhole,
   stalled,
@@ -237,24 +238,15 @@ for (const backend of ["iptables", "nftables"]) {
       name:
         `real CRIU killed right after ${at}, tree in its own namespace, ${backend}: no lock stays`,
       async fn() {
-        await using pod = await createPod(createNetns);
-        const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
-        try {
-          const before = await snapshot(pod.pod);
-          const place = { netns: pod.pod, address: pod.address };
-          await using tree = await startTree(place, PORT, CONNECTIONS, CHILDREN);
-          await using peer = await startPeer(pod.peer, place, PORT, CONNECTIONS);
-          await peer.flowing();
-          await using hook = await wrappedHook({ killAt: at });
-          const setting: Setting = { pod, hook: hook.path };
-          const dump = await criuDump(setting, tree, images, ["--leave-running"], env);
-          assert.notEqual(dump.code, 0, "CRIU was killed");
-          assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
-          assert.ok(await clean(pod.pod, before), "the namespace of the tree that runs on is free");
-          await runsOn(tree, peer, at);
-        } finally {
-          await Deno.remove(images, { recursive: true });
-        }
+        await using live = await podTree();
+        const { pod, images, before, tree, peer } = live;
+        await using hook = await wrappedHook({ killAt: at });
+        const setting: Setting = { pod, hook: hook.path };
+        const dump = await criuDump(setting, tree, images, ["--leave-running"], env);
+        assert.notEqual(dump.code, 0, "CRIU was killed");
+        assert.match((await hook.locks()).at(-1)!, new RegExp(`^${at} NETLOCK`), "locked then");
+        assert.ok(await clean(pod.pod, before), "the namespace of the tree that runs on is free");
+        await runsOn(tree, peer, at);
       },
     });
   }

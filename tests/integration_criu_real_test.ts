@@ -8,13 +8,11 @@
  * never under CI.
  */
 import assert from "node:assert/strict";
-import { createPod, criuDump, criuRestore, type Pod, withCriu } from "./helpers/criu.ts";
-import { type Peer, startPeer, startTree, type Tree } from "./helpers/tree.ts";
-import { cli, createNetns, sh, snapshot } from "./helpers/netns.ts";
+import { criuDump, criuRestore, type Pod, withCriu } from "./helpers/criu.ts";
+import { cli, sh, snapshot } from "./helpers/netns.ts";
+import { podTree } from "./helpers/host_tree.ts";
 
 const PORT = 7300;
-const CONNECTIONS = 6;
-const CHILDREN = 2;
 
 /** No helper of this run is left, nor its directory. */
 async function helpersGone(): Promise<boolean> {
@@ -24,38 +22,6 @@ async function helpersGone(): Promise<boolean> {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return false;
-}
-
-/** A pod whose tree's children hold live connections to a peer that is sending. */
-async function liveTree(): Promise<
-  {
-    pod: Pod;
-    images: string;
-    before: string;
-    tree: Tree;
-    peer: Peer;
-  } & AsyncDisposable
-> {
-  const pod = await createPod(createNetns);
-  const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
-  const before = await snapshot(pod.pod);
-  const at = { netns: pod.pod, address: pod.address };
-  const tree = await startTree(at, PORT, CONNECTIONS, CHILDREN);
-  const peer = await startPeer(pod.peer, at, PORT, CONNECTIONS);
-  await peer.flowing();
-  return {
-    pod,
-    images,
-    before,
-    tree,
-    peer,
-    async [Symbol.asyncDispose]() {
-      await peer[Symbol.asyncDispose]();
-      await tree[Symbol.asyncDispose]();
-      await Deno.remove(images, { recursive: true });
-      await pod[Symbol.asyncDispose]();
-    },
-  };
 }
 
 /** The locks `netlock list` shows in the pod's namespace (kind and name). */
@@ -75,7 +41,7 @@ for (const backend of ["iptables", "nftables"]) {
     ...withCriu,
     name: `real CRIU, ${backend}: dump --leave-running of a tree with live connections`,
     async fn() {
-      await using live = await liveTree();
+      await using live = await podTree(PORT);
       const { pod, images, before, tree, peer } = live;
       const dump = await criuDump({ pod }, tree, images, ["--leave-running"], env);
       assert.equal(dump.code, 0, dump.errors);
@@ -96,7 +62,7 @@ for (const backend of ["iptables", "nftables"]) {
     ...withCriu,
     name: `real CRIU, ${backend}: dump and restore keep every connection of the tree`,
     async fn() {
-      await using live = await liveTree();
+      await using live = await podTree(PORT);
       const { pod, images, before, tree, peer } = live;
       tree.members();
       const dump = await criuDump({ pod }, tree, images, [], env);

@@ -5,7 +5,7 @@
  * network action for such a tree, so criu-hook.sh locks it itself.
  */
 import assert from "node:assert/strict";
-import { createPod, criuDump, criuRestore } from "./criu.ts";
+import { createPod, criuDump, criuRestore, type Pod } from "./criu.ts";
 import { cliInside, createNetns, snapshot, type TestNetns } from "./netns.ts";
 import { type Cgroup, type Peer, startPeer, startTree, type Tree } from "./tree.ts";
 
@@ -60,6 +60,35 @@ export async function hostTree(
       await tree[Symbol.asyncDispose]();
       await Deno.remove(images, { recursive: true });
       await (pod ?? host)[Symbol.asyncDispose]();
+    },
+  };
+}
+
+/** A live tree in a pod's namespace: the pod, the image directory, the namespace before, the tree, the peer. */
+export type PodTree =
+  & { pod: Pod; images: string; before: string; tree: Tree; peer: Peer }
+  & AsyncDisposable;
+
+/** A pod whose tree's children (listening on `port`) hold live connections to a peer that is sending. */
+export async function podTree(port = PORT): Promise<PodTree> {
+  const pod = await createPod(createNetns);
+  const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
+  const before = await snapshot(pod.pod);
+  const at = { netns: pod.pod, address: pod.address };
+  const tree = await startTree(at, port, CONNECTIONS, CHILDREN);
+  const peer = await startPeer(pod.peer, at, port, CONNECTIONS);
+  await peer.flowing();
+  return {
+    pod,
+    images,
+    before,
+    tree,
+    peer,
+    async [Symbol.asyncDispose]() {
+      await peer[Symbol.asyncDispose]();
+      await tree[Symbol.asyncDispose]();
+      await Deno.remove(images, { recursive: true });
+      await pod[Symbol.asyncDispose]();
     },
   };
 }

@@ -172,7 +172,11 @@ setup-namespaces | post-setup-namespaces)
   if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$tree" != host ] &&
     exec 3</proc/"$CRTOOLS_INIT_PID"/ns/net 2>/dev/null; then
     images=
-    [ "$tree" = netns ] && [ -n "$planned" ] && cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && images=$PWD
+    # (cd and back, builtins only: $here may be relative.)
+    if [ "$tree" = netns ] && [ -n "$planned" ] && cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null; then
+      images=$PWD
+      cd "$OLDPWD" 2>/dev/null || :
+    fi
     watch undone "$planned" "$images"
     exec 3<&-
   fi

@@ -3,7 +3,9 @@
  * (after a final dump, until the restore, possibly on another machine): a
  * process holds N loopback connections, and iperf3 runs on another port of
  * the same loopback, without a lock, and with the process's connections
- * locked by each backend; rounds interleaved, medians, and each backend's
+ * locked by each backend, and beside the least an nftables lock of them can
+ * be (`nft set by hand`: one set of the same connections, one lookup a
+ * hook, nothing else); rounds interleaved, medians, and each method's
  * throughput as a share of the unlocked one. Also how long each lock took.
  *
  *   deno run -A bench/throughput.ts [CONNECTIONS] [ROUNDS] [SECONDS]   (10000, 3, 3)
@@ -99,7 +101,8 @@ export async function throughputBench(
     stderr: "null",
   }).spawn();
   await new Promise((resolve) => setTimeout(resolve, 300));
-  const methods = ["no lock", "nftables", "iptables"] as const;
+  const methods = ["no lock", "nft set by hand", "nftables", "iptables"] as const;
+  const byHand = await handMadeSet(netns);
   const samples = new Map(methods.map((m) => [m, [] as number[]]));
   const lockTimes = new Map(methods.map((m) => [m, [] as number[]]));
   try {
@@ -107,6 +110,26 @@ export async function throughputBench(
       for (const method of methods) {
         if (method === "no lock") {
           samples.get(method)!.push(await iperf(netns, seconds));
+          continue;
+        }
+        if (method === "nft set by hand") {
+          const start = performance.now();
+          await sh(["nsenter", `--net=${netns.path}`, "--", "nft", "-f", byHand.path]);
+          lockTimes.get(method)!.push(performance.now() - start);
+          try {
+            samples.get(method)!.push(await iperf(netns, seconds));
+          } finally {
+            await sh([
+              "nsenter",
+              `--net=${netns.path}`,
+              "--",
+              "nft",
+              "delete",
+              "table",
+              "inet",
+              "handset",
+            ]);
+          }
           continue;
         }
         const start = performance.now();
@@ -128,6 +151,7 @@ export async function throughputBench(
       console.error(`  throughput round ${round + 1}/${rounds}`);
     }
   } finally {
+    await Deno.remove(byHand.path);
     for (const child of [server, client, iperfServer]) {
       child.kill("SIGKILL");
       await child.status;
@@ -143,6 +167,43 @@ export async function throughputBench(
     ...(lockTimes.get(method)!.length ? { lockMs: median(lockTimes.get(method)!) } : {}),
     samples: samples.get(method)!,
   }));
+}
+
+/**
+ * The least nftables lock of the namespace's established TCP connections:
+ * one set of `addr . port . addr . port` (remote first, as netlock keys
+ * them) and one lookup a hook, with nothing else in its chains; written to
+ * a file for `nft -f`.
+ */
+async function handMadeSet(netns: TestNetns): Promise<{ path: string }> {
+  const ss = await sh([
+    "nsenter",
+    `--net=${netns.path}`,
+    "--",
+    "ss",
+    "-tnH",
+    "state",
+    "established",
+  ]);
+  const elements = ss.stdout.trim().split("\n").map((line) => line.trim().split(/\s+/).slice(-2))
+    .filter(([local, remote]) => local?.includes(":") && remote?.includes(":"))
+    .map(([local, remote]) => {
+      const [la, lp] = [local.slice(0, local.lastIndexOf(":")), local.split(":").at(-1)];
+      const [ra, rp] = [remote.slice(0, remote.lastIndexOf(":")), remote.split(":").at(-1)];
+      return `${ra} . ${rp} . ${la} . ${lp}`;
+    });
+  const path = await Deno.makeTempFile({ prefix: "nltest-handset-" });
+  let text = "table inet handset {\n\tset c4 {\n\t\ttype ipv4_addr . inet_service . " +
+    "ipv4_addr . inet_service\n\t}\n" +
+    "\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n" +
+    "\t\tip saddr . tcp sport . ip daddr . tcp dport @c4 drop\n\t}\n" +
+    "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n" +
+    "\t\tip daddr . tcp dport . ip saddr . tcp sport @c4 drop\n\t}\n}\n";
+  for (let i = 0; i < elements.length; i += 1000) {
+    text += `add element inet handset c4 { ${elements.slice(i, i + 1000).join(", ")} }\n`;
+  }
+  await Deno.writeTextFile(path, text);
+  return { path };
 }
 
 /** Prints the rows as a Markdown table. */

@@ -4104,21 +4104,109 @@ var init_operations = __esm({
   }
 });
 
-// lib/criu/tree_lock.ts
-var tree_lock_exports = {};
-__export(tree_lock_exports, {
+// lib/criu/socket_keys.ts
+function listenerKey(listener) {
+  const local = /^[0.:]+$/.test(listener.local) ? "*" : canonicalAddress(listener.local);
+  return `listen ${listener.family} ${local} ${listener.localPort}`;
+}
+function connectionKey(connection) {
+  return `${canonicalAddress(connection.local)} ${connection.localPort} ${canonicalAddress(connection.remote)} ${connection.remotePort}`;
+}
+function canonicalAddress(address2) {
+  return address2.includes(":") ? new URL(`http://[${address2}]/`).hostname : address2;
+}
+var init_socket_keys = __esm({
+  "lib/criu/socket_keys.ts"() {
+  }
+});
+
+// lib/criu/notes.ts
+function keptNote(pid, lock) {
+  return `the ${lock.connections ?? 0} dumped connections of process ${pid} stay locked (${connectionLockName(lock.name, pid)}) until a restore of these images succeeds, also across failed restores; a tree that runs on after this dump keeps nothing; remove it by hand with 'netlock unlock ${pid}' (or 'netlock unlock --all')`;
+}
+function connectionNote(pid, why) {
+  return `process ${pid} shares CRIU's network namespace and ${why}: its connections are locked by address from pre-dump on; a connection it opens before the freeze is locked at post-dump (CRIU aborts a dump that such a connection disturbs)`;
+}
+var init_notes = __esm({
+  "lib/criu/notes.ts"() {
+    init_ruleset();
+  }
+});
+
+// lib/criu/tree_probe.ts
+var tree_probe_exports = {};
+__export(tree_probe_exports, {
   cgroupOfItsOwn: () => cgroupOfItsOwn,
-  completeTreeLock: () => completeTreeLock,
-  connectionKey: () => connectionKey,
-  keptNote: () => keptNote,
-  listenerKey: () => listenerKey,
-  lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
-  lockTreeConnections: () => lockTreeConnections,
-  narrowToDumped: () => narrowToDumped,
   sharesNetlockNamespace: () => sharesNetlockNamespace,
   socketsOutside: () => socketsOutside,
   startOf: () => startOf,
-  stillRuns: () => stillRuns,
+  stillRuns: () => stillRuns
+});
+async function stillRuns(pid, start) {
+  try {
+    const { tree } = await probeTree(nsenterExec([], {
+      timeoutMs: 1e4
+    }), pid);
+    return tree.start === start && tree.state !== "Z" && tree.state !== "X";
+  } catch {
+    return false;
+  }
+}
+async function sharesNetlockNamespace(pid, options) {
+  const ref = toTargetRef(pid);
+  const timeoutMs = options.timeoutMs ?? 1e4;
+  const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, {
+    timeoutMs
+  }), Deno.pid);
+  return probe.netns === (probe.own ?? await ownNetns({
+    timeoutMs
+  }));
+}
+async function startOf(pid) {
+  try {
+    return (await probeTree(nsenterExec([], {
+      timeoutMs: 1e4
+    }), pid)).tree.start;
+  } catch {
+    return "";
+  }
+}
+function cgroupOfItsOwn(tree) {
+  try {
+    lockableCgroup(tree, tree.root);
+  } catch (error) {
+    return error.message.replace(/^cannot lock the cgroup of process [0-9]+: /, "");
+  }
+  const outsider = (tree.members ?? []).find((pid) => !tree.pids.includes(pid));
+  if (outsider !== void 0) {
+    return `its cgroup ${tree.cgroup} is not its own (process ${outsider}, outside the tree, is in it too)`;
+  }
+  return void 0;
+}
+function socketsOutside(tree, sockets = /* @__PURE__ */ new Map()) {
+  const outside = [
+    ...sockets
+  ].filter(([, cgroup2]) => cgroup2 === void 0 || !cgroupWithin(cgroup2, tree.cgroup));
+  if (outside.length === 0) return void 0;
+  const [inode, cgroup] = outside[0];
+  return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), so a cgroup lock would miss them`;
+}
+var init_tree_probe = __esm({
+  "lib/criu/tree_probe.ts"() {
+    init_discover();
+    init_tree_parser();
+    init_nsenter();
+    init_target();
+    init_process();
+  }
+});
+
+// lib/criu/tree_lock.ts
+var tree_lock_exports = {};
+__export(tree_lock_exports, {
+  completeTreeLock: () => completeTreeLock,
+  lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
+  lockTreeConnections: () => lockTreeConnections,
   unlockKept: () => unlockKept
 });
 async function lockTreeBeforeFreeze(pid, options) {
@@ -4193,16 +4281,6 @@ async function completeTreeLock(pid, options, before, dumped) {
     ...report2,
     changed: true
   } : void 0;
-}
-function listenerKey(listener) {
-  const local = /^[0.:]+$/.test(listener.local) ? "*" : canonicalAddress(listener.local);
-  return `listen ${listener.family} ${local} ${listener.localPort}`;
-}
-function connectionKey(connection) {
-  return `${canonicalAddress(connection.local)} ${connection.localPort} ${canonicalAddress(connection.remote)} ${connection.remotePort}`;
-}
-function canonicalAddress(address2) {
-  return address2.includes(":") ? new URL(`http://[${address2}]/`).hostname : address2;
 }
 async function lockTreeConnections(pid, options, before) {
   if (before?.kind === "connections" && before.result.backend === "nftables") {
@@ -4286,74 +4364,6 @@ async function unlockKept(pid, options, kinds, netnsOf) {
     shapes
   });
 }
-async function narrowToDumped(netns, pid, taken, options) {
-  if (taken.connections.length + taken.listeners.length > 0) {
-    const opts = resolveOptions({
-      ...options,
-      mode: "netns"
-    }, "lock");
-    const prepared = await prepare(toTargetRef({
-      netns
-    }), opts, "lock");
-    const shape = connectionShape(opts.name, opts.mark, pid, taken.connections, taken.listeners);
-    await lockWithBackend(prepared, opts, shape);
-  }
-  await unlockNetwork({
-    netns
-  }, options);
-}
-function keptNote(pid, lock) {
-  return `the ${lock.connections ?? 0} dumped connections of process ${pid} stay locked (${connectionLockName(lock.name, pid)}) until a restore of these images succeeds, also across failed restores; a tree that runs on after this dump keeps nothing; remove it by hand with 'netlock unlock ${pid}' (or 'netlock unlock --all')`;
-}
-async function stillRuns(pid, start) {
-  try {
-    const { tree } = await probeTree(nsenterExec([], {
-      timeoutMs: 1e4
-    }), pid);
-    return tree.start === start && tree.state !== "Z" && tree.state !== "X";
-  } catch {
-    return false;
-  }
-}
-async function sharesNetlockNamespace(pid, options) {
-  const ref = toTargetRef(pid);
-  const timeoutMs = options.timeoutMs ?? 1e4;
-  const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, {
-    timeoutMs
-  }), Deno.pid);
-  return probe.netns === (probe.own ?? await ownNetns({
-    timeoutMs
-  }));
-}
-async function startOf(pid) {
-  try {
-    return (await probeTree(nsenterExec([], {
-      timeoutMs: 1e4
-    }), pid)).tree.start;
-  } catch {
-    return "";
-  }
-}
-function cgroupOfItsOwn(tree) {
-  try {
-    lockableCgroup(tree, tree.root);
-  } catch (error) {
-    return error.message.replace(/^cannot lock the cgroup of process [0-9]+: /, "");
-  }
-  const outsider = (tree.members ?? []).find((pid) => !tree.pids.includes(pid));
-  if (outsider !== void 0) {
-    return `its cgroup ${tree.cgroup} is not its own (process ${outsider}, outside the tree, is in it too)`;
-  }
-  return void 0;
-}
-function socketsOutside(tree, sockets = /* @__PURE__ */ new Map()) {
-  const outside = [
-    ...sockets
-  ].filter(([, cgroup2]) => cgroup2 === void 0 || !cgroupWithin(cgroup2, tree.cgroup));
-  if (outside.length === 0) return void 0;
-  const [inode, cgroup] = outside[0];
-  return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), so a cgroup lock would miss them`;
-}
 async function lockConnections2(pid, options) {
   const { result: result2 } = await lockConnectionsOf(pid, options);
   return {
@@ -4361,23 +4371,19 @@ async function lockConnections2(pid, options) {
     result: result2
   };
 }
-function connectionNote(pid, why) {
-  return `process ${pid} shares CRIU's network namespace and ${why}: its connections are locked by address from pre-dump on; a connection it opens before the freeze is locked at post-dump (CRIU aborts a dump that such a connection disturbs)`;
-}
 var init_tree_lock = __esm({
   "lib/criu/tree_lock.ts"() {
     init_discover();
     init_ruleset();
-    init_tree_parser();
     init_nsenter();
-    init_target();
     init_prepare();
-    init_process();
     init_cgroup();
     init_connections();
     init_backends();
-    init_apply();
     init_operations();
+    init_socket_keys();
+    init_notes();
+    init_tree_probe();
   }
 });
 
@@ -4948,6 +4954,8 @@ var init_dump_session = __esm({
     init_dumped_sockets();
     init_plan2();
     init_tree_lock();
+    init_notes();
+    init_tree_probe();
     init_operations();
     DumpSession = class {
       #settings;
@@ -5241,6 +5249,37 @@ var init_serve = __esm({
   }
 });
 
+// lib/criu/narrow.ts
+var narrow_exports = {};
+__export(narrow_exports, {
+  narrowToDumped: () => narrowToDumped
+});
+async function narrowToDumped(netns, pid, taken, options) {
+  if (taken.connections.length + taken.listeners.length > 0) {
+    const opts = resolveOptions({
+      ...options,
+      mode: "netns"
+    }, "lock");
+    const prepared = await prepare(toTargetRef({
+      netns
+    }), opts, "lock");
+    const shape = connectionShape(opts.name, opts.mark, pid, taken.connections, taken.listeners);
+    await lockWithBackend(prepared, opts, shape);
+  }
+  await unlockNetwork({
+    netns
+  }, options);
+}
+var init_narrow = __esm({
+  "lib/criu/narrow.ts"() {
+    init_target();
+    init_prepare();
+    init_connections();
+    init_apply();
+    init_operations();
+  }
+});
+
 // lib/criu/entry.ts
 var entry_exports = {};
 __export(entry_exports, {
@@ -5284,7 +5323,7 @@ async function criuHook() {
   }
 }
 async function refuseHostTree(pid, options) {
-  const { sharesNetlockNamespace: sharesNetlockNamespace2 } = await Promise.resolve().then(() => (init_tree_lock(), tree_lock_exports));
+  const { sharesNetlockNamespace: sharesNetlockNamespace2 } = await Promise.resolve().then(() => (init_tree_probe(), tree_probe_exports));
   try {
     if (!await sharesNetlockNamespace2(pid, options)) return EXIT.ok;
   } catch (error) {
@@ -5329,7 +5368,7 @@ async function criuNarrow(args) {
   try {
     const pid = parsePid(pidText);
     const { parseDumpedSockets: parseDumpedSockets2 } = await Promise.resolve().then(() => (init_dumped_sockets(), dumped_sockets_exports));
-    const { narrowToDumped: narrowToDumped2 } = await Promise.resolve().then(() => (init_tree_lock(), tree_lock_exports));
+    const { narrowToDumped: narrowToDumped2 } = await Promise.resolve().then(() => (init_narrow(), narrow_exports));
     const taken = parseDumpedSockets2(await Deno.readFile(`${images}/files.img`));
     await narrowToDumped2(netns, pid, taken, hookOptions((name) => readEnv(name)));
     return EXIT.ok;

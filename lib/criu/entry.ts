@@ -65,7 +65,7 @@ export async function criuHook(): Promise<number> {
  * restore, and unlock it if it runs again; without it the dump is refused.
  */
 async function refuseHostTree(pid: number, options: NetlockOptions): Promise<number> {
-  const { sharesNetlockNamespace } = await import("./tree_lock.ts");
+  const { sharesNetlockNamespace } = await import("./tree_probe.ts");
   try {
     if (!await sharesNetlockNamespace(pid, options)) return EXIT.ok;
   } catch (error) {
@@ -138,7 +138,7 @@ export async function criuNarrow(args: string[]): Promise<number> {
   try {
     const pid = parsePid(pidText);
     const { parseDumpedSockets } = await import("./dumped_sockets.ts");
-    const { narrowToDumped } = await import("./tree_lock.ts");
+    const { narrowToDumped } = await import("./narrow.ts");
     const taken = parseDumpedSockets(await Deno.readFile(`${images}/files.img`));
     await narrowToDumped(netns, pid, taken, hookOptions((name) => readEnv(name)));
     return EXIT.ok;

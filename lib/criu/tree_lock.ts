@@ -7,10 +7,12 @@
  * - before the freeze (`pre-dump`): by the tree's cgroup v2 when it has one
  *   of its own and every TCP socket of the tree belongs to it (one rule per
  *   direction: every socket of the tree, those it opens later included),
- *   and by the connections it has then (by address: the frozen window pays
- *   for none of it);
+ *   and by the connections and listeners it has then (by address: the
+ *   frozen window pays for none of it);
  * - once the dump succeeded, still frozen (`post-dump`): every connection
- *   the dump took by its addresses and ports, so that the lock outlives the
+ *   the dump took by its addresses and ports, and every listener by its
+ *   address and port (a client's SYN is dropped: it waits for the restored
+ *   service instead of being refused), so that the lock outlives the
  *   tree after a final dump (a socket rule matches nothing once the sockets
  *   are gone, and the peers' packets would be answered with resets): those
  *   in CRIU's images that the pre-dump lock does not hold are added
@@ -20,6 +22,11 @@
  * - when CRIU is gone: nothing of it is left if the tree runs again
  *   (`--leave-running`, a failed dump, a CRIU that died); after a final dump
  *   the dumped connections stay locked until a restore succeeds.
+ *
+ * Its neighbours: the tree's probes (./tree_probe.ts), the keys that
+ * compare what was locked with what CRIU's images hold (./socket_keys.ts),
+ * the lines for CRIU's log (./notes.ts), and the narrowing of a pod's
+ * namespace lock after a failed restore (./narrow.ts).
  *
  * @module
  */
@@ -32,18 +39,17 @@ import {
   renderIptablesConnectionAdd,
   renderNftConnectionAdd,
 } from "../connections/ruleset.ts";
-import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
-import { ownNetns, probeTarget, toTargetRef } from "../netns/target.ts";
 import { prepare, resolveOptions } from "../netns/prepare.ts";
-import { lockableCgroup } from "../lock/process.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
 import { connectionShape } from "../shape/connections.ts";
 import type { NamespaceOutcome } from "../shape/shape.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
-import { lockWithBackend } from "../lock/apply.ts";
-import { lockConnectionsOf, lockNetwork, unlockNetwork } from "../operations.ts";
+import { lockConnectionsOf, lockNetwork } from "../operations.ts";
 import type { NetlockOptions, OperationResult } from "../common/types.ts";
+import { connectionKey, listenerKey } from "./socket_keys.ts";
+import { connectionNote } from "./notes.ts";
+import { cgroupOfItsOwn, socketsOutside } from "./tree_probe.ts";
 
 /** What the hook locked before the freeze. */
 export interface TreeLocked {
@@ -168,53 +174,6 @@ export async function completeTreeLock(
 }
 
 /**
- * One listener as a key, whatever the text of its address (see
- * {@linkcode connectionKey}); a wildcard in any spelling is `*`.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { listenerKey } from "./tree_lock.ts";
- *
- * const any = { family: "ipv6" as const, local: "::", localPort: 80 };
- * assert.equal(listenerKey(any), listenerKey({ ...any, local: "0:0:0:0:0:0:0:0" }));
- * ```
- *
- * @param listener The listener.
- * @returns `listen FAMILY LOCAL LPORT`.
- */
-export function listenerKey(listener: Listener): string {
-  const local = /^[0.:]+$/.test(listener.local) ? "*" : canonicalAddress(listener.local);
-  return `listen ${listener.family} ${local} ${listener.localPort}`;
-}
-
-/**
- * One connection as a key, whatever the text of its IPv6 addresses
- * (canonical, as URLs write them).
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { connectionKey } from "./tree_lock.ts";
- *
- * const a = { family: "ipv6" as const, local: "fd00:0::1", localPort: 1, remote: "::1", remotePort: 2 };
- * assert.equal(connectionKey(a), connectionKey({ ...a, local: "fd00::1" }));
- * ```
- *
- * @param connection The connection.
- * @returns `LOCAL LPORT REMOTE RPORT`.
- */
-export function connectionKey(connection: Connection): string {
-  return `${canonicalAddress(connection.local)} ${connection.localPort} ` +
-    `${canonicalAddress(connection.remote)} ${connection.remotePort}`;
-}
-
-/** An address as URLs write it (IPv6 compressed and lower-case; IPv4 as it is). */
-function canonicalAddress(address: string): string {
-  return address.includes(":") ? new URL(`http://[${address}]/`).hostname : address;
-}
-
-/**
  * Locks every connection of the tree by its addresses and ports, in one
  * transaction: what keeps the peers from being answered with resets once
  * the tree is gone. When the lock made before the freeze was an nftables
@@ -320,179 +279,6 @@ export async function unlockKept(
   return await unlockAllBackends(prepared, opts, { shapes });
 }
 
-/**
- * Narrows the namespace lock a dump left to what the dump took, after a
- * restore that failed: the dumped connections and listeners locked
- * (`NAME-cPID` in that namespace) first, then the namespace lock removed,
- * so that a namespace that outlives the tree (a pod's, held by its
- * sandbox) lets its other processes talk, while the peers of the dumped
- * connections, and clients of its listeners, get no answer (and no reset)
- * until a restore succeeds.
- *
- * @example
- * ```ts
- * import { narrowToDumped } from "./tree_lock.ts";
- *
- * // Needs root and a locked namespace: type-checked here, not run.
- * export async function example(): Promise<void> {
- *   await narrowToDumped("/run/netns/pod", 4242, { connections: [], listeners: [] }, {});
- * }
- * ```
- *
- * @param netns A path that holds the namespace (the tree is gone).
- * @param pid The dumped tree's root (the lock's name).
- * @param taken What the dump took, as its images hold it.
- * @param options The hook's options.
- */
-export async function narrowToDumped(
-  netns: string,
-  pid: number,
-  taken: DumpedSockets,
-  options: NetlockOptions,
-): Promise<void> {
-  if (taken.connections.length + taken.listeners.length > 0) {
-    const opts = resolveOptions({ ...options, mode: "netns" }, "lock");
-    const prepared = await prepare(toTargetRef({ netns }), opts, "lock");
-    const shape = connectionShape(opts.name, opts.mark, pid, taken.connections, taken.listeners);
-    await lockWithBackend(prepared, opts, shape);
-  }
-  await unlockNetwork({ netns }, options);
-}
-
-/**
- * The line CRIU's log gets after a dump that leaves a tree's connections
- * locked: what stays, until when, and how to remove it.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { keptNote } from "./tree_lock.ts";
- *
- * assert.match(keptNote(42, { name: "NETLOCK", connections: 3 }), /netlock unlock 42/);
- * ```
- *
- * @param pid The dumped tree's root.
- * @param lock The connection lock: its name and how many connections it holds.
- * @returns The line.
- */
-export function keptNote(pid: number, lock: { name: string; connections?: number }): string {
-  return `the ${lock.connections ?? 0} dumped connections of process ${pid} stay locked ` +
-    `(${connectionLockName(lock.name, pid)}) until a restore of these images succeeds, ` +
-    "also across failed restores; a tree that runs on after this dump keeps nothing; " +
-    `remove it by hand with 'netlock unlock ${pid}' (or 'netlock unlock --all')`;
-}
-
-/**
- * Whether the process probed as `start` still runs (not exited, not a
- * zombie, its PID not taken by another process).
- *
- * @param pid The process.
- * @param start Its start time when it was probed.
- * @returns `true` while it runs.
- */
-export async function stillRuns(pid: number, start: string): Promise<boolean> {
-  try {
-    const { tree } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid);
-    return tree.start === start && tree.state !== "Z" && tree.state !== "X";
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Whether a process shares netlock's network namespace (a tree in CRIU's
- * own namespace, for the hook: CRIU sends it no network actions).
- *
- * @param pid The process.
- * @param options The hook's options (timeout).
- * @returns `true` when it does.
- */
-export async function sharesNetlockNamespace(
-  pid: number,
-  options: NetlockOptions,
-): Promise<boolean> {
-  const ref = toTargetRef(pid);
-  const timeoutMs = options.timeoutMs ?? 10_000;
-  const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, { timeoutMs }), Deno.pid);
-  return probe.netns === (probe.own ?? await ownNetns({ timeoutMs }));
-}
-
-/** The start time of a process, probed now (`""` when it does not exist). */
-export async function startOf(pid: number): Promise<string> {
-  try {
-    return (await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid)).tree.start;
-  } catch {
-    return "";
-  }
-}
-
-/**
- * Why a tree has no cgroup v2 of its own, or `undefined` when it has: its
- * root's cgroup holds no process outside the tree, and may be locked.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { cgroupOfItsOwn } from "./tree_lock.ts";
- *
- * const tree = {
- *   root: 42, pids: [42, 43], start: "1", cgroup: "/app", ownCgroup: "/",
- *   cgroupMount: "/sys/fs/cgroup", members: [42, 43],
- * };
- * assert.equal(cgroupOfItsOwn(tree), undefined);
- * assert.match(cgroupOfItsOwn({ ...tree, members: [42, 43, 7] })!, /process 7, outside the tree, is in it too/);
- * ```
- *
- * @param tree The tree, with the members of its root's cgroup.
- * @returns The reason, or `undefined`.
- */
-export function cgroupOfItsOwn(tree: ProcessTree): string | undefined {
-  try {
-    lockableCgroup(tree, tree.root);
-  } catch (error) {
-    return (error as Error).message.replace(/^cannot lock the cgroup of process [0-9]+: /, "");
-  }
-  const outsider = (tree.members ?? []).find((pid) => !tree.pids.includes(pid));
-  if (outsider !== undefined) {
-    return `its cgroup ${tree.cgroup} is not its own (process ${outsider}, outside the tree, is in it too)`;
-  }
-  return undefined;
-}
-
-/**
- * Why a tree's cgroup lock would miss some of its sockets, or `undefined`:
- * a TCP socket of the tree (listeners included) that belongs to a cgroup
- * outside the tree's (made by a process before it moved, accepted on a
- * listener made elsewhere, inherited from a parent elsewhere).
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { socketsOutside } from "./tree_lock.ts";
- *
- * const tree = { root: 42, pids: [42], start: "1", cgroup: "/app", ownCgroup: "/" };
- * assert.equal(socketsOutside(tree, new Map([["7", "/app/x"]])), undefined);
- * assert.match(socketsOutside(tree, new Map([["7", "/web"]]))!, /socket 7 belongs to cgroup \/web/);
- * ```
- *
- * @param tree The tree.
- * @param sockets The cgroup of each of its TCP sockets, by inode.
- * @returns The reason, or `undefined`.
- */
-export function socketsOutside(
-  tree: ProcessTree,
-  sockets: Map<string, string | undefined> = new Map(),
-): string | undefined {
-  const outside = [...sockets].filter(([, cgroup]) =>
-    cgroup === undefined || !cgroupWithin(cgroup, tree.cgroup)
-  );
-  if (outside.length === 0) return undefined;
-  const [inode, cgroup] = outside[0];
-  return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs ` +
-    `to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), ` +
-    "so a cgroup lock would miss them";
-}
-
 /** The tree's connections and listeners locked by address (what a dump takes). */
 async function lockConnections(
   pid: number,
@@ -500,10 +286,4 @@ async function lockConnections(
 ): Promise<{ kind: "connections"; result: OperationResult }> {
   const { result } = await lockConnectionsOf(pid, options);
   return { kind: "connections", result };
-}
-
-function connectionNote(pid: number, why: string): string {
-  return `process ${pid} shares CRIU's network namespace and ${why}: its connections are ` +
-    "locked by address from pre-dump on; a connection it opens before the freeze is locked " +
-    "at post-dump (CRIU aborts a dump that such a connection disturbs)";
 }

@@ -23,15 +23,13 @@ import {
 import type { RestoreSession } from "./restore_session.ts";
 import {
   completeTreeLock,
-  keptNote,
   lockTreeBeforeFreeze,
   lockTreeConnections,
-  sharesNetlockNamespace,
-  startOf,
-  stillRuns,
   type TreeLocked,
   unlockKept,
 } from "../tree_lock.ts";
+import { keptNote } from "../notes.ts";
+import { sharesNetlockNamespace, startOf, stillRuns } from "../tree_probe.ts";
 import { lockNetwork, unlockNetwork } from "../../operations.ts";
 import type { NetlockOptions } from "../../common/types.ts";
 

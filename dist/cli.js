@@ -4137,16 +4137,15 @@ var init_notes = __esm({
 var tree_probe_exports = {};
 __export(tree_probe_exports, {
   cgroupOfItsOwn: () => cgroupOfItsOwn,
+  ownExec: () => ownExec,
   sharesNetlockNamespace: () => sharesNetlockNamespace,
   socketsOutside: () => socketsOutside,
   startOf: () => startOf,
   stillRuns: () => stillRuns
 });
-async function stillRuns(pid, start) {
+async function stillRuns(pid, start, options = {}) {
   try {
-    const { tree } = await probeTree(nsenterExec([], {
-      timeoutMs: 1e4
-    }), pid);
+    const { tree } = await probeTree(ownExec(options), pid);
     return tree.start === start && tree.state !== "Z" && tree.state !== "X";
   } catch {
     return false;
@@ -4154,7 +4153,7 @@ async function stillRuns(pid, start) {
 }
 async function sharesNetlockNamespace(pid, options) {
   const ref = toTargetRef(pid);
-  const timeoutMs = options.timeoutMs ?? 1e4;
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, {
     timeoutMs
   }), Deno.pid);
@@ -4162,11 +4161,9 @@ async function sharesNetlockNamespace(pid, options) {
     timeoutMs
   }));
 }
-async function startOf(pid) {
+async function startOf(pid, options = {}) {
   try {
-    return (await probeTree(nsenterExec([], {
-      timeoutMs: 1e4
-    }), pid)).tree.start;
+    return (await probeTree(ownExec(options), pid)).tree.start;
   } catch {
     return "";
   }
@@ -4191,11 +4188,18 @@ function socketsOutside(tree, sockets = /* @__PURE__ */ new Map()) {
   const [inode, cgroup] = outside[0];
   return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), so a cgroup lock would miss them`;
 }
+function ownExec(options = {}) {
+  return nsenterExec([], {
+    timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    log: options.log
+  });
+}
 var init_tree_probe = __esm({
   "lib/criu/tree_probe.ts"() {
     init_discover();
     init_tree_parser();
     init_nsenter();
+    init_options();
     init_target();
     init_process();
   }
@@ -4210,9 +4214,7 @@ __export(tree_lock_exports, {
   unlockKept: () => unlockKept
 });
 async function lockTreeBeforeFreeze(pid, options) {
-  const exec = nsenterExec([], {
-    timeoutMs: 1e4
-  });
+  const exec = ownExec(options);
   const probe = await probeTree(exec, pid, {
     members: true,
     socketCgroups: true
@@ -4291,10 +4293,7 @@ async function lockTreeConnections(pid, options, before) {
 }
 async function addTreeConnections(pid, options, made) {
   const started = performance.now();
-  const exec = nsenterExec([], {
-    timeoutMs: options.timeoutMs ?? 1e4,
-    log: options.log
-  });
+  const exec = ownExec(options);
   const { connections = [] } = await probeTree(exec, pid, {
     connections: true
   });
@@ -4311,10 +4310,7 @@ async function addTreeConnections(pid, options, made) {
   };
 }
 async function addToLock(pid, options, made, connections, listeners = []) {
-  const exec = nsenterExec([], {
-    timeoutMs: options.timeoutMs ?? 1e4,
-    log: options.log
-  });
+  const exec = ownExec(options);
   const name = connectionLockName(made.name, pid);
   const tools = {
     ipv4: "iptables-restore",
@@ -4375,7 +4371,6 @@ var init_tree_lock = __esm({
   "lib/criu/tree_lock.ts"() {
     init_discover();
     init_ruleset();
-    init_nsenter();
     init_prepare();
     init_cgroup();
     init_connections();
@@ -4922,7 +4917,7 @@ var init_plan2 = __esm({
 
 // lib/criu/helper/dump_session.ts
 async function afterCriu(dumped, postDumped, options, log) {
-  const runs = await stillRuns(dumped.pid, dumped.start);
+  const runs = await stillRuns(dumped.pid, dumped.start, options);
   const failed = (error) => log(`unlock after CRIU ended: ${error.message}`);
   if (!dumped.host) {
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
@@ -4988,7 +4983,7 @@ var init_dump_session = __esm({
         const { options, images, warn } = this.#settings;
         if (images) await removeRestorePlan(images);
         const [start, host] = await Promise.all([
-          startOf(pid),
+          startOf(pid, options),
           sharesNetlockNamespace(pid, options)
         ]);
         this.#dumped = {

@@ -39,7 +39,6 @@ import {
   renderIptablesConnectionAdd,
   renderNftConnectionAdd,
 } from "../connections/ruleset.ts";
-import { nsenterExec } from "../exec/nsenter.ts";
 import { prepare, resolveOptions } from "../netns/prepare.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
 import { connectionShape } from "../shape/connections.ts";
@@ -49,7 +48,7 @@ import { lockConnectionsOf, lockNetwork } from "../operations.ts";
 import type { NetlockOptions, OperationResult } from "../common/types.ts";
 import { connectionKey, listenerKey } from "./socket_keys.ts";
 import { connectionNote } from "./notes.ts";
-import { cgroupOfItsOwn, socketsOutside } from "./tree_probe.ts";
+import { cgroupOfItsOwn, ownExec, socketsOutside } from "./tree_probe.ts";
 
 /** What the hook locked before the freeze. */
 export interface TreeLocked {
@@ -94,7 +93,7 @@ export async function lockTreeBeforeFreeze(
   pid: number,
   options: NetlockOptions,
 ): Promise<TreeLocked> {
-  const exec = nsenterExec([], { timeoutMs: 10_000 });
+  const exec = ownExec(options);
   const probe = await probeTree(exec, pid, { members: true, socketCgroups: true }).catch(
     // No ss, or one without --cgroup: the sockets' cgroups cannot be checked.
     async (error) => ({ ...(await probeTree(exec, pid, { members: true })), error }),
@@ -206,7 +205,7 @@ async function addTreeConnections(
   made: OperationResult,
 ): Promise<OperationResult | undefined> {
   const started = performance.now();
-  const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
+  const exec = ownExec(options);
   const { connections = [] } = await probeTree(exec, pid, { connections: true });
   if (connections.length === 0) return { ...made, changed: false };
   if (!await addToLock(pid, options, made, connections)) return undefined;
@@ -230,7 +229,7 @@ async function addToLock(
   connections: readonly Connection[],
   listeners: readonly Listener[] = [],
 ): Promise<boolean> {
-  const exec = nsenterExec([], { timeoutMs: options.timeoutMs ?? 10_000, log: options.log });
+  const exec = ownExec(options);
   const name = connectionLockName(made.name, pid);
   const tools = { ipv4: "iptables-restore", ipv6: "ip6tables-restore" } as const;
   const families = made.families;

@@ -9,7 +9,8 @@
 
 import { probeTree } from "../connections/discover.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
-import { nsenterExec } from "../exec/nsenter.ts";
+import { nsenterExec, type ToolExec } from "../exec/nsenter.ts";
+import { DEFAULT_TIMEOUT_MS } from "../common/options.ts";
 import { ownNetns, probeTarget, toTargetRef } from "../netns/target.ts";
 import { lockableCgroup } from "../lock/process.ts";
 import type { NetlockOptions } from "../common/types.ts";
@@ -20,11 +21,16 @@ import type { NetlockOptions } from "../common/types.ts";
  *
  * @param pid The process.
  * @param start Its start time when it was probed.
+ * @param options The hook's options (the tools' timeout).
  * @returns `true` while it runs.
  */
-export async function stillRuns(pid: number, start: string): Promise<boolean> {
+export async function stillRuns(
+  pid: number,
+  start: string,
+  options: NetlockOptions = {},
+): Promise<boolean> {
   try {
-    const { tree } = await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid);
+    const { tree } = await probeTree(ownExec(options), pid);
     return tree.start === start && tree.state !== "Z" && tree.state !== "X";
   } catch {
     return false;
@@ -44,15 +50,15 @@ export async function sharesNetlockNamespace(
   options: NetlockOptions,
 ): Promise<boolean> {
   const ref = toTargetRef(pid);
-  const timeoutMs = options.timeoutMs ?? 10_000;
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, { timeoutMs }), Deno.pid);
   return probe.netns === (probe.own ?? await ownNetns({ timeoutMs }));
 }
 
 /** The start time of a process, probed now (`""` when it does not exist). */
-export async function startOf(pid: number): Promise<string> {
+export async function startOf(pid: number, options: NetlockOptions = {}): Promise<string> {
   try {
-    return (await probeTree(nsenterExec([], { timeoutMs: 10_000 }), pid)).tree.start;
+    return (await probeTree(ownExec(options), pid)).tree.start;
   } catch {
     return "";
   }
@@ -123,4 +129,26 @@ export function socketsOutside(
   return `${outside.length} of its TCP sockets are not its cgroup's (socket ${inode} belongs ` +
     `to cgroup ${cgroup ?? "unknown"}, as a socket accepted on a listener made there does), ` +
     "so a cgroup lock would miss them";
+}
+
+/**
+ * Runs a tool in netlock's own namespace (where CRIU and a host tree are)
+ * with the hook's timeout and log: the one way the hook's lock and probes
+ * spawn there.
+ *
+ * @example
+ * ```ts
+ * import { ownExec } from "./tree_probe.ts";
+ *
+ * // Spawns a tool: type-checked here, not run.
+ * export async function example(): Promise<void> {
+ *   console.log((await ownExec({ timeoutMs: 5_000 })("nft", ["list", "tables"])).stdout);
+ * }
+ * ```
+ *
+ * @param options The hook's options (`timeoutMs`, `log`).
+ * @returns The exec.
+ */
+export function ownExec(options: NetlockOptions = {}): ToolExec {
+  return nsenterExec([], { timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS, log: options.log });
 }

@@ -78,7 +78,10 @@ export class DumpSession {
   async prepare(pid: number): Promise<string> {
     const { options, images, warn } = this.#settings;
     if (images) await removeRestorePlan(images);
-    const [start, host] = await Promise.all([startOf(pid), sharesNetlockNamespace(pid, options)]);
+    const [start, host] = await Promise.all([
+      startOf(pid, options),
+      sharesNetlockNamespace(pid, options),
+    ]);
     this.#dumped = { pid, start, host };
     if (host) {
       try {
@@ -205,7 +208,7 @@ async function afterCriu(
   options: NetlockOptions,
   log: (line: string) => void,
 ): Promise<void> {
-  const runs = await stillRuns(dumped.pid, dumped.start);
+  const runs = await stillRuns(dumped.pid, dumped.start, options);
   const failed = (error: Error) => log(`unlock after CRIU ended: ${error.message}`);
   if (!dumped.host) {
     // A final dump keeps the whole namespace locked until its restore

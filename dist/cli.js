@@ -3647,6 +3647,15 @@ function validateAll(options) {
 function refuseOwnNamespace() {
   throw new NetlockError("OWN_NAMESPACE", "refusing to lock netlock's own network namespace (it would cut this machine off); lock the process's connections (--mode connections, a PID target), or add --force");
 }
+function familiesOf(backend, prepared) {
+  if (backend === "iptables") return prepared.families;
+  return prepared.probe.ipv6 ? [
+    "ipv4",
+    "ipv6"
+  ] : [
+    "ipv4"
+  ];
+}
 var init_prepare = __esm({
   "lib/netns/prepare.ts"() {
     init_errors();
@@ -4019,12 +4028,7 @@ async function run(target, options, verb, body) {
       prepared = await prepare(ref, opts, verb);
       outcome = await body(prepared, opts, ref);
     }
-    const families = outcome.families ?? (outcome.backend === "nftables" ? prepared.probe.ipv6 ? [
-      "ipv4",
-      "ipv6"
-    ] : [
-      "ipv4"
-    ] : prepared.families);
+    const families = outcome.families ?? familiesOf(outcome.backend, prepared);
     const removedKinds = (outcome.locks ?? []).map((name) => kindOf(name, opts.name));
     const kinds = verb === "unlock" ? [
       "netns",
@@ -4462,174 +4466,7 @@ var init_channel = __esm({
   }
 });
 
-// lib/criu/armed.ts
-async function armNetworkLock(target, options = {}) {
-  const opts = resolveOptions(options, "lock");
-  const plain = {
-    fire: () => lockNetwork(target, options),
-    cancel: async () => {
-    }
-  };
-  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections") return plain;
-  const ref = toTargetRef(target, {
-    userns: opts.userns
-  });
-  const prepared = await prepare(ref, opts, "lock");
-  if (prepared.mode !== "netns") return plain;
-  const stop = new AbortController();
-  const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
-  const rules = {
-    name: opts.name,
-    mark: opts.mark
-  };
-  const backend = opts.backend === "iptables" ? "iptables" : "nftables";
-  const steps = backend === "nftables" ? [
-    {
-      tool: spawn("nft", [
-        "-f",
-        "-"
-      ]),
-      text: renderNftLock(rules)
-    }
-  ] : prepared.families.map((family) => ({
-    tool: spawn(restoreTool(family), [
-      "-w",
-      "--noflush"
-    ]),
-    text: renderIptablesChange(rules, {
-      removeJumps: {
-        input: 0,
-        output: 0
-      },
-      chain: "create",
-      addLock: true
-    })
-  }));
-  const families = backend === "nftables" ? prepared.probe.ipv6 ? [
-    "ipv4",
-    "ipv6"
-  ] : [
-    "ipv4"
-  ] : prepared.families;
-  return {
-    lock: {
-      backend,
-      families,
-      name: opts.name,
-      mark: opts.mark
-    },
-    async fire() {
-      const start = performance.now();
-      if (await firedAll(steps, opts.exec.timeoutMs, stop)) {
-        const result2 = {
-          target: {
-            pid: ref.pid,
-            path: ref.path,
-            netns: prepared.probe.netns
-          },
-          locked: true,
-          changed: true,
-          mode: "netns",
-          backend,
-          families,
-          name: opts.name,
-          mark: opts.mark,
-          connections: 0,
-          durationMs: performance.now() - start
-        };
-        return asNetworkLock(result2, target, options);
-      }
-      try {
-        return await lockNetwork(target, options);
-      } catch (error) {
-        await unlockNetwork(target, options).catch(() => {
-        });
-        throw error;
-      }
-    },
-    cancel: () => cancelAll(steps, stop)
-  };
-}
-async function armNetworkUnlock(target, options = {}, known) {
-  const opts = resolveOptions(options, "unlock");
-  let unlocked;
-  const unlockOnce = () => unlocked ??= unlockNetwork(target, options);
-  const plain = {
-    fire: unlockOnce,
-    finish: unlockOnce,
-    cancel: async () => {
-    }
-  };
-  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections" || opts.all) {
-    return plain;
-  }
-  const ref = toTargetRef(target, {
-    userns: opts.userns
-  });
-  let status;
-  if (known) {
-    const prepared = await prepare(ref, opts, "status");
-    if (prepared.mode !== "netns") return plain;
-    status = {
-      target: {
-        pid: ref.pid,
-        path: ref.path,
-        netns: prepared.probe.netns
-      },
-      locked: true,
-      changed: false,
-      mode: "netns",
-      backend: known.backend,
-      families: known.backend === "nftables" ? prepared.families : known.families,
-      name: opts.name,
-      mark: opts.mark,
-      connections: 0,
-      durationMs: 0
-    };
-  } else {
-    const read = await getLockStatus(target, options);
-    if (read.state !== "locked" || read.mode !== "netns" || read.criu) return plain;
-    status = read;
-  }
-  const stop = new AbortController();
-  const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
-  const rules = {
-    name: opts.name,
-    mark: opts.mark
-  };
-  const steps = status.backend === "nftables" ? [
-    {
-      tool: spawn("nft", [
-        "-f",
-        "-"
-      ]),
-      text: renderNftOpen(rules)
-    }
-  ] : status.families.map((family) => ({
-    tool: spawn(restoreTool(family), [
-      "-w",
-      "--noflush"
-    ]),
-    text: renderIptablesOpen(rules)
-  }));
-  return {
-    async fire() {
-      const start = performance.now();
-      if (!await firedAll(steps, opts.exec.timeoutMs, stop)) return await unlockOnce();
-      return {
-        ...status,
-        locked: false,
-        changed: true,
-        durationMs: performance.now() - start
-      };
-    },
-    finish: unlockOnce,
-    cancel: () => cancelAll(steps, stop)
-  };
-}
-function restoreTool(family) {
-  return family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
-}
+// lib/criu/primed.ts
 function primer(nsenterArgs, log, signal) {
   const exec = nsenterExec(nsenterArgs, {
     timeoutMs: ARMED_LIFETIME_MS,
@@ -4679,15 +4516,182 @@ async function firedAll(steps, timeoutMs, stop) {
   }
 }
 var ARMED_LIFETIME_MS;
+var init_primed = __esm({
+  "lib/criu/primed.ts"() {
+    init_nsenter();
+    ARMED_LIFETIME_MS = 6e5;
+  }
+});
+
+// lib/criu/armed.ts
+async function armNetworkLock(target, options = {}) {
+  const opts = resolveOptions(options, "lock");
+  const plain = {
+    fire: () => lockNetwork(target, options),
+    cancel: async () => {
+    }
+  };
+  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections") return plain;
+  const ref = toTargetRef(target, {
+    userns: opts.userns
+  });
+  const prepared = await prepare(ref, opts, "lock");
+  if (prepared.mode !== "netns") return plain;
+  const stop = new AbortController();
+  const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
+  const rules = {
+    name: opts.name,
+    mark: opts.mark
+  };
+  const backend = opts.backend === "iptables" ? "iptables" : "nftables";
+  const steps = backend === "nftables" ? [
+    {
+      tool: spawn("nft", [
+        "-f",
+        "-"
+      ]),
+      text: renderNftLock(rules)
+    }
+  ] : prepared.families.map((family) => ({
+    tool: spawn(restoreTool(family), [
+      "-w",
+      "--noflush"
+    ]),
+    text: renderIptablesChange(rules, {
+      removeJumps: {
+        input: 0,
+        output: 0
+      },
+      chain: "create",
+      addLock: true
+    })
+  }));
+  const families = familiesOf(backend, prepared);
+  return {
+    lock: {
+      backend,
+      families,
+      name: opts.name,
+      mark: opts.mark
+    },
+    async fire() {
+      const start = performance.now();
+      if (await firedAll(steps, opts.exec.timeoutMs, stop)) {
+        const locked = namespaceResult(ref, prepared, opts, {
+          backend,
+          families
+        }, true);
+        return asNetworkLock({
+          ...locked,
+          durationMs: performance.now() - start
+        }, target, options);
+      }
+      try {
+        return await lockNetwork(target, options);
+      } catch (error) {
+        await unlockNetwork(target, options).catch(() => {
+        });
+        throw error;
+      }
+    },
+    cancel: () => cancelAll(steps, stop)
+  };
+}
+async function armNetworkUnlock(target, options = {}, known) {
+  const opts = resolveOptions(options, "unlock");
+  let unlocked;
+  const unlockOnce = () => unlocked ??= unlockNetwork(target, options);
+  const plain = {
+    fire: unlockOnce,
+    finish: unlockOnce,
+    cancel: async () => {
+    }
+  };
+  if (opts.dryRun || opts.actionScripts.length > 0 || opts.mode === "connections" || opts.all) {
+    return plain;
+  }
+  const ref = toTargetRef(target, {
+    userns: opts.userns
+  });
+  let status;
+  if (known) {
+    const prepared = await prepare(ref, opts, "status");
+    if (prepared.mode !== "netns") return plain;
+    status = namespaceResult(ref, prepared, opts, {
+      backend: known.backend,
+      families: known.backend === "nftables" ? prepared.families : known.families
+    }, false);
+  } else {
+    const read = await getLockStatus(target, options);
+    if (read.state !== "locked" || read.mode !== "netns" || read.criu) return plain;
+    status = read;
+  }
+  const stop = new AbortController();
+  const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
+  const rules = {
+    name: opts.name,
+    mark: opts.mark
+  };
+  const steps = status.backend === "nftables" ? [
+    {
+      tool: spawn("nft", [
+        "-f",
+        "-"
+      ]),
+      text: renderNftOpen(rules)
+    }
+  ] : status.families.map((family) => ({
+    tool: spawn(restoreTool(family), [
+      "-w",
+      "--noflush"
+    ]),
+    text: renderIptablesOpen(rules)
+  }));
+  return {
+    async fire() {
+      const start = performance.now();
+      if (!await firedAll(steps, opts.exec.timeoutMs, stop)) return await unlockOnce();
+      return {
+        ...status,
+        locked: false,
+        changed: true,
+        durationMs: performance.now() - start
+      };
+    },
+    finish: unlockOnce,
+    cancel: () => cancelAll(steps, stop)
+  };
+}
+function namespaceResult(ref, prepared, opts, lock, changed) {
+  return {
+    target: {
+      pid: ref.pid,
+      path: ref.path,
+      netns: prepared.probe.netns
+    },
+    locked: true,
+    changed,
+    mode: "netns",
+    backend: lock.backend,
+    families: lock.families,
+    name: opts.name,
+    mark: opts.mark,
+    connections: 0,
+    durationMs: 0
+  };
+}
+function restoreTool(family) {
+  return family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
+}
 var init_armed = __esm({
   "lib/criu/armed.ts"() {
-    init_nsenter();
     init_operations();
     init_prepare();
     init_ruleset2();
     init_ruleset3();
     init_target();
-    ARMED_LIFETIME_MS = 6e5;
+    init_primed();
+    init_primed();
   }
 });
 

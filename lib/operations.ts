@@ -18,6 +18,7 @@ import { unlockAllBackends } from "./unlock/backends.ts";
 import { GuardRefusal } from "./netns/guard.ts";
 import {
   canGuard,
+  familiesOf,
   inContext,
   prepare,
   type Prepared,
@@ -381,10 +382,7 @@ async function run(
       prepared = await prepare(ref, opts, verb);
       outcome = await body(prepared, opts, ref);
     }
-    const families: Family[] = outcome.families ??
-      (outcome.backend === "nftables"
-        ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
-        : prepared.families);
+    const families: Family[] = outcome.families ?? familiesOf(outcome.backend, prepared);
     const removedKinds = (outcome.locks ?? []).map((name) => kindOf(name, opts.name));
     const kinds = verb === "unlock"
       ? (["netns", "connections", "cgroup"] as const).filter((kind) => removedKinds.includes(kind))

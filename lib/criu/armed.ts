@@ -15,13 +15,20 @@
  * @module
  */
 
-import { nsenterExec } from "../exec/nsenter.ts";
 import { asNetworkLock, getLockStatus, lockNetwork, unlockNetwork } from "../operations.ts";
-import { prepare, resolveOptions } from "../netns/prepare.ts";
-import type { RunResult } from "../exec/runner.ts";
+import {
+  familiesOf,
+  prepare,
+  type Prepared,
+  type ResolvedOptions,
+  resolveOptions,
+} from "../netns/prepare.ts";
 import { renderIptablesChange, renderIptablesOpen } from "../iptables/ruleset.ts";
 import { renderNftLock, renderNftOpen } from "../nftables/ruleset.ts";
-import { toTargetRef } from "../netns/target.ts";
+import { type TargetRef, toTargetRef } from "../netns/target.ts";
+import { cancelAll, firedAll, primer } from "./primed.ts";
+
+export { ARMED_LIFETIME_MS } from "./primed.ts";
 import type {
   Family,
   NetlockOptions,
@@ -30,9 +37,6 @@ import type {
   Target,
   UnlockResult,
 } from "../common/types.ts";
-
-/** How long armed tools wait for their ruleset before they are killed (ms). */
-export const ARMED_LIFETIME_MS = 600_000;
 
 /** A lock made ready to be applied at once. */
 export interface ArmedLock {
@@ -67,13 +71,6 @@ export interface ArmedUnlock {
   finish(): Promise<UnlockResult>;
   /** Kills the armed tools without applying anything; resolves once they are gone. */
   cancel(): Promise<void>;
-}
-
-/** One tool started in the target's namespace, waiting for its stdin. */
-interface Primed {
-  write(text: string): Promise<RunResult>;
-  /** Ends its stdin unwritten (the tool is being killed) and waits for it. */
-  cancel(): Promise<RunResult>;
 }
 
 /**
@@ -124,27 +121,14 @@ export async function armNetworkLock(
         addLock: true,
       }),
     }));
-  const families: Family[] = backend === "nftables"
-    ? (prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"])
-    : prepared.families;
+  const families = familiesOf(backend, prepared);
   return {
     lock: { backend, families, name: opts.name, mark: opts.mark },
     async fire() {
       const start = performance.now();
       if (await firedAll(steps, opts.exec.timeoutMs, stop)) {
-        const result: OperationResult = {
-          target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
-          locked: true,
-          changed: true,
-          mode: "netns",
-          backend,
-          families,
-          name: opts.name,
-          mark: opts.mark,
-          connections: 0,
-          durationMs: performance.now() - start,
-        };
-        return asNetworkLock(result, target, options);
+        const locked = namespaceResult(ref, prepared, opts, { backend, families }, true);
+        return asNetworkLock({ ...locked, durationMs: performance.now() - start }, target, options);
       }
       // Part of it failed or the lock was there: the ordinary lock decides
       // (idempotent, repairs a half lock); if it fails, leave nothing.
@@ -209,18 +193,10 @@ export async function armNetworkUnlock(
   if (known) {
     const prepared = await prepare(ref, opts, "status");
     if (prepared.mode !== "netns") return plain;
-    status = {
-      target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
-      locked: true,
-      changed: false,
-      mode: "netns",
+    status = namespaceResult(ref, prepared, opts, {
       backend: known.backend,
       families: known.backend === "nftables" ? prepared.families : known.families,
-      name: opts.name,
-      mark: opts.mark,
-      connections: 0,
-      durationMs: 0,
-    };
+    }, false);
   } else {
     const read = await getLockStatus(target, options);
     if (read.state !== "locked" || read.mode !== "netns" || read.criu) return plain;
@@ -248,67 +224,28 @@ export async function armNetworkUnlock(
   };
 }
 
-function restoreTool(family: Family): string {
-  return family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
-}
-
-/** Starts tools in the target's namespace whose stdin is written later. */
-function primer(
-  nsenterArgs: readonly string[],
-  log: ((line: string) => void) | undefined,
-  signal: AbortSignal,
-): (tool: string, args: string[]) => Primed {
-  const exec = nsenterExec(nsenterArgs, { timeoutMs: ARMED_LIFETIME_MS, signal, log });
-  return (tool, args) => {
-    let input!: ReadableStreamDefaultController<Uint8Array>;
-    const stdin = new ReadableStream<Uint8Array>({
-      start(controller) {
-        input = controller;
-      },
-    });
-    const done = exec(tool, args, stdin);
-    // A cancelled or failed arm is seen when fired; never an unhandled rejection.
-    done.catch(() => {});
-    return {
-      cancel() {
-        try {
-          input.close();
-        } catch {
-          // Already written or closed.
-        }
-        return done;
-      },
-      write(text) {
-        try {
-          input.enqueue(new TextEncoder().encode(text));
-          input.close();
-        } catch {
-          // The tool is already gone: its result says why.
-        }
-        return done;
-      },
-    };
+/** The report of a namespace lock the armed tools made or found (locked; not timed). */
+function namespaceResult(
+  ref: TargetRef,
+  prepared: Prepared,
+  opts: ResolvedOptions,
+  lock: KnownLock,
+  changed: boolean,
+): OperationResult {
+  return {
+    target: { pid: ref.pid, path: ref.path, netns: prepared.probe.netns },
+    locked: true,
+    changed,
+    mode: "netns",
+    backend: lock.backend,
+    families: lock.families,
+    name: opts.name,
+    mark: opts.mark,
+    connections: 0,
+    durationMs: 0,
   };
 }
 
-async function cancelAll(steps: { tool: Primed }[], stop: AbortController): Promise<void> {
-  stop.abort();
-  await Promise.allSettled(steps.map((step) => step.tool.cancel()));
-}
-
-/** Fires every armed step at once; `true` when every tool took its text and exited 0. */
-async function firedAll(
-  steps: { tool: Primed; text: string }[],
-  timeoutMs: number,
-  stop: AbortController,
-): Promise<boolean> {
-  const timer = setTimeout(() => stop.abort(), timeoutMs);
-  try {
-    const results = await Promise.allSettled(steps.map((step) => step.tool.write(step.text)));
-    return results.every((r) =>
-      r.status === "fulfilled" && r.value.success && !r.value.stdinClosedEarly
-    );
-  } finally {
-    clearTimeout(timer);
-  }
+function restoreTool(family: Family): string {
+  return family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
 }

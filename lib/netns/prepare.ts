@@ -337,3 +337,29 @@ function refuseOwnNamespace(): never {
       "lock the process's connections (--mode connections, a PID target), or add --force",
   );
 }
+
+/**
+ * The families a lock of `backend` covers on the prepared target: an
+ * nftables lock (one `inet` table) every family the kernel has, an
+ * iptables lock the families it was applied to.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { familiesOf } from "./prepare.ts";
+ *
+ * const prepared = { probe: { netns: "net:[1]", ipv6: false }, families: ["ipv4" as const] };
+ * assert.deepEqual(familiesOf("nftables", prepared), ["ipv4"]);
+ * ```
+ *
+ * @param backend The lock's backend.
+ * @param prepared The probed target (its IPv6, its families).
+ * @returns The families.
+ */
+export function familiesOf(
+  backend: "iptables" | "nftables",
+  prepared: Pick<Prepared, "probe" | "families">,
+): Family[] {
+  if (backend === "iptables") return prepared.families;
+  return prepared.probe.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"];
+}

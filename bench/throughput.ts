@@ -114,21 +114,12 @@ export async function throughputBench(
         }
         if (method === "nft set by hand") {
           const start = performance.now();
-          await sh(["nsenter", `--net=${netns.path}`, "--", "nft", "-f", byHand.path]);
+          await netns.run(["nft", "-f", byHand.path]);
           lockTimes.get(method)!.push(performance.now() - start);
           try {
             samples.get(method)!.push(await iperf(netns, seconds));
           } finally {
-            await sh([
-              "nsenter",
-              `--net=${netns.path}`,
-              "--",
-              "nft",
-              "delete",
-              "table",
-              "inet",
-              "handset",
-            ]);
+            await netns.run(["nft", "delete", "table", "inet", "handset"]);
           }
           continue;
         }
@@ -176,15 +167,7 @@ export async function throughputBench(
  * a file for `nft -f`.
  */
 async function handMadeSet(netns: TestNetns): Promise<{ path: string }> {
-  const ss = await sh([
-    "nsenter",
-    `--net=${netns.path}`,
-    "--",
-    "ss",
-    "-tnH",
-    "state",
-    "established",
-  ]);
+  const ss = await netns.run(["ss", "-tnH", "state", "established"]);
   const elements = ss.stdout.trim().split("\n").map((line) => line.trim().split(/\s+/).slice(-2))
     .filter(([local, remote]) => local?.includes(":") && remote?.includes(":"))
     .map(([local, remote]) => {

@@ -593,6 +593,142 @@ var init_lock_state = __esm({
   }
 });
 
+// lib/connections/proc_net_parser.ts
+function isWildcardAddress(address2) {
+  return /^[0.:]+$/.test(address2);
+}
+function parseProcNetTcp(text, inodes) {
+  const entries = [];
+  const row = /^ *[0-9]+: ([0-9A-Fa-f]+):([0-9A-Fa-f]+) ([0-9A-Fa-f]+):([0-9A-Fa-f]+) ([0-9A-Fa-f]{2}) \S+ \S+ \S+ +[0-9]+ +[0-9]+ ([0-9]+)/gm;
+  for (const match of text.matchAll(row)) {
+    const [, localHex, localPortHex, remoteHex, remotePortHex, state, inode] = match;
+    if (inodes && !inodes.has(inode)) continue;
+    const local = decodeAddress(localHex);
+    const remote = decodeAddress(remoteHex);
+    if (!local || !remote) continue;
+    entries.push({
+      family: local.v4 && remote.v4 ? "ipv4" : "ipv6",
+      local: local.address,
+      localPort: parseInt(localPortHex, 16),
+      remote: remote.address,
+      remotePort: parseInt(remotePortHex, 16),
+      state: state.toUpperCase(),
+      inode
+    });
+  }
+  return entries;
+}
+function parseSocketCgroups(text) {
+  const cgroups = /* @__PURE__ */ new Map();
+  for (const line of text.split("\n")) {
+    const inode = / ino:([0-9]+)/.exec(line)?.[1];
+    const cgroup = / cgroup:(\S+)/.exec(line)?.[1];
+    if (inode && inode !== "0" && cgroup) cgroups.set(inode, cgroup);
+  }
+  return cgroups;
+}
+function parseSocketInodes(text) {
+  const inodes = /* @__PURE__ */ new Set();
+  for (const match of text.matchAll(/^ *socket:\[([0-9]+)\] *$/gm)) inodes.add(match[1]);
+  return inodes;
+}
+function selectConnections(entries, inodes) {
+  const seen = /* @__PURE__ */ new Set();
+  const connections = [];
+  for (const entry of entries) {
+    if (entry.state === LISTEN || entry.remotePort === 0 || !inodes.has(entry.inode)) continue;
+    const { family, local, localPort, remote, remotePort } = entry;
+    if (seen.has(entry.inode)) continue;
+    seen.add(entry.inode);
+    connections.push({
+      family,
+      local,
+      localPort,
+      remote,
+      remotePort
+    });
+  }
+  return connections;
+}
+function selectListeners(entries, inodes) {
+  const seen = /* @__PURE__ */ new Set();
+  const listeners = [];
+  for (const entry of entries) {
+    if (entry.state !== LISTEN || !inodes.has(entry.inode) || seen.has(entry.inode)) continue;
+    seen.add(entry.inode);
+    listeners.push({
+      family: entry.family,
+      local: entry.local,
+      localPort: entry.localPort
+    });
+  }
+  return listeners;
+}
+function formatIpv6(bytes) {
+  const groups = Array.from({
+    length: 8
+  }, (_, i) => bytes[2 * i] << 8 | bytes[2 * i + 1]);
+  let bestStart = -1;
+  let bestLength = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLength) [bestStart, bestLength] = [
+      i,
+      j - i
+    ];
+    i = j;
+  }
+  const hex = groups.map((group) => group.toString(16));
+  if (bestLength < 2) return hex.join(":");
+  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
+}
+function decodeAddress(hex) {
+  if (hex.length === 8) return {
+    address: dotted(word(hex, 0)),
+    v4: true
+  };
+  if (hex.length !== 32) return void 0;
+  const words = [
+    word(hex, 0),
+    word(hex, 1),
+    word(hex, 2),
+    word(hex, 3)
+  ];
+  if (words[0] === 0 && words[1] === 0 && words[2] === 4294901760) {
+    return {
+      address: dotted(words[3]),
+      v4: true
+    };
+  }
+  const bytes = words.flatMap((w) => [
+    w & 255,
+    w >>> 8 & 255,
+    w >>> 16 & 255,
+    w >>> 24
+  ]);
+  return {
+    address: formatIpv6(new Uint8Array(bytes)),
+    v4: false
+  };
+}
+function word(hex, i) {
+  return parseInt(hex.slice(i * 8, i * 8 + 8), 16);
+}
+function dotted(w) {
+  return `${w & 255}.${w >>> 8 & 255}.${w >>> 16 & 255}.${w >>> 24}`;
+}
+var LISTEN;
+var init_proc_net_parser = __esm({
+  "lib/connections/proc_net_parser.ts"() {
+    LISTEN = "0A";
+  }
+});
+
 // lib/connections/ruleset.ts
 function processLockName(name, kind, pid) {
   const suffix = `-${SUFFIX[kind]}${pid}`;
@@ -657,12 +793,9 @@ function portDrop(drop) {
 function fullDrop(drop) {
   return `${drop.addresses} ${portDrop(drop)}`;
 }
-function isWildcard(address2) {
-  return /^[0.:]+$/.test(address2);
-}
 function listenerDrops(listeners, family) {
   const mask = family === "ipv4" ? "32" : "128";
-  return listeners.filter((l) => l.family === family || family === "ipv4" && l.family === "ipv6" && isWildcard(l.local)).map((l) => `${isWildcard(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP`);
+  return listeners.filter((l) => l.family === family || family === "ipv4" && l.family === "ipv6" && isWildcardAddress(l.local)).map((l) => `${isWildcardAddress(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP`);
 }
 function connectionDrops(connections, family) {
   return dropsOf(connections, family).map(fullDrop);
@@ -755,13 +888,13 @@ function connectionSetElements(connections) {
   };
 }
 function listenerSetElements(listeners) {
-  const bound = listeners.filter((l) => !isWildcard(l.local));
+  const bound = listeners.filter((l) => !isWildcardAddress(l.local));
   const key = (l) => `${l.local} ${l.localPort}`;
   return {
     listen4: bound.filter((l) => l.family === "ipv4").map(key),
     listen6: bound.filter((l) => l.family === "ipv6").map(key),
     listenany: [
-      ...new Set(listeners.filter((l) => isWildcard(l.local)).map((l) => String(l.localPort)))
+      ...new Set(listeners.filter((l) => isWildcardAddress(l.local)).map((l) => String(l.localPort)))
     ]
   };
 }
@@ -864,6 +997,7 @@ function renderConnectionTemplate(backend, name, mark) {
 var SUFFIX, ROOT_LENGTH, LEAF_RULES, FANOUT;
 var init_ruleset = __esm({
   "lib/connections/ruleset.ts"() {
+    init_proc_net_parser();
     SUFFIX = {
       connections: "c",
       cgroup: "g"
@@ -1184,139 +1318,6 @@ fi
 echo "netlock-guard \${ns:--} $v6"
 exec "$@"
 `, "lib/netns/guard.sh");
-  }
-});
-
-// lib/connections/proc_net_parser.ts
-function parseProcNetTcp(text, inodes) {
-  const entries = [];
-  const row = /^ *[0-9]+: ([0-9A-Fa-f]+):([0-9A-Fa-f]+) ([0-9A-Fa-f]+):([0-9A-Fa-f]+) ([0-9A-Fa-f]{2}) \S+ \S+ \S+ +[0-9]+ +[0-9]+ ([0-9]+)/gm;
-  for (const match of text.matchAll(row)) {
-    const [, localHex, localPortHex, remoteHex, remotePortHex, state, inode] = match;
-    if (inodes && !inodes.has(inode)) continue;
-    const local = decodeAddress(localHex);
-    const remote = decodeAddress(remoteHex);
-    if (!local || !remote) continue;
-    entries.push({
-      family: local.v4 && remote.v4 ? "ipv4" : "ipv6",
-      local: local.address,
-      localPort: parseInt(localPortHex, 16),
-      remote: remote.address,
-      remotePort: parseInt(remotePortHex, 16),
-      state: state.toUpperCase(),
-      inode
-    });
-  }
-  return entries;
-}
-function parseSocketCgroups(text) {
-  const cgroups = /* @__PURE__ */ new Map();
-  for (const line of text.split("\n")) {
-    const inode = / ino:([0-9]+)/.exec(line)?.[1];
-    const cgroup = / cgroup:(\S+)/.exec(line)?.[1];
-    if (inode && inode !== "0" && cgroup) cgroups.set(inode, cgroup);
-  }
-  return cgroups;
-}
-function parseSocketInodes(text) {
-  const inodes = /* @__PURE__ */ new Set();
-  for (const match of text.matchAll(/^ *socket:\[([0-9]+)\] *$/gm)) inodes.add(match[1]);
-  return inodes;
-}
-function selectConnections(entries, inodes) {
-  const seen = /* @__PURE__ */ new Set();
-  const connections = [];
-  for (const entry of entries) {
-    if (entry.state === LISTEN || entry.remotePort === 0 || !inodes.has(entry.inode)) continue;
-    const { family, local, localPort, remote, remotePort } = entry;
-    if (seen.has(entry.inode)) continue;
-    seen.add(entry.inode);
-    connections.push({
-      family,
-      local,
-      localPort,
-      remote,
-      remotePort
-    });
-  }
-  return connections;
-}
-function selectListeners(entries, inodes) {
-  const seen = /* @__PURE__ */ new Set();
-  const listeners = [];
-  for (const entry of entries) {
-    if (entry.state !== LISTEN || !inodes.has(entry.inode) || seen.has(entry.inode)) continue;
-    seen.add(entry.inode);
-    listeners.push({
-      family: entry.family,
-      local: entry.local,
-      localPort: entry.localPort
-    });
-  }
-  return listeners;
-}
-function formatIpv6(bytes) {
-  const groups = Array.from({
-    length: 8
-  }, (_, i) => bytes[2 * i] << 8 | bytes[2 * i + 1]);
-  let bestStart = -1;
-  let bestLength = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) [bestStart, bestLength] = [
-      i,
-      j - i
-    ];
-    i = j;
-  }
-  const hex = groups.map((group) => group.toString(16));
-  if (bestLength < 2) return hex.join(":");
-  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
-}
-function decodeAddress(hex) {
-  if (hex.length === 8) return {
-    address: dotted(word(hex, 0)),
-    v4: true
-  };
-  if (hex.length !== 32) return void 0;
-  const words = [
-    word(hex, 0),
-    word(hex, 1),
-    word(hex, 2),
-    word(hex, 3)
-  ];
-  if (words[0] === 0 && words[1] === 0 && words[2] === 4294901760) {
-    return {
-      address: dotted(words[3]),
-      v4: true
-    };
-  }
-  const bytes = words.flatMap((w) => [
-    w & 255,
-    w >>> 8 & 255,
-    w >>> 16 & 255,
-    w >>> 24
-  ]);
-  return {
-    address: formatIpv6(new Uint8Array(bytes)),
-    v4: false
-  };
-}
-function word(hex, i) {
-  return parseInt(hex.slice(i * 8, i * 8 + 8), 16);
-}
-function dotted(w) {
-  return `${w & 255}.${w >>> 8 & 255}.${w >>> 16 & 255}.${w >>> 24}`;
-}
-var LISTEN;
-var init_proc_net_parser = __esm({
-  "lib/connections/proc_net_parser.ts"() {
-    LISTEN = "0A";
   }
 });
 
@@ -2163,7 +2164,7 @@ async function iptablesLock(ctx, rollback) {
       for (const family of families.filter((f) => applied.includes(f))) {
         const count = (suspects.get(family) ?? 0) + 1;
         if (count >= SUSPECT_LIMIT) {
-          throw new NetlockError("TOOL_FAILED", `${TOOLS[family].restore} exited with code 0 but the lock is not in place`);
+          throw new NetlockError("TOOL_FAILED", `${FAMILY_TOOLS[family].restore} exited with code 0 but the lock is not in place`);
         }
         suspects.set(family, count);
       }
@@ -2224,7 +2225,7 @@ async function unlockFamily(ctx, family) {
   throw conflict(family);
 }
 async function applyStep(ctx, family, step) {
-  const tool = TOOLS[family].restore;
+  const tool = FAMILY_TOOLS[family].restore;
   const args = [
     "-w",
     "--noflush"
@@ -2248,7 +2249,7 @@ async function readState(ctx, family) {
   return inspectIptablesLock(await readIptablesTable(ctx.exec, family), rulesOf(ctx, family));
 }
 async function readIptablesTable(exec, family) {
-  const tool = TOOLS[family].save;
+  const tool = FAMILY_TOOLS[family].save;
   const result2 = await exec(tool, [
     "-t",
     "filter"
@@ -2289,7 +2290,7 @@ async function unlockedFamilies(ctx) {
 }
 function refuseForeign(state, family, name) {
   if (!state.foreign) return;
-  throw foreignChainError(name, TOOLS[family].nftFamily);
+  throw foreignChainError(name, FAMILY_TOOLS[family].nftFamily);
 }
 function foreignChainError(name, table) {
   return new NetlockError("NAME_IN_USE", `chain ${name} of table ${table} filter is not a netlock lock (it holds, or is used by, rules netlock never makes); netlock leaves it alone: give the lock another --name`);
@@ -2301,7 +2302,7 @@ function rulesOf(ctx, family) {
   return ctx.rulesFor?.(family) ?? ctx.rules;
 }
 function toolName(family, _step) {
-  return TOOLS[family].restore;
+  return FAMILY_TOOLS[family].restore;
 }
 function conflict(family) {
   return new NetlockError("CONFLICT", `the ${family} filter table kept changing under concurrent callers; gave up after ${MAX_ATTEMPTS} attempts`);
@@ -2314,7 +2315,7 @@ function withRollbackNote(reason, rollback) {
     cause: reason
   });
 }
-var TOOLS, MAX_ATTEMPTS, SUSPECT_LIMIT;
+var FAMILY_TOOLS, MAX_ATTEMPTS, SUSPECT_LIMIT;
 var init_backend = __esm({
   "lib/iptables/backend.ts"() {
     init_errors();
@@ -2323,7 +2324,7 @@ var init_backend = __esm({
     init_lock_state2();
     init_planner();
     init_save_parser();
-    TOOLS = {
+    FAMILY_TOOLS = {
       ipv4: {
         restore: "iptables-restore",
         save: "iptables-save",
@@ -3761,13 +3762,12 @@ async function readLockInventory(request) {
         delete lock.pid;
       } else if (lock.kind === "connections") {
         lock.connections = (view?.sets.conn4?.length ?? 0) + (view?.sets.conn6?.length ?? 0);
-        for (const set of [
+        const listeners = [
           "listen4",
           "listen6",
           "listenany"
-        ]) {
-          for (const element of view?.sets[set] ?? []) listening(lock).add(`${set} ${element}`);
-        }
+        ].reduce((sum, set) => sum + (view?.sets[set]?.length ?? 0), 0);
+        if (listeners > 0) lock.listeners = listeners;
       }
     })
   ]);
@@ -4110,7 +4110,7 @@ var init_operations = __esm({
 
 // lib/criu/socket_keys.ts
 function listenerKey(listener) {
-  const local = /^[0.:]+$/.test(listener.local) ? "*" : canonicalAddress(listener.local);
+  const local = isWildcardAddress(listener.local) ? "*" : canonicalAddress(listener.local);
   return `listen ${listener.family} ${local} ${listener.localPort}`;
 }
 function connectionKey(connection) {
@@ -4121,6 +4121,7 @@ function canonicalAddress(address2) {
 }
 var init_socket_keys = __esm({
   "lib/criu/socket_keys.ts"() {
+    init_proc_net_parser();
   }
 });
 
@@ -4316,26 +4317,15 @@ async function addTreeConnections(pid, options, made) {
 async function addToLock(pid, options, made, connections, listeners = []) {
   const exec = ownExec(options);
   const name = connectionLockName(made.name, pid);
-  const tools = {
-    ipv4: "iptables-restore",
-    ipv6: "ip6tables-restore"
-  };
-  const families = made.families;
   const runs = made.backend === "nftables" ? [
     exec("nft", [
       "-f",
       "-"
     ], renderNftConnectionAdd(name, connections, listeners))
-  ] : [
-    "ipv4",
-    "ipv6"
-  ].map((family) => renderIptablesConnectionAdd(name, connections, family, listeners)).map((script, i) => ({
-    script,
-    family: [
-      "ipv4",
-      "ipv6"
-    ][i]
-  })).filter(({ script, family }) => script !== "*filter\nCOMMIT\n" && families.includes(family)).map(({ script, family }) => exec(tools[family], [
+  ] : made.families.map((family) => ({
+    family,
+    script: renderIptablesConnectionAdd(name, connections, family, listeners)
+  })).filter(({ script }) => script !== "*filter\nCOMMIT\n").map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, [
     "-w",
     "--noflush"
   ], script));
@@ -4379,6 +4369,7 @@ var init_tree_lock = __esm({
     init_cgroup();
     init_connections();
     init_backends();
+    init_backend();
     init_operations();
     init_socket_keys();
     init_notes();
@@ -4553,7 +4544,7 @@ async function armNetworkLock(target, options = {}) {
       text: renderNftLock(rules)
     }
   ] : prepared.families.map((family) => ({
-    tool: spawn(restoreTool(family), [
+    tool: spawn(FAMILY_TOOLS[family].restore, [
       "-w",
       "--noflush"
     ]),
@@ -4641,7 +4632,7 @@ async function armNetworkUnlock(target, options = {}, known) {
       text: renderNftOpen(rules)
     }
   ] : status.families.map((family) => ({
-    tool: spawn(restoreTool(family), [
+    tool: spawn(FAMILY_TOOLS[family].restore, [
       "-w",
       "--noflush"
     ]),
@@ -4680,9 +4671,6 @@ function namespaceResult(ref, prepared, opts, lock, changed) {
     durationMs: 0
   };
 }
-function restoreTool(family) {
-  return family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
-}
 var init_armed = __esm({
   "lib/criu/armed.ts"() {
     init_operations();
@@ -4691,6 +4679,7 @@ var init_armed = __esm({
     init_ruleset3();
     init_target();
     init_primed();
+    init_backend();
     init_primed();
   }
 });

@@ -19,7 +19,15 @@ import {
   withCriu,
   wrappedHook,
 } from "./helpers/criu.ts";
-import { cliInside, createNetns, probe, sh, snapshot, waitingClient } from "./helpers/netns.ts";
+import {
+  cliInside,
+  createNetns,
+  probe,
+  snapshot,
+  snmpCounters,
+  type TestNetns,
+  waitingClient,
+} from "./helpers/netns.ts";
 import { createCgroup, type Peer, startPeer, startTree, type Tree } from "./helpers/tree.ts";
 import {
   assertWhole,
@@ -39,10 +47,8 @@ import {
 const SEGMENT = new URL("./helpers/tcp_segment.py", import.meta.url).pathname;
 
 /** The TCP segments a namespace's stack received so far (`Tcp: InSegs`). */
-async function tcpInSegs(netns: { path: string }): Promise<number> {
-  const snmp = (await sh(["nsenter", `--net=${netns.path}`, "cat", "/proc/net/snmp"])).stdout;
-  const [names, values] = snmp.split("\n").filter((line) => line.startsWith("Tcp:"));
-  return Number(values.split(" ")[names.split(" ").indexOf("InSegs")]);
+async function tcpInSegs(netns: TestNetns): Promise<number> {
+  return (await snmpCounters(netns, "Tcp")).InSegs;
 }
 
 /** Waits (10 s at most) until `read` gives `expected` (the hook's helper works after CRIU). */
@@ -141,7 +147,7 @@ for (const backend of ["iptables", "nftables"]) {
       await using live = await hostTree(undefined, CONNECTIONS, undefined, true);
       const { host, peerNetns } = live;
       // One dumped connection: the tree's address and port, the peer's.
-      const ss = await sh(["nsenter", `--net=${host.path}`, "ss", "-tnH", "state", "established"]);
+      const ss = await host.run(["ss", "-tnH", "state", "established"]);
       const [local, remote] = ss.stdout.trim().split("\n")[0].trim().split(/\s+/).slice(-2);
       await dumpedForGood(live, env);
       assert.ok(await stalled(live.peer, 500), "no echo (and no reset) while the tree is dumped");
@@ -153,8 +159,8 @@ for (const backend of ["iptables", "nftables"]) {
         remote.slice(0, remote.lastIndexOf(":")),
         remote.split(":").at(-1)!,
       ];
-      const segment = (from: { path: string }, ...tuple: string[]) =>
-        sh(["nsenter", `--net=${from.path}`, "python3", SEGMENT, ...tuple]);
+      const segment = (from: TestNetns, ...tuple: string[]) =>
+        from.run(["python3", SEGMENT, ...tuple]);
       const received = await tcpInSegs(host);
       const incoming = await segment(peerNetns, peerAddress, peerPort, address, port);
       assert.equal(incoming.stdout.trim(), "sent", incoming.stderr);

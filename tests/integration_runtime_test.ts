@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { createPod, type Pod } from "./helpers/criu.ts";
-import { cli, createNetns, sh, snapshot, type TestNetns } from "./helpers/netns.ts";
+import { cli, createNetns, snapshot, snmpCounters, type TestNetns } from "./helpers/netns.ts";
 import {
   type Container,
   criuWithoutLock,
@@ -39,11 +39,8 @@ async function locksIn(
  * (`Ip: InReceives` less `InDelivers`): what its INPUT hook dropped (a lock).
  */
 async function undelivered(netns: TestNetns): Promise<number> {
-  const snmp = (await sh(["nsenter", `--net=${netns.path}`, "cat", "/proc/net/snmp"])).stdout;
-  const [names, values] = snmp.split("\n").filter((line) => line.startsWith("Ip:"))
-    .map((line) => line.split(/\s+/));
-  const field = (name: string) => Number(values[names.indexOf(name)]);
-  return field("InReceives") - field("InDelivers");
+  const ip = await snmpCounters(netns, "Ip");
+  return ip.InReceives - ip.InDelivers;
 }
 
 /**

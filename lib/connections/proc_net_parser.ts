@@ -37,6 +37,25 @@ export interface Listener {
   localPort: number;
 }
 
+/**
+ * Whether an address is a wildcard (`0.0.0.0`, `::`, in any spelling):
+ * a listener on it takes every local address.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isWildcardAddress } from "./proc_net_parser.ts";
+ *
+ * assert.ok(isWildcardAddress("0:0:0:0:0:0:0:0") && !isWildcardAddress("127.0.0.1"));
+ * ```
+ *
+ * @param address The address.
+ * @returns `true` for a wildcard.
+ */
+export function isWildcardAddress(address: string): boolean {
+  return /^[0.:]+$/.test(address);
+}
+
 /** One row of a kernel TCP table. */
 export interface TcpEntry extends Connection {
   /** The socket's inode, as in `socket:[INODE]`. */

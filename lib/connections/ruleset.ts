@@ -8,7 +8,7 @@
  */
 
 import type { Family } from "../common/types.ts";
-import type { Connection, Listener } from "./proc_net_parser.ts";
+import { type Connection, isWildcardAddress, type Listener } from "./proc_net_parser.ts";
 
 /** The kinds of lock made for one process: its connections, or its cgroup's sockets. */
 export type ProcessLockKind = "connections" | "cgroup";
@@ -214,11 +214,6 @@ function fullDrop(drop: Drop): string {
   return `${drop.addresses} ${portDrop(drop)}`;
 }
 
-/** Whether an address is a wildcard (`0.0.0.0`, `::` in any spelling): every local address. */
-function isWildcard(address: string): boolean {
-  return /^[0.:]+$/.test(address);
-}
-
 /**
  * The drops of a family's listeners: a SYN (a new connection's first
  * segment) to the listener's address and port, unmarked (the lock's chain
@@ -228,9 +223,11 @@ function isWildcard(address: string): boolean {
 function listenerDrops(listeners: readonly Listener[], family: Family): string[] {
   const mask = family === "ipv4" ? "32" : "128";
   return listeners.filter((l) =>
-    l.family === family || (family === "ipv4" && l.family === "ipv6" && isWildcard(l.local))
+    l.family === family || (family === "ipv4" && l.family === "ipv6" && isWildcardAddress(l.local))
   ).map((l) =>
-    `${isWildcard(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} ` +
+    `${
+      isWildcardAddress(l.local) ? "" : `-d ${l.local}/${mask} `
+    }-p tcp -m tcp --dport ${l.localPort} ` +
     "--tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
   );
 }
@@ -439,13 +436,15 @@ export function connectionSetElements(
 export function listenerSetElements(
   listeners: readonly Listener[],
 ): { listen4: string[]; listen6: string[]; listenany: string[] } {
-  const bound = listeners.filter((l) => !isWildcard(l.local));
+  const bound = listeners.filter((l) => !isWildcardAddress(l.local));
   const key = (l: Listener) => `${l.local} ${l.localPort}`;
   return {
     listen4: bound.filter((l) => l.family === "ipv4").map(key),
     listen6: bound.filter((l) => l.family === "ipv6").map(key),
     listenany: [
-      ...new Set(listeners.filter((l) => isWildcard(l.local)).map((l) => String(l.localPort))),
+      ...new Set(
+        listeners.filter((l) => isWildcardAddress(l.local)).map((l) => String(l.localPort)),
+      ),
     ],
   };
 }

@@ -27,6 +27,7 @@ import { renderIptablesChange, renderIptablesOpen } from "../iptables/ruleset.ts
 import { renderNftLock, renderNftOpen } from "../nftables/ruleset.ts";
 import { type TargetRef, toTargetRef } from "../netns/target.ts";
 import { cancelAll, firedAll, primer } from "./primed.ts";
+import { FAMILY_TOOLS } from "../iptables/backend.ts";
 
 export { ARMED_LIFETIME_MS } from "./primed.ts";
 import type {
@@ -114,7 +115,7 @@ export async function armNetworkLock(
   const steps = backend === "nftables"
     ? [{ tool: spawn("nft", ["-f", "-"]), text: renderNftLock(rules) }]
     : prepared.families.map((family) => ({
-      tool: spawn(restoreTool(family), ["-w", "--noflush"]),
+      tool: spawn(FAMILY_TOOLS[family].restore, ["-w", "--noflush"]),
       text: renderIptablesChange(rules, {
         removeJumps: { input: 0, output: 0 },
         chain: "create",
@@ -210,7 +211,7 @@ export async function armNetworkUnlock(
   const steps = status.backend === "nftables"
     ? [{ tool: spawn("nft", ["-f", "-"]), text: renderNftOpen(rules) }]
     : status.families.map((family) => ({
-      tool: spawn(restoreTool(family), ["-w", "--noflush"]),
+      tool: spawn(FAMILY_TOOLS[family].restore, ["-w", "--noflush"]),
       text: renderIptablesOpen(rules),
     }));
   return {
@@ -244,8 +245,4 @@ function namespaceResult(
     connections: 0,
     durationMs: 0,
   };
-}
-
-function restoreTool(family: Family): string {
-  return family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
 }

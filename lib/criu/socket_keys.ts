@@ -6,7 +6,11 @@
  * @module
  */
 
-import type { Connection, Listener } from "../connections/proc_net_parser.ts";
+import {
+  type Connection,
+  isWildcardAddress,
+  type Listener,
+} from "../connections/proc_net_parser.ts";
 
 /**
  * One listener as a key, whatever the text of its address (see
@@ -25,7 +29,7 @@ import type { Connection, Listener } from "../connections/proc_net_parser.ts";
  * @returns `listen FAMILY LOCAL LPORT`.
  */
 export function listenerKey(listener: Listener): string {
-  const local = /^[0.:]+$/.test(listener.local) ? "*" : canonicalAddress(listener.local);
+  const local = isWildcardAddress(listener.local) ? "*" : canonicalAddress(listener.local);
   return `listen ${listener.family} ${local} ${listener.localPort}`;
 }
 

@@ -44,6 +44,7 @@ import { cgroupShape } from "../shape/cgroup.ts";
 import { connectionShape } from "../shape/connections.ts";
 import type { NamespaceOutcome } from "../shape/shape.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
+import { FAMILY_TOOLS } from "../iptables/backend.ts";
 import { lockConnectionsOf, lockNetwork } from "../operations.ts";
 import type { NetlockOptions, OperationResult } from "../common/types.ts";
 import { connectionKey, listenerKey } from "./socket_keys.ts";
@@ -231,16 +232,16 @@ async function addToLock(
 ): Promise<boolean> {
   const exec = ownExec(options);
   const name = connectionLockName(made.name, pid);
-  const tools = { ipv4: "iptables-restore", ipv6: "ip6tables-restore" } as const;
-  const families = made.families;
   const runs = made.backend === "nftables"
     ? [exec("nft", ["-f", "-"], renderNftConnectionAdd(name, connections, listeners))]
-    : (["ipv4", "ipv6"] as const)
-      .map((family) => renderIptablesConnectionAdd(name, connections, family, listeners))
-      .map((script, i) => ({ script, family: (["ipv4", "ipv6"] as const)[i] }))
-      // A family with drops to add, that the lock covers.
-      .filter(({ script, family }) => script !== "*filter\nCOMMIT\n" && families.includes(family))
-      .map(({ script, family }) => exec(tools[family], ["-w", "--noflush"], script));
+    : made.families
+      .map((family) => ({
+        family,
+        script: renderIptablesConnectionAdd(name, connections, family, listeners),
+      }))
+      // A family with drops to add.
+      .filter(({ script }) => script !== "*filter\nCOMMIT\n")
+      .map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, ["-w", "--noflush"], script));
   return (await Promise.all(runs)).every((run) => run.success);
 }
 

@@ -42,13 +42,15 @@ export interface IptablesContext {
   rollbackExec?: ToolExec;
 }
 
-interface FamilyTools {
+/** A family's iptables tools and its nf_tables family. */
+export interface FamilyTools {
   restore: string;
   save: string;
   nftFamily: "ip" | "ip6";
 }
 
-const TOOLS: Record<Family, FamilyTools> = {
+/** Each family's iptables tools and nf_tables family. */
+export const FAMILY_TOOLS: Record<Family, FamilyTools> = {
   ipv4: { restore: "iptables-restore", save: "iptables-save", nftFamily: "ip" },
   ipv6: { restore: "ip6tables-restore", save: "ip6tables-save", nftFamily: "ip6" },
 };
@@ -123,7 +125,7 @@ export async function iptablesLock(
         if (count >= SUSPECT_LIMIT) {
           throw new NetlockError(
             "TOOL_FAILED",
-            `${TOOLS[family].restore} exited with code 0 but the lock is not in place`,
+            `${FAMILY_TOOLS[family].restore} exited with code 0 but the lock is not in place`,
           );
         }
         suspects.set(family, count);
@@ -218,7 +220,7 @@ async function applyStep(
   family: Family,
   step: IptablesStep,
 ): Promise<RunResult> {
-  const tool = TOOLS[family].restore;
+  const tool = FAMILY_TOOLS[family].restore;
   const args = ["-w", "--noflush"];
   if (ctx.dryRun) {
     ctx.log?.(`would run: ${tool} ${args.join(" ")} <<EOF\n${step.script}EOF`);
@@ -248,7 +250,7 @@ async function readState(ctx: IptablesContext, family: Family): Promise<Iptables
  * @returns Its chains and rules.
  */
 export async function readIptablesTable(exec: ToolExec, family: Family): Promise<SavedTable> {
-  const tool = TOOLS[family].save;
+  const tool = FAMILY_TOOLS[family].save;
   const result = await exec(tool, ["-t", "filter"]);
   assertToolSuccess(result, tool);
   return parseIptablesSave(result.stdout);
@@ -305,7 +307,7 @@ async function unlockedFamilies(
  */
 export function refuseForeign(state: IptablesLockState, family: Family, name: string): void {
   if (!state.foreign) return;
-  throw foreignChainError(name, TOOLS[family].nftFamily);
+  throw foreignChainError(name, FAMILY_TOOLS[family].nftFamily);
 }
 
 /**
@@ -344,7 +346,7 @@ function rulesOf(ctx: IptablesContext, family: Family): LockRules {
 }
 
 function toolName(family: Family, _step: IptablesStep): string {
-  return TOOLS[family].restore;
+  return FAMILY_TOOLS[family].restore;
 }
 
 function conflict(family: string): NetlockError {

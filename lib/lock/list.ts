@@ -70,7 +70,8 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
     return request.criu && criu ? { kind: "criu", ...found } : undefined;
   };
 
-  // Each connection lock's listeners, by a key each.
+  // Each iptables connection lock's listeners, by a key each (a family's
+  // chain holds its own; a wildcard IPv6 listener is in both).
   const listened = new Map<FoundLock, Set<string>>();
   const listening = (lock: FoundLock): Set<string> => {
     const keys = listened.get(lock) ?? new Set<string>();
@@ -128,9 +129,9 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
         delete lock.pid;
       } else if (lock.kind === "connections") {
         lock.connections = (view?.sets.conn4?.length ?? 0) + (view?.sets.conn6?.length ?? 0);
-        for (const set of ["listen4", "listen6", "listenany"]) {
-          for (const element of view?.sets[set] ?? []) listening(lock).add(`${set} ${element}`);
-        }
+        const listeners = ["listen4", "listen6", "listenany"]
+          .reduce((sum, set) => sum + (view?.sets[set]?.length ?? 0), 0);
+        if (listeners > 0) lock.listeners = listeners;
       }
     }),
   ]);

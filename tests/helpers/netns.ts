@@ -244,6 +244,17 @@ export function waitingClient(
   return { result, pending: () => !settled };
 }
 
+/** One group of a namespace's IP stack counters (`/proc/net/snmp`: `Ip`, `Tcp`, ...), by name. */
+export async function snmpCounters(
+  netns: TestNetns,
+  group: "Ip" | "Tcp",
+): Promise<Record<string, number>> {
+  const snmp = (await netns.run(["cat", "/proc/net/snmp"])).stdout;
+  const [names, values] = snmp.split("\n").filter((line) => line.startsWith(`${group}:`))
+    .map((line) => line.split(/\s+/));
+  return Object.fromEntries(names.map((name, i) => [name, Number(values[i])]));
+}
+
 /** Counts the lines of a text that match a pattern. */
 export function countLines(text: string, pattern: RegExp): number {
   return text.split("\n").filter((line) => pattern.test(line)).length;

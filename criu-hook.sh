@@ -3,35 +3,14 @@
 #   criu dump --network-lock skip --action-script /path/to/criu-hook.sh ...
 #   criu restore --network-lock skip --action-script /path/to/criu-hook.sh ...
 #
-# CRIU runs this for every action and waits for it, several times inside the
-# application's frozen window, so it costs no Deno start there, and the
-# actions inside the window (network-lock, post-dump, network-unlock) parse
-# only this file (the others also lib/criu/hook/actions.sh):
-# - pre-dump / pre-restore (before anything is frozen): start netlock's warm
-#   helper (cli.ts criu-hook --serve). For a dump it arms the lock ahead, or,
-#   for a tree in CRIU's own namespace (which CRIU never sends network-lock),
-#   locks it now: by its cgroup when every TCP socket of the tree is its
-#   cgroup's, else by its connections. The helper watches CRIU: when CRIU is
-#   gone and the tree runs again (--leave-running, a failed dump, a CRIU that
-#   died), it unlocks; after a final dump it keeps the dumped connections
-#   locked for the restore, and nothing more.
-# - network-lock / network-unlock / post-dump: one request line to the
-#   helper and one answer line back, with shell builtins only; without a
-#   helper, cli.ts does the work itself (the plain hook). At post-dump a tree
-#   in CRIU's namespace is locked by connection, to outlive it.
-# - setup-namespaces / post-setup-namespaces (restore): tell the helper the
-#   restored PID, so it arms the unlock; and watch CRIU.
-# - every other action: nothing.
-# After a dump's lock the helper writes how to unlock it into CRIU's image
-# directory (netlock-unlock: key=value lines; netlock-unlock.nft: the
-# script). A restore from those images starts no helper: network-unlock (a
-# tree in its own namespace) or post-restore (a tree in CRIU's namespace)
-# runs the script (one nft: it opens the lock), and post-resume (after the
-# restore clock, traffic flowing) removes what is left of it.
-# The helper's keeper and the restore's watchers (lib/criu/hook/detached.sh)
-# run detached: what kills CRIU with its process group or its cgroup does
-# not take them along. Every file this script and the helper make, who
-# removes it and when: docs/criu.md, "State".
+# CRIU runs this for every action and waits for it. This file is the shell
+# of a dump's frozen window: network-lock, post-dump and network-unlock
+# parse only this file, send one request line to netlock's warm helper
+# (cli.ts criu-hook --serve, started at pre-dump) and read one answer line,
+# with shell builtins only. Every other action, and a network action no
+# helper answered, is lib/criu/hook/actions.sh's. docs/criu.md, "The
+# actions", has one row per action naming the function that does its work,
+# and "State" every file made and who removes it.
 # Options come from NETLOCK_BACKEND, NETLOCK_NAME, NETLOCK_MARK, as for cli.ts.
 
 case $CRTOOLS_SCRIPT_ACTION in
@@ -103,7 +82,7 @@ create() {
 }
 
 # Marks the unlock done, for the restore's watcher (if one watches: the
-# run's .watch marker, made by lib/criu/hook/actions.sh's watch).
+# run's .watch marker, made by lib/criu/hook/detached.sh's watcher).
 unlocked() {
   [ -n "$markers" ] && [ -e "$markers.watch" ] && create "$markers.done"
   return 0
@@ -123,10 +102,10 @@ post-dump)
   ask "post-dump $CRTOOLS_INIT_PID" answer
   status=$?
   [ $status -eq 2 ] || exit $status
-  tree=
-  [ -n "$dir" ] && read -r tree 2>/dev/null <"$dir/tree"
+  place=
+  [ -n "$dir" ] && read -r place 2>/dev/null <"$dir/place"
   # Such a tree is the helper's alone to keep locked: never a dump without it.
-  if [ "$tree" = host ]; then
+  if [ "$place" = host ]; then
     echo "error: criu-hook: the helper that keeps process $CRTOOLS_INIT_PID locked is gone; failing the dump (the tree runs on)" >&2
     exit 1
   fi

@@ -16,7 +16,9 @@
  *
  * CRIU's own locks are measured up to 1,000 connections (above, they take
  * minutes: the table says so); `NETLOCK_BENCH_CRIU_OWN=0` leaves them out
- * at every count. The images go to a tmpfs the benchmark mounts.
+ * at every count; `NETLOCK_BENCH_OTHER_HOOK=/path/to/criu-hook.sh` adds
+ * another checkout's hook, for each backend. The images go to a tmpfs the
+ * benchmark mounts.
  *
  * Needs root, python3 and a CRIU (`CRIU_BIN` or `criu` on PATH); without a
  * CRIU it says why and measures nothing. Everything runs in a namespace it
@@ -75,6 +77,7 @@ const CRIU_OWN_MAX = 1000;
 export async function criuHostBench(rounds: number, counts: number[]): Promise<HostRow[]> {
   await using tmpfs = await imagesTmpfs();
   const criuOwn = Deno.env.get("NETLOCK_BENCH_CRIU_OWN") !== "0";
+  const other = Deno.env.get("NETLOCK_BENCH_OTHER_HOOK");
   const noop = await Deno.makeTempFile({ suffix: ".sh" });
   await Deno.writeTextFile(noop, "#!/bin/sh\nexit 0\n");
   await Deno.chmod(noop, 0o755);
@@ -90,6 +93,14 @@ export async function criuHostBench(rounds: number, counts: number[]): Promise<H
       name: `skip + criu-hook.sh (netlock ${backend})`,
       env: { NETLOCK_BACKEND: backend },
     })),
+    // Another checkout's hook, to judge a change side by side (as bench/criu_hook.ts).
+    ...(other
+      ? (["iptables", "nftables"] as const).map((backend) => ({
+        name: `skip + ${other} (netlock ${backend})`,
+        lock: ["--network-lock", "skip", "--action-script", other],
+        env: { NETLOCK_BACKEND: backend },
+      }))
+      : []),
   ];
   const rows: HostRow[] = [];
   try {

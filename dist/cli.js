@@ -192,23 +192,23 @@ var init_options = __esm({
   }
 });
 
-// lib/criu/hook.ts
-function planCriuHook(env) {
+// lib/criu/environment.ts
+function plainHookTask(env) {
   const action = env("CRTOOLS_SCRIPT_ACTION");
   if (action === "pre-dump" && env("CRTOOLS_INIT_PID")) {
     return {
-      action: "refuse-host-tree",
+      task: "refuse-host-tree",
       pid: pidFrom(action, env),
       options: hookOptions(env)
     };
   }
   if (action !== "network-lock" && action !== "network-unlock") return {
-    action: "none"
+    task: "none"
   };
   const options = hookOptions(env);
   const pid = pidFrom(action, env);
   return {
-    action: action === "network-lock" ? "lock" : "unlock",
+    task: action === "network-lock" ? "lock" : "unlock",
     pid,
     options
   };
@@ -255,8 +255,8 @@ function parseMarkFrom(variable, value) {
   }
 }
 var HOOK_ENV;
-var init_hook = __esm({
-  "lib/criu/hook.ts"() {
+var init_environment = __esm({
+  "lib/criu/environment.ts"() {
     init_errors();
     init_options();
     HOOK_ENV = [
@@ -1227,7 +1227,8 @@ var init_shell_programs = __esm({
 # in netlock's namespace.
 # Arguments: the root's PID, 1 to list the processes of the root's cgroup
 # subtree, 1 to print the tree's fd links after a "fds" line.
-# Prints "tree PIDS", "state S", "start TICKS", "cgroup PATH", "own PATH",
+# Prints "tree PIDS", "state S", "start TICKS", "netns own|other" (the
+# root's network namespace against this shell's, netlock's), "cgroup PATH", "own PATH",
 # "mount DIR" (cgroup v2), "members PIDS", then "fds" and one link a line;
 # exits 3 when the root does not exist. Shell builtins only, but for the
 # cgroup's find/cat and the last find (exec'd).
@@ -1238,6 +1239,8 @@ while [ -n "$todo" ]; do next=; for p in $todo; do
 done; set -- $next; todo=$*; pids="$pids\${todo:+ $todo}"; done
 echo "tree $pids"
 stat=; read -r stat <"/proc/$root/stat"; set -- \${stat##*") "}; echo "state $1"; shift 19; echo "start $1"
+# shellcheck disable=SC3013 # -ef: dash, bash and BusyBox's ash have it
+if [ "/proc/$root/ns/net" -ef /proc/self/ns/net ]; then echo "netns own"; else echo "netns other"; fi
 cg() { while IFS= read -r l; do case $l in 0::*) echo "$1 \${l#0::}";; esac; done; }
 cg cgroup <"/proc/$root/cgroup"; cg own </proc/self/cgroup
 mnt=
@@ -1253,7 +1256,8 @@ fi
 echo fds; set --; for p in $pids; do set -- "$@" "/proc/$p/fd"; done
 exec find "$@" -mindepth 1 -printf '%l\\n' 2>/dev/null
 `, "lib/connections/tree.sh");
-    WAIT_GONE_SH = nameScript(`# Waits until CRIU is gone (lib/criu/helper/channel.ts).
+    WAIT_GONE_SH = nameScript(`# Waits until CRIU is gone: the one wait, for the helper
+# (lib/criu/helper/channel.ts) and the restore's watcher (lib/criu/hook/detached.sh).
 # Arguments: CRIU's PID, its start time (field 22 of its stat; empty: any
 # process of that PID). tail --pid checks every 20 ms without a process per
 # check; where tail has no --pid (BusyBox's returns at once) the loop does
@@ -1344,6 +1348,9 @@ function parseTreeReport(text) {
       start: fields.get("start") ?? "",
       ...fields.has("state") ? {
         state: fields.get("state")
+      } : {},
+      ...fields.has("netns") ? {
+        ownNetns: fields.get("netns") === "own"
       } : {},
       cgroup: fields.get("cgroup") ?? "",
       ownCgroup: fields.get("own") ?? "",
@@ -2730,6 +2737,10 @@ function renderNftOpen(rules) {
   ].map((chain) => `insert rule inet ${rules.name} ${chain} accept
 `).join("");
 }
+function renderNftReturnFirst(chain, families) {
+  return families.map((family) => `insert rule ${family === "ipv4" ? "ip" : "ip6"} filter ${chain} return
+`).join("");
+}
 var init_ruleset3 = __esm({
   "lib/nftables/ruleset.ts"() {
   }
@@ -3214,10 +3225,10 @@ var init_lock_round = __esm({
 
 // lib/lock/apply.ts
 async function lockWithBackend(prepared, opts, shape) {
-  const planned = iptablesContext(prepared, opts, shape);
-  const ipt = opts.dryRun ? planned : {
-    ...planned,
-    exec: lockRound(planned.exec, opts.exec.timeoutMs)
+  const context = iptablesContext(prepared, opts, shape);
+  const ipt = opts.dryRun ? context : {
+    ...context,
+    exec: lockRound(context.exec, opts.exec.timeoutMs)
   };
   if (opts.backend === "iptables") {
     return {
@@ -3331,6 +3342,22 @@ async function whileSameProcess(prepared, opts, tree, shape, kind, lock) {
   }
   throw new NetlockError("NO_SUCH_TARGET", `process ${tree.root} exited while its ${kind} were being locked; nothing is left locked`);
 }
+async function addToConnectionLock(exec, pid, made, connections, listeners = []) {
+  const name = connectionLockName(made.name, pid);
+  const runs = made.backend === "nftables" ? [
+    exec("nft", [
+      "-f",
+      "-"
+    ], renderNftConnectionAdd(name, connections, listeners))
+  ] : made.families.map((family) => ({
+    family,
+    script: renderIptablesConnectionAdd(name, connections, family, listeners)
+  })).filter(({ script }) => script !== "*filter\nCOMMIT\n").map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, [
+    "-w",
+    "--noflush"
+  ], script));
+  return (await Promise.all(runs)).every((run3) => run3.success);
+}
 var init_process = __esm({
   "lib/lock/process.ts"() {
     init_errors();
@@ -3340,6 +3367,8 @@ var init_process = __esm({
     init_connections();
     init_backends();
     init_apply();
+    init_ruleset();
+    init_backend();
   }
 });
 
@@ -4108,44 +4137,13 @@ var init_operations = __esm({
   }
 });
 
-// lib/criu/socket_keys.ts
-function listenerKey(listener) {
-  const local = isWildcardAddress(listener.local) ? "*" : canonicalAddress(listener.local);
-  return `listen ${listener.family} ${local} ${listener.localPort}`;
-}
-function connectionKey(connection) {
-  return `${canonicalAddress(connection.local)} ${connection.localPort} ${canonicalAddress(connection.remote)} ${connection.remotePort}`;
-}
-function canonicalAddress(address2) {
-  return address2.includes(":") ? new URL(`http://[${address2}]/`).hostname : address2;
-}
-var init_socket_keys = __esm({
-  "lib/criu/socket_keys.ts"() {
-    init_proc_net_parser();
-  }
-});
-
-// lib/criu/notes.ts
-function keptNote(pid, lock) {
-  return `the ${lock.connections ?? 0} dumped connections of process ${pid} stay locked (${connectionLockName(lock.name, pid)}) until a restore of these images succeeds, also across failed restores; a tree that runs on after this dump keeps nothing; remove it by hand with 'netlock unlock ${pid}' (or 'netlock unlock --all')`;
-}
-function connectionNote(pid, why) {
-  return `process ${pid} shares CRIU's network namespace and ${why}: its connections are locked by address from pre-dump on; a connection it opens before the freeze is locked at post-dump (CRIU aborts a dump that such a connection disturbs)`;
-}
-var init_notes = __esm({
-  "lib/criu/notes.ts"() {
-    init_ruleset();
-  }
-});
-
 // lib/criu/tree_probe.ts
 var tree_probe_exports = {};
 __export(tree_probe_exports, {
   cgroupOfItsOwn: () => cgroupOfItsOwn,
+  identifyTree: () => identifyTree,
   ownExec: () => ownExec,
-  sharesNetlockNamespace: () => sharesNetlockNamespace,
   socketsOutside: () => socketsOutside,
-  startOf: () => startOf,
   stillRuns: () => stillRuns
 });
 async function stillRuns(pid, start, options = {}) {
@@ -4156,22 +4154,12 @@ async function stillRuns(pid, start, options = {}) {
     return false;
   }
 }
-async function sharesNetlockNamespace(pid, options) {
-  const ref = toTargetRef(pid);
-  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, {
-    timeoutMs
-  }), Deno.pid);
-  return probe.netns === (probe.own ?? await ownNetns({
-    timeoutMs
-  }));
-}
-async function startOf(pid, options = {}) {
-  try {
-    return (await probeTree(ownExec(options), pid)).tree.start;
-  } catch {
-    return "";
-  }
+async function identifyTree(pid, options = {}) {
+  const { tree } = await probeTree(ownExec(options), pid);
+  return {
+    start: tree.start,
+    place: tree.ownNetns ? "host" : "netns"
+  };
 }
 function cgroupOfItsOwn(tree) {
   try {
@@ -4205,175 +4193,7 @@ var init_tree_probe = __esm({
     init_tree_parser();
     init_nsenter();
     init_options();
-    init_target();
     init_process();
-  }
-});
-
-// lib/criu/tree_lock.ts
-var tree_lock_exports = {};
-__export(tree_lock_exports, {
-  completeTreeLock: () => completeTreeLock,
-  lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
-  lockTreeConnections: () => lockTreeConnections,
-  unlockKept: () => unlockKept
-});
-async function lockTreeBeforeFreeze(pid, options) {
-  const exec = ownExec(options);
-  const probe = await probeTree(exec, pid, {
-    members: true,
-    socketCgroups: true
-  }).catch(async (error) => ({
-    ...await probeTree(exec, pid, {
-      members: true
-    }),
-    error
-  }));
-  const why = cgroupOfItsOwn(probe.tree) ?? ("error" in probe ? `the cgroups of its sockets could not be read (${probe.error.message})` : socketsOutside(probe.tree, probe.socketCgroups));
-  if (why === void 0) {
-    let result2;
-    try {
-      result2 = await lockNetwork(pid, {
-        ...options,
-        backend: "nftables",
-        mode: "cgroup"
-      });
-    } catch (error) {
-      const note = `the cgroup lock failed (${error.message})`;
-      return {
-        ...await prepareConnections(pid, options),
-        note: connectionNote(pid, note)
-      };
-    }
-    const prepared = await prepareConnections(pid, options).catch(() => void 0);
-    return {
-      kind: "cgroup",
-      result: result2,
-      prepared: prepared?.prepared
-    };
-  }
-  return {
-    ...await prepareConnections(pid, options),
-    note: connectionNote(pid, why)
-  };
-}
-async function prepareConnections(pid, options) {
-  const { result: result2, locked, listeners } = await lockConnectionsOf(pid, options);
-  return {
-    kind: "connections",
-    result: result2,
-    prepared: {
-      lock: result2,
-      held: /* @__PURE__ */ new Set([
-        ...locked.map(connectionKey),
-        ...listeners.map(listenerKey)
-      ])
-    }
-  };
-}
-async function completeTreeLock(pid, options, before, dumped) {
-  if (!before?.prepared) return void 0;
-  const { lock, held } = before.prepared;
-  const missing = dumped.connections.filter((connection) => !held.has(connectionKey(connection)));
-  const listeners = dumped.listeners.filter((listener) => !held.has(listenerKey(listener)));
-  const report2 = {
-    ...lock,
-    connections: dumped.connections.length
-  };
-  if (missing.length === 0 && listeners.length === 0) return {
-    ...report2,
-    changed: false
-  };
-  return await addToLock(pid, options, lock, missing, listeners) ? {
-    ...report2,
-    changed: true
-  } : void 0;
-}
-async function lockTreeConnections(pid, options, before) {
-  if (before?.kind === "connections" && before.result.backend === "nftables") {
-    const added = await addTreeConnections(pid, options, before.result).catch(() => void 0);
-    if (added) return added;
-  }
-  return (await lockConnections2(pid, options)).result;
-}
-async function addTreeConnections(pid, options, made) {
-  const started = performance.now();
-  const exec = ownExec(options);
-  const { connections = [] } = await probeTree(exec, pid, {
-    connections: true
-  });
-  if (connections.length === 0) return {
-    ...made,
-    changed: false
-  };
-  if (!await addToLock(pid, options, made, connections)) return void 0;
-  return {
-    ...made,
-    changed: true,
-    connections: connections.length,
-    durationMs: performance.now() - started
-  };
-}
-async function addToLock(pid, options, made, connections, listeners = []) {
-  const exec = ownExec(options);
-  const name = connectionLockName(made.name, pid);
-  const runs = made.backend === "nftables" ? [
-    exec("nft", [
-      "-f",
-      "-"
-    ], renderNftConnectionAdd(name, connections, listeners))
-  ] : made.families.map((family) => ({
-    family,
-    script: renderIptablesConnectionAdd(name, connections, family, listeners)
-  })).filter(({ script }) => script !== "*filter\nCOMMIT\n").map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, [
-    "-w",
-    "--noflush"
-  ], script));
-  return (await Promise.all(runs)).every((run3) => run3.success);
-}
-async function unlockKept(pid, options, kinds, netnsOf) {
-  const opts = resolveOptions({
-    ...options,
-    mode: "netns",
-    force: true
-  }, "unlock");
-  const where = netnsOf === void 0 ? {
-    label: "netlock's own namespace",
-    nsenterArgs: []
-  } : {
-    label: `the namespace of process ${netnsOf}`,
-    nsenterArgs: [
-      "--target",
-      String(netnsOf),
-      "--net"
-    ]
-  };
-  const prepared = await prepare(where, opts, "unlock");
-  const shapes = kinds.map((kind) => kind === "cgroup" ? cgroupShape(opts.name, opts.mark, pid) : connectionShape(opts.name, opts.mark, pid));
-  return await unlockAllBackends(prepared, opts, {
-    shapes
-  });
-}
-async function lockConnections2(pid, options) {
-  const { result: result2 } = await lockConnectionsOf(pid, options);
-  return {
-    kind: "connections",
-    result: result2
-  };
-}
-var init_tree_lock = __esm({
-  "lib/criu/tree_lock.ts"() {
-    init_discover();
-    init_ruleset();
-    init_prepare();
-    init_cgroup();
-    init_connections();
-    init_backends();
-    init_backend();
-    init_operations();
-    init_socket_keys();
-    init_notes();
-    init_tree_probe();
   }
 });
 
@@ -4830,27 +4650,18 @@ backend=${plan.backend}
 `;
 }
 function renderRestoreUnlock(lock) {
-  if (lock.backend === "nftables") return {
-    script: renderNftOpen(lock),
-    finish: true
-  };
-  const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
+  const script = lock.backend === "nftables" ? renderNftOpen(lock) : renderNftReturnFirst(lock.name, lock.families);
   return {
-    script: tables.map((table) => `insert rule ${table} filter ${lock.name} return
-`).join(""),
+    script,
     finish: true
   };
 }
 function renderTreeRestoreUnlock(lock) {
-  const open = (kind) => {
-    const name = processLockName(lock.name, kind, lock.pid);
-    return `insert rule inet ${name} input accept
-insert rule inet ${name} output accept
-`;
-  };
-  const chain = processLockName(lock.name, "connections", lock.pid);
-  const connections = lock.backend === "nftables" ? open("connections") : lock.families.map((family) => family === "ipv4" ? "ip" : "ip6").map((t) => `insert rule ${t} filter ${chain} return
-`).join("");
+  const open = (kind) => renderNftOpen({
+    name: processLockName(lock.name, kind, lock.pid),
+    mark: 0
+  });
+  const connections = lock.backend === "nftables" ? open("connections") : renderNftReturnFirst(processLockName(lock.name, "connections", lock.pid), lock.families);
   return {
     script: connections + (lock.cgroup ? open("cgroup") : ""),
     finish: true
@@ -4908,11 +4719,190 @@ var init_plan2 = __esm({
   }
 });
 
+// lib/criu/socket_keys.ts
+function listenerKey(listener) {
+  const local = isWildcardAddress(listener.local) ? "*" : canonicalAddress(listener.local);
+  return `listen ${listener.family} ${local} ${listener.localPort}`;
+}
+function connectionKey(connection) {
+  return `${canonicalAddress(connection.local)} ${connection.localPort} ${canonicalAddress(connection.remote)} ${connection.remotePort}`;
+}
+function canonicalAddress(address2) {
+  return address2.includes(":") ? new URL(`http://[${address2}]/`).hostname : address2;
+}
+var init_socket_keys = __esm({
+  "lib/criu/socket_keys.ts"() {
+    init_proc_net_parser();
+  }
+});
+
+// lib/criu/notes.ts
+function keptNote(pid, lock) {
+  return `the ${lock.connections ?? 0} dumped connections of process ${pid} stay locked (${connectionLockName(lock.name, pid)}) until a restore of these images succeeds, also across failed restores; a tree that runs on after this dump keeps nothing; remove it by hand with 'netlock unlock ${pid}' (or 'netlock unlock --all')`;
+}
+function connectionNote(pid, why) {
+  return `process ${pid} shares CRIU's network namespace and ${why}: its connections are locked by address from pre-dump on; a connection it opens before the freeze is locked at post-dump (CRIU aborts a dump that such a connection disturbs)`;
+}
+var init_notes = __esm({
+  "lib/criu/notes.ts"() {
+    init_ruleset();
+  }
+});
+
+// lib/criu/tree_lock.ts
+var tree_lock_exports = {};
+__export(tree_lock_exports, {
+  completeTreeLock: () => completeTreeLock,
+  lockTreeBeforeFreeze: () => lockTreeBeforeFreeze,
+  lockTreeConnections: () => lockTreeConnections,
+  unlockKept: () => unlockKept
+});
+async function lockTreeBeforeFreeze(pid, options) {
+  const exec = ownExec(options);
+  const probe = await probeTree(exec, pid, {
+    members: true,
+    socketCgroups: true
+  }).catch(async (error) => ({
+    ...await probeTree(exec, pid, {
+      members: true
+    }),
+    error
+  }));
+  const why = cgroupOfItsOwn(probe.tree) ?? ("error" in probe ? `the cgroups of its sockets could not be read (${probe.error.message})` : socketsOutside(probe.tree, probe.socketCgroups));
+  if (why === void 0) {
+    let result2;
+    try {
+      result2 = await lockNetwork(pid, {
+        ...options,
+        backend: "nftables",
+        mode: "cgroup"
+      });
+    } catch (error) {
+      const note = `the cgroup lock failed (${error.message})`;
+      return {
+        ...await lockByAddress(pid, options),
+        note: connectionNote(pid, note)
+      };
+    }
+    const byAddress = await lockByAddress(pid, options).catch(() => void 0);
+    return {
+      kind: "cgroup",
+      result: result2,
+      byAddress: byAddress?.byAddress
+    };
+  }
+  return {
+    ...await lockByAddress(pid, options),
+    note: connectionNote(pid, why)
+  };
+}
+async function lockByAddress(pid, options) {
+  const { result: result2, locked, listeners } = await lockConnectionsOf(pid, options);
+  return {
+    kind: "connections",
+    result: result2,
+    byAddress: {
+      lock: result2,
+      held: /* @__PURE__ */ new Set([
+        ...locked.map(connectionKey),
+        ...listeners.map(listenerKey)
+      ])
+    }
+  };
+}
+async function completeTreeLock(pid, options, before, dumped) {
+  if (!before?.byAddress) return void 0;
+  const { lock, held } = before.byAddress;
+  const missing = dumped.connections.filter((connection) => !held.has(connectionKey(connection)));
+  const listeners = dumped.listeners.filter((listener) => !held.has(listenerKey(listener)));
+  const report2 = {
+    ...lock,
+    connections: dumped.connections.length
+  };
+  if (missing.length === 0 && listeners.length === 0) return {
+    ...report2,
+    changed: false
+  };
+  return await addToConnectionLock(ownExec(options), pid, lock, missing, listeners) ? {
+    ...report2,
+    changed: true
+  } : void 0;
+}
+async function lockTreeConnections(pid, options, before) {
+  if (before?.kind === "connections" && before.result.backend === "nftables") {
+    const added = await addTreeConnections(pid, options, before.result).catch(() => void 0);
+    if (added) return added;
+  }
+  return (await lockConnections2(pid, options)).result;
+}
+async function addTreeConnections(pid, options, made) {
+  const started = performance.now();
+  const exec = ownExec(options);
+  const { connections = [] } = await probeTree(exec, pid, {
+    connections: true
+  });
+  if (connections.length === 0) return {
+    ...made,
+    changed: false
+  };
+  if (!await addToConnectionLock(exec, pid, made, connections)) return void 0;
+  return {
+    ...made,
+    changed: true,
+    connections: connections.length,
+    durationMs: performance.now() - started
+  };
+}
+async function unlockKept(pid, options, kinds, netnsOf) {
+  const opts = resolveOptions({
+    ...options,
+    mode: "netns",
+    force: true
+  }, "unlock");
+  const where = netnsOf === void 0 ? {
+    label: "netlock's own namespace",
+    nsenterArgs: []
+  } : {
+    label: `the namespace of process ${netnsOf}`,
+    nsenterArgs: [
+      "--target",
+      String(netnsOf),
+      "--net"
+    ]
+  };
+  const prepared = await prepare(where, opts, "unlock");
+  const shapes = kinds.map((kind) => kind === "cgroup" ? cgroupShape(opts.name, opts.mark, pid) : connectionShape(opts.name, opts.mark, pid));
+  return await unlockAllBackends(prepared, opts, {
+    shapes
+  });
+}
+async function lockConnections2(pid, options) {
+  const { result: result2 } = await lockConnectionsOf(pid, options);
+  return {
+    kind: "connections",
+    result: result2
+  };
+}
+var init_tree_lock = __esm({
+  "lib/criu/tree_lock.ts"() {
+    init_discover();
+    init_prepare();
+    init_cgroup();
+    init_connections();
+    init_backends();
+    init_process();
+    init_operations();
+    init_socket_keys();
+    init_notes();
+    init_tree_probe();
+  }
+});
+
 // lib/criu/helper/dump_session.ts
 async function afterCriu(dumped, postDumped, options, log) {
   const runs = await stillRuns(dumped.pid, dumped.start, options);
   const failed = (error) => log(`unlock after CRIU ended: ${error.message}`);
-  if (!dumped.host) {
+  if (dumped.place === "netns") {
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
     return;
   }
@@ -4970,40 +4960,37 @@ var init_dump_session = __esm({
        * window only armed tools are fed; a tree that shares CRIU's namespace
        * gets no network-lock: it is locked now.
        *
-       * @returns The answer: `ready host`, `ready netns` or `error MESSAGE`.
+       * @returns The answer: `ready PLACE` (`ready host`, `ready netns`) or `error MESSAGE`.
        */
-      async prepare(pid) {
+      async preDump(pid) {
         const { options, images, warn } = this.#settings;
         if (images) await removeRestorePlan(images);
-        const [start, host] = await Promise.all([
-          startOf(pid, options),
-          sharesNetlockNamespace(pid, options)
-        ]);
+        const { start, place } = await identifyTree(pid, options);
         this.#dumped = {
           pid,
           start,
-          host
+          place
         };
-        if (host) {
+        if (place === "host") {
           try {
             const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, options);
             if (locked.note) warn(locked.note);
-            return "ready host";
+            return `ready ${place}`;
           } catch (error) {
             return `error ${error.message}`;
           }
         }
-        const planned = (await this.#arm(pid).armed)?.lock;
-        if (planned) {
+        const lock = (await this.#arm(pid).armed)?.lock;
+        if (lock) {
           await Promise.all([
-            this.#unlocks.arm(pid, planned),
+            this.#unlocks.arm(pid, lock),
             this.#planRestore({
-              ...planned,
+              ...lock,
               pid
             })
           ]);
         }
-        return "ready netns";
+        return `ready ${place}`;
       }
       /** `lock PID` (network-lock, inside the window): fires the armed lock, or locks the ordinary way. */
       async lock(pid, answer) {
@@ -5033,7 +5020,7 @@ var init_dump_session = __esm({
       async postDump(pid, answer) {
         const { options, images, log, warn } = this.#settings;
         const dumped = this.#dumped;
-        if (!(dumped?.host && dumped.pid === pid)) {
+        if (!(dumped?.place === "host" && dumped.pid === pid)) {
           this.#postDumped = true;
           await answer("ok");
           return;
@@ -5081,24 +5068,24 @@ var init_dump_session = __esm({
         };
       }
       /** The restore's unlock of a namespace lock, next to the images; a failure only costs the restore its fast path (cli.ts finds the lock without it). */
-      async #planRestore(planned) {
+      async #planRestore(lock) {
         const { images, log } = this.#settings;
         if (!images) return;
-        await writeRestorePlan(images, planned).catch((error) => log(`restore plan not written: ${error.message}`));
+        await writeRestorePlan(images, lock).catch((error) => log(`restore plan not written: ${error.message}`));
       }
     };
   }
 });
 
-// lib/criu/helper/restore_session.ts
-var RestoreSession;
-var init_restore_session = __esm({
-  "lib/criu/helper/restore_session.ts"() {
+// lib/criu/helper/unlock_session.ts
+var UnlockSession;
+var init_unlock_session = __esm({
+  "lib/criu/helper/unlock_session.ts"() {
     init_armed();
     init_shape();
     init_prepare();
     init_operations();
-    RestoreSession = class {
+    UnlockSession = class {
       #options;
       #log;
       /** On restore, the lock is the one the dump's images hold. */
@@ -5189,14 +5176,14 @@ async function serveCriuHook(settings) {
   }, 2 ** 31 - 1);
   if (settings.criuPid !== void 0) watchCriu(settings.criuPid, settings.criuStart, stop);
   const answer = (line) => channel.answer(line);
-  const unlocks = new RestoreSession(options, log);
+  const unlocks = new UnlockSession(options, log);
   const dump = new DumpSession({
     options,
     images: settings.images,
     log,
     warn
   }, unlocks);
-  if (settings.pid !== void 0 && settings.ready) await answer(await dump.prepare(settings.pid));
+  if (settings.dumpPid !== void 0) await answer(await dump.preDump(settings.dumpPid));
   let unlocked = false;
   try {
     for await (const line of channel.requests(stop.signal)) {
@@ -5210,9 +5197,9 @@ async function serveCriuHook(settings) {
         if (verb !== "arm") await answer(`error ${error.message}`);
         continue;
       }
-      if (verb === "post-dump") await dump.postDump(pid, answer);
+      if (verb === "lock") await dump.lock(pid, answer);
+      else if (verb === "post-dump") await dump.postDump(pid, answer);
       else if (verb === "arm") unlocks.armFromImages(pid);
-      else if (verb === "lock") await dump.lock(pid, answer);
       else if (verb === "unlock") {
         unlocked = await unlocks.unlock(pid, answer);
         break;
@@ -5231,7 +5218,7 @@ var init_serve = __esm({
   "lib/criu/helper/serve.ts"() {
     init_channel();
     init_dump_session();
-    init_restore_session();
+    init_unlock_session();
     init_options();
     HELPER_LIFETIME_MS = 6e5;
   }
@@ -5271,9 +5258,8 @@ var init_narrow = __esm({
 // lib/criu/entry.ts
 var entry_exports = {};
 __export(entry_exports, {
-  criuHelper: () => criuHelper,
   criuHook: () => criuHook,
-  criuNarrow: () => criuNarrow
+  internalEntry: () => internalEntry
 });
 async function criuHook() {
   const denied = HOOK_ENV.filter((name) => Deno.permissions.querySync({
@@ -5284,36 +5270,41 @@ async function criuHook() {
     printError(`the CRIU hook reads its environment: add --allow-env=${HOOK_ENV.join(",")}`);
     return EXIT.usage;
   }
-  let plan;
+  let task;
   try {
-    plan = planCriuHook((name) => Deno.env.get(name));
+    task = plainHookTask((name) => Deno.env.get(name));
   } catch (error) {
     printError(errorMessage(error));
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
-  if (plan.action === "none") return EXIT.ok;
-  if (plan.action === "refuse-host-tree") return await refuseHostTree(plan.pid, plan.options);
+  if (task.task === "none") return EXIT.ok;
+  if (task.task === "refuse-host-tree") return await refuseHostTree(task.pid, task.options);
   try {
-    const result2 = plan.action === "lock" ? await lockNetwork(plan.pid, plan.options) : await unlockNetwork(plan.pid, plan.options);
+    const result2 = task.task === "lock" ? await lockNetwork(task.pid, task.options) : await unlockNetwork(task.pid, task.options);
     for (const warning of result2.warnings ?? []) printWarning(warning);
-    const dumped = Number(readEnv("NETLOCK_DUMPED_PID") ?? "");
-    if (plan.action === "unlock" && Number.isSafeInteger(dumped) && dumped > 0 && dumped !== plan.pid) {
-      const { unlockKept: unlockKept2 } = await Promise.resolve().then(() => (init_tree_lock(), tree_lock_exports));
-      await unlockKept2(dumped, plan.options, [
-        "connections",
-        "cgroup"
-      ], plan.pid);
-    }
     return EXIT.ok;
   } catch (error) {
     printError(errorMessage(error));
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
 }
+function internalEntry(word2) {
+  switch (word2) {
+    case "--serve":
+      return criuHelper;
+    case "--unlock-restored":
+      return unlockRestored;
+    case "--unlock-kept":
+      return unlockDumpedTree;
+    case "--narrow":
+      return criuNarrow;
+  }
+  return void 0;
+}
 async function refuseHostTree(pid, options) {
-  const { sharesNetlockNamespace: sharesNetlockNamespace2 } = await Promise.resolve().then(() => (init_tree_probe(), tree_probe_exports));
+  const { identifyTree: identifyTree2 } = await Promise.resolve().then(() => (init_tree_probe(), tree_probe_exports));
   try {
-    if (!await sharesNetlockNamespace2(pid, options)) return EXIT.ok;
+    if ((await identifyTree2(pid, options)).place === "netns") return EXIT.ok;
   } catch (error) {
     printError(errorMessage(error));
     return EXIT.failed;
@@ -5322,21 +5313,23 @@ async function refuseHostTree(pid, options) {
   return EXIT.failed;
 }
 async function criuHelper(args) {
-  const [dir, criuPid, ...flags] = args;
-  const flag = (name) => flags.find((flag2) => flag2.startsWith(`--${name}=`))?.slice(name.length + 3);
-  const images = flag("images");
+  const [dir = "", criuPid = "", criuStart = "", role = "", dumpPid = "", images = "", ...rest] = args;
   const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
   const { serveCriuHook: serveCriuHook2 } = await Promise.resolve().then(() => (init_serve(), serve_exports));
   try {
-    const pidText = readEnv("CRTOOLS_INIT_PID");
+    if (!dir || ![
+      "dump",
+      "restore"
+    ].includes(role) || rest.length > 0) {
+      throw new TypeError("criu-hook --serve takes DIR CRIU_PID CRIU_START, then dump PID [IMAGES] or restore");
+    }
     await serveCriuHook2({
       dir,
       options: hookOptions((name) => readEnv(name)),
-      pid: pidText ? Number(pidText) : void 0,
-      criuPid: criuPid ? Number(criuPid) : void 0,
-      criuStart: flag("criu-start") || void 0,
+      criuPid: criuPid ? parsePid(criuPid) : void 0,
+      criuStart: criuStart || void 0,
       lifetimeMs: lifetime > 0 ? lifetime : void 0,
-      ready: flags.includes("--ready"),
+      dumpPid: role === "dump" ? parsePid(dumpPid) : void 0,
       images: images || void 0,
       log: (line) => line.startsWith("request:") ? void 0 : printError(`criu-hook: ${line}`),
       warn: (line) => printWarning(`criu-hook: ${line}`)
@@ -5344,6 +5337,44 @@ async function criuHelper(args) {
     return EXIT.ok;
   } catch (error) {
     printError(`criu-hook helper: ${errorMessage(error)}`);
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+async function unlockRestored(args) {
+  const [restoredText = "", dumpedText = "", ...rest] = args;
+  try {
+    if (rest.length > 0) throw new TypeError("criu-hook --unlock-restored takes PID DUMPED_PID");
+    const restored = parsePid(restoredText);
+    const dumped = parsePid(dumpedText);
+    const options = hookOptions((name) => readEnv(name));
+    const result2 = await unlockNetwork(restored, options);
+    for (const warning of result2.warnings ?? []) printWarning(warning);
+    if (dumped !== restored) {
+      const { unlockKept: unlockKept2 } = await Promise.resolve().then(() => (init_tree_lock(), tree_lock_exports));
+      await unlockKept2(dumped, options, [
+        "connections",
+        "cgroup"
+      ], restored);
+    }
+    return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+async function unlockDumpedTree(args) {
+  const [dumpedText = "", ...rest] = args;
+  try {
+    if (rest.length > 0) throw new TypeError("criu-hook --unlock-kept takes DUMPED_PID");
+    const dumped = parsePid(dumpedText);
+    const { unlockKept: unlockKept2 } = await Promise.resolve().then(() => (init_tree_lock(), tree_lock_exports));
+    await unlockKept2(dumped, hookOptions((name) => readEnv(name)), [
+      "connections",
+      "cgroup"
+    ]);
+    return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
 }
@@ -5373,7 +5404,7 @@ function errorMessage(error) {
 }
 var init_entry = __esm({
   "lib/criu/entry.ts"() {
-    init_hook();
+    init_environment();
     init_errors();
     init_options();
     init_operations();
@@ -6461,11 +6492,9 @@ async function main(args) {
   if (args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== void 0) {
     return await (await Promise.resolve().then(() => (init_entry(), entry_exports))).criuHook();
   }
-  if (args[0] === "criu-hook" && args[1] === "--serve") {
-    return await (await Promise.resolve().then(() => (init_entry(), entry_exports))).criuHelper(args.slice(2));
-  }
-  if (args[0] === "criu-hook" && args[1] === "--narrow") {
-    return await (await Promise.resolve().then(() => (init_entry(), entry_exports))).criuNarrow(args.slice(2));
+  if (args[0] === "criu-hook" && args[1]?.startsWith("--")) {
+    const entry = (await Promise.resolve().then(() => (init_entry(), entry_exports))).internalEntry(args[1]);
+    if (entry) return await entry(args.slice(2));
   }
   if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) return await version();
   if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) return await help();

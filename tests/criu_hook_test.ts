@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
-import { planCriuHook } from "../lib/criu/hook.ts";
+import { plainHookTask } from "../lib/criu/environment.ts";
 import { parseDumpedConnections, parseDumpedSockets } from "../lib/criu/dumped_sockets.ts";
 
 const env = (vars: Record<string, string>) => (name: string) => vars[name];
 
-Deno.test("planCriuHook() locks on network-lock and unlocks on network-unlock", () => {
+Deno.test("plainHookTask() locks on network-lock and unlocks on network-unlock", () => {
   assert.deepEqual(
-    planCriuHook(
+    plainHookTask(
       env({
         CRTOOLS_SCRIPT_ACTION: "network-lock",
         CRTOOLS_INIT_PID: "42",
@@ -15,15 +15,15 @@ Deno.test("planCriuHook() locks on network-lock and unlocks on network-unlock", 
         NETLOCK_MARK: "0x1",
       }),
     ),
-    { action: "lock", pid: 42, options: { backend: "auto", name: "CKPT", mark: 1 } },
+    { task: "lock", pid: 42, options: { backend: "auto", name: "CKPT", mark: 1 } },
   );
   assert.equal(
-    planCriuHook(env({ CRTOOLS_SCRIPT_ACTION: "network-unlock", CRTOOLS_INIT_PID: "42" })).action,
+    plainHookTask(env({ CRTOOLS_SCRIPT_ACTION: "network-unlock", CRTOOLS_INIT_PID: "42" })).task,
     "unlock",
   );
 });
 
-Deno.test("planCriuHook() ignores every other action, even without a PID", () => {
+Deno.test("plainHookTask() ignores every other action, even without a PID", () => {
   for (
     const action of [
       "pre-dump",
@@ -36,14 +36,14 @@ Deno.test("planCriuHook() ignores every other action, even without a PID", () =>
       "",
     ]
   ) {
-    assert.deepEqual(planCriuHook(env({ CRTOOLS_SCRIPT_ACTION: action })), { action: "none" });
+    assert.deepEqual(plainHookTask(env({ CRTOOLS_SCRIPT_ACTION: action })), { task: "none" });
   }
 });
 
-Deno.test("planCriuHook() refuses a bad PID (INVALID_ENVIRONMENT) and bad options (TypeError)", () => {
+Deno.test("plainHookTask() refuses a bad PID (INVALID_ENVIRONMENT) and bad options (TypeError)", () => {
   for (const pid of ["", "0", "abc", "12;reboot", "0x10"]) {
     assert.throws(
-      () => planCriuHook(env({ CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: pid })),
+      () => plainHookTask(env({ CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: pid })),
       {
         code: "INVALID_ENVIRONMENT",
       },
@@ -51,14 +51,14 @@ Deno.test("planCriuHook() refuses a bad PID (INVALID_ENVIRONMENT) and bad option
   }
   assert.throws(
     () =>
-      planCriuHook(
+      plainHookTask(
         env({ CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: "1", NETLOCK_NAME: "a b" }),
       ),
     TypeError,
   );
   assert.throws(
     () =>
-      planCriuHook(
+      plainHookTask(
         env({ CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: "1", NETLOCK_MARK: "-1" }),
       ),
     TypeError,

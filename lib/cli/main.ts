@@ -28,13 +28,11 @@ export async function main(args: string[]): Promise<number> {
   if (args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined) {
     return await (await import("../criu/entry.ts")).criuHook();
   }
-  // criu-hook.sh starts the warm helper this way (not a user command).
-  if (args[0] === "criu-hook" && args[1] === "--serve") {
-    return await (await import("../criu/entry.ts")).criuHelper(args.slice(2));
-  }
-  // The restore's watcher narrows a namespace lock this way (not a user command).
-  if (args[0] === "criu-hook" && args[1] === "--narrow") {
-    return await (await import("../criu/entry.ts")).criuNarrow(args.slice(2));
+  // criu-hook.sh's internal entry points (`criu-hook --serve`, ...: not
+  // user commands).
+  if (args[0] === "criu-hook" && args[1]?.startsWith("--")) {
+    const entry = (await import("../criu/entry.ts")).internalEntry(args[1]);
+    if (entry) return await entry(args.slice(2));
   }
   // The version and the help alone need no parser.
   if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) return await version();

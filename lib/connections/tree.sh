@@ -2,7 +2,8 @@
 # in netlock's namespace.
 # Arguments: the root's PID, 1 to list the processes of the root's cgroup
 # subtree, 1 to print the tree's fd links after a "fds" line.
-# Prints "tree PIDS", "state S", "start TICKS", "cgroup PATH", "own PATH",
+# Prints "tree PIDS", "state S", "start TICKS", "netns own|other" (the
+# root's network namespace against this shell's, netlock's), "cgroup PATH", "own PATH",
 # "mount DIR" (cgroup v2), "members PIDS", then "fds" and one link a line;
 # exits 3 when the root does not exist. Shell builtins only, but for the
 # cgroup's find/cat and the last find (exec'd).
@@ -13,6 +14,8 @@ while [ -n "$todo" ]; do next=; for p in $todo; do
 done; set -- $next; todo=$*; pids="$pids${todo:+ $todo}"; done
 echo "tree $pids"
 stat=; read -r stat <"/proc/$root/stat"; set -- ${stat##*") "}; echo "state $1"; shift 19; echo "start $1"
+# shellcheck disable=SC3013 # -ef: dash, bash and BusyBox's ash have it
+if [ "/proc/$root/ns/net" -ef /proc/self/ns/net ]; then echo "netns own"; else echo "netns other"; fi
 cg() { while IFS= read -r l; do case $l in 0::*) echo "$1 ${l#0::}";; esac; done; }
 cg cgroup <"/proc/$root/cgroup"; cg own </proc/self/cgroup
 mnt=

@@ -17,6 +17,8 @@ export interface ProcessTree {
   start: string;
   /** The root's state (`S`, `R`, `T`, ...; `Z` for a zombie, which is gone but for its PID). */
   state?: string;
+  /** Whether the root is in netlock's own network namespace (`undefined`: not reported). */
+  ownNetns?: boolean;
   /** The root's cgroup v2 path (`/` for the root cgroup). */
   cgroup: string;
   /** netlock's own cgroup v2 path. */
@@ -36,10 +38,11 @@ export interface ProcessTree {
  * import { parseTreeReport } from "./tree_parser.ts";
  *
  * const { tree, links } = parseTreeReport(
- *   "tree 42 43 44\nstart 123456\ncgroup /app\nown /\n" +
+ *   "tree 42 43 44\nstart 123456\nnetns other\ncgroup /app\nown /\n" +
  *     "mount /sys/fs/cgroup/unified\nmembers 42 43 44\nfds\nsocket:[7]\n/dev/null\n",
  * );
  * assert.deepEqual(tree.pids, [42, 43, 44]);
+ * assert.equal(tree.ownNetns, false);
  * assert.equal(tree.cgroup, "/app");
  * assert.deepEqual(tree.members, [42, 43, 44]);
  * assert.equal(links, "socket:[7]\n/dev/null\n");
@@ -68,6 +71,7 @@ export function parseTreeReport(text: string): { tree: ProcessTree; links: strin
       pids,
       start: fields.get("start") ?? "",
       ...(fields.has("state") ? { state: fields.get("state") } : {}),
+      ...(fields.has("netns") ? { ownNetns: fields.get("netns") === "own" } : {}),
       cgroup: fields.get("cgroup") ?? "",
       ownCgroup: fields.get("own") ?? "",
       ...(mount ? { cgroupMount: mount } : {}),

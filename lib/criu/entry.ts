@@ -1,12 +1,14 @@
 /**
- * netlock as CRIU's action script: the plain hook (`cli.ts` run with no
+ * netlock's entry points for CRIU: the plain hook (`cli.ts` run with no
  * arguments while `CRTOOLS_SCRIPT_ACTION` is set, or `netlock criu-hook`)
- * and the warm helper `criu-hook.sh` starts. Loaded only for them.
+ * and the internal ones criu-hook.sh runs (`cli.ts criu-hook --WORD ...`:
+ * {@linkcode internalEntry}), each named for what it does. Loaded only for
+ * them.
  *
  * @module
  */
 
-import { HOOK_ENV, hookOptions, planCriuHook } from "./hook.ts";
+import { HOOK_ENV, hookOptions, plainHookTask } from "./environment.ts";
 import { NetlockError } from "../common/errors.ts";
 import { parsePid } from "../common/options.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
@@ -28,30 +30,20 @@ export async function criuHook(): Promise<number> {
     printError(`the CRIU hook reads its environment: add --allow-env=${HOOK_ENV.join(",")}`);
     return EXIT.usage;
   }
-  let plan;
+  let task;
   try {
-    plan = planCriuHook((name) => Deno.env.get(name));
+    task = plainHookTask((name) => Deno.env.get(name));
   } catch (error) {
     printError(errorMessage(error));
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
-  if (plan.action === "none") return EXIT.ok;
-  if (plan.action === "refuse-host-tree") return await refuseHostTree(plan.pid, plan.options);
+  if (task.task === "none") return EXIT.ok;
+  if (task.task === "refuse-host-tree") return await refuseHostTree(task.pid, task.options);
   try {
-    const result = plan.action === "lock"
-      ? await lockNetwork(plan.pid, plan.options)
-      : await unlockNetwork(plan.pid, plan.options);
+    const result = task.task === "lock"
+      ? await lockNetwork(task.pid, task.options)
+      : await unlockNetwork(task.pid, task.options);
     for (const warning of result.warnings ?? []) printWarning(warning);
-    // criu-hook.sh says which PID the tree had when it was dumped: a tree
-    // restored in a PID namespace of its own (a container) has a new PID
-    // outside it, and the locks kept since the dump bear the old one.
-    const dumped = Number(readEnv("NETLOCK_DUMPED_PID") ?? "");
-    if (
-      plan.action === "unlock" && Number.isSafeInteger(dumped) && dumped > 0 && dumped !== plan.pid
-    ) {
-      const { unlockKept } = await import("./tree_lock.ts");
-      await unlockKept(dumped, plan.options, ["connections", "cgroup"], plan.pid);
-    }
     return EXIT.ok;
   } catch (error) {
     printError(errorMessage(error));
@@ -60,14 +52,49 @@ export async function criuHook(): Promise<number> {
 }
 
 /**
+ * The internal entry point `cli.ts criu-hook WORD ...` names, or
+ * `undefined` for another word (then `criu-hook` is the user's command):
+ * `--serve` (the warm helper), `--unlock-restored`, `--unlock-kept`,
+ * `--narrow`. Each takes its input as arguments and the lock options from
+ * `NETLOCK_*`; none reads CRIU's variables.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { internalEntry } from "./entry.ts";
+ *
+ * assert.equal(typeof internalEntry("--unlock-kept"), "function");
+ * assert.equal(internalEntry("--help"), undefined);
+ * ```
+ *
+ * @param word The argument after `criu-hook`.
+ * @returns The entry point (it takes the arguments after the word and returns the exit code).
+ */
+export function internalEntry(
+  word: string | undefined,
+): ((args: string[]) => Promise<number>) | undefined {
+  switch (word) {
+    case "--serve":
+      return criuHelper;
+    case "--unlock-restored":
+      return unlockRestored;
+    case "--unlock-kept":
+      return unlockDumpedTree;
+    case "--narrow":
+      return criuNarrow;
+  }
+  return undefined;
+}
+
+/**
  * `pre-dump` without the warm helper: CRIU sends a tree in its own namespace
  * no network action, so only the helper can keep it locked until the
  * restore, and unlock it if it runs again; without it the dump is refused.
  */
 async function refuseHostTree(pid: number, options: NetlockOptions): Promise<number> {
-  const { sharesNetlockNamespace } = await import("./tree_probe.ts");
+  const { identifyTree } = await import("./tree_probe.ts");
   try {
-    if (!await sharesNetlockNamespace(pid, options)) return EXIT.ok;
+    if ((await identifyTree(pid, options)).place === "netns") return EXIT.ok;
   } catch (error) {
     printError(errorMessage(error));
     return EXIT.failed;
@@ -81,30 +108,32 @@ async function refuseHostTree(pid: number, options: NetlockOptions): Promise<num
 }
 
 /**
- * The warm helper (`cli.ts criu-hook --serve DIR CRIU_PID [--criu-start=TICKS]
- * [--ready] [--images=DIR]`). `NETLOCK_HELPER_LIFETIME_MS` bounds a helper
- * that is not given CRIU's PID (tests shorten it).
- *
- * @param args The arguments after `--serve`.
- * @returns The exit code.
+ * The warm helper: `criu-hook --serve DIR CRIU_PID CRIU_START dump PID
+ * [IMAGES]` (a dump's, started at `pre-dump`: it locks the tree or arms its
+ * lock and answers `ready PLACE`; IMAGES: CRIU's image directory, where
+ * the restore's plan goes) or `criu-hook --serve DIR CRIU_PID CRIU_START
+ * restore` (a restore's, started at `pre-restore`). It ends when CRIU
+ * (that PID, started at that time) is gone. `NETLOCK_HELPER_LIFETIME_MS`
+ * bounds a helper that is not given CRIU's PID (tests shorten it).
  */
-export async function criuHelper(args: string[]): Promise<number> {
-  const [dir, criuPid, ...flags] = args;
-  const flag = (name: string) =>
-    flags.find((flag) => flag.startsWith(`--${name}=`))?.slice(name.length + 3);
-  const images = flag("images");
+async function criuHelper(args: string[]): Promise<number> {
+  const [dir = "", criuPid = "", criuStart = "", role = "", dumpPid = "", images = "", ...rest] =
+    args;
   const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
   const { serveCriuHook } = await import("./helper/serve.ts");
   try {
-    const pidText = readEnv("CRTOOLS_INIT_PID");
+    if (!dir || !["dump", "restore"].includes(role) || rest.length > 0) {
+      throw new TypeError(
+        "criu-hook --serve takes DIR CRIU_PID CRIU_START, then dump PID [IMAGES] or restore",
+      );
+    }
     await serveCriuHook({
       dir,
       options: hookOptions((name) => readEnv(name)),
-      pid: pidText ? Number(pidText) : undefined,
-      criuPid: criuPid ? Number(criuPid) : undefined,
-      criuStart: flag("criu-start") || undefined,
+      criuPid: criuPid ? parsePid(criuPid) : undefined,
+      criuStart: criuStart || undefined,
       lifetimeMs: lifetime > 0 ? lifetime : undefined,
-      ready: flags.includes("--ready"),
+      dumpPid: role === "dump" ? parsePid(dumpPid) : undefined,
       images: images || undefined,
       log: (line) => line.startsWith("request:") ? undefined : printError(`criu-hook: ${line}`),
       warn: (line) => printWarning(`criu-hook: ${line}`),
@@ -112,6 +141,54 @@ export async function criuHelper(args: string[]): Promise<number> {
     return EXIT.ok;
   } catch (error) {
     printError(`criu-hook helper: ${errorMessage(error)}`);
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+
+/**
+ * A restore's unlock without the helper (its plan's script failed, or it
+ * left work for `post-resume`): `criu-hook --unlock-restored PID DUMPED`
+ * unlocks the restored tree `PID` as CRIU's network-unlock would, then
+ * what the dump kept under the PID it was dumped with (`NAME-cDUMPED`,
+ * `NAME-gDUMPED` in the restored tree's namespace): a tree restored in a
+ * PID namespace of its own (a container) has a new PID outside it.
+ */
+async function unlockRestored(args: string[]): Promise<number> {
+  const [restoredText = "", dumpedText = "", ...rest] = args;
+  try {
+    if (rest.length > 0) throw new TypeError("criu-hook --unlock-restored takes PID DUMPED_PID");
+    const restored = parsePid(restoredText);
+    const dumped = parsePid(dumpedText);
+    const options = hookOptions((name) => readEnv(name));
+    const result = await unlockNetwork(restored, options);
+    for (const warning of result.warnings ?? []) printWarning(warning);
+    if (dumped !== restored) {
+      const { unlockKept } = await import("./tree_lock.ts");
+      await unlockKept(dumped, options, ["connections", "cgroup"], restored);
+    }
+    return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
+}
+
+/**
+ * What a dump of a tree in CRIU's namespace kept, removed once its restore
+ * opened it and CRIU died before `post-resume` (the restore's watcher):
+ * `criu-hook --unlock-kept DUMPED` removes `NAME-cDUMPED` and
+ * `NAME-gDUMPED` in netlock's own namespace.
+ */
+async function unlockDumpedTree(args: string[]): Promise<number> {
+  const [dumpedText = "", ...rest] = args;
+  try {
+    if (rest.length > 0) throw new TypeError("criu-hook --unlock-kept takes DUMPED_PID");
+    const dumped = parsePid(dumpedText);
+    const { unlockKept } = await import("./tree_lock.ts");
+    await unlockKept(dumped, hookOptions((name) => readEnv(name)), ["connections", "cgroup"]);
+    return EXIT.ok;
+  } catch (error) {
+    printError(errorMessage(error));
     return isUsageError(error) ? EXIT.usage : EXIT.failed;
   }
 }
@@ -129,7 +206,7 @@ export async function criuHelper(args: string[]): Promise<number> {
  *   directory, a path that holds the namespace.
  * @returns The exit code.
  */
-export async function criuNarrow(args: string[]): Promise<number> {
+async function criuNarrow(args: string[]): Promise<number> {
   const [pidText = "", images, netns, ...rest] = args;
   if (!images || !netns || rest.length > 0) {
     printError("criu-hook --narrow takes the dumped PID, the image directory and the namespace");

@@ -10,7 +10,7 @@
  */
 
 import type { KnownLock } from "./armed.ts";
-import { renderNftOpen } from "../nftables/ruleset.ts";
+import { renderNftOpen, renderNftReturnFirst } from "../nftables/ruleset.ts";
 import { processLockName } from "../connections/ruleset.ts";
 import type { Family, OperationResult } from "../common/types.ts";
 
@@ -80,12 +80,10 @@ export function renderPlanFile(
 export function renderRestoreUnlock(
   lock: { backend: "iptables" | "nftables"; families: Family[]; name: string; mark: number },
 ): { script: string; finish: boolean } {
-  if (lock.backend === "nftables") return { script: renderNftOpen(lock), finish: true };
-  const tables = lock.families.map((family) => family === "ipv4" ? "ip" : "ip6");
-  return {
-    script: tables.map((table) => `insert rule ${table} filter ${lock.name} return\n`).join(""),
-    finish: true,
-  };
+  const script = lock.backend === "nftables"
+    ? renderNftOpen(lock)
+    : renderNftReturnFirst(lock.name, lock.families);
+  return { script, finish: true };
 }
 
 /**
@@ -128,15 +126,11 @@ export function renderTreeRestoreUnlock(
     cgroup?: boolean;
   },
 ): { script: string; finish: true } {
-  const open = (kind: "connections" | "cgroup") => {
-    const name = processLockName(lock.name, kind, lock.pid);
-    return `insert rule inet ${name} input accept\ninsert rule inet ${name} output accept\n`;
-  };
-  const chain = processLockName(lock.name, "connections", lock.pid);
+  const open = (kind: "connections" | "cgroup") =>
+    renderNftOpen({ name: processLockName(lock.name, kind, lock.pid), mark: 0 });
   const connections = lock.backend === "nftables"
     ? open("connections")
-    : lock.families.map((family) => family === "ipv4" ? "ip" : "ip6")
-      .map((t) => `insert rule ${t} filter ${chain} return\n`).join("");
+    : renderNftReturnFirst(processLockName(lock.name, "connections", lock.pid), lock.families);
   return { script: connections + (lock.cgroup ? open("cgroup") : ""), finish: true };
 }
 

@@ -32,19 +32,13 @@
  */
 
 import { probeTree } from "../connections/discover.ts";
-import type { Connection, Listener } from "../connections/proc_net_parser.ts";
 import type { DumpedSockets } from "./dumped_sockets.ts";
-import {
-  connectionLockName,
-  renderIptablesConnectionAdd,
-  renderNftConnectionAdd,
-} from "../connections/ruleset.ts";
 import { prepare, resolveOptions } from "../netns/prepare.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
 import { connectionShape } from "../shape/connections.ts";
 import type { NamespaceOutcome } from "../shape/shape.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
-import { FAMILY_TOOLS } from "../iptables/backend.ts";
+import { addToConnectionLock } from "../lock/process.ts";
 import { lockConnectionsOf, lockNetwork } from "../operations.ts";
 import type { NetlockOptions, OperationResult } from "../common/types.ts";
 import { connectionKey, listenerKey } from "./socket_keys.ts";
@@ -65,7 +59,7 @@ export interface TreeLocked {
    * (their {@linkcode connectionKey}s, made before the freeze too): at
    * `post-dump` only those the dump took beyond them are added.
    */
-  prepared?: { lock: OperationResult; held: ReadonlySet<string> };
+  byAddress?: { lock: OperationResult; held: ReadonlySet<string> };
 }
 
 /**
@@ -110,15 +104,15 @@ export async function lockTreeBeforeFreeze(
     } catch (error) {
       // No nft, say: the connections, as for a tree without a cgroup of its own.
       const note = `the cgroup lock failed (${(error as Error).message})`;
-      return { ...(await prepareConnections(pid, options)), note: connectionNote(pid, note) };
+      return { ...(await lockByAddress(pid, options)), note: connectionNote(pid, note) };
     }
     // The cgroup lock holds every socket of the tree; its connections by
     // address now too, outside the frozen window (a failure leaves that to
     // post-dump).
-    const prepared = await prepareConnections(pid, options).catch(() => undefined);
-    return { kind: "cgroup", result, prepared: prepared?.prepared };
+    const byAddress = await lockByAddress(pid, options).catch(() => undefined);
+    return { kind: "cgroup", result, byAddress: byAddress?.byAddress };
   }
-  return { ...(await prepareConnections(pid, options)), note: connectionNote(pid, why) };
+  return { ...(await lockByAddress(pid, options)), note: connectionNote(pid, why) };
 }
 
 /**
@@ -126,15 +120,15 @@ export async function lockTreeBeforeFreeze(
  * connections the lock was made for (its own probe's: the tree is probed
  * once).
  */
-async function prepareConnections(
+async function lockByAddress(
   pid: number,
   options: NetlockOptions,
-): Promise<{ kind: "connections"; result: OperationResult } & Pick<TreeLocked, "prepared">> {
+): Promise<{ kind: "connections"; result: OperationResult } & Pick<TreeLocked, "byAddress">> {
   const { result, locked, listeners } = await lockConnectionsOf(pid, options);
   return {
     kind: "connections",
     result,
-    prepared: {
+    byAddress: {
       lock: result,
       held: new Set([...locked.map(connectionKey), ...listeners.map(listenerKey)]),
     },
@@ -160,15 +154,15 @@ export async function completeTreeLock(
   before: TreeLocked | undefined,
   dumped: DumpedSockets,
 ): Promise<OperationResult | undefined> {
-  if (!before?.prepared) return undefined;
-  const { lock, held } = before.prepared;
+  if (!before?.byAddress) return undefined;
+  const { lock, held } = before.byAddress;
   const missing = dumped.connections.filter((connection) => !held.has(connectionKey(connection)));
   const listeners = dumped.listeners.filter((listener) => !held.has(listenerKey(listener)));
   const report = { ...lock, connections: dumped.connections.length };
   if (missing.length === 0 && listeners.length === 0) return { ...report, changed: false };
   // Added to the lock as it is: one transaction (a family), not the whole
   // lock again inside the window.
-  return await addToLock(pid, options, lock, missing, listeners)
+  return await addToConnectionLock(ownExec(options), pid, lock, missing, listeners)
     ? { ...report, changed: true }
     : undefined;
 }
@@ -209,40 +203,13 @@ async function addTreeConnections(
   const exec = ownExec(options);
   const { connections = [] } = await probeTree(exec, pid, { connections: true });
   if (connections.length === 0) return { ...made, changed: false };
-  if (!await addToLock(pid, options, made, connections)) return undefined;
+  if (!await addToConnectionLock(exec, pid, made, connections)) return undefined;
   return {
     ...made,
     changed: true,
     connections: connections.length,
     durationMs: performance.now() - started,
   };
-}
-
-/**
- * Adds `connections` to the connection lock `made`: to its nftables sets
- * (one `nft`), or their drops appended to its iptables chain (an
- * `iptables-restore` for each family with some, at once); `true` when done.
- */
-async function addToLock(
-  pid: number,
-  options: NetlockOptions,
-  made: OperationResult,
-  connections: readonly Connection[],
-  listeners: readonly Listener[] = [],
-): Promise<boolean> {
-  const exec = ownExec(options);
-  const name = connectionLockName(made.name, pid);
-  const runs = made.backend === "nftables"
-    ? [exec("nft", ["-f", "-"], renderNftConnectionAdd(name, connections, listeners))]
-    : made.families
-      .map((family) => ({
-        family,
-        script: renderIptablesConnectionAdd(name, connections, family, listeners),
-      }))
-      // A family with drops to add.
-      .filter(({ script }) => script !== "*filter\nCOMMIT\n")
-      .map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, ["-w", "--noflush"], script));
-  return (await Promise.all(runs)).every((run) => run.success);
 }
 
 /**

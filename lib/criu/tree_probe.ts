@@ -1,8 +1,8 @@
 /**
  * What the CRIU hook asks of a process tree (through spawned tools, as
- * everything netlock reads of a target): whether it still runs as the tree
- * it probed, whether it shares netlock's namespace, its start time, and
- * whether its cgroup is its own and holds all its sockets.
+ * everything netlock reads of a target): its start time and place,
+ * whether it still runs as the tree it probed, and whether its cgroup is
+ * its own and holds all its sockets.
  *
  * @module
  */
@@ -11,7 +11,6 @@ import { probeTree } from "../connections/discover.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
 import { nsenterExec, type ToolExec } from "../exec/nsenter.ts";
 import { DEFAULT_TIMEOUT_MS } from "../common/options.ts";
-import { ownNetns, probeTarget, toTargetRef } from "../netns/target.ts";
 import { lockableCgroup } from "../lock/process.ts";
 import type { NetlockOptions } from "../common/types.ts";
 
@@ -38,30 +37,30 @@ export async function stillRuns(
 }
 
 /**
- * Whether a process shares netlock's network namespace (a tree in CRIU's
- * own namespace, for the hook: CRIU sends it no network actions).
- *
- * @param pid The process.
- * @param options The hook's options (timeout).
- * @returns `true` when it does.
+ * Where a dumped tree is: `host` when it shares CRIU's network namespace
+ * (netlock's own: the hook runs there), to which CRIU sends no network
+ * action; `netns` when it has a namespace of its own. These two words are
+ * its one encoding: the helper's `ready` answer, its directory's `place`
+ * file, the restore plan's `kind` key (version 1's name for it), the
+ * restore watcher's role.
  */
-export async function sharesNetlockNamespace(
-  pid: number,
-  options: NetlockOptions,
-): Promise<boolean> {
-  const ref = toTargetRef(pid);
-  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const probe = await probeTarget(ref, nsenterExec(ref.nsenterArgs, { timeoutMs }), Deno.pid);
-  return probe.netns === (probe.own ?? await ownNetns({ timeoutMs }));
-}
+export type TreePlace = "host" | "netns";
 
-/** The start time of a process, probed now (`""` when it does not exist). */
-export async function startOf(pid: number, options: NetlockOptions = {}): Promise<string> {
-  try {
-    return (await probeTree(ownExec(options), pid)).tree.start;
-  } catch {
-    return "";
-  }
+/**
+ * A tree's root as the hook first sees it, in one probe: its start time
+ * (to tell it, once CRIU is gone, from a later process of its PID) and its
+ * place.
+ *
+ * @param pid The tree's root.
+ * @param options The hook's options (the tools' timeout).
+ * @returns Its start time and place; throws when it does not exist.
+ */
+export async function identifyTree(
+  pid: number,
+  options: NetlockOptions = {},
+): Promise<{ start: string; place: TreePlace }> {
+  const { tree } = await probeTree(ownExec(options), pid);
+  return { start: tree.start, place: tree.ownNetns ? "host" : "netns" };
 }
 
 /**

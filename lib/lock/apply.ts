@@ -33,11 +33,11 @@ export async function lockWithBackend(
   opts: ResolvedOptions,
   shape: LockShape,
 ): Promise<NamespaceOutcome> {
-  const planned = iptablesContext(prepared, opts, shape);
+  const context = iptablesContext(prepared, opts, shape);
   // Both families' restores, and the read after them, in one spawn.
   const ipt = opts.dryRun
-    ? planned
-    : { ...planned, exec: lockRound(planned.exec, opts.exec.timeoutMs) };
+    ? context
+    : { ...context, exec: lockRound(context.exec, opts.exec.timeoutMs) };
   if (opts.backend === "iptables") {
     return { ...(await iptablesLock(ipt, iptablesUnlock)), backend: "iptables" };
   }

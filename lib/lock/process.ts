@@ -12,13 +12,21 @@
 import { NetlockError } from "../common/errors.ts";
 import { probeTree } from "../connections/discover.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
-import type { Connection } from "../connections/proc_net_parser.ts";
+import type { Connection, Listener } from "../connections/proc_net_parser.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
 import { connectionShape } from "../shape/connections.ts";
 import type { LockShape, NamespaceOutcome } from "../shape/shape.ts";
 import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
 import { lockWithBackend } from "./apply.ts";
+import {
+  connectionLockName,
+  renderIptablesConnectionAdd,
+  renderNftConnectionAdd,
+} from "../connections/ruleset.ts";
+import type { ToolExec } from "../exec/nsenter.ts";
+import { FAMILY_TOOLS } from "../iptables/backend.ts";
+import type { Family } from "../common/types.ts";
 
 /**
  * Locks the TCP connections of the process tree of `pid` (the process and
@@ -170,4 +178,51 @@ async function whileSameProcess(
     "NO_SUCH_TARGET",
     `process ${tree.root} exited while its ${kind} were being locked; nothing is left locked`,
   );
+}
+
+/**
+ * Adds connections (and listeners) to the connection lock of tree `pid`
+ * that `made` reports: to its nftables sets (one `nft`), or their drops
+ * appended to its iptables chain (one `iptables-restore` for each family
+ * with some, at once). Nothing is replaced: the lock holds what it held
+ * all along.
+ *
+ * @example
+ * ```ts
+ * import { addToConnectionLock } from "./process.ts";
+ * import { nsenterExec } from "../exec/nsenter.ts";
+ *
+ * // Needs root and a connection lock of process 42: type-checked here, not run.
+ * export async function example(): Promise<boolean> {
+ *   const made = { backend: "nftables" as const, families: ["ipv4" as const], name: "NETLOCK" };
+ *   return await addToConnectionLock(nsenterExec([], { timeoutMs: 5_000 }), 42, made, []);
+ * }
+ * ```
+ *
+ * @param exec Runs a tool where the lock is.
+ * @param pid The tree's root (the lock is `NAME-cPID`).
+ * @param made The lock's report: its backend, families and name.
+ * @param connections The connections to add.
+ * @param listeners The listeners to add.
+ * @returns `true` when every tool succeeded.
+ */
+export async function addToConnectionLock(
+  exec: ToolExec,
+  pid: number,
+  made: { backend: "iptables" | "nftables"; families: Family[]; name: string },
+  connections: readonly Connection[],
+  listeners: readonly Listener[] = [],
+): Promise<boolean> {
+  const name = connectionLockName(made.name, pid);
+  const runs = made.backend === "nftables"
+    ? [exec("nft", ["-f", "-"], renderNftConnectionAdd(name, connections, listeners))]
+    : made.families
+      .map((family) => ({
+        family,
+        script: renderIptablesConnectionAdd(name, connections, family, listeners),
+      }))
+      // A family with drops to add.
+      .filter(({ script }) => script !== "*filter\nCOMMIT\n")
+      .map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, ["-w", "--noflush"], script));
+  return (await Promise.all(runs)).every((run) => run.success);
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { LockRules } from "../common/types.ts";
+import type { Family, LockRules } from "../common/types.ts";
 
 /**
  * The table's chains and rules as flat `add` commands (nft parses them
@@ -116,4 +116,31 @@ export function renderNftUnlock(rules: LockRules): string {
 export function renderNftOpen(rules: LockRules): string {
   return ["input", "output"].map((chain) => `insert rule inet ${rules.name} ${chain} accept\n`)
     .join("");
+}
+
+/**
+ * The opening of an iptables-nft chain, written for nft: a `return` at its
+ * head in the `filter` table of each family (iptables-nft's rules are
+ * nf_tables objects, so one `nft -f -` opens every family in one
+ * transaction, deleting nothing). Fails on legacy iptables, whose rules
+ * nft does not see.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderNftReturnFirst } from "./ruleset.ts";
+ * assert.equal(
+ *   renderNftReturnFirst("NETLOCK", ["ipv4", "ipv6"]),
+ *   "insert rule ip filter NETLOCK return\ninsert rule ip6 filter NETLOCK return\n",
+ * );
+ * ```
+ *
+ * @param chain The iptables chain.
+ * @param families The families whose chain it is.
+ * @returns The `nft -f -` input.
+ */
+export function renderNftReturnFirst(chain: string, families: readonly Family[]): string {
+  return families.map((family) =>
+    `insert rule ${family === "ipv4" ? "ip" : "ip6"} filter ${chain} return\n`
+  ).join("");
 }

@@ -40,7 +40,7 @@ export interface NftChain {
  * return` (the first rule of an iptables connection lock), an unreachable
  * marker (`-m comment ... -j RETURN`, which says an iptables lock leaves
  * IPv6 open by choice), a bare accept or return (what a restore inserts
- * ahead of a process lock's drops to open it at once: lib/criu/hook.ts),
+ * ahead of a process lock's drops to open it at once: lib/criu/plan.ts),
  * or anything else.
  */
 export type RuleKind =

@@ -20,7 +20,7 @@ import {
   writeRestorePlan,
   writeTreePlan,
 } from "../plan.ts";
-import type { RestoreSession } from "./restore_session.ts";
+import type { UnlockSession } from "./unlock_session.ts";
 import {
   completeTreeLock,
   lockTreeBeforeFreeze,
@@ -29,7 +29,7 @@ import {
   unlockKept,
 } from "../tree_lock.ts";
 import { keptNote } from "../notes.ts";
-import { sharesNetlockNamespace, startOf, stillRuns } from "../tree_probe.ts";
+import { identifyTree, stillRuns, type TreePlace } from "../tree_probe.ts";
 import { lockNetwork, unlockNetwork } from "../../operations.ts";
 import type { NetlockOptions } from "../../common/types.ts";
 
@@ -48,11 +48,11 @@ export interface DumpSettings {
 /** One dump: its armed lock, the dumped tree, and how far the dump went. */
 export class DumpSession {
   #settings: DumpSettings;
-  #unlocks: RestoreSession;
+  #unlocks: UnlockSession;
   /** What is armed, for which PID; an arm that failed is redone by the ordinary lock when fired. */
   #lock?: { pid: number; armed: Promise<ArmedLock | undefined> };
   /** The dumped tree, to tell when CRIU is gone whether it runs again. */
-  #dumped?: { pid: number; start: string; host: boolean; locked?: TreeLocked };
+  #dumped?: { pid: number; start: string; place: TreePlace; locked?: TreeLocked };
   #postDumped = false;
   /** A host tree's cgroup lock goes once its connections are locked by address. */
   #narrowed?: Promise<void>;
@@ -61,7 +61,7 @@ export class DumpSession {
    * @param settings The options, the image directory, the logs.
    * @param unlocks The helper's unlock (a dump arms it for the lock it makes).
    */
-  constructor(settings: DumpSettings, unlocks: RestoreSession) {
+  constructor(settings: DumpSettings, unlocks: UnlockSession) {
     this.#settings = settings;
     this.#unlocks = unlocks;
   }
@@ -73,30 +73,27 @@ export class DumpSession {
    * window only armed tools are fed; a tree that shares CRIU's namespace
    * gets no network-lock: it is locked now.
    *
-   * @returns The answer: `ready host`, `ready netns` or `error MESSAGE`.
+   * @returns The answer: `ready PLACE` (`ready host`, `ready netns`) or `error MESSAGE`.
    */
-  async prepare(pid: number): Promise<string> {
+  async preDump(pid: number): Promise<string> {
     const { options, images, warn } = this.#settings;
     if (images) await removeRestorePlan(images);
-    const [start, host] = await Promise.all([
-      startOf(pid, options),
-      sharesNetlockNamespace(pid, options),
-    ]);
-    this.#dumped = { pid, start, host };
-    if (host) {
+    const { start, place } = await identifyTree(pid, options);
+    this.#dumped = { pid, start, place };
+    if (place === "host") {
       try {
         const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, options);
         if (locked.note) warn(locked.note);
-        return "ready host";
+        return `ready ${place}`;
       } catch (error) {
         return `error ${(error as Error).message}`;
       }
     }
-    const planned = (await this.#arm(pid).armed)?.lock;
-    if (planned) {
-      await Promise.all([this.#unlocks.arm(pid, planned), this.#planRestore({ ...planned, pid })]);
+    const lock = (await this.#arm(pid).armed)?.lock;
+    if (lock) {
+      await Promise.all([this.#unlocks.arm(pid, lock), this.#planRestore({ ...lock, pid })]);
     }
-    return "ready netns";
+    return `ready ${place}`;
   }
 
   /** `lock PID` (network-lock, inside the window): fires the armed lock, or locks the ordinary way. */
@@ -127,7 +124,7 @@ export class DumpSession {
   async postDump(pid: number, answer: (line: string) => Promise<void>): Promise<void> {
     const { options, images, log, warn } = this.#settings;
     const dumped = this.#dumped;
-    if (!(dumped?.host && dumped.pid === pid)) {
+    if (!(dumped?.place === "host" && dumped.pid === pid)) {
       this.#postDumped = true;
       await answer("ok");
       return;
@@ -183,10 +180,10 @@ export class DumpSession {
   }
 
   /** The restore's unlock of a namespace lock, next to the images; a failure only costs the restore its fast path (cli.ts finds the lock without it). */
-  async #planRestore(planned: RestorePlanned): Promise<void> {
+  async #planRestore(lock: RestorePlanned): Promise<void> {
     const { images, log } = this.#settings;
     if (!images) return;
-    await writeRestorePlan(images, planned).catch((error) =>
+    await writeRestorePlan(images, lock).catch((error) =>
       log(`restore plan not written: ${error.message}`)
     );
   }
@@ -203,18 +200,18 @@ export class DumpSession {
  * host tree (never whatever namespace its PID may be in by now).
  */
 async function afterCriu(
-  dumped: { pid: number; start: string; host: boolean },
+  dumped: { pid: number; start: string; place: TreePlace },
   postDumped: boolean,
   options: NetlockOptions,
   log: (line: string) => void,
 ): Promise<void> {
   const runs = await stillRuns(dumped.pid, dumped.start, options);
   const failed = (error: Error) => log(`unlock after CRIU ended: ${error.message}`);
-  if (!dumped.host) {
+  if (dumped.place === "netns") {
     // A final dump keeps the whole namespace locked until its restore
     // (CRIU's contract, zdtm's netns_lock tests): a namespace that outlives
     // the tree narrows only after a restore that failed (the restore's
-    // watcher, lib/criu/hook/detached.sh).
+    // watcher, lib/criu/hook/actions.sh).
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
     return;
   }

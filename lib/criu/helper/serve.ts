@@ -5,7 +5,7 @@
  * unlock ahead (lib/criu/armed.ts), so that inside CRIU's frozen window a
  * lock or an unlock is only a ruleset written to a tool that is already
  * running: the dump's requests go to ./dump_session.ts, the unlock's (a
- * restore's, or a dump's network-unlock) to ./restore_session.ts, and the
+ * restore's, or a dump's network-unlock) to ./unlock_session.ts, and the
  * restore's plan is written by lib/criu/plan.ts.
  *
  * Requests: `lock PID` (answered), `post-dump PID` (answered), `arm PID`
@@ -25,7 +25,7 @@
 
 import { openChannel, watchCriu } from "./channel.ts";
 import { DumpSession } from "./dump_session.ts";
-import { RestoreSession } from "./restore_session.ts";
+import { UnlockSession } from "./unlock_session.ts";
 import { parsePid } from "../../common/options.ts";
 import type { NetlockOptions } from "../../common/types.ts";
 
@@ -41,16 +41,18 @@ export interface HelperSettings {
   dir: string;
   /** The lock options (from `NETLOCK_*`). */
   options: NetlockOptions;
-  /** The dumped or restored PID, when CRIU already told it. */
-  pid?: number;
   /** CRIU's PID: the helper ends when it is gone. */
   criuPid?: number;
   /** CRIU's start time (field 22 of its stat): a PID reused by another process is not CRIU. */
   criuStart?: string;
   /** The longest the helper lives without CRIU's PID (default {@linkcode HELPER_LIFETIME_MS}). */
   lifetimeMs?: number;
-  /** A dump: arm the lock of `pid` and answer `ready` (pre-dump waits for it). */
-  ready?: boolean;
+  /**
+   * A dump's tree (`CRTOOLS_INIT_PID` at `pre-dump`): the helper locks it
+   * or arms its lock, then answers `ready PLACE` (pre-dump waits for it).
+   * Without it, a restore's helper: it waits for `arm PID`.
+   */
+  dumpPid?: number;
   /**
    * CRIU's image directory (its real path): after a dump's lock, the helper
    * writes there how to unlock it on restore (`RESTORE_PLAN`, lib/criu/plan.ts), so
@@ -73,7 +75,7 @@ export interface HelperSettings {
  *
  * // Needs root and a live target: type-checked here, not run.
  * export async function example(): Promise<void> {
- *   await serveCriuHook({ dir: "/run/netlock/criu-4242", options: {}, pid: 1234 });
+ *   await serveCriuHook({ dir: "/run/netlock/criu-4242", options: {}, dumpPid: 1234 });
  * }
  * ```
  *
@@ -96,13 +98,13 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   if (settings.criuPid !== undefined) watchCriu(settings.criuPid, settings.criuStart, stop);
 
   const answer = (line: string) => channel.answer(line);
-  const unlocks = new RestoreSession(options, log);
+  const unlocks = new UnlockSession(options, log);
   const dump = new DumpSession(
     { options, images: settings.images, log, warn },
     unlocks,
   );
   // A dump: pre-dump waits for this answer, before CRIU freezes anything.
-  if (settings.pid !== undefined && settings.ready) await answer(await dump.prepare(settings.pid));
+  if (settings.dumpPid !== undefined) await answer(await dump.preDump(settings.dumpPid));
 
   let unlocked = false;
   try {
@@ -117,10 +119,11 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
         if (verb !== "arm") await answer(`error ${(error as Error).message}`);
         continue;
       }
-      if (verb === "post-dump") await dump.postDump(pid, answer);
-      else if (verb === "arm") unlocks.armFromImages(pid);
-      else if (verb === "lock") await dump.lock(pid, answer);
-      else if (verb === "unlock") {
+      // Each request is one CRIU action (docs/criu.md, "The actions").
+      if (verb === "lock") await dump.lock(pid, answer); // network-lock
+      else if (verb === "post-dump") await dump.postDump(pid, answer); // post-dump
+      else if (verb === "arm") unlocks.armFromImages(pid); // setup-namespaces, post-setup-namespaces
+      else if (verb === "unlock") { // network-unlock
         unlocked = await unlocks.unlock(pid, answer);
         break;
       } else await answer(`error unknown request: ${verb}`);

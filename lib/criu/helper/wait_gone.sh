@@ -1,4 +1,5 @@
-# Waits until CRIU is gone (lib/criu/helper/channel.ts).
+# Waits until CRIU is gone: the one wait, for the helper
+# (lib/criu/helper/channel.ts) and the restore's watcher (lib/criu/hook/detached.sh).
 # Arguments: CRIU's PID, its start time (field 22 of its stat; empty: any
 # process of that PID). tail --pid checks every 20 ms without a process per
 # check; where tail has no --pid (BusyBox's returns at once) the loop does

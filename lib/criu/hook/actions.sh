@@ -1,11 +1,64 @@
 # shellcheck shell=sh disable=SC2154 # criu-hook.sh's variables
-# Sourced by criu-hook.sh for the actions outside a dump's frozen window
-# (pre-dump, the restore's), and for a lock or unlock no helper answered
-# ($status 2). It uses criu-hook.sh's $here, $criu, $pointer, helper_dir,
-# ask, create and unlocked.
+# criu-hook.sh's shell outside a dump's frozen window: sourced by
+# criu-hook.sh for the actions before and after the window and the
+# restore's, and for a network action no helper answered (it uses
+# criu-hook.sh's $here, $criu, $pointer, helper_dir, ask, create and
+# unlocked); the processes it starts detached are lib/criu/hook/detached.sh
+# (which sources the part of this file above its roles' line). Each
+# action's row in docs/criu.md ("The actions") names its function here;
+# every file they make or remove: docs/criu.md, "State".
 
-# shellcheck source=lib/criu/hook/run.sh
-. "$here/lib/criu/hook/run.sh"
+# The start time of process $1 (field 22 of its stat), into $started; 1
+# when it does not exist.
+started_of() {
+  started=
+  stat=
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  # The name in parentheses may hold spaces: fields count from its end.
+  # shellcheck disable=SC2086 # split into fields on purpose
+  set -- ${stat##*") "}
+  shift 19
+  started=$1
+}
+
+# This shell's PID namespace, as its inode number, into $pidns (empty
+# where the kernel does not show it): from the fdinfo of the namespace
+# opened as fd 3, with builtins only (no fork inside CRIU's clock).
+pid_namespace() {
+  pidns=
+  while read -r key value; do
+    [ "$key" = ino: ] && pidns=$value
+  done 3</proc/self/ns/pid </proc/self/fdinfo/3 2>/dev/null
+  case $pidns in *[!0-9]*) pidns= ;; esac
+}
+
+# cli.ts's permissions, into $perms: its shebang's, the one list (the
+# internal entry points, `cli.ts criu-hook --WORD`, need no other).
+cli_permissions() {
+  perms=
+  read -r perms 2>/dev/null <"$here/cli.ts"
+  perms=${perms#*deno run }
+}
+
+# Runs `cli.ts criu-hook $@` (an internal entry point) with cli.ts's permissions.
+criu_hook() {
+  cli_permissions
+  # shellcheck disable=SC2086 # the shebang's flags, one word each
+  deno run --quiet --no-config $perms "$here/cli.ts" criu-hook "$@"
+}
+
+# Where every run's state lives: one private directory, made by the
+# actions that write state (the others only look).
+base=/run/netlock
+case $CRTOOLS_SCRIPT_ACTION in
+pre-dump | pre-restore | setup-namespaces | network-unlock | post-restore)
+  [ -d "$base" ] || mkdir -m 0700 "$base" 2>/dev/null
+  ;;
+esac
+[ -d "$base" ] || base=${TMPDIR:-/tmp}
+
+# The rest is criu-hook.sh's: lib/criu/hook/detached.sh sources only the above.
+case $0 in */lib/criu/hook/detached.sh) return 0 ;; esac
 
 # One CRIU run: its PID, start time and PID namespace; its entries are
 # BASE/criu-PID-START-PIDNS*. (A PID and a start time repeat in other PID
@@ -17,8 +70,8 @@ pid_namespace
 run=$base/criu-$criu-$start${pidns:+-$pidns}
 # A restore's markers: left by a planned unlock for post-resume (CRIU has
 # closed its image directory by then, so they are found by CRIU's PID and
-# start time; .finish holds the plan's tree and dumped PID), and by any
-# unlock for the restore's watcher.
+# start time; .finish holds the tree's place and the dumped PID), and by
+# any unlock for the restore's watcher.
 markers=$run
 finish=$markers.finish watching=$markers.watch
 
@@ -26,38 +79,35 @@ finish=$markers.finish watching=$markers.watch
 # job of this shell leads no process group).
 detach=setsid
 command -v setsid >/dev/null 2>&1 || detach=
-detached=$here/lib/criu/hook/detached.sh
+roles=$here/lib/criu/hook/detached.sh
 
-# The restore's plan, written by the dump's helper (version 1, key=value
-# lines, read by key): kind, which holds the tree (netns: a tree in a
-# namespace of its own; host: a tree in CRIU's namespace; the key's name is
-# version 1's), pid (the dumped root, host), and finish=1
-# when post-resume has work left (backend is for cli.ts).
-# (Empty without CRIU's image directory: then no plan is ever found. Only
-# the restore's actions read it: the dump's do not.)
+# The restore's plan, written by the dump's helper (lib/criu/plan.ts;
+# version 1, key=value lines, read by key): kind (the tree's place: host
+# or netns), pid (the dumped root), finish=1 when post-resume has work
+# left (backend is for cli.ts). Only the restore's actions read it.
 plan=${CRTOOLS_IMAGE_DIR:+$CRTOOLS_IMAGE_DIR/netlock-unlock}
-tree='' planned='' finish_left='' version=''
+place='' dumped='' finish_left='' version=''
 case $CRTOOLS_SCRIPT_ACTION in
 pre-restore | setup-namespaces | network-unlock | post-restore)
   if [ -n "$plan" ] && [ -f "$plan" ]; then
     while IFS='=' read -r key value; do
       case $key in
       version) version=$value ;;
-      kind) tree=$value ;; # (the key of version 1: which tree was dumped)
-      pid) planned=$value ;;
+      kind) place=$value ;;
+      pid) dumped=$value ;;
       finish) finish_left=$value ;;
       esac
     done <"$plan"
   fi
   ;;
 esac
-case $version/$tree in 1/host | 1/netns) ;; *) tree='' ;; esac
+case $version/$place in 1/host | 1/netns) ;; *) place='' ;; esac
 
 # Unlocks as the dump's helper planned it: 0 done, 2 not done (no plan, not
 # a namespace of its own, nft failed: cli.ts then reads the state and
 # unlocks whatever is left).
 unlock_from_plan() {
-  case $tree in
+  case $place in
   netns)
     case $CRTOOLS_INIT_PID in '' | *[!0-9]*) return 2 ;; esac
     # Never netlock's own namespace (the guard of every other path).
@@ -72,20 +122,29 @@ unlock_from_plan() {
   # Traffic flows; post-resume removes what is left. (Without the marker,
   # cli.ts removes it now.)
   [ "$finish_left" = 1 ] || return 0
-  create "$finish" "$tree $planned" || return 2
+  create "$finish" "$place $dumped" || return 2
 }
 
-# Starts the restore's watcher, detached: $1 when to unlock, the rest what
-# to give cli.ts unlock once CRIU is gone (lib/criu/hook/detached.sh).
-# Once per run.
+# cli.ts unlocks the restored tree and what the dump kept under its dumped
+# PID ($1; empty: the plain hook, CRIU's environment alone).
+unlock_restored() {
+  if [ -n "$1" ]; then
+    criu_hook --unlock-restored "$CRTOOLS_INIT_PID" "$1"
+  else
+    "$here/cli.ts"
+  fi
+}
+
+# Starts the restore's watcher, detached: $1 the tree's place, $2 the
+# dumped PID, $3 the images (a namespace's). Once per run.
 watch() {
   create "$watching" || return 0
-  $detach sh "$detached" watcher "$criu" "$start" "$markers" "$@" </dev/null >/dev/null 2>&1 &
+  $detach sh "$roles" watcher "$criu" "$start" "$markers" "$@" </dev/null >/dev/null 2>&1 &
 }
 
-# Starts the warm helper ($@: its flags) in a directory of its own, which
-# the image directory points to; 1 when it cannot (no image directory, no
-# start time, mktemp, mkfifo or the pointer failed).
+# Starts the warm helper ($@: dump PID, or restore) in a directory of its
+# own, which the image directory points to; 1 when it cannot (no image
+# directory, no start time, mktemp, mkfifo or the pointer failed).
 start_helper() {
   [ -n "$pointer" ] && [ -n "$start" ] || return 1
   dir=$(mktemp -d "$run.XXXXXX" 2>/dev/null) || return 1
@@ -94,26 +153,23 @@ start_helper() {
     return 1
   fi
   images=
-  [ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] && images=$(cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && pwd)
+  [ "$1" = dump ] && images=$(cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && pwd)
   # The helper writes the restore's plan through a link in its directory
   # (Deno cannot use CRIU's /proc path; a comma would split its permission list).
-  [ -n "$images" ] && ln -s "$images" "$dir/images" && set -- "$@" "--images=$dir/images"
-  $detach sh "$detached" keeper "$dir" "$images" "$criu" "--criu-start=$start" "$@" </dev/null >/dev/null &
+  [ -n "$images" ] && ln -s "$images" "$dir/images" && set -- "$@" "$dir/images"
+  $detach sh "$roles" keeper "$dir" "$images" "$criu" "$start" "$@" </dev/null >/dev/null &
   echo $! >"$dir/pid"
 }
 
-case $CRTOOLS_SCRIPT_ACTION in
-pre-dump)
-  if ! start_helper --ready; then
-    # No helper: the plain hook decides (it refuses a tree in CRIU's namespace).
-    exec "$here/cli.ts"
-  fi
-  # Nothing is frozen yet: wait until the lock is armed (or, for a tree in
-  # CRIU's namespace, made).
+# pre-dump: the helper, started and waited for (nothing is frozen yet) until
+# the lock is armed or, for a tree in CRIU's namespace, made.
+pre_dump() {
+  # No helper: the plain hook decides (it refuses a tree in CRIU's namespace).
+  start_helper dump "$CRTOOLS_INIT_PID" || exec "$here/cli.ts"
   read -r answer <"$dir/reply"
   case $answer in
   "ready "*)
-    printf '%s\n' "${answer#ready }" >"$dir/tree"
+    printf '%s\n' "${answer#ready }" >"$dir/place"
     exit 0
     ;;
   "error "*)
@@ -123,18 +179,70 @@ pre-dump)
   esac
   # No helper after all: the plain hook decides.
   exec "$here/cli.ts"
-  ;;
-pre-restore)
-  if [ -n "$tree" ]; then
-    # The dump planned this restore's unlock: no helper needed. A tree in
-    # CRIU's namespace is watched from now on (no other action may come).
-    [ "$tree" = host ] && watch opened "$planned"
+}
+
+# pre-restore: a planned restore needs no helper (a tree in CRIU's
+# namespace is watched from now on: no other action may come); else the
+# helper, not waited for (the restore clock runs already).
+pre_restore() {
+  if [ -n "$place" ]; then
+    [ "$place" = host ] && watch host "$dumped"
     exit 0
   fi
-  # Before a restore the clock runs already (and there is no PID yet): go on.
-  start_helper
+  start_helper restore
   exit 0
-  ;;
+}
+
+# setup-namespaces, post-setup-namespaces: the helper arms the unlock of
+# the restored namespace; the restore is watched from here on, the
+# namespace held open, so that a restore that fails narrows the namespace
+# lock to what the dump took (its images by their real path: CRIU's /proc
+# path goes with CRIU).
+setup_namespaces() {
+  helper_dir
+  ask "arm $CRTOOLS_INIT_PID"
+  if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$place" != host ] &&
+    exec 3</proc/"$CRTOOLS_INIT_PID"/ns/net 2>/dev/null; then
+    images=
+    # (cd and back, builtins only: $here may be relative.)
+    if [ "$place" = netns ] && [ -n "$dumped" ] && cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null; then
+      images=$PWD
+      cd "$OLDPWD" 2>/dev/null || :
+    fi
+    watch netns "$dumped" "$images"
+    exec 3<&-
+  fi
+  exit 0
+}
+
+# post-restore: a tree in CRIU's namespace has its lock opened, the last
+# action before CRIU's own unlock (post-resume removes it).
+post_restore() {
+  [ "$place" = host ] || exit 0
+  if unlock_from_plan; then
+    unlocked
+    exit 0
+  fi
+  unlock_restored "$dumped" && unlocked
+  exit $?
+}
+
+# post-resume: what a planned unlock left (it opened the lock or removed
+# only what stops traffic) goes now, after the restore clock.
+post_resume() {
+  left=
+  read -r _ left 2>/dev/null <"$finish" || exit 0
+  rm -f "$finish"
+  unlock_restored "$left"
+  exit $?
+}
+
+case $CRTOOLS_SCRIPT_ACTION in
+pre-dump) pre_dump ;;
+pre-restore) pre_restore ;;
+setup-namespaces | post-setup-namespaces) setup_namespaces ;;
+post-restore) post_restore ;;
+post-resume) post_resume ;;
 network-unlock)
   # No helper answered: the plan's script, else cli.ts below.
   if unlock_from_plan; then
@@ -142,54 +250,11 @@ network-unlock)
     exit 0
   fi
   ;;
-post-restore)
-  # A tree in CRIU's namespace: its lock opens now, the last action before
-  # CRIU's own unlock (post-resume removes it).
-  [ "$tree" = host ] || exit 0
-  if unlock_from_plan; then
-    unlocked
-    exit 0
-  fi
-  CRTOOLS_SCRIPT_ACTION=network-unlock plain_hook "$planned" && unlocked
-  exit $?
-  ;;
-post-resume)
-  # The planned unlock opened the lock or removed only what stops traffic:
-  # the rest goes now, after the restore clock, with traffic flowing.
-  left=
-  read -r _ left 2>/dev/null <"$finish" || exit 0
-  rm -f "$finish"
-  CRTOOLS_SCRIPT_ACTION=network-unlock plain_hook "$left"
-  exit $?
-  ;;
-setup-namespaces | post-setup-namespaces)
-  helper_dir
-  ask "arm $CRTOOLS_INIT_PID"
-  # Watched from here on, the restored namespace held open.
-  # A restore that fails narrows the namespace lock the dump left to what
-  # the dump took (its images, by their real path: CRIU's /proc path goes
-  # with CRIU), by the dumped PID the plan names.
-  if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$tree" != host ] &&
-    exec 3</proc/"$CRTOOLS_INIT_PID"/ns/net 2>/dev/null; then
-    images=
-    # (cd and back, builtins only: $here may be relative.)
-    if [ "$tree" = netns ] && [ -n "$planned" ] && cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null; then
-      images=$PWD
-      cd "$OLDPWD" 2>/dev/null || :
-    fi
-    watch undone "$planned" "$images"
-    exec 3<&-
-  fi
-  exit 0
-  ;;
 esac
-# network-lock or network-unlock that no helper answered: cli.ts does the
-# work (and the restore's watcher is told when the unlock is done).
-if [ -n "$planned" ]; then
-  plain_hook "$planned"
-else
-  "$here/cli.ts"
-fi
+# network-lock, post-dump or network-unlock that no helper answered:
+# cli.ts does the work (and the restore's watcher is told when the unlock
+# is done).
+unlock_restored "$dumped"
 status=$?
 [ $status -eq 0 ] && [ "$CRTOOLS_SCRIPT_ACTION" = network-unlock ] && unlocked
 exit $status

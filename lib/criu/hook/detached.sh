@@ -1,52 +1,44 @@
 # shellcheck shell=sh
-# The detached roles of criu-hook.sh, each started in a session of its own
-# (setsid) and moved out of CRIU's cgroup, so that what kills CRIU with its
-# process group or its cgroup does not take them along:
-#   sh lib/criu/hook/detached.sh keeper DIR IMAGES CRIUPID HELPER_FLAGS...
-#   sh lib/criu/hook/detached.sh watcher CRIUPID START MARKERS WHEN UNLOCK_ARGS...
-# Kept out of criu-hook.sh so that CRIU's every action parses less. Every
-# file they make or remove: docs/criu.md, "State".
+# The processes criu-hook.sh starts detached, each in a session of its own
+# (setsid):
+#   sh lib/criu/hook/detached.sh keeper DIR IMAGES CRIUPID START dump PID [LINK]|restore
+#   sh lib/criu/hook/detached.sh watcher CRIUPID START MARKERS PLACE DUMPED [IMAGES]
+# The keeper starts the warm helper (cli.ts criu-hook --serve) and holds
+# its FIFOs; the watcher waits for a restore's CRIU to end. What they make
+# or remove: docs/criu.md, "State".
 
 here=${0%/lib/criu/hook/detached.sh}
 [ "$here" = "$0" ] && here=.
-# shellcheck source=lib/criu/hook/run.sh
-. "$here/lib/criu/hook/run.sh"
+# shellcheck source=lib/criu/hook/actions.sh
+. "$here/lib/criu/hook/actions.sh"
 
-# Waits until process $1 (started at $2) is gone: tail --pid polls without a
-# process per check; a tail without it (BusyBox's returns at once) leaves the
-# loop to do the waiting.
-wait_gone() {
-  tail --pid="$1" -s 0.05 -f /dev/null 2>/dev/null
-  while alive_as "$1" "$2"; do sleep 0.05 2>/dev/null || sleep 1; done
-}
-
-# Moves this shell to the cgroup v2 `netlock` at the top of the hierarchy,
-# out of CRIU's: a unit stop or a cgroup kill that takes CRIU must not take
-# it.
-leave_cgroup() {
-  mnt=
-  while read -r _ m t _; do
-    [ "$t" = cgroup2 ] && {
-      mnt=$m
-      break
-    }
-  done </proc/mounts
-  [ -n "$mnt" ] || return 0
+# The detached roles, out of CRIU's cgroup first: into the cgroup v2
+# `netlock` at the top of the hierarchy, where a unit stop or a cgroup kill
+# that takes CRIU does not reach.
+while read -r _ mnt type _; do
+  [ "$type" = cgroup2 ] || continue
   [ -d "$mnt/netlock" ] || mkdir "$mnt/netlock" 2>/dev/null
   echo $$ 2>/dev/null >"$mnt/netlock/cgroup.procs"
-  return 0
-}
-
-# Removes what runs that were killed left behind: an entry is stale when no
-# helper or watcher of it lives (and, for a marker without a watcher, its
-# CRIU, by PID and start time, is gone). Helpers and watchers note their PID
-# namespace (PIDs of another one say nothing here): only this namespace's
-# entries are judged, and never one just made.
-sweep() {
-  mine=$(readlink /proc/self/ns/pid 2>/dev/null) || return 0
+  break
+done </proc/mounts
+role=$1
+shift
+case $role in
+keeper)
+  # $1: the helper's directory, $2: the image directory, $3: CRIU's PID;
+  # the rest: the helper's. Holds both FIFOs open for as long as the
+  # helper lives: a request written before the helper reads it is kept,
+  # and a hook waiting for an answer gets end-of-file once it is gone.
+  dir=$1 images=$2 criu=$3
+  shift 3
+  mine=$(readlink /proc/self/ns/pid 2>/dev/null) && echo "$mine" >"$dir/pidns"
+  # Removes what killed runs left: an entry is stale when no helper or
+  # watcher of it lives (a marker without a watcher: when its CRIU, by
+  # PID and start time, is gone too). Only this PID namespace's entries
+  # are judged (PIDs of another say nothing here), never one just made.
   pid_namespace
   for entry in "$base"/criu-*; do
-    [ -e "$entry" ] || continue
+    [ -n "$mine" ] && [ -e "$entry" ] || continue
     name=${entry##*/criu-}
     pid=${name%%[!0-9]*}
     [ -n "$pid" ] || continue
@@ -54,16 +46,15 @@ sweep() {
     case $entry in
     *.watch) read -r owner ns 2>/dev/null <"$entry" ;;
     *.done | *.finish)
-      # A watcher still reads it, or its CRIU still runs.
+      # A watcher still reads it, or its CRIU (of this namespace) runs.
       [ -e "${entry%.*}.watch" ] && continue
-      start=${name#"$pid"-}
-      start=${start%%[!0-9]*}
-      # Another PID namespace's CRIU (its PID says nothing here).
-      ns=${name#"$pid"-"$start"}
+      born=${name#"$pid"-}
+      born=${born%%[!0-9]*}
+      ns=${name#"$pid"-"$born"}
       ns=${ns#-}
       ns=${ns%%[!0-9]*}
       [ -n "$ns" ] && [ "$ns" != "$pidns" ] && continue
-      alive_as "$pid" "$start" && continue
+      started_of "$pid" && [ "$started" = "$born" ] && continue
       rm -f "$entry"
       continue
       ;;
@@ -76,43 +67,26 @@ sweep() {
       ;;
     esac
     if [ -z "$owner" ] || [ "$ns" != "$mine" ]; then continue; fi
-    kill -0 "$owner" 2>/dev/null && continue
-    rm -rf "$entry"
+    kill -0 "$owner" 2>/dev/null || rm -rf "$entry"
   done
-}
-
-role=$1
-shift
-case $role in
-keeper)
-  # $1: the helper's directory, $2: the image directory, $3: CRIU's PID; the
-  # rest: the helper's flags. Holds both FIFOs open for as long as the
-  # helper lives: a request written before the helper reads it is kept, and
-  # a hook waiting for an answer gets end-of-file once the helper is gone.
-  dir=$1 images=$2 criu=$3
-  shift 3
-  leave_cgroup
-  readlink /proc/self/ns/pid >"$dir/pidns" 2>/dev/null
-  sweep
   exec 4<>"$dir/cmd" 5<>"$dir/reply"
+  # The helper reads and writes its directory only (the images through
+  # its link there); images under /dev (/dev/shm) take --allow-all, which
+  # Deno asks for any path there whatever --allow-read says
+  # (denoland/deno#30979), and which stands alone (Deno refuses it beside
+  # another --allow-).
+  set -- "$here/cli.ts" criu-hook --serve "$dir" "$criu" "$@"
+  cli_permissions
+  case $images in
+  /dev/*) perms=--allow-all ;;
+  *) set -- --allow-env=NETLOCK_HELPER_LIFETIME_MS --allow-read="$dir" --allow-write="$dir" "$@" ;;
+  esac
   # (In a subshell: dash would move the keeper's own 4 and 5 aside while
   # the helper runs.)
-  # The helper reads and writes its directory only (the images through its
-  # link there); images under /dev (/dev/shm) take --allow-all, which Deno
-  # asks for any path there whatever --allow-read says (denoland/deno#30979).
-  # (--allow-all stands alone: Deno refuses it beside another --allow-.)
-  set -- "$here/cli.ts" criu-hook --serve "$dir" "$criu" "$@"
-  case $images in
-  /dev/*) set -- --allow-all "$@" ;;
-  *)
-    set -- --allow-run=nsenter \
-      --allow-env=PATH,CRTOOLS_SCRIPT_ACTION,CRTOOLS_INIT_PID,NETLOCK_BACKEND,NETLOCK_NAME,NETLOCK_MARK,NETLOCK_HELPER_LIFETIME_MS \
-      --allow-read="$dir" --allow-write="$dir" "$@"
-    ;;
-  esac
   (
     exec 4>&- 5>&-
-    exec deno run --quiet --no-config "$@"
+    # shellcheck disable=SC2086 # the shebang's flags, one word each
+    exec deno run --quiet --no-config $perms "$@"
   ) </dev/null >/dev/null
   exec 4>&- 5>&-
   # The image directory's pointer to this helper, if it is still this one's.
@@ -124,35 +98,36 @@ keeper)
   rm -rf "$dir"
   ;;
 watcher)
-  # $1 $2: CRIU's PID and start time, $3: the run's marker prefix, $4:
-  # when to act. After CRIU is gone, it removes what CRIU's restore left
-  # and must not, or narrows what it must keep:
-  # - "opened" (a host tree; $5 the dumped PID): a lock the restore opened
-  #   and whose post-resume never came (the dumped connections stay locked
-  #   after a restore that failed before it opened them);
-  # - "undone" (a namespace, held open as fd 3; $5 the dumped PID and $6
-  #   the images' real path, when the dump planned this restore): unless
-  #   the unlock was done, the namespace lock narrows to what the dump took
-  #   (its connections and listeners, from the images), so that a namespace
-  #   that outlives the failed restore (a pod's) lets its other processes
-  #   talk while the dumped connections wait for a retry; without images,
-  #   the namespace lock goes.
-  # Outside the restore clock, so cli.ts may start.
-  criu=$1 start=$2 markers=$3 when=$4
+  # $1 $2: CRIU's PID and start time, $3: the run's marker prefix, $4 the
+  # tree's place, $5 the dumped PID, $6 (a namespace's) the images' real
+  # path; a namespace's watcher holds it open as fd 3. Once CRIU is gone,
+  # it removes what the restore left and must not, or narrows what it
+  # must keep (outside the restore clock: cli.ts may start):
+  # - host: a lock the restore opened and whose post-resume never came;
+  # - netns: unless the unlock was done, the namespace lock narrows to
+  #   what the dump took (from the images), so that a namespace that
+  #   outlives the failed restore (a pod's) lets its other processes talk
+  #   while the dumped connections wait for a retry; without images, the
+  #   namespace lock goes.
+  criu=$1 start=$2 markers=$3 place=$4
   shift 4
-  leave_cgroup
   echo "$$ $(readlink /proc/self/ns/pid)" >"$markers.watch"
-  wait_gone "$criu" "$start"
-  if [ -e "$markers.finish" ] || { [ "$when" = undone ] && [ ! -e "$markers.done" ]; }; then
-    if [ "$when" = opened ]; then
-      # The dumped tree's locks, by its dumped PID ($1), in this namespace
-      # (the plain hook of this very shell, which is in it).
-      CRTOOLS_SCRIPT_ACTION=network-unlock CRTOOLS_INIT_PID=$$ plain_hook "$1"
+  sh "$here/lib/criu/helper/wait_gone.sh" "$criu" "$start"
+  if [ -e "$markers.finish" ] || { [ "$place" = netns ] && [ ! -e "$markers.done" ]; }; then
+    if [ "$place" = host ]; then
+      criu_hook --unlock-kept "$1"
     elif [ -n "$1" ] && [ -n "$2" ] && [ -e "$2/files.img" ]; then
-      narrow_hook "$1" "$2" /proc/self/fd/3
+      set -- "$here/cli.ts" criu-hook --narrow "$1" "$2" /proc/self/fd/3
+      # (Images under /dev take --allow-all, as the helper's.)
+      cli_permissions
+      case $5 in
+      /dev/*) perms=--allow-all ;;
+      *) set -- --allow-read="$5" "$@" ;;
+      esac
+      # shellcheck disable=SC2086 # the shebang's flags, one word each
+      deno run --quiet --no-config $perms "$@"
     else
-      CRTOOLS_SCRIPT_ACTION='' "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" \
-        --netns /proc/self/fd/3
+      "$here/cli.ts" unlock -q --name "${NETLOCK_NAME:-NETLOCK}" --netns /proc/self/fd/3
     fi
   fi
   rm -f "$markers.done" "$markers.finish" "$markers.watch"

@@ -1,9 +1,9 @@
 /**
- * The unlock side of the helper: an unlock armed ahead and fired on
- * `unlock PID`. A restore arms it on `arm PID` (setup-namespaces), for the
- * lock the dump's images hold; a dump arms it at `pre-dump` for the lock it
- * will make, so that the `network-unlock` of a `--leave-running` or failed
- * dump is as fast as a restore's.
+ * The helper's unlock session: an unlock armed ahead and fired on
+ * `unlock PID` (CRIU's network-unlock). A restore arms it on `arm PID`
+ * (setup-namespaces), for the lock the dump's images hold; a dump arms it
+ * at `pre-dump` for the lock it will make, so that the `network-unlock` of
+ * a `--leave-running` or failed dump is as fast as a restore's.
  *
  * @module
  */
@@ -15,7 +15,7 @@ import { unlockNetwork } from "../../operations.ts";
 import type { NetlockOptions } from "../../common/types.ts";
 
 /** The unlock of one helper: what is armed, for which PID and lock. */
-export class RestoreSession {
+export class UnlockSession {
   #options: NetlockOptions;
   #log: (line: string) => void;
   /** On restore, the lock is the one the dump's images hold. */

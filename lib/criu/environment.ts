@@ -1,7 +1,9 @@
 /**
- * netlock as CRIU's action script: `criu dump --network-lock skip
- * --action-script /path/to/cli.ts`. CRIU runs the script with no arguments
- * and tells it what to do through the environment.
+ * CRIU's environment as the plain hook reads it (`cli.ts` as CRIU's action
+ * script: `criu dump --network-lock skip --action-script /path/to/cli.ts`):
+ * CRIU runs the script with no arguments and tells it what to do through
+ * `CRTOOLS_SCRIPT_ACTION` and `CRTOOLS_INIT_PID`; netlock's options come
+ * from `NETLOCK_*`.
  *
  * @module
  */
@@ -10,7 +12,7 @@ import { NetlockError } from "../common/errors.ts";
 import { parseChoice, parseMark, parsePid, validateName } from "../common/options.ts";
 import type { NetlockOptions } from "../common/types.ts";
 
-/** The environment variables the hook reads (and the shebang grants). */
+/** The environment variables the plain hook reads (cli.ts's shebang grants them, and criu-hook.sh reads its list there). */
 export const HOOK_ENV = [
   "CRTOOLS_SCRIPT_ACTION",
   "CRTOOLS_INIT_PID",
@@ -19,16 +21,16 @@ export const HOOK_ENV = [
   "NETLOCK_MARK",
 ] as const;
 
-/** What the hook will do. */
-export type HookPlan =
-  | { action: "none" }
-  | { action: "lock" | "unlock"; pid: number; options: NetlockOptions }
+/** What the plain hook does for one CRIU action. */
+export type PlainHookTask =
+  | { task: "none" }
+  | { task: "lock" | "unlock"; pid: number; options: NetlockOptions }
   /**
    * `pre-dump` without the warm helper: a tree that shares CRIU's namespace
    * cannot be kept locked (nothing would unlock it when CRIU is gone), so
    * the dump is refused; any other tree is fine.
    */
-  | { action: "refuse-host-tree"; pid: number; options: NetlockOptions };
+  | { task: "refuse-host-tree"; pid: number; options: NetlockOptions };
 
 /**
  * Decides what CRIU asked for: `network-lock` locks `CRTOOLS_INIT_PID`'s
@@ -42,26 +44,28 @@ export type HookPlan =
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { planCriuHook } from "./hook.ts";
+ * import { plainHookTask } from "./environment.ts";
  *
  * const env: Record<string, string> = { CRTOOLS_SCRIPT_ACTION: "network-lock", CRTOOLS_INIT_PID: "42" };
- * const plan = planCriuHook((name) => env[name]);
- * assert(plan.action === "lock" && plan.pid === 42);
- * assert(planCriuHook(() => "post-dump").action === "none");
+ * const task = plainHookTask((name) => env[name]);
+ * assert(task.task === "lock" && task.pid === 42);
+ * assert(plainHookTask(() => "post-dump").task === "none");
  * ```
  *
  * @param env Reads one environment variable.
- * @returns The plan.
+ * @returns The task.
  */
-export function planCriuHook(env: (name: typeof HOOK_ENV[number]) => string | undefined): HookPlan {
+export function plainHookTask(
+  env: (name: typeof HOOK_ENV[number]) => string | undefined,
+): PlainHookTask {
   const action = env("CRTOOLS_SCRIPT_ACTION");
   if (action === "pre-dump" && env("CRTOOLS_INIT_PID")) {
-    return { action: "refuse-host-tree", pid: pidFrom(action, env), options: hookOptions(env) };
+    return { task: "refuse-host-tree", pid: pidFrom(action, env), options: hookOptions(env) };
   }
-  if (action !== "network-lock" && action !== "network-unlock") return { action: "none" };
+  if (action !== "network-lock" && action !== "network-unlock") return { task: "none" };
   const options = hookOptions(env);
   const pid = pidFrom(action, env);
-  return { action: action === "network-lock" ? "lock" : "unlock", pid, options };
+  return { task: action === "network-lock" ? "lock" : "unlock", pid, options };
 }
 
 function pidFrom(
@@ -93,7 +97,7 @@ function pidFrom(
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { hookOptions } from "./hook.ts";
+ * import { hookOptions } from "./environment.ts";
  *
  * const env: Record<string, string> = { NETLOCK_BACKEND: "nftables" };
  * assert(hookOptions((name) => env[name]).backend === "nftables");

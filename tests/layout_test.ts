@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 /** Bottom to top; folders on one floor do not import each other. */
 const FLOORS: string[][] = [
   ["common"],
-  ["exec"],
+  ["exec", "hold"],
   ["netns"],
   ["connections", "nftables"],
   ["iptables"],

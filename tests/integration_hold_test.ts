@@ -1,0 +1,204 @@
+/**
+ * The holder against the kernel (lib/hold/): a queue bound in a test
+ * namespace, an iptables NFQUEUE rule on a port's SYNs, clients that
+ * connect meanwhile. What is held connects as soon as it is released (not
+ * at the client's 1 s SYN retry); a holder that dies fails closed (the
+ * kernel drops, the rule still stops traffic, the queue goes); a full
+ * queue drops the excess and delivers the rest; two holders take two
+ * queues.
+ */
+import assert from "node:assert/strict";
+import { createNetns, integration, type TestNetns } from "./helpers/netns.ts";
+import { lineReader } from "./helpers/lines.ts";
+import { holdQueue } from "../lib/hold/holder.ts";
+
+const PORT = 7600;
+const CHILD = new URL("./helpers/hold_child.ts", import.meta.url).pathname;
+
+/** A listener on 127.0.0.1:port in the namespace, until disposed. */
+async function listener(netns: TestNetns, port: number): Promise<AsyncDisposable> {
+  const child = new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      "python3",
+      "-c",
+      "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[1])))\n" +
+      "s.listen(64)\nprint('ready',flush=True)\ntime.sleep(120)",
+      String(port),
+    ],
+    stdout: "piped",
+    stdin: "null",
+  }).spawn();
+  const lines = lineReader(child.stdout);
+  assert.equal(await lines.next(), "ready");
+  return {
+    async [Symbol.asyncDispose]() {
+      child.kill("SIGKILL");
+      await child.status;
+      await lines.drain();
+    },
+  };
+}
+
+/** A client that connects to 127.0.0.1:port: the wall-clock ms of its connect, or why not. */
+async function client(netns: TestNetns, port: number, timeoutS = 5): Promise<number | string> {
+  const { stdout } = await new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      "python3",
+      "-c",
+      "import socket,sys,time\ns=socket.socket()\ns.settimeout(float(sys.argv[2]))\n" +
+      "try:\n  s.connect(('127.0.0.1',int(sys.argv[1])))\n  print(int(time.time()*1000))\n" +
+      "except Exception as e:\n  print(type(e).__name__)",
+      String(port),
+      String(timeoutS),
+    ],
+    stdout: "piped",
+    stdin: "null",
+  }).output();
+  const text = new TextDecoder().decode(stdout).trim();
+  return /^\d+$/.test(text) ? Number(text) : text;
+}
+
+/** Queues the port's SYNs (`-A`) or stops doing so (`-D`). */
+async function queueRule(netns: TestNetns, op: "-A" | "-D", queue: number, port = PORT) {
+  await netns.run([
+    "iptables",
+    "-w",
+    op,
+    "INPUT",
+    "-p",
+    "tcp",
+    "--dport",
+    String(port),
+    "--syn",
+    "-j",
+    "NFQUEUE",
+    "--queue-num",
+    String(queue),
+  ]);
+}
+
+/** The queues bound in the namespace (/proc/net/netfilter/nfnetlink_queue: their numbers). */
+async function boundQueues(netns: TestNetns): Promise<number[]> {
+  const { stdout } = await netns.run(["cat", "/proc/net/netfilter/nfnetlink_queue"]);
+  return stdout.split("\n").filter(Boolean).map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+Deno.test({
+  name: "hold: a SYN held by the queue connects within 100 ms of the release",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    await using _server = await listener(netns, PORT);
+    const holder = await holdQueue(netns.path);
+    try {
+      await queueRule(netns, "-A", holder.queue);
+      const connected = client(netns, PORT);
+      await sleep(500);
+      assert.equal(holder.held(), 1, "the SYN is held");
+      await queueRule(netns, "-D", holder.queue);
+      const released = Date.now();
+      assert.equal(await holder.release(), 1);
+      const at = await connected;
+      assert.equal(typeof at, "number", `the client connected (${at})`);
+      const after = (at as number) - released;
+      assert(after >= -5 && after < 100, `connected ${after} ms after the release`);
+      assert.deepEqual(await boundQueues(netns), [], "the queue is gone");
+    } finally {
+      await holder.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "hold: a holder killed mid-lock fails closed: SYNs dropped (no reset), its queue gone",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    await using _server = await listener(netns, PORT);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-config", "--allow-ffi", CHILD, netns.path],
+      stdout: "piped",
+      stdin: "null",
+    }).spawn();
+    const lines = lineReader(child.stdout);
+    const first = await lines.next();
+    const queue = Number(first?.replace(/^held /, ""));
+    assert(Number.isSafeInteger(queue), `the child holds a queue: ${first}`);
+    await queueRule(netns, "-A", queue);
+    child.kill("SIGKILL");
+    await child.status;
+    await lines.drain();
+    assert.deepEqual(await boundQueues(netns), [], "the queue went with its holder");
+    // Its SYN and the retry 1 s later are dropped: the client times out, never refused.
+    assert.equal(await client(netns, PORT, 1.5), "TimeoutError");
+    await queueRule(netns, "-D", queue);
+    assert.equal(typeof await client(netns, PORT, 1.5), "number", "the rule gone, it connects");
+  },
+});
+
+Deno.test({
+  name: "hold: a full queue drops the excess and delivers the rest at the release",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    await using _server = await listener(netns, PORT);
+    const holder = await holdQueue(netns.path, { maxPackets: 2 });
+    try {
+      await queueRule(netns, "-A", holder.queue);
+      const clients = [0, 1, 2, 3].map(() => client(netns, PORT));
+      await sleep(600);
+      assert.equal(holder.held(), 2, "two SYNs held, the others dropped");
+      await queueRule(netns, "-D", holder.queue);
+      const released = Date.now();
+      assert.equal(await holder.release(), 2);
+      const times = await Promise.all(clients);
+      assert(times.every((t) => typeof t === "number"), `all connect in the end: ${times}`);
+      const after = (times as number[]).map((t) => t - released).sort((a, b) => a - b);
+      assert(after[1] < 100, `the two held connect at the release: ${after}`);
+      assert(after[2] > 200, `the two dropped wait for their SYN retry: ${after}`);
+    } finally {
+      await holder.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "hold: two holders in one namespace take two queues, each releases its own",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    await using _a = await listener(netns, PORT);
+    await using _b = await listener(netns, PORT + 1);
+    const first = await holdQueue(netns.path);
+    const second = await holdQueue(netns.path);
+    try {
+      assert.notEqual(first.queue, second.queue);
+      assert.deepEqual((await boundQueues(netns)).sort(), [first.queue, second.queue].sort());
+      await queueRule(netns, "-A", first.queue, PORT);
+      await queueRule(netns, "-A", second.queue, PORT + 1);
+      const a = client(netns, PORT);
+      const b = client(netns, PORT + 1);
+      await sleep(500);
+      assert.deepEqual([first.held(), second.held()], [1, 1]);
+      await queueRule(netns, "-D", first.queue, PORT);
+      const released = Date.now();
+      assert.equal(await first.release(), 1);
+      const at = await a;
+      assert(typeof at === "number" && at - released < 100, `the first's client connected: ${at}`);
+      assert.equal(second.held(), 1, "the second still holds its own");
+      await queueRule(netns, "-D", second.queue, PORT + 1);
+      assert.equal(await second.release(), 1);
+      assert.equal(typeof await b, "number");
+      assert.deepEqual(await boundQueues(netns), []);
+    } finally {
+      await first.close();
+      await second.close();
+    }
+  },
+});

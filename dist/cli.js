@@ -12,14 +12,14 @@ var __export = (target, all) => {
 };
 
 // lib/common/output.ts
-function printError(message) {
+function printError(message2) {
   const colour = Deno.stderr.isTerminal() && !Deno.noColor;
-  writeSync(Deno.stderr, `${colour ? "\x1B[31merror\x1B[0m" : "error"}: ${message}
+  writeSync(Deno.stderr, `${colour ? "\x1B[31merror\x1B[0m" : "error"}: ${message2}
 `);
 }
-function printWarning(message) {
+function printWarning(message2) {
   const colour = Deno.stderr.isTerminal() && !Deno.noColor;
-  writeSync(Deno.stderr, `${colour ? "\x1B[33mwarning\x1B[0m" : "warning"}: ${message}
+  writeSync(Deno.stderr, `${colour ? "\x1B[33mwarning\x1B[0m" : "warning"}: ${message2}
 `);
 }
 async function write(stream, text) {
@@ -73,8 +73,8 @@ var init_errors = __esm({
        * @param message A one-line description: what failed and why.
        * @param options The standard `cause` option.
        */
-      constructor(code, message, options) {
-        super(message, options);
+      constructor(code, message2, options) {
+        super(message2, options);
         this.name = "NetlockError";
         this.code = code;
       }
@@ -434,13 +434,13 @@ function onPath(command) {
   });
 }
 function spawnError(command, error) {
-  const message = error instanceof Error ? error.message : String(error);
+  const message2 = error instanceof Error ? error.message : String(error);
   if (error instanceof Deno.errors.NotCapable) {
-    return new NetlockError("DENO_PERMISSION", `Cannot run ${command}: ${firstLine(message)} (add --allow-run=${command})`, {
+    return new NetlockError("DENO_PERMISSION", `Cannot run ${command}: ${firstLine(message2)} (add --allow-run=${command})`, {
       cause: error
     });
   }
-  const cwd = /No such cwd '([^']*)'|failed resolving cwd/.exec(message);
+  const cwd = /No such cwd '([^']*)'|failed resolving cwd/.exec(message2);
   if (cwd) {
     const dir = cwd[1] === void 0 ? "" : ` ${cwd[1]}`;
     return new NetlockError("NOT_PERMITTED", `cannot run ${command}: the working directory${dir} cannot be accessed by this user (run netlock from a directory it can enter)`, {
@@ -460,7 +460,7 @@ function spawnError(command, error) {
       cause: error
     });
   }
-  return new NetlockError("TOOL_FAILED", `Cannot run ${command}: ${firstLine(message)}`, {
+  return new NetlockError("TOOL_FAILED", `Cannot run ${command}: ${firstLine(message2)}`, {
     cause: error
   });
 }
@@ -1554,6 +1554,7 @@ function ruleKind(expr, jumpTo, mark) {
   if (!last) return "other";
   const init = rest.slice(0, -1);
   if ("drop" in last && init.length === 0) return "drop";
+  if (isQueueTarget(last) && init.length === 0) return "drop";
   if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
   if ("drop" in last && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
@@ -1561,6 +1562,10 @@ function ruleKind(expr, jumpTo, mark) {
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
   if ("return" in last && init.length === 0) return "return";
   return "other";
+}
+function isQueueTarget(e) {
+  const xt = e.xt;
+  return xt?.type === "target" && xt.name === "NFQUEUE" || "queue" in e;
 }
 function isUnmarkedMatch(e) {
   const match = e.match;
@@ -1863,8 +1868,8 @@ var init_guard = __esm({
        * @param reason What the guard found.
        * @param message A one-line description.
        */
-      constructor(reason, message) {
-        super(reason === "own" ? "OWN_NAMESPACE" : "TOOL_FAILED", message);
+      constructor(reason, message2) {
+        super(reason === "own" ? "OWN_NAMESPACE" : "TOOL_FAILED", message2);
         this.reason = reason;
       }
     };
@@ -1909,7 +1914,7 @@ function renderIptablesChange(rules, change) {
 function lockLines(rules) {
   const body = Array.isArray(rules.body) ? rules.body : [
     `-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
-    "-j DROP",
+    typeof rules.queue === "number" ? queueRule(rules.queue) : "-j DROP",
     ...rules.ipv4Only ? [
       IPV4_ONLY_MARKER
     ] : []
@@ -1922,6 +1927,9 @@ function lockLines(rules) {
     ...body.map((spec) => `-A ${rules.name} ${spec}`),
     ...subchains.flatMap((chain) => chain.body.map((spec) => `-A ${chain.name} ${spec}`))
   ];
+}
+function queueRule(queue) {
+  return `-j NFQUEUE --queue-num ${queue}`;
 }
 function wrapFilter(lines2) {
   return [
@@ -1964,7 +1972,7 @@ function inspectIptablesLock(table, rules) {
     return have.length === wanted.body.length && have.every((spec, i) => spec === wanted.body[i]);
   });
   const ipv4Only = lockRules.length === 3 && lockRules[2] === IPV4_ONLY_MARKER;
-  const chainRulesMatch = body === "any" ? true : body ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i]) && subchainsMatch : lockRules.length === (ipv4Only ? 3 : 2) && mark !== void 0 && (rules.anyMark || mark === rules.mark) && lockRules[1] === "-j DROP" && (rules.ipv4Only === void 0 || rules.ipv4Only === ipv4Only);
+  const chainRulesMatch = body === "any" ? true : body ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i]) && subchainsMatch : lockRules.length === (ipv4Only ? 3 : 2) && mark !== void 0 && (rules.anyMark || mark === rules.mark) && isFinalRule(lockRules[1], rules.queue) && (rules.ipv4Only === void 0 || rules.ipv4Only === ipv4Only);
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
   const mayHold = body === void 0 ? isNamespaceLockRule : (spec) => isConnectionLockRule(spec) || isTreeRule(spec, rules.name) || isMarkedReturn(spec) || isListenerDrop(spec) || // (`-j RETURN`: the lock opened by a restore, see renderIptablesOpen.)
@@ -1997,6 +2005,9 @@ function inspectIptablesLock(table, rules) {
     ipv4Only,
     ...mark === void 0 ? {} : {
       mark
+    },
+    ...queueOf(lockRules[1]) === void 0 ? {} : {
+      queue: queueOf(lockRules[1])
     }
   };
 }
@@ -2008,7 +2019,15 @@ function markOf(spec) {
   return match ? Number(match[1]) : void 0;
 }
 function isNamespaceLockRule(spec) {
-  return markOf(spec) !== void 0 || spec === "-j DROP" || spec === IPV4_ONLY_MARKER || spec === "-j RETURN";
+  return markOf(spec) !== void 0 || spec === "-j DROP" || spec === IPV4_ONLY_MARKER || spec === "-j RETURN" || queueOf(spec) !== void 0;
+}
+function queueOf(spec) {
+  const match = spec?.match(/^-j NFQUEUE --queue-num ([0-9]+)$/);
+  return match ? Number(match[1]) : void 0;
+}
+function isFinalRule(spec, queue) {
+  if (queue === "any") return spec === "-j DROP" || queueOf(spec) !== void 0;
+  return queue === void 0 ? spec === "-j DROP" : queueOf(spec) === queue;
 }
 function isTreeRule(spec, root) {
   const match = spec.match(/^(?:-p tcp -m tcp --[sd]port [0-9]+(?::[0-9]+)?|-s \S+ -d \S+) -j (\S+)$/);
@@ -2751,11 +2770,15 @@ function namespaceShape(opts, purpose = "lock") {
   const rules = purpose === "read" ? {
     name: opts.name,
     mark: opts.mark,
-    anyMark: true
+    anyMark: true,
+    queue: "any"
   } : {
     name: opts.name,
     mark: opts.mark,
-    ipv4Only: opts.ipv6 === "off"
+    ipv4Only: opts.ipv6 === "off",
+    ...opts.queue === void 0 ? {} : {
+      queue: opts.queue
+    }
   };
   return {
     name: opts.name,
@@ -3531,6 +3554,9 @@ function resolveOptions(options = {}, verb) {
     criu: options.criu ?? false,
     actionScripts: (options.actionScripts ?? []).map(validateScriptPath),
     userns: options.userns ?? false,
+    ...options.queue === void 0 ? {} : {
+      queue: validateQueue(options.queue)
+    },
     all: validateAll(options),
     exec: {
       timeoutMs: validateTimeoutMs(options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
@@ -3538,6 +3564,12 @@ function resolveOptions(options = {}, verb) {
       log: options.log
     }
   };
+}
+function validateQueue(queue) {
+  if (!Number.isInteger(queue) || queue < 0 || queue > 65535) {
+    throw new RangeError(`queue must be a number from 0 to 65535, not ${queue}`);
+  }
+  return queue;
 }
 async function prepare(ref, options, verb) {
   if ((options.mode === "connections" || options.mode === "cgroup") && ref.pid === void 0) {
@@ -4335,6 +4367,12 @@ var init_primed = __esm({
 });
 
 // lib/criu/armed.ts
+var armed_exports = {};
+__export(armed_exports, {
+  ARMED_LIFETIME_MS: () => ARMED_LIFETIME_MS,
+  armNetworkLock: () => armNetworkLock,
+  armNetworkUnlock: () => armNetworkUnlock
+});
 async function armNetworkLock(target, options = {}) {
   const opts = resolveOptions(options, "lock");
   const plain = {
@@ -4657,13 +4695,13 @@ function renderRestoreUnlock(lock) {
   };
 }
 function renderTreeRestoreUnlock(lock) {
-  const open = (kind) => renderNftOpen({
+  const open2 = (kind) => renderNftOpen({
     name: processLockName(lock.name, kind, lock.pid),
     mark: 0
   });
-  const connections = lock.backend === "nftables" ? open("connections") : renderNftReturnFirst(processLockName(lock.name, "connections", lock.pid), lock.families);
+  const connections = lock.backend === "nftables" ? open2("connections") : renderNftReturnFirst(processLockName(lock.name, "connections", lock.pid), lock.families);
   return {
-    script: connections + (lock.cgroup ? open("cgroup") : ""),
+    script: connections + (lock.cgroup ? open2("cgroup") : ""),
     finish: true
   };
 }
@@ -5603,12 +5641,20 @@ function parseInvocation(args) {
     if (!commandArgv?.length || commandArgv[0] === "") {
       throw new TypeError("run needs a command after '--': netlock run TARGET -- COMMAND [ARG...]");
     }
+    const hold = values.hold ?? false;
+    if (hold && (options.backend ?? "iptables") === "nftables") {
+      throw new TypeError("--hold holds with the iptables backend (its NFQUEUE target; nft's own queue statement is missing from many kernels): drop --backend nftables");
+    }
+    if (hold && (options.mode === "connections" || options.mode === "cgroup")) {
+      throw new TypeError("--hold holds a namespace lock: --mode netns or auto");
+    }
     return {
       kind: "run",
       target: targets[0],
       argv: commandArgv,
       options,
-      output
+      output,
+      hold
     };
   }
   if (command === "list") return {
@@ -5652,20 +5698,20 @@ function commandWord(args) {
   return own.find((arg) => COMMANDS.includes(arg));
 }
 function usageMessage(error) {
-  const message = (error instanceof Error ? error.message : String(error)).replace(/\s*\n\s*/g, " ");
-  const unknown = message.match(/^Unknown option '([^']*)'/);
+  const message2 = (error instanceof Error ? error.message : String(error)).replace(/\s*\n\s*/g, " ");
+  const unknown = message2.match(/^Unknown option '([^']*)'/);
   if (unknown) {
     return /^-[0-9]/.test(unknown[1]) ? `Invalid PID "${unknown[1]}": expected a decimal number from 1 to ${PID_MAX}` : `unknown option '${unknown[1]}' (see netlock --help)`;
   }
-  const ambiguous2 = message.match(/^Option '(--?[\w-]+)' argument is ambiguous/);
+  const ambiguous2 = message2.match(/^Option '(--?[\w-]+)' argument is ambiguous/);
   if (ambiguous2) {
     return `${ambiguous2[1]} got a value starting with '-': write ${ambiguous2[1]}=VALUE if you mean it`;
   }
-  const missing = message.match(/^Option '(?:-\w, )?(--?[\w-]+)(?: <value>)?' argument missing/);
+  const missing = message2.match(/^Option '(?:-\w, )?(--?[\w-]+)(?: <value>)?' argument missing/);
   if (missing) return `${missing[1]} needs a value`;
-  const valued = message.match(/^Option '(--[\w-]+)' does not take an argument/);
+  const valued = message2.match(/^Option '(--[\w-]+)' does not take an argument/);
   if (valued) return `${valued[1]} takes no value`;
-  return message.split(/(?<=\.) /)[0];
+  return message2.split(/(?<=\.) /)[0];
 }
 var COMMANDS, TARGET_OUTPUT, LOCKING, APPLIES, FLAGS, OWN_NAMESPACE, MAX_TARGETS;
 var init_args = __esm({
@@ -5707,6 +5753,7 @@ var init_args = __esm({
       run: [
         ...LOCKING,
         "dry-run",
+        "hold",
         ...TARGET_OUTPUT
       ],
       unlock: [
@@ -5776,6 +5823,9 @@ var init_args = __esm({
         type: "string"
       },
       "dry-run": {
+        type: "boolean"
+      },
+      hold: {
         type: "boolean"
       },
       json: {
@@ -5877,13 +5927,13 @@ function jsonRun(target, argv, outcome) {
     }
   });
 }
-function jsonUsageError(command, message) {
+function jsonUsageError(command, message2) {
   return JSON.stringify({
     command: command ?? null,
     ok: false,
     error: {
       code: "INVALID_ARGUMENT",
-      message
+      message: message2
     }
   });
 }
@@ -5941,8 +5991,8 @@ function errorCode(error) {
   return "ERROR";
 }
 function errorMessage2(error) {
-  const message = error instanceof Error ? error.message : String(error);
-  return message.replace(/\s*\n\s*/g, " ").trim();
+  const message2 = error instanceof Error ? error.message : String(error);
+  return message2.replace(/\s*\n\s*/g, " ").trim();
 }
 function targetRecord(target) {
   const record = {};
@@ -6068,9 +6118,466 @@ var init_concurrency = __esm({
   }
 });
 
+// lib/hold/nfqueue.ts
+function encodeBind(queue, maxLen, seq) {
+  const cmd = new Uint8Array(4);
+  cmd[0] = CMD_BIND;
+  const params = new Uint8Array(5);
+  new DataView(params.buffer).setUint32(0, 65535, false);
+  params[4] = COPY_META;
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, maxLen, false);
+  return message(MSG_CONFIG, queue, seq, [
+    [
+      CFG_CMD,
+      cmd
+    ],
+    [
+      CFG_PARAMS,
+      params
+    ],
+    [
+      CFG_QUEUE_MAXLEN,
+      len
+    ]
+  ]);
+}
+function encodeUnbind(queue, seq) {
+  const cmd = new Uint8Array(4);
+  cmd[0] = CMD_UNBIND;
+  return message(MSG_CONFIG, queue, seq, [
+    [
+      CFG_CMD,
+      cmd
+    ]
+  ]);
+}
+function encodeAcceptUpTo(queue, id, seq) {
+  const verdict = new Uint8Array(8);
+  const view = new DataView(verdict.buffer);
+  view.setUint32(0, NF_ACCEPT, false);
+  view.setUint32(4, id >>> 0, false);
+  return message(MSG_VERDICT_BATCH, queue, seq, [
+    [
+      ATTR_VERDICT_HDR,
+      verdict
+    ]
+  ]);
+}
+function decodeMessages(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const messages = [];
+  let at = 0;
+  while (at + 16 <= bytes.length) {
+    const length = view.getUint32(at, true);
+    if (length < 16 || at + length > bytes.length) break;
+    const type = view.getUint16(at + 4, true);
+    const seq = view.getUint32(at + 8, true);
+    if (type === NLMSG_ERROR && length >= 20) {
+      messages.push({
+        kind: "ack",
+        seq,
+        errno: Math.abs(view.getInt32(at + 16, true))
+      });
+    } else if (type === (SUBSYS_QUEUE << 8 | MSG_PACKET)) {
+      const id = packetId(view, at + 20, at + length);
+      messages.push(id === void 0 ? {
+        kind: "other"
+      } : {
+        kind: "packet",
+        id
+      });
+    } else if (type !== NLMSG_DONE) {
+      messages.push({
+        kind: "other"
+      });
+    }
+    at += align(length);
+  }
+  return messages;
+}
+function packetId(view, from, to) {
+  let at = from;
+  while (at + 4 <= to) {
+    const length = view.getUint16(at, true);
+    const type = view.getUint16(at + 2, true) & 16383;
+    if (length < 4) return void 0;
+    if (type === ATTR_PACKET_HDR && length >= 8) return view.getUint32(at + 4, false);
+    at += align(length);
+  }
+  return void 0;
+}
+function message(msg, queue, seq, attributes) {
+  const size = 20 + attributes.reduce((sum, [, data]) => sum + align(4 + data.length), 0);
+  const bytes = new Uint8Array(size);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, size, true);
+  view.setUint16(4, SUBSYS_QUEUE << 8 | msg, true);
+  view.setUint16(6, NLM_F_REQUEST | NLM_F_ACK, true);
+  view.setUint32(8, seq, true);
+  view.setUint16(18, queue, false);
+  let at = 20;
+  for (const [type, data] of attributes) {
+    view.setUint16(at, 4 + data.length, true);
+    view.setUint16(at + 2, type, true);
+    bytes.set(data, at + 4);
+    at += align(4 + data.length);
+  }
+  return bytes;
+}
+function align(n) {
+  return n + 3 & ~3;
+}
+var SUBSYS_QUEUE, MSG_PACKET, MSG_CONFIG, MSG_VERDICT_BATCH, NLMSG_ERROR, NLMSG_DONE, NLM_F_REQUEST, NLM_F_ACK, CFG_CMD, CFG_PARAMS, CFG_QUEUE_MAXLEN, ATTR_PACKET_HDR, ATTR_VERDICT_HDR, CMD_BIND, CMD_UNBIND, COPY_META, NF_ACCEPT;
+var init_nfqueue = __esm({
+  "lib/hold/nfqueue.ts"() {
+    SUBSYS_QUEUE = 3;
+    MSG_PACKET = 0;
+    MSG_CONFIG = 2;
+    MSG_VERDICT_BATCH = 3;
+    NLMSG_ERROR = 2;
+    NLMSG_DONE = 3;
+    NLM_F_REQUEST = 1;
+    NLM_F_ACK = 4;
+    CFG_CMD = 1;
+    CFG_PARAMS = 2;
+    CFG_QUEUE_MAXLEN = 3;
+    ATTR_PACKET_HDR = 1;
+    ATTR_VERDICT_HDR = 2;
+    CMD_BIND = 1;
+    CMD_UNBIND = 2;
+    COPY_META = 1;
+    NF_ACCEPT = 1;
+  }
+});
+
+// lib/hold/netlink.ts
+function errnoOf(c) {
+  const at = c.__errno_location();
+  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
+}
+function cString(text) {
+  return new TextEncoder().encode(`${text}\0`);
+}
+function openNetfilterSocket(netns, receiveBuffer = 8 << 20) {
+  const library = Deno.dlopen("libc.so.6", SYMBOLS);
+  const c = library.symbols;
+  const failure = (what) => failureOf(c, what);
+  try {
+    return open(c, library, failure, netns, receiveBuffer);
+  } catch (error) {
+    library.close();
+    throw error;
+  }
+}
+function open(c, library, failure, netns, receiveBuffer) {
+  let back = -1;
+  let fd = -1;
+  try {
+    if (netns !== void 0) {
+      back = c.open(cString("/proc/thread-self/ns/net"), O_RDONLY | O_CLOEXEC);
+      if (back < 0) throw failure("open /proc/thread-self/ns/net");
+      const target = c.open(cString(netns), O_RDONLY | O_CLOEXEC);
+      if (target < 0) throw failure(`open ${netns}`);
+      const entered = c.setns(target, CLONE_NEWNET);
+      const why = entered < 0 ? failure(`setns ${netns}`) : void 0;
+      c.close(target);
+      if (why) throw why;
+    }
+    fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    if (fd < 0) throw failure("socket(AF_NETLINK, NETLINK_NETFILTER)");
+  } finally {
+    if (back >= 0) {
+      const returned = c.setns(back, CLONE_NEWNET);
+      c.close(back);
+      if (returned < 0) {
+        if (fd >= 0) c.close(fd);
+        throw failure("setns back to netlock's own namespace");
+      }
+    }
+  }
+  const address2 = new Uint8Array(12);
+  new DataView(address2.buffer).setUint16(0, AF_NETLINK, true);
+  if (c.bind(fd, address2, 12) < 0) {
+    const why = failure("bind(AF_NETLINK)");
+    c.close(fd);
+    throw why;
+  }
+  const size = new Uint8Array(4);
+  new DataView(size.buffer).setInt32(0, receiveBuffer, true);
+  c.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4);
+  const buffer = new Uint8Array(1 << 16);
+  const pollfd = new Uint8Array(8);
+  new DataView(pollfd.buffer).setInt32(0, fd, true);
+  new DataView(pollfd.buffer).setInt16(4, POLLIN, true);
+  let closed = false;
+  return {
+    send(bytes) {
+      const sent = c.send(fd, bytes, BigInt(bytes.length), 0);
+      if (Number(sent) !== bytes.length) throw failure("send");
+    },
+    async receive(timeoutMs) {
+      if (closed) return [];
+      await c.poll(pollfd, 1n, timeoutMs);
+      const out = [];
+      while (!closed) {
+        const n = Number(c.recv(fd, buffer, BigInt(buffer.length), MSG_DONTWAIT));
+        if (n > 0) {
+          out.push(buffer.slice(0, n));
+          continue;
+        }
+        const errno = n < 0 ? errnoOf(c) : 0;
+        if (errno === ENOBUFS) return "overrun";
+        if (n < 0 && errno !== EAGAIN) throw failure("recv");
+        break;
+      }
+      return out;
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      c.close(fd);
+      library.close();
+    }
+  };
+}
+function failureOf(c, what) {
+  const code = errnoOf(c);
+  const error = new Error(`${what}: errno ${code}`);
+  error.errno = code;
+  return error;
+}
+var AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, NETLINK_NETFILTER, CLONE_NEWNET, O_RDONLY, O_CLOEXEC, SOL_SOCKET, SO_RCVBUFFORCE, MSG_DONTWAIT, POLLIN, EAGAIN, ENOBUFS, SYMBOLS;
+var init_netlink = __esm({
+  "lib/hold/netlink.ts"() {
+    AF_NETLINK = 16;
+    SOCK_RAW = 3;
+    SOCK_CLOEXEC = 524288;
+    NETLINK_NETFILTER = 12;
+    CLONE_NEWNET = 1073741824;
+    O_RDONLY = 0;
+    O_CLOEXEC = 524288;
+    SOL_SOCKET = 1;
+    SO_RCVBUFFORCE = 33;
+    MSG_DONTWAIT = 64;
+    POLLIN = 1;
+    EAGAIN = 11;
+    ENOBUFS = 105;
+    SYMBOLS = {
+      socket: {
+        parameters: [
+          "i32",
+          "i32",
+          "i32"
+        ],
+        result: "i32"
+      },
+      bind: {
+        parameters: [
+          "i32",
+          "buffer",
+          "u32"
+        ],
+        result: "i32"
+      },
+      send: {
+        parameters: [
+          "i32",
+          "buffer",
+          "usize",
+          "i32"
+        ],
+        result: "isize"
+      },
+      recv: {
+        parameters: [
+          "i32",
+          "buffer",
+          "usize",
+          "i32"
+        ],
+        result: "isize"
+      },
+      poll: {
+        parameters: [
+          "buffer",
+          "u64",
+          "i32"
+        ],
+        result: "i32",
+        nonblocking: true
+      },
+      close: {
+        parameters: [
+          "i32"
+        ],
+        result: "i32"
+      },
+      open: {
+        parameters: [
+          "buffer",
+          "i32"
+        ],
+        result: "i32"
+      },
+      setns: {
+        parameters: [
+          "i32",
+          "i32"
+        ],
+        result: "i32"
+      },
+      setsockopt: {
+        parameters: [
+          "i32",
+          "i32",
+          "i32",
+          "buffer",
+          "u32"
+        ],
+        result: "i32"
+      },
+      __errno_location: {
+        parameters: [],
+        result: "pointer"
+      }
+    };
+  }
+});
+
+// lib/hold/holder.ts
+var holder_exports = {};
+__export(holder_exports, {
+  HOLD_FIRST_QUEUE: () => HOLD_FIRST_QUEUE,
+  HOLD_MAX_PACKETS: () => HOLD_MAX_PACKETS,
+  holdQueue: () => holdQueue
+});
+async function holdQueue(netns, options = {}) {
+  const socket = openNetfilterSocket(netns);
+  const state = new QueueState(socket);
+  const first = options.firstQueue ?? HOLD_FIRST_QUEUE;
+  const maxPackets = options.maxPackets ?? HOLD_MAX_PACKETS;
+  try {
+    for (let i = 0; i < QUEUE_TRIES; i++) {
+      const queue = (first + i) % 65536;
+      const errno = await state.request((seq) => encodeBind(queue, maxPackets, seq));
+      if (errno === 0) return state.holder(queue);
+      if (errno !== 1) throw new Error(`cannot bind queue ${queue}: errno ${errno}`);
+    }
+    throw new Error(`no free queue among ${QUEUE_TRIES} from ${first}`);
+  } catch (error) {
+    await state.stop();
+    throw error;
+  }
+}
+var HOLD_MAX_PACKETS, HOLD_FIRST_QUEUE, QUEUE_TRIES, ANSWER_MS, QueueState;
+var init_holder = __esm({
+  "lib/hold/holder.ts"() {
+    init_nfqueue();
+    init_netlink();
+    HOLD_MAX_PACKETS = 4096;
+    HOLD_FIRST_QUEUE = 49428;
+    QUEUE_TRIES = 256;
+    ANSWER_MS = 2e3;
+    QueueState = class {
+      #socket;
+      #seq = 0;
+      #answers = /* @__PURE__ */ new Map();
+      #highest = 0;
+      #accepted = 0;
+      #acceptedUpTo = 0;
+      #count = 0;
+      #stopped = false;
+      #loop;
+      constructor(socket) {
+        this.#socket = socket;
+        this.#loop = this.#read();
+      }
+      async #read() {
+        while (!this.#stopped) {
+          const got = await this.#socket.receive(20).catch(() => []);
+          if (got === "overrun") continue;
+          for (const bytes of got) {
+            for (const message2 of decodeMessages(bytes)) {
+              if (message2.kind === "packet") {
+                this.#count++;
+                if (message2.id > this.#highest) this.#highest = message2.id;
+              } else if (message2.kind === "ack") {
+                this.#answers.get(message2.seq)?.(message2.errno);
+                this.#answers.delete(message2.seq);
+              }
+            }
+          }
+        }
+      }
+      /** Sends a request and waits for its answer (the errno; -1: none came). */
+      request(encode) {
+        const seq = ++this.#seq;
+        const answered = new Promise((resolve) => {
+          const timer = setTimeout(() => {
+            this.#answers.delete(seq);
+            resolve(-1);
+          }, ANSWER_MS);
+          this.#answers.set(seq, (errno) => {
+            clearTimeout(timer);
+            resolve(errno);
+          });
+        });
+        this.#socket.send(encode(seq));
+        return answered;
+      }
+      holder(queue) {
+        return {
+          queue,
+          held: () => this.#count - this.#accepted,
+          release: async () => {
+            for (const wait of [
+              5,
+              20
+            ]) {
+              await new Promise((resolve) => setTimeout(resolve, wait));
+              const upTo = this.#highest;
+              if (upTo > this.#acceptedUpTo) {
+                const errno = await this.request((seq) => encodeAcceptUpTo(queue, upTo, seq));
+                if (errno !== 0 && errno !== 2) {
+                  throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
+                }
+                this.#acceptedUpTo = upTo;
+                if (errno === 0) this.#accepted = this.#count;
+                else this.#count = this.#accepted;
+              }
+            }
+            const accepted = this.#accepted;
+            await this.request((seq) => encodeUnbind(queue, seq));
+            await this.stop();
+            return accepted;
+          },
+          close: () => this.stop()
+        };
+      }
+      async stop() {
+        if (this.#stopped) return;
+        this.#stopped = true;
+        await this.#loop;
+        this.#socket.close();
+      }
+    };
+  }
+});
+
 // lib/cli/run_locked.ts
 async function runLocked(target, argv, options = {}, locked) {
   const command = argv[0];
+  if (options.hold && Deno.permissions.querySync({
+    name: "ffi"
+  }).state !== "granted") {
+    const error = new NetlockError("DENO_PERMISSION", "--hold holds packets in the kernel's queue through libc: add --allow-ffi");
+    return {
+      exitCode: 2,
+      error,
+      failed: "lock"
+    };
+  }
   if (Deno.permissions.querySync({
     name: "run",
     command
@@ -6114,16 +6621,33 @@ async function runLocked(target, argv, options = {}, locked) {
     Deno.addSignalListener(signal, note);
     return () => Deno.removeSignalListener(signal, note);
   });
+  let holder;
+  let opening;
+  const warnings = [];
   try {
     let lock;
     try {
-      lock = await lockNetwork(target, options);
+      holder = options.hold ? await startHolder(target, options) : void 0;
+      lock = await lockNetwork(target, {
+        ...options,
+        ...holder ? {
+          queue: holder.queue
+        } : {}
+      });
     } catch (error2) {
       return {
         exitCode: RUN_FAILED,
         error: error2,
         failed: "lock"
       };
+    }
+    if (holder && (lock.mode !== "netns" || lock.backend !== "iptables")) {
+      warnings.push(`not holding: the lock of ${lock.mode === "netns" ? "the nftables backend" : "connections"} drops what it stops (only an iptables namespace lock holds)`);
+      await holder.close();
+      holder = void 0;
+    }
+    if (holder) {
+      opening = Promise.resolve().then(() => (init_armed(), armed_exports)).then(({ armNetworkUnlock: armNetworkUnlock2 }) => armNetworkUnlock2(target, options, lock)).catch(() => void 0);
     }
     await locked?.(lock);
     let exitCode;
@@ -6150,18 +6674,39 @@ async function runLocked(target, argv, options = {}, locked) {
       lock,
       ...commandExit === void 0 ? {} : {
         commandExit
-      }
+      },
+      ...warnings.length > 0 ? {
+        warnings
+      } : {}
     };
     const commandFailure = error === void 0 ? {} : {
       error,
       failed: "command"
     };
     try {
-      const unlock = await lock.unlock();
+      let unlock;
+      let released;
+      if (holder) {
+        const armed = await opening;
+        opening = void 0;
+        if (armed) {
+          await armed.fire();
+          released = await holder.release();
+          unlock = await armed.finish();
+        } else {
+          unlock = await lock.unlock();
+          released = await holder.release();
+        }
+      } else {
+        unlock = await lock.unlock();
+      }
       return {
         exitCode,
         ...ran,
         unlock,
+        ...released === void 0 ? {} : {
+          released
+        },
         ...commandFailure
       };
     } catch (unlockError) {
@@ -6173,8 +6718,15 @@ async function runLocked(target, argv, options = {}, locked) {
       };
     }
   } finally {
+    await (await opening)?.cancel();
+    await holder?.close();
     for (const remove of listeners) remove();
   }
+}
+async function startHolder(target, options) {
+  const ref = toTargetRef(target, options);
+  const { holdQueue: holdQueue2 } = await Promise.resolve().then(() => (init_holder(), holder_exports));
+  return await holdQueue2(ref.path ?? `/proc/${ref.pid}/ns/net`);
 }
 async function onPath2(command, options) {
   try {
@@ -6207,6 +6759,7 @@ var init_run_locked = __esm({
     init_operations();
     init_runner();
     init_nsenter();
+    init_target();
     RUN_FAILED = 125;
     RUN_NOT_FOUND = 127;
     RUN_CANNOT_EXECUTE = 126;
@@ -6295,10 +6848,11 @@ async function list(targets, baseOptions, output) {
   }
   return exitCode;
 }
-async function run2(target, argv, baseOptions, output) {
+async function run2(target, argv, baseOptions, output, hold = false) {
   const options = {
     ...baseOptions,
-    log: logger(baseOptions, output)
+    log: logger(baseOptions, output),
+    hold
   };
   const name = targetName(target);
   const human = baseOptions.dryRun ? Deno.stdout : Deno.stderr;
@@ -6333,12 +6887,17 @@ async function run2(target, argv, baseOptions, output) {
     await write(Deno.stdout, `${jsonFailure("unlock", name, result2.error)}
 `);
   }
+  for (const warning of result2.warnings ?? []) printWarning(warning);
   if (result2.unlock) {
     for (const warning of result2.unlock.warnings ?? []) printWarning(warning);
     if (output.json) await write(Deno.stdout, `${jsonSuccess("unlock", result2.unlock)}
 `);
     else if (!output.quiet) writeSync(human, `${prefix}${humanSuccess("unlock", result2.unlock)}
 `);
+    if (result2.released !== void 0 && !output.json && !output.quiet) {
+      writeSync(human, `${prefix}let through ${result2.released} held packet(s)
+`);
+    }
   }
   return result2.exitCode;
 }
@@ -6458,6 +7017,10 @@ Options:
       --timeout SECONDS      limit for each spawned tool (default 10)
       --dry-run              lock, unlock, run: print what would change (the
                              rulesets, run's command), change and run nothing
+      --hold                 run, iptables namespace lock: hold what the lock
+                             stops (NFQUEUE, at most 4096 packets; the excess
+                             and all of it if netlock dies are dropped) and let
+                             it through at the unlock; needs --allow-ffi
       --json                 one JSON object per target (list: per lock; run:
                              lock, command, unlock) per line on stdout; with
                              --dry-run the trace goes to stderr
@@ -6473,7 +7036,8 @@ target is not locked.
 run: COMMAND's status (128+N if killed by signal N), 125 netlock failed,
 126 COMMAND cannot run, 127 COMMAND not found.
 
-Needs root (CAP_NET_ADMIN) or --userns, and Deno's --allow-run=nsenter.
+Needs root (CAP_NET_ADMIN) or --userns, and Deno's --allow-run=nsenter
+(--hold: --allow-ffi too).
 `;
 }
 var init_help = __esm({
@@ -6503,13 +7067,13 @@ async function main(args) {
   try {
     invocation = parseInvocation2(args);
   } catch (error) {
-    const message = usageMessage2(error);
+    const message2 = usageMessage2(error);
     if (jsonRequested2(args)) {
       const { jsonUsageError: jsonUsageError2 } = await Promise.resolve().then(() => (init_report(), report_exports));
-      await write(Deno.stdout, `${jsonUsageError2(commandWord2(args), message)}
+      await write(Deno.stdout, `${jsonUsageError2(commandWord2(args), message2)}
 `);
     }
-    printError(message);
+    printError(message2);
     return EXIT.usage;
   }
   switch (invocation.kind) {
@@ -6526,7 +7090,7 @@ async function main(args) {
       return await (await Promise.resolve().then(() => (init_entry(), entry_exports))).criuHook();
     case "run": {
       const { run: run3 } = await Promise.resolve().then(() => (init_commands(), commands_exports));
-      return await run3(invocation.target, invocation.argv, invocation.options, invocation.output);
+      return await run3(invocation.target, invocation.argv, invocation.options, invocation.output, invocation.hold);
     }
     case "list": {
       const { list: list2 } = await Promise.resolve().then(() => (init_commands(), commands_exports));

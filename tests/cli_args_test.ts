@@ -104,3 +104,25 @@ Deno.test("rulesText() prints each backend's and mode's text", () => {
     /^delete table inet NETLOCK-cPID\n$/,
   );
 });
+
+Deno.test("parseInvocation(): run --hold holds an iptables namespace lock, and only run takes it", () => {
+  const run = parseInvocation(["run", "--hold", "12", "--", "true"]);
+  assert(run.kind === "run" && run.hold);
+  const plain = parseInvocation(["run", "12", "--", "true"]);
+  assert(plain.kind === "run" && !plain.hold);
+  for (
+    const [args, message] of [
+      [
+        ["run", "--hold", "-b", "nftables", "12", "--", "true"],
+        /--hold holds with the iptables backend/,
+      ],
+      [
+        ["run", "--hold", "--mode", "connections", "12", "--", "true"],
+        /--hold holds a namespace lock/,
+      ],
+      [["lock", "--hold", "12"], /lock takes no --hold/],
+    ] as const
+  ) {
+    assert.throws(() => parseInvocation([...args]), (error) => message.test(usageMessage(error)));
+  }
+});

@@ -8,7 +8,7 @@
  * queues.
  */
 import assert from "node:assert/strict";
-import { createNetns, integration, type TestNetns } from "./helpers/netns.ts";
+import { cli, createNetns, integration, snapshot, type TestNetns } from "./helpers/netns.ts";
 import { lineReader } from "./helpers/lines.ts";
 import { holdQueue } from "../lib/hold/holder.ts";
 
@@ -202,3 +202,73 @@ Deno.test({
     }
   },
 });
+
+const CLIENT = "import socket,sys,time\ns=socket.socket()\ns.settimeout(5)\n" +
+  "s.connect(('127.0.0.1',int(sys.argv[1])))\nprint(int(time.time()*1000),flush=True)";
+
+/**
+ * `netlock run [--hold] --netns NS -- sh -c ...`: the command starts a
+ * client in the namespace in the background (its connect time into a
+ * file), waits 0.5 s and prints its own end: how long after the command's
+ * end (the unlock's start) the client connected.
+ */
+async function connectAfterRun(netns: TestNetns, hold: boolean): Promise<number> {
+  const out = await Deno.makeTempFile();
+  try {
+    const script = `nsenter --net=${netns.path} -- python3 -c "$0" ${PORT} >${out} 2>&1 & ` +
+      "sleep 0.5; date +%s%3N";
+    const result = await cli(
+      ["run", ...(hold ? ["--hold"] : []), "--netns", netns.path, "--", "sh", "-c", script, CLIENT],
+      { permissions: ["--allow-run=nsenter,sh", "--allow-ffi"] },
+    );
+    assert.equal(result.code, 0, result.stderr);
+    if (hold) assert.match(result.stderr, /let through 1 held packet/);
+    const ended = Number(result.stdout.trim());
+    for (let i = 0; i < 60; i++) {
+      const text = (await Deno.readTextFile(out)).trim();
+      if (/^\d+$/.test(text)) return Number(text) - ended;
+      if (text) throw new Error(`the client failed: ${text}`);
+      await sleep(50);
+    }
+    throw new Error("the client never connected");
+  } finally {
+    await Deno.remove(out);
+  }
+}
+
+Deno.test({
+  name:
+    "run --hold: a client that connects during the lock connects at the unlock; without, at its SYN retry",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    await using _server = await listener(netns, PORT);
+    const held = await connectAfterRun(netns, true);
+    assert(held >= 0 && held < 100, `held: connected ${held} ms after the command ended`);
+    const dropped = await connectAfterRun(netns, false);
+    assert(dropped > 300, `dropped: connected ${dropped} ms after the command ended`);
+    assert.equal(await snapshotQueues(netns), "", "no queue left");
+  },
+});
+
+Deno.test({
+  name: "run --hold without --allow-ffi: exit 2, one error line, nothing applied",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    const before = await snapshot(netns);
+    const result = await cli(["run", "--hold", "--netns", netns.path, "--", "true"], {
+      permissions: ["--allow-run=nsenter,true"],
+    });
+    assert.equal(result.code, 2);
+    assert.equal(
+      result.stderr,
+      "error: --hold holds packets in the kernel's queue through libc: add --allow-ffi\n",
+    );
+    assert.equal(await snapshot(netns), before);
+  },
+});
+
+async function snapshotQueues(netns: TestNetns): Promise<string> {
+  return (await netns.run(["cat", "/proc/net/netfilter/nfnetlink_queue"])).stdout.trim();
+}

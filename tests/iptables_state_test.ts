@@ -160,3 +160,29 @@ Deno.test("inspectIptablesLock() takes a connection lock's listener drops as its
   const other = "-p tcp -m tcp --dport 80 -j DROP";
   assert.equal(inspectIptablesLock(table(other), rules).foreign, true);
 });
+
+Deno.test("inspectIptablesLock() reads a namespace lock that holds (its last rule queues)", () => {
+  const holding = LOCKED.replace("-A NETLOCK -j DROP", "-A NETLOCK -j NFQUEUE --queue-num 49428");
+  const table = parseIptablesSave(holding);
+  // The lock asked for, with its queue: whole.
+  const made = inspectIptablesLock(table, { ...RULES, queue: 49428 });
+  assert.equal(made.status, "locked");
+  assert.equal(made.queue, 49428);
+  assert.equal(made.foreign, false);
+  // Another queue, or a lock that drops: not the one asked for (relocked).
+  assert.equal(inspectIptablesLock(table, { ...RULES, queue: 7 }).status, "partial");
+  assert.equal(inspectIptablesLock(table, RULES).status, "partial");
+  assert.equal(
+    inspectIptablesLock(parseIptablesSave(LOCKED), { ...RULES, queue: 7 }).status,
+    "partial",
+  );
+  // Reading (status, unlock): either counts.
+  const read = { ...RULES, anyMark: true, queue: "any" as const };
+  assert.equal(inspectIptablesLock(table, read).status, "locked");
+  assert.equal(inspectIptablesLock(parseIptablesSave(LOCKED), read).status, "locked");
+  // A queue with --queue-bypass is not netlock's (it would let traffic through).
+  const bypass = parseIptablesSave(
+    holding.replace("--queue-num 49428", "--queue-num 49428 --queue-bypass"),
+  );
+  assert.equal(inspectIptablesLock(bypass, read).foreign, true);
+});

@@ -138,3 +138,17 @@ Deno.test("isNetlockChain() takes a read connection lock: its drops, its tree's 
   };
   assert.equal(isNetlockChain(elsewhere, "NETLOCK-c42", "connections", true), false);
 });
+
+Deno.test("planNftUnlockCommands() removes a namespace lock that holds (iptables-nft's NFQUEUE target)", () => {
+  const holding = FRESH_LOCK.replace(
+    '{"drop":null}',
+    '{"xt":{"type":"target","name":"NFQUEUE"}}',
+  );
+  assert.notEqual(holding, FRESH_LOCK);
+  const view = parseNftTableJson(holding);
+  assert.equal(isNetlockChain(view, "NETLOCK", "netns", true), true, "the chain is netlock's");
+  assert.deepEqual(
+    planNftUnlockCommands(view, "NETLOCK"),
+    planNftUnlockCommands(parseNftTableJson(FRESH_LOCK), "NETLOCK"),
+  );
+});

@@ -45,7 +45,15 @@ export type Invocation =
     options: NetlockOptions;
     output: Output;
   }
-  | { kind: "run"; target: Target; argv: string[]; options: NetlockOptions; output: Output }
+  | {
+    kind: "run";
+    target: Target;
+    argv: string[];
+    options: NetlockOptions;
+    output: Output;
+    /** `--hold`: what the lock would drop is held and let through at the unlock. */
+    hold: boolean;
+  }
   | { kind: "list"; targets: Target[]; options: NetlockOptions; output: Output };
 
 const COMMANDS = ["lock", "unlock", "status", "list", "run", "rules", "criu-hook"] as const;
@@ -64,6 +72,7 @@ type Flag =
   | "action-script"
   | "timeout"
   | "dry-run"
+  | "hold"
   | "json"
   | "quiet"
   | "verbose"
@@ -80,7 +89,7 @@ const LOCKING: Flag[] = ["backend", "mode", "mark", "name", "ipv6", "force", "ac
  */
 const APPLIES: Record<Command, readonly Flag[]> = {
   lock: [...LOCKING, "dry-run", ...TARGET_OUTPUT],
-  run: [...LOCKING, "dry-run", ...TARGET_OUTPUT],
+  run: [...LOCKING, "dry-run", "hold", ...TARGET_OUTPUT],
   unlock: [
     "backend",
     "mode",
@@ -110,6 +119,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   "action-script": { type: "string", multiple: true },
   timeout: { type: "string" },
   "dry-run": { type: "boolean" },
+  hold: { type: "boolean" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   verbose: { type: "boolean", short: "v" },
@@ -128,6 +138,7 @@ type FlagValues = Partial<
     | "criu"
     | "all"
     | "dry-run"
+    | "hold"
     | "json"
     | "quiet"
     | "verbose"
@@ -251,7 +262,17 @@ export function parseInvocation(args: readonly string[]): Invocation {
     if (!commandArgv?.length || commandArgv[0] === "") {
       throw new TypeError("run needs a command after '--': netlock run TARGET -- COMMAND [ARG...]");
     }
-    return { kind: "run", target: targets[0], argv: commandArgv, options, output };
+    const hold = values.hold ?? false;
+    if (hold && (options.backend ?? "iptables") === "nftables") {
+      throw new TypeError(
+        "--hold holds with the iptables backend (its NFQUEUE target; nft's own queue statement " +
+          "is missing from many kernels): drop --backend nftables",
+      );
+    }
+    if (hold && (options.mode === "connections" || options.mode === "cgroup")) {
+      throw new TypeError("--hold holds a namespace lock: --mode netns or auto");
+    }
+    return { kind: "run", target: targets[0], argv: commandArgv, options, output, hold };
   }
   if (command === "list") return { kind: "list", targets, options, output };
   return { kind: "targets", command, targets, options, output };

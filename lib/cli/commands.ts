@@ -119,6 +119,7 @@ export async function list(
  * @param argv The command.
  * @param baseOptions The options.
  * @param output How to print.
+ * @param hold Hold what the lock would drop (`--hold`).
  * @returns The exit code.
  */
 export async function run(
@@ -126,8 +127,9 @@ export async function run(
   argv: string[],
   baseOptions: NetlockOptions,
   output: Output,
+  hold = false,
 ): Promise<number> {
-  const options = { ...baseOptions, log: logger(baseOptions, output) };
+  const options = { ...baseOptions, log: logger(baseOptions, output), hold };
   const name = targetName(target);
   // The command owns stdout, except in a dry run, which runs no command.
   const human = baseOptions.dryRun ? Deno.stdout : Deno.stderr;
@@ -152,10 +154,14 @@ export async function run(
   if (result.failed === "unlock" && output.json) {
     await write(Deno.stdout, `${jsonFailure("unlock", name, result.error)}\n`);
   }
+  for (const warning of result.warnings ?? []) printWarning(warning);
   if (result.unlock) {
     for (const warning of result.unlock.warnings ?? []) printWarning(warning);
     if (output.json) await write(Deno.stdout, `${jsonSuccess("unlock", result.unlock)}\n`);
     else if (!output.quiet) writeSync(human, `${prefix}${humanSuccess("unlock", result.unlock)}\n`);
+    if (result.released !== undefined && !output.json && !output.quiet) {
+      writeSync(human, `${prefix}let through ${result.released} held packet(s)\n`);
+    }
   }
   return result.exitCode;
 }

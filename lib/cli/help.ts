@@ -77,6 +77,10 @@ Options:
       --timeout SECONDS      limit for each spawned tool (default 10)
       --dry-run              lock, unlock, run: print what would change (the
                              rulesets, run's command), change and run nothing
+      --hold                 run, iptables namespace lock: hold what the lock
+                             stops (NFQUEUE, at most 4096 packets; the excess
+                             and all of it if netlock dies are dropped) and let
+                             it through at the unlock; needs --allow-ffi
       --json                 one JSON object per target (list: per lock; run:
                              lock, command, unlock) per line on stdout; with
                              --dry-run the trace goes to stderr
@@ -92,6 +96,7 @@ target is not locked.
 run: COMMAND's status (128+N if killed by signal N), 125 netlock failed,
 126 COMMAND cannot run, 127 COMMAND not found.
 
-Needs root (CAP_NET_ADMIN) or --userns, and Deno's --allow-run=nsenter.
+Needs root (CAP_NET_ADMIN) or --userns, and Deno's --allow-run=nsenter
+(--hold: --allow-ffi too).
 `;
 }

@@ -66,7 +66,13 @@ export async function main(args: string[]): Promise<number> {
       return await (await import("../criu/entry.ts")).criuHook();
     case "run": {
       const { run } = await import("./commands.ts");
-      return await run(invocation.target, invocation.argv, invocation.options, invocation.output);
+      return await run(
+        invocation.target,
+        invocation.argv,
+        invocation.options,
+        invocation.output,
+        invocation.hold,
+      );
     }
     case "list": {
       const { list } = await import("./commands.ts");

@@ -11,6 +11,21 @@ import { lockNetwork } from "../operations.ts";
 import { runCommand, shellQuote } from "../exec/runner.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
 import type { NetlockOptions, NetworkLock, Target, UnlockResult } from "../common/types.ts";
+import { toTargetRef } from "../netns/target.ts";
+import type { Holder } from "../hold/holder.ts";
+import type { ArmedUnlock } from "../criu/armed.ts";
+
+/** The options of {@linkcode runLocked}: the lock's, and whether it holds. */
+export interface RunLockedOptions extends NetlockOptions {
+  /**
+   * Hold what the lock would drop (an iptables namespace lock: NFQUEUE, a
+   * holder in this process, lib/hold) and let it all through at the
+   * unlock, so that peers do not wait for a retransmission. Needs Deno's
+   * `--allow-ffi`. A lock that cannot hold (another backend, a connection
+   * lock) drops, with a warning.
+   */
+  hold?: boolean;
+}
 
 /** Exit status when netlock itself failed (the lock or the unlock). */
 export const RUN_FAILED = 125;
@@ -38,6 +53,10 @@ export interface RunLockedResult {
   failed?: "lock" | "command" | "unlock";
   /** A dry run: the lock was only reported, the command not run. */
   dryRun?: boolean;
+  /** With `hold`: how many held packets were let through at the unlock. */
+  released?: number;
+  /** What the user should know (a lock that could not hold). */
+  warnings?: string[];
 }
 
 /**
@@ -65,10 +84,18 @@ export interface RunLockedResult {
 export async function runLocked(
   target: Target,
   argv: readonly string[],
-  options: NetlockOptions = {},
+  options: RunLockedOptions = {},
   locked?: (lock: NetworkLock) => Promise<void>,
 ): Promise<RunLockedResult> {
   const command = argv[0];
+  if (options.hold && Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
+    // Checked before locking: nothing is applied.
+    const error = new NetlockError(
+      "DENO_PERMISSION",
+      "--hold holds packets in the kernel's queue through libc: add --allow-ffi",
+    );
+    return { exitCode: 2, error, failed: "lock" };
+  }
   if (Deno.permissions.querySync({ name: "run", command }).state !== "granted") {
     // Checked before locking: nothing is applied for a command that cannot run.
     // A scoped --allow-run that names a binary Deno cannot find is not
@@ -105,12 +132,37 @@ export async function runLocked(
     Deno.addSignalListener(signal, note);
     return () => Deno.removeSignalListener(signal, note);
   });
+  let holder: Holder | undefined;
+  let opening: Promise<ArmedUnlock | undefined> | undefined;
+  const warnings: string[] = [];
   try {
     let lock: NetworkLock;
     try {
-      lock = await lockNetwork(target, options);
+      holder = options.hold ? await startHolder(target, options) : undefined;
+      lock = await lockNetwork(target, {
+        ...options,
+        ...(holder ? { queue: holder.queue } : {}),
+      });
     } catch (error) {
       return { exitCode: RUN_FAILED, error, failed: "lock" };
+    }
+    if (holder && (lock.mode !== "netns" || lock.backend !== "iptables")) {
+      warnings.push(
+        `not holding: the lock of ${
+          lock.mode === "netns" ? "the nftables backend" : "connections"
+        } ` +
+          "drops what it stops (only an iptables namespace lock holds)",
+      );
+      await holder.close();
+      holder = undefined;
+    }
+    // The opening of the lock, armed while the command runs (its tools
+    // wait on stdin), so that at the unlock the held packets wait for no
+    // spawn.
+    if (holder) {
+      opening = import("../criu/armed.ts")
+        .then(({ armNetworkUnlock }) => armNetworkUnlock(target, options, lock))
+        .catch(() => undefined);
     }
     await locked?.(lock);
     let exitCode: number;
@@ -137,17 +189,58 @@ export async function runLocked(
           : RUN_CANNOT_EXECUTE;
       }
     }
-    const ran = { lock, ...(commandExit === undefined ? {} : { commandExit }) };
+    const ran = {
+      lock,
+      ...(commandExit === undefined ? {} : { commandExit }),
+      ...(warnings.length > 0 ? { warnings } : {}),
+    };
     const commandFailure = error === undefined ? {} : { error, failed: "command" as const };
     try {
-      const unlock = await lock.unlock();
-      return { exitCode, ...ran, unlock, ...commandFailure };
+      let unlock: UnlockResult;
+      let released: number | undefined;
+      if (holder) {
+        // The lock opens first (a RETURN at its head: nothing new is
+        // queued, and nothing is deleted, which would unregister a hook and
+        // drop what its queue holds); then what was held goes on, all at
+        // once; then the lock goes. (Without the armed opening, the plain
+        // unlock: what a deleted hook held is dropped, as without --hold.)
+        const armed = await opening;
+        opening = undefined;
+        if (armed) {
+          await armed.fire();
+          released = await holder.release();
+          unlock = await armed.finish();
+        } else {
+          unlock = await lock.unlock();
+          released = await holder.release();
+        }
+      } else {
+        unlock = await lock.unlock();
+      }
+      return {
+        exitCode,
+        ...ran,
+        unlock,
+        ...(released === undefined ? {} : { released }),
+        ...commandFailure,
+      };
     } catch (unlockError) {
       return { exitCode: RUN_FAILED, ...ran, error: unlockError, failed: "unlock" };
     }
   } finally {
+    // A holder not released (a failed lock or unlock) closes: the kernel
+    // drops what it held, as a lock that drops would have (fail closed).
+    await (await opening)?.cancel();
+    await holder?.close();
     for (const remove of listeners) remove();
   }
+}
+
+/** A holder in the target's network namespace (lib/hold: loaded only for --hold). */
+async function startHolder(target: Target, options: NetlockOptions): Promise<Holder> {
+  const ref = toTargetRef(target, options);
+  const { holdQueue } = await import("../hold/holder.ts");
+  return await holdQueue(ref.path ?? `/proc/${ref.pid}/ns/net`);
 }
 
 /**

@@ -45,6 +45,12 @@ export interface LockRules {
    * `undefined` when reading: either form counts.
    */
   ipv4Only?: boolean;
+  /**
+   * An iptables namespace lock whose last rule queues (`-j NFQUEUE
+   * --queue-num N`) what it would drop, for a holder. `"any"` when
+   * reading: a lock that drops or queues to any number counts.
+   */
+  queue?: number | "any";
 }
 
 /** An IP family a lock covers. */
@@ -84,6 +90,14 @@ export interface NetlockOptions {
   actionScripts?: string[];
   /** Enter the target's user namespace too, to lock a rootless container without root. */
   userns?: boolean;
+  /**
+   * Lock only, an iptables namespace lock: what the lock would drop goes to
+   * this NFQUEUE queue number instead (`-j NFQUEUE --queue-num N`, never
+   * `--queue-bypass`), for a holder that holds it and accepts it all at
+   * the unlock (lib/hold, `netlock run --hold`). Without a holder on that
+   * queue the kernel drops as the plain lock does. Other locks ignore it.
+   */
+  queue?: number;
   /**
    * Unlock only: remove every lock of netlock's with this name in the
    * target's namespace (the namespace lock and every connection lock, what

@@ -43,6 +43,8 @@ export interface IptablesLockState {
   mark?: number;
   /** Whether the chain ends with the marker of a lock that leaves IPv6 open by choice. */
   ipv4Only: boolean;
+  /** The queue a namespace lock that holds sends what it would drop to. */
+  queue?: number;
 }
 
 const BUILTIN_CHAINS = new Set(["INPUT", "FORWARD", "OUTPUT"]);
@@ -117,7 +119,7 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     ? lockRules.length === body.length && lockRules.every((spec, i) => spec === body[i]) &&
       subchainsMatch
     : lockRules.length === (ipv4Only ? 3 : 2) && mark !== undefined &&
-      (rules.anyMark || mark === rules.mark) && lockRules[1] === "-j DROP" &&
+      (rules.anyMark || mark === rules.mark) && isFinalRule(lockRules[1], rules.queue) &&
       (rules.ipv4Only === undefined || rules.ipv4Only === ipv4Only);
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
@@ -175,6 +177,7 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     foreign,
     ipv4Only,
     ...(mark === undefined ? {} : { mark }),
+    ...(queueOf(lockRules[1]) === undefined ? {} : { queue: queueOf(lockRules[1]) }),
   };
 }
 
@@ -208,7 +211,19 @@ function markOf(spec: string | undefined): number | undefined {
 function isNamespaceLockRule(spec: string): boolean {
   // (`-j RETURN`: the lock opened, see renderIptablesOpen.)
   return markOf(spec) !== undefined || spec === "-j DROP" || spec === IPV4_ONLY_MARKER ||
-    spec === "-j RETURN";
+    spec === "-j RETURN" || queueOf(spec) !== undefined;
+}
+
+/** The queue of a namespace lock's last rule that holds (`-j NFQUEUE --queue-num N`). */
+function queueOf(spec: string | undefined): number | undefined {
+  const match = spec?.match(/^-j NFQUEUE --queue-num ([0-9]+)$/);
+  return match ? Number(match[1]) : undefined;
+}
+
+/** Whether a namespace lock's last rule is the one wanted: a drop, or a queue (`any`: either). */
+function isFinalRule(spec: string | undefined, queue: number | "any" | undefined): boolean {
+  if (queue === "any") return spec === "-j DROP" || queueOf(spec) !== undefined;
+  return queue === undefined ? spec === "-j DROP" : queueOf(spec) === queue;
 }
 
 /**

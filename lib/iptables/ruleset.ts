@@ -132,7 +132,7 @@ export const IPV4_ONLY_MARKER = '-m comment --comment "netlock: ipv6 off" -j RET
 function lockLines(rules: LockRules): string[] {
   const body = Array.isArray(rules.body) ? rules.body : [
     `-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
-    "-j DROP",
+    typeof rules.queue === "number" ? queueRule(rules.queue) : "-j DROP",
     ...(rules.ipv4Only ? [IPV4_ONLY_MARKER] : []),
   ];
   const subchains = rules.subchains ?? [];
@@ -143,6 +143,25 @@ function lockLines(rules: LockRules): string[] {
     ...body.map((spec) => `-A ${rules.name} ${spec}`),
     ...subchains.flatMap((chain) => chain.body.map((spec) => `-A ${chain.name} ${spec}`)),
   ];
+}
+
+/**
+ * The last rule of a namespace lock that holds: what it would drop goes to
+ * queue `queue` (never `--queue-bypass`: without a holder the kernel drops
+ * it), as iptables-save prints it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { queueRule } from "./ruleset.ts";
+ * assert.equal(queueRule(49428), "-j NFQUEUE --queue-num 49428");
+ * ```
+ *
+ * @param queue The queue number.
+ * @returns The rule, after `-A NAME `.
+ */
+export function queueRule(queue: number): string {
+  return `-j NFQUEUE --queue-num ${queue}`;
 }
 
 function wrapFilter(lines: string[]): string {

@@ -50,6 +50,8 @@ export interface ResolvedOptions {
   actionScripts: string[];
   /** Enter the target's user namespace too. */
   userns: boolean;
+  /** The NFQUEUE number an iptables namespace lock queues to, for a holder. */
+  queue?: number;
   /** Unlock: every lock of netlock's with this name in the namespace. */
   all: boolean;
   /** How tools are spawned. */
@@ -138,6 +140,7 @@ export function resolveOptions(options: NetlockOptions = {}, verb?: Verb): Resol
     criu: options.criu ?? false,
     actionScripts: (options.actionScripts ?? []).map(validateScriptPath),
     userns: options.userns ?? false,
+    ...(options.queue === undefined ? {} : { queue: validateQueue(options.queue) }),
     all: validateAll(options),
     exec: {
       timeoutMs: validateTimeoutMs(options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
@@ -145,6 +148,14 @@ export function resolveOptions(options: NetlockOptions = {}, verb?: Verb): Resol
       log: options.log,
     },
   };
+}
+
+/** A queue number: 0-65535. */
+function validateQueue(queue: number): number {
+  if (!Number.isInteger(queue) || queue < 0 || queue > 65535) {
+    throw new RangeError(`queue must be a number from 0 to 65535, not ${queue}`);
+  }
+  return queue;
 }
 
 /**

@@ -231,6 +231,9 @@ function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
   if (!last) return "other";
   const init = rest.slice(0, -1);
   if ("drop" in last && init.length === 0) return "drop";
+  // iptables-nft's `-j NFQUEUE` (an xt target: nft's own queue may be
+  // missing): a namespace lock that holds what it would drop.
+  if (isQueueTarget(last) && init.length === 0) return "drop";
   if ("accept" in last && init.length === 0) return "accept";
   if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
   if ("drop" in last && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
@@ -239,6 +242,11 @@ function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
   // A bare return: what opens an iptables connection lock for a restore.
   if ("return" in last && init.length === 0) return "return";
   return "other";
+}
+
+function isQueueTarget(e: Expr): boolean {
+  const xt = e.xt as { type?: unknown; name?: unknown } | undefined;
+  return (xt?.type === "target" && xt.name === "NFQUEUE") || "queue" in e;
 }
 
 function isUnmarkedMatch(e: Expr): boolean {

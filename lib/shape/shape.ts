@@ -52,8 +52,13 @@ export function namespaceShape(
   purpose: "lock" | "read" = "lock",
 ): LockShape {
   const rules: LockRules = purpose === "read"
-    ? { name: opts.name, mark: opts.mark, anyMark: true }
-    : { name: opts.name, mark: opts.mark, ipv4Only: opts.ipv6 === "off" };
+    ? { name: opts.name, mark: opts.mark, anyMark: true, queue: "any" }
+    : {
+      name: opts.name,
+      mark: opts.mark,
+      ipv4Only: opts.ipv6 === "off",
+      ...(opts.queue === undefined ? {} : { queue: opts.queue }),
+    };
   return {
     name: opts.name,
     iptablesRules: () => rules,

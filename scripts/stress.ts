@@ -6,7 +6,8 @@
  * First the concurrency, fault and stream suites once, with STRESS_ROUNDS=60
  * rounds inside their tests; then ROUNDS whole runs of each suite that
  * drives real processes from the outside and reads them: the process-lock
- * suite and the real-CRIU fault tests (the CRIU hook's faults).
+ * suite, the real-CRIU fault tests (the CRIU hook's faults) and the
+ * holder's (timed against the kernel).
  * Stops at the first failure and shows its output; prints one
  * `N passed, M failed` line per run and a total at the end.
  */
@@ -21,6 +22,8 @@ const ONCE = [
 const REPEATED = [
   "tests/integration_process_locks_test.ts",
   "tests/integration_criu_faults_test.ts",
+  // Timed: a held SYN connects within 100 ms of the release.
+  "tests/integration_hold_test.ts",
 ];
 
 let passed = 0;

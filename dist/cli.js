@@ -4388,11 +4388,14 @@ async function armNetworkLock(target, options = {}) {
   if (prepared.mode !== "netns") return plain;
   const stop = new AbortController();
   const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
+  const backend = opts.backend === "iptables" ? "iptables" : "nftables";
   const rules = {
     name: opts.name,
-    mark: opts.mark
+    mark: opts.mark,
+    ...backend === "iptables" && opts.queue !== void 0 ? {
+      queue: opts.queue
+    } : {}
   };
-  const backend = opts.backend === "iptables" ? "iptables" : "nftables";
   const steps = backend === "nftables" ? [
     {
       tool: spawn("nft", [
@@ -4936,6 +4939,453 @@ var init_tree_lock = __esm({
   }
 });
 
+// lib/hold/nfqueue.ts
+function encodeBind(queue, maxLen, seq) {
+  const cmd = new Uint8Array(4);
+  cmd[0] = CMD_BIND;
+  const params = new Uint8Array(5);
+  new DataView(params.buffer).setUint32(0, 65535, false);
+  params[4] = COPY_META;
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, maxLen, false);
+  return message(MSG_CONFIG, queue, seq, [
+    [
+      CFG_CMD,
+      cmd
+    ],
+    [
+      CFG_PARAMS,
+      params
+    ],
+    [
+      CFG_QUEUE_MAXLEN,
+      len
+    ]
+  ]);
+}
+function encodeUnbind(queue, seq) {
+  const cmd = new Uint8Array(4);
+  cmd[0] = CMD_UNBIND;
+  return message(MSG_CONFIG, queue, seq, [
+    [
+      CFG_CMD,
+      cmd
+    ]
+  ]);
+}
+function encodeAcceptUpTo(queue, id, seq) {
+  const verdict = new Uint8Array(8);
+  const view = new DataView(verdict.buffer);
+  view.setUint32(0, NF_ACCEPT, false);
+  view.setUint32(4, id >>> 0, false);
+  return message(MSG_VERDICT_BATCH, queue, seq, [
+    [
+      ATTR_VERDICT_HDR,
+      verdict
+    ]
+  ]);
+}
+function decodeMessages(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const messages = [];
+  let at = 0;
+  while (at + 16 <= bytes.length) {
+    const length = view.getUint32(at, true);
+    if (length < 16 || at + length > bytes.length) break;
+    const type = view.getUint16(at + 4, true);
+    const seq = view.getUint32(at + 8, true);
+    if (type === NLMSG_ERROR && length >= 20) {
+      messages.push({
+        kind: "ack",
+        seq,
+        errno: Math.abs(view.getInt32(at + 16, true))
+      });
+    } else if (type === (SUBSYS_QUEUE << 8 | MSG_PACKET)) {
+      const id = packetId(view, at + 20, at + length);
+      messages.push(id === void 0 ? {
+        kind: "other"
+      } : {
+        kind: "packet",
+        id
+      });
+    } else if (type !== NLMSG_DONE) {
+      messages.push({
+        kind: "other"
+      });
+    }
+    at += align(length);
+  }
+  return messages;
+}
+function packetId(view, from, to) {
+  let at = from;
+  while (at + 4 <= to) {
+    const length = view.getUint16(at, true);
+    const type = view.getUint16(at + 2, true) & 16383;
+    if (length < 4) return void 0;
+    if (type === ATTR_PACKET_HDR && length >= 8) return view.getUint32(at + 4, false);
+    at += align(length);
+  }
+  return void 0;
+}
+function message(msg, queue, seq, attributes) {
+  const size = 20 + attributes.reduce((sum, [, data]) => sum + align(4 + data.length), 0);
+  const bytes = new Uint8Array(size);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, size, true);
+  view.setUint16(4, SUBSYS_QUEUE << 8 | msg, true);
+  view.setUint16(6, NLM_F_REQUEST | NLM_F_ACK, true);
+  view.setUint32(8, seq, true);
+  view.setUint16(18, queue, false);
+  let at = 20;
+  for (const [type, data] of attributes) {
+    view.setUint16(at, 4 + data.length, true);
+    view.setUint16(at + 2, type, true);
+    bytes.set(data, at + 4);
+    at += align(4 + data.length);
+  }
+  return bytes;
+}
+function align(n) {
+  return n + 3 & ~3;
+}
+var SUBSYS_QUEUE, MSG_PACKET, MSG_CONFIG, MSG_VERDICT_BATCH, NLMSG_ERROR, NLMSG_DONE, NLM_F_REQUEST, NLM_F_ACK, CFG_CMD, CFG_PARAMS, CFG_QUEUE_MAXLEN, ATTR_PACKET_HDR, ATTR_VERDICT_HDR, CMD_BIND, CMD_UNBIND, COPY_META, NF_ACCEPT;
+var init_nfqueue = __esm({
+  "lib/hold/nfqueue.ts"() {
+    SUBSYS_QUEUE = 3;
+    MSG_PACKET = 0;
+    MSG_CONFIG = 2;
+    MSG_VERDICT_BATCH = 3;
+    NLMSG_ERROR = 2;
+    NLMSG_DONE = 3;
+    NLM_F_REQUEST = 1;
+    NLM_F_ACK = 4;
+    CFG_CMD = 1;
+    CFG_PARAMS = 2;
+    CFG_QUEUE_MAXLEN = 3;
+    ATTR_PACKET_HDR = 1;
+    ATTR_VERDICT_HDR = 2;
+    CMD_BIND = 1;
+    CMD_UNBIND = 2;
+    COPY_META = 1;
+    NF_ACCEPT = 1;
+  }
+});
+
+// lib/hold/netlink.ts
+function errnoOf(c) {
+  const at = c.__errno_location();
+  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
+}
+function cString(text) {
+  return new TextEncoder().encode(`${text}\0`);
+}
+function openNetfilterSocket(netns, receiveBuffer = 8 << 20) {
+  const library = Deno.dlopen("libc.so.6", SYMBOLS);
+  const c = library.symbols;
+  const failure = (what) => failureOf(c, what);
+  try {
+    return open(c, library, failure, netns, receiveBuffer);
+  } catch (error) {
+    library.close();
+    throw error;
+  }
+}
+function open(c, library, failure, netns, receiveBuffer) {
+  let back = -1;
+  let fd = -1;
+  try {
+    if (netns !== void 0) {
+      back = c.open(cString("/proc/thread-self/ns/net"), O_RDONLY | O_CLOEXEC);
+      if (back < 0) throw failure("open /proc/thread-self/ns/net");
+      const target = c.open(cString(netns), O_RDONLY | O_CLOEXEC);
+      if (target < 0) throw failure(`open ${netns}`);
+      const entered = c.setns(target, CLONE_NEWNET);
+      const why = entered < 0 ? failure(`setns ${netns}`) : void 0;
+      c.close(target);
+      if (why) throw why;
+    }
+    fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    if (fd < 0) throw failure("socket(AF_NETLINK, NETLINK_NETFILTER)");
+  } finally {
+    if (back >= 0) {
+      const returned = c.setns(back, CLONE_NEWNET);
+      c.close(back);
+      if (returned < 0) {
+        if (fd >= 0) c.close(fd);
+        throw failure("setns back to netlock's own namespace");
+      }
+    }
+  }
+  const address2 = new Uint8Array(12);
+  new DataView(address2.buffer).setUint16(0, AF_NETLINK, true);
+  if (c.bind(fd, address2, 12) < 0) {
+    const why = failure("bind(AF_NETLINK)");
+    c.close(fd);
+    throw why;
+  }
+  const size = new Uint8Array(4);
+  new DataView(size.buffer).setInt32(0, receiveBuffer, true);
+  c.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4);
+  const buffer = new Uint8Array(1 << 16);
+  const pollfd = new Uint8Array(8);
+  new DataView(pollfd.buffer).setInt32(0, fd, true);
+  new DataView(pollfd.buffer).setInt16(4, POLLIN, true);
+  let closed = false;
+  return {
+    send(bytes) {
+      const sent = c.send(fd, bytes, BigInt(bytes.length), 0);
+      if (Number(sent) !== bytes.length) throw failure("send");
+    },
+    async receive(timeoutMs) {
+      if (closed) return [];
+      await c.poll(pollfd, 1n, timeoutMs);
+      const out = [];
+      while (!closed) {
+        const n = Number(c.recv(fd, buffer, BigInt(buffer.length), MSG_DONTWAIT));
+        if (n > 0) {
+          out.push(buffer.slice(0, n));
+          continue;
+        }
+        const errno = n < 0 ? errnoOf(c) : 0;
+        if (errno === ENOBUFS) return "overrun";
+        if (n < 0 && errno !== EAGAIN) throw failure("recv");
+        break;
+      }
+      return out;
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      c.close(fd);
+      library.close();
+    }
+  };
+}
+function failureOf(c, what) {
+  const code = errnoOf(c);
+  const error = new Error(`${what}: errno ${code}`);
+  error.errno = code;
+  return error;
+}
+var AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, NETLINK_NETFILTER, CLONE_NEWNET, O_RDONLY, O_CLOEXEC, SOL_SOCKET, SO_RCVBUFFORCE, MSG_DONTWAIT, POLLIN, EAGAIN, ENOBUFS, SYMBOLS;
+var init_netlink = __esm({
+  "lib/hold/netlink.ts"() {
+    AF_NETLINK = 16;
+    SOCK_RAW = 3;
+    SOCK_CLOEXEC = 524288;
+    NETLINK_NETFILTER = 12;
+    CLONE_NEWNET = 1073741824;
+    O_RDONLY = 0;
+    O_CLOEXEC = 524288;
+    SOL_SOCKET = 1;
+    SO_RCVBUFFORCE = 33;
+    MSG_DONTWAIT = 64;
+    POLLIN = 1;
+    EAGAIN = 11;
+    ENOBUFS = 105;
+    SYMBOLS = {
+      socket: {
+        parameters: [
+          "i32",
+          "i32",
+          "i32"
+        ],
+        result: "i32"
+      },
+      bind: {
+        parameters: [
+          "i32",
+          "buffer",
+          "u32"
+        ],
+        result: "i32"
+      },
+      send: {
+        parameters: [
+          "i32",
+          "buffer",
+          "usize",
+          "i32"
+        ],
+        result: "isize"
+      },
+      recv: {
+        parameters: [
+          "i32",
+          "buffer",
+          "usize",
+          "i32"
+        ],
+        result: "isize"
+      },
+      poll: {
+        parameters: [
+          "buffer",
+          "u64",
+          "i32"
+        ],
+        result: "i32",
+        nonblocking: true
+      },
+      close: {
+        parameters: [
+          "i32"
+        ],
+        result: "i32"
+      },
+      open: {
+        parameters: [
+          "buffer",
+          "i32"
+        ],
+        result: "i32"
+      },
+      setns: {
+        parameters: [
+          "i32",
+          "i32"
+        ],
+        result: "i32"
+      },
+      setsockopt: {
+        parameters: [
+          "i32",
+          "i32",
+          "i32",
+          "buffer",
+          "u32"
+        ],
+        result: "i32"
+      },
+      __errno_location: {
+        parameters: [],
+        result: "pointer"
+      }
+    };
+  }
+});
+
+// lib/hold/holder.ts
+var holder_exports = {};
+__export(holder_exports, {
+  HOLD_FIRST_QUEUE: () => HOLD_FIRST_QUEUE,
+  HOLD_MAX_PACKETS: () => HOLD_MAX_PACKETS,
+  holdQueue: () => holdQueue
+});
+async function holdQueue(netns, options = {}) {
+  const socket = openNetfilterSocket(netns);
+  const state = new QueueState(socket);
+  const first = options.firstQueue ?? HOLD_FIRST_QUEUE;
+  const maxPackets = options.maxPackets ?? HOLD_MAX_PACKETS;
+  try {
+    for (let i = 0; i < QUEUE_TRIES; i++) {
+      const queue = (first + i) % 65536;
+      const errno = await state.request((seq) => encodeBind(queue, maxPackets, seq));
+      if (errno === 0) return state.holder(queue);
+      if (errno !== 1) throw new Error(`cannot bind queue ${queue}: errno ${errno}`);
+    }
+    throw new Error(`no free queue among ${QUEUE_TRIES} from ${first}`);
+  } catch (error) {
+    await state.stop();
+    throw error;
+  }
+}
+var HOLD_MAX_PACKETS, HOLD_FIRST_QUEUE, QUEUE_TRIES, ANSWER_MS, QueueState;
+var init_holder = __esm({
+  "lib/hold/holder.ts"() {
+    init_nfqueue();
+    init_netlink();
+    HOLD_MAX_PACKETS = 4096;
+    HOLD_FIRST_QUEUE = 49428;
+    QUEUE_TRIES = 256;
+    ANSWER_MS = 2e3;
+    QueueState = class {
+      #socket;
+      #seq = 0;
+      #answers = /* @__PURE__ */ new Map();
+      #highest = 0;
+      #accepted = 0;
+      #acceptedUpTo = 0;
+      #count = 0;
+      #stopped = false;
+      #loop;
+      constructor(socket) {
+        this.#socket = socket;
+        this.#loop = this.#read();
+      }
+      async #read() {
+        while (!this.#stopped) {
+          const got = await this.#socket.receive(20).catch(() => []);
+          if (got === "overrun") continue;
+          for (const bytes of got) {
+            for (const message2 of decodeMessages(bytes)) {
+              if (message2.kind === "packet") {
+                this.#count++;
+                if (message2.id > this.#highest) this.#highest = message2.id;
+              } else if (message2.kind === "ack") {
+                this.#answers.get(message2.seq)?.(message2.errno);
+                this.#answers.delete(message2.seq);
+              }
+            }
+          }
+        }
+      }
+      /** Sends a request and waits for its answer (the errno; -1: none came). */
+      request(encode) {
+        const seq = ++this.#seq;
+        const answered = new Promise((resolve) => {
+          const timer = setTimeout(() => {
+            this.#answers.delete(seq);
+            resolve(-1);
+          }, ANSWER_MS);
+          this.#answers.set(seq, (errno) => {
+            clearTimeout(timer);
+            resolve(errno);
+          });
+        });
+        this.#socket.send(encode(seq));
+        return answered;
+      }
+      holder(queue) {
+        return {
+          queue,
+          held: () => this.#count - this.#accepted,
+          release: async () => {
+            for (const wait of [
+              5,
+              20
+            ]) {
+              await new Promise((resolve) => setTimeout(resolve, wait));
+              const upTo = this.#highest;
+              if (upTo > this.#acceptedUpTo) {
+                const errno = await this.request((seq) => encodeAcceptUpTo(queue, upTo, seq));
+                if (errno !== 0 && errno !== 2) {
+                  throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
+                }
+                this.#acceptedUpTo = upTo;
+                if (errno === 0) this.#accepted = this.#count;
+                else this.#count = this.#accepted;
+              }
+            }
+            const accepted = this.#accepted;
+            await this.request((seq) => encodeUnbind(queue, seq));
+            await this.stop();
+            return accepted;
+          },
+          close: () => this.stop()
+        };
+      }
+      async stop() {
+        if (this.#stopped) return;
+        this.#stopped = true;
+        await this.#loop;
+        this.#socket.close();
+      }
+    };
+  }
+});
+
 // lib/criu/helper/dump_session.ts
 async function afterCriu(dumped, postDumped, options, log) {
   const runs = await stillRuns(dumped.pid, dumped.start, options);
@@ -4983,6 +5433,8 @@ var init_dump_session = __esm({
       #postDumped = false;
       /** A host tree's cgroup lock goes once its connections are locked by address. */
       #narrowed;
+      /** The queue the namespace lock sends what it stops to, when it holds. */
+      #queue;
       /**
        * @param settings The options, the image directory, the logs.
        * @param unlocks The helper's unlock (a dump arms it for the lock it makes).
@@ -5018,6 +5470,7 @@ var init_dump_session = __esm({
             return `error ${error.message}`;
           }
         }
+        if (this.#settings.hold) await this.#hold(pid);
         const lock = (await this.#arm(pid).armed)?.lock;
         if (lock) {
           await Promise.all([
@@ -5035,7 +5488,7 @@ var init_dump_session = __esm({
         const armed = await (this.#lock?.pid === pid ? this.#lock : this.#arm(pid)).armed;
         this.#lock = void 0;
         try {
-          const locked = await (armed ? armed.fire() : lockNetwork(pid, this.#settings.options));
+          const locked = await (armed ? armed.fire() : lockNetwork(pid, this.#lockOptions()));
           await answer("ok");
           if (!this.#unlocks.armedFor(pid, locked)) {
             this.#unlocks.arm(pid, locked);
@@ -5099,11 +5552,39 @@ var init_dump_session = __esm({
         await (await this.#lock?.armed)?.cancel();
       }
       #arm(pid) {
-        const armed = armNetworkLock(pid, this.#settings.options).catch(() => void 0);
+        const armed = armNetworkLock(pid, this.#lockOptions()).catch(() => void 0);
         return this.#lock = {
           pid,
           armed
         };
+      }
+      /** The lock's options: the hook's, and the queue when the lock holds. */
+      #lockOptions() {
+        const { options } = this.#settings;
+        return this.#queue === void 0 ? options : {
+          ...options,
+          queue: this.#queue
+        };
+      }
+      /**
+       * A holder for the namespace's lock, in the tree's namespace, handed to
+       * the unlock (which lets what it holds through); without one the lock
+       * drops, as CRIU's log then says.
+       */
+      async #hold(pid) {
+        const { options, warn } = this.#settings;
+        if ((options.backend ?? "iptables") !== "iptables") {
+          warn("not holding: the nftables backend drops what it stops (NETLOCK_HOLD needs iptables)");
+          return;
+        }
+        try {
+          const { holdQueue: holdQueue2 } = await Promise.resolve().then(() => (init_holder(), holder_exports));
+          const holder = await holdQueue2(`/proc/${pid}/ns/net`);
+          this.#queue = holder.queue;
+          this.#unlocks.hold(holder);
+        } catch (error) {
+          warn(`not holding: ${error.message}`);
+        }
       }
       /** The restore's unlock of a namespace lock, next to the images; a failure only costs the restore its fast path (cli.ts finds the lock without it). */
       async #planRestore(lock) {
@@ -5129,6 +5610,8 @@ var init_unlock_session = __esm({
       /** On restore, the lock is the one the dump's images hold. */
       #fromImages;
       #armed;
+      /** What the dump's lock holds, let through once the lock opens. */
+      #holder;
       /**
        * @param options The hook's options.
        * @param log The helper's log.
@@ -5163,6 +5646,10 @@ var init_unlock_session = __esm({
       armFromImages(pid) {
         if (this.#armed?.pid !== pid) this.arm(pid, this.#fromImages);
       }
+      /** The holder of the dump's lock: the unlock lets what it holds through once the lock opens. */
+      hold(holder) {
+        this.#holder = holder;
+      }
       /** Whether the unlock armed for `pid` is that of a lock like `lock` (same backend and families). */
       armedFor(pid, lock) {
         const armed = this.#armed;
@@ -5186,12 +5673,20 @@ var init_unlock_session = __esm({
         } catch (error) {
           await answer(`error ${error.message}`);
         }
+        const holder = this.#holder;
+        this.#holder = void 0;
+        if (holder && unlocked) {
+          await holder.release().then((released) => this.#log(`let through ${released} held packet(s)`), (error) => this.#log(`held packets dropped: ${error.message}`));
+        }
+        await holder?.close();
         await armed?.finish().catch((error) => this.#log(`finish: ${error.message}`));
         return unlocked;
       }
       /** Never fires what nobody asked for: kills an armed tool that is still waiting. */
       async cancel() {
         await (await this.#armed?.armed)?.cancel();
+        await this.#holder?.close();
+        this.#holder = void 0;
       }
     };
   }
@@ -5219,7 +5714,8 @@ async function serveCriuHook(settings) {
     options,
     images: settings.images,
     log,
-    warn
+    warn,
+    hold: settings.hold
   }, unlocks);
   if (settings.dumpPid !== void 0) await answer(await dump.preDump(settings.dumpPid));
   let unlocked = false;
@@ -5369,6 +5865,7 @@ async function criuHelper(args) {
       lifetimeMs: lifetime > 0 ? lifetime : void 0,
       dumpPid: role === "dump" ? parsePid(dumpPid) : void 0,
       images: images || void 0,
+      hold: readEnv("NETLOCK_HOLD") === "1",
       log: (line) => line.startsWith("request:") ? void 0 : printError(`criu-hook: ${line}`),
       warn: (line) => printWarning(`criu-hook: ${line}`)
     });
@@ -6115,453 +6612,6 @@ async function mapSettledLimit(items, limit, fn) {
 }
 var init_concurrency = __esm({
   "lib/cli/concurrency.ts"() {
-  }
-});
-
-// lib/hold/nfqueue.ts
-function encodeBind(queue, maxLen, seq) {
-  const cmd = new Uint8Array(4);
-  cmd[0] = CMD_BIND;
-  const params = new Uint8Array(5);
-  new DataView(params.buffer).setUint32(0, 65535, false);
-  params[4] = COPY_META;
-  const len = new Uint8Array(4);
-  new DataView(len.buffer).setUint32(0, maxLen, false);
-  return message(MSG_CONFIG, queue, seq, [
-    [
-      CFG_CMD,
-      cmd
-    ],
-    [
-      CFG_PARAMS,
-      params
-    ],
-    [
-      CFG_QUEUE_MAXLEN,
-      len
-    ]
-  ]);
-}
-function encodeUnbind(queue, seq) {
-  const cmd = new Uint8Array(4);
-  cmd[0] = CMD_UNBIND;
-  return message(MSG_CONFIG, queue, seq, [
-    [
-      CFG_CMD,
-      cmd
-    ]
-  ]);
-}
-function encodeAcceptUpTo(queue, id, seq) {
-  const verdict = new Uint8Array(8);
-  const view = new DataView(verdict.buffer);
-  view.setUint32(0, NF_ACCEPT, false);
-  view.setUint32(4, id >>> 0, false);
-  return message(MSG_VERDICT_BATCH, queue, seq, [
-    [
-      ATTR_VERDICT_HDR,
-      verdict
-    ]
-  ]);
-}
-function decodeMessages(bytes) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const messages = [];
-  let at = 0;
-  while (at + 16 <= bytes.length) {
-    const length = view.getUint32(at, true);
-    if (length < 16 || at + length > bytes.length) break;
-    const type = view.getUint16(at + 4, true);
-    const seq = view.getUint32(at + 8, true);
-    if (type === NLMSG_ERROR && length >= 20) {
-      messages.push({
-        kind: "ack",
-        seq,
-        errno: Math.abs(view.getInt32(at + 16, true))
-      });
-    } else if (type === (SUBSYS_QUEUE << 8 | MSG_PACKET)) {
-      const id = packetId(view, at + 20, at + length);
-      messages.push(id === void 0 ? {
-        kind: "other"
-      } : {
-        kind: "packet",
-        id
-      });
-    } else if (type !== NLMSG_DONE) {
-      messages.push({
-        kind: "other"
-      });
-    }
-    at += align(length);
-  }
-  return messages;
-}
-function packetId(view, from, to) {
-  let at = from;
-  while (at + 4 <= to) {
-    const length = view.getUint16(at, true);
-    const type = view.getUint16(at + 2, true) & 16383;
-    if (length < 4) return void 0;
-    if (type === ATTR_PACKET_HDR && length >= 8) return view.getUint32(at + 4, false);
-    at += align(length);
-  }
-  return void 0;
-}
-function message(msg, queue, seq, attributes) {
-  const size = 20 + attributes.reduce((sum, [, data]) => sum + align(4 + data.length), 0);
-  const bytes = new Uint8Array(size);
-  const view = new DataView(bytes.buffer);
-  view.setUint32(0, size, true);
-  view.setUint16(4, SUBSYS_QUEUE << 8 | msg, true);
-  view.setUint16(6, NLM_F_REQUEST | NLM_F_ACK, true);
-  view.setUint32(8, seq, true);
-  view.setUint16(18, queue, false);
-  let at = 20;
-  for (const [type, data] of attributes) {
-    view.setUint16(at, 4 + data.length, true);
-    view.setUint16(at + 2, type, true);
-    bytes.set(data, at + 4);
-    at += align(4 + data.length);
-  }
-  return bytes;
-}
-function align(n) {
-  return n + 3 & ~3;
-}
-var SUBSYS_QUEUE, MSG_PACKET, MSG_CONFIG, MSG_VERDICT_BATCH, NLMSG_ERROR, NLMSG_DONE, NLM_F_REQUEST, NLM_F_ACK, CFG_CMD, CFG_PARAMS, CFG_QUEUE_MAXLEN, ATTR_PACKET_HDR, ATTR_VERDICT_HDR, CMD_BIND, CMD_UNBIND, COPY_META, NF_ACCEPT;
-var init_nfqueue = __esm({
-  "lib/hold/nfqueue.ts"() {
-    SUBSYS_QUEUE = 3;
-    MSG_PACKET = 0;
-    MSG_CONFIG = 2;
-    MSG_VERDICT_BATCH = 3;
-    NLMSG_ERROR = 2;
-    NLMSG_DONE = 3;
-    NLM_F_REQUEST = 1;
-    NLM_F_ACK = 4;
-    CFG_CMD = 1;
-    CFG_PARAMS = 2;
-    CFG_QUEUE_MAXLEN = 3;
-    ATTR_PACKET_HDR = 1;
-    ATTR_VERDICT_HDR = 2;
-    CMD_BIND = 1;
-    CMD_UNBIND = 2;
-    COPY_META = 1;
-    NF_ACCEPT = 1;
-  }
-});
-
-// lib/hold/netlink.ts
-function errnoOf(c) {
-  const at = c.__errno_location();
-  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
-}
-function cString(text) {
-  return new TextEncoder().encode(`${text}\0`);
-}
-function openNetfilterSocket(netns, receiveBuffer = 8 << 20) {
-  const library = Deno.dlopen("libc.so.6", SYMBOLS);
-  const c = library.symbols;
-  const failure = (what) => failureOf(c, what);
-  try {
-    return open(c, library, failure, netns, receiveBuffer);
-  } catch (error) {
-    library.close();
-    throw error;
-  }
-}
-function open(c, library, failure, netns, receiveBuffer) {
-  let back = -1;
-  let fd = -1;
-  try {
-    if (netns !== void 0) {
-      back = c.open(cString("/proc/thread-self/ns/net"), O_RDONLY | O_CLOEXEC);
-      if (back < 0) throw failure("open /proc/thread-self/ns/net");
-      const target = c.open(cString(netns), O_RDONLY | O_CLOEXEC);
-      if (target < 0) throw failure(`open ${netns}`);
-      const entered = c.setns(target, CLONE_NEWNET);
-      const why = entered < 0 ? failure(`setns ${netns}`) : void 0;
-      c.close(target);
-      if (why) throw why;
-    }
-    fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (fd < 0) throw failure("socket(AF_NETLINK, NETLINK_NETFILTER)");
-  } finally {
-    if (back >= 0) {
-      const returned = c.setns(back, CLONE_NEWNET);
-      c.close(back);
-      if (returned < 0) {
-        if (fd >= 0) c.close(fd);
-        throw failure("setns back to netlock's own namespace");
-      }
-    }
-  }
-  const address2 = new Uint8Array(12);
-  new DataView(address2.buffer).setUint16(0, AF_NETLINK, true);
-  if (c.bind(fd, address2, 12) < 0) {
-    const why = failure("bind(AF_NETLINK)");
-    c.close(fd);
-    throw why;
-  }
-  const size = new Uint8Array(4);
-  new DataView(size.buffer).setInt32(0, receiveBuffer, true);
-  c.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4);
-  const buffer = new Uint8Array(1 << 16);
-  const pollfd = new Uint8Array(8);
-  new DataView(pollfd.buffer).setInt32(0, fd, true);
-  new DataView(pollfd.buffer).setInt16(4, POLLIN, true);
-  let closed = false;
-  return {
-    send(bytes) {
-      const sent = c.send(fd, bytes, BigInt(bytes.length), 0);
-      if (Number(sent) !== bytes.length) throw failure("send");
-    },
-    async receive(timeoutMs) {
-      if (closed) return [];
-      await c.poll(pollfd, 1n, timeoutMs);
-      const out = [];
-      while (!closed) {
-        const n = Number(c.recv(fd, buffer, BigInt(buffer.length), MSG_DONTWAIT));
-        if (n > 0) {
-          out.push(buffer.slice(0, n));
-          continue;
-        }
-        const errno = n < 0 ? errnoOf(c) : 0;
-        if (errno === ENOBUFS) return "overrun";
-        if (n < 0 && errno !== EAGAIN) throw failure("recv");
-        break;
-      }
-      return out;
-    },
-    close() {
-      if (closed) return;
-      closed = true;
-      c.close(fd);
-      library.close();
-    }
-  };
-}
-function failureOf(c, what) {
-  const code = errnoOf(c);
-  const error = new Error(`${what}: errno ${code}`);
-  error.errno = code;
-  return error;
-}
-var AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, NETLINK_NETFILTER, CLONE_NEWNET, O_RDONLY, O_CLOEXEC, SOL_SOCKET, SO_RCVBUFFORCE, MSG_DONTWAIT, POLLIN, EAGAIN, ENOBUFS, SYMBOLS;
-var init_netlink = __esm({
-  "lib/hold/netlink.ts"() {
-    AF_NETLINK = 16;
-    SOCK_RAW = 3;
-    SOCK_CLOEXEC = 524288;
-    NETLINK_NETFILTER = 12;
-    CLONE_NEWNET = 1073741824;
-    O_RDONLY = 0;
-    O_CLOEXEC = 524288;
-    SOL_SOCKET = 1;
-    SO_RCVBUFFORCE = 33;
-    MSG_DONTWAIT = 64;
-    POLLIN = 1;
-    EAGAIN = 11;
-    ENOBUFS = 105;
-    SYMBOLS = {
-      socket: {
-        parameters: [
-          "i32",
-          "i32",
-          "i32"
-        ],
-        result: "i32"
-      },
-      bind: {
-        parameters: [
-          "i32",
-          "buffer",
-          "u32"
-        ],
-        result: "i32"
-      },
-      send: {
-        parameters: [
-          "i32",
-          "buffer",
-          "usize",
-          "i32"
-        ],
-        result: "isize"
-      },
-      recv: {
-        parameters: [
-          "i32",
-          "buffer",
-          "usize",
-          "i32"
-        ],
-        result: "isize"
-      },
-      poll: {
-        parameters: [
-          "buffer",
-          "u64",
-          "i32"
-        ],
-        result: "i32",
-        nonblocking: true
-      },
-      close: {
-        parameters: [
-          "i32"
-        ],
-        result: "i32"
-      },
-      open: {
-        parameters: [
-          "buffer",
-          "i32"
-        ],
-        result: "i32"
-      },
-      setns: {
-        parameters: [
-          "i32",
-          "i32"
-        ],
-        result: "i32"
-      },
-      setsockopt: {
-        parameters: [
-          "i32",
-          "i32",
-          "i32",
-          "buffer",
-          "u32"
-        ],
-        result: "i32"
-      },
-      __errno_location: {
-        parameters: [],
-        result: "pointer"
-      }
-    };
-  }
-});
-
-// lib/hold/holder.ts
-var holder_exports = {};
-__export(holder_exports, {
-  HOLD_FIRST_QUEUE: () => HOLD_FIRST_QUEUE,
-  HOLD_MAX_PACKETS: () => HOLD_MAX_PACKETS,
-  holdQueue: () => holdQueue
-});
-async function holdQueue(netns, options = {}) {
-  const socket = openNetfilterSocket(netns);
-  const state = new QueueState(socket);
-  const first = options.firstQueue ?? HOLD_FIRST_QUEUE;
-  const maxPackets = options.maxPackets ?? HOLD_MAX_PACKETS;
-  try {
-    for (let i = 0; i < QUEUE_TRIES; i++) {
-      const queue = (first + i) % 65536;
-      const errno = await state.request((seq) => encodeBind(queue, maxPackets, seq));
-      if (errno === 0) return state.holder(queue);
-      if (errno !== 1) throw new Error(`cannot bind queue ${queue}: errno ${errno}`);
-    }
-    throw new Error(`no free queue among ${QUEUE_TRIES} from ${first}`);
-  } catch (error) {
-    await state.stop();
-    throw error;
-  }
-}
-var HOLD_MAX_PACKETS, HOLD_FIRST_QUEUE, QUEUE_TRIES, ANSWER_MS, QueueState;
-var init_holder = __esm({
-  "lib/hold/holder.ts"() {
-    init_nfqueue();
-    init_netlink();
-    HOLD_MAX_PACKETS = 4096;
-    HOLD_FIRST_QUEUE = 49428;
-    QUEUE_TRIES = 256;
-    ANSWER_MS = 2e3;
-    QueueState = class {
-      #socket;
-      #seq = 0;
-      #answers = /* @__PURE__ */ new Map();
-      #highest = 0;
-      #accepted = 0;
-      #acceptedUpTo = 0;
-      #count = 0;
-      #stopped = false;
-      #loop;
-      constructor(socket) {
-        this.#socket = socket;
-        this.#loop = this.#read();
-      }
-      async #read() {
-        while (!this.#stopped) {
-          const got = await this.#socket.receive(20).catch(() => []);
-          if (got === "overrun") continue;
-          for (const bytes of got) {
-            for (const message2 of decodeMessages(bytes)) {
-              if (message2.kind === "packet") {
-                this.#count++;
-                if (message2.id > this.#highest) this.#highest = message2.id;
-              } else if (message2.kind === "ack") {
-                this.#answers.get(message2.seq)?.(message2.errno);
-                this.#answers.delete(message2.seq);
-              }
-            }
-          }
-        }
-      }
-      /** Sends a request and waits for its answer (the errno; -1: none came). */
-      request(encode) {
-        const seq = ++this.#seq;
-        const answered = new Promise((resolve) => {
-          const timer = setTimeout(() => {
-            this.#answers.delete(seq);
-            resolve(-1);
-          }, ANSWER_MS);
-          this.#answers.set(seq, (errno) => {
-            clearTimeout(timer);
-            resolve(errno);
-          });
-        });
-        this.#socket.send(encode(seq));
-        return answered;
-      }
-      holder(queue) {
-        return {
-          queue,
-          held: () => this.#count - this.#accepted,
-          release: async () => {
-            for (const wait of [
-              5,
-              20
-            ]) {
-              await new Promise((resolve) => setTimeout(resolve, wait));
-              const upTo = this.#highest;
-              if (upTo > this.#acceptedUpTo) {
-                const errno = await this.request((seq) => encodeAcceptUpTo(queue, upTo, seq));
-                if (errno !== 0 && errno !== 2) {
-                  throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
-                }
-                this.#acceptedUpTo = upTo;
-                if (errno === 0) this.#accepted = this.#count;
-                else this.#count = this.#accepted;
-              }
-            }
-            const accepted = this.#accepted;
-            await this.request((seq) => encodeUnbind(queue, seq));
-            await this.stop();
-            return accepted;
-          },
-          close: () => this.stop()
-        };
-      }
-      async stop() {
-        if (this.#stopped) return;
-        this.#stopped = true;
-        await this.#loop;
-        this.#socket.close();
-      }
-    };
   }
 });
 

@@ -8,7 +8,7 @@
  * never under CI.
  */
 import assert from "node:assert/strict";
-import { criuDump, criuRestore, type Pod, withCriu } from "./helpers/criu.ts";
+import { criuDump, criuRestore, type Pod, withCriu, wrappedHook } from "./helpers/criu.ts";
 import { cli, sh, snapshot } from "./helpers/netns.ts";
 import { podTree } from "./helpers/host_tree.ts";
 
@@ -91,3 +91,69 @@ for (const backend of ["iptables", "nftables"]) {
     },
   });
 }
+
+/** The queues bound in the pod's namespace (/proc/net/netfilter/nfnetlink_queue). */
+async function queues(pod: Pod): Promise<string> {
+  return (await pod.pod.run(["cat", "/proc/net/netfilter/nfnetlink_queue"])).stdout.trim();
+}
+
+Deno.test({
+  ...withCriu,
+  name: "real CRIU, iptables, NETLOCK_HOLD=1: a --leave-running dump holds what the lock stops " +
+    "and lets it through at network-unlock; nothing left",
+  async fn() {
+    await using live = await podTree(PORT);
+    const { pod, images, before, tree, peer } = live;
+    await using hook = await wrappedHook({ noteQueues: true });
+    const env = { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "1" };
+    const dump = await criuDump({ pod, hook: hook.path }, tree, images, ["--leave-running"], env);
+    assert.equal(dump.code, 0, dump.errors);
+    // While the tree is frozen, the peer's segments are queued to the holder.
+    const notes = await hook.locks();
+    const queued = (action: string) =>
+      Number(notes.find((line) => line.startsWith(`${action} `))?.match(/queued=([0-9]+)/)?.[1]);
+    assert.ok(queued("post-dump") > 0, `held while frozen: ${notes.join("; ")}`);
+    assert.ok(await helpersGone(), "the hook's helper ended");
+    assert.equal(await snapshot(pod.pod), before, "nothing of the lock is left");
+    assert.equal(await queues(pod), "", "no queue is left");
+    await peer.flowing();
+    const verdict = await peer.stop();
+    assert.deepEqual(
+      { ok: verdict.ok, resets: verdict.resets, errors: verdict.errors },
+      { ok: true, resets: 0, errors: [] },
+    );
+  },
+});
+
+Deno.test({
+  ...withCriu,
+  name:
+    "real CRIU, iptables, NETLOCK_HOLD=1: after a final dump the lock drops (its holder gone), " +
+    "the restore keeps every connection",
+  async fn() {
+    await using live = await podTree(PORT);
+    const { pod, images, before, tree, peer } = live;
+    const env = { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "1" };
+    tree.members();
+    const dump = await criuDump({ pod }, tree, images, [], env);
+    assert.equal(dump.code, 0, dump.errors);
+    await tree.gone();
+    assert.ok(await helpersGone(), "the hook's helper ended");
+    assert.equal(await queues(pod), "", "its queue went with it");
+    assert.deepEqual(await kept(pod), ["netns NETLOCK"]);
+    const during = peer.progress();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(peer.progress(), during, "no echo while the tree is dumped (dropped, not reset)");
+    assert.equal(peer.broken(), 0);
+    const restore = await criuRestore({ pod }, images, env);
+    assert.equal(restore.code, 0, restore.errors);
+    tree.restored(restore.pid);
+    await peer.flowing();
+    assert.equal(await snapshot(pod.pod), before, "the restore removed the lock");
+    const verdict = await peer.stop();
+    assert.deepEqual(
+      { ok: verdict.ok, resets: verdict.resets, errors: verdict.errors },
+      { ok: true, resets: 0, errors: [] },
+    );
+  },
+});

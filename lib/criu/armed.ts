@@ -108,8 +108,13 @@ export async function armNetworkLock(
   if (prepared.mode !== "netns") return plain;
   const stop = new AbortController();
   const spawn = primer(ref.nsenterArgs, opts.exec.log, stop.signal);
-  const rules = { name: opts.name, mark: opts.mark };
   const backend = opts.backend === "iptables" ? "iptables" : "nftables";
+  // A lock that holds queues what it would drop (iptables: NFQUEUE).
+  const rules = {
+    name: opts.name,
+    mark: opts.mark,
+    ...(backend === "iptables" && opts.queue !== undefined ? { queue: opts.queue } : {}),
+  };
   // `-N` / `create table`: the armed text fails as a whole on a lock already
   // there, and the fallback then finds it (changed: false).
   const steps = backend === "nftables"

@@ -135,6 +135,7 @@ async function criuHelper(args: string[]): Promise<number> {
       lifetimeMs: lifetime > 0 ? lifetime : undefined,
       dumpPid: role === "dump" ? parsePid(dumpPid) : undefined,
       images: images || undefined,
+      hold: readEnv("NETLOCK_HOLD") === "1",
       log: (line) => line.startsWith("request:") ? undefined : printError(`criu-hook: ${line}`),
       warn: (line) => printWarning(`criu-hook: ${line}`),
     });

@@ -264,6 +264,12 @@ export interface WrapOptions {
    * after something happened that the helper must see once CRIU is gone.
    */
   stopHelperAt?: string;
+  /**
+   * Adds `queued=N` to each note: how many packets the tree's namespace's
+   * netfilter queues took so far (the sum of their id sequences), 0
+   * without a queue.
+   */
+  noteQueues?: boolean;
 }
 
 /**
@@ -298,6 +304,10 @@ export async function wrappedHook(options: WrapOptions = {}): Promise<WrappedHoo
         ? `${criu}; read -r stat </proc/$criu/stat; set -- \${stat##*") "}; shift 19; ` +
           "watchers=$(ls /run/netlock/criu-*.watch 2>/dev/null | wc -l); " +
           `echo "criu-pid=$criu start=$1 $CRTOOLS_SCRIPT_ACTION watchers=$watchers" >>${notes}\n`
+        : options.noteQueues
+        ? "queued=$(in_tree cat /proc/net/netfilter/nfnetlink_queue 2>/dev/null | " +
+          "awk '{ s += $8 } END { print s + 0 }')\n" +
+          `echo "$CRTOOLS_SCRIPT_ACTION $names queued=$queued" >>${notes}\n`
         : `echo "$CRTOOLS_SCRIPT_ACTION $names" >>${notes}\n`) +
       (options.killAt
         ? `if [ "$CRTOOLS_SCRIPT_ACTION" = ${options.killAt} ]; then ${kill}; fi\n`

@@ -70,13 +70,13 @@ export type PodTree =
   & AsyncDisposable;
 
 /** A pod whose tree's children (listening on `port`) hold live connections to a peer that is sending. */
-export async function podTree(port = PORT): Promise<PodTree> {
+export async function podTree(port = PORT, pauseMs?: number): Promise<PodTree> {
   const pod = await createPod(createNetns);
   const images = await Deno.makeTempDir({ prefix: "nltest-criu-" });
   const before = await snapshot(pod.pod);
   const at = { netns: pod.pod, address: pod.address };
   const tree = await startTree(at, port, CONNECTIONS, CHILDREN);
-  const peer = await startPeer(pod.peer, at, port, CONNECTIONS);
+  const peer = await startPeer(pod.peer, at, port, CONNECTIONS, pauseMs);
   await peer.flowing();
   return {
     pod,

@@ -43,6 +43,12 @@ export interface DumpSettings {
   log: (line: string) => void;
   /** What the user should know but is no failure. */
   warn: (line: string) => void;
+  /**
+   * Hold what a namespace lock stops (`NETLOCK_HOLD=1`, iptables): queued
+   * to a holder in the helper until CRIU's network-unlock lets it through;
+   * dropped when the helper ends without it (a final dump).
+   */
+  hold?: boolean;
 }
 
 /** One dump: its armed lock, the dumped tree, and how far the dump went. */
@@ -56,6 +62,8 @@ export class DumpSession {
   #postDumped = false;
   /** A host tree's cgroup lock goes once its connections are locked by address. */
   #narrowed?: Promise<void>;
+  /** The queue the namespace lock sends what it stops to, when it holds. */
+  #queue?: number;
 
   /**
    * @param settings The options, the image directory, the logs.
@@ -89,6 +97,7 @@ export class DumpSession {
         return `error ${(error as Error).message}`;
       }
     }
+    if (this.#settings.hold) await this.#hold(pid);
     const lock = (await this.#arm(pid).armed)?.lock;
     if (lock) {
       await Promise.all([this.#unlocks.arm(pid, lock), this.#planRestore({ ...lock, pid })]);
@@ -101,7 +110,7 @@ export class DumpSession {
     const armed = await (this.#lock?.pid === pid ? this.#lock : this.#arm(pid)).armed;
     this.#lock = undefined;
     try {
-      const locked = await (armed ? armed.fire() : lockNetwork(pid, this.#settings.options));
+      const locked = await (armed ? armed.fire() : lockNetwork(pid, this.#lockOptions()));
       await answer("ok");
       // Not the lock planned at pre-dump (the armed one fell back): arm
       // and plan again, for this very lock, while CRIU dumps.
@@ -175,8 +184,35 @@ export class DumpSession {
   }
 
   #arm(pid: number): { pid: number; armed: Promise<ArmedLock | undefined> } {
-    const armed = armNetworkLock(pid, this.#settings.options).catch(() => undefined);
+    const armed = armNetworkLock(pid, this.#lockOptions()).catch(() => undefined);
     return this.#lock = { pid, armed };
+  }
+
+  /** The lock's options: the hook's, and the queue when the lock holds. */
+  #lockOptions(): NetlockOptions {
+    const { options } = this.#settings;
+    return this.#queue === undefined ? options : { ...options, queue: this.#queue };
+  }
+
+  /**
+   * A holder for the namespace's lock, in the tree's namespace, handed to
+   * the unlock (which lets what it holds through); without one the lock
+   * drops, as CRIU's log then says.
+   */
+  async #hold(pid: number): Promise<void> {
+    const { options, warn } = this.#settings;
+    if ((options.backend ?? "iptables") !== "iptables") {
+      warn("not holding: the nftables backend drops what it stops (NETLOCK_HOLD needs iptables)");
+      return;
+    }
+    try {
+      const { holdQueue } = await import("../../hold/holder.ts");
+      const holder = await holdQueue(`/proc/${pid}/ns/net`);
+      this.#queue = holder.queue;
+      this.#unlocks.hold(holder);
+    } catch (error) {
+      warn(`not holding: ${(error as Error).message}`);
+    }
   }
 
   /** The restore's unlock of a namespace lock, next to the images; a failure only costs the restore its fast path (cli.ts finds the lock without it). */

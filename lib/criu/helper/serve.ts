@@ -59,6 +59,8 @@ export interface HelperSettings {
    * that a restore needs no helper.
    */
   images?: string;
+  /** Hold what a namespace lock stops until CRIU's network-unlock (`NETLOCK_HOLD=1`). */
+  hold?: boolean;
   /** Receives one line per request and per failure (the helper's log). */
   log?: (line: string) => void;
   /** Receives what the user should know but is no failure (e.g. the path a lock took). */
@@ -100,7 +102,7 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   const answer = (line: string) => channel.answer(line);
   const unlocks = new UnlockSession(options, log);
   const dump = new DumpSession(
-    { options, images: settings.images, log, warn },
+    { options, images: settings.images, log, warn, hold: settings.hold },
     unlocks,
   );
   // A dump: pre-dump waits for this answer, before CRIU freezes anything.

@@ -13,6 +13,7 @@ import { requestedBackend } from "../../shape/shape.ts";
 import { resolveOptions } from "../../netns/prepare.ts";
 import { unlockNetwork } from "../../operations.ts";
 import type { NetlockOptions } from "../../common/types.ts";
+import type { Holder } from "../../hold/holder.ts";
 
 /** The unlock of one helper: what is armed, for which PID and lock. */
 export class UnlockSession {
@@ -21,6 +22,8 @@ export class UnlockSession {
   /** On restore, the lock is the one the dump's images hold. */
   #fromImages: KnownLock;
   #armed?: { pid: number; known: KnownLock; armed: Promise<ArmedUnlock | undefined> };
+  /** What the dump's lock holds, let through once the lock opens. */
+  #holder?: Holder;
 
   /**
    * @param options The hook's options.
@@ -52,6 +55,11 @@ export class UnlockSession {
     if (this.#armed?.pid !== pid) this.arm(pid, this.#fromImages);
   }
 
+  /** The holder of the dump's lock: the unlock lets what it holds through once the lock opens. */
+  hold(holder: Holder): void {
+    this.#holder = holder;
+  }
+
   /** Whether the unlock armed for `pid` is that of a lock like `lock` (same backend and families). */
   armedFor(pid: number, lock: KnownLock): boolean {
     const armed = this.#armed;
@@ -78,6 +86,17 @@ export class UnlockSession {
     } catch (error) {
       await answer(`error ${(error as Error).message}`);
     }
+    // Opened (nothing new is queued): what was held goes on, all at once;
+    // not opened: the holder closes and the kernel drops it.
+    const holder = this.#holder;
+    this.#holder = undefined;
+    if (holder && unlocked) {
+      await holder.release().then(
+        (released) => this.#log(`let through ${released} held packet(s)`),
+        (error) => this.#log(`held packets dropped: ${error.message}`),
+      );
+    }
+    await holder?.close();
     await armed?.finish().catch((error) => this.#log(`finish: ${error.message}`));
     return unlocked;
   }
@@ -85,5 +104,8 @@ export class UnlockSession {
   /** Never fires what nobody asked for: kills an armed tool that is still waiting. */
   async cancel(): Promise<void> {
     await (await this.#armed?.armed)?.cancel();
+    // A holder never released: the kernel drops what it holds (fail closed).
+    await this.#holder?.close();
+    this.#holder = undefined;
   }
 }

@@ -79,8 +79,10 @@ keeper)
   cli_permissions
   case $images in
   /dev/*) perms=--allow-all ;;
-  *) set -- --allow-env=NETLOCK_HELPER_LIFETIME_MS --allow-read="$dir" --allow-write="$dir" "$@" ;;
+  *) set -- --allow-env=NETLOCK_HELPER_LIFETIME_MS,NETLOCK_HOLD --allow-read="$dir" --allow-write="$dir" "$@" ;;
   esac
+  # The helper holds (NETLOCK_HOLD=1): libc's netlink calls, FFI (only here).
+  [ "$NETLOCK_HOLD" = 1 ] && [ "$perms" != --allow-all ] && set -- --allow-ffi "$@"
   # (In a subshell: dash would move the keeper's own 4 and 5 aside while
   # the helper runs.)
   (

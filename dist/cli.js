@@ -6725,9 +6725,7 @@ async function runLocked(target, argv, options = {}, locked) {
       ...commandExit === void 0 ? {} : {
         commandExit
       },
-      ...warnings.length > 0 ? {
-        warnings
-      } : {}
+      warnings
     };
     const commandFailure = error === void 0 ? {} : {
       error,
@@ -6739,14 +6737,19 @@ async function runLocked(target, argv, options = {}, locked) {
       if (holder) {
         const armed = await opening;
         opening = void 0;
+        const release = (held) => held.release().catch((cause) => {
+          warnings.push(`the held packets were dropped: ${cause.message}`);
+          return void 0;
+        });
         if (armed) {
           await armed.fire();
-          released = await holder.release();
+          released = await release(holder);
           unlock = await armed.finish();
         } else {
           unlock = await lock.unlock();
-          released = await holder.release();
+          released = await release(holder);
         }
+        holder = void 0;
       } else {
         unlock = await lock.unlock();
       }

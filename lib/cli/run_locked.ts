@@ -189,11 +189,7 @@ export async function runLocked(
           : RUN_CANNOT_EXECUTE;
       }
     }
-    const ran = {
-      lock,
-      ...(commandExit === undefined ? {} : { commandExit }),
-      ...(warnings.length > 0 ? { warnings } : {}),
-    };
+    const ran = { lock, ...(commandExit === undefined ? {} : { commandExit }), warnings };
     const commandFailure = error === undefined ? {} : { error, failed: "command" as const };
     try {
       let unlock: UnlockResult;
@@ -206,14 +202,22 @@ export async function runLocked(
         // unlock: what a deleted hook held is dropped, as without --hold.)
         const armed = await opening;
         opening = undefined;
+        // A release that fails leaves the held packets to the kernel, which
+        // drops them (as without --hold); the unlock goes on.
+        const release = (held: Holder) =>
+          held.release().catch((cause) => {
+            warnings.push(`the held packets were dropped: ${cause.message}`);
+            return undefined;
+          });
         if (armed) {
           await armed.fire();
-          released = await holder.release();
+          released = await release(holder);
           unlock = await armed.finish();
         } else {
           unlock = await lock.unlock();
-          released = await holder.release();
+          released = await release(holder);
         }
+        holder = undefined;
       } else {
         unlock = await lock.unlock();
       }

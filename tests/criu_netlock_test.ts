@@ -17,7 +17,7 @@ Deno.test("criu-netlock install: the NETLOCK_* values set then are the installed
     const fake = `${dir}/real-criu`;
     await Deno.writeTextFile(
       fake,
-      '#!/bin/sh\necho "backend=$NETLOCK_BACKEND name=$NETLOCK_NAME args=$*"\n',
+      '#!/bin/sh\necho "backend=$NETLOCK_BACKEND name=$NETLOCK_NAME hold=$NETLOCK_HOLD args=$*"\n',
       { mode: 0o755 },
     );
     await Deno.mkdir(`${dir}/bin`);
@@ -27,12 +27,13 @@ Deno.test("criu-netlock install: the NETLOCK_* values set then are the installed
       NETLOCK_CRIU: fake,
       NETLOCK_BACKEND: "nftables",
       NETLOCK_NAME: "POD_LOCK",
+      NETLOCK_HOLD: "1",
     });
     assert.equal(installed.code, 0, installed.stderr);
     // No environment at all: the defaults hold.
     const bare = await run([`${dir}/bin/criu`, "dump", "-t", "1"], { PATH: path });
     assert.equal(bare.code, 0, bare.stderr);
-    assert.match(bare.stdout, /^backend=nftables name=POD_LOCK args=--network-lock skip /);
+    assert.match(bare.stdout, /^backend=nftables name=POD_LOCK hold=1 args=--network-lock skip /);
     // A caller's own value wins.
     const chosen = await run([`${dir}/bin/criu`, "dump"], {
       PATH: path,

@@ -3455,6 +3455,9 @@ async function statusAllBackends(prepared, opts, shapes) {
     } : {},
     ...counted ? {
       connections: counted.connections
+    } : {},
+    ...present.length > 0 && first.queue !== void 0 ? {
+      queue: first.queue
     } : {}
   };
 }
@@ -3503,6 +3506,9 @@ async function shapeStatus(prepared, opts, shape, tables) {
       families: [
         "ipv4"
       ]
+    } : {},
+    ...nft === "unlocked" && states[0]?.queue !== void 0 ? {
+      queue: states[0].queue
     } : {},
     foreign
   };
@@ -4116,6 +4122,9 @@ async function run(target, options, verb, body) {
       durationMs: performance.now() - start,
       ...outcome.state ? {
         state: outcome.state
+      } : {},
+      ...outcome.queue !== void 0 ? {
+        queue: outcome.queue
       } : {},
       ...outcome.criu ? {
         criu: outcome.criu
@@ -6387,6 +6396,7 @@ function jsonSuccess(command, result2) {
     durationMs: Math.round(result2.durationMs * 10) / 10
   });
   if (result2.kinds) record.kinds = result2.kinds;
+  if (result2.queue !== void 0) record.queue = result2.queue;
   if (result2.removed) record.removed = result2.removed;
   if (result2.dryRun) record.dryRun = true;
   if ("criu" in result2 && result2.criu) record.criu = result2.criu;
@@ -6447,7 +6457,8 @@ function humanSuccess(command, result2) {
     if (i === 0) return kind === "cgroup" ? `cgroup lock ${name}` : `${what} ${name}`;
     return `and ${kind === "connections" ? "connection" : "cgroup"} lock ${name}`;
   });
-  const how = `${result2.backend}, ${result2.families.join("+")}, ${described.join(", ")}`;
+  const holding = result2.queue === void 0 ? "" : `, holding (queue ${result2.queue})`;
+  const how = `${result2.backend}, ${result2.families.join("+")}, ${described.join(", ")}${holding}`;
   const criu = "criu" in result2 && result2.criu ? criuNote(command, result2.criu) : "";
   if (command === "status" && "state" in result2) {
     const state = result2.state === "partial" ? "partially locked" : result2.state;

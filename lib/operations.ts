@@ -403,6 +403,7 @@ async function run(
       connections: outcome.connections ?? 0,
       durationMs: performance.now() - start,
       ...(outcome.state ? { state: outcome.state } : {}),
+      ...(outcome.queue !== undefined ? { queue: outcome.queue } : {}),
       ...(outcome.criu ? { criu: outcome.criu } : {}),
       ...(outcome.warnings ? { warnings: outcome.warnings } : {}),
       ...(kinds ? { kinds } : {}),

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { cli, createNetns, integration, snapshot, type TestNetns } from "./helpers/netns.ts";
 import { lineReader } from "./helpers/lines.ts";
 import { holdQueue } from "../lib/hold/holder.ts";
+import { getLockStatus, lockNetwork, unlockNetwork } from "../mod.ts";
 
 const PORT = 7600;
 const CHILD = new URL("./helpers/hold_child.ts", import.meta.url).pathname;
@@ -272,3 +273,31 @@ Deno.test({
 async function snapshotQueues(netns: TestNetns): Promise<string> {
   return (await netns.run(["cat", "/proc/net/netfilter/nfnetlink_queue"])).stdout.trim();
 }
+
+Deno.test({
+  name: "hold: status shows a namespace lock that holds, and its queue (library and --json)",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    const holder = await holdQueue(netns.path);
+    try {
+      const target = { netns: netns.path };
+      await lockNetwork(target, { queue: holder.queue });
+      const status = await getLockStatus(target);
+      assert.equal(status.state, "locked");
+      assert.equal(status.queue, holder.queue);
+      const json = await cli(["status", "--json", "--netns", netns.path]);
+      assert.equal(json.code, 0, json.stderr);
+      assert.equal(JSON.parse(json.stdout).queue, holder.queue);
+      const human = await cli(["status", "--netns", netns.path]);
+      assert.match(human.stdout, new RegExp(`holding \\(queue ${holder.queue}\\)`));
+      await unlockNetwork(target);
+      // A lock that drops says nothing of a queue.
+      await lockNetwork(target);
+      assert.equal((await getLockStatus(target)).queue, undefined);
+      await unlockNetwork(target);
+    } finally {
+      await holder.close();
+    }
+  },
+});

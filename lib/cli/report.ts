@@ -70,6 +70,7 @@ export function jsonSuccess(
     durationMs: Math.round(result.durationMs * 10) / 10,
   });
   if (result.kinds) record.kinds = result.kinds;
+  if (result.queue !== undefined) record.queue = result.queue;
   if (result.removed) record.removed = result.removed;
   if (result.dryRun) record.dryRun = true;
   if ("criu" in result && result.criu) record.criu = result.criu;
@@ -209,7 +210,8 @@ export function humanSuccess(
     if (i === 0) return kind === "cgroup" ? `cgroup lock ${name}` : `${what} ${name}`;
     return `and ${kind === "connections" ? "connection" : "cgroup"} lock ${name}`;
   });
-  const how = `${result.backend}, ${result.families.join("+")}, ${described.join(", ")}`;
+  const holding = result.queue === undefined ? "" : `, holding (queue ${result.queue})`;
+  const how = `${result.backend}, ${result.families.join("+")}, ${described.join(", ")}${holding}`;
   const criu = "criu" in result && result.criu ? criuNote(command, result.criu) : "";
   if (command === "status" && "state" in result) {
     const state = result.state === "partial" ? "partially locked" : result.state;

@@ -144,6 +144,12 @@ export interface OperationResult {
   /** Problems that did not stop the operation (a failing unlock action script). */
   warnings?: string[];
   /**
+   * Status: the queue an iptables namespace lock that holds sends what it
+   * stops to (`run --hold`, the CRIU hook with `NETLOCK_HOLD=1`); absent
+   * for a lock that drops.
+   */
+  queue?: number;
+  /**
    * Status and unlock: the kinds of lock found (status) or removed (unlock).
    * In `auto` mode a PID in another namespace has both looked for: its
    * namespace lock (`netns`) and its connection lock (`connections`).

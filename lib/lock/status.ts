@@ -98,6 +98,7 @@ export async function statusAllBackends(
       : {}),
     ...(criu ? { criu } : {}),
     ...(counted ? { connections: counted.connections } : {}),
+    ...(present.length > 0 && first.queue !== undefined ? { queue: first.queue } : {}),
   };
 }
 
@@ -117,6 +118,8 @@ interface ShapeStatus {
   mark?: number;
   /** The families it covers, when fewer than the namespace has (`--ipv6 off`). */
   families?: Family[];
+  /** The queue a namespace lock that holds sends what it stops to. */
+  queue?: number;
   /** Chains and tables of its name that are not netlock locks (left out). */
   foreign: string[];
 }
@@ -174,6 +177,7 @@ async function shapeStatus(
     ...(counted === undefined ? {} : { connections: counted }),
     ...(mark === undefined ? {} : { mark }),
     ...(nft === "unlocked" && ipv4Only ? { families: ["ipv4" as const] } : {}),
+    ...(nft === "unlocked" && states[0]?.queue !== undefined ? { queue: states[0].queue } : {}),
     foreign,
   };
 }

@@ -82,6 +82,8 @@ export interface NamespaceOutcome {
   criu?: CriuLocks;
   /** How many connections the lock covers (connection locks). */
   connections?: number;
+  /** Status: the queue a namespace lock that holds sends what it stops to. */
+  queue?: number;
   /** The connections a connection lock was made for (not reported: the CRIU hook keeps their keys). */
   lockedConnections?: readonly Connection[];
   /** The listeners a connection lock was made for (the CRIU hook's). */

@@ -318,6 +318,16 @@ Deno.test({
     assert.match(bad.stderr, /^error: NETLOCK_MARK: /m);
     assert.ok(await helperEnded(bad.parent));
     assert.equal(await snapshot(netns), before);
+    // NETLOCK_HOLD takes 1 or 0: another value is refused at pre-dump, before any helper.
+    const hold = await asCriu(netns.path, sleeper.pid, ["pre-dump"], {
+      NETLOCK_HOLD: "yes",
+    }, images.path);
+    assert.deepEqual(hold.steps.map(untilUnlock), ["pre-dump 2 0 -"]);
+    assert.equal(
+      hold.stderr,
+      "error: NETLOCK_HOLD=yes: 1 holds what the lock stops, 0 (or unset) drops it\n",
+    );
+    assert.equal(await snapshot(netns), before);
   },
 });
 

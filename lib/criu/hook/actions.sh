@@ -164,6 +164,14 @@ start_helper() {
 # pre-dump: the helper, started and waited for (nothing is frozen yet) until
 # the lock is armed or, for a tree in CRIU's namespace, made.
 pre_dump() {
+  # NETLOCK_HOLD is the helper's alone: checked here, before it starts.
+  case ${NETLOCK_HOLD-} in
+  '' | 0 | 1) ;;
+  *)
+    echo "error: NETLOCK_HOLD=$NETLOCK_HOLD: 1 holds what the lock stops, 0 (or unset) drops it" >&2
+    exit 2
+    ;;
+  esac
   # No helper: the plain hook decides (it refuses a tree in CRIU's namespace).
   start_helper dump "$CRTOOLS_INIT_PID" || exec "$here/cli.ts"
   read -r answer <"$dir/reply"

@@ -14,15 +14,11 @@
  * @module
  */
 
-import { cli, createNetns, type TestNetns } from "../tests/helpers/netns.ts";
+import { cli, createNetns, startServer, type TestNetns } from "../tests/helpers/netns.ts";
 import { lineReader } from "../tests/helpers/lines.ts";
 import { median } from "./measure.ts";
 
 const PORT = 7700;
-const ECHO =
-  "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n" +
-  "s.bind(('127.0.0.1',7700))\ns.listen(8)\nprint('ready',flush=True)\nwhile True:\n" +
-  "  c,_=s.accept()\n  while True:\n    d=c.recv(4096)\n    if not d: break\n    c.sendall(d)\n";
 const PEER = "import socket,time,select\ns=socket.create_connection(('127.0.0.1',7700))\n" +
   "print('ready',flush=True)\nend=time.time()+2.5\nlast=time.time()\nworst=0\nnext_send=0\n" +
   "while time.time()<end:\n  now=time.time()\n  if now>=next_send:\n    s.send(b'x')\n" +
@@ -95,24 +91,16 @@ if (import.meta.main) {
   const rounds = Number(Deno.args[0] ?? "10");
   const durations = (Deno.args[1] ?? "0.1,0.3,0.5").split(",");
   await using netns = await createNetns();
-  const server = python(netns, ECHO);
-  const serverLines = lineReader(server.stdout);
-  if (await serverLines.next() !== "ready") throw new Error("the echo server did not start");
+  await using _server = await startServer(netns, [`127.0.0.1:${PORT}`]);
   const samples = new Map<string, Sample[]>();
   const add = (key: string, sample: Sample) =>
     samples.set(key, [...samples.get(key) ?? [], sample]);
-  try {
-    for (let i = 0; i < rounds; i++) {
-      console.error(`  round ${i + 1}/${rounds}`);
-      for (const seconds of durations) {
-        add(`${seconds} drops`, await round(netns, false, seconds));
-        add(`${seconds} --hold`, await round(netns, true, seconds));
-      }
+  for (let i = 0; i < rounds; i++) {
+    console.error(`  round ${i + 1}/${rounds}`);
+    for (const seconds of durations) {
+      add(`${seconds} drops`, await round(netns, false, seconds));
+      add(`${seconds} --hold`, await round(netns, true, seconds));
     }
-  } finally {
-    server.kill("SIGKILL");
-    await server.status;
-    await serverLines.drain();
   }
   console.log(
     "| `netlock run -- sleep S` | lock | peer's longest silence | a new client connects after the command | run's wall time |",

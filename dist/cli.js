@@ -5817,8 +5817,7 @@ async function criuHook() {
   try {
     task = plainHookTask((name) => Deno.env.get(name));
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
   if (task.task === "none") return EXIT.ok;
   if (task.task === "refuse-host-tree") return await refuseHostTree(task.pid, task.options);
@@ -5827,8 +5826,7 @@ async function criuHook() {
     for (const warning of result2.warnings ?? []) printWarning(warning);
     return EXIT.ok;
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
 }
 function internalEntry(word2) {
@@ -5880,8 +5878,7 @@ async function criuHelper(args) {
     });
     return EXIT.ok;
   } catch (error) {
-    printError(`criu-hook helper: ${errorMessage(error)}`);
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error, "criu-hook helper: ");
   }
 }
 async function unlockRestored(args) {
@@ -5902,8 +5899,7 @@ async function unlockRestored(args) {
     }
     return EXIT.ok;
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
 }
 async function unlockDumpedTree(args) {
@@ -5918,8 +5914,7 @@ async function unlockDumpedTree(args) {
     ]);
     return EXIT.ok;
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
 }
 async function criuNarrow(args) {
@@ -5936,9 +5931,12 @@ async function criuNarrow(args) {
     await narrowToDumped2(netns, pid, taken, hookOptions((name) => readEnv(name)));
     return EXIT.ok;
   } catch (error) {
-    printError(`criu-hook: the namespace lock stays whole: ${errorMessage(error)}`);
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error, "criu-hook: the namespace lock stays whole: ");
   }
+}
+function failedWith(error, prefix = "") {
+  printError(`${prefix}${errorMessage(error)}`);
+  return isUsageError(error) ? EXIT.usage : EXIT.failed;
 }
 function isUsageError(error) {
   return error instanceof TypeError || error instanceof RangeError || error instanceof NetlockError && error.code === "DENO_PERMISSION";

@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { criuDump, criuRestore, type Pod, withCriu, wrappedHook } from "./helpers/criu.ts";
-import { cli, sh, snapshot } from "./helpers/netns.ts";
+import { boundQueues, cli, sh, snapshot } from "./helpers/netns.ts";
 import { podTree } from "./helpers/host_tree.ts";
 
 const PORT = 7300;
@@ -92,11 +92,6 @@ for (const backend of ["iptables", "nftables"]) {
   });
 }
 
-/** The queues bound in the pod's namespace (/proc/net/netfilter/nfnetlink_queue). */
-async function queues(pod: Pod): Promise<string> {
-  return (await pod.pod.run(["cat", "/proc/net/netfilter/nfnetlink_queue"])).stdout.trim();
-}
-
 Deno.test({
   ...withCriu,
   name: "real CRIU, iptables, NETLOCK_HOLD=1: a --leave-running dump holds what the lock stops " +
@@ -115,7 +110,7 @@ Deno.test({
     assert.ok(queued("post-dump") > 0, `held while frozen: ${notes.join("; ")}`);
     assert.ok(await helpersGone(), "the hook's helper ended");
     assert.equal(await snapshot(pod.pod), before, "nothing of the lock is left");
-    assert.equal(await queues(pod), "", "no queue is left");
+    assert.deepEqual(await boundQueues(pod.pod), [], "no queue is left");
     await peer.flowing();
     const verdict = await peer.stop();
     assert.deepEqual(
@@ -139,7 +134,7 @@ Deno.test({
     assert.equal(dump.code, 0, dump.errors);
     await tree.gone();
     assert.ok(await helpersGone(), "the hook's helper ended");
-    assert.equal(await queues(pod), "", "its queue went with it");
+    assert.deepEqual(await boundQueues(pod.pod), [], "its queue went with it");
     assert.deepEqual(await kept(pod), ["netns NETLOCK"]);
     const during = peer.progress();
     await new Promise((resolve) => setTimeout(resolve, 500));

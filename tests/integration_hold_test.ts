@@ -8,39 +8,21 @@
  * queues.
  */
 import assert from "node:assert/strict";
-import { cli, createNetns, integration, snapshot, type TestNetns } from "./helpers/netns.ts";
+import {
+  boundQueues,
+  cli,
+  createNetns,
+  integration,
+  snapshot,
+  startServer,
+  type TestNetns,
+} from "./helpers/netns.ts";
 import { lineReader } from "./helpers/lines.ts";
 import { holdQueue } from "../lib/hold/holder.ts";
 import { getLockStatus, lockNetwork, unlockNetwork } from "../mod.ts";
 
 const PORT = 7600;
 const CHILD = new URL("./helpers/hold_child.ts", import.meta.url).pathname;
-
-/** A listener on 127.0.0.1:port in the namespace, until disposed. */
-async function listener(netns: TestNetns, port: number): Promise<AsyncDisposable> {
-  const child = new Deno.Command("nsenter", {
-    args: [
-      `--net=${netns.path}`,
-      "--",
-      "python3",
-      "-c",
-      "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',int(sys.argv[1])))\n" +
-      "s.listen(64)\nprint('ready',flush=True)\ntime.sleep(120)",
-      String(port),
-    ],
-    stdout: "piped",
-    stdin: "null",
-  }).spawn();
-  const lines = lineReader(child.stdout);
-  assert.equal(await lines.next(), "ready");
-  return {
-    async [Symbol.asyncDispose]() {
-      child.kill("SIGKILL");
-      await child.status;
-      await lines.drain();
-    },
-  };
-}
 
 /** A client that connects to 127.0.0.1:port: the wall-clock ms of its connect, or why not. */
 async function client(netns: TestNetns, port: number, timeoutS = 5): Promise<number | string> {
@@ -82,12 +64,6 @@ async function queueRule(netns: TestNetns, op: "-A" | "-D", queue: number, port 
   ]);
 }
 
-/** The queues bound in the namespace (/proc/net/netfilter/nfnetlink_queue: their numbers). */
-async function boundQueues(netns: TestNetns): Promise<number[]> {
-  const { stdout } = await netns.run(["cat", "/proc/net/netfilter/nfnetlink_queue"]);
-  return stdout.split("\n").filter(Boolean).map((line) => Number(line.trim().split(/\s+/)[0]));
-}
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 Deno.test({
@@ -95,7 +71,7 @@ Deno.test({
   ...integration,
   async fn() {
     await using netns = await createNetns();
-    await using _server = await listener(netns, PORT);
+    await using _server = await startServer(netns, [`127.0.0.1:${PORT}`]);
     const holder = await holdQueue(netns.path);
     try {
       await queueRule(netns, "-A", holder.queue);
@@ -121,7 +97,7 @@ Deno.test({
   ...integration,
   async fn() {
     await using netns = await createNetns();
-    await using _server = await listener(netns, PORT);
+    await using _server = await startServer(netns, [`127.0.0.1:${PORT}`]);
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "--no-config", "--allow-ffi", CHILD, netns.path],
       stdout: "piped",
@@ -148,7 +124,7 @@ Deno.test({
   ...integration,
   async fn() {
     await using netns = await createNetns();
-    await using _server = await listener(netns, PORT);
+    await using _server = await startServer(netns, [`127.0.0.1:${PORT}`]);
     const holder = await holdQueue(netns.path, { maxPackets: 2 });
     try {
       await queueRule(netns, "-A", holder.queue);
@@ -174,8 +150,8 @@ Deno.test({
   ...integration,
   async fn() {
     await using netns = await createNetns();
-    await using _a = await listener(netns, PORT);
-    await using _b = await listener(netns, PORT + 1);
+    await using _a = await startServer(netns, [`127.0.0.1:${PORT}`]);
+    await using _b = await startServer(netns, [`127.0.0.1:${PORT + 1}`]);
     const first = await holdQueue(netns.path);
     const second = await holdQueue(netns.path);
     try {
@@ -243,12 +219,12 @@ Deno.test({
   ...integration,
   async fn() {
     await using netns = await createNetns();
-    await using _server = await listener(netns, PORT);
+    await using _server = await startServer(netns, [`127.0.0.1:${PORT}`]);
     const held = await connectAfterRun(netns, true);
     assert(held >= 0 && held < 100, `held: connected ${held} ms after the command ended`);
     const dropped = await connectAfterRun(netns, false);
     assert(dropped > 300, `dropped: connected ${dropped} ms after the command ended`);
-    assert.equal(await snapshotQueues(netns), "", "no queue left");
+    assert.deepEqual(await boundQueues(netns), [], "no queue left");
   },
 });
 
@@ -269,10 +245,6 @@ Deno.test({
     assert.equal(await snapshot(netns), before);
   },
 });
-
-async function snapshotQueues(netns: TestNetns): Promise<string> {
-  return (await netns.run(["cat", "/proc/net/netfilter/nfnetlink_queue"])).stdout.trim();
-}
 
 Deno.test({
   name: "hold: status shows a namespace lock that holds, and its queue (library and --json)",

@@ -34,8 +34,7 @@ export async function criuHook(): Promise<number> {
   try {
     task = plainHookTask((name) => Deno.env.get(name));
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
   if (task.task === "none") return EXIT.ok;
   if (task.task === "refuse-host-tree") return await refuseHostTree(task.pid, task.options);
@@ -46,8 +45,7 @@ export async function criuHook(): Promise<number> {
     for (const warning of result.warnings ?? []) printWarning(warning);
     return EXIT.ok;
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
 }
 
@@ -141,8 +139,7 @@ async function criuHelper(args: string[]): Promise<number> {
     });
     return EXIT.ok;
   } catch (error) {
-    printError(`criu-hook helper: ${errorMessage(error)}`);
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error, "criu-hook helper: ");
   }
 }
 
@@ -169,8 +166,7 @@ async function unlockRestored(args: string[]): Promise<number> {
     }
     return EXIT.ok;
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
 }
 
@@ -189,8 +185,7 @@ async function unlockDumpedTree(args: string[]): Promise<number> {
     await unlockKept(dumped, hookOptions((name) => readEnv(name)), ["connections", "cgroup"]);
     return EXIT.ok;
   } catch (error) {
-    printError(errorMessage(error));
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error);
   }
 }
 
@@ -221,9 +216,14 @@ async function criuNarrow(args: string[]): Promise<number> {
     await narrowToDumped(netns, pid, taken, hookOptions((name) => readEnv(name)));
     return EXIT.ok;
   } catch (error) {
-    printError(`criu-hook: the namespace lock stays whole: ${errorMessage(error)}`);
-    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+    return failedWith(error, "criu-hook: the namespace lock stays whole: ");
   }
+}
+
+/** Prints the error in one line (after `prefix`) and returns its exit code: 2 for misuse, else 1. */
+function failedWith(error: unknown, prefix = ""): number {
+  printError(`${prefix}${errorMessage(error)}`);
+  return isUsageError(error) ? EXIT.usage : EXIT.failed;
 }
 
 function isUsageError(error: unknown): boolean {

@@ -244,6 +244,15 @@ export function waitingClient(
   return { result, pending: () => !settled };
 }
 
+/**
+ * The netfilter queues bound in the namespace (their numbers, from
+ * `/proc/net/netfilter/nfnetlink_queue`): a holder's, while it holds.
+ */
+export async function boundQueues(netns: { run: TestNetns["run"] }): Promise<number[]> {
+  const { stdout } = await netns.run(["cat", "/proc/net/netfilter/nfnetlink_queue"]);
+  return stdout.split("\n").filter(Boolean).map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
 /** One group of a namespace's IP stack counters (`/proc/net/snmp`: `Ip`, `Tcp`, ...), by name. */
 export async function snmpCounters(
   netns: TestNetns,

@@ -1,26 +1,52 @@
 /**
- * What `NETLOCK_HOLD=1` saves the peers of a tree in a pod's namespace
- * dumped with `--leave-running` (issue 33): a tree whose children hold 6
- * connections to a peer in another namespace that sends on every one
- * every PAUSE ms; CRIU 4.2 dumps it with criu-hook.sh (iptables), holding or
- * dropping, rounds interleaved; CRIU's frozen_time beside the peer's
- * longest wait for an echo on any connection; medians.
+ * What `NETLOCK_HOLD=1` saves the peers of a tree dumped with
+ * `--leave-running` (issue 33), in two settings, CRIU 4.2 with
+ * criu-hook.sh (iptables), holding or dropping, rounds interleaved:
  *
- *   CRIU_BIN=... deno run -A bench/criu_hold.ts [ROUNDS] [PAUSE_MS,...]   (default 10, 20,100)
+ * - `pod`: a tree in a pod's namespace whose children hold 6 connections
+ *   to a peer in another namespace that sends on every one every PAUSE ms;
+ *   CRIU's frozen_time beside the peer's longest silence (the longest gap
+ *   between echoes on any connection), for each pause;
+ * - `host`: a tree that shares CRIU's namespace (a service on the host,
+ *   which CRIU's network actions skip), its 4 children holding N loopback
+ *   connections to a peer that sends 1 KiB on every one every 100 ms;
+ *   CRIU's frozen_time beside the peer's waits for an echo (each
+ *   connection's longest: their median and their maximum) and its longest
+ *   silence, with no lock (`skip`), CRIU's nftables lock (CRIU's iptables
+ *   lock takes seconds here: bench/criu_host.ts), and netlock dropping and
+ *   holding. Images on a tmpfs.
+ *
+ * - `restore`: the same host tree, dumped for good and restored at once
+ *   (retried while its PIDs are taken): the time from the freeze to the
+ *   end of the restore beside the peer's waits.
+ *
+ *   CRIU_BIN=... deno run -A bench/criu_hold.ts [ROUNDS] [pod|host|restore] [PAUSES_MS|CONNECTIONS,...]
+ *   (default 5 rounds, every setting: pod at 20,100 ms, host and restore at 200,1000 connections)
  *
  * @module
  */
 
-import { criuDump } from "../tests/helpers/criu.ts";
+import { criuDump, criuRestore, type Setting } from "../tests/helpers/criu.ts";
+import { createNetns } from "../tests/helpers/netns.ts";
 import { podTree } from "../tests/helpers/host_tree.ts";
-import { criuStat, findCriu } from "./criu_stats.ts";
+import { startPeer, startTree } from "../tests/helpers/tree.ts";
+import { criuStat, findCriu, imagesTmpfs } from "./criu_stats.ts";
 import { median } from "./measure.ts";
 
-/** One dump: CRIU's frozen time and the peer's longest silence (ms). */
-async function round(
-  hold: boolean,
-  pauseMs: number,
-): Promise<{ frozen: number; silence: number }> {
+/** One dump: CRIU's frozen time and what the peer saw (ms). */
+interface Sample {
+  frozen: number;
+  silence: number;
+  medianWait: number;
+  maxWait: number;
+  /** Dump and restore: the time from the freeze to the end of the restore (frozen + the gap). */
+  down?: number;
+  /** Dump and restore: CRIU's restore_time. */
+  restore?: number;
+}
+
+/** One pod dump: CRIU's frozen time and the peer's longest silence (ms). */
+async function podRound(hold: boolean, pauseMs: number): Promise<Sample> {
   await using live = await podTree(7800, pauseMs);
   const { pod, images, tree, peer } = live;
   const env = { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: hold ? "1" : "0" };
@@ -32,37 +58,159 @@ async function round(
   await peer.flowing();
   const verdict = await peer.stop();
   if (!verdict.ok) throw new Error(`the peer lost connections: ${verdict.errors.join("; ")}`);
-  return { frozen, silence: verdict.maxSilenceMs };
+  return {
+    frozen,
+    silence: verdict.maxSilenceMs,
+    medianWait: verdict.medianWaitMs,
+    maxWait: verdict.maxWaitMs,
+  };
 }
 
+/** A way of locking a host tree's network for a `--leave-running` dump. */
+interface HostMethod {
+  name: string;
+  lock?: string[];
+  env?: Record<string, string>;
+}
+
+const HOST_METHODS: HostMethod[] = [
+  { name: "skip (no lock)", lock: ["--network-lock", "skip"] },
+  { name: "CRIU --network-lock nftables", lock: ["--network-lock", "nftables"] },
+  { name: "netlock iptables, drops", env: { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "0" } },
+  { name: "netlock iptables, holds", env: { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "1" } },
+];
+
+/**
+ * One host dump with `--leave-running` of a tree with `count` loopback
+ * connections, or (`restore`) a final dump and its restore, at once (retried
+ * while the tree's PIDs are still taken, as users retry).
+ */
+async function hostRound(
+  method: HostMethod,
+  count: number,
+  under: string,
+  restore = false,
+): Promise<Sample> {
+  await using host = await createNetns();
+  const images = await Deno.makeTempDir({ prefix: "netlock-criu-hold-", dir: under });
+  const at = { netns: host, address: "127.0.0.1" };
+  try {
+    await using tree = await startTree(at, 7900, count, 4);
+    await using peer = await startPeer(host, at, 7900, count, 100);
+    await peer.flowing(count * 1024);
+    const setting: Setting = { host, ...(method.lock ? { lock: method.lock } : {}) };
+    const env = method.env ?? {};
+    if (restore) tree.members();
+    const dump = await criuDump(setting, tree, images, restore ? [] : ["--leave-running"], env);
+    const dumped = performance.now();
+    if (dump.code !== 0) throw new Error(`${method.name}: dump failed: ${dump.errors}`);
+    const frozen = await criuStat(images, "dump");
+    let down: number | undefined;
+    let restoreMs: number | undefined;
+    if (restore) {
+      await tree.gone();
+      const restored = await criuRestore(setting, images, env);
+      if (restored.code !== 0) {
+        throw new Error(`${method.name}: restore failed: ${restored.errors}`);
+      }
+      down = frozen + performance.now() - dumped;
+      restoreMs = await criuStat(images, "restore");
+      tree.restored(restored.pid);
+    }
+    await peer.flowing(count * 1024);
+    const verdict = await peer.stop();
+    if (!verdict.ok) {
+      throw new Error(`${method.name}: the peer lost connections: ${verdict.errors.join("; ")}`);
+    }
+    return {
+      frozen,
+      silence: verdict.maxSilenceMs,
+      medianWait: verdict.medianWaitMs,
+      maxWait: verdict.maxWaitMs,
+      ...(down === undefined ? {} : { down, restore: restoreMs }),
+    };
+  } finally {
+    await Deno.remove(images, { recursive: true });
+  }
+}
+
+/** Prints one table row of medians. */
+function row(first: string, method: string, list: Sample[]): string {
+  const of = (key: keyof Sample) => median(list.map((s) => s[key] ?? NaN));
+  const down = list[0]?.down === undefined
+    ? ""
+    : ` ${of("restore").toFixed(1)} ms | ${of("down").toFixed(0)} ms |`;
+  return `| ${first} | ${method} | ${of("frozen").toFixed(1)} ms |${down} ${
+    of("medianWait")
+  } ms | ` +
+    `${of("maxWait")} ms | ${of("silence")} ms |`;
+}
+
+const HEADER = "| frozen | peer's wait for an echo, median over connections | its longest | " +
+  "peer's longest silence |\n";
+
 if (import.meta.main) {
-  const rounds = Number(Deno.args[0] ?? "10");
-  const pauses = (Deno.args[1] ?? "20,100").split(",").map(Number);
+  const rounds = Number(Deno.args[0] ?? "5");
+  const only = Deno.args[1];
   const found = await findCriu();
   if ("missing" in found) {
     console.log(`criu: skipped: ${found.missing}`);
     Deno.exit(0);
   }
-  type Sample = { frozen: number; silence: number };
-  const samples = new Map<string, Sample[]>();
-  const add = (key: string, sample: Sample) =>
+  const add = (samples: Map<string, Sample[]>, key: string, sample: Sample) =>
     samples.set(key, [...samples.get(key) ?? [], sample]);
-  for (let i = 0; i < rounds; i++) {
-    console.error(`  round ${i + 1}/${rounds}`);
-    for (const pause of pauses) {
-      add(`${pause} drops`, await round(false, pause));
-      add(`${pause} NETLOCK_HOLD=1`, await round(true, pause));
+  if (only === undefined || only === "pod") {
+    const pauses = (Deno.args[2] ?? "20,100").split(",").map(Number);
+    const samples = new Map<string, Sample[]>();
+    for (let i = 0; i < rounds; i++) {
+      console.error(`  pod: round ${i + 1}/${rounds}`);
+      for (const pause of pauses) {
+        add(samples, `${pause} ms|drops`, await podRound(false, pause));
+        add(samples, `${pause} ms|NETLOCK_HOLD=1`, await podRound(true, pause));
+      }
     }
+    console.log(
+      "| a tree in a pod's namespace, 6 connections; the peer sends every | criu-hook.sh, " +
+        "iptables, dump --leave-running " + HEADER + "| ---: | --- | ---: | ---: | ---: | ---: |",
+    );
+    for (const [key, list] of samples) {
+      console.log(row(...key.split("|") as [string, string], list));
+    }
+    console.log(`(${rounds} rounds, interleaved, medians)\n`);
   }
-  console.log(
-    "| the peer sends every | criu-hook.sh, iptables, dump --leave-running | frozen | peer's longest silence |",
-  );
-  console.log("| ---: | --- | ---: | ---: |");
-  for (const [key, list] of samples) {
-    const [pause, lock] = key.split(" ");
-    const frozen = median(list.map((s) => s.frozen));
-    const silence = median(list.map((s) => s.silence));
-    console.log(`| ${pause} ms | ${lock} | ${frozen.toFixed(1)} ms | ${silence} ms |`);
+  for (const restore of [false, true]) {
+    if (only !== undefined && only !== (restore ? "restore" : "host")) continue;
+    const counts = (Deno.args[2] ?? "200,1000").split(",").map(Number);
+    await using tmpfs = await imagesTmpfs();
+    const samples = new Map<string, Sample[]>();
+    const failures = new Map<string, string>();
+    for (const count of counts) {
+      for (let i = 0; i < rounds; i++) {
+        console.error(`  host ${count} connections${restore ? ", restore" : ""}: round ${i + 1}`);
+        for (const method of HOST_METHODS) {
+          const key = `${count}|${method.name}`;
+          if (failures.has(key)) continue;
+          await hostRound(method, count, tmpfs.path, restore).then(
+            (sample) => add(samples, key, sample),
+            // CRIU's nftables lock cannot dump 1,000 connections here (RLIMIT_NOFILE);
+            // without a lock a restore's peers are reset.
+            (error) => failures.set(key, (error as Error).message.split("\n")[0].slice(0, 160)),
+          );
+        }
+      }
+    }
+    console.log(
+      restore
+        ? "| a tree on the host, connections | dump, then restore | frozen | restore | " +
+          "from the freeze to the end of the restore " + HEADER.slice(HEADER.indexOf("| peer")) +
+          "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        : "| a tree on the host, connections | dump --leave-running " + HEADER +
+          "| ---: | --- | ---: | ---: | ---: | ---: |",
+    );
+    for (const [key, list] of samples) {
+      console.log(row(...key.split("|") as [string, string], list));
+    }
+    for (const [key, why] of failures) console.log(`| ${key.replace("|", " | ")} | ${why} | | | |`);
+    console.log(`(${rounds} rounds, interleaved, medians; the peer sends every 100 ms)\n`);
   }
-  console.log(`(${rounds} rounds, interleaved, medians; 6 connections)`);
 }

@@ -89,7 +89,12 @@ export async function imagesTmpfs(): Promise<ImagesTmpfs> {
   return {
     path,
     async [Symbol.asyncDispose]() {
-      await new Deno.Command("umount", { args: [path] }).output();
+      // A hook's helper may hold a CRIU log there for a moment after CRIU:
+      // the mount is busy until it ends (10 s at most).
+      for (let i = 0; i < 100; i++) {
+        if ((await new Deno.Command("umount", { args: [path] }).output()).success) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
       await Deno.remove(path);
     },
   };

@@ -390,9 +390,9 @@ function describeFailure(result2, tool) {
   return reason ? `${how}: ${reason}` : how;
 }
 function firstLine(text) {
-  const lines2 = text.split("\n").map((line) => line.trim()).filter((line) => line !== "");
+  const lines = text.split("\n").map((line) => line.trim()).filter((line) => line !== "");
   const banner = /^\S+ v[0-9][\w.-]* \([^)]*\):$/;
-  return lines2.find((line) => !banner.test(line)) ?? lines2[0] ?? "";
+  return lines.find((line) => !banner.test(line)) ?? lines[0] ?? "";
 }
 async function feedStdin(input, sink) {
   if (input instanceof ReadableStream) return await input.pipeTo(sink);
@@ -593,6 +593,76 @@ var init_lock_state = __esm({
   }
 });
 
+// lib/iptables/ruleset.ts
+function renderIptablesLock(rules) {
+  return wrapFilter([
+    `:${rules.name} - [0:0]`,
+    ...lockLines(rules)
+  ]);
+}
+function renderIptablesUnlock(rules) {
+  return renderIptablesChange(rules, {
+    removeJumps: {
+      input: 1,
+      output: 1
+    },
+    chain: "delete",
+    addLock: false
+  });
+}
+function renderIptablesOpen(rules) {
+  return wrapFilter([
+    `-I ${rules.name} 1 -j RETURN`
+  ]);
+}
+function renderIptablesChange(rules, change) {
+  const lines = [];
+  for (let i = 0; i < change.removeJumps.input; i++) lines.push(`-D INPUT -j ${rules.name}`);
+  for (let i = 0; i < change.removeJumps.output; i++) lines.push(`-D OUTPUT -j ${rules.name}`);
+  if (change.chain === "create") lines.push(`-N ${rules.name}`);
+  if (change.chain === "flush" || change.chain === "delete") lines.push(`-F ${rules.name}`);
+  if (change.chain === "delete") lines.push(`-X ${rules.name}`);
+  const old = change.removeSubchains ?? [];
+  lines.push(...old.map((chain) => `-F ${chain}`), ...old.map((chain) => `-X ${chain}`));
+  if (change.addLock) lines.push(...lockLines(rules));
+  return wrapFilter(lines);
+}
+function lockLines(rules) {
+  const body = Array.isArray(rules.body) ? rules.body : [
+    `-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
+    typeof rules.queue === "number" ? queueRule(rules.queue) : "-j DROP",
+    ...rules.ipv4Only ? [
+      IPV4_ONLY_MARKER
+    ] : []
+  ];
+  const subchains = rules.subchains ?? [];
+  return [
+    ...subchains.map((chain) => `-N ${chain.name}`),
+    `-I INPUT -j ${rules.name}`,
+    `-I OUTPUT -j ${rules.name}`,
+    ...body.map((spec) => `-A ${rules.name} ${spec}`),
+    ...subchains.flatMap((chain) => chain.body.map((spec) => `-A ${chain.name} ${spec}`))
+  ];
+}
+function queueRule(queue) {
+  return `-j NFQUEUE --queue-num ${queue}`;
+}
+function wrapFilter(lines) {
+  return [
+    "*filter",
+    ...lines,
+    "COMMIT",
+    ""
+  ].join("\n");
+}
+var IPV4_ONLY_MARKER;
+var init_ruleset = __esm({
+  "lib/iptables/ruleset.ts"() {
+    init_options();
+    IPV4_ONLY_MARKER = '-m comment --comment "netlock: ipv6 off" -j RETURN';
+  }
+});
+
 // lib/connections/proc_net_parser.ts
 function isWildcardAddress(address2) {
   return /^[0.:]+$/.test(address2);
@@ -787,28 +857,30 @@ function dropsOf(connections, family) {
     }
   ]);
 }
-function portDrop(drop) {
-  return `-p tcp -m tcp --sport ${drop.sport} --dport ${drop.dport} -j DROP`;
+function portDrop(drop, verdict2 = DROP) {
+  return `-p tcp -m tcp --sport ${drop.sport} --dport ${drop.dport} ${verdict2}`;
 }
-function fullDrop(drop) {
-  return `${drop.addresses} ${portDrop(drop)}`;
+function fullDrop(drop, verdict2 = DROP) {
+  return `${drop.addresses} ${portDrop(drop, verdict2)}`;
 }
-function listenerDrops(listeners, family) {
+function listenerDrops(listeners, family, verdict2 = DROP) {
   const mask = family === "ipv4" ? "32" : "128";
-  return listeners.filter((l) => l.family === family || family === "ipv4" && l.family === "ipv6" && isWildcardAddress(l.local)).map((l) => `${isWildcardAddress(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} --tcp-flags FIN,SYN,RST,ACK SYN -j DROP`);
+  return listeners.filter((l) => l.family === family || family === "ipv4" && l.family === "ipv6" && isWildcardAddress(l.local)).map((l) => `${isWildcardAddress(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} --tcp-flags FIN,SYN,RST,ACK SYN ${verdict2}`);
 }
-function connectionDrops(connections, family) {
-  return dropsOf(connections, family).map(fullDrop);
+function connectionDrops(connections, family, verdict2 = DROP) {
+  return dropsOf(connections, family).map((drop) => fullDrop(drop, verdict2));
 }
-function connectionIptablesTree(connections, family, mark, root, listeners = []) {
+function connectionIptablesTree(connections, family, mark, root, listeners = [], verdict2 = DROP) {
   const drops = dropsOf(connections, family);
   const head = markedReturn(mark);
-  const synDrops = listenerDrops(listeners, family);
+  const synDrops = listenerDrops(listeners, family, verdict2);
+  const full = (drop) => fullDrop(drop, verdict2);
+  const ports = (drop) => portDrop(drop, verdict2);
   if (drops.length <= 2 * LEAF_RULES) {
     return {
       body: [
         head,
-        ...drops.map(fullDrop),
+        ...drops.map(full),
         ...synDrops
       ],
       subchains: []
@@ -862,11 +934,11 @@ function connectionIptablesTree(connections, family, mark, root, listeners = [])
     head
   ];
   for (const [addresses, same] of pairs) {
-    body.push(`${addresses} -j ${chain(() => build(sortedBy(same, "dport"), "dport", portDrop))}`);
+    body.push(`${addresses} -j ${chain(() => build(sortedBy(same, "dport"), "dport", ports))}`);
   }
   const paired = new Set(pairs.map(([addresses]) => addresses));
   const rest = drops.filter((drop) => !paired.has(drop.addresses));
-  body.push(...build(sortedBy(rest, "dport"), "dport", fullDrop), ...synDrops);
+  body.push(...build(sortedBy(rest, "dport"), "dport", full), ...synDrops);
   return {
     body,
     subchains
@@ -960,10 +1032,10 @@ function renderNftConnectionAdd(table, connections, listeners = []) {
   }
   return elements;
 }
-function renderIptablesConnectionAdd(chain, connections, family, listeners = []) {
+function renderIptablesConnectionAdd(chain, connections, family, listeners = [], verdict2 = DROP) {
   const rules = [
-    ...connectionDrops(connections, family),
-    ...listenerDrops(listeners, family)
+    ...connectionDrops(connections, family, verdict2),
+    ...listenerDrops(listeners, family, verdict2)
   ].map((spec) => `-A ${chain} ${spec}
 `);
   return `*filter
@@ -994,8 +1066,8 @@ function renderConnectionTemplate(backend, name, mark) {
   ]).join("\n");
   return text.replaceAll("192.0.2.1/32", "LOCAL").replaceAll("192.0.2.2/32", "REMOTE").replaceAll("192.0.2.1", "LOCAL").replaceAll("192.0.2.2", "REMOTE").replaceAll("65001", "LPORT").replaceAll("65002", "RPORT");
 }
-var SUFFIX, ROOT_LENGTH, LEAF_RULES, FANOUT;
-var init_ruleset = __esm({
+var SUFFIX, ROOT_LENGTH, DROP, LEAF_RULES, FANOUT;
+var init_ruleset2 = __esm({
   "lib/connections/ruleset.ts"() {
     init_proc_net_parser();
     SUFFIX = {
@@ -1003,13 +1075,14 @@ var init_ruleset = __esm({
       cgroup: "g"
     };
     ROOT_LENGTH = 22;
+    DROP = "-j DROP";
     LEAF_RULES = 64;
     FANOUT = 16;
   }
 });
 
 // lib/shape/connections.ts
-function connectionShape(name, mark, pid, connections, listeners = []) {
+function connectionShape(name, mark, pid, connections, listeners = [], queue) {
   const table = connectionLockName(name, pid);
   let wanted;
   const bodies = /* @__PURE__ */ new Map();
@@ -1025,7 +1098,7 @@ function connectionShape(name, mark, pid, connections, listeners = []) {
         rules = connections ? {
           name: table,
           mark,
-          ...connectionIptablesTree(connections, family, mark, table, listeners)
+          ...connectionIptablesTree(connections, family, mark, table, listeners, verdict(queue))
         } : {
           name: table,
           mark,
@@ -1060,10 +1133,14 @@ function connectionShape(name, mark, pid, connections, listeners = []) {
     }
   };
 }
+function verdict(queue) {
+  return queue === void 0 ? "-j DROP" : queueRule(queue);
+}
 var init_connections = __esm({
   "lib/shape/connections.ts"() {
     init_lock_state();
     init_ruleset();
+    init_ruleset2();
   }
 });
 
@@ -1116,7 +1193,7 @@ var NFT_CGROUP_ROOT;
 var init_cgroup = __esm({
   "lib/shape/cgroup.ts"() {
     init_lock_state();
-    init_ruleset();
+    init_ruleset2();
     NFT_CGROUP_ROOT = "/sys/fs/cgroup";
   }
 });
@@ -1585,8 +1662,8 @@ function isCommentMatch(e) {
 }
 function jumpTarget(expr) {
   for (const e of withoutCounters(expr) ?? []) {
-    const verdict = e.jump ?? e.goto;
-    if (typeof verdict?.target === "string") return verdict.target;
+    const verdict2 = e.jump ?? e.goto;
+    if (typeof verdict2?.target === "string") return verdict2.target;
   }
   return void 0;
 }
@@ -1698,13 +1775,13 @@ async function probeTarget(ref, exec, ownPid) {
     ...own,
     "/proc/sys/net/ipv6"
   ]);
-  const lines2 = result2.stdout.split("\n");
-  const inode = lines2[0]?.match(/^\/proc\/self\/ns\/net ([0-9]+)$/)?.[1];
+  const lines = result2.stdout.split("\n");
+  const inode = lines[0]?.match(/^\/proc\/self\/ns\/net ([0-9]+)$/)?.[1];
   if (!inode || result2.code !== 0 && result2.code !== 1) throw probeError(ref, result2.stderr);
-  const ownInode = own.length ? lines2.find((line) => line.startsWith(`${own[0]} `))?.split(" ")[1] : void 0;
+  const ownInode = own.length ? lines.find((line) => line.startsWith(`${own[0]} `))?.split(" ")[1] : void 0;
   return {
     netns: `net:[${inode}]`,
-    ipv6: lines2.some((line) => line.startsWith("/proc/sys/net/ipv6 ")),
+    ipv6: lines.some((line) => line.startsWith("/proc/sys/net/ipv6 ")),
     ...ownInode ? {
       own: `net:[${ownInode}]`
     } : {}
@@ -1877,76 +1954,6 @@ var init_guard = __esm({
   }
 });
 
-// lib/iptables/ruleset.ts
-function renderIptablesLock(rules) {
-  return wrapFilter([
-    `:${rules.name} - [0:0]`,
-    ...lockLines(rules)
-  ]);
-}
-function renderIptablesUnlock(rules) {
-  return renderIptablesChange(rules, {
-    removeJumps: {
-      input: 1,
-      output: 1
-    },
-    chain: "delete",
-    addLock: false
-  });
-}
-function renderIptablesOpen(rules) {
-  return wrapFilter([
-    `-I ${rules.name} 1 -j RETURN`
-  ]);
-}
-function renderIptablesChange(rules, change) {
-  const lines2 = [];
-  for (let i = 0; i < change.removeJumps.input; i++) lines2.push(`-D INPUT -j ${rules.name}`);
-  for (let i = 0; i < change.removeJumps.output; i++) lines2.push(`-D OUTPUT -j ${rules.name}`);
-  if (change.chain === "create") lines2.push(`-N ${rules.name}`);
-  if (change.chain === "flush" || change.chain === "delete") lines2.push(`-F ${rules.name}`);
-  if (change.chain === "delete") lines2.push(`-X ${rules.name}`);
-  const old = change.removeSubchains ?? [];
-  lines2.push(...old.map((chain) => `-F ${chain}`), ...old.map((chain) => `-X ${chain}`));
-  if (change.addLock) lines2.push(...lockLines(rules));
-  return wrapFilter(lines2);
-}
-function lockLines(rules) {
-  const body = Array.isArray(rules.body) ? rules.body : [
-    `-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
-    typeof rules.queue === "number" ? queueRule(rules.queue) : "-j DROP",
-    ...rules.ipv4Only ? [
-      IPV4_ONLY_MARKER
-    ] : []
-  ];
-  const subchains = rules.subchains ?? [];
-  return [
-    ...subchains.map((chain) => `-N ${chain.name}`),
-    `-I INPUT -j ${rules.name}`,
-    `-I OUTPUT -j ${rules.name}`,
-    ...body.map((spec) => `-A ${rules.name} ${spec}`),
-    ...subchains.flatMap((chain) => chain.body.map((spec) => `-A ${chain.name} ${spec}`))
-  ];
-}
-function queueRule(queue) {
-  return `-j NFQUEUE --queue-num ${queue}`;
-}
-function wrapFilter(lines2) {
-  return [
-    "*filter",
-    ...lines2,
-    "COMMIT",
-    ""
-  ].join("\n");
-}
-var IPV4_ONLY_MARKER;
-var init_ruleset2 = __esm({
-  "lib/iptables/ruleset.ts"() {
-    init_options();
-    IPV4_ONLY_MARKER = '-m comment --comment "netlock: ipv6 off" -j RETURN';
-  }
-});
-
 // lib/iptables/lock_state.ts
 function inspectIptablesLock(table, rules) {
   const jump = `-j ${rules.name}`;
@@ -2034,7 +2041,7 @@ function isTreeRule(spec, root) {
   return match !== null && match[1].startsWith(`${root}.`);
 }
 function isConnectionLockRule(spec) {
-  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j DROP$/.test(spec);
+  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j (DROP|NFQUEUE --queue-num [0-9]+)$/.test(spec);
 }
 function isListenerDrop(spec) {
   return LISTENER_DROP.test(spec);
@@ -2045,7 +2052,7 @@ function isMarkedReturn(spec) {
 var BUILTIN_CHAINS2, UNLOCKED_STATE, LISTENER_DROP;
 var init_lock_state2 = __esm({
   "lib/iptables/lock_state.ts"() {
-    init_ruleset2();
+    init_ruleset();
     BUILTIN_CHAINS2 = /* @__PURE__ */ new Set([
       "INPUT",
       "FORWARD",
@@ -2066,7 +2073,7 @@ var init_lock_state2 = __esm({
       foreign: false,
       ipv4Only: false
     };
-    LISTENER_DROP = /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/;
+    LISTENER_DROP = /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j (?:DROP|NFQUEUE --queue-num [0-9]+)$/;
   }
 });
 
@@ -2103,7 +2110,7 @@ function planIptablesUnlock(state, rules) {
 }
 var init_planner = __esm({
   "lib/iptables/planner.ts"() {
-    init_ruleset2();
+    init_ruleset();
   }
 });
 
@@ -2482,7 +2489,7 @@ function planNftUnlockCommands(view, names, tidy = false) {
 var FAMILIES;
 var init_plan = __esm({
   "lib/unlock/plan.ts"() {
-    init_ruleset();
+    init_ruleset2();
     init_criu_locks();
     init_view_parser();
     init_lock_state();
@@ -2993,7 +3000,7 @@ async function putBack(prepared, opts, names) {
 var init_backends = __esm({
   "lib/unlock/backends.ts"() {
     init_criu_locks();
-    init_ruleset();
+    init_ruleset2();
     init_cgroup();
     init_errors();
     init_backend();
@@ -3216,12 +3223,12 @@ function parseBlocks(stdout) {
     restore: /* @__PURE__ */ new Map(),
     save: /* @__PURE__ */ new Map()
   };
-  const lines2 = stdout.split("\n");
-  for (let i = 0; i < lines2.length; i++) {
-    const head = lines2[i].match(/^@@(restore|save) ([01]) (-|[0-9]+)$/);
+  const lines = stdout.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const head = lines[i].match(/^@@(restore|save) ([01]) (-|[0-9]+)$/);
     if (!head) continue;
     const body = [];
-    for (i++; i < lines2.length && lines2[i] !== "@@end"; i++) body.push(lines2[i]);
+    for (i++; i < lines.length && lines[i] !== "@@end"; i++) body.push(lines[i]);
     found[head[1]].set(Number(head[2]), {
       status: head[3],
       text: body.join("\n")
@@ -3296,7 +3303,7 @@ async function lockConnections(prepared, opts, pid, listeners = false) {
   const { tree, connections } = probe;
   refuseOwnTree(tree, opts);
   const listening = listeners ? probe.listeners ?? [] : [];
-  const shape = connectionShape(opts.name, opts.mark, pid, connections, listening);
+  const shape = connectionShape(opts.name, opts.mark, pid, connections, listening, opts.queue);
   const outcome = await whileSameProcess(prepared, opts, tree, shape, "connections", () => lockWithBackend(prepared, opts, shape));
   return {
     ...outcome,
@@ -3374,12 +3381,25 @@ async function addToConnectionLock(exec, pid, made, connections, listeners = [])
     ], renderNftConnectionAdd(name, connections, listeners))
   ] : made.families.map((family) => ({
     family,
-    script: renderIptablesConnectionAdd(name, connections, family, listeners)
+    script: renderIptablesConnectionAdd(name, connections, family, listeners, verdict(made.queue))
   })).filter(({ script }) => script !== "*filter\nCOMMIT\n").map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, [
     "-w",
     "--noflush"
   ], script));
   return (await Promise.all(runs)).every((run3) => run3.success);
+}
+function renderConnectionLockOpen(made, pid) {
+  const name = connectionLockName(made.name, pid);
+  return made.backend === "nftables" ? renderNftOpen({
+    name,
+    mark: 0
+  }) : renderNftReturnFirst(name, made.families);
+}
+async function openConnectionLock(exec, pid, made) {
+  return (await exec("nft", [
+    "-f",
+    "-"
+  ], renderConnectionLockOpen(made, pid))).success;
 }
 var init_process = __esm({
   "lib/lock/process.ts"() {
@@ -3390,7 +3410,8 @@ var init_process = __esm({
     init_connections();
     init_backends();
     init_apply();
-    init_ruleset();
+    init_ruleset2();
+    init_ruleset3();
     init_backend();
   }
 });
@@ -3907,7 +3928,7 @@ async function optional(read) {
 }
 var init_list = __esm({
   "lib/lock/list.ts"() {
-    init_ruleset();
+    init_ruleset2();
     init_criu_locks();
     init_errors();
     init_backend();
@@ -4164,7 +4185,7 @@ var init_operations = __esm({
     init_connections();
     init_cgroup();
     init_process();
-    init_ruleset();
+    init_ruleset2();
     init_apply();
     init_status();
     init_shape();
@@ -4248,8 +4269,9 @@ async function openChannel(dir) {
     read: true,
     write: true
   });
+  const reader = new LineReader(cmd);
   return {
-    requests: (stop) => lines(cmd, stop),
+    requests: (stop) => reader.lines(stop),
     answer: (line) => writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}
 `)),
     async close() {
@@ -4278,43 +4300,54 @@ function watchCriu(criuPid, criuStart, stop) {
     signal: stop.signal
   }).then(() => stop.abort(), () => stop.abort());
 }
-async function* lines(file, signal) {
-  const decoder = new TextDecoder();
-  const buffer = new Uint8Array(4096);
-  let pending = "";
-  const aborted = new Promise((resolve) => {
-    if (signal.aborted) resolve(null);
-    signal.addEventListener("abort", () => resolve(null), {
-      once: true
-    });
-  });
-  while (!signal.aborted) {
-    const n = await Promise.race([
-      file.read(buffer),
-      aborted
-    ]);
-    if (n === null) return;
-    pending += decoder.decode(buffer.subarray(0, n), {
-      stream: true
-    });
-    let newline;
-    while ((newline = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, newline).trim();
-      pending = pending.slice(newline + 1);
-      if (line) yield line;
-    }
-  }
-}
 async function writeAll(file, bytes) {
   let written = 0;
   while (written < bytes.length) written += await file.write(bytes.subarray(written));
 }
-var WAIT_GONE_SCRIPT;
+var WAIT_GONE_SCRIPT, LineReader;
 var init_channel = __esm({
   "lib/criu/helper/channel.ts"() {
     init_runner();
     init_shell_programs();
     WAIT_GONE_SCRIPT = WAIT_GONE_SH;
+    LineReader = class {
+      #file;
+      #decoder = new TextDecoder();
+      #buffer = new Uint8Array(4096);
+      #pending = "";
+      #read;
+      constructor(file) {
+        this.#file = file;
+      }
+      async *lines(signal) {
+        const aborted = new Promise((resolve) => {
+          if (signal.aborted) resolve("aborted");
+          signal.addEventListener("abort", () => resolve("aborted"), {
+            once: true
+          });
+        });
+        while (!signal.aborted) {
+          let newline;
+          while ((newline = this.#pending.indexOf("\n")) >= 0) {
+            const line = this.#pending.slice(0, newline).trim();
+            this.#pending = this.#pending.slice(newline + 1);
+            if (line) yield line;
+            if (signal.aborted) return;
+          }
+          this.#read ??= this.#file.read(this.#buffer);
+          const n = await Promise.race([
+            this.#read,
+            aborted
+          ]);
+          if (n === "aborted") return;
+          this.#read = void 0;
+          if (n === null) return;
+          this.#pending += this.#decoder.decode(this.#buffer.subarray(0, n), {
+            stream: true
+          });
+        }
+      }
+    };
   }
 });
 
@@ -4545,7 +4578,7 @@ var init_armed = __esm({
   "lib/criu/armed.ts"() {
     init_operations();
     init_prepare();
-    init_ruleset2();
+    init_ruleset();
     init_ruleset3();
     init_target();
     init_primed();
@@ -4697,7 +4730,8 @@ kind=${plan.tree}
 backend=${plan.backend}
 ` + (plan.pid !== void 0 ? `pid=${plan.pid}
 ` : "") + `finish=${plan.finish ? 1 : 0}
-`;
+` + (plan.hold !== void 0 ? `hold=${plan.hold}
+` : "");
 }
 function renderRestoreUnlock(lock) {
   const script = lock.backend === "nftables" ? renderNftOpen(lock) : renderNftReturnFirst(lock.name, lock.families);
@@ -4707,13 +4741,12 @@ function renderRestoreUnlock(lock) {
   };
 }
 function renderTreeRestoreUnlock(lock) {
-  const open2 = (kind) => renderNftOpen({
-    name: processLockName(lock.name, kind, lock.pid),
+  const cgroup = lock.cgroup ? renderNftOpen({
+    name: processLockName(lock.name, "cgroup", lock.pid),
     mark: 0
-  });
-  const connections = lock.backend === "nftables" ? open2("connections") : renderNftReturnFirst(processLockName(lock.name, "connections", lock.pid), lock.families);
+  }) : "";
   return {
-    script: connections + (lock.cgroup ? open2("cgroup") : ""),
+    script: renderConnectionLockOpen(lock, lock.pid) + cgroup,
     finish: true
   };
 }
@@ -4739,7 +4772,7 @@ async function writeRestorePlan(images, lock) {
     finish
   }));
 }
-async function writeTreePlan(images, lock, pid) {
+async function writeTreePlan(images, lock, pid, hold) {
   const { script, finish } = renderTreeRestoreUnlock({
     ...lock,
     pid
@@ -4748,7 +4781,8 @@ async function writeTreePlan(images, lock, pid) {
     tree: "host",
     backend: lock.backend,
     pid,
-    finish
+    finish,
+    hold
   }));
 }
 async function removeRestorePlan(images) {
@@ -4764,8 +4798,261 @@ var RESTORE_PLAN;
 var init_plan2 = __esm({
   "lib/criu/plan.ts"() {
     init_ruleset3();
-    init_ruleset();
+    init_ruleset2();
+    init_process();
     RESTORE_PLAN = "netlock-unlock";
+  }
+});
+
+// lib/hold/process_state.ts
+function parseProcessState(stat, status, start) {
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).trim().split(" ");
+  if (fields.length < 20 || fields[19] !== start) return "gone";
+  const state = fields[0];
+  if (state === "t") return "frozen";
+  if (state === "Z" || state === "X" || state === "x") return "gone";
+  if ((Number(fields[6]) & PF_EXITING) !== 0) return "gone";
+  for (const line of status.split("\n")) {
+    const [key, value] = line.split(":	");
+    if ((key === "SigPnd" || key === "ShdPnd") && /^[0-9a-f]+$/.test(value ?? "")) {
+      if ((BigInt(`0x${value}`) & SIGKILL_BIT) !== 0n) return "gone";
+    }
+  }
+  return status ? "runs" : "gone";
+}
+function openProcessStateReader() {
+  const library = Deno.dlopen("libc.so.6", SYMBOLS);
+  const c = library.symbols;
+  const buffer = new Uint8Array(4096);
+  const decoder = new TextDecoder();
+  const readText = (path) => {
+    const fd = c.open(new TextEncoder().encode(`${path}\0`), 0);
+    if (fd < 0) return "";
+    try {
+      const n = Number(c.read(fd, buffer, BigInt(buffer.length)));
+      return n > 0 ? decoder.decode(buffer.subarray(0, n)) : "";
+    } finally {
+      c.close(fd);
+    }
+  };
+  return {
+    state(pid, start) {
+      const stat = readText(`/proc/${pid}/stat`);
+      return stat ? parseProcessState(stat, readText(`/proc/${pid}/status`), start) : "gone";
+    },
+    close: () => library.close()
+  };
+}
+var SIGKILL_BIT, PF_EXITING, SYMBOLS;
+var init_process_state = __esm({
+  "lib/hold/process_state.ts"() {
+    SIGKILL_BIT = 1n << 8n;
+    PF_EXITING = 4;
+    SYMBOLS = {
+      open: {
+        parameters: [
+          "buffer",
+          "i32"
+        ],
+        result: "i32"
+      },
+      read: {
+        parameters: [
+          "i32",
+          "buffer",
+          "usize"
+        ],
+        result: "isize"
+      },
+      close: {
+        parameters: [
+          "i32"
+        ],
+        result: "i32"
+      }
+    };
+  }
+});
+
+// lib/criu/helper/host_hold.ts
+async function waitResumed(tree, stop) {
+  let reader;
+  try {
+    reader = openProcessStateReader();
+  } catch {
+    return "frozen";
+  }
+  const tick = () => new Promise((resolve) => setTimeout(resolve, WATCH_MS));
+  try {
+    let seen = "frozen";
+    while (!stop.aborted) {
+      const now = reader.state(tree.pid, tree.start);
+      if (now === "gone" || now === "runs" && seen === "runs") return now;
+      seen = now;
+      await tick();
+    }
+    return "frozen";
+  } finally {
+    reader.close();
+  }
+}
+var WATCH_MS, KEPT_HOLD_MS, HostHold;
+var init_host_hold = __esm({
+  "lib/criu/helper/host_hold.ts"() {
+    init_process();
+    init_primed();
+    init_tree_probe();
+    init_process_state();
+    WATCH_MS = 2;
+    KEPT_HOLD_MS = 6e4;
+    HostHold = class {
+      #holder;
+      #options;
+      #log;
+      #note;
+      #resume;
+      /** The opening of the lock, started ahead (`nft -f -` waiting for its script). */
+      #opening;
+      /**
+       * @param holder The queue held in netlock's own namespace.
+       * @param options The hook's options.
+       * @param log The helper's log (failures).
+       * @param note Where what went as it should is told (how many packets went through).
+       */
+      constructor(holder, options, log, note = log) {
+        this.#holder = holder;
+        this.#options = options;
+        this.#log = log;
+        this.#note = note;
+      }
+      /** The queue the tree's connection lock names. */
+      get queue() {
+        return this.#holder?.queue;
+      }
+      /**
+       * Once the lock is made (pre-dump, before the freeze): the tool that
+       * will open it is started now, waiting for its script, so that once the
+       * tree runs the opening costs nft's own work, not its start.
+       */
+      arm() {
+        if (this.#opening) return;
+        const stop = new AbortController();
+        this.#opening = {
+          nft: primer([], this.#options.log, stop.signal)("nft", [
+            "-f",
+            "-"
+          ]),
+          stop
+        };
+      }
+      /**
+       * From post-dump on: what was held goes through once the tree runs
+       * (then `ran`, which removes the lock); a tree gone is `end`'s to decide.
+       *
+       * @param tree The dumped tree and its lock.
+       * @param ran Called once the tree ran again and what was held went through.
+       */
+      watch(tree, ran) {
+        const stop = new AbortController();
+        const done = waitResumed(tree, stop.signal).then(async (now) => {
+          if (now === "runs") {
+            await this.#release(tree);
+            await ran();
+          }
+        });
+        this.#resume = {
+          stop,
+          done
+        };
+      }
+      /**
+       * CRIU is gone: the watch ends (whatever it saw or not); a tree that
+       * runs gets what was held (before its lock is removed); a tree gone
+       * after a final dump keeps it held for its restore (`keep`); else it is
+       * dropped.
+       *
+       * @param tree The dumped tree.
+       * @param dumped Whether the dump succeeded (post-dump answered).
+       * @returns Whether it still holds, for the restore.
+       */
+      async end(tree, dumped) {
+        this.#resume?.stop.abort();
+        await this.#resume?.done;
+        if (!this.#holder) return false;
+        if (await stillRuns(tree.pid, tree.start, this.#options)) await this.#release(tree);
+        else if (dumped) {
+          await this.#disarm();
+          return true;
+        }
+        await this.close();
+        return false;
+      }
+      /**
+       * After a final dump: serves `release PID` (the restore opened the lock:
+       * everything held goes on, the answer after the first round) until it
+       * comes or `keepMs` is up; then the queue closes (what is left dropped).
+       *
+       * @param channel The helper's FIFOs, which the restore plan names.
+       * @param pid The dumped root (a request for another PID is refused).
+       * @param keepMs How long to wait for the restore.
+       */
+      async keep(channel, pid, keepMs = KEPT_HOLD_MS) {
+        const stop = new AbortController();
+        const timer = setTimeout(() => stop.abort(), keepMs);
+        try {
+          for await (const line of channel.requests(stop.signal)) {
+            if (line === "exit") break;
+            if (line !== `release ${pid}`) {
+              await channel.answer(`error not the holder of that request: ${line}`);
+              continue;
+            }
+            const holder = this.#holder;
+            this.#holder = void 0;
+            await holder?.release({
+              afterFirst: () => channel.answer("ok")
+            }).then((released) => this.#note(`let through ${released} held packet(s) at the restore`), (error) => this.#log(`held packets dropped: ${error.message}`));
+            break;
+          }
+        } finally {
+          clearTimeout(timer);
+          await this.close();
+        }
+      }
+      /** Drops what is held (the kernel drops it with the queue: fail closed). */
+      async close() {
+        const holder = this.#holder;
+        this.#holder = void 0;
+        await Promise.all([
+          holder?.close(),
+          this.#disarm()
+        ]);
+      }
+      /** The opening started ahead, never used: killed. */
+      async #disarm() {
+        const opening = this.#opening;
+        this.#opening = void 0;
+        opening?.stop.abort();
+        await opening?.nft.cancel().catch(() => {
+        });
+      }
+      /**
+       * The connection lock opened first (nothing new is queued, nothing
+       * deleted: a deleted base chain would drop what is held), then
+       * everything held accepted at once.
+       */
+      async #release(tree) {
+        const holder = this.#holder;
+        this.#holder = void 0;
+        if (!holder) return;
+        const opening = this.#opening;
+        this.#opening = void 0;
+        const script = tree.lock && renderConnectionLockOpen(tree.lock, tree.pid);
+        const opened = tree.lock && (script && (await opening?.nft.write(script).catch(() => void 0))?.success || await openConnectionLock(ownExec(this.#options), tree.pid, tree.lock).catch(() => false));
+        opening?.stop.abort();
+        if (!opened) this.#log("the lock was not opened before the held packets were let through");
+        await holder.release().then((released) => this.#note(`let through ${released} held packet(s)`), (error) => this.#log(`held packets dropped: ${error.message}`));
+      }
+    };
   }
 });
 
@@ -4795,7 +5082,7 @@ function connectionNote(pid, why) {
 }
 var init_notes = __esm({
   "lib/criu/notes.ts"() {
-    init_ruleset();
+    init_ruleset2();
   }
 });
 
@@ -4808,6 +5095,13 @@ __export(tree_lock_exports, {
   unlockKept: () => unlockKept
 });
 async function lockTreeBeforeFreeze(pid, options) {
+  if (options.queue !== void 0) {
+    const why2 = "its lock holds what it stops (NETLOCK_HOLD=1), which a cgroup lock (nftables) cannot";
+    return {
+      ...await lockByAddress(pid, options),
+      note: connectionNote(pid, why2)
+    };
+  }
   const exec = ownExec(options);
   const probe = await probeTree(exec, pid, {
     members: true,
@@ -4873,7 +5167,11 @@ async function completeTreeLock(pid, options, before, dumped) {
     ...report2,
     changed: false
   };
-  return await addToConnectionLock(ownExec(options), pid, lock, missing, listeners) ? {
+  const made = {
+    ...lock,
+    queue: options.queue
+  };
+  return await addToConnectionLock(ownExec(options), pid, made, missing, listeners) ? {
     ...report2,
     changed: true
   } : void 0;
@@ -4983,14 +5281,14 @@ function encodeUnbind(queue, seq) {
   ]);
 }
 function encodeAcceptUpTo(queue, id, seq) {
-  const verdict = new Uint8Array(8);
-  const view = new DataView(verdict.buffer);
+  const verdict2 = new Uint8Array(8);
+  const view = new DataView(verdict2.buffer);
   view.setUint32(0, NF_ACCEPT, false);
   view.setUint32(4, id >>> 0, false);
   return message(MSG_VERDICT_BATCH, queue, seq, [
     [
       ATTR_VERDICT_HDR,
-      verdict
+      verdict2
     ]
   ]);
 }
@@ -5090,7 +5388,7 @@ function cString(text) {
   return new TextEncoder().encode(`${text}\0`);
 }
 function openNetfilterSocket(netns, receiveBuffer = 8 << 20) {
-  const library = Deno.dlopen("libc.so.6", SYMBOLS);
+  const library = Deno.dlopen("libc.so.6", SYMBOLS2);
   const c = library.symbols;
   const failure = (what) => failureOf(c, what);
   try {
@@ -5177,7 +5475,7 @@ function failureOf(c, what) {
   error.errno = code;
   return error;
 }
-var AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, NETLINK_NETFILTER, CLONE_NEWNET, O_RDONLY, O_CLOEXEC, SOL_SOCKET, SO_RCVBUFFORCE, MSG_DONTWAIT, POLLIN, EAGAIN, ENOBUFS, SYMBOLS;
+var AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, NETLINK_NETFILTER, CLONE_NEWNET, O_RDONLY, O_CLOEXEC, SOL_SOCKET, SO_RCVBUFFORCE, MSG_DONTWAIT, POLLIN, EAGAIN, ENOBUFS, SYMBOLS2;
 var init_netlink = __esm({
   "lib/hold/netlink.ts"() {
     AF_NETLINK = 16;
@@ -5193,7 +5491,7 @@ var init_netlink = __esm({
     POLLIN = 1;
     EAGAIN = 11;
     ENOBUFS = 105;
-    SYMBOLS = {
+    SYMBOLS2 = {
       socket: {
         parameters: [
           "i32",
@@ -5300,7 +5598,7 @@ async function holdQueue(netns, options = {}) {
     throw error;
   }
 }
-var HOLD_MAX_PACKETS, HOLD_FIRST_QUEUE, QUEUE_TRIES, ANSWER_MS, QueueState;
+var HOLD_MAX_PACKETS, HOLD_FIRST_QUEUE, QUEUE_TRIES, ACCEPT_ALL, ANSWER_MS, QueueState;
 var init_holder = __esm({
   "lib/hold/holder.ts"() {
     init_nfqueue();
@@ -5308,76 +5606,84 @@ var init_holder = __esm({
     HOLD_MAX_PACKETS = 4096;
     HOLD_FIRST_QUEUE = 49428;
     QUEUE_TRIES = 256;
+    ACCEPT_ALL = 2147483647;
     ANSWER_MS = 2e3;
     QueueState = class {
       #socket;
       #seq = 0;
       #answers = /* @__PURE__ */ new Map();
-      #highest = 0;
-      #accepted = 0;
-      #acceptedUpTo = 0;
       #count = 0;
       #stopped = false;
-      #loop;
+      /** One reader at a time: the last read (or request) in line. */
+      #turn = Promise.resolve();
       constructor(socket) {
         this.#socket = socket;
-        this.#loop = this.#read();
       }
-      async #read() {
-        while (!this.#stopped) {
-          const got = await this.#socket.receive(20).catch(() => []);
-          if (got === "overrun") continue;
-          for (const bytes of got) {
-            for (const message2 of decodeMessages(bytes)) {
-              if (message2.kind === "packet") {
-                this.#count++;
-                if (message2.id > this.#highest) this.#highest = message2.id;
-              } else if (message2.kind === "ack") {
-                this.#answers.get(message2.seq)?.(message2.errno);
-                this.#answers.delete(message2.seq);
-              }
+      #exclusive(task) {
+        const run3 = this.#turn.then(task, task);
+        this.#turn = run3.catch(() => {
+        });
+        return run3;
+      }
+      /** Reads what the socket has, waiting up to `waitMs` for it; whether anything came. */
+      async #readOnce(waitMs) {
+        if (this.#stopped) return false;
+        const got = await this.#socket.receive(waitMs).catch(() => []);
+        if (got === "overrun") return true;
+        for (const bytes of got) {
+          for (const message2 of decodeMessages(bytes)) {
+            if (message2.kind === "packet") {
+              this.#count++;
+            } else if (message2.kind === "ack") {
+              this.#answers.set(message2.seq, message2.errno);
             }
           }
         }
+        return got.length > 0;
+      }
+      /** Reads every message the socket holds. */
+      drain() {
+        return this.#exclusive(async () => {
+          while (await this.#readOnce(0)) ;
+        });
       }
       /** Sends a request and waits for its answer (the errno; -1: none came). */
       request(encode) {
-        const seq = ++this.#seq;
-        const answered = new Promise((resolve) => {
-          const timer = setTimeout(() => {
-            this.#answers.delete(seq);
-            resolve(-1);
-          }, ANSWER_MS);
-          this.#answers.set(seq, (errno) => {
-            clearTimeout(timer);
-            resolve(errno);
-          });
+        return this.#exclusive(async () => {
+          const seq = ++this.#seq;
+          this.#socket.send(encode(seq));
+          const deadline = performance.now() + ANSWER_MS;
+          while (!this.#answers.has(seq) && !this.#stopped) {
+            const left = deadline - performance.now();
+            if (left <= 0) break;
+            await this.#readOnce(Math.ceil(Math.min(20, left)));
+          }
+          const errno = this.#answers.get(seq) ?? -1;
+          this.#answers.delete(seq);
+          return errno;
         });
-        this.#socket.send(encode(seq));
-        return answered;
       }
       holder(queue) {
         return {
           queue,
-          held: () => this.#count - this.#accepted,
-          release: async () => {
-            for (const wait of [
-              5,
-              20
-            ]) {
+          held: async () => {
+            await this.drain();
+            return this.#count;
+          },
+          release: async ({ waits = [
+            0,
+            20
+          ], afterFirst } = {}) => {
+            for (const [round, wait] of waits.entries()) {
               await new Promise((resolve) => setTimeout(resolve, wait));
-              const upTo = this.#highest;
-              if (upTo > this.#acceptedUpTo) {
-                const errno = await this.request((seq) => encodeAcceptUpTo(queue, upTo, seq));
-                if (errno !== 0 && errno !== 2) {
-                  throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
-                }
-                this.#acceptedUpTo = upTo;
-                if (errno === 0) this.#accepted = this.#count;
-                else this.#count = this.#accepted;
+              const errno = await this.request((seq) => encodeAcceptUpTo(queue, ACCEPT_ALL, seq));
+              if (errno !== 0 && errno !== 2) {
+                throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
               }
+              if (round === 0) await afterFirst?.();
             }
-            const accepted = this.#accepted;
+            await this.drain();
+            const accepted = this.#count;
             await this.request((seq) => encodeUnbind(queue, seq));
             await this.stop();
             return accepted;
@@ -5388,7 +5694,7 @@ var init_holder = __esm({
       async stop() {
         if (this.#stopped) return;
         this.#stopped = true;
-        await this.#loop;
+        await this.#exclusive(() => Promise.resolve());
         this.#socket.close();
       }
     };
@@ -5428,6 +5734,7 @@ var init_dump_session = __esm({
     init_armed();
     init_dumped_sockets();
     init_plan2();
+    init_host_hold();
     init_tree_lock();
     init_notes();
     init_tree_probe();
@@ -5442,8 +5749,10 @@ var init_dump_session = __esm({
       #postDumped = false;
       /** A host tree's cgroup lock goes once its connections are locked by address. */
       #narrowed;
-      /** The queue the namespace lock sends what it stops to, when it holds. */
+      /** The queue the lock sends what it stops to, when it holds. */
       #queue;
+      /** A host tree's hold (a namespace's holder is the unlock's). */
+      #held;
       /**
        * @param settings The options, the image directory, the logs.
        * @param unlocks The helper's unlock (a dump arms it for the lock it makes).
@@ -5470,16 +5779,18 @@ var init_dump_session = __esm({
           start,
           place
         };
+        if (this.#settings.hold) await this.#hold(pid, place);
         if (place === "host") {
           try {
-            const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, options);
+            this.#held?.arm();
+            const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, this.#lockOptions());
             if (locked.note) warn(locked.note);
             return `ready ${place}`;
           } catch (error) {
+            await this.#held?.close();
             return `error ${error.message}`;
           }
         }
-        if (this.#settings.hold) await this.#hold(pid);
         const lock = (await this.#arm(pid).armed)?.lock;
         if (lock) {
           await Promise.all([
@@ -5518,7 +5829,8 @@ var init_dump_session = __esm({
        * and its cgroup lock goes.
        */
       async postDump(pid, answer) {
-        const { options, images, log, warn } = this.#settings;
+        const { images, log, warn } = this.#settings;
+        const options = this.#lockOptions();
         const dumped = this.#dumped;
         if (!(dumped?.place === "host" && dumped.pid === pid)) {
           this.#postDumped = true;
@@ -5529,9 +5841,16 @@ var init_dump_session = __esm({
           const taken = await dumpedSockets(images, log);
           const result2 = (taken && await completeTreeLock(pid, options, dumped.locked, taken).catch(() => void 0)) ?? await lockTreeConnections(pid, options, dumped.locked);
           if (!images) throw new Error("CRIU's image directory is unknown");
-          await writeTreePlan(images, result2, pid);
+          await writeTreePlan(images, result2, pid, this.#held ? this.#settings.dir : void 0);
           this.#postDumped = true;
           await answer("ok");
+          this.#held?.watch({
+            ...dumped,
+            lock: dumped.locked?.result
+          }, () => unlockKept(pid, options, [
+            "connections",
+            "cgroup"
+          ]).then(() => this.#dumped = void 0, (error) => log(`unlock once the tree ran again: ${error.message}`)));
           warn(keptNote(pid, result2));
         } catch (error) {
           await answer(`error criu-hook: cannot keep process ${pid} locked for its restore: ` + error.message);
@@ -5552,13 +5871,26 @@ var init_dump_session = __esm({
        * fired is cancelled.
        *
        * @param unlocked Whether CRIU's unlock came and succeeded.
+       * @returns After a final dump of a held host tree: its hold, still holding for the restore.
        */
       async end(unlocked) {
         await this.#narrowed;
+        const dumped = this.#dumped;
+        const tree = dumped && {
+          ...dumped,
+          lock: dumped.locked?.result
+        };
+        const held = this.#held;
+        const kept = tree && held && await held.end(tree, this.#postDumped);
+        if (!kept) await held?.close();
         if (this.#dumped && !unlocked) {
           await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log);
         }
         await (await this.#lock?.armed)?.cancel();
+        return kept && held && dumped ? {
+          hold: held,
+          pid: dumped.pid
+        } : void 0;
       }
       #arm(pid) {
         const armed = armNetworkLock(pid, this.#lockOptions()).catch(() => void 0);
@@ -5576,21 +5908,22 @@ var init_dump_session = __esm({
         };
       }
       /**
-       * A holder for the namespace's lock, in the tree's namespace, handed to
-       * the unlock (which lets what it holds through); without one the lock
-       * drops, as CRIU's log then says.
+       * A holder for the lock, where the lock is (the tree's namespace, or
+       * netlock's own for a host tree): a namespace's is handed to the unlock
+       * (which lets what it holds through); without one the lock drops, as
+       * CRIU's log then says.
        */
-      async #hold(pid) {
-        const { options, warn } = this.#settings;
+      async #hold(pid, place) {
+        const { options, log, warn, note } = this.#settings;
         if ((options.backend ?? "iptables") !== "iptables") {
-          warn("not holding: the nftables backend drops what it stops (NETLOCK_HOLD needs iptables)");
-          return;
+          return warn("not holding: the nftables backend drops what it stops (NETLOCK_HOLD needs iptables)");
         }
         try {
           const { holdQueue: holdQueue2 } = await Promise.resolve().then(() => (init_holder(), holder_exports));
-          const holder = await holdQueue2(`/proc/${pid}/ns/net`);
+          const holder = await holdQueue2(place === "host" ? void 0 : `/proc/${pid}/ns/net`);
           this.#queue = holder.queue;
-          this.#unlocks.hold(holder);
+          if (place === "netns") this.#unlocks.hold(holder);
+          else this.#held = new HostHold(holder, options, log, note);
         } catch (error) {
           warn(`not holding: ${error.message}`);
         }
@@ -5616,6 +5949,7 @@ var init_unlock_session = __esm({
     UnlockSession = class {
       #options;
       #log;
+      #note;
       /** On restore, the lock is the one the dump's images hold. */
       #fromImages;
       #armed;
@@ -5623,11 +5957,13 @@ var init_unlock_session = __esm({
       #holder;
       /**
        * @param options The hook's options.
-       * @param log The helper's log.
+       * @param log The helper's log (failures).
+       * @param note Where what went as it should is told (how many held packets went through).
        */
-      constructor(options, log) {
+      constructor(options, log, note = log) {
         this.#options = options;
         this.#log = log;
+        this.#note = note;
         this.#fromImages = {
           backend: requestedBackend(resolveOptions(options)),
           families: [
@@ -5685,7 +6021,7 @@ var init_unlock_session = __esm({
         const holder = this.#holder;
         this.#holder = void 0;
         if (holder && unlocked) {
-          await holder.release().then((released) => this.#log(`let through ${released} held packet(s)`), (error) => this.#log(`held packets dropped: ${error.message}`));
+          await holder.release().then((released) => this.#note(`let through ${released} held packet(s)`), (error) => this.#log(`held packets dropped: ${error.message}`));
         }
         await holder?.close();
         await armed?.finish().catch((error) => this.#log(`finish: ${error.message}`));
@@ -5718,12 +6054,15 @@ async function serveCriuHook(settings) {
   }, 2 ** 31 - 1);
   if (settings.criuPid !== void 0) watchCriu(settings.criuPid, settings.criuStart, stop);
   const answer = (line) => channel.answer(line);
-  const unlocks = new UnlockSession(options, log);
+  const note = settings.note ?? log;
+  const unlocks = new UnlockSession(options, log, note);
   const dump = new DumpSession({
     options,
     images: settings.images,
+    dir,
     log,
     warn,
+    note,
     hold: settings.hold
   }, unlocks);
   if (settings.dumpPid !== void 0) await answer(await dump.preDump(settings.dumpPid));
@@ -5751,8 +6090,9 @@ async function serveCriuHook(settings) {
   } finally {
     clearTimeout(lifetime);
     stop.abort();
-    await dump.end(unlocked);
+    const kept = await dump.end(unlocked);
     await unlocks.cancel();
+    if (kept) await kept.hold.keep(channel, kept.pid, settings.keptHoldMs);
     await channel.close();
   }
 }
@@ -5856,6 +6196,7 @@ async function refuseHostTree(pid, options) {
 async function criuHelper(args) {
   const [dir = "", criuPid = "", criuStart = "", role = "", dumpPid = "", images = "", ...rest] = args;
   const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
+  const kept = Number(readEnv("NETLOCK_HOLD_KEEP_MS") ?? "");
   const { serveCriuHook: serveCriuHook2 } = await Promise.resolve().then(() => (init_serve(), serve_exports));
   try {
     if (!dir || ![
@@ -5873,8 +6214,11 @@ async function criuHelper(args) {
       dumpPid: role === "dump" ? parsePid(dumpPid) : void 0,
       images: images || void 0,
       hold: readEnv("NETLOCK_HOLD") === "1",
+      keptHoldMs: kept > 0 ? kept : void 0,
       log: (line) => line.startsWith("request:") ? void 0 : printError(`criu-hook: ${line}`),
-      warn: (line) => printWarning(`criu-hook: ${line}`)
+      warn: (line) => printWarning(`criu-hook: ${line}`),
+      note: (line) => writeSync(Deno.stderr, `criu-hook: ${line}
+`)
     });
     return EXIT.ok;
   } catch (error) {
@@ -6545,7 +6889,7 @@ function lockTable(locks) {
 }
 var init_report = __esm({
   "lib/cli/report.ts"() {
-    init_ruleset();
+    init_ruleset2();
     init_errors();
   }
 });
@@ -6587,8 +6931,8 @@ function rulesText(options, action) {
 }
 var init_rules_text = __esm({
   "lib/cli/rules_text.ts"() {
-    init_ruleset();
     init_ruleset2();
+    init_ruleset();
     init_ruleset3();
     init_options();
   }
@@ -6899,13 +7243,13 @@ async function list(targets, baseOptions, output) {
     for (const lock of found) await write(Deno.stdout, `${jsonLock(lock)}
 `);
   } else if (!output.quiet) {
-    const lines2 = [
+    const lines = [
       ...found.length > 0 ? [
         lockTable(found)
       ] : [],
       ...none
     ];
-    if (lines2.length > 0) await write(Deno.stdout, `${lines2.join("\n")}
+    if (lines.length > 0) await write(Deno.stdout, `${lines.join("\n")}
 `);
   }
   return exitCode;

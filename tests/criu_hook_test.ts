@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { plainHookTask } from "../lib/criu/environment.ts";
 import { parseDumpedConnections, parseDumpedSockets } from "../lib/criu/dumped_sockets.ts";
+import { openChannel } from "../lib/criu/helper/channel.ts";
+import { renderPlanFile } from "../lib/criu/plan.ts";
 
 const env = (vars: Record<string, string>) => (name: string) => vars[name];
 
@@ -166,4 +168,56 @@ Deno.test("parseDumpedSockets() also reads the dump's listeners, a wildcard one 
       { family: "ipv6", local: "0:0:0:0:0:0:0:0", localPort: 8443 },
     ],
   });
+});
+
+Deno.test("the helper's channel: a request loop stopped mid-read loses no line to the next one", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netlock-channel-" });
+  try {
+    for (const fifo of ["cmd", "reply"]) {
+      const made = await new Deno.Command("mkfifo", { args: [`${dir}/${fifo}`] }).output();
+      assert.ok(made.success);
+    }
+    const channel = await openChannel(dir);
+    const writer = await Deno.open(`${dir}/cmd`, { write: true });
+    const write = (line: string) => writer.write(new TextEncoder().encode(line));
+    // The first loop reads one request, then waits on the FIFO until CRIU is "gone".
+    const stop = new AbortController();
+    const first: string[] = [];
+    const loop = (async () => {
+      for await (const line of channel.requests(stop.signal)) first.push(line);
+    })();
+    await write("post-dump 42\n");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    stop.abort();
+    await loop;
+    // Its read is still pending: what comes next goes to the next loop.
+    await write("release 42\nexit\n");
+    const second: string[] = [];
+    for await (const line of channel.requests(AbortSignal.timeout(2_000))) {
+      second.push(line);
+      if (line === "exit") break;
+    }
+    assert.deepEqual([first, second], [["post-dump 42"], ["release 42", "exit"]]);
+    writer.close();
+    await channel.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the restore plan names the helper that holds for the restore, after the keys it had", () => {
+  assert.equal(
+    renderPlanFile({ tree: "host", backend: "iptables", pid: 42, finish: true }),
+    "version=1\nkind=host\nbackend=iptables\npid=42\nfinish=1\n",
+  );
+  assert.equal(
+    renderPlanFile({
+      tree: "host",
+      backend: "iptables",
+      pid: 42,
+      finish: true,
+      hold: "/run/netlock/criu-7-8.abc",
+    }),
+    "version=1\nkind=host\nbackend=iptables\npid=42\nfinish=1\nhold=/run/netlock/criu-7-8.abc\n",
+  );
 });

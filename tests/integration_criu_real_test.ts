@@ -8,21 +8,18 @@
  * never under CI.
  */
 import assert from "node:assert/strict";
-import { criuDump, criuRestore, type Pod, withCriu, wrappedHook } from "./helpers/criu.ts";
-import { boundQueues, cli, sh, snapshot } from "./helpers/netns.ts";
+import {
+  criuDump,
+  criuRestore,
+  helpersGone,
+  type Pod,
+  withCriu,
+  wrappedHook,
+} from "./helpers/criu.ts";
+import { boundQueues, cli, snapshot } from "./helpers/netns.ts";
 import { podTree } from "./helpers/host_tree.ts";
 
 const PORT = 7300;
-
-/** No helper of this run is left, nor its directory. */
-async function helpersGone(): Promise<boolean> {
-  for (let i = 0; i < 200; i++) {
-    const helpers = await sh(["pgrep", "-f", "cli\\.ts criu-hook --serve"]);
-    if (helpers.code !== 0) return true;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return false;
-}
 
 /** The locks `netlock list` shows in the pod's namespace (kind and name). */
 async function kept(pod: Pod): Promise<string[]> {

@@ -16,6 +16,7 @@ import {
   snapshot,
   startServer,
   type TestNetns,
+  timedConnect,
 } from "./helpers/netns.ts";
 import { lineReader } from "./helpers/lines.ts";
 import { holdQueue } from "../lib/hold/holder.ts";
@@ -23,27 +24,6 @@ import { getLockStatus, lockNetwork, unlockNetwork } from "../mod.ts";
 
 const PORT = 7600;
 const CHILD = new URL("./helpers/hold_child.ts", import.meta.url).pathname;
-
-/** A client that connects to 127.0.0.1:port: the wall-clock ms of its connect, or why not. */
-async function client(netns: TestNetns, port: number, timeoutS = 5): Promise<number | string> {
-  const { stdout } = await new Deno.Command("nsenter", {
-    args: [
-      `--net=${netns.path}`,
-      "--",
-      "python3",
-      "-c",
-      "import socket,sys,time\ns=socket.socket()\ns.settimeout(float(sys.argv[2]))\n" +
-      "try:\n  s.connect(('127.0.0.1',int(sys.argv[1])))\n  print(int(time.time()*1000))\n" +
-      "except Exception as e:\n  print(type(e).__name__)",
-      String(port),
-      String(timeoutS),
-    ],
-    stdout: "piped",
-    stdin: "null",
-  }).output();
-  const text = new TextDecoder().decode(stdout).trim();
-  return /^\d+$/.test(text) ? Number(text) : text;
-}
 
 /** Queues the port's SYNs (`-A`) or stops doing so (`-D`). */
 async function queueRule(netns: TestNetns, op: "-A" | "-D", queue: number, port = PORT) {
@@ -75,15 +55,15 @@ Deno.test({
     const holder = await holdQueue(netns.path);
     try {
       await queueRule(netns, "-A", holder.queue);
-      const connected = client(netns, PORT);
+      const connected = timedConnect(netns, "127.0.0.1", PORT);
       await sleep(500);
-      assert.equal(holder.held(), 1, "the SYN is held");
+      assert.equal(await holder.held(), 1, "the SYN is held");
       await queueRule(netns, "-D", holder.queue);
       const released = Date.now();
       assert.equal(await holder.release(), 1);
       const at = await connected;
-      assert.equal(typeof at, "number", `the client connected (${at})`);
-      const after = (at as number) - released;
+      assert.equal(typeof at, "object", `the client connected (${at})`);
+      const after = (at as { connected: number }).connected - released;
       assert(after >= -5 && after < 100, `connected ${after} ms after the release`);
       assert.deepEqual(await boundQueues(netns), [], "the queue is gone");
     } finally {
@@ -113,9 +93,13 @@ Deno.test({
     await lines.drain();
     assert.deepEqual(await boundQueues(netns), [], "the queue went with its holder");
     // Its SYN and the retry 1 s later are dropped: the client times out, never refused.
-    assert.equal(await client(netns, PORT, 1.5), "TimeoutError");
+    assert.equal(await timedConnect(netns, "127.0.0.1", PORT, 1.5), "TimeoutError");
     await queueRule(netns, "-D", queue);
-    assert.equal(typeof await client(netns, PORT, 1.5), "number", "the rule gone, it connects");
+    assert.equal(
+      typeof await timedConnect(netns, "127.0.0.1", PORT, 1.5),
+      "object",
+      "the rule gone, it connects",
+    );
   },
 });
 
@@ -128,15 +112,16 @@ Deno.test({
     const holder = await holdQueue(netns.path, { maxPackets: 2 });
     try {
       await queueRule(netns, "-A", holder.queue);
-      const clients = [0, 1, 2, 3].map(() => client(netns, PORT));
+      const clients = [0, 1, 2, 3].map(() => timedConnect(netns, "127.0.0.1", PORT));
       await sleep(600);
-      assert.equal(holder.held(), 2, "two SYNs held, the others dropped");
+      assert.equal(await holder.held(), 2, "two SYNs held, the others dropped");
       await queueRule(netns, "-D", holder.queue);
       const released = Date.now();
       assert.equal(await holder.release(), 2);
       const times = await Promise.all(clients);
-      assert(times.every((t) => typeof t === "number"), `all connect in the end: ${times}`);
-      const after = (times as number[]).map((t) => t - released).sort((a, b) => a - b);
+      assert(times.every((t) => typeof t === "object"), `all connect in the end: ${times}`);
+      const after = times.map((t) => (t as { connected: number }).connected - released)
+        .sort((a, b) => a - b);
       assert(after[1] < 100, `the two held connect at the release: ${after}`);
       assert(after[2] > 200, `the two dropped wait for their SYN retry: ${after}`);
     } finally {
@@ -159,19 +144,22 @@ Deno.test({
       assert.deepEqual((await boundQueues(netns)).sort(), [first.queue, second.queue].sort());
       await queueRule(netns, "-A", first.queue, PORT);
       await queueRule(netns, "-A", second.queue, PORT + 1);
-      const a = client(netns, PORT);
-      const b = client(netns, PORT + 1);
+      const a = timedConnect(netns, "127.0.0.1", PORT);
+      const b = timedConnect(netns, "127.0.0.1", PORT + 1);
       await sleep(500);
-      assert.deepEqual([first.held(), second.held()], [1, 1]);
+      assert.deepEqual([await first.held(), await second.held()], [1, 1]);
       await queueRule(netns, "-D", first.queue, PORT);
       const released = Date.now();
       assert.equal(await first.release(), 1);
       const at = await a;
-      assert(typeof at === "number" && at - released < 100, `the first's client connected: ${at}`);
-      assert.equal(second.held(), 1, "the second still holds its own");
+      assert(
+        typeof at === "object" && at.connected - released < 100,
+        `the first's client connected: ${JSON.stringify(at)}`,
+      );
+      assert.equal(await second.held(), 1, "the second still holds its own");
       await queueRule(netns, "-D", second.queue, PORT + 1);
       assert.equal(await second.release(), 1);
-      assert.equal(typeof await b, "number");
+      assert.equal(typeof await b, "object");
       assert.deepEqual(await boundQueues(netns), []);
     } finally {
       await first.close();

@@ -204,14 +204,21 @@ function dropsOf(connections: readonly Connection[], family: Family): Drop[] {
   ]);
 }
 
+/**
+ * What a drop does in a lock that drops; a lock that holds gives its
+ * queue's rule instead (`-j NFQUEUE --queue-num N`: `queueRule`,
+ * lib/iptables/ruleset.ts).
+ */
+const DROP = "-j DROP";
+
 /** A drop by ports alone, in a chain entered by its addresses. */
-function portDrop(drop: Drop): string {
-  return `-p tcp -m tcp --sport ${drop.sport} --dport ${drop.dport} -j DROP`;
+function portDrop(drop: Drop, verdict = DROP): string {
+  return `-p tcp -m tcp --sport ${drop.sport} --dport ${drop.dport} ${verdict}`;
 }
 
 /** A drop by addresses and ports. */
-function fullDrop(drop: Drop): string {
-  return `${drop.addresses} ${portDrop(drop)}`;
+function fullDrop(drop: Drop, verdict = DROP): string {
+  return `${drop.addresses} ${portDrop(drop, verdict)}`;
 }
 
 /**
@@ -220,7 +227,11 @@ function fullDrop(drop: Drop): string {
  * returns marked packets first). A wildcard IPv6 listener (`::`, which may
  * take IPv4 too) is locked in both families: the safe side.
  */
-function listenerDrops(listeners: readonly Listener[], family: Family): string[] {
+function listenerDrops(
+  listeners: readonly Listener[],
+  family: Family,
+  verdict = DROP,
+): string[] {
   const mask = family === "ipv4" ? "32" : "128";
   return listeners.filter((l) =>
     l.family === family || (family === "ipv4" && l.family === "ipv6" && isWildcardAddress(l.local))
@@ -228,13 +239,17 @@ function listenerDrops(listeners: readonly Listener[], family: Family): string[]
     `${
       isWildcardAddress(l.local) ? "" : `-d ${l.local}/${mask} `
     }-p tcp -m tcp --dport ${l.localPort} ` +
-    "--tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
+    `--tcp-flags FIN,SYN,RST,ACK SYN ${verdict}`
   );
 }
 
 /** Each connection's drops: the incoming direction, then the outgoing one. */
-function connectionDrops(connections: readonly Connection[], family: Family): string[] {
-  return dropsOf(connections, family).map(fullDrop);
+function connectionDrops(
+  connections: readonly Connection[],
+  family: Family,
+  verdict = DROP,
+): string[] {
+  return dropsOf(connections, family).map((drop) => fullDrop(drop, verdict));
 }
 
 /** One chain of an iptables connection lock's tree: its name and rules. */
@@ -302,6 +317,7 @@ const FANOUT = 16;
  * @param mark Packets with this mark pass.
  * @param root The lock's chain (`NAME-cPID`): the tree's root, jumped to from INPUT and OUTPUT.
  * @param listeners Listeners whose SYNs are dropped too (at the end of the root).
+ * @param verdict What each drop does: `-j DROP`, or a queue's rule for a lock that holds.
  * @returns The root's rules and the other chains of the tree.
  */
 export function connectionIptablesTree(
@@ -310,12 +326,15 @@ export function connectionIptablesTree(
   mark: number,
   root: string,
   listeners: readonly Listener[] = [],
+  verdict = DROP,
 ): { body: string[]; subchains: Subchain[] } {
   const drops = dropsOf(connections, family);
   const head = markedReturn(mark);
-  const synDrops = listenerDrops(listeners, family);
+  const synDrops = listenerDrops(listeners, family, verdict);
+  const full = (drop: Drop) => fullDrop(drop, verdict);
+  const ports = (drop: Drop) => portDrop(drop, verdict);
   if (drops.length <= 2 * LEAF_RULES) {
-    return { body: [head, ...drops.map(fullDrop), ...synDrops], subchains: [] };
+    return { body: [head, ...drops.map(full), ...synDrops], subchains: [] };
   }
   const subchains: Subchain[] = [];
   // A new chain of the tree (named in the order made, parents first).
@@ -363,11 +382,11 @@ export function connectionIptablesTree(
     .slice(0, FANOUT);
   const body = [head];
   for (const [addresses, same] of pairs) {
-    body.push(`${addresses} -j ${chain(() => build(sortedBy(same, "dport"), "dport", portDrop))}`);
+    body.push(`${addresses} -j ${chain(() => build(sortedBy(same, "dport"), "dport", ports))}`);
   }
   const paired = new Set(pairs.map(([addresses]) => addresses));
   const rest = drops.filter((drop) => !paired.has(drop.addresses));
-  body.push(...build(sortedBy(rest, "dport"), "dport", fullDrop), ...synDrops);
+  body.push(...build(sortedBy(rest, "dport"), "dport", full), ...synDrops);
   return { body, subchains };
 }
 
@@ -574,6 +593,7 @@ export function renderNftConnectionAdd(
  * @param connections The connections to add (other families are skipped).
  * @param family The family of this input.
  * @param listeners The listeners to add (their SYNs dropped).
+ * @param verdict What each drop does: `-j DROP`, or the queue's rule of a lock that holds.
  * @returns The `iptables-restore --noflush` input.
  */
 export function renderIptablesConnectionAdd(
@@ -581,8 +601,12 @@ export function renderIptablesConnectionAdd(
   connections: readonly Connection[],
   family: Family,
   listeners: readonly Listener[] = [],
+  verdict = DROP,
 ): string {
-  const rules = [...connectionDrops(connections, family), ...listenerDrops(listeners, family)]
+  const rules = [
+    ...connectionDrops(connections, family, verdict),
+    ...listenerDrops(listeners, family, verdict),
+  ]
     .map((spec) => `-A ${chain} ${spec}\n`);
   return `*filter\n${rules.join("")}COMMIT\n`;
 }

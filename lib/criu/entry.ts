@@ -13,7 +13,7 @@ import { NetlockError } from "../common/errors.ts";
 import { parsePid } from "../common/options.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
 import type { NetlockOptions } from "../common/types.ts";
-import { EXIT, printError, printWarning, readEnv } from "../common/output.ts";
+import { EXIT, printError, printWarning, readEnv, writeSync } from "../common/output.ts";
 
 /**
  * The plain hook: locks on `network-lock`, unlocks on `network-unlock`,
@@ -111,13 +111,16 @@ async function refuseHostTree(pid: number, options: NetlockOptions): Promise<num
  * lock and answers `ready PLACE`; IMAGES: CRIU's image directory, where
  * the restore's plan goes) or `criu-hook --serve DIR CRIU_PID CRIU_START
  * restore` (a restore's, started at `pre-restore`). It ends when CRIU
- * (that PID, started at that time) is gone. `NETLOCK_HELPER_LIFETIME_MS`
- * bounds a helper that is not given CRIU's PID (tests shorten it).
+ * (that PID, started at that time) is gone (or, holding a host tree after
+ * its final dump, when its restore released it or `NETLOCK_HOLD_KEEP_MS`
+ * is up). `NETLOCK_HELPER_LIFETIME_MS` bounds a helper that is not given
+ * CRIU's PID (tests shorten it).
  */
 async function criuHelper(args: string[]): Promise<number> {
   const [dir = "", criuPid = "", criuStart = "", role = "", dumpPid = "", images = "", ...rest] =
     args;
   const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
+  const kept = Number(readEnv("NETLOCK_HOLD_KEEP_MS") ?? "");
   const { serveCriuHook } = await import("./helper/serve.ts");
   try {
     if (!dir || !["dump", "restore"].includes(role) || rest.length > 0) {
@@ -134,8 +137,10 @@ async function criuHelper(args: string[]): Promise<number> {
       dumpPid: role === "dump" ? parsePid(dumpPid) : undefined,
       images: images || undefined,
       hold: readEnv("NETLOCK_HOLD") === "1",
+      keptHoldMs: kept > 0 ? kept : undefined,
       log: (line) => line.startsWith("request:") ? undefined : printError(`criu-hook: ${line}`),
       warn: (line) => printWarning(`criu-hook: ${line}`),
+      note: (line) => writeSync(Deno.stderr, `criu-hook: ${line}\n`),
     });
     return EXIT.ok;
   } catch (error) {

@@ -12,6 +12,7 @@
 import type { KnownLock } from "./armed.ts";
 import { renderNftOpen, renderNftReturnFirst } from "../nftables/ruleset.ts";
 import { processLockName } from "../connections/ruleset.ts";
+import { renderConnectionLockOpen } from "../lock/process.ts";
 import type { Family, OperationResult } from "../common/types.ts";
 
 /**
@@ -28,7 +29,10 @@ export const RESTORE_PLAN = "netlock-unlock";
  * The plan file: version 1, key=value lines (`kind`: the dumped tree, `netns`
  * or `host`, under the key version 1 named it by; `backend`; `pid`: the
  * dumped root, whose PID a restore in a PID namespace of its own changes,
- * `finish`), which criu-hook.sh reads by key.
+ * `finish`; `hold`: the directory of the dump's helper when it holds what
+ * the lock stops for the restore, which `post-resume` asks to let it
+ * through), which criu-hook.sh reads by key (a key it does not know is
+ * ignored).
  *
  * @example
  * ```ts
@@ -45,10 +49,11 @@ export const RESTORE_PLAN = "netlock-unlock";
  * @returns The file's text.
  */
 export function renderPlanFile(
-  plan: { tree: "netns" | "host"; backend: string; pid?: number; finish: boolean },
+  plan: { tree: "netns" | "host"; backend: string; pid?: number; finish: boolean; hold?: string },
 ): string {
   return `version=1\nkind=${plan.tree}\nbackend=${plan.backend}\n` +
-    (plan.pid !== undefined ? `pid=${plan.pid}\n` : "") + `finish=${plan.finish ? 1 : 0}\n`;
+    (plan.pid !== undefined ? `pid=${plan.pid}\n` : "") + `finish=${plan.finish ? 1 : 0}\n` +
+    (plan.hold !== undefined ? `hold=${plan.hold}\n` : "");
 }
 
 /**
@@ -126,12 +131,10 @@ export function renderTreeRestoreUnlock(
     cgroup?: boolean;
   },
 ): { script: string; finish: true } {
-  const open = (kind: "connections" | "cgroup") =>
-    renderNftOpen({ name: processLockName(lock.name, kind, lock.pid), mark: 0 });
-  const connections = lock.backend === "nftables"
-    ? open("connections")
-    : renderNftReturnFirst(processLockName(lock.name, "connections", lock.pid), lock.families);
-  return { script: connections + (lock.cgroup ? open("cgroup") : ""), finish: true };
+  const cgroup = lock.cgroup
+    ? renderNftOpen({ name: processLockName(lock.name, "cgroup", lock.pid), mark: 0 })
+    : "";
+  return { script: renderConnectionLockOpen(lock, lock.pid) + cgroup, finish: true };
 }
 
 /**
@@ -162,18 +165,21 @@ export async function writeRestorePlan(images: string, lock: RestorePlanned): Pr
 /**
  * Writes the restore's unlock of a tree that shares CRIU's namespace into
  * `images` (see {@linkcode renderTreeRestoreUnlock}): it opens the lock of
- * the dumped connections (the cgroup lock is gone by then).
+ * the dumped connections (the cgroup lock is gone by then); with `hold`,
+ * the helper's directory, whose helper lets what it held through once the
+ * restore asks (lib/criu/helper/host_hold.ts).
  */
 export async function writeTreePlan(
   images: string,
   lock: OperationResult,
   pid: number,
+  hold?: string,
 ): Promise<void> {
   const { script, finish } = renderTreeRestoreUnlock({ ...lock, pid });
   await writePlan(
     images,
     script,
-    renderPlanFile({ tree: "host", backend: lock.backend, pid, finish }),
+    renderPlanFile({ tree: "host", backend: lock.backend, pid, finish, hold }),
   );
 }
 

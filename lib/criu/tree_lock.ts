@@ -88,6 +88,13 @@ export async function lockTreeBeforeFreeze(
   pid: number,
   options: NetlockOptions,
 ): Promise<TreeLocked> {
+  // A lock that holds queues what it stops (iptables' NFQUEUE); the cgroup
+  // lock is nftables', which cannot queue here: by connection alone.
+  if (options.queue !== undefined) {
+    const why = "its lock holds what it stops (NETLOCK_HOLD=1), which a cgroup lock (nftables) " +
+      "cannot";
+    return { ...(await lockByAddress(pid, options)), note: connectionNote(pid, why) };
+  }
   const exec = ownExec(options);
   const probe = await probeTree(exec, pid, { members: true, socketCgroups: true }).catch(
     // No ss, or one without --cgroup: the sockets' cgroups cannot be checked.
@@ -162,7 +169,8 @@ export async function completeTreeLock(
   if (missing.length === 0 && listeners.length === 0) return { ...report, changed: false };
   // Added to the lock as it is: one transaction (a family), not the whole
   // lock again inside the window.
-  return await addToConnectionLock(ownExec(options), pid, lock, missing, listeners)
+  const made = { ...lock, queue: options.queue };
+  return await addToConnectionLock(ownExec(options), pid, made, missing, listeners)
     ? { ...report, changed: true }
     : undefined;
 }

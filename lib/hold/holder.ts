@@ -22,6 +22,13 @@ export const HOLD_FIRST_QUEUE = 0xc114;
 /** How many queue numbers a holder tries before it gives up. */
 const QUEUE_TRIES = 256;
 
+/**
+ * The id a release accepts up to: every packet a queue holds, as ids count
+ * up from 1 on its binding and a batch verdict compares them in serial
+ * number order (2^31 of them before it would miss one).
+ */
+const ACCEPT_ALL = 0x7fffffff;
+
 /** How long a request waits for the kernel's answer (ms). */
 const ANSWER_MS = 2_000;
 
@@ -29,17 +36,29 @@ const ANSWER_MS = 2_000;
 export interface Holder {
   /** The queue number its rules must name (`-j NFQUEUE --queue-num N`). */
   readonly queue: number;
-  /** How many packets it holds now. */
-  held(): number;
+  /** How many packets it holds now (what the kernel told it so far). */
+  held(): Promise<number>;
   /**
-   * Accepts everything held at once (call it once the rules are gone),
-   * then closes the queue.
+   * Accepts everything held at once (call it once the rules are gone or
+   * opened), in two rounds (what was held, then what was still on its way
+   * through the rules), then closes the queue.
    *
+   * @param options How long to wait before each round (ms; default 0 and
+   *   20: what comes just after the rules went), and what to do after the
+   *   first (answer a caller that waits).
    * @returns How many packets it accepted.
    */
-  release(): Promise<number>;
+  release(options?: ReleaseOptions): Promise<number>;
   /** Closes the queue: the kernel drops what it holds (fail closed). */
   close(): Promise<void>;
+}
+
+/** How a holder lets what it holds through. */
+export interface ReleaseOptions {
+  /** The wait before each round (ms). */
+  waits?: readonly number[];
+  /** Called once the first round was accepted. */
+  afterFirst?: () => Promise<void>;
 }
 
 /**
@@ -85,81 +104,102 @@ export async function holdQueue(
   }
 }
 
-/** One socket's packets and answers, read by one loop. */
+/**
+ * One socket's packets and answers. Read only when asked (a request's
+ * answer, `held`, a release): while it holds, the kernel's messages about
+ * the queued packets wait in the socket's receive buffer (8 MiB, more than
+ * `HOLD_MAX_PACKETS` of them take), and netlock spends no time on them
+ * while the tree is frozen; a release accepts them all by id without
+ * reading them.
+ */
 class QueueState {
   #socket: NetfilterSocket;
   #seq = 0;
-  #answers = new Map<number, (errno: number) => void>();
-  #highest = 0;
-  #accepted = 0;
-  #acceptedUpTo = 0;
+  #answers = new Map<number, number>();
   #count = 0;
   #stopped = false;
-  #loop: Promise<void>;
+  /** One reader at a time: the last read (or request) in line. */
+  #turn: Promise<unknown> = Promise.resolve();
 
   constructor(socket: NetfilterSocket) {
     this.#socket = socket;
-    this.#loop = this.#read();
   }
 
-  async #read(): Promise<void> {
-    while (!this.#stopped) {
-      const got = await this.#socket.receive(20).catch(() => [] as Uint8Array[]);
-      if (got === "overrun") continue;
-      for (const bytes of got) {
-        for (const message of decodeMessages(bytes)) {
-          if (message.kind === "packet") {
-            this.#count++;
-            if (message.id > this.#highest) this.#highest = message.id;
-          } else if (message.kind === "ack") {
-            this.#answers.get(message.seq)?.(message.errno);
-            this.#answers.delete(message.seq);
-          }
+  #exclusive<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.#turn.then(task, task);
+    this.#turn = run.catch(() => {});
+    return run;
+  }
+
+  /** Reads what the socket has, waiting up to `waitMs` for it; whether anything came. */
+  async #readOnce(waitMs: number): Promise<boolean> {
+    if (this.#stopped) return false;
+    const got = await this.#socket.receive(waitMs).catch(() => [] as Uint8Array[]);
+    // Overrun: messages were lost (their packets dropped); the later ones still come.
+    if (got === "overrun") return true;
+    for (const bytes of got) {
+      for (const message of decodeMessages(bytes)) {
+        if (message.kind === "packet") {
+          this.#count++;
+        } else if (message.kind === "ack") {
+          this.#answers.set(message.seq, message.errno);
         }
       }
     }
+    return got.length > 0;
+  }
+
+  /** Reads every message the socket holds. */
+  drain(): Promise<void> {
+    return this.#exclusive(async () => {
+      while (await this.#readOnce(0));
+    });
   }
 
   /** Sends a request and waits for its answer (the errno; -1: none came). */
   request(encode: (seq: number) => Uint8Array): Promise<number> {
-    const seq = ++this.#seq;
-    const answered = new Promise<number>((resolve) => {
-      const timer = setTimeout(() => {
-        this.#answers.delete(seq);
-        resolve(-1);
-      }, ANSWER_MS);
-      this.#answers.set(seq, (errno) => {
-        clearTimeout(timer);
-        resolve(errno);
-      });
+    return this.#exclusive(async () => {
+      const seq = ++this.#seq;
+      this.#socket.send(encode(seq));
+      const deadline = performance.now() + ANSWER_MS;
+      while (!this.#answers.has(seq) && !this.#stopped) {
+        const left = deadline - performance.now();
+        if (left <= 0) break;
+        await this.#readOnce(Math.ceil(Math.min(20, left)));
+      }
+      const errno = this.#answers.get(seq) ?? -1;
+      this.#answers.delete(seq);
+      return errno;
     });
-    this.#socket.send(encode(seq));
-    return answered;
   }
 
   holder(queue: number): Holder {
     return {
       queue,
-      held: () => this.#count - this.#accepted,
-      release: async () => {
-        // Two rounds: what the loop read (it reads as soon as a message
-        // comes), then what was still on its way through the rules.
-        for (const wait of [5, 20]) {
+      held: async () => {
+        await this.drain();
+        return this.#count;
+      },
+      release: async ({ waits = [0, 20], afterFirst }: ReleaseOptions = {}) => {
+        // Two rounds: what was queued when the rules opened, then what was
+        // still on its way through them. Each accepts every id the queue
+        // gave so far (ids count up from 1 on a queue's binding; a batch
+        // verdict takes those up to an id, in serial-number order), without
+        // reading the kernel's messages first: thousands of them wait in
+        // the socket, and reading them would delay the peers.
+        for (const [round, wait] of waits.entries()) {
           await new Promise((resolve) => setTimeout(resolve, wait));
-          const upTo = this.#highest;
-          if (upTo > this.#acceptedUpTo) {
-            const errno = await this.request((seq) => encodeAcceptUpTo(queue, upTo, seq));
-            // ENOENT: nothing held any more (the kernel dropped it: a hook
-            // of the lock's rules was unregistered before the release).
-            if (errno !== 0 && errno !== 2) {
-              throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
-            }
-            this.#acceptedUpTo = upTo;
-            if (errno === 0) this.#accepted = this.#count;
-            else this.#count = this.#accepted;
+          const errno = await this.request((seq) => encodeAcceptUpTo(queue, ACCEPT_ALL, seq));
+          // ENOENT: nothing held (none came, or the kernel dropped it: a
+          // hook of the lock's rules was unregistered before the release).
+          if (errno !== 0 && errno !== 2) {
+            throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
           }
+          if (round === 0) await afterFirst?.();
         }
-        const accepted = this.#accepted;
+        // What it held, for the report: every message the kernel sent.
+        await this.drain();
+        const accepted = this.#count;
         await this.request((seq) => encodeUnbind(queue, seq));
         await this.stop();
         return accepted;
@@ -171,7 +211,8 @@ class QueueState {
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
-    await this.#loop;
+    // No read is in flight once the last in line is done.
+    await this.#exclusive(() => Promise.resolve());
     this.#socket.close();
   }
 }

@@ -241,16 +241,17 @@ function isTreeRule(spec: string, root: string): boolean {
  * A connection lock's rule: a drop of one connection's packets (unmarked
  * ones: the lock's chain returns marked packets first; an earlier netlock
  * checked the mark in each drop, and such a lock is still netlock's), by
- * ports alone in a chain its addresses lead to.
+ * ports alone in a chain its addresses lead to; in a lock that holds, a
+ * queue to its holder instead of the drop.
  */
 function isConnectionLockRule(spec: string): boolean {
-  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j DROP$/
+  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j (DROP|NFQUEUE --queue-num [0-9]+)$/
     .test(spec);
 }
 
 /** A connection lock's drop of a listener's SYNs (to its address, or any, and port). */
 const LISTENER_DROP =
-  /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j DROP$/;
+  /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j (?:DROP|NFQUEUE --queue-num [0-9]+)$/;
 
 function isListenerDrop(spec: string): boolean {
   return LISTENER_DROP.test(spec);

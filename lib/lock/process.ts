@@ -14,7 +14,7 @@ import { probeTree } from "../connections/discover.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
 import type { Connection, Listener } from "../connections/proc_net_parser.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
-import { connectionShape } from "../shape/connections.ts";
+import { connectionShape, verdict } from "../shape/connections.ts";
 import type { LockShape, NamespaceOutcome } from "../shape/shape.ts";
 import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
@@ -24,6 +24,7 @@ import {
   renderIptablesConnectionAdd,
   renderNftConnectionAdd,
 } from "../connections/ruleset.ts";
+import { renderNftOpen, renderNftReturnFirst } from "../nftables/ruleset.ts";
 import type { ToolExec } from "../exec/nsenter.ts";
 import { FAMILY_TOOLS } from "../iptables/backend.ts";
 import type { Family } from "../common/types.ts";
@@ -50,7 +51,7 @@ export async function lockConnections(
   const { tree, connections } = probe;
   refuseOwnTree(tree, opts);
   const listening = listeners ? probe.listeners ?? [] : [];
-  const shape = connectionShape(opts.name, opts.mark, pid, connections, listening);
+  const shape = connectionShape(opts.name, opts.mark, pid, connections, listening, opts.queue);
   const outcome = await whileSameProcess(
     prepared,
     opts,
@@ -201,7 +202,7 @@ async function whileSameProcess(
  *
  * @param exec Runs a tool where the lock is.
  * @param pid The tree's root (the lock is `NAME-cPID`).
- * @param made The lock's report: its backend, families and name.
+ * @param made The lock's report: its backend, families and name; the queue of a lock that holds.
  * @param connections The connections to add.
  * @param listeners The listeners to add.
  * @returns `true` when every tool succeeded.
@@ -209,7 +210,7 @@ async function whileSameProcess(
 export async function addToConnectionLock(
   exec: ToolExec,
   pid: number,
-  made: { backend: "iptables" | "nftables"; families: Family[]; name: string },
+  made: { backend: "iptables" | "nftables"; families: Family[]; name: string; queue?: number },
   connections: readonly Connection[],
   listeners: readonly Listener[] = [],
 ): Promise<boolean> {
@@ -219,10 +220,80 @@ export async function addToConnectionLock(
     : made.families
       .map((family) => ({
         family,
-        script: renderIptablesConnectionAdd(name, connections, family, listeners),
+        script: renderIptablesConnectionAdd(
+          name,
+          connections,
+          family,
+          listeners,
+          verdict(made.queue),
+        ),
       }))
       // A family with drops to add.
       .filter(({ script }) => script !== "*filter\nCOMMIT\n")
       .map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, ["-w", "--noflush"], script));
   return (await Promise.all(runs)).every((run) => run.success);
+}
+
+/**
+ * The opening of the connection lock of tree `pid`, for `nft -f -`: an
+ * `accept` at the head of both chains of its nftables table, or a `return`
+ * at the head of its iptables chain in every family (iptables-nft: its
+ * rules are nf_tables objects). It deletes nothing: an nf_tables
+ * transaction that deletes waits for an RCU grace period, and one that
+ * deletes a base chain unregisters its hook, which drops what a holder
+ * holds. Fails when the lock is not there (or on legacy iptables).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderConnectionLockOpen } from "./process.ts";
+ *
+ * assert.equal(
+ *   renderConnectionLockOpen({ backend: "iptables", families: ["ipv4"], name: "NETLOCK" }, 42),
+ *   "insert rule ip filter NETLOCK-c42 return\n",
+ * );
+ * ```
+ *
+ * @param made The lock's backend, families and name.
+ * @param pid The tree's root (the lock is `NAME-cPID`).
+ * @returns The `nft -f -` input.
+ */
+export function renderConnectionLockOpen(
+  made: { backend: "iptables" | "nftables"; families: readonly Family[]; name: string },
+  pid: number,
+): string {
+  const name = connectionLockName(made.name, pid);
+  return made.backend === "nftables"
+    ? renderNftOpen({ name, mark: 0 })
+    : renderNftReturnFirst(name, made.families);
+}
+
+/**
+ * Opens the connection lock of tree `pid` (see
+ * {@linkcode renderConnectionLockOpen}): one `nft -f -`, in one
+ * transaction. What held packets wait for before they are let through.
+ *
+ * @example
+ * ```ts
+ * import { openConnectionLock } from "./process.ts";
+ * import { nsenterExec } from "../exec/nsenter.ts";
+ *
+ * // Needs root and a connection lock of process 42: type-checked here, not run.
+ * export async function example(): Promise<boolean> {
+ *   const made = { backend: "iptables" as const, families: ["ipv4" as const], name: "NETLOCK" };
+ *   return await openConnectionLock(nsenterExec([], { timeoutMs: 5_000 }), 42, made);
+ * }
+ * ```
+ *
+ * @param exec Runs a tool where the lock is.
+ * @param pid The tree's root.
+ * @param made The lock's backend, families and name.
+ * @returns `true` when it was opened.
+ */
+export async function openConnectionLock(
+  exec: ToolExec,
+  pid: number,
+  made: { backend: "iptables" | "nftables"; families: readonly Family[]; name: string },
+): Promise<boolean> {
+  return (await exec("nft", ["-f", "-"], renderConnectionLockOpen(made, pid))).success;
 }

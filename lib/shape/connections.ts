@@ -10,6 +10,7 @@ import type { LockShape } from "./shape.ts";
 import { isNetlockTable } from "../nftables/lock_state.ts";
 import type { Family } from "../common/types.ts";
 import type { Connection, Listener } from "../connections/proc_net_parser.ts";
+import { queueRule } from "../iptables/ruleset.ts";
 import {
   connectionIptablesTree,
   connectionLockName,
@@ -28,6 +29,8 @@ import {
  * @param pid The process.
  * @param connections Its connections, when locking.
  * @param listeners Its listeners, when locking (what a dump took).
+ * @param queue The queue an iptables lock that holds sends what it stops
+ *   to, instead of dropping it (nftables: no queue, it drops).
  * @returns The lock's shape for the backends.
  */
 export function connectionShape(
@@ -36,6 +39,7 @@ export function connectionShape(
   pid: number,
   connections?: readonly Connection[],
   listeners: readonly Listener[] = [],
+  queue?: number,
 ): LockShape {
   const table = connectionLockName(name, pid);
   let wanted: Record<string, string[]> | undefined;
@@ -51,7 +55,7 @@ export function connectionShape(
           ? {
             name: table,
             mark,
-            ...connectionIptablesTree(connections, family, mark, table, listeners),
+            ...connectionIptablesTree(connections, family, mark, table, listeners, verdict(queue)),
           }
           : { name: table, mark, body: "any" };
         bodies.set(family, rules);
@@ -82,4 +86,23 @@ export function connectionShape(
       return iptables.reduce((sum, state) => sum + state.connectionDrops / 2, 0);
     },
   };
+}
+
+/**
+ * What an iptables connection lock's drops do: drop, or queue to a holder.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { verdict } from "./connections.ts";
+ *
+ * assert.equal(verdict(), "-j DROP");
+ * assert.equal(verdict(49428), "-j NFQUEUE --queue-num 49428");
+ * ```
+ *
+ * @param queue The holder's queue, when the lock holds.
+ * @returns The rule's target, after the match.
+ */
+export function verdict(queue?: number): string {
+  return queue === undefined ? "-j DROP" : queueRule(queue);
 }

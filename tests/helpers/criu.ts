@@ -10,7 +10,7 @@
  * check`. `.ci/run` provides one (it builds CRIU 4.2 if it must). Outside CI
  * a test without one is skipped, saying why; under CI it fails.
  */
-import { IN_CI, integration, must, type TestNetns } from "./netns.ts";
+import { IN_CI, integration, must, sh, type TestNetns } from "./netns.ts";
 import { lineReader } from "./lines.ts";
 import type { Tree } from "./tree.ts";
 
@@ -362,4 +362,14 @@ export async function holdPid(pid: number, mode: "zombie" | "live"): Promise<Asy
     throw new Error(`pid_holder did not hold ${pid}: ${held}`);
   }
   return { [Symbol.asyncDispose]: free };
+}
+
+/** Waits (`tries` times 50 ms at most: 10 s) until no helper of the hook is left. */
+export async function helpersGone(tries = 200): Promise<boolean> {
+  for (let i = 0; i <= tries; i++) {
+    const helpers = await sh(["pgrep", "-f", "cli\\.ts criu-hook --serve"]);
+    if (helpers.code !== 0) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return false;
 }

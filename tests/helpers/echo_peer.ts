@@ -11,9 +11,12 @@
  * total grows (at most every 100 ms), "broken I" as soon as connection I
  * fails (a reset, a short echo, a close). The line "stop" on stdin ends the
  * sending; once every byte sent came back (30 s at most), it prints a last
- * JSON line: {connections, sent, echoed, ok, resets, errors, maxSilenceMs},
- * maxSilenceMs being the longest a connection waited for its echo while
- * sending (the outage its user felt).
+ * JSON line: {connections, sent, echoed, ok, resets, errors, maxSilenceMs,
+ * maxWaitMs, medianWaitMs}: maxSilenceMs the longest a connection went
+ * without an echo while sending (the outage its user felt: the pause
+ * between chunks included), maxWaitMs the longest a chunk waited for its
+ * whole echo (from its write), on any connection, and medianWaitMs the
+ * median over connections of each one's longest wait.
  */
 const [host, port, connectionsText, pauseText] = Deno.args;
 const connections = Number(connectionsText);
@@ -52,6 +55,9 @@ const results = await Promise.all(conns.map(async (conn, index) => {
   let sent = 0;
   let echoed = 0;
   let maxSilence = 0;
+  let maxWait = 0;
+  // The chunks written and not yet echoed whole: where each ends, and when it was written.
+  const unechoed: { end: number; at: number }[] = [];
   let lastEcho = performance.now();
   let sending = true;
   const send = (async () => {
@@ -61,6 +67,7 @@ const results = await Promise.all(conns.map(async (conn, index) => {
     while (!stopped) {
       for (let i = 0; i < CHUNK; i++) chunk[i] = (sent + i) % 251;
       let written = 0;
+      unechoed.push({ end: sent + CHUNK, at: performance.now() });
       while (written < CHUNK) written += await conn.write(chunk.subarray(written));
       sent += CHUNK;
       await new Promise((resolve) => setTimeout(resolve, pause));
@@ -87,6 +94,9 @@ const results = await Promise.all(conns.map(async (conn, index) => {
       }
       echoed += n;
       echoedTotal += n;
+      while (unechoed.length && unechoed[0].end <= echoed) {
+        maxWait = Math.max(maxWait, now - unechoed.shift()!.at);
+      }
       if (now - lastReport > 100) {
         lastReport = now;
         console.log(`progress ${echoedTotal}`);
@@ -120,7 +130,7 @@ const results = await Promise.all(conns.map(async (conn, index) => {
       conn.close();
     } catch { /* closed */ }
   }
-  return { sent, echoed, resets, error, maxSilence };
+  return { sent, echoed, resets, error, maxSilence, maxWait };
 }));
 console.log(JSON.stringify({
   connections,
@@ -130,5 +140,9 @@ console.log(JSON.stringify({
   resets: results.reduce((sum, r) => sum + r.resets, 0),
   errors: [...new Set(results.map((r) => r.error).filter(Boolean))].slice(0, 3),
   maxSilenceMs: Math.round(Math.max(...results.map((r) => r.maxSilence))),
+  maxWaitMs: Math.round(Math.max(...results.map((r) => r.maxWait))),
+  medianWaitMs: Math.round(
+    results.map((r) => r.maxWait).sort((a, b) => a - b)[Math.floor(results.length / 2)],
+  ),
 }));
 Deno.exit(0);

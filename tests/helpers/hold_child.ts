@@ -7,4 +7,5 @@ import { holdQueue } from "../../lib/hold/holder.ts";
 
 const holder = await holdQueue(Deno.args[0]);
 console.log(`held ${holder.queue}`);
-await new Promise(() => {});
+// The holder reads only when asked: a timer keeps this process (and its queue) alive.
+setInterval(() => {}, 60_000);

@@ -16,10 +16,11 @@ export const CONNECTIONS = 6;
 /** How many children of the root hold them. */
 export const CHILDREN = 2;
 
-/** A live host tree: its namespace, the image directory, the namespace before, the tree, the peer (and its namespace). */
+/** A live host tree: its namespace, the image directory, the namespace before, the tree, the peer (and its namespace), the tree's address. */
 export type HostTree =
   & {
     host: TestNetns;
+    address: string;
     images: string;
     before: string;
     tree: Tree;
@@ -50,6 +51,7 @@ export async function hostTree(
   await peer.flowing();
   return {
     host,
+    address: at.address,
     images,
     before,
     tree,

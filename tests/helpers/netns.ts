@@ -253,6 +253,41 @@ export async function boundQueues(netns: { run: TestNetns["run"] }): Promise<num
   return stdout.split("\n").filter(Boolean).map((line) => Number(line.trim().split(/\s+/)[0]));
 }
 
+/**
+ * A client in `netns` that connects to `address:port` (waiting `timeoutS`
+ * at most, the kernel's SYN retries included): the wall-clock ms at which
+ * it sent its first SYN (called connect) and at which it connected, or the
+ * name of its error.
+ */
+export async function timedConnect(
+  netns: { path: string },
+  address: string,
+  port: number,
+  timeoutS = 5,
+): Promise<{ sent: number; connected: number } | string> {
+  const { stdout } = await new Deno.Command("nsenter", {
+    args: [
+      `--net=${netns.path}`,
+      "--",
+      "python3",
+      "-c",
+      "import socket,sys,time\ns=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else " +
+      "socket.AF_INET)\ns.settimeout(float(sys.argv[3]))\nt=time.time()\n" +
+      "try:\n  s.connect((sys.argv[1],int(sys.argv[2])))\n" +
+      "  print(int(t*1000), int(time.time()*1000))\n" +
+      "except Exception as e:\n  print(type(e).__name__)",
+      address,
+      String(port),
+      String(timeoutS),
+    ],
+    stdout: "piped",
+    stdin: "null",
+  }).output();
+  const text = new TextDecoder().decode(stdout).trim();
+  const times = text.match(/^(\d+) (\d+)$/);
+  return times ? { sent: Number(times[1]), connected: Number(times[2]) } : text;
+}
+
 /** One group of a namespace's IP stack counters (`/proc/net/snmp`: `Ip`, `Tcp`, ...), by name. */
 export async function snmpCounters(
   netns: TestNetns,

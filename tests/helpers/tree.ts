@@ -229,6 +229,10 @@ export interface PeerVerdict {
   resets: number;
   errors: string[];
   maxSilenceMs: number;
+  /** The longest a chunk waited for its whole echo, on any connection. */
+  maxWaitMs: number;
+  /** The median over connections of each one's longest wait for an echo. */
+  medianWaitMs: number;
 }
 
 /** Starts the peer in `netns`, connected to the tree at `at`; returns once connected. */

@@ -12,7 +12,11 @@ import { WAIT_GONE_SH } from "../../exec/shell_programs.ts";
 
 /** The helper's end of the two FIFOs. */
 export interface Channel {
-  /** The request lines, until `stop` is aborted or the FIFO ends. */
+  /**
+   * The request lines, until `stop` is aborted or the FIFO ends; called
+   * again (a helper that holds on after CRIU), it goes on where the last
+   * call stopped: a line read meanwhile is not lost.
+   */
   requests(stop: AbortSignal): AsyncGenerator<string>;
   /** Writes one answer line (a newline in it becomes a space). */
   answer(line: string): Promise<void>;
@@ -45,8 +49,9 @@ export interface Channel {
 export async function openChannel(dir: string): Promise<Channel> {
   const cmd = await Deno.open(`${dir}/cmd`, { read: true, write: true });
   const reply = await Deno.open(`${dir}/reply`, { read: true, write: true });
+  const reader = new LineReader(cmd);
   return {
-    requests: (stop) => lines(cmd, stop),
+    requests: (stop) => reader.lines(stop),
     answer: (line) => writeAll(reply, new TextEncoder().encode(`${line.replaceAll("\n", " ")}\n`)),
     async close() {
       for (const fifo of ["cmd", "reply"]) await Deno.remove(`${dir}/${fifo}`).catch(() => {});
@@ -78,23 +83,41 @@ export function watchCriu(
   }).then(() => stop.abort(), () => stop.abort());
 }
 
-async function* lines(file: Deno.FsFile, signal: AbortSignal): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  const buffer = new Uint8Array(4096);
-  let pending = "";
-  const aborted = new Promise<null>((resolve) => {
-    if (signal.aborted) resolve(null);
-    signal.addEventListener("abort", () => resolve(null), { once: true });
-  });
-  while (!signal.aborted) {
-    const n = await Promise.race([file.read(buffer), aborted]);
-    if (n === null) return;
-    pending += decoder.decode(buffer.subarray(0, n), { stream: true });
-    let newline: number;
-    while ((newline = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, newline).trim();
-      pending = pending.slice(newline + 1);
-      if (line) yield line;
+/**
+ * The lines of a FIFO, read by one loop of reads across the generators a
+ * helper asks for: a read an aborted generator left pending hands its
+ * bytes to the next one.
+ */
+class LineReader {
+  #file: Deno.FsFile;
+  #decoder = new TextDecoder();
+  #buffer = new Uint8Array(4096);
+  #pending = "";
+  #read?: Promise<number | null>;
+
+  constructor(file: Deno.FsFile) {
+    this.#file = file;
+  }
+
+  async *lines(signal: AbortSignal): AsyncGenerator<string> {
+    const aborted = new Promise<"aborted">((resolve) => {
+      if (signal.aborted) resolve("aborted");
+      signal.addEventListener("abort", () => resolve("aborted"), { once: true });
+    });
+    while (!signal.aborted) {
+      let newline: number;
+      while ((newline = this.#pending.indexOf("\n")) >= 0) {
+        const line = this.#pending.slice(0, newline).trim();
+        this.#pending = this.#pending.slice(newline + 1);
+        if (line) yield line;
+        if (signal.aborted) return;
+      }
+      this.#read ??= this.#file.read(this.#buffer);
+      const n = await Promise.race([this.#read, aborted]);
+      if (n === "aborted") return;
+      this.#read = undefined;
+      if (n === null) return;
+      this.#pending += this.#decoder.decode(this.#buffer.subarray(0, n), { stream: true });
     }
   }
 }

@@ -7,7 +7,11 @@
  * host tree's lock outlive it (completed with the connections CRIU's images
  * hold) and plans its restore. Once CRIU is gone: the one rule of
  * docs/criu.md (a tree that runs again keeps nothing; after a final dump
- * the dumped connections stay locked, and nothing more).
+ * the dumped connections stay locked, and nothing more). A lock that holds
+ * (`NETLOCK_HOLD=1`) lets what it held through once the tree can answer: a
+ * namespace's at network-unlock (./unlock_session.ts), a host tree's as
+ * soon as CRIU lets the tree run (./host_hold.ts), and drops it when the
+ * tree is gone.
  *
  * @module
  */
@@ -21,6 +25,7 @@ import {
   writeTreePlan,
 } from "../plan.ts";
 import type { UnlockSession } from "./unlock_session.ts";
+import { HostHold } from "./host_hold.ts";
 import {
   completeTreeLock,
   lockTreeBeforeFreeze,
@@ -39,15 +44,15 @@ export interface DumpSettings {
   options: NetlockOptions;
   /** CRIU's image directory (its real path), where the restore's plan goes. */
   images?: string;
+  /** The helper's directory: a restore plan names it when the helper keeps holding for it. */
+  dir?: string;
   /** The helper's log. */
   log: (line: string) => void;
   /** What the user should know but is no failure. */
   warn: (line: string) => void;
-  /**
-   * Hold what a namespace lock stops (`NETLOCK_HOLD=1`, iptables): queued
-   * to a holder in the helper until CRIU's network-unlock lets it through;
-   * dropped when the helper ends without it (a final dump).
-   */
+  /** What went as it should, told in CRIU's log (how many held packets went through). */
+  note?: (line: string) => void;
+  /** Hold what the lock stops until the tree can answer (`NETLOCK_HOLD=1`, iptables). */
   hold?: boolean;
 }
 
@@ -62,8 +67,10 @@ export class DumpSession {
   #postDumped = false;
   /** A host tree's cgroup lock goes once its connections are locked by address. */
   #narrowed?: Promise<void>;
-  /** The queue the namespace lock sends what it stops to, when it holds. */
+  /** The queue the lock sends what it stops to, when it holds. */
   #queue?: number;
+  /** A host tree's hold (a namespace's holder is the unlock's). */
+  #held?: HostHold;
 
   /**
    * @param settings The options, the image directory, the logs.
@@ -88,16 +95,19 @@ export class DumpSession {
     if (images) await removeRestorePlan(images);
     const { start, place } = await identifyTree(pid, options);
     this.#dumped = { pid, start, place };
+    if (this.#settings.hold) await this.#hold(pid, place);
     if (place === "host") {
       try {
-        const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, options);
+        // The opening's tool first: the lock goes in last, just before the freeze.
+        this.#held?.arm();
+        const locked = this.#dumped.locked = await lockTreeBeforeFreeze(pid, this.#lockOptions());
         if (locked.note) warn(locked.note);
         return `ready ${place}`;
       } catch (error) {
+        await this.#held?.close();
         return `error ${(error as Error).message}`;
       }
     }
-    if (this.#settings.hold) await this.#hold(pid);
     const lock = (await this.#arm(pid).armed)?.lock;
     if (lock) {
       await Promise.all([this.#unlocks.arm(pid, lock), this.#planRestore({ ...lock, pid })]);
@@ -131,7 +141,8 @@ export class DumpSession {
    * and its cgroup lock goes.
    */
   async postDump(pid: number, answer: (line: string) => Promise<void>): Promise<void> {
-    const { options, images, log, warn } = this.#settings;
+    const { images, log, warn } = this.#settings;
+    const options = this.#lockOptions();
     const dumped = this.#dumped;
     if (!(dumped?.place === "host" && dumped.pid === pid)) {
       this.#postDumped = true;
@@ -145,9 +156,18 @@ export class DumpSession {
         await lockTreeConnections(pid, options, dumped.locked);
       // Without its plan the restore could not unlock the tree: no such dump.
       if (!images) throw new Error("CRIU's image directory is unknown");
-      await writeTreePlan(images, result, pid);
+      await writeTreePlan(images, result, pid, this.#held ? this.#settings.dir : undefined);
       this.#postDumped = true;
       await answer("ok");
+      // A tree that runs on keeps nothing (end() then finds nothing left).
+      this.#held?.watch(
+        { ...dumped, lock: dumped.locked?.result },
+        () =>
+          unlockKept(pid, options, ["connections", "cgroup"]).then(
+            () => this.#dumped = undefined,
+            (error) => log(`unlock once the tree ran again: ${error.message}`),
+          ),
+      );
       warn(keptNote(pid, result));
     } catch (error) {
       await answer(
@@ -174,13 +194,20 @@ export class DumpSession {
    * fired is cancelled.
    *
    * @param unlocked Whether CRIU's unlock came and succeeded.
+   * @returns After a final dump of a held host tree: its hold, still holding for the restore.
    */
-  async end(unlocked: boolean): Promise<void> {
+  async end(unlocked: boolean): Promise<{ hold: HostHold; pid: number } | undefined> {
     await this.#narrowed;
+    const dumped = this.#dumped;
+    const tree = dumped && { ...dumped, lock: dumped.locked?.result };
+    const held = this.#held;
+    const kept = tree && held && await held.end(tree, this.#postDumped);
+    if (!kept) await held?.close();
     if (this.#dumped && !unlocked) {
       await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log);
     }
     await (await this.#lock?.armed)?.cancel();
+    return kept && held && dumped ? { hold: held, pid: dumped.pid } : undefined;
   }
 
   #arm(pid: number): { pid: number; armed: Promise<ArmedLock | undefined> } {
@@ -195,21 +222,24 @@ export class DumpSession {
   }
 
   /**
-   * A holder for the namespace's lock, in the tree's namespace, handed to
-   * the unlock (which lets what it holds through); without one the lock
-   * drops, as CRIU's log then says.
+   * A holder for the lock, where the lock is (the tree's namespace, or
+   * netlock's own for a host tree): a namespace's is handed to the unlock
+   * (which lets what it holds through); without one the lock drops, as
+   * CRIU's log then says.
    */
-  async #hold(pid: number): Promise<void> {
-    const { options, warn } = this.#settings;
+  async #hold(pid: number, place: TreePlace): Promise<void> {
+    const { options, log, warn, note } = this.#settings;
     if ((options.backend ?? "iptables") !== "iptables") {
-      warn("not holding: the nftables backend drops what it stops (NETLOCK_HOLD needs iptables)");
-      return;
+      return warn(
+        "not holding: the nftables backend drops what it stops (NETLOCK_HOLD needs iptables)",
+      );
     }
     try {
       const { holdQueue } = await import("../../hold/holder.ts");
-      const holder = await holdQueue(`/proc/${pid}/ns/net`);
+      const holder = await holdQueue(place === "host" ? undefined : `/proc/${pid}/ns/net`);
       this.#queue = holder.queue;
-      this.#unlocks.hold(holder);
+      if (place === "netns") this.#unlocks.hold(holder);
+      else this.#held = new HostHold(holder, options, log, note);
     } catch (error) {
       warn(`not holding: ${(error as Error).message}`);
     }

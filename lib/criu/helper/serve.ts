@@ -59,12 +59,16 @@ export interface HelperSettings {
    * that a restore needs no helper.
    */
   images?: string;
-  /** Hold what a namespace lock stops until CRIU's network-unlock (`NETLOCK_HOLD=1`). */
+  /** Hold what the lock stops until the tree can answer (`NETLOCK_HOLD=1`). */
   hold?: boolean;
+  /** How long a helper keeps holding after a final dump, for the restore (default `KEPT_HOLD_MS`). */
+  keptHoldMs?: number;
   /** Receives one line per request and per failure (the helper's log). */
   log?: (line: string) => void;
   /** Receives what the user should know but is no failure (e.g. the path a lock took). */
   warn?: (line: string) => void;
+  /** Receives what went as it should (how many held packets went through). */
+  note?: (line: string) => void;
 }
 
 /**
@@ -100,9 +104,10 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   if (settings.criuPid !== undefined) watchCriu(settings.criuPid, settings.criuStart, stop);
 
   const answer = (line: string) => channel.answer(line);
-  const unlocks = new UnlockSession(options, log);
+  const note = settings.note ?? log;
+  const unlocks = new UnlockSession(options, log, note);
   const dump = new DumpSession(
-    { options, images: settings.images, log, warn, hold: settings.hold },
+    { options, images: settings.images, dir, log, warn, note, hold: settings.hold },
     unlocks,
   );
   // A dump: pre-dump waits for this answer, before CRIU freezes anything.
@@ -133,8 +138,10 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
   } finally {
     clearTimeout(lifetime);
     stop.abort();
-    await dump.end(unlocked);
+    const kept = await dump.end(unlocked);
     await unlocks.cancel();
+    // A final dump of a held host tree: held for its restore, a while.
+    if (kept) await kept.hold.keep(channel, kept.pid, settings.keptHoldMs);
     // New hooks must not find a helper that no longer answers.
     await channel.close();
   }

@@ -19,6 +19,7 @@ import type { Holder } from "../../hold/holder.ts";
 export class UnlockSession {
   #options: NetlockOptions;
   #log: (line: string) => void;
+  #note: (line: string) => void;
   /** On restore, the lock is the one the dump's images hold. */
   #fromImages: KnownLock;
   #armed?: { pid: number; known: KnownLock; armed: Promise<ArmedUnlock | undefined> };
@@ -27,11 +28,17 @@ export class UnlockSession {
 
   /**
    * @param options The hook's options.
-   * @param log The helper's log.
+   * @param log The helper's log (failures).
+   * @param note Where what went as it should is told (how many held packets went through).
    */
-  constructor(options: NetlockOptions, log: (line: string) => void) {
+  constructor(
+    options: NetlockOptions,
+    log: (line: string) => void,
+    note: (line: string) => void = log,
+  ) {
     this.#options = options;
     this.#log = log;
+    this.#note = note;
     this.#fromImages = {
       backend: requestedBackend(resolveOptions(options)),
       families: ["ipv4", "ipv6"],
@@ -92,7 +99,7 @@ export class UnlockSession {
     this.#holder = undefined;
     if (holder && unlocked) {
       await holder.release().then(
-        (released) => this.#log(`let through ${released} held packet(s)`),
+        (released) => this.#note(`let through ${released} held packet(s)`),
         (error) => this.#log(`held packets dropped: ${error.message}`),
       );
     }

@@ -84,9 +84,11 @@ roles=$here/lib/criu/hook/detached.sh
 # The restore's plan, written by the dump's helper (lib/criu/plan.ts;
 # version 1, key=value lines, read by key): kind (the tree's place: host
 # or netns), pid (the dumped root), finish=1 when post-resume has work
-# left (backend is for cli.ts). Only the restore's actions read it.
+# left, hold (the directory of the dump's helper, which holds what the
+# lock stopped for this restore) (backend is for cli.ts). Only the
+# restore's actions read it.
 plan=${CRTOOLS_IMAGE_DIR:+$CRTOOLS_IMAGE_DIR/netlock-unlock}
-place='' dumped='' finish_left='' version=''
+place='' dumped='' finish_left='' version='' holder=''
 case $CRTOOLS_SCRIPT_ACTION in
 pre-restore | setup-namespaces | network-unlock | post-restore)
   if [ -n "$plan" ] && [ -f "$plan" ]; then
@@ -96,6 +98,7 @@ pre-restore | setup-namespaces | network-unlock | post-restore)
       kind) place=$value ;;
       pid) dumped=$value ;;
       finish) finish_left=$value ;;
+      hold) holder=$value ;;
       esac
     done <"$plan"
   fi
@@ -119,10 +122,23 @@ unlock_from_plan() {
   host) nft -f - <"$plan.nft" 2>/dev/null || return 2 ;;
   *) return 2 ;;
   esac
-  # Traffic flows; post-resume removes what is left. (Without the marker,
-  # cli.ts removes it now.)
+  # Traffic flows; post-resume removes what is left, after it let through
+  # what the dump's helper held, if any. (Without the marker, cli.ts
+  # removes it now.)
   [ "$finish_left" = 1 ] || return 0
-  create "$finish" "$place $dumped" || return 2
+  create "$finish" "$place $dumped${holder:+ $holder}" || return 2
+}
+
+# The lock is open and the tree runs: what the dump's helper ($1) still
+# holds for this restore of PID $2 (a tree in CRIU's namespace,
+# NETLOCK_HOLD=1) goes on now, at once; the answer comes after its first
+# batch. Nothing to do without such a helper (none held, or its time ran
+# out: the lock dropped), nor for a directory not of this host's state.
+release_held() {
+  case $1 in "$base"/criu-[0-9]*.*) ;; *) return 0 ;; esac
+  dir=$1
+  ask "release $2" answer
+  return 0
 }
 
 # cli.ts unlocks the restored tree and what the dump kept under its dumped
@@ -231,16 +247,19 @@ post_restore() {
     unlocked
     exit 0
   fi
-  unlock_restored "$dumped" && unlocked
+  # (The lock is gone: what was held goes on now.)
+  unlock_restored "$dumped" && release_held "$holder" "$dumped" && unlocked
   exit $?
 }
 
-# post-resume: what a planned unlock left (it opened the lock or removed
-# only what stops traffic) goes now, after the restore clock.
+# post-resume: what a dump's helper held goes on (the tree runs, its
+# sockets out of repair mode), then what a planned unlock left (it opened
+# the lock or removed only what stops traffic) goes, after the restore clock.
 post_resume() {
-  left=
-  read -r _ left 2>/dev/null <"$finish" || exit 0
+  left='' held=''
+  read -r _ left held 2>/dev/null <"$finish" || exit 0
   rm -f "$finish"
+  release_held "$held" "$left"
   unlock_restored "$left"
   exit $?
 }

@@ -79,7 +79,7 @@ keeper)
   cli_permissions
   case $images in
   /dev/*) perms=--allow-all ;;
-  *) set -- --allow-env=NETLOCK_HELPER_LIFETIME_MS,NETLOCK_HOLD --allow-read="$dir" --allow-write="$dir" "$@" ;;
+  *) set -- --allow-env=NETLOCK_HELPER_LIFETIME_MS,NETLOCK_HOLD,NETLOCK_HOLD_KEEP_MS --allow-read="$dir" --allow-write="$dir" "$@" ;;
   esac
   # The helper holds (NETLOCK_HOLD=1): libc's netlink calls, FFI (only here).
   [ "$NETLOCK_HOLD" = 1 ] && [ "$perms" != --allow-all ] && set -- --allow-ffi "$@"

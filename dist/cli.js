@@ -1633,8 +1633,9 @@ function ruleKind(expr, jumpTo, mark) {
   if ("drop" in last && init.length === 0) return "drop";
   if (isQueueTarget(last) && init.length === 0) return "drop";
   if ("accept" in last && init.length === 0) return "accept";
-  if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
-  if ("drop" in last && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
+  const drops = "drop" in last || isQueueTarget(last);
+  if (drops && init.some(isUnmarkedMatch)) return "unmarkedDrop";
+  if (drops && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
   if ("return" in last && init.length === 1 && isMarkMatch(init[0])) return "markedReturn";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
   if ("return" in last && init.length === 0) return "return";
@@ -5036,9 +5037,10 @@ var init_host_hold = __esm({
         });
       }
       /**
-       * The connection lock opened first (nothing new is queued, nothing
-       * deleted: a deleted base chain would drop what is held), then
-       * everything held accepted at once.
+       * The tree runs: everything held is accepted at once while the
+       * connection lock is opened (nothing deleted: a deleted base chain would
+       * drop what is held); once it is open (nothing new is queued), what came
+       * meanwhile goes too, and the queue closes.
        */
       async #release(tree) {
         const holder = this.#holder;
@@ -5047,7 +5049,12 @@ var init_host_hold = __esm({
         const opening = this.#opening;
         this.#opening = void 0;
         const script = tree.lock && renderConnectionLockOpen(tree.lock, tree.pid);
-        const opened = tree.lock && (script && (await opening?.nft.write(script).catch(() => void 0))?.success || await openConnectionLock(ownExec(this.#options), tree.pid, tree.lock).catch(() => false));
+        const [opened] = await Promise.all([
+          tree.lock && (script && (await opening?.nft.write(script).catch(() => void 0))?.success || await openConnectionLock(ownExec(this.#options), tree.pid, tree.lock).catch(() => false)),
+          // (Its answer waits for the kernel to hand every held segment on: tens of ms for thousands.)
+          holder.accept().catch(() => {
+          })
+        ]);
         opening?.stop.abort();
         if (!opened) this.#log("the lock was not opened before the held packets were let through");
         await holder.release().then((released) => this.#note(`let through ${released} held packet(s)`), (error) => this.#log(`held packets dropped: ${error.message}`));
@@ -5670,16 +5677,16 @@ var init_holder = __esm({
             await this.drain();
             return this.#count;
           },
+          accept: async () => {
+            await this.#acceptAll(queue);
+          },
           release: async ({ waits = [
             0,
             20
           ], afterFirst } = {}) => {
             for (const [round, wait] of waits.entries()) {
               await new Promise((resolve) => setTimeout(resolve, wait));
-              const errno = await this.request((seq) => encodeAcceptUpTo(queue, ACCEPT_ALL, seq));
-              if (errno !== 0 && errno !== 2) {
-                throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
-              }
+              await this.#acceptAll(queue);
               if (round === 0) await afterFirst?.();
             }
             await this.drain();
@@ -5690,6 +5697,13 @@ var init_holder = __esm({
           },
           close: () => this.stop()
         };
+      }
+      /** One batch verdict: every packet the queue holds goes on. */
+      async #acceptAll(queue) {
+        const errno = await this.request((seq) => encodeAcceptUpTo(queue, ACCEPT_ALL, seq));
+        if (errno !== 0 && errno !== 2) {
+          throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
+        }
       }
       async stop() {
         if (this.#stopped) return;

@@ -10,7 +10,14 @@
  */
 import assert from "node:assert/strict";
 import { createPod, type Pod } from "./helpers/criu.ts";
-import { cli, createNetns, snapshot, snmpCounters, type TestNetns } from "./helpers/netns.ts";
+import {
+  boundQueues,
+  cli,
+  createNetns,
+  snapshot,
+  snmpCounters,
+  type TestNetns,
+} from "./helpers/netns.ts";
 import {
   type Container,
   criuWithoutLock,
@@ -65,6 +72,7 @@ async function keepsEveryConnection(
   backend: string,
   checkpoint: () => Promise<Ran>,
   restore: () => Promise<Ran>,
+  between?: () => Promise<void>,
 ): Promise<void> {
   const checkpointed = await checkpoint();
   assert.equal(checkpointed.code, 0, checkpointed.stderr);
@@ -73,6 +81,7 @@ async function keepsEveryConnection(
   // NETLOCK_BACKEND reached the hook through the runtime and CRIU.
   assert.deepEqual(held.map((lock) => lock.backend), held.map(() => backend), JSON.stringify(held));
   assert.ok(await stalled(peer), "no echo while checkpointed");
+  await between?.();
   const restored = await restore();
   assert.equal(restored.code, 0, restored.stderr);
   await peer.flowing();
@@ -179,6 +188,31 @@ for (const backend of ["iptables", "nftables"]) {
     },
   });
 }
+
+Deno.test({
+  ...withRunc,
+  name:
+    "runc --criu criu-netlock, iptables, NETLOCK_HOLD=1: a container on the host's network holds what its lock stops from checkpoint to restore and keeps every connection",
+  async fn() {
+    await using host = await createNetns();
+    const before = await snapshot(host);
+    await using container = await startContainer(host, PORT);
+    await using peer = await startPeer(host, { netns: host, address: "127.0.0.1" }, PORT, 8);
+    await peer.flowing();
+    const held = { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "1" };
+    await keepsEveryConnection(
+      host,
+      before,
+      peer,
+      "iptables",
+      () => container.checkpoint([], held),
+      () => container.restore(held),
+      // NETLOCK_HOLD reached the hook through runc and CRIU: its helper holds a queue.
+      async () => assert.equal((await boundQueues(host)).length, 1, "the helper holds its queue"),
+    );
+    assert.deepEqual(await boundQueues(host), [], "the queue went once the restore released it");
+  },
+});
 
 Deno.test({
   ...withRunc,

@@ -152,3 +152,40 @@ Deno.test("planNftUnlockCommands() removes a namespace lock that holds (iptables
     planNftUnlockCommands(parseNftTableJson(FRESH_LOCK), "NETLOCK"),
   );
 });
+
+Deno.test("parseNftTableJson() takes a connection lock's queues (a lock that holds) as its drops", () => {
+  // What `nft -j` lists for iptables-nft's `-j NFQUEUE --queue-num N` rules (an xt target).
+  const queue = { xt: { type: "target", name: "NFQUEUE" } };
+  const counter = { counter: { packets: 0, bytes: 0 } };
+  const match = (protocol: string, field: string, right: unknown) => ({
+    match: { op: "==", left: { payload: { protocol, field } }, right },
+  });
+  const view = parseNftTableJson(JSON.stringify({
+    nftables: [
+      { chain: { family: "ip", table: "filter", name: "NETLOCK-c7", handle: 1 } },
+      rule("ip", "filter", "NETLOCK-c7", 2, [
+        match("ip", "saddr", "198.18.0.2"),
+        match("ip", "daddr", "198.18.0.1"),
+        match("tcp", "sport", 80),
+        match("tcp", "dport", 5000),
+        counter,
+        queue,
+      ]),
+      rule("ip", "filter", "NETLOCK-c7", 3, [
+        {
+          match: {
+            op: "==",
+            left: {
+              "&": [{ payload: { protocol: "tcp", field: "flags" } }, ["fin", "syn", "rst", "ack"]],
+            },
+            right: "syn",
+          },
+        },
+        match("tcp", "dport", 80),
+        counter,
+        queue,
+      ]),
+    ],
+  }));
+  assert.deepEqual(view.rules.map((r) => r.kind), ["matchedDrop", "matchedDrop"]);
+});

@@ -39,6 +39,11 @@ export interface Holder {
   /** How many packets it holds now (what the kernel told it so far). */
   held(): Promise<number>;
   /**
+   * Accepts everything held so far (one batch verdict) and goes on
+   * holding: for a lock not yet opened whose tree can answer already.
+   */
+  accept(): Promise<void>;
+  /**
    * Accepts everything held at once (call it once the rules are gone or
    * opened), in two rounds (what was held, then what was still on its way
    * through the rules), then closes the queue.
@@ -180,6 +185,9 @@ class QueueState {
         await this.drain();
         return this.#count;
       },
+      accept: async () => {
+        await this.#acceptAll(queue);
+      },
       release: async ({ waits = [0, 20], afterFirst }: ReleaseOptions = {}) => {
         // Two rounds: what was queued when the rules opened, then what was
         // still on its way through them. Each accepts every id the queue
@@ -189,12 +197,7 @@ class QueueState {
         // the socket, and reading them would delay the peers.
         for (const [round, wait] of waits.entries()) {
           await new Promise((resolve) => setTimeout(resolve, wait));
-          const errno = await this.request((seq) => encodeAcceptUpTo(queue, ACCEPT_ALL, seq));
-          // ENOENT: nothing held (none came, or the kernel dropped it: a
-          // hook of the lock's rules was unregistered before the release).
-          if (errno !== 0 && errno !== 2) {
-            throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
-          }
+          await this.#acceptAll(queue);
           if (round === 0) await afterFirst?.();
         }
         // What it held, for the report: every message the kernel sent.
@@ -206,6 +209,16 @@ class QueueState {
       },
       close: () => this.stop(),
     };
+  }
+
+  /** One batch verdict: every packet the queue holds goes on. */
+  async #acceptAll(queue: number): Promise<void> {
+    const errno = await this.request((seq) => encodeAcceptUpTo(queue, ACCEPT_ALL, seq));
+    // ENOENT: nothing held (none came, or the kernel dropped it: a hook of
+    // the lock's rules was unregistered before the release).
+    if (errno !== 0 && errno !== 2) {
+      throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
+    }
   }
 
   async stop(): Promise<void> {

@@ -235,8 +235,10 @@ function ruleKind(expr: unknown, jumpTo?: string, mark?: number): RuleKind {
   // missing): a namespace lock that holds what it would drop.
   if (isQueueTarget(last) && init.length === 0) return "drop";
   if ("accept" in last && init.length === 0) return "accept";
-  if ("drop" in last && init.some(isUnmarkedMatch)) return "unmarkedDrop";
-  if ("drop" in last && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
+  // A connection lock's drop; in a lock that holds, a queue in its place.
+  const drops = "drop" in last || isQueueTarget(last);
+  if (drops && init.some(isUnmarkedMatch)) return "unmarkedDrop";
+  if (drops && init.length > 0 && init.every(isEqualMatch)) return "matchedDrop";
   if ("return" in last && init.length === 1 && isMarkMatch(init[0])) return "markedReturn";
   if ("return" in last && init.length > 0 && init.every(isCommentMatch)) return "marker";
   // A bare return: what opens an iptables connection lock for a restore.

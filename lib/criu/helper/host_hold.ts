@@ -181,9 +181,10 @@ export class HostHold {
   }
 
   /**
-   * The connection lock opened first (nothing new is queued, nothing
-   * deleted: a deleted base chain would drop what is held), then
-   * everything held accepted at once.
+   * The tree runs: everything held is accepted at once while the
+   * connection lock is opened (nothing deleted: a deleted base chain would
+   * drop what is held); once it is open (nothing new is queued), what came
+   * meanwhile goes too, and the queue closes.
    */
   async #release(tree: HeldTree): Promise<void> {
     const holder = this.#holder;
@@ -192,9 +193,13 @@ export class HostHold {
     const opening = this.#opening;
     this.#opening = undefined;
     const script = tree.lock && renderConnectionLockOpen(tree.lock, tree.pid);
-    const opened = tree.lock &&
+    const [opened] = await Promise.all([
+      tree.lock &&
       ((script && (await opening?.nft.write(script).catch(() => undefined))?.success) ||
-        await openConnectionLock(ownExec(this.#options), tree.pid, tree.lock).catch(() => false));
+        await openConnectionLock(ownExec(this.#options), tree.pid, tree.lock).catch(() => false)),
+      // (Its answer waits for the kernel to hand every held segment on: tens of ms for thousands.)
+      holder.accept().catch(() => {}),
+    ]);
     opening?.stop.abort();
     if (!opened) this.#log("the lock was not opened before the held packets were let through");
     await holder.release().then(

@@ -6,8 +6,9 @@
  * First the concurrency, fault and stream suites once, with STRESS_ROUNDS=60
  * rounds inside their tests; then ROUNDS whole runs of each suite that
  * drives real processes from the outside and reads them: the process-lock
- * suite, the real-CRIU fault tests (the CRIU hook's faults) and the
- * holder's (timed against the kernel).
+ * suite, the real-CRIU fault tests (the CRIU hook's faults), the
+ * holder's (timed against the kernel) and the CRIU hook's holding (timed
+ * against a real CRIU).
  * Stops at the first failure and shows its output; prints one
  * `N passed, M failed` line per run and a total at the end.
  */

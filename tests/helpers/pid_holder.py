@@ -3,7 +3,9 @@
     pid_holder.py PID zombie|live
 
 Makes a child with PID (writing PID-1 to /proc/sys/kernel/ns_last_pid
-before each fork, as CRIU does, until the kernel hands PID out): `zombie`,
+before each fork, as CRIU does, until the kernel hands PID out; then the
+next PIDs handed out are where they were before, so that other processes
+do not take PID's neighbours): `zombie`,
 a child that exits at once and is not reaped (a killed process whose parent
 has not waited yet); `live`, a child that sleeps (a PID reused by another
 process). Prints "held" once it holds the PID, then waits for a line on
@@ -13,6 +15,8 @@ stdin (or its end): it frees the PID (kills and reaps the child), prints
 import os, signal, sys, time
 
 pid, mode = int(sys.argv[1]), sys.argv[2]
+with open("/proc/sys/kernel/ns_last_pid") as last:
+    before = int(last.read())
 child = 0
 for attempt in range(20000):
     with open("/proc/sys/kernel/ns_last_pid", "w") as last:
@@ -28,6 +32,11 @@ for attempt in range(20000):
     # Someone else's fork came first: give it back and try again.
     os.kill(got, signal.SIGKILL)
     os.waitpid(got, 0)
+# The next forks, anyone's, go back where they were (past PID's
+# neighbours): left at PID, they would take PID+1, PID+2..., the PIDs of a
+# dumped tree's other processes, which its restore needs free.
+with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+    last.write(str(max(before, pid + 100)))
 if not child:
     sys.exit(f"pid_holder: PID {pid} could not be had")
 if mode == "zombie":

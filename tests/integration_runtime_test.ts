@@ -103,6 +103,19 @@ async function podContainer(): Promise<
   return { pod, before, container, peer, [Symbol.asyncDispose]: () => stack.disposeAsync() };
 }
 
+/** A namespace standing for the host (and its state before), a runc container on its network, and a peer sending to it. */
+async function hostContainer(): Promise<
+  { host: TestNetns; before: string; container: Container; peer: Peer } & AsyncDisposable
+> {
+  const stack = new AsyncDisposableStack();
+  const host = stack.use(await createNetns());
+  const before = await snapshot(host);
+  const container = stack.use(await startContainer(host, PORT));
+  const peer = stack.use(await startPeer(host, { netns: host, address: "127.0.0.1" }, PORT, 8));
+  await peer.flowing();
+  return { host, before, container, peer, [Symbol.asyncDispose]: () => stack.disposeAsync() };
+}
+
 for (const backend of ["iptables", "nftables"]) {
   const env = { NETLOCK_BACKEND: backend };
 
@@ -148,11 +161,8 @@ for (const backend of ["iptables", "nftables"]) {
     name:
       `runc --criu criu-netlock, ${backend}: a container on the host's network keeps every connection across checkpoint and restore`,
     async fn() {
-      await using host = await createNetns();
-      const before = await snapshot(host);
-      await using container = await startContainer(host, PORT);
-      await using peer = await startPeer(host, { netns: host, address: "127.0.0.1" }, PORT, 8);
-      await peer.flowing();
+      await using setup = await hostContainer();
+      const { host, before, container, peer } = setup;
       await keepsEveryConnection(
         host,
         before,
@@ -194,11 +204,8 @@ Deno.test({
   name:
     "runc --criu criu-netlock, iptables, NETLOCK_HOLD=1: a container on the host's network holds what its lock stops from checkpoint to restore and keeps every connection",
   async fn() {
-    await using host = await createNetns();
-    const before = await snapshot(host);
-    await using container = await startContainer(host, PORT);
-    await using peer = await startPeer(host, { netns: host, address: "127.0.0.1" }, PORT, 8);
-    await peer.flowing();
+    await using setup = await hostContainer();
+    const { host, before, container, peer } = setup;
     const held = { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "1" };
     await keepsEveryConnection(
       host,

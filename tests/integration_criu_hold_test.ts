@@ -144,3 +144,22 @@ Deno.test({
     await restoresWhole(live, env);
   },
 });
+
+Deno.test({
+  ...withCriu,
+  name: "real CRIU, host tree, nftables, NETLOCK_HOLD=1: the lock drops (nft cannot queue here) " +
+    "and CRIU's log says so; every connection kept, nothing left",
+  async fn() {
+    await using live = await hostTree(undefined, CONNECTIONS, undefined, true);
+    const { host, images, before, tree, peer } = live;
+    const env = { NETLOCK_BACKEND: "nftables", NETLOCK_HOLD: "1" };
+    const dump = await criuDump({ host }, tree, images, ["--leave-running"], env);
+    assert.equal(dump.code, 0, dump.errors);
+    assert.match(dump.log, /not holding: the nftables backend drops what it stops/);
+    assert.ok(await helpersGone(), "the hook's helper ended");
+    assert.ok(await clean(host, before), "nothing of the lock is left once the tree runs");
+    assert.deepEqual(await boundQueues(host), [], "no queue was bound");
+    await peer.flowing();
+    assertWhole(await peer.stop());
+  },
+});

@@ -630,7 +630,7 @@ function renderIptablesChange(rules, change) {
 function lockLines(rules) {
   const body = Array.isArray(rules.body) ? rules.body : [
     `-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
-    typeof rules.queue === "number" ? queueRule(rules.queue) : "-j DROP",
+    dropVerdict(typeof rules.queue === "number" ? rules.queue : void 0),
     ...rules.ipv4Only ? [
       IPV4_ONLY_MARKER
     ] : []
@@ -644,8 +644,8 @@ function lockLines(rules) {
     ...subchains.flatMap((chain) => chain.body.map((spec) => `-A ${chain.name} ${spec}`))
   ];
 }
-function queueRule(queue) {
-  return `-j NFQUEUE --queue-num ${queue}`;
+function dropVerdict(queue) {
+  return queue === void 0 ? "-j DROP" : `-j NFQUEUE --queue-num ${queue}`;
 }
 function wrapFilter(lines) {
   return [
@@ -857,25 +857,25 @@ function dropsOf(connections, family) {
     }
   ]);
 }
-function portDrop(drop, verdict2 = DROP) {
-  return `-p tcp -m tcp --sport ${drop.sport} --dport ${drop.dport} ${verdict2}`;
+function portDrop(drop, verdict = DROP) {
+  return `-p tcp -m tcp --sport ${drop.sport} --dport ${drop.dport} ${verdict}`;
 }
-function fullDrop(drop, verdict2 = DROP) {
-  return `${drop.addresses} ${portDrop(drop, verdict2)}`;
+function fullDrop(drop, verdict = DROP) {
+  return `${drop.addresses} ${portDrop(drop, verdict)}`;
 }
-function listenerDrops(listeners, family, verdict2 = DROP) {
+function listenerDrops(listeners, family, verdict = DROP) {
   const mask = family === "ipv4" ? "32" : "128";
-  return listeners.filter((l) => l.family === family || family === "ipv4" && l.family === "ipv6" && isWildcardAddress(l.local)).map((l) => `${isWildcardAddress(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} --tcp-flags FIN,SYN,RST,ACK SYN ${verdict2}`);
+  return listeners.filter((l) => l.family === family || family === "ipv4" && l.family === "ipv6" && isWildcardAddress(l.local)).map((l) => `${isWildcardAddress(l.local) ? "" : `-d ${l.local}/${mask} `}-p tcp -m tcp --dport ${l.localPort} --tcp-flags FIN,SYN,RST,ACK SYN ${verdict}`);
 }
-function connectionDrops(connections, family, verdict2 = DROP) {
-  return dropsOf(connections, family).map((drop) => fullDrop(drop, verdict2));
+function connectionDrops(connections, family, verdict = DROP) {
+  return dropsOf(connections, family).map((drop) => fullDrop(drop, verdict));
 }
-function connectionIptablesTree(connections, family, mark, root, listeners = [], verdict2 = DROP) {
+function connectionIptablesTree(connections, family, mark, root, listeners = [], verdict = DROP) {
   const drops = dropsOf(connections, family);
   const head = markedReturn(mark);
-  const synDrops = listenerDrops(listeners, family, verdict2);
-  const full = (drop) => fullDrop(drop, verdict2);
-  const ports = (drop) => portDrop(drop, verdict2);
+  const synDrops = listenerDrops(listeners, family, verdict);
+  const full = (drop) => fullDrop(drop, verdict);
+  const ports = (drop) => portDrop(drop, verdict);
   if (drops.length <= 2 * LEAF_RULES) {
     return {
       body: [
@@ -1032,10 +1032,10 @@ function renderNftConnectionAdd(table, connections, listeners = []) {
   }
   return elements;
 }
-function renderIptablesConnectionAdd(chain, connections, family, listeners = [], verdict2 = DROP) {
+function renderIptablesConnectionAdd(chain, connections, family, listeners = [], verdict = DROP) {
   const rules = [
-    ...connectionDrops(connections, family, verdict2),
-    ...listenerDrops(listeners, family, verdict2)
+    ...connectionDrops(connections, family, verdict),
+    ...listenerDrops(listeners, family, verdict)
   ].map((spec) => `-A ${chain} ${spec}
 `);
   return `*filter
@@ -1098,7 +1098,7 @@ function connectionShape(name, mark, pid, connections, listeners = [], queue) {
         rules = connections ? {
           name: table,
           mark,
-          ...connectionIptablesTree(connections, family, mark, table, listeners, verdict(queue))
+          ...connectionIptablesTree(connections, family, mark, table, listeners, dropVerdict(queue))
         } : {
           name: table,
           mark,
@@ -1132,9 +1132,6 @@ function connectionShape(name, mark, pid, connections, listeners = [], queue) {
       return iptables.reduce((sum, state) => sum + state.connectionDrops / 2, 0);
     }
   };
-}
-function verdict(queue) {
-  return queue === void 0 ? "-j DROP" : queueRule(queue);
 }
 var init_connections = __esm({
   "lib/shape/connections.ts"() {
@@ -1663,8 +1660,8 @@ function isCommentMatch(e) {
 }
 function jumpTarget(expr) {
   for (const e of withoutCounters(expr) ?? []) {
-    const verdict2 = e.jump ?? e.goto;
-    if (typeof verdict2?.target === "string") return verdict2.target;
+    const verdict = e.jump ?? e.goto;
+    if (typeof verdict?.target === "string") return verdict.target;
   }
   return void 0;
 }
@@ -2042,7 +2039,7 @@ function isTreeRule(spec, root) {
   return match !== null && match[1].startsWith(`${root}.`);
 }
 function isConnectionLockRule(spec) {
-  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j (DROP|NFQUEUE --queue-num [0-9]+)$/.test(spec);
+  return CONNECTION_DROP.test(spec);
 }
 function isListenerDrop(spec) {
   return LISTENER_DROP.test(spec);
@@ -2050,7 +2047,7 @@ function isListenerDrop(spec) {
 function isMarkedReturn(spec) {
   return /^-m mark --mark 0x[0-9a-f]+ -j RETURN$/.test(spec);
 }
-var BUILTIN_CHAINS2, UNLOCKED_STATE, LISTENER_DROP;
+var BUILTIN_CHAINS2, UNLOCKED_STATE, DROP_VERDICT, CONNECTION_DROP, LISTENER_DROP;
 var init_lock_state2 = __esm({
   "lib/iptables/lock_state.ts"() {
     init_ruleset();
@@ -2074,7 +2071,9 @@ var init_lock_state2 = __esm({
       foreign: false,
       ipv4Only: false
     };
-    LISTENER_DROP = /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j (?:DROP|NFQUEUE --queue-num [0-9]+)$/;
+    DROP_VERDICT = "-j (?:DROP|NFQUEUE --queue-num [0-9]+)";
+    CONNECTION_DROP = new RegExp(`^(-s \\S+ -d \\S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?${DROP_VERDICT}$`);
+    LISTENER_DROP = new RegExp(`^(?:-d (\\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN ${DROP_VERDICT}$`);
   }
 });
 
@@ -3382,7 +3381,7 @@ async function addToConnectionLock(exec, pid, made, connections, listeners = [])
     ], renderNftConnectionAdd(name, connections, listeners))
   ] : made.families.map((family) => ({
     family,
-    script: renderIptablesConnectionAdd(name, connections, family, listeners, verdict(made.queue))
+    script: renderIptablesConnectionAdd(name, connections, family, listeners, dropVerdict(made.queue))
   })).filter(({ script }) => script !== "*filter\nCOMMIT\n").map(({ family, script }) => exec(FAMILY_TOOLS[family].restore, [
     "-w",
     "--noflush"
@@ -3414,6 +3413,7 @@ var init_process = __esm({
     init_ruleset2();
     init_ruleset3();
     init_backend();
+    init_ruleset();
   }
 });
 
@@ -4966,21 +4966,28 @@ var init_host_hold = __esm({
           done
         };
       }
+      /** CRIU is gone: the watch ends, whatever it saw or not (what it started finishes first). */
+      async stopWatch() {
+        this.#resume?.stop.abort();
+        await this.#resume?.done;
+      }
+      /** Whether it still holds (the watch did not let it all through). */
+      get holding() {
+        return this.#holder !== void 0;
+      }
       /**
-       * CRIU is gone: the watch ends (whatever it saw or not); a tree that
-       * runs gets what was held (before its lock is removed); a tree gone
-       * after a final dump keeps it held for its restore (`keep`); else it is
-       * dropped.
+       * Once the watch stopped: a tree that runs gets what was held (before
+       * its lock is removed); a tree gone after a final dump keeps it held for
+       * its restore (`keep`); else it is dropped.
        *
        * @param tree The dumped tree.
+       * @param runs Whether it runs on (the helper's one probe once CRIU is gone).
        * @param dumped Whether the dump succeeded (post-dump answered).
        * @returns Whether it still holds, for the restore.
        */
-      async end(tree, dumped) {
-        this.#resume?.stop.abort();
-        await this.#resume?.done;
+      async end(tree, runs, dumped) {
         if (!this.#holder) return false;
-        if (await stillRuns(tree.pid, tree.start, this.#options)) await this.#release(tree);
+        if (runs) await this.#release(tree);
         else if (dumped) {
           await this.#disarm();
           return true;
@@ -5288,14 +5295,14 @@ function encodeUnbind(queue, seq) {
   ]);
 }
 function encodeAcceptUpTo(queue, id, seq) {
-  const verdict2 = new Uint8Array(8);
-  const view = new DataView(verdict2.buffer);
+  const verdict = new Uint8Array(8);
+  const view = new DataView(verdict.buffer);
   view.setUint32(0, NF_ACCEPT, false);
   view.setUint32(4, id >>> 0, false);
   return message(MSG_VERDICT_BATCH, queue, seq, [
     [
       ATTR_VERDICT_HDR,
-      verdict2
+      verdict
     ]
   ]);
 }
@@ -5716,8 +5723,7 @@ var init_holder = __esm({
 });
 
 // lib/criu/helper/dump_session.ts
-async function afterCriu(dumped, postDumped, options, log) {
-  const runs = await stillRuns(dumped.pid, dumped.start, options);
+async function afterCriu(dumped, runs, postDumped, options, log) {
   const failed = (error) => log(`unlock after CRIU ended: ${error.message}`);
   if (dumped.place === "netns") {
     if (runs) await unlockNetwork(dumped.pid, options).catch(failed);
@@ -5889,16 +5895,18 @@ var init_dump_session = __esm({
        */
       async end(unlocked) {
         await this.#narrowed;
+        const held = this.#held;
+        await held?.stopWatch();
         const dumped = this.#dumped;
+        const runs = dumped && (held?.holding || !unlocked) ? await stillRuns(dumped.pid, dumped.start, this.#settings.options) : false;
         const tree = dumped && {
           ...dumped,
           lock: dumped.locked?.result
         };
-        const held = this.#held;
-        const kept = tree && held && await held.end(tree, this.#postDumped);
+        const kept = tree && held && await held.end(tree, runs, this.#postDumped);
         if (!kept) await held?.close();
-        if (this.#dumped && !unlocked) {
-          await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log);
+        if (dumped && !unlocked) {
+          await afterCriu(dumped, runs, this.#postDumped, this.#settings.options, this.#settings.log);
         }
         await (await this.#lock?.armed)?.cancel();
         return kept && held && dumped ? {
@@ -5921,12 +5929,7 @@ var init_dump_session = __esm({
           queue: this.#queue
         };
       }
-      /**
-       * A holder for the lock, where the lock is (the tree's namespace, or
-       * netlock's own for a host tree): a namespace's is handed to the unlock
-       * (which lets what it holds through); without one the lock drops, as
-       * CRIU's log then says.
-       */
+      /** A holder where the lock is (a namespace's goes to the unlock); without one, the lock drops (CRIU's log says so). */
       async #hold(pid, place) {
         const { options, log, warn, note } = this.#settings;
         if ((options.backend ?? "iptables") !== "iptables") {

@@ -10,7 +10,7 @@
  * across a veth pair.
  */
 import assert from "node:assert/strict";
-import { criuDump, helpersGone, withCriu, wrappedHook } from "./helpers/criu.ts";
+import { criuDump, helpersGone, queuedAfter, withCriu, wrappedHook } from "./helpers/criu.ts";
 import { boundQueues, timedConnect } from "./helpers/netns.ts";
 import {
   assertWhole,
@@ -25,11 +25,6 @@ import {
 
 const HOLD = { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "1" };
 
-/** The packets the namespace's queues took, as the wrapped hook noted them after `action`. */
-function queued(notes: string[], action: string): number {
-  return Number(notes.find((line) => line.startsWith(`${action} `))?.match(/queued=([0-9]+)/)?.[1]);
-}
-
 Deno.test({
   ...withCriu,
   name: "real CRIU, host tree, NETLOCK_HOLD=1: a --leave-running dump holds what the lock " +
@@ -43,7 +38,7 @@ Deno.test({
     // Locked by connection (a cgroup lock cannot queue), and what it stops is queued.
     assert.match(dump.log, /its lock holds what it stops \(NETLOCK_HOLD=1\)/);
     const notes = await hook.locks();
-    assert.ok(queued(notes, "post-dump") > 0, `held while frozen: ${notes.join("; ")}`);
+    assert.ok(queuedAfter(notes, "post-dump") > 0, `held while frozen: ${notes.join("; ")}`);
     assert.ok(await helpersGone(), "the hook's helper ended");
     assert.ok(await clean(host, before), "nothing of the lock is left once the tree runs");
     assert.deepEqual(await boundQueues(host), [], "no queue is left");

@@ -206,7 +206,7 @@ function dropsOf(connections: readonly Connection[], family: Family): Drop[] {
 
 /**
  * What a drop does in a lock that drops; a lock that holds gives its
- * queue's rule instead (`-j NFQUEUE --queue-num N`: `queueRule`,
+ * queue's rule instead (`-j NFQUEUE --queue-num N`: `dropVerdict`,
  * lib/iptables/ruleset.ts).
  */
 const DROP = "-j DROP";

@@ -214,6 +214,9 @@ function isNamespaceLockRule(spec: string): boolean {
     spec === "-j RETURN" || queueOf(spec) !== undefined;
 }
 
+/** What a lock's drop does, as iptables-save prints it (lib/iptables/ruleset.ts, `dropVerdict`). */
+const DROP_VERDICT = "-j (?:DROP|NFQUEUE --queue-num [0-9]+)";
+
 /** The queue of a namespace lock's last rule that holds (`-j NFQUEUE --queue-num N`). */
 function queueOf(spec: string | undefined): number | undefined {
   const match = spec?.match(/^-j NFQUEUE --queue-num ([0-9]+)$/);
@@ -245,13 +248,18 @@ function isTreeRule(spec: string, root: string): boolean {
  * queue to its holder instead of the drop.
  */
 function isConnectionLockRule(spec: string): boolean {
-  return /^(-s \S+ -d \S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ (-m mark ! --mark 0x[0-9a-f]+ )?-j (DROP|NFQUEUE --queue-num [0-9]+)$/
-    .test(spec);
+  return CONNECTION_DROP.test(spec);
 }
 
+const CONNECTION_DROP = new RegExp(
+  "^(-s \\S+ -d \\S+ )?-p tcp -m tcp --sport [0-9]+ --dport [0-9]+ " +
+    `(-m mark ! --mark 0x[0-9a-f]+ )?${DROP_VERDICT}$`,
+);
+
 /** A connection lock's drop of a listener's SYNs (to its address, or any, and port). */
-const LISTENER_DROP =
-  /^(?:-d (\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN -j (?:DROP|NFQUEUE --queue-num [0-9]+)$/;
+const LISTENER_DROP = new RegExp(
+  `^(?:-d (\\S+) )?-p tcp -m tcp --dport ([0-9]+) --tcp-flags FIN,SYN,RST,ACK SYN ${DROP_VERDICT}$`,
+);
 
 function isListenerDrop(spec: string): boolean {
   return LISTENER_DROP.test(spec);

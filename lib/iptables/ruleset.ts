@@ -132,7 +132,7 @@ export const IPV4_ONLY_MARKER = '-m comment --comment "netlock: ipv6 off" -j RET
 function lockLines(rules: LockRules): string[] {
   const body = Array.isArray(rules.body) ? rules.body : [
     `-m mark --mark ${formatMark(rules.mark)} -j ACCEPT`,
-    typeof rules.queue === "number" ? queueRule(rules.queue) : "-j DROP",
+    dropVerdict(typeof rules.queue === "number" ? rules.queue : undefined),
     ...(rules.ipv4Only ? [IPV4_ONLY_MARKER] : []),
   ];
   const subchains = rules.subchains ?? [];
@@ -146,22 +146,24 @@ function lockLines(rules: LockRules): string[] {
 }
 
 /**
- * The last rule of a namespace lock that holds: what it would drop goes to
- * queue `queue` (never `--queue-bypass`: without a holder the kernel drops
- * it), as iptables-save prints it.
+ * What a lock does with what it stops, as iptables-save prints it: `-j
+ * DROP`, or, for a lock that holds, a queue to its holder (never
+ * `--queue-bypass`: without a holder the kernel drops it). The namespace
+ * lock's last rule, and each drop of a connection lock.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { queueRule } from "./ruleset.ts";
- * assert.equal(queueRule(49428), "-j NFQUEUE --queue-num 49428");
+ * import { dropVerdict } from "./ruleset.ts";
+ * assert.equal(dropVerdict(), "-j DROP");
+ * assert.equal(dropVerdict(49428), "-j NFQUEUE --queue-num 49428");
  * ```
  *
- * @param queue The queue number.
- * @returns The rule, after `-A NAME `.
+ * @param queue The holder's queue, when the lock holds.
+ * @returns The target, after the rule's matches.
  */
-export function queueRule(queue: number): string {
-  return `-j NFQUEUE --queue-num ${queue}`;
+export function dropVerdict(queue?: number): string {
+  return queue === undefined ? "-j DROP" : `-j NFQUEUE --queue-num ${queue}`;
 }
 
 function wrapFilter(lines: string[]): string {

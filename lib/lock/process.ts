@@ -14,7 +14,7 @@ import { probeTree } from "../connections/discover.ts";
 import { cgroupWithin, type ProcessTree } from "../connections/tree_parser.ts";
 import type { Connection, Listener } from "../connections/proc_net_parser.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
-import { connectionShape, verdict } from "../shape/connections.ts";
+import { connectionShape } from "../shape/connections.ts";
 import type { LockShape, NamespaceOutcome } from "../shape/shape.ts";
 import type { Prepared, ResolvedOptions } from "../netns/prepare.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
@@ -27,6 +27,7 @@ import {
 import { renderNftOpen, renderNftReturnFirst } from "../nftables/ruleset.ts";
 import type { ToolExec } from "../exec/nsenter.ts";
 import { FAMILY_TOOLS } from "../iptables/backend.ts";
+import { dropVerdict } from "../iptables/ruleset.ts";
 import type { Family } from "../common/types.ts";
 
 /**
@@ -225,7 +226,7 @@ export async function addToConnectionLock(
           connections,
           family,
           listeners,
-          verdict(made.queue),
+          dropVerdict(made.queue),
         ),
       }))
       // A family with drops to add.

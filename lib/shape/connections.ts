@@ -10,7 +10,7 @@ import type { LockShape } from "./shape.ts";
 import { isNetlockTable } from "../nftables/lock_state.ts";
 import type { Family } from "../common/types.ts";
 import type { Connection, Listener } from "../connections/proc_net_parser.ts";
-import { queueRule } from "../iptables/ruleset.ts";
+import { dropVerdict } from "../iptables/ruleset.ts";
 import {
   connectionIptablesTree,
   connectionLockName,
@@ -55,7 +55,14 @@ export function connectionShape(
           ? {
             name: table,
             mark,
-            ...connectionIptablesTree(connections, family, mark, table, listeners, verdict(queue)),
+            ...connectionIptablesTree(
+              connections,
+              family,
+              mark,
+              table,
+              listeners,
+              dropVerdict(queue),
+            ),
           }
           : { name: table, mark, body: "any" };
         bodies.set(family, rules);
@@ -86,23 +93,4 @@ export function connectionShape(
       return iptables.reduce((sum, state) => sum + state.connectionDrops / 2, 0);
     },
   };
-}
-
-/**
- * What an iptables connection lock's drops do: drop, or queue to a holder.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { verdict } from "./connections.ts";
- *
- * assert.equal(verdict(), "-j DROP");
- * assert.equal(verdict(49428), "-j NFQUEUE --queue-num 49428");
- * ```
- *
- * @param queue The holder's queue, when the lock holds.
- * @returns The rule's target, after the match.
- */
-export function verdict(queue?: number): string {
-  return queue === undefined ? "-j DROP" : queueRule(queue);
 }

@@ -239,6 +239,14 @@ export interface WrappedHook extends AsyncDisposable {
   locks(): Promise<string[]>;
 }
 
+/**
+ * With `noteQueues`: the packets the tree namespace's queues took so far,
+ * as the wrapper noted them after `action` (NaN when it did not).
+ */
+export function queuedAfter(notes: string[], action: string): number {
+  return Number(notes.find((line) => line.startsWith(`${action} `))?.match(/queued=([0-9]+)/)?.[1]);
+}
+
 /** What the wrapper does beside running criu-hook.sh. */
 export interface WrapOptions {
   /** Kills CRIU (SIGKILL) once this action is done, before CRIU goes on. */

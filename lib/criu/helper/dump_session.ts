@@ -198,13 +198,18 @@ export class DumpSession {
    */
   async end(unlocked: boolean): Promise<{ hold: HostHold; pid: number } | undefined> {
     await this.#narrowed;
-    const dumped = this.#dumped;
-    const tree = dumped && { ...dumped, lock: dumped.locked?.result };
     const held = this.#held;
-    const kept = tree && held && await held.end(tree, this.#postDumped);
+    await held?.stopWatch();
+    // (Unset if the watch saw the tree run and unlocked it.) Whether it runs on: one probe.
+    const dumped = this.#dumped;
+    const runs = dumped && (held?.holding || !unlocked)
+      ? await stillRuns(dumped.pid, dumped.start, this.#settings.options)
+      : false;
+    const tree = dumped && { ...dumped, lock: dumped.locked?.result };
+    const kept = tree && held && await held.end(tree, runs, this.#postDumped);
     if (!kept) await held?.close();
-    if (this.#dumped && !unlocked) {
-      await afterCriu(this.#dumped, this.#postDumped, this.#settings.options, this.#settings.log);
+    if (dumped && !unlocked) {
+      await afterCriu(dumped, runs, this.#postDumped, this.#settings.options, this.#settings.log);
     }
     await (await this.#lock?.armed)?.cancel();
     return kept && held && dumped ? { hold: held, pid: dumped.pid } : undefined;
@@ -221,12 +226,7 @@ export class DumpSession {
     return this.#queue === undefined ? options : { ...options, queue: this.#queue };
   }
 
-  /**
-   * A holder for the lock, where the lock is (the tree's namespace, or
-   * netlock's own for a host tree): a namespace's is handed to the unlock
-   * (which lets what it holds through); without one the lock drops, as
-   * CRIU's log then says.
-   */
+  /** A holder where the lock is (a namespace's goes to the unlock); without one, the lock drops (CRIU's log says so). */
   async #hold(pid: number, place: TreePlace): Promise<void> {
     const { options, log, warn, note } = this.#settings;
     if ((options.backend ?? "iptables") !== "iptables") {
@@ -261,17 +261,17 @@ export class DumpSession {
  * gone after its dump keeps its dumped connections, locked by address (no
  * cgroup lock), gone without a successful dump, nothing; a tree in a
  * namespace of its own that is gone keeps the whole namespace lock (until
- * its restore, or an operator). Exactly the
- * locks the dump made, by name and kind, in netlock's own namespace for a
- * host tree (never whatever namespace its PID may be in by now).
+ * its restore, or an operator). Exactly the locks the dump made, by name
+ * and kind, in netlock's own namespace for a host tree (never whatever
+ * namespace its PID may be in by now). `runs`: the one probe's answer.
  */
 async function afterCriu(
-  dumped: { pid: number; start: string; place: TreePlace },
+  dumped: { pid: number; place: TreePlace },
+  runs: boolean,
   postDumped: boolean,
   options: NetlockOptions,
   log: (line: string) => void,
 ): Promise<void> {
-  const runs = await stillRuns(dumped.pid, dumped.start, options);
   const failed = (error: Error) => log(`unlock after CRIU ended: ${error.message}`);
   if (dumped.place === "netns") {
     // A final dump keeps the whole namespace locked until its restore

@@ -22,7 +22,7 @@ import type { Holder } from "../../hold/holder.ts";
 import { openConnectionLock, renderConnectionLockOpen } from "../../lock/process.ts";
 import { type Primed, primer } from "../primed.ts";
 import type { NetlockOptions, OperationResult } from "../../common/types.ts";
-import { ownExec, stillRuns } from "../tree_probe.ts";
+import { ownExec } from "../tree_probe.ts";
 import type { Channel } from "./channel.ts";
 import { openProcessStateReader, type ProcessState } from "../../hold/process_state.ts";
 
@@ -108,21 +108,30 @@ export class HostHold {
     this.#resume = { stop, done };
   }
 
+  /** CRIU is gone: the watch ends, whatever it saw or not (what it started finishes first). */
+  async stopWatch(): Promise<void> {
+    this.#resume?.stop.abort();
+    await this.#resume?.done;
+  }
+
+  /** Whether it still holds (the watch did not let it all through). */
+  get holding(): boolean {
+    return this.#holder !== undefined;
+  }
+
   /**
-   * CRIU is gone: the watch ends (whatever it saw or not); a tree that
-   * runs gets what was held (before its lock is removed); a tree gone
-   * after a final dump keeps it held for its restore (`keep`); else it is
-   * dropped.
+   * Once the watch stopped: a tree that runs gets what was held (before
+   * its lock is removed); a tree gone after a final dump keeps it held for
+   * its restore (`keep`); else it is dropped.
    *
    * @param tree The dumped tree.
+   * @param runs Whether it runs on (the helper's one probe once CRIU is gone).
    * @param dumped Whether the dump succeeded (post-dump answered).
    * @returns Whether it still holds, for the restore.
    */
-  async end(tree: HeldTree, dumped: boolean): Promise<boolean> {
-    this.#resume?.stop.abort();
-    await this.#resume?.done;
+  async end(tree: HeldTree, runs: boolean, dumped: boolean): Promise<boolean> {
     if (!this.#holder) return false;
-    if (await stillRuns(tree.pid, tree.start, this.#options)) await this.#release(tree);
+    if (runs) await this.#release(tree);
     else if (dumped) {
       // The restore's plan opens the lock: the opening started ahead is not needed.
       await this.#disarm();

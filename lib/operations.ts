@@ -15,6 +15,7 @@ import { lockWithBackend } from "./lock/apply.ts";
 import { statusAllBackends } from "./lock/status.ts";
 import { type LockShape, type NamespaceOutcome, namespaceShape } from "./shape/shape.ts";
 import { unlockAllBackends } from "./unlock/backends.ts";
+import { unlockMadeTable } from "./unlock/made_table.ts";
 import { GuardRefusal } from "./netns/guard.ts";
 import {
   canGuard,
@@ -70,7 +71,7 @@ export async function lockNetwork(
   target: Target,
   options: NetlockOptions = {},
 ): Promise<NetworkLock> {
-  const result = await run(target, options, "lock", async (prepared, opts, ref) => {
+  const { table, ...result } = await run(target, options, "lock", async (prepared, opts, ref) => {
     await runScripts(opts, ref, "network-lock");
     if (prepared.mode === "netns") {
       return await lockWithBackend(prepared, opts, namespaceShape(opts));
@@ -79,7 +80,7 @@ export async function lockNetwork(
       ? await lockCgroup(prepared, opts, ref.pid!)
       : await lockConnections(prepared, opts, ref.pid!);
   });
-  return asNetworkLock(result, target, options);
+  return asNetworkLock(result, target, options, table);
 }
 
 /**
@@ -129,26 +130,77 @@ export async function lockConnectionsOf(
 
 /**
  * Wraps a lock's result into a {@linkcode NetworkLock}: `unlock()` (once)
- * and `await using` disposal.
+ * and `await using` disposal. When the lock made an nftables table (its
+ * handle is `table`), `unlock()` first deletes that very table in one
+ * transaction with no read before it; if that table is no longer there
+ * under its name, it unlocks as {@linkcode unlockNetwork} does.
  *
  * @param result What the lock reported.
  * @param target The locked target.
  * @param options The options it was locked with.
+ * @param table The handle of the nftables table the lock made.
  * @returns The lock.
  */
 export function asNetworkLock(
   result: OperationResult,
   target: Target,
   options: NetlockOptions,
+  table?: number,
 ): NetworkLock {
   let unlocking: Promise<UnlockResult> | undefined;
-  const unlock = () => unlocking ??= unlockNetwork(target, options);
+  const unlock = () =>
+    unlocking ??= (table === undefined
+      ? Promise.resolve(undefined)
+      : unlockMade(result, target, options, table))
+      .then((done) =>
+        done ?? unlockNetwork(target, options)
+      );
   return {
     ...result,
     unlock,
     async [Symbol.asyncDispose]() {
       await unlock();
     },
+  };
+}
+
+/**
+ * The unlock of the table a namespace lock made, by its handle
+ * (lib/unlock/made_table.ts); `undefined` when it does not apply (action
+ * scripts to run, a dry run, CRIU's locks asked for) or the table is no
+ * longer that one, and nothing changed.
+ */
+async function unlockMade(
+  result: OperationResult,
+  target: Target,
+  options: NetlockOptions,
+  table: number,
+): Promise<UnlockResult | undefined> {
+  if (result.backend !== "nftables" || result.mode !== "netns") return undefined;
+  if (options.dryRun || options.criu || (options.actionScripts?.length ?? 0) > 0) return undefined;
+  const start = performance.now();
+  try {
+    const opts = resolveOptions(options, "unlock");
+    const ref = toTargetRef(target, { userns: opts.userns });
+    if (!await unlockMadeTable(nsenterExec(ref.nsenterArgs, opts.exec), result.name, table)) {
+      return undefined;
+    }
+  } catch {
+    // Whatever went wrong changed nothing: the full unlock says what.
+    return undefined;
+  }
+  return {
+    target: result.target,
+    locked: false,
+    changed: true,
+    mode: "netns",
+    backend: "nftables",
+    families: result.families,
+    name: result.name,
+    mark: result.mark,
+    connections: 0,
+    durationMs: performance.now() - start,
+    kinds: ["netns"],
   };
 }
 
@@ -361,7 +413,7 @@ async function run(
   options: NetlockOptions,
   verb: Verb,
   body: Body,
-): Promise<OperationResult & Pick<NamespaceOutcome, "state" | "criu">> {
+): Promise<OperationResult & Pick<NamespaceOutcome, "state" | "criu" | "table">> {
   const start = performance.now();
   // Arguments are checked before anything runs; these throw TypeError/RangeError.
   const opts = resolveOptions(options, verb);
@@ -404,6 +456,7 @@ async function run(
       durationMs: performance.now() - start,
       ...(outcome.state ? { state: outcome.state } : {}),
       ...(outcome.queue !== undefined ? { queue: outcome.queue } : {}),
+      ...(outcome.table !== undefined ? { table: outcome.table } : {}),
       ...(outcome.criu ? { criu: outcome.criu } : {}),
       ...(outcome.warnings ? { warnings: outcome.warnings } : {}),
       ...(kinds ? { kinds } : {}),

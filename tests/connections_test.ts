@@ -124,6 +124,12 @@ Deno.test("connectionIptablesTree() files every drop once, under the port it is 
     const visit = (chain: string): boolean => {
       for (const spec of chains.get(chain)!) {
         met++;
+        const cover = spec.match(/^-p tcp -m multiport ! --ports ([0-9,]+) -j RETURN$/);
+        if (cover) {
+          const ports = cover[1].split(",").map(Number);
+          if (!ports.includes(sport) && !ports.includes(dport)) return false;
+          continue;
+        }
         const rule = spec.match(
           /^(?:-s (\S+)\/32 -d (\S+)\/32 )?(?:-p tcp -m tcp (?:--sport ([0-9:]+) ?)?(?:--dport ([0-9:]+) )?)?(?:-m mark --mark \S+ )?-j (\S+)$/,
         );
@@ -155,6 +161,14 @@ Deno.test("connectionIptablesTree() files every drop once, under the port it is 
     assert.ok(!walked.dropped, `${what} passes`);
     assert.ok(walked.met <= 100, `${what}: ${walked.met} rules`);
   }
+  // The pair's other services leave its chain after one rule (its drops
+  // all have port 443): the root's rules and that one, no port tree.
+  const otherService = packet("10.9.9.9", "10.0.0.1", 22, 50100);
+  assert.ok(!otherService.dropped);
+  assert.ok(
+    otherService.met <= tree.body.length + 1 && otherService.met < sameHost.met,
+    `the pair's other traffic: ${otherService.met} rules`,
+  );
 });
 
 Deno.test("connectionIptablesTree() stays within the 16 jumps nf_tables follows, at 10,000 connections", () => {

@@ -3,6 +3,7 @@
  * `--criu` cleanup of the locks CRIU itself leaves behind.
  */
 import { CRIU_IPTABLES_LOCK, criuNftLock } from "./helpers/criu_texts.ts";
+import { lockNetwork, NetlockError } from "../mod.ts";
 import assert from "node:assert/strict";
 import {
   cli,
@@ -64,6 +65,53 @@ Deno.test({
     assert.equal((await netns.run(["nft", "list", "table", "inet", "NETLOCK"])).stdout, LOCK_TABLE);
     assert.equal((await cli(["unlock", "--netns", netns.name])).code, 0);
     assert.equal((await netns.run(["nft", "list", "ruleset"])).stdout, "");
+  },
+});
+
+Deno.test({
+  ...integration,
+  name: "nftables: a lock's own unlock deletes the table it made in one run, and no other",
+  async fn() {
+    await using netns = await createNetns();
+    await inNamespace(netns, ["nft", "add table inet user; add table ip other"]);
+    const before = await snapshot(netns);
+    const spawned: string[] = [];
+    const options = {
+      backend: "nftables" as const,
+      log: (line: string) => line.startsWith("+ ") && spawned.push(line),
+    };
+    const lock = await lockNetwork({ netns: netns.path }, options);
+    assert.equal(lock.changed, true);
+    spawned.length = 0;
+    const unlocked = await lock.unlock();
+    assert.deepEqual(
+      { changed: unlocked.changed, locked: unlocked.locked, kinds: unlocked.kinds },
+      { changed: true, locked: false, kinds: ["netns"] },
+    );
+    assert.equal(unlocked.target.netns, lock.target.netns);
+    assert.equal(spawned.length, 1, spawned.join("\n"));
+    assert.match(spawned[0], / nft -e -f -$/);
+    assert.equal(await snapshot(netns), before);
+
+    // A lock that found the table made nothing: its unlock reads and plans;
+    // the maker's, its table gone, changes nothing.
+    const maker = await lockNetwork({ netns: netns.path }, options);
+    const finder = await lockNetwork({ netns: netns.path }, options);
+    assert.equal(finder.changed, false);
+    assert.equal((await finder.unlock()).changed, true);
+    assert.equal((await maker.unlock()).changed, false);
+    assert.equal(await snapshot(netns), before);
+
+    // Its table gone and another of the name made since: the handle's
+    // transaction changes nothing and the unlock refuses the foreign table.
+    const again = await lockNetwork({ netns: netns.path }, options);
+    await inNamespace(netns, [
+      "nft",
+      "delete table inet NETLOCK; add table inet NETLOCK; add chain inet NETLOCK c; " +
+      "add rule inet NETLOCK c tcp dport 22 counter",
+    ]);
+    await assert.rejects(again.unlock(), (error: NetlockError) => error.code === "NAME_IN_USE");
+    assert.match(await inNamespace(netns, ["nft", "list", "table", "inet", "NETLOCK"]), /dport 22/);
   },
 });
 

@@ -343,6 +343,11 @@ Deno.test({
       saved.includes(`:NETLOCK-c${pid}.0 - [0:0]`),
       "the tree's chains are in iptables-save",
     );
+    // Loopback's pair of addresses: its chain lets other ports return first.
+    assert.ok(
+      saved.includes(`-A NETLOCK-c${pid}.0 -p tcp -m multiport ! --ports ${PORT} -j RETURN\n`),
+      saved,
+    );
     const again = await lock();
     assert.equal(JSON.parse(again.stdout).changed, false, "the same connections: nothing changes");
     const status = await cliInside(netns, ["status", "--json", pid]);

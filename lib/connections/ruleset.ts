@@ -382,12 +382,54 @@ export function connectionIptablesTree(
     .slice(0, FANOUT);
   const body = [head];
   for (const [addresses, same] of pairs) {
-    body.push(`${addresses} -j ${chain(() => build(sortedBy(same, "dport"), "dport", ports))}`);
+    const pairChain = chain(() => {
+      // Other traffic of the pair (loopback's, a peer's other services)
+      // leaves after one match instead of walking the port tree.
+      const cover = coveringPorts(same);
+      const rest = build(sortedBy(same, "dport"), "dport", ports);
+      return cover ? [portReturn(cover), ...rest] : rest;
+    });
+    body.push(`${addresses} -j ${pairChain}`);
   }
   const paired = new Set(pairs.map(([addresses]) => addresses));
   const rest = drops.filter((drop) => !paired.has(drop.addresses));
   body.push(...build(sortedBy(rest, "dport"), "dport", full), ...synDrops);
   return { body, subchains };
+}
+
+/** The most ports one multiport match takes. */
+const MULTIPORT_MAX = 15;
+
+/**
+ * The first rule of an address pair's chain when few ports cover its drops:
+ * TCP packets with none of them as either port return at once.
+ */
+function portReturn(ports: readonly number[]): string {
+  return `-p tcp -m multiport ! --ports ${ports.join(",")} -j RETURN`;
+}
+
+/**
+ * At most 15 ports such that every drop has one of them as its source or
+ * destination port (the server ports of a pair's connections, typically
+ * one), chosen greedily; `undefined` when 15 do not cover them all.
+ */
+function coveringPorts(drops: readonly Drop[]): number[] | undefined {
+  let left = drops;
+  const chosen: number[] = [];
+  const counts = new Uint32Array(65_536);
+  while (left.length > 0) {
+    if (chosen.length === MULTIPORT_MAX) return undefined;
+    counts.fill(0);
+    let best = left[0].sport;
+    for (const drop of left) {
+      for (const port of drop.sport === drop.dport ? [drop.sport] : [drop.sport, drop.dport]) {
+        if (++counts[port] > counts[best]) best = port;
+      }
+    }
+    chosen.push(best);
+    left = left.filter((drop) => drop.sport !== best && drop.dport !== best);
+  }
+  return chosen.sort((a, b) => a - b);
 }
 
 /**

@@ -128,7 +128,7 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     ? isNamespaceLockRule
     : (spec: string) =>
       isConnectionLockRule(spec) || isTreeRule(spec, rules.name) || isMarkedReturn(spec) ||
-      isListenerDrop(spec) ||
+      isListenerDrop(spec) || isPortReturn(spec) ||
       // (`-j RETURN`: the lock opened by a restore, see renderIptablesOpen.)
       spec === "-j RETURN";
   const refersToLock = new RegExp(`(^| )-[jg] ${rules.name}( |$)`);
@@ -263,6 +263,14 @@ const LISTENER_DROP = new RegExp(
 
 function isListenerDrop(spec: string): boolean {
   return LISTENER_DROP.test(spec);
+}
+
+/**
+ * The first rule of an address pair's chain in a connection lock's tree:
+ * packets with none of the pair's few ports return.
+ */
+function isPortReturn(spec: string): boolean {
+  return /^-p tcp -m multiport ! --ports [0-9]+(,[0-9]+){0,14} -j RETURN$/.test(spec);
 }
 
 /** The first rule of a connection lock's chain: marked packets return. */

@@ -94,6 +94,35 @@ export function renderNftUnlock(rules: LockRules): string {
 }
 
 /**
+ * The unlock of the very table a lock made, without reading the namespace
+ * first: it deletes the table by the handle the lock's echo named, and
+ * succeeds only when that table was the one called `name` (`flush` fails
+ * when no table of the name exists, `create` when one still exists after
+ * the handle's went). Anything else fails as a whole and changes nothing:
+ * the caller then reads and plans (lib/unlock/). nft echoes the `create`,
+ * which proves the commit.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { renderNftUnlockMade } from "./ruleset.ts";
+ * assert.equal(
+ *   renderNftUnlockMade("NETLOCK", 7),
+ *   "flush table inet NETLOCK\ndelete table inet handle 7\n" +
+ *     "create table inet NETLOCK\ndelete table inet NETLOCK\n",
+ * );
+ * ```
+ *
+ * @param name The table's name.
+ * @param handle The handle nft gave it when the lock made it.
+ * @returns The `nft -e -f -` input.
+ */
+export function renderNftUnlockMade(name: string, handle: number): string {
+  return `flush table inet ${name}\ndelete table inet handle ${handle}\n` +
+    `create table inet ${name}\ndelete table inet ${name}\n`;
+}
+
+/**
  * The opening of the lock: an `accept` at the head of both chains, so that
  * traffic flows again while the table stays. An nf_tables transaction that
  * deletes a base chain waits for an RCU grace period (16-22 ms here); an

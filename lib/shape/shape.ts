@@ -98,6 +98,8 @@ export interface NamespaceOutcome {
   mark?: number;
   /** Status: the families the lock found covers, when fewer than the namespace has. */
   families?: Family[];
+  /** Lock: the handle of the nftables table this call made (its own unlock deletes by it). */
+  table?: number;
 }
 
 /**

@@ -88,6 +88,13 @@ export {
   withNetworkLock,
 } from "./lib/operations.ts";
 export {
+  type DumpImages,
+  type ImagesResult,
+  lockImages,
+  readDumpImages,
+  unlockImages,
+} from "./lib/lock/images.ts";
+export {
   ARMED_LIFETIME_MS,
   type ArmedLock,
   type ArmedUnlock,

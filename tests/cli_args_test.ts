@@ -126,3 +126,33 @@ Deno.test("parseInvocation(): run --hold holds an iptables namespace lock, and o
     assert.throws(() => parseInvocation([...args]), (error) => message.test(usageMessage(error)));
   }
 });
+
+Deno.test("parseInvocation(): lock and unlock --images DIR, one target or netlock's own namespace", () => {
+  const own = parseInvocation(["lock", "--images", "/srv/images", "-b", "nftables", "--json"]);
+  assert.equal(own.kind, "images");
+  if (own.kind !== "images") return;
+  assert.deepEqual(
+    [own.command, own.images, own.target, own.options.backend, own.output.json],
+    ["lock", "/srv/images", { netns: "/proc/self/ns/net" }, "nftables", true],
+  );
+  assert.equal(own.options.mode, undefined);
+  const pod = parseInvocation(["unlock", "--images", "d", "--netns", "pod"]);
+  assert.ok(pod.kind === "images" && pod.command === "unlock");
+  assert.deepEqual(pod.kind === "images" && pod.target, { netns: "/run/netns/pod" });
+  for (
+    const [args, message] of [
+      [["lock", "--images", "d", "--mode", "netns"], /it takes no --mode/],
+      [["unlock", "--images", "d", "--all"], /it takes no --all/],
+      [["lock", "--images", "d", "--dry-run"], /it takes no --dry-run/],
+      [["lock", "--images", "d", "1", "2"], /--images takes one target/],
+      [["lock", "--images", ""], /needs a CRIU image directory/],
+      [
+        ["status", "--images", "d", "1"],
+        /status takes no --images \(--images is for lock and unlock\)/,
+      ],
+      [["run", "--images", "d", "1", "--", "true"], /run takes no --images/],
+    ] as const
+  ) {
+    assert.throws(() => parseInvocation([...args]), message, args.join(" "));
+  }
+});

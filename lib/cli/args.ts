@@ -54,7 +54,16 @@ export type Invocation =
     /** `--hold`: what the lock would drop is held and let through at the unlock. */
     hold: boolean;
   }
-  | { kind: "list"; targets: Target[]; options: NetlockOptions; output: Output };
+  | { kind: "list"; targets: Target[]; options: NetlockOptions; output: Output }
+  | {
+    kind: "images";
+    command: "lock" | "unlock";
+    /** The dump's image directory: what it took is locked (or unlocked). */
+    images: string;
+    target: Target;
+    options: NetlockOptions;
+    output: Output;
+  };
 
 const COMMANDS = ["lock", "unlock", "status", "list", "run", "rules", "criu-hook"] as const;
 
@@ -73,6 +82,7 @@ type Flag =
   | "timeout"
   | "dry-run"
   | "hold"
+  | "images"
   | "json"
   | "quiet"
   | "verbose"
@@ -88,7 +98,7 @@ const LOCKING: Flag[] = ["backend", "mode", "mark", "name", "ipv6", "force", "ac
  * neither `--mark` nor `--ipv6`.
  */
 const APPLIES: Record<Command, readonly Flag[]> = {
-  lock: [...LOCKING, "dry-run", ...TARGET_OUTPUT],
+  lock: [...LOCKING, "dry-run", "images", ...TARGET_OUTPUT],
   run: [...LOCKING, "dry-run", "hold", ...TARGET_OUTPUT],
   unlock: [
     "backend",
@@ -98,6 +108,7 @@ const APPLIES: Record<Command, readonly Flag[]> = {
     "all",
     "action-script",
     "dry-run",
+    "images",
     ...TARGET_OUTPUT,
   ],
   status: ["backend", "mode", "name", "criu", ...TARGET_OUTPUT],
@@ -120,6 +131,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
   timeout: { type: "string" },
   "dry-run": { type: "boolean" },
   hold: { type: "boolean" },
+  images: { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   verbose: { type: "boolean", short: "v" },
@@ -131,7 +143,7 @@ export const FLAGS: Readonly<Record<string, FlagSpec>> = {
 /** The values {@linkcode FLAGS} give. */
 type FlagValues = Partial<
   & Record<"action-script" | "netns", string[]>
-  & Record<"backend" | "mode" | "mark" | "name" | "ipv6" | "timeout", string>
+  & Record<"backend" | "mode" | "mark" | "name" | "ipv6" | "timeout" | "images", string>
   & Record<
     | "userns"
     | "force"
@@ -239,6 +251,17 @@ export function parseInvocation(args: readonly string[]): Invocation {
     ...rest.map(parsePid),
     ...(values.netns ?? []).map((value) => ({ netns: resolveNetnsPath(value) })),
   ];
+  const output = {
+    json: values.json ?? false,
+    quiet: values.quiet ?? false,
+    verbose: values.verbose ?? false,
+  };
+  if (values.images !== undefined) {
+    return imagesInvocation(command as "lock" | "unlock", values.images, values, targets, {
+      options,
+      output,
+    });
+  }
   // `unlock --all` alone removes what `list` alone shows: netlock's own namespace's locks
   // (nsenter opens /proc/self/ns/net as itself: netlock's namespace).
   if (targets.length === 0 && command === "unlock" && options.all) {
@@ -252,11 +275,6 @@ export function parseInvocation(args: readonly string[]): Invocation {
       `Too many targets (${targets.length}): at most ${MAX_TARGETS} in one call`,
     );
   }
-  const output = {
-    json: values.json ?? false,
-    quiet: values.quiet ?? false,
-    verbose: values.verbose ?? false,
-  };
   if (command === "run") {
     if (targets.length !== 1) throw new TypeError("run takes exactly one target");
     if (!commandArgv?.length || commandArgv[0] === "") {
@@ -276,6 +294,43 @@ export function parseInvocation(args: readonly string[]): Invocation {
   }
   if (command === "list") return { kind: "list", targets, options, output };
   return { kind: "targets", command, targets, options, output };
+}
+
+/** What `--images` does not take: it locks what the dump took, by connection. */
+const NOT_WITH_IMAGES: Flag[] = [
+  "mode",
+  "ipv6",
+  "action-script",
+  "all",
+  "criu",
+  "force",
+  "dry-run",
+];
+
+/** `lock --images DIR [TARGET]`, `unlock --images DIR [TARGET]`. */
+function imagesInvocation(
+  command: "lock" | "unlock",
+  images: string,
+  values: Partial<Record<Flag, unknown>>,
+  targets: Target[],
+  { options, output }: { options: NetlockOptions; output: Output },
+): Invocation {
+  const refused = NOT_WITH_IMAGES.find((flag) => values[flag] !== undefined);
+  if (refused !== undefined) {
+    throw new TypeError(
+      `--images ${command}s what the dump took, by connection: it takes no --${refused}`,
+    );
+  }
+  if (images === "") throw new TypeError("--images needs a CRIU image directory");
+  if (targets.length > 1) {
+    throw new TypeError(
+      `--images takes one target (a PID or --netns PATH; none: netlock's own namespace)`,
+    );
+  }
+  // No target: netlock's own namespace, where a tree on the host's network is locked.
+  const target = targets[0] ?? { netns: OWN_NAMESPACE };
+  const { mode: _mode, ...rest } = options;
+  return { kind: "images", command, images, target, options: rest, output };
 }
 
 function refuseFlagsThatDoNotApply(

@@ -1,6 +1,6 @@
 /**
  * The CLI's commands that act on targets (`lock`, `unlock`, `status`,
- * `list`, `run`): they call the library and print its reports. Loaded only
+ * `list`, `run`, and `--images`): they call the library and print its reports. Loaded only
  * for them, so that `--version`, `--help` and `rules` start small.
  *
  * @module
@@ -23,6 +23,7 @@ import {
   type TargetName,
 } from "./report.ts";
 import { runLocked } from "./run_locked.ts";
+import { lockImages, unlockImages } from "../lock/images.ts";
 import type { LockInfo, NetlockOptions, OperationResult, Target } from "../common/types.ts";
 import { EXIT, printError, printWarning, write, writeSync } from "../common/output.ts";
 
@@ -65,6 +66,37 @@ export async function forTargets(
     }
   }
   return exitCode;
+}
+
+/**
+ * `lock --images DIR` and `unlock --images DIR`: what a dump took, in one
+ * namespace (lib/lock/images.ts).
+ *
+ * @param command The command.
+ * @param dir The dump's image directory.
+ * @param target Where (netlock's own namespace when none was given).
+ * @param baseOptions The options.
+ * @param output How to print.
+ * @returns The exit code.
+ */
+export async function images(
+  command: "lock" | "unlock",
+  dir: string,
+  target: Target,
+  baseOptions: NetlockOptions,
+  output: Output,
+): Promise<number> {
+  const options = { ...baseOptions, log: logger(baseOptions, output) };
+  try {
+    const result = command === "lock"
+      ? await lockImages(dir, target, options)
+      : await unlockImages(dir, target, options);
+    await report(command, result, output);
+    return EXIT.ok;
+  } catch (error) {
+    await reportFailure(command, target, error, output);
+    return isUsageError(error) ? EXIT.usage : EXIT.failed;
+  }
 }
 
 /**

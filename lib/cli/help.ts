@@ -25,6 +25,11 @@ Usage:
   netlock unlock  [options] TARGET...    remove the lock (succeeds if not locked);
                                          --all: every lock of the namespace (no
                                          target: netlock's own, as list)
+  netlock lock    --images DIR [TARGET]  live migration: lock what the CRIU dump
+  netlock unlock  --images DIR [TARGET]  in DIR took (its connections, listeners),
+                                         before the address arrives / clear it on
+                                         the source (no target: netlock's own
+                                         namespace, a tree on the host's network)
   netlock status  [options] TARGET...    exit 0 if every target is locked, 3 if not
   netlock list    [options] [TARGET...]  every lock in each target's namespace (no
                                          target: netlock's own), exit 0 if none
@@ -77,6 +82,10 @@ Options:
       --timeout SECONDS      limit for each spawned tool (default 10)
       --dry-run              lock, unlock, run: print what would change (the
                              rulesets, run's command), change and run nothing
+      --images DIR           lock, unlock: what the CRIU dump in DIR took
+                             (pstree.img, files.img), as NAME-cPID of its root;
+                             no --mode, --ipv6, --all, --criu, --force,
+                             --dry-run, --action-script
       --hold                 run, iptables namespace lock: hold what the lock
                              stops (NFQUEUE, at most 4096 packets; the excess
                              and all of it if netlock dies are dropped) and let

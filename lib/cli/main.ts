@@ -78,6 +78,11 @@ export async function main(args: string[]): Promise<number> {
       const { list } = await import("./commands.ts");
       return await list(invocation.targets, invocation.options, invocation.output);
     }
+    case "images": {
+      const { images } = await import("./commands.ts");
+      const { command, target, options, output } = invocation;
+      return await images(command, invocation.images, target, options, output);
+    }
     case "targets": {
       const { forTargets } = await import("./commands.ts");
       const { command, targets, options, output } = invocation;

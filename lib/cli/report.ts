@@ -70,6 +70,7 @@ export function jsonSuccess(
     durationMs: Math.round(result.durationMs * 10) / 10,
   });
   if (result.kinds) record.kinds = result.kinds;
+  if ("dumped" in result) record.dumped = result.dumped;
   if (result.queue !== undefined) record.queue = result.queue;
   if (result.removed) record.removed = result.removed;
   if (result.dryRun) record.dryRun = true;
@@ -196,7 +197,8 @@ export function humanSuccess(
 ): string {
   const who = `${targetLabel(result.target)} (${result.target.netns})`;
   const what = result.backend === "nftables" ? "table inet" : "chain";
-  const pid = result.target.pid;
+  // A lock of what a dump took is named after the dumped root (lib/lock/images.ts).
+  const pid = result.target.pid ?? ("dumped" in result ? result.dumped as number : undefined);
   const lockOf = (kind: LockKind) =>
     kind === "netns" || pid === undefined ? result.name : processLockName(result.name, kind, pid);
   const kinds = result.kinds?.length ? result.kinds : [result.mode];

@@ -47,7 +47,9 @@ export type NetlockErrorCode =
    */
   | "NAME_IN_USE"
   /** The CRIU hook's environment lacks a valid `CRTOOLS_INIT_PID`. */
-  | "INVALID_ENVIRONMENT";
+  | "INVALID_ENVIRONMENT"
+  /** `--images DIR` is not a CRIU image directory netlock can read. */
+  | "INVALID_IMAGES";
 
 /**
  * The error thrown by every netlock operation that failed after its

@@ -21,6 +21,9 @@ export interface DumpedSockets {
 /** CRIU's image magics: every image starts with the common one, then its own. */
 const IMG_COMMON_MAGIC = 0x54564319;
 const FILES_MAGIC = 0x56303138;
+const PSTREE_MAGIC = 0x50273030;
+/** The key of `pstree_entry.pid`. */
+const PID_KEY = 1 * 8 + 0;
 /** `fd_types.INETSK`; `file_entry.isk`; TCP; address families; TCP_LISTEN. */
 const INETSK = 4;
 const IPPROTO_TCP = 6;
@@ -136,13 +139,7 @@ function inetSocket(bytes: Uint8Array, at: number, end: number, into: DumpedSock
  * @returns The connections and listeners, addresses as the tree saw them.
  */
 export function parseDumpedSockets(image: Uint8Array): DumpedSockets {
-  const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  if (
-    image.length < 8 || view.getUint32(0, true) !== IMG_COMMON_MAGIC ||
-    view.getUint32(4, true) !== FILES_MAGIC
-  ) {
-    throw new RangeError("not a CRIU files.img");
-  }
+  const view = imageView(image, FILES_MAGIC, "files.img");
   const taken: DumpedSockets = { connections: [], listeners: [] };
   for (let at = 8; at + 4 <= image.length;) {
     const end = at + 4 + view.getUint32(at, true);
@@ -189,4 +186,54 @@ export function parseDumpedSockets(image: Uint8Array): DumpedSockets {
  */
 export function parseDumpedConnections(image: Uint8Array): Connection[] {
   return parseDumpedSockets(image).connections;
+}
+
+/**
+ * The dumped tree's root: the PID of the first entry of a dump's
+ * `pstree.img` (as the tree's PID namespace numbered it; for a tree in
+ * CRIU's own PID namespace, the PID `CRTOOLS_INIT_PID` had at the dump).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { parseDumpedRoot } from "./dumped_sockets.ts";
+ *
+ * // The two magics, then one entry of 8 bytes: pid 4242, ppid 1, pgid 4242, sid 4242.
+ * const image = new Uint8Array([
+ *   0x19, 0x43, 0x56, 0x54, 0x30, 0x30, 0x27, 0x50,
+ *   8, 0, 0, 0, 0x08, 0x92, 0x21, 0x10, 0x01, 0x18, 0x92, 0x21,
+ * ]);
+ * assert.equal(parseDumpedRoot(image), 4242);
+ * ```
+ *
+ * @param image The bytes of `pstree.img`.
+ * @returns The root's PID.
+ */
+export function parseDumpedRoot(image: Uint8Array): number {
+  const view = imageView(image, PSTREE_MAGIC, "pstree.img");
+  if (image.length < 12) throw new RangeError("pstree.img holds no process");
+  const end = 12 + view.getUint32(8, true);
+  if (end > image.length) throw new RangeError("truncated entry");
+  for (let field = 12; field < end;) {
+    const key = varint(image, field, end);
+    if (key === PID_KEY) {
+      const pid = varint(image, after, end);
+      if (pid > 0) return pid;
+      break;
+    }
+    field = skip(image, after, end, key % 8);
+  }
+  throw new RangeError("pstree.img's first process has no PID");
+}
+
+/** A view of an image whose magics are checked. */
+function imageView(image: Uint8Array, magic: number, name: string): DataView {
+  const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  if (
+    image.length < 8 || view.getUint32(0, true) !== IMG_COMMON_MAGIC ||
+    view.getUint32(4, true) !== magic
+  ) {
+    throw new RangeError(`not a CRIU ${name}`);
+  }
+  return view;
 }

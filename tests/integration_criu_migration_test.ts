@@ -1,0 +1,279 @@
+/**
+ * Live migration of a tree on the host's network, with a real CRIU, as
+ * docs/migration.md walks it: two "hosts" (network namespaces A and B) and
+ * a peer's namespace joined by a bridge in a fourth; a tree on host A whose
+ * children hold connections from the service address to the peer, which
+ * sends on every one all along. The final dump on A with criu-hook.sh, the
+ * images copied, `netlock lock --images` on B, the address moved (with a
+ * gratuitous ARP), the restore on B with criu-hook.sh, `netlock unlock
+ * --images` on A: every connection kept with every byte echoed in order,
+ * nothing left on A or B; a restore on B that fails keeps B's lock and
+ * its retry keeps every connection. The negative control (no `lock
+ * --images` on B) loses connections: B's kernel resets them while the tree
+ * is restored.
+ * Each command is one of docs/migration.md's, checked word for word.
+ */
+import assert from "node:assert/strict";
+import { criuBin, helpersGone, holdPid, withCriu } from "./helpers/criu.ts";
+import {
+  cli,
+  createNetns,
+  integration,
+  must,
+  sh,
+  snapshot,
+  type TestNetns,
+} from "./helpers/netns.ts";
+import { startPeer, startTree } from "./helpers/tree.ts";
+import { assertWhole, clean, locks, stalled } from "./helpers/host_tree.ts";
+
+const PORT = 7710;
+const CONNECTIONS = 6;
+const CHILDREN = 2;
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const WALKTHROUGH = new URL("../docs/migration.md", import.meta.url).pathname;
+
+/** Two hosts and a peer on one bridge (in a namespace of its own). */
+interface Hosts extends AsyncDisposable {
+  a: TestNetns;
+  b: TestNetns;
+  peer: TestNetns;
+  /** Each host's interface on the bridge. */
+  devA: string;
+  devB: string;
+  /** The service's address (on A first), with its prefix length. */
+  address: string;
+  prefix: number;
+}
+
+let counter = 0;
+
+async function createHosts(): Promise<Hosts> {
+  const bridge = await createNetns();
+  const [a, b, peer] = [await createNetns(), await createNetns(), await createNetns()];
+  const n = 100 + (Deno.pid + ++counter) % 100;
+  const tag = `${Deno.pid % 1000}${counter}`;
+  await must(["ip", "-n", bridge.name, "link", "add", "br0", "type", "bridge"]);
+  await must(["ip", "-n", bridge.name, "link", "set", "br0", "up"]);
+  const devs: string[] = [];
+  for (const [i, host] of [a, b, peer].entries()) {
+    const inner = `nlm${tag}h${i}`;
+    const outer = `nlm${tag}b${i}`;
+    await must([
+      "ip",
+      "link",
+      "add",
+      inner,
+      "netns",
+      host.name,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      outer,
+      "netns",
+      bridge.name,
+    ]);
+    await must(["ip", "-n", bridge.name, "link", "set", outer, "master", "br0", "up"]);
+    await must(["ip", "-n", host.name, "link", "set", inner, "up"]);
+    devs.push(inner);
+  }
+  // Each host's own address; the service's is A's until it moves.
+  await must(["ip", "-n", a.name, "addr", "add", `198.18.${n}.2/24`, "dev", devs[0]]);
+  await must(["ip", "-n", b.name, "addr", "add", `198.18.${n}.3/24`, "dev", devs[1]]);
+  await must(["ip", "-n", peer.name, "addr", "add", `198.18.${n}.1/24`, "dev", devs[2]]);
+  await must(["ip", "-n", a.name, "addr", "add", `198.18.${n}.10/24`, "dev", devs[0]]);
+  return {
+    a,
+    b,
+    peer,
+    devA: devs[0],
+    devB: devs[1],
+    address: `198.18.${n}.10`,
+    prefix: 24,
+    async [Symbol.asyncDispose]() {
+      for (const netns of [peer, b, a, bridge]) await netns[Symbol.asyncDispose]();
+    },
+  };
+}
+
+/** The walk-through's commands, with the test's values for its variables. */
+function walkthrough(
+  hosts: Hosts,
+  pid: number,
+  images: string,
+  imagesB: string,
+  backend: string,
+): { expand: (line: string) => string[] } {
+  const values: Record<string, string> = {
+    BACKEND: backend,
+    NETLOCK: ROOT,
+    CRIU: criuBin(),
+    PID: String(pid),
+    IMAGES: images,
+    IMAGES_B: imagesB,
+    ADDR: `${hosts.address}/${hosts.prefix}`,
+    IP: hosts.address,
+    DEV_A: hosts.devA,
+    DEV_B: hosts.devB,
+  };
+  const expand = (line: string) =>
+    line.split(" ").map((word) =>
+      word.replace(/^"?\$([A-Z_]+)(.*?)"?$/, (_, v, rest) => {
+        assert.ok(v in values, `the walk-through's $${v} is known`);
+        return `${values[v]}${rest}`;
+      })
+    );
+  return { expand };
+}
+
+/** The walk-through's lines, as docs/migration.md shows them (each must be there). */
+const STEPS = {
+  dump: "$CRIU dump -t $PID -D $IMAGES --tcp-established --network-lock skip " +
+    "--action-script $NETLOCK/criu-hook.sh",
+  copy: "cp -a $IMAGES $IMAGES_B",
+  lockB: "$NETLOCK/cli.ts lock --images $IMAGES_B --backend $BACKEND",
+  dropAddress: "ip addr del $ADDR dev $DEV_A",
+  addAddress: "ip addr add $ADDR dev $DEV_B",
+  announce: "arping -U -c 1 -I $DEV_B $IP",
+  restore: "$CRIU restore -d -D $IMAGES_B --tcp-established --network-lock skip " +
+    "--action-script $NETLOCK/criu-hook.sh",
+  unlockA: "$NETLOCK/cli.ts unlock --images $IMAGES",
+};
+
+Deno.test("docs/migration.md holds every command the migration test runs", async () => {
+  const text = await Deno.readTextFile(WALKTHROUGH);
+  for (const [step, line] of Object.entries(STEPS)) {
+    assert.ok(text.includes(line), `${step}: ${line}`);
+  }
+});
+
+Deno.test({
+  ...integration,
+  name: "lock --images refuses a directory that holds no CRIU dump, in one line, changing nothing",
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "nltest-images-" });
+    try {
+      await Deno.writeTextFile(`${dir}/pstree.img`, "not an image");
+      await Deno.writeTextFile(`${dir}/files.img`, "not an image");
+      for (
+        const [args, why] of [
+          [
+            ["lock", "--images", `${dir}/none`],
+            `${dir}/none/pstree.img: No such file or directory`,
+          ],
+          [["unlock", "--images", dir], "not a CRIU files.img"],
+        ]
+      ) {
+        const result = await cli(args as string[]);
+        assert.equal(result.code, 1, result.stderr);
+        assert.equal(result.stdout, "");
+        const lines = result.stderr.split("\n").filter(Boolean);
+        assert.equal(lines.length, 1, result.stderr);
+        assert.match(lines[0], /^error: Cannot (un)?lock network of netlock's own namespace: /);
+        assert.ok(lines[0].includes(why as string), lines[0]);
+      }
+      const json = await cli(["lock", "--json", "--images", dir]);
+      assert.equal(JSON.parse(json.stdout).error.code, "INVALID_IMAGES");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+const NAMES = {
+  kept: "every connection kept, nothing left on A or B",
+  retry: "a restore on B that fails keeps B's lock, and its retry keeps every connection",
+  control: "without lock --images on B the moved address resets connections (the control)",
+};
+
+for (const backend of ["iptables", "nftables"] as const) {
+  for (const variant of ["kept", "retry", "control"] as const) {
+    const control = variant === "control";
+    Deno.test({
+      ...withCriu,
+      name: `real CRIU, migration of a tree on the host's network, ${backend}: ${NAMES[variant]}`,
+      async fn() {
+        await using hosts = await createHosts();
+        const [beforeA, beforeB] = [await snapshot(hosts.a), await snapshot(hosts.b)];
+        const images = await Deno.makeTempDir({ prefix: "nltest-migrate-a-" });
+        const imagesB = `${images}-b`;
+        try {
+          const at = { netns: hosts.a, address: hosts.address };
+          await using tree = await startTree(at, PORT, CONNECTIONS, CHILDREN);
+          await using peer = await startPeer(hosts.peer, at, PORT, CONNECTIONS);
+          await peer.flowing();
+          const env = { PATH: Deno.env.get("PATH")!, NETLOCK_BACKEND: backend };
+          const { expand } = walkthrough(hosts, tree.pid, images, imagesB, backend);
+          const run = async (host: TestNetns, step: keyof typeof STEPS) => {
+            const argv = expand(STEPS[step]);
+            const result = await sh(["nsenter", `--net=${host.path}`, "--", ...argv], env);
+            return { code: result.code, out: `${result.stdout}${result.stderr}` };
+          };
+          tree.members();
+          const dump = await run(hosts.a, "dump");
+          assert.equal(dump.code, 0, dump.out);
+          await tree.gone();
+          assert.ok(await stalled(peer), "A keeps the dumped connections locked");
+          assert.equal((await sh(expand(STEPS.copy))).code, 0);
+          if (!control) {
+            const locked = await run(hosts.b, "lockB");
+            assert.equal(locked.code, 0, locked.out);
+            assert.deepEqual(await locks(hosts.b), [`connections NETLOCK-c${tree.pid}`]);
+            // Idempotent.
+            assert.equal((await run(hosts.b, "lockB")).code, 0);
+          }
+          for (const [host, step] of [[hosts.a, "dropAddress"], [hosts.b, "addAddress"]] as const) {
+            const moved = await run(host, step);
+            assert.equal(moved.code, 0, moved.out);
+          }
+          const announced = await run(hosts.b, "announce");
+          assert.equal(announced.code, 0, announced.out);
+          // The peer's segments now reach B before the tree is back there.
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          if (variant === "retry") {
+            // The dumped root's PID taken: the restore fails, B's lock stays.
+            await using _held = await holdPid(tree.pid, "live");
+            const failed = await run(hosts.b, "restore");
+            assert.notEqual(failed.code, 0, "the restore failed");
+            assert.deepEqual(await locks(hosts.b), [`connections NETLOCK-c${tree.pid}`]);
+            assert.ok(await stalled(peer), "the peers wait (no reset) for the retry");
+          }
+          let restored = await run(hosts.b, "restore");
+          for (let i = 0; restored.code !== 0 && i < 50; i++) {
+            // The dumped PIDs are still being reaped: users retry (docs/migration.md).
+            if (!/File exists/.test(restored.out)) break;
+            await new Promise((resolve) => setTimeout(resolve, 200));
+            restored = await run(hosts.b, "restore");
+          }
+          assert.equal(restored.code, 0, errorLines(restored.out));
+          // CRIU gives the tree its PIDs back.
+          tree.restored(tree.pid);
+          if (control) {
+            const verdict = await peer.stop();
+            assert.ok(
+              verdict.resets > 0 || !verdict.ok,
+              "B reset connections it had no socket for",
+            );
+            return;
+          }
+          await peer.flowing();
+          const unlocked = await run(hosts.a, "unlockA");
+          assert.equal(unlocked.code, 0, unlocked.out);
+          assert.ok(await clean(hosts.b, beforeB), "nothing left on B");
+          assert.ok(await clean(hosts.a, beforeA), "nothing left on A");
+          assertWhole(await peer.stop());
+          assert.ok(await helpersGone(), "no helper left");
+        } finally {
+          await Deno.remove(images, { recursive: true }).catch(() => {});
+          await Deno.remove(imagesB, { recursive: true }).catch(() => {});
+        }
+      },
+    });
+  }
+}
+
+/** The lines of CRIU's output (its log, on stderr) that say what went wrong. */
+function errorLines(out: string): string {
+  return out.split("\n").filter((line) => /Error|error: |netlock/.test(line)).slice(-8).join("\n");
+}

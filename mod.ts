@@ -87,13 +87,7 @@ export {
   unlockNetwork,
   withNetworkLock,
 } from "./lib/operations.ts";
-export {
-  type DumpImages,
-  type ImagesResult,
-  lockImages,
-  readDumpImages,
-  unlockImages,
-} from "./lib/lock/images.ts";
+export { type ImagesResult, lockImages, unlockImages } from "./lib/lock/images.ts";
 export {
   ARMED_LIFETIME_MS,
   type ArmedLock,

@@ -9,8 +9,9 @@
  * --images` on A: every connection kept with every byte echoed in order,
  * nothing left on A or B; a restore on B that fails keeps B's lock and
  * its retry keeps every connection. The negative control (no `lock
- * --images` on B) loses connections: B's kernel resets them while the tree
- * is restored.
+ * --images` on B) loses connections: B's kernel resets them before the
+ * restore's hook locks what the dump took (at pre-restore), which CRIU's
+ * log says.
  * Each command is one of docs/migration.md's, checked word for word.
  */
 import assert from "node:assert/strict";
@@ -255,8 +256,12 @@ for (const backend of ["iptables", "nftables"] as const) {
               verdict.resets > 0 || !verdict.ok,
               "B reset connections it had no socket for",
             );
+            // The restore's hook locked them at pre-restore, said so, and unlocked them.
+            assert.match(restored.out, /the dump ran elsewhere .* answered with resets/);
+            assert.ok(await clean(hosts.b, beforeB), "nothing left on B");
             return;
           }
+          assert.doesNotMatch(restored.out, /the dump ran elsewhere/, "lock --images locked first");
           await peer.flowing();
           const unlocked = await run(hosts.a, "unlockA");
           assert.equal(unlocked.code, 0, unlocked.out);

@@ -80,6 +80,8 @@ export function internalEntry(
       return unlockDumpedTree;
     case "--narrow":
       return criuNarrow;
+    case "--lock-migrated":
+      return lockMigrated;
   }
   return undefined;
 }
@@ -192,6 +194,46 @@ async function unlockDumpedTree(args: string[]): Promise<number> {
   } catch (error) {
     return failedWith(error);
   }
+}
+
+/**
+ * `pre-restore` of a tree on the host's network whose images were dumped
+ * elsewhere (lib/criu/hook/actions.sh `lock_migrated`): what the dump took
+ * is locked in this namespace under the dumped PID, as `netlock lock
+ * --images` does, before CRIU restores the sockets, which the restore's
+ * unlock then removes. Already locked (`lock --images` ran): nothing to
+ * say. Locked now: CRIU's log says that what reached this host before was
+ * not protected. A failure is reported there too and never fails the
+ * restore (`criu-hook --lock-migrated IMAGES DUMPED`).
+ */
+async function lockMigrated(args: string[]): Promise<number> {
+  const [images = "", dumpedText = "", ...rest] = args;
+  try {
+    if (!images || rest.length > 0) {
+      throw new TypeError("criu-hook --lock-migrated takes IMAGES DUMPED_PID");
+    }
+    const dumped = parsePid(dumpedText);
+    const { lockImages } = await import("../lock/images.ts");
+    const result = await lockImages(images, undefined, hookOptions((name) => readEnv(name)));
+    if (result.dumped !== dumped) {
+      printWarning(
+        `criu-hook: the images' root is ${result.dumped}, the restore plan's ${dumped}: ` +
+          `locked its connections under ${result.dumped}`,
+      );
+    }
+    if (result.changed) {
+      printWarning(
+        `criu-hook: the dump ran elsewhere (another host or namespace): nothing here kept its ` +
+          `${result.connections} ` +
+          "connection(s) locked until now (netlock lock --images DIR, before the service's " +
+          "address moves, does): what its peers sent before this restore was answered with " +
+          "resets; locked now until the restore has the tree",
+      );
+    }
+  } catch (error) {
+    printWarning(`criu-hook: could not lock what the dump took here: ${errorMessage(error)}`);
+  }
+  return EXIT.ok;
 }
 
 /**

@@ -32,6 +32,20 @@ pid_namespace() {
   case $pidns in *[!0-9]*) pidns= ;; esac
 }
 
+# This host and network namespace, into $origin ("BOOT_ID NETNS_INODE";
+# empty where the kernel does not show them), with builtins only: a plan
+# made under another origin came with images from elsewhere (a migration).
+origin_here() {
+  origin=
+  boot=
+  read -r boot 2>/dev/null </proc/sys/kernel/random/boot_id
+  netns=
+  while read -r key value; do
+    [ "$key" = ino: ] && netns=$value
+  done 3</proc/self/ns/net </proc/self/fdinfo/3 2>/dev/null
+  [ -n "$boot" ] && [ -n "$netns" ] && origin="$boot $netns"
+}
+
 # cli.ts's permissions, into $perms: its shebang's, the one list (the
 # internal entry points, `cli.ts criu-hook --WORD`, need no other).
 cli_permissions() {
@@ -188,6 +202,10 @@ pre_dump() {
     exit 2
     ;;
   esac
+  # Where the dump runs, for a restore to tell a migration (pre_restore).
+  origin_here
+  [ -n "$origin" ] && [ -n "${CRTOOLS_IMAGE_DIR-}" ] &&
+    printf '%s\n' "$origin" 2>/dev/null >"$CRTOOLS_IMAGE_DIR/netlock-origin"
   # No helper: the plain hook decides (it refuses a tree in CRIU's namespace).
   start_helper dump "$CRTOOLS_INIT_PID" || exec "$here/cli.ts"
   read -r answer <"$dir/reply"
@@ -205,11 +223,36 @@ pre_dump() {
   exec "$here/cli.ts"
 }
 
+# Whether the images were dumped under another origin (another host, or
+# another namespace): their plan's origin is not this one.
+migrated() {
+  made=
+  read -r made 2>/dev/null <"$CRTOOLS_IMAGE_DIR/netlock-origin" || return 1
+  origin_here
+  [ -n "$origin" ] && [ "$made" != "$origin" ]
+}
+
+# A tree on the host's network restored where it was not dumped: what the
+# dump took is locked here now, unless `netlock lock --images` did it
+# before the service's address arrived (cli.ts says in CRIU's log which;
+# it never fails the restore).
+lock_migrated() {
+  images=
+  # (cd and back, builtins only: $here may be relative.)
+  if cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null; then
+    images=$PWD
+    cd "$OLDPWD" 2>/dev/null || :
+  fi
+  [ -n "$images" ] && criu_hook --lock-migrated "$images" "$dumped"
+  return 0
+}
+
 # pre-restore: a planned restore needs no helper (a tree in CRIU's
 # namespace is watched from now on: no other action may come); else the
 # helper, not waited for (the restore clock runs already).
 pre_restore() {
   if [ -n "$place" ]; then
+    [ "$place" = host ] && migrated && lock_migrated
     [ "$place" = host ] && watch host "$dumped"
     exit 0
   fi

@@ -87,7 +87,7 @@ export {
   unlockNetwork,
   withNetworkLock,
 } from "./lib/operations.ts";
-export { type ImagesResult, lockImages, unlockImages } from "./lib/lock/images.ts";
+export { type ImagesResult, lockImages, unlockImages } from "./lib/criu/images.ts";
 export {
   ARMED_LIFETIME_MS,
   type ArmedLock,

@@ -3,8 +3,9 @@
  * docs/migration.md walks it: two "hosts" (network namespaces A and B) and
  * a peer's namespace joined by a bridge in a fourth; a tree on host A whose
  * children hold connections from the service address to the peer, which
- * sends on every one all along. The final dump on A with criu-hook.sh, the
- * images copied, `netlock lock --images` on B, the address moved (with a
+ * sends on every one all along. The final dump on A with criu-hook.sh, its
+ * memory sent to `criu page-server` on B (whose own connection is never
+ * locked), the other images copied, `netlock lock --images` on B, the address moved (with a
  * gratuitous ARP), the restore on B with criu-hook.sh, `netlock unlock
  * --images` on A: every connection kept with every byte echoed in order,
  * nothing left on A or B; a restore on B that fails keeps B's lock and
@@ -15,132 +16,16 @@
  * Each command is one of docs/migration.md's, checked word for word.
  */
 import assert from "node:assert/strict";
-import { criuBin, helpersGone, holdPid, withCriu } from "./helpers/criu.ts";
-import {
-  cli,
-  createNetns,
-  integration,
-  must,
-  sh,
-  snapshot,
-  type TestNetns,
-} from "./helpers/netns.ts";
+import { helpersGone, holdPid, withCriu } from "./helpers/criu.ts";
+import { cli, integration, snapshot, type TestNetns } from "./helpers/netns.ts";
+import { createHosts, runStep, STEPS, walkthrough } from "./helpers/hosts.ts";
 import { startPeer, startTree } from "./helpers/tree.ts";
 import { assertWhole, clean, locks, stalled } from "./helpers/host_tree.ts";
 
 const PORT = 7710;
 const CONNECTIONS = 6;
 const CHILDREN = 2;
-const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const WALKTHROUGH = new URL("../docs/migration.md", import.meta.url).pathname;
-
-/** Two hosts and a peer on one bridge (in a namespace of its own). */
-interface Hosts extends AsyncDisposable {
-  a: TestNetns;
-  b: TestNetns;
-  peer: TestNetns;
-  /** Each host's interface on the bridge. */
-  devA: string;
-  devB: string;
-  /** The service's address (on A first), with its prefix length. */
-  address: string;
-  prefix: number;
-}
-
-let counter = 0;
-
-async function createHosts(): Promise<Hosts> {
-  const bridge = await createNetns();
-  const [a, b, peer] = [await createNetns(), await createNetns(), await createNetns()];
-  const n = 100 + (Deno.pid + ++counter) % 100;
-  const tag = `${Deno.pid % 1000}${counter}`;
-  await must(["ip", "-n", bridge.name, "link", "add", "br0", "type", "bridge"]);
-  await must(["ip", "-n", bridge.name, "link", "set", "br0", "up"]);
-  const devs: string[] = [];
-  for (const [i, host] of [a, b, peer].entries()) {
-    const inner = `nlm${tag}h${i}`;
-    const outer = `nlm${tag}b${i}`;
-    await must([
-      "ip",
-      "link",
-      "add",
-      inner,
-      "netns",
-      host.name,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      outer,
-      "netns",
-      bridge.name,
-    ]);
-    await must(["ip", "-n", bridge.name, "link", "set", outer, "master", "br0", "up"]);
-    await must(["ip", "-n", host.name, "link", "set", inner, "up"]);
-    devs.push(inner);
-  }
-  // Each host's own address; the service's is A's until it moves.
-  await must(["ip", "-n", a.name, "addr", "add", `198.18.${n}.2/24`, "dev", devs[0]]);
-  await must(["ip", "-n", b.name, "addr", "add", `198.18.${n}.3/24`, "dev", devs[1]]);
-  await must(["ip", "-n", peer.name, "addr", "add", `198.18.${n}.1/24`, "dev", devs[2]]);
-  await must(["ip", "-n", a.name, "addr", "add", `198.18.${n}.10/24`, "dev", devs[0]]);
-  return {
-    a,
-    b,
-    peer,
-    devA: devs[0],
-    devB: devs[1],
-    address: `198.18.${n}.10`,
-    prefix: 24,
-    async [Symbol.asyncDispose]() {
-      for (const netns of [peer, b, a, bridge]) await netns[Symbol.asyncDispose]();
-    },
-  };
-}
-
-/** The walk-through's commands, with the test's values for its variables. */
-function walkthrough(
-  hosts: Hosts,
-  pid: number,
-  images: string,
-  imagesB: string,
-  backend: string,
-): { expand: (line: string) => string[] } {
-  const values: Record<string, string> = {
-    BACKEND: backend,
-    NETLOCK: ROOT,
-    CRIU: criuBin(),
-    PID: String(pid),
-    IMAGES: images,
-    IMAGES_B: imagesB,
-    ADDR: `${hosts.address}/${hosts.prefix}`,
-    IP: hosts.address,
-    DEV_A: hosts.devA,
-    DEV_B: hosts.devB,
-  };
-  const expand = (line: string) =>
-    line.split(" ").map((word) =>
-      word.replace(/^"?\$([A-Z_]+)(.*?)"?$/, (_, v, rest) => {
-        assert.ok(v in values, `the walk-through's $${v} is known`);
-        return `${values[v]}${rest}`;
-      })
-    );
-  return { expand };
-}
-
-/** The walk-through's lines, as docs/migration.md shows them (each must be there). */
-const STEPS = {
-  dump: "$CRIU dump -t $PID -D $IMAGES --tcp-established --network-lock skip " +
-    "--action-script $NETLOCK/criu-hook.sh",
-  copy: "cp -a $IMAGES $IMAGES_B",
-  lockB: "$NETLOCK/cli.ts lock --images $IMAGES_B --backend $BACKEND",
-  dropAddress: "ip addr del $ADDR dev $DEV_A",
-  addAddress: "ip addr add $ADDR dev $DEV_B",
-  announce: "arping -U -c 1 -I $DEV_B $IP",
-  restore: "$CRIU restore -d -D $IMAGES_B --tcp-established --network-lock skip " +
-    "--action-script $NETLOCK/criu-hook.sh",
-  unlockA: "$NETLOCK/cli.ts unlock --images $IMAGES",
-};
 
 Deno.test("docs/migration.md holds every command the migration test runs", async () => {
   const text = await Deno.readTextFile(WALKTHROUGH);
@@ -206,17 +91,19 @@ for (const backend of ["iptables", "nftables"] as const) {
           await peer.flowing();
           const env = { PATH: Deno.env.get("PATH")!, NETLOCK_BACKEND: backend };
           const { expand } = walkthrough(hosts, tree.pid, images, imagesB, backend);
-          const run = async (host: TestNetns, step: keyof typeof STEPS) => {
-            const argv = expand(STEPS[step]);
-            const result = await sh(["nsenter", `--net=${host.path}`, "--", ...argv], env);
-            return { code: result.code, out: `${result.stdout}${result.stderr}` };
-          };
+          const run = (host: TestNetns, step: keyof typeof STEPS) =>
+            runStep(host, expand(STEPS[step]), env);
+          // B's page server takes the memory; A's dump keeps the rest of the images.
+          for (const step of ["imagesB", "pageServer"] as const) {
+            const started = await run(hosts.b, step);
+            assert.equal(started.code, 0, started.out);
+          }
           tree.members();
           const dump = await run(hosts.a, "dump");
           assert.equal(dump.code, 0, dump.out);
           await tree.gone();
           assert.ok(await stalled(peer), "A keeps the dumped connections locked");
-          assert.equal((await sh(expand(STEPS.copy))).code, 0);
+          assert.equal((await runStep(undefined, expand(STEPS.copy), env)).code, 0);
           if (!control) {
             const locked = await run(hosts.b, "lockB");
             assert.equal(locked.code, 0, locked.out);

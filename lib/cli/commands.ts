@@ -23,7 +23,7 @@ import {
   type TargetName,
 } from "./report.ts";
 import { runLocked } from "./run_locked.ts";
-import { lockImages, unlockImages } from "../lock/images.ts";
+import { lockImages, unlockImages } from "../criu/images.ts";
 import type { LockInfo, NetlockOptions, OperationResult, Target } from "../common/types.ts";
 import { EXIT, printError, printWarning, write, writeSync } from "../common/output.ts";
 
@@ -70,7 +70,7 @@ export async function forTargets(
 
 /**
  * `lock --images DIR` and `unlock --images DIR`: what a dump took, in one
- * namespace (lib/lock/images.ts).
+ * namespace (lib/criu/images.ts).
  *
  * @param command The command.
  * @param dir The dump's image directory.

@@ -197,7 +197,7 @@ export function humanSuccess(
 ): string {
   const who = `${targetLabel(result.target)} (${result.target.netns})`;
   const what = result.backend === "nftables" ? "table inet" : "chain";
-  // A lock of what a dump took is named after the dumped root (lib/lock/images.ts).
+  // A lock of what a dump took is named after the dumped root (lib/criu/images.ts).
   const pid = result.target.pid ?? ("dumped" in result ? result.dumped as number : undefined);
   const lockOf = (kind: LockKind) =>
     kind === "netns" || pid === undefined ? result.name : processLockName(result.name, kind, pid);

@@ -213,7 +213,7 @@ async function lockMigrated(args: string[]): Promise<number> {
       throw new TypeError("criu-hook --lock-migrated takes IMAGES DUMPED_PID");
     }
     const dumped = parsePid(dumpedText);
-    const { lockImages } = await import("../lock/images.ts");
+    const { lockImages } = await import("./images.ts");
     const result = await lockImages(images, undefined, hookOptions((name) => readEnv(name)));
     if (result.dumped !== dumped) {
       printWarning(

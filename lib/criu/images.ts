@@ -17,13 +17,13 @@
 import { NetlockError } from "../common/errors.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
 import { describeFailure, firstLine } from "../exec/runner.ts";
-import { parseDumpedRoot, parseDumpedSockets } from "../criu/dumped_sockets.ts";
+import { parseDumpedRoot, parseDumpedSockets } from "./dumped_sockets.ts";
 import type { Connection, Listener } from "../connections/proc_net_parser.ts";
 import { familiesOf, inContext, prepare, resolveOptions } from "../netns/prepare.ts";
 import { toTargetRef } from "../netns/target.ts";
 import { connectionShape } from "../shape/connections.ts";
 import { cgroupShape } from "../shape/cgroup.ts";
-import { lockWithBackend } from "./apply.ts";
+import { lockWithBackend } from "../lock/apply.ts";
 import { unlockAllBackends } from "../unlock/backends.ts";
 import type { ExecSettings } from "../exec/nsenter.ts";
 import type { NamespaceOutcome } from "../shape/shape.ts";

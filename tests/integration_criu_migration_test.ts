@@ -12,12 +12,22 @@
  * its retry keeps every connection. The negative control (no `lock
  * --images` on B) loses connections: B's kernel resets them before the
  * restore's hook locks what the dump took (at pre-restore), which CRIU's
- * log says.
+ * log says. A tree in a network namespace of its own, with a veth: the
+ * namespace comes back on B locked (CRIU restores its rules, netlock's lock
+ * among them, before its veth joins B's bridge) until network-unlock.
  * Each command is one of docs/migration.md's, checked word for word.
  */
 import assert from "node:assert/strict";
-import { helpersGone, holdPid, withCriu } from "./helpers/criu.ts";
-import { cli, integration, snapshot, type TestNetns } from "./helpers/netns.ts";
+import { helpersGone, holdPid, HOOK, withCriu, wrappedHook } from "./helpers/criu.ts";
+import {
+  cli,
+  createNetns,
+  integration,
+  must,
+  sh,
+  snapshot,
+  type TestNetns,
+} from "./helpers/netns.ts";
 import { createHosts, runStep, STEPS, walkthrough } from "./helpers/hosts.ts";
 import { startPeer, startTree } from "./helpers/tree.ts";
 import { assertWhole, clean, locks, stalled } from "./helpers/host_tree.ts";
@@ -168,4 +178,110 @@ for (const backend of ["iptables", "nftables"] as const) {
 /** The lines of CRIU's output (its log, on stderr) that say what went wrong. */
 function errorLines(out: string): string {
   return out.split("\n").filter((line) => /Error|error: |netlock/.test(line)).slice(-8).join("\n");
+}
+
+for (const backend of ["iptables", "nftables"] as const) {
+  Deno.test({
+    ...withCriu,
+    name: `real CRIU, migration of a tree in its own network namespace with a veth, ${backend}: ` +
+      "the namespace comes back on B locked until network-unlock, every connection kept",
+    async fn() {
+      await using hosts = await createHosts(true);
+      await using hook = await wrappedHook();
+      const images = await Deno.makeTempDir({ prefix: "nltest-migrate-a-" });
+      const imagesB = `${images}-b`;
+      // The container: a namespace of its own on A's LAN through a veth in A's br0.
+      const container = await createNetns();
+      const outer = `nlv${Deno.pid % 10000}${backend[0]}`;
+      const ip = `${hosts.subnet}.20`;
+      try {
+        await must([
+          "ip",
+          "link",
+          "add",
+          "eth0",
+          "netns",
+          container.name,
+          "type",
+          "veth",
+          "peer",
+          "name",
+          outer,
+          "netns",
+          hosts.a.name,
+        ]);
+        await must(["ip", "-n", hosts.a.name, "link", "set", outer, "master", "br0", "up"]);
+        await must(["ip", "-n", container.name, "addr", "add", `${ip}/24`, "dev", "eth0"]);
+        await must(["ip", "-n", container.name, "link", "set", "eth0", "up"]);
+        const at = { netns: container, address: ip };
+        await using tree = await startTree(at, PORT, CONNECTIONS, CHILDREN);
+        await using peer = await startPeer(hosts.peer, at, PORT, CONNECTIONS);
+        await peer.flowing();
+        const env = { PATH: Deno.env.get("PATH")!, NETLOCK_BACKEND: backend };
+        const { expand } = walkthrough(hosts, tree.pid, images, imagesB, backend, {
+          VETH_PAIR: `veth[eth0]:${outer}@br0`,
+          CONTAINER_IP: ip,
+        });
+        // The walk-through's lines, the hook wrapped to see the locks after each action.
+        const run = (host: TestNetns | undefined, step: keyof typeof STEPS) =>
+          runStep(
+            host,
+            expand(STEPS[step]).map((arg) => arg === HOOK ? hook.path : arg),
+            env,
+          );
+        for (const step of ["imagesB", "pageServer"] as const) {
+          const started = await run(hosts.b, step);
+          assert.equal(started.code, 0, started.out);
+        }
+        tree.members();
+        const dump = await run(hosts.a, "dump");
+        assert.equal(dump.code, 0, dump.out);
+        await tree.gone();
+        // The namespace stays locked on A after the final dump (the test holds
+        // it; a container's dies with its tree): its veth goes, as it would.
+        assert.deepEqual(await locks(container), ["netns NETLOCK"]);
+        await must(["ip", "-n", container.name, "link", "del", "eth0"]);
+        assert.ok(await stalled(peer), "no echo, no reset, while the tree is away");
+        assert.equal((await run(undefined, "copy")).code, 0);
+        let restored = await run(hosts.b, "containerRestore");
+        for (let i = 0; restored.code !== 0 && i < 50; i++) {
+          if (!/File exists/.test(restored.out)) break;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          restored = await run(hosts.b, "containerRestore");
+        }
+        assert.equal(restored.code, 0, errorLines(restored.out));
+        tree.restored(tree.pid);
+        const announced = await run(hosts.b, "containerAnnounce");
+        assert.equal(announced.code, 0, announced.out);
+        await peer.flowing();
+        assertWhole(await peer.stop());
+        // The namespace comes back with its rules (CRIU restores them before its
+        // veth joins B's bridge, at the end of the restore: nothing reaches it
+        // before), the lock among them, opened at network-unlock and removed
+        // at post-resume.
+        assert.deepEqual((await hook.locks()).map((line) => line.trim()), [
+          "pre-dump",
+          "network-lock NETLOCK",
+          "post-dump NETLOCK",
+          "pre-restore",
+          "setup-namespaces",
+          "post-setup-namespaces NETLOCK",
+          "post-restore NETLOCK",
+          "network-unlock NETLOCK",
+          "pre-resume NETLOCK",
+          "post-resume",
+        ]);
+        assert.ok(await helpersGone(), "no helper left");
+        assert.equal(
+          (await sh(["nsenter", `--net=${hosts.b.path}`, "--", "ip", "link", "show", outer])).code,
+          0,
+          "the veth's outer end is on B",
+        );
+      } finally {
+        await container[Symbol.asyncDispose]();
+        await Deno.remove(images, { recursive: true }).catch(() => {});
+        await Deno.remove(imagesB, { recursive: true }).catch(() => {});
+      }
+    },
+  });
 }

@@ -18,7 +18,7 @@ export interface Hosts extends AsyncDisposable {
   a: TestNetns;
   b: TestNetns;
   peer: TestNetns;
-  /** Each host's interface on the bridge. */
+  /** Each host's interface on the bridge (its `br0` when bridged). */
   devA: string;
   devB: string;
   /** B's own address: its page server's. */
@@ -26,12 +26,18 @@ export interface Hosts extends AsyncDisposable {
   /** The service's address (on A first), with its prefix length. */
   address: string;
   prefix: number;
+  /** The subnet's first three octets (`198.18.N`). */
+  subnet: string;
 }
 
 let counter = 0;
 
-/** Creates the hosts A and B and the peer, each on the bridge (198.18.N.0/24, N from 100). */
-export async function createHosts(): Promise<Hosts> {
+/**
+ * Creates the hosts A and B and the peer, each on the bridge (198.18.N.0/24,
+ * N from 100); `bridged`: A's and B's uplinks in a bridge `br0` of their
+ * own (their addresses on it), which containers' veths join.
+ */
+export async function createHosts(bridged = false): Promise<Hosts> {
   const bridge = await createNetns();
   const [a, b, peer] = [await createNetns(), await createNetns(), await createNetns()];
   const n = 100 + (Deno.pid + ++counter) % 100;
@@ -61,6 +67,15 @@ export async function createHosts(): Promise<Hosts> {
     await must(["ip", "-n", host.name, "link", "set", inner, "up"]);
     devs.push(inner);
   }
+  // A host whose containers join its LAN: its uplink in a bridge of its own, which carries its addresses.
+  if (bridged) {
+    for (const [i, host] of [a, b].entries()) {
+      await must(["ip", "-n", host.name, "link", "add", "br0", "type", "bridge"]);
+      await must(["ip", "-n", host.name, "link", "set", devs[i], "master", "br0"]);
+      await must(["ip", "-n", host.name, "link", "set", "br0", "up"]);
+      devs[i] = "br0";
+    }
+  }
   // Each host's own address; the service's is A's until it moves.
   await must(["ip", "-n", a.name, "addr", "add", `198.18.${n}.2/24`, "dev", devs[0]]);
   await must(["ip", "-n", b.name, "addr", "add", `198.18.${n}.3/24`, "dev", devs[1]]);
@@ -75,6 +90,7 @@ export async function createHosts(): Promise<Hosts> {
     addressB: `198.18.${n}.3`,
     address: `198.18.${n}.10`,
     prefix: 24,
+    subnet: `198.18.${n}`,
     async [Symbol.asyncDispose]() {
       for (const netns of [peer, b, a, bridge]) await netns[Symbol.asyncDispose]();
     },
@@ -88,8 +104,10 @@ export function walkthrough(
   images: string,
   imagesB: string,
   backend: string,
+  extra: Record<string, string> = {},
 ): { expand: (line: string) => string[] } {
   const values: Record<string, string> = {
+    ...extra,
     BACKEND: backend,
     NETLOCK: ROOT,
     CRIU: criuBin(),
@@ -124,6 +142,9 @@ export const STEPS = {
   dropAddress: "ip addr del $ADDR dev $DEV_A",
   addAddress: "ip addr add $ADDR dev $DEV_B",
   announce: "arping -U -c 1 -I $DEV_B $IP",
+  containerRestore: "$CRIU restore -d -D $IMAGES_B --tcp-established --network-lock skip " +
+    "--action-script $NETLOCK/criu-hook.sh --external $VETH_PAIR",
+  containerAnnounce: "nsenter --target $PID --net arping -U -c 1 -I eth0 $CONTAINER_IP",
   restore: "$CRIU restore -d -D $IMAGES_B --tcp-established --network-lock skip " +
     "--action-script $NETLOCK/criu-hook.sh",
   unlockA: "$NETLOCK/cli.ts unlock --images $IMAGES",

@@ -114,6 +114,9 @@ export function walkthrough(
     PID: String(pid),
     IMAGES: images,
     IMAGES_B: imagesB,
+    // A pre-dump's directory beside the dump's, and as the dump names it.
+    IMAGES_PRE: `${images}-pre`,
+    PREV: `../${images.split("/").at(-1)}-pre`,
     IP_B: hosts.addressB,
     PS_PORT: String(PAGE_SERVER_PORT),
     ADDR: `${hosts.address}/${hosts.prefix}`,
@@ -133,6 +136,12 @@ export function walkthrough(
 
 /** The walk-through's lines, as docs/migration.md shows them (each must be there). */
 export const STEPS = {
+  preDumpDir: "mkdir -p $IMAGES_PRE",
+  preDump: "$CRIU pre-dump -t $PID -D $IMAGES_PRE --tcp-established --network-lock skip " +
+    "--action-script $NETLOCK/criu-hook.sh",
+  dumpAfterPreDump: "$CRIU dump -t $PID -D $IMAGES --tcp-established --network-lock skip " +
+    "--action-script $NETLOCK/criu-hook.sh --page-server --address $IP_B --port $PS_PORT " +
+    "--prev-images-dir $PREV --track-mem",
   imagesB: "mkdir -p $IMAGES_B",
   pageServer: "$CRIU page-server -D $IMAGES_B --address $IP_B --port $PS_PORT -d",
   dump: "$CRIU dump -t $PID -D $IMAGES --tcp-established --network-lock skip " +

@@ -110,6 +110,7 @@ async function round(method: Method, count: number, under: string): Promise<Samp
       ...(verdict.ok ? {} : { failure: `${verdict.resets} reset(s): ${verdict.errors[0] ?? ""}` }),
     };
   } finally {
+    await stopPageServer(imagesB);
     await Deno.remove(images, { recursive: true }).catch(() => {});
     await Deno.remove(imagesB, { recursive: true }).catch(() => {});
   }

@@ -28,7 +28,7 @@ import {
   snapshot,
   type TestNetns,
 } from "./helpers/netns.ts";
-import { createHosts, runStep, STEPS, walkthrough } from "./helpers/hosts.ts";
+import { createHosts, runStep, STEPS, stopPageServer, walkthrough } from "./helpers/hosts.ts";
 import { startPeer, startTree } from "./helpers/tree.ts";
 import { assertWhole, clean, locks, stalled } from "./helpers/host_tree.ts";
 
@@ -187,6 +187,7 @@ for (const backend of ["iptables", "nftables"] as const) {
           assertWhole(await peer.stop());
           assert.ok(await helpersGone(), "no helper left");
         } finally {
+          await stopPageServer(imagesB);
           for (const dir of [images, imagesB, `${images}-pre`]) {
             await Deno.remove(dir, { recursive: true }).catch(() => {});
           }
@@ -309,6 +310,7 @@ for (const backend of ["iptables", "nftables"] as const) {
           "the veth's outer end is on B",
         );
       } finally {
+        await stopPageServer(imagesB);
         await container[Symbol.asyncDispose]();
         await Deno.remove(images, { recursive: true }).catch(() => {});
         await Deno.remove(imagesB, { recursive: true }).catch(() => {});

@@ -185,3 +185,15 @@ export async function runStep(
     out: daemon ? "" : `${decode(output.stdout)}${decode(output.stderr)}`,
   };
 }
+
+/**
+ * Stops a page server still waiting on `images` (a run that failed before
+ * its dump connected: the daemon would wait for ever).
+ */
+export async function stopPageServer(images: string): Promise<void> {
+  await new Deno.Command("pkill", {
+    args: ["-f", `page-server -D ${images} `],
+    stdout: "null",
+    stderr: "null",
+  }).output();
+}

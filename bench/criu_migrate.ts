@@ -25,7 +25,14 @@
  * @module
  */
 
-import { createHosts, type Hosts, runStep, STEPS, walkthrough } from "../tests/helpers/hosts.ts";
+import {
+  createHosts,
+  type Hosts,
+  runStep,
+  STEPS,
+  stopPageServer,
+  walkthrough,
+} from "../tests/helpers/hosts.ts";
 import type { TestNetns } from "../tests/helpers/netns.ts";
 import { startPeer, startTree } from "../tests/helpers/tree.ts";
 import { findCriu, imagesTmpfs } from "./criu_stats.ts";

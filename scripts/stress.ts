@@ -27,6 +27,8 @@ const REPEATED = [
   "tests/integration_hold_test.ts",
   // Timed too, with a real CRIU: a held SYN connects once the tree runs.
   "tests/integration_criu_hold_test.ts",
+  // Real CRIU between two hosts: the peers' silence, the control's resets.
+  "tests/integration_criu_migration_test.ts",
 ];
 
 let passed = 0;

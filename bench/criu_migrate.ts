@@ -28,6 +28,7 @@
 import {
   createHosts,
   type Hosts,
+  retriedWhilePidsTaken,
   runStep,
   STEPS,
   stopPageServer,
@@ -71,13 +72,15 @@ async function round(method: Method, count: number, under: string): Promise<Samp
     const own = method === "CRIU iptables";
     const { expand } = walkthrough(hosts, tree.pid, images, imagesB, backend);
     const env = { PATH: Deno.env.get("PATH")!, NETLOCK_BACKEND: backend };
-    const run = async (host: TestNetns | undefined, step: keyof typeof STEPS) => {
-      const result = await runStep(host, expand(own ? criuLock(STEPS[step]) : STEPS[step]), env);
+    const attempt = (host: TestNetns | undefined, step: keyof typeof STEPS) =>
+      runStep(host, expand(own ? criuLock(STEPS[step]) : STEPS[step]), env);
+    const succeeded = (step: string, result: { code: number; out: string }) => {
       if (result.code !== 0) {
         throw new Error(`${method}: ${step} exited with ${result.code}: ${lastLines(result.out)}`);
       }
-      return result;
     };
+    const run = async (host: TestNetns | undefined, step: keyof typeof STEPS) =>
+      succeeded(step, await attempt(host, step));
     await run(hosts.b, "imagesB");
     await run(hosts.b, "pageServer");
     tree.members();
@@ -90,16 +93,7 @@ async function round(method: Method, count: number, under: string): Promise<Samp
     await run(hosts.b, "addAddress");
     await run(hosts.b, "announce");
     await tree.gone();
-    for (let attempt = 0;; attempt++) {
-      // The dumped PIDs may still be reaped: retried, as users do.
-      try {
-        await run(hosts.b, "restore");
-        break;
-      } catch (error) {
-        if (attempt > 50 || !/File exists/.test(String(error))) throw error;
-        await new Promise((resolve) => setTimeout(resolve, 200));
-      }
-    }
+    succeeded("restore", await retriedWhilePidsTaken(() => attempt(hosts.b, "restore")));
     const migrationMs = performance.now() - start;
     tree.restored(tree.pid);
     const verdict = await peer.stop();

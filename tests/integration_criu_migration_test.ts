@@ -27,8 +27,16 @@ import {
   sh,
   snapshot,
   type TestNetns,
+  vethPair,
 } from "./helpers/netns.ts";
-import { createHosts, runStep, STEPS, stopPageServer, walkthrough } from "./helpers/hosts.ts";
+import {
+  createHosts,
+  retriedWhilePidsTaken,
+  runStep,
+  STEPS,
+  stopPageServer,
+  walkthrough,
+} from "./helpers/hosts.ts";
 import { startPeer, startTree } from "./helpers/tree.ts";
 import { assertWhole, clean, locks, stalled } from "./helpers/host_tree.ts";
 
@@ -157,13 +165,7 @@ for (const backend of ["iptables", "nftables"] as const) {
             assert.deepEqual(await locks(hosts.b), [`connections NETLOCK-c${tree.pid}`]);
             assert.ok(await stalled(peer), "the peers wait (no reset) for the retry");
           }
-          let restored = await run(hosts.b, "restore");
-          for (let i = 0; restored.code !== 0 && i < 50; i++) {
-            // The dumped PIDs are still being reaped: users retry (docs/migration.md).
-            if (!/File exists/.test(restored.out)) break;
-            await new Promise((resolve) => setTimeout(resolve, 200));
-            restored = await run(hosts.b, "restore");
-          }
+          const restored = await retriedWhilePidsTaken(() => run(hosts.b, "restore"));
           assert.equal(restored.code, 0, errorLines(restored.out));
           // CRIU gives the tree its PIDs back.
           tree.restored(tree.pid);
@@ -227,21 +229,7 @@ for (const backend of ["iptables", "nftables"] as const) {
       const outer = `nlv${Deno.pid % 10000}${backend[0]}`;
       const ip = `${hosts.subnet}.20`;
       try {
-        await must([
-          "ip",
-          "link",
-          "add",
-          "eth0",
-          "netns",
-          container.name,
-          "type",
-          "veth",
-          "peer",
-          "name",
-          outer,
-          "netns",
-          hosts.a.name,
-        ]);
+        await vethPair("eth0", container.name, outer, hosts.a.name);
         await must(["ip", "-n", hosts.a.name, "link", "set", outer, "master", "br0", "up"]);
         await must(["ip", "-n", container.name, "addr", "add", `${ip}/24`, "dev", "eth0"]);
         await must(["ip", "-n", container.name, "link", "set", "eth0", "up"]);
@@ -275,12 +263,7 @@ for (const backend of ["iptables", "nftables"] as const) {
         await must(["ip", "-n", container.name, "link", "del", "eth0"]);
         assert.ok(await stalled(peer), "no echo, no reset, while the tree is away");
         assert.equal((await run(undefined, "copy")).code, 0);
-        let restored = await run(hosts.b, "containerRestore");
-        for (let i = 0; restored.code !== 0 && i < 50; i++) {
-          if (!/File exists/.test(restored.out)) break;
-          await new Promise((resolve) => setTimeout(resolve, 200));
-          restored = await run(hosts.b, "containerRestore");
-        }
+        const restored = await retriedWhilePidsTaken(() => run(hosts.b, "containerRestore"));
         assert.equal(restored.code, 0, errorLines(restored.out));
         tree.restored(tree.pid);
         const announced = await run(hosts.b, "containerAnnounce");

@@ -11,6 +11,7 @@ import {
   CGROUP_IS_NFTABLES,
   IPV6_IS_IPTABLES,
   MODES,
+  OWN_NAMESPACE,
   parseChoice,
   parseMark,
   parsePid,
@@ -159,9 +160,6 @@ type FlagValues = Partial<
     boolean
   >
 >;
-
-/** `unlock --all` without a target: netlock's own namespace (as nsenter sees itself). */
-const OWN_NAMESPACE = "/proc/self/ns/net";
 
 /** The most targets one call takes (each is a few spawned processes). */
 export const MAX_TARGETS = 4096;

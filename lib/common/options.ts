@@ -14,6 +14,12 @@ export const PID_MAX = 4_194_304;
 export const DEFAULT_NAME = "NETLOCK";
 /** CRIU's `SOCCR_MARK`: packets with this mark pass the lock. */
 export const DEFAULT_MARK = 0xC114;
+/**
+ * Netlock's own network namespace as a `--netns` target: nsenter opens
+ * `/proc/self/ns/net` as itself (`unlock --all` and `--images` without a
+ * target).
+ */
+export const OWN_NAMESPACE = "/proc/self/ns/net";
 /** The default timeout of one spawned tool, in milliseconds. */
 export const DEFAULT_TIMEOUT_MS = 10_000;
 

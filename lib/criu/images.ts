@@ -15,6 +15,7 @@
  */
 
 import { NetlockError } from "../common/errors.ts";
+import { OWN_NAMESPACE } from "../common/options.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
 import { describeFailure, firstLine } from "../exec/runner.ts";
 import { parseDumpedRoot, parseDumpedSockets } from "./dumped_sockets.ts";
@@ -44,9 +45,6 @@ export interface ImagesResult extends OperationResult {
   /** The dumped tree's root (the lock's name is `NAME-cPID`). */
   dumped: number;
 }
-
-/** Without a target: netlock's own namespace, as nsenter opens it. */
-const OWN_NAMESPACE = "/proc/self/ns/net";
 
 /**
  * Reads what a dump took from its image directory (`pstree.img`,

@@ -64,8 +64,7 @@ export async function lockNftTable(
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const result = await applyNft(ctx, script, !lock.bulky);
     if (result.success && !result.stdinClosedEarly) {
-      await verifyTable(ctx, result, !lock.bulky);
-      const table = madeTableHandle(result.stdout, ctx.rules.name);
+      const table = await verifyTable(ctx, result, !lock.bulky);
       return table === undefined ? { changed: true } : { changed: true, table };
     }
     failUnlessTransient(result);
@@ -159,15 +158,21 @@ export function madeTableHandle(echoed: string, name: string): number | undefine
  * must not pass for a lock: nft, which exits 0 only when the transaction was
  * committed, echoed the table it made; for a bulky lock, whose echo would
  * repeat every element, the table's chains are listed in another run
- * instead.
+ * instead. Returns the echoed table's handle (none for a bulky lock).
  */
-async function verifyTable(ctx: NftContext, result: RunResult, echoed: boolean): Promise<void> {
-  if (echoed && madeTableHandle(result.stdout, ctx.rules.name) !== undefined) return;
-  if (!echoed) {
+async function verifyTable(
+  ctx: NftContext,
+  result: RunResult,
+  echoed: boolean,
+): Promise<number | undefined> {
+  if (echoed) {
+    const handle = madeTableHandle(result.stdout, ctx.rules.name);
+    if (handle !== undefined) return handle;
+  } else {
     const listed = await ctx.exec("nft", ["-j", "list", "chains", "inet"]);
     assertToolSuccess(listed, "nft");
     const chains = parseNftTableJson(listed.stdout, { allTables: true }).chains;
-    if (chains.some((chain) => chain.table === ctx.rules.name)) return;
+    if (chains.some((chain) => chain.table === ctx.rules.name)) return undefined;
   }
   throw new NetlockError("TOOL_FAILED", "nft exited with code 0 but the lock is not in place");
 }

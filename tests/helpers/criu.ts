@@ -10,7 +10,7 @@
  * check`. `.ci/run` provides one (it builds CRIU 4.2 if it must). Outside CI
  * a test without one is skipped, saying why; under CI it fails.
  */
-import { IN_CI, integration, must, sh, type TestNetns } from "./netns.ts";
+import { IN_CI, integration, must, sh, type TestNetns, vethPair } from "./netns.ts";
 import { lineReader } from "./lines.ts";
 import type { Tree } from "./tree.ts";
 
@@ -66,21 +66,7 @@ export async function createPod(create: () => Promise<TestNetns>): Promise<Pod> 
   const peer = await create();
   const n = (Deno.pid + ++counter) % 250;
   const suffix = `${Deno.pid % 10000}${counter}`;
-  await must([
-    "ip",
-    "link",
-    "add",
-    `nlp${suffix}`,
-    "netns",
-    pod.name,
-    "type",
-    "veth",
-    "peer",
-    "name",
-    `nlq${suffix}`,
-    "netns",
-    peer.name,
-  ]);
+  await vethPair(`nlp${suffix}`, pod.name, `nlq${suffix}`, peer.name);
   await must(["ip", "-n", pod.name, "addr", "add", `198.18.${n}.2/30`, "dev", `nlp${suffix}`]);
   await must(["ip", "-n", peer.name, "addr", "add", `198.18.${n}.1/30`, "dev", `nlq${suffix}`]);
   await must(["ip", "-n", pod.name, "link", "set", `nlp${suffix}`, "up"]);

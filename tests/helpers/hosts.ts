@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { createNetns, must, type TestNetns } from "./netns.ts";
+import { createNetns, must, type TestNetns, vethPair } from "./netns.ts";
 import { criuBin } from "./criu.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
@@ -48,21 +48,7 @@ export async function createHosts(bridged = false): Promise<Hosts> {
   for (const [i, host] of [a, b, peer].entries()) {
     const inner = `nlm${tag}h${i}`;
     const outer = `nlm${tag}b${i}`;
-    await must([
-      "ip",
-      "link",
-      "add",
-      inner,
-      "netns",
-      host.name,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      outer,
-      "netns",
-      bridge.name,
-    ]);
+    await vethPair(inner, host.name, outer, bridge.name);
     await must(["ip", "-n", bridge.name, "link", "set", outer, "master", "br0", "up"]);
     await must(["ip", "-n", host.name, "link", "set", inner, "up"]);
     devs.push(inner);
@@ -184,6 +170,22 @@ export async function runStep(
     code: output.code,
     out: daemon ? "" : `${decode(output.stdout)}${decode(output.stderr)}`,
   };
+}
+
+/**
+ * Runs a restore (`attempt`) again while it fails because the dumped
+ * tree's PIDs are still taken (this machine's PID 1 reaps late; users
+ * retry, as docs/migration.md says), 50 times at most; its last result.
+ */
+export async function retriedWhilePidsTaken(
+  attempt: () => Promise<{ code: number; out: string }>,
+): Promise<{ code: number; out: string }> {
+  let result = await attempt();
+  for (let i = 0; result.code !== 0 && /File exists/.test(result.out) && i < 50; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    result = await attempt();
+  }
+  return result;
 }
 
 /**

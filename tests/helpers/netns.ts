@@ -116,6 +116,30 @@ export interface TestNetns extends AsyncDisposable {
   run(argv: string[]): Promise<Output>;
 }
 
+/** A veth pair: `inner` in namespace `innerNs`, `outer` in `outerNs` (names in /run/netns). */
+export async function vethPair(
+  inner: string,
+  innerNs: string,
+  outer: string,
+  outerNs: string,
+): Promise<void> {
+  await must([
+    "ip",
+    "link",
+    "add",
+    inner,
+    "netns",
+    innerNs,
+    "type",
+    "veth",
+    "peer",
+    "name",
+    outer,
+    "netns",
+    outerNs,
+  ]);
+}
+
 /** Creates `/run/netns/nltest-PID-N` with loopback up. */
 export async function createNetns(): Promise<TestNetns> {
   const name = `nltest-${Deno.pid}-${++counter}`;

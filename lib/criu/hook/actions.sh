@@ -21,15 +21,21 @@ started_of() {
   started=$1
 }
 
-# This shell's PID namespace, as its inode number, into $pidns (empty
-# where the kernel does not show it): from the fdinfo of the namespace
-# opened as fd 3, with builtins only (no fork inside CRIU's clock).
-pid_namespace() {
-  pidns=
+# This shell's namespace of kind $1 (pid, net), as its inode number, into
+# $ino (empty where the kernel does not show it): from the fdinfo of the
+# namespace opened as fd 3, with builtins only (no fork inside CRIU's clock).
+ns_inode() {
+  ino=
   while read -r key value; do
-    [ "$key" = ino: ] && pidns=$value
-  done 3</proc/self/ns/pid </proc/self/fdinfo/3 2>/dev/null
-  case $pidns in *[!0-9]*) pidns= ;; esac
+    [ "$key" = ino: ] && ino=$value
+  done 3<"/proc/self/ns/$1" </proc/self/fdinfo/3 2>/dev/null
+  case $ino in *[!0-9]*) ino= ;; esac
+}
+
+# This shell's PID namespace, into $pidns.
+pid_namespace() {
+  ns_inode pid
+  pidns=$ino
 }
 
 # This host and network namespace, into $origin ("BOOT_ID NETNS_INODE";
@@ -39,11 +45,8 @@ origin_here() {
   origin=
   boot=
   read -r boot 2>/dev/null </proc/sys/kernel/random/boot_id
-  netns=
-  while read -r key value; do
-    [ "$key" = ino: ] && netns=$value
-  done 3</proc/self/ns/net </proc/self/fdinfo/3 2>/dev/null
-  [ -n "$boot" ] && [ -n "$netns" ] && origin="$boot $netns"
+  ns_inode net
+  [ -n "$boot" ] && [ -n "$ino" ] && origin="$boot $ino"
 }
 
 # cli.ts's permissions, into $perms: its shebang's, the one list (the
@@ -59,6 +62,16 @@ criu_hook() {
   cli_permissions
   # shellcheck disable=SC2086 # the shebang's flags, one word each
   deno run --quiet --no-config $perms "$here/cli.ts" criu-hook "$@"
+}
+
+# CRIU's image directory by its real path, into $images (empty when it
+# cannot be entered): CRIU's /proc path goes with CRIU, and Deno cannot use
+# it. (cd and back, builtins only: $here may be relative.)
+images_path() {
+  images=
+  cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null || return 1
+  images=$PWD
+  cd "$OLDPWD" 2>/dev/null || :
 }
 
 # Where every run's state lives: one private directory, made by the
@@ -183,7 +196,7 @@ start_helper() {
     return 1
   fi
   images=
-  [ "$1" = dump ] && images=$(cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null && pwd)
+  [ "$1" = dump ] && images_path
   # The helper writes the restore's plan through a link in its directory
   # (Deno cannot use CRIU's /proc path; a comma would split its permission list).
   [ -n "$images" ] && ln -s "$images" "$dir/images" && set -- "$@" "$dir/images"
@@ -237,13 +250,7 @@ migrated() {
 # before the service's address arrived (cli.ts says in CRIU's log which;
 # it never fails the restore).
 lock_migrated() {
-  images=
-  # (cd and back, builtins only: $here may be relative.)
-  if cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null; then
-    images=$PWD
-    cd "$OLDPWD" 2>/dev/null || :
-  fi
-  [ -n "$images" ] && criu_hook --lock-migrated "$images" "$dumped"
+  images_path && criu_hook --lock-migrated "$images" "$dumped"
   return 0
 }
 
@@ -271,11 +278,7 @@ setup_namespaces() {
   if [ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] && [ "$place" != host ] &&
     exec 3</proc/"$CRTOOLS_INIT_PID"/ns/net 2>/dev/null; then
     images=
-    # (cd and back, builtins only: $here may be relative.)
-    if [ "$place" = netns ] && [ -n "$dumped" ] && cd -P "$CRTOOLS_IMAGE_DIR" 2>/dev/null; then
-      images=$PWD
-      cd "$OLDPWD" 2>/dev/null || :
-    fi
+    [ "$place" = netns ] && [ -n "$dumped" ] && images_path
     watch netns "$dumped" "$images"
     exec 3<&-
   fi

@@ -235,7 +235,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "hold: status shows a namespace lock that holds, and its queue (library and --json)",
+  name:
+    "hold: status and list show a namespace lock that holds, and its queue (library, --json, table)",
   ...integration,
   async fn() {
     await using netns = await createNetns();
@@ -251,10 +252,19 @@ Deno.test({
       assert.equal(JSON.parse(json.stdout).queue, holder.queue);
       const human = await cli(["status", "--netns", netns.path]);
       assert.match(human.stdout, new RegExp(`holding \\(queue ${holder.queue}\\)`));
+      // list: the queue in its JSON and in its table's last column.
+      const listed = await cli(["list", "--json", "--netns", netns.path]);
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.equal(JSON.parse(listed.stdout).queue, holder.queue);
+      const table = (await cli(["list", "--netns", netns.path])).stdout.split("\n");
+      assert.match(table[1], new RegExp(` netns +NETLOCK +iptables .* queue ${holder.queue}$`));
       await unlockNetwork(target);
       // A lock that drops says nothing of a queue.
       await lockNetwork(target);
       assert.equal((await getLockStatus(target)).queue, undefined);
+      const dropping = await cli(["list", "--json", "--netns", netns.path]);
+      assert.equal(JSON.parse(dropping.stdout).queue, undefined);
+      assert.match((await cli(["list", "--netns", netns.path])).stdout.split("\n")[1], / -$/);
       await unlockNetwork(target);
     } finally {
       await holder.close();

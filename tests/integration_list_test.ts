@@ -116,10 +116,13 @@ for (const backend of ["iptables", "nftables"]) {
       const table = (await mustRun(cli(["list", "--netns", netns.name]))).stdout.split("\n");
       assert.match(
         table[0],
-        /^NAMESPACE +KIND +NAME +BACKEND +FAMILIES +PID +ALIVE +CONNECTIONS +LISTENERS$/,
+        /^NAMESPACE +KIND +NAME +BACKEND +FAMILIES +PID +ALIVE +CONNECTIONS +LISTENERS +HOLDS$/,
       );
       // (`--mode connections` locks connections only: no listener.)
-      assert.match(table[3], new RegExp(`connections +NETLOCK-c${b.pid} +${backend} .* no +1 +0$`));
+      assert.match(
+        table[3],
+        new RegExp(`connections +NETLOCK-c${b.pid} +${backend} .* no +1 +0 +-$`),
+      );
 
       // The PID's unlock takes its namespace lock and its connection lock, nothing else.
       const unlocked = JSON.parse((await mustRun(cli(["unlock", "--json", String(a.pid)]))).stdout);

@@ -195,11 +195,21 @@ Deno.test("inspectIptablesLock() takes a connection lock that holds (its drops q
   assert.equal(state.foreign, false);
   assert.equal(state.connectionDrops, 2);
   assert.deepEqual(state.listeners, ["198.18.0.1 80"]);
+  // Its queue, for status and list.
+  assert.equal(state.queue, 49428);
+  assert.equal(inspectIptablesLock(table, { name: chain, mark: 0xC114, body: "any" }).queue, 49428);
   // The same lock that drops is another lock (relocked), and still netlock's.
   const drops = connectionIptablesTree(connection, "ipv4", 0xC114, chain, listener).body;
   const asDrops = inspectIptablesLock(table, { name: chain, mark: 0xC114, body: drops });
   assert.equal(asDrops.status, "partial");
   assert.equal(asDrops.foreign, false);
+  const dropping = parseIptablesSave(
+    HEADER + `*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:${chain} - [0:0]\n` +
+      `-A INPUT -j ${chain}\n-A OUTPUT -j ${chain}\n` +
+      drops.map((rule) => `-A ${chain} ${rule}\n`).join("") + "COMMIT\n",
+  );
+  const asRead = { name: chain, mark: 0xC114, body: "any" as const };
+  assert.equal(inspectIptablesLock(dropping, asRead).queue, undefined);
   // A queue that lets traffic through when nobody holds it is not netlock's.
   const bypass = parseIptablesSave(
     HEADER + `*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:${chain} - [0:0]\n` +

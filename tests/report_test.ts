@@ -104,12 +104,13 @@ Deno.test("lockTable() aligns one row per lock, with - where a field does not ap
         alive: false,
         connections: 3,
         listeners: 1,
+        queue: 49428,
       },
     ]),
     [
-      "NAMESPACE  KIND         NAME         BACKEND   FAMILIES   PID  ALIVE  CONNECTIONS  LISTENERS",
-      "net:[1]    netns        NETLOCK      nftables  ipv4       -    -      -            -",
-      "net:[1]    connections  NETLOCK-c42  iptables  ipv4+ipv6  42   no     3            1",
+      "NAMESPACE  KIND         NAME         BACKEND   FAMILIES   PID  ALIVE  CONNECTIONS  LISTENERS  HOLDS",
+      "net:[1]    netns        NETLOCK      nftables  ipv4       -    -      -            -          -",
+      "net:[1]    connections  NETLOCK-c42  iptables  ipv4+ipv6  42   no     3            1          queue 49428",
     ].join("\n"),
   );
 });

@@ -372,6 +372,7 @@ export function lockTable(locks: LockInfo[]): string {
       "ALIVE",
       "CONNECTIONS",
       "LISTENERS",
+      "HOLDS",
     ],
     ...locks.map((lock) => [
       lock.target.netns,
@@ -383,6 +384,7 @@ export function lockTable(locks: LockInfo[]): string {
       lock.alive === undefined ? "-" : lock.alive ? "yes" : "no",
       lock.connections === undefined ? "-" : String(lock.connections),
       lock.kind !== "connections" ? "-" : String(lock.listeners ?? 0),
+      lock.queue === undefined ? "-" : `queue ${lock.queue}`,
     ]),
   ];
   const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));

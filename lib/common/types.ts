@@ -194,6 +194,11 @@ export interface LockInfo {
    * client's SYN to one is dropped, not refused); present when it holds any.
    */
   listeners?: number;
+  /**
+   * iptables locks that hold (NFQUEUE): the queue their drops send to, where
+   * a holder keeps what the lock stops. Absent: the lock drops.
+   */
+  queue?: number;
 }
 
 /** CRIU's own locks, found (status) or removed (unlock) with the `criu` option. */

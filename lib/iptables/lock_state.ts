@@ -43,7 +43,10 @@ export interface IptablesLockState {
   mark?: number;
   /** Whether the chain ends with the marker of a lock that leaves IPv6 open by choice. */
   ipv4Only: boolean;
-  /** The queue a namespace lock that holds sends what it would drop to. */
+  /**
+   * The queue a lock that holds sends what it would drop to: a namespace
+   * lock's last rule, or a connection lock's drops (`-j NFQUEUE --queue-num N`).
+   */
   queue?: number;
 }
 
@@ -123,6 +126,10 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
       (rules.ipv4Only === undefined || rules.ipv4Only === ipv4Only);
   const inputJumps = count("INPUT");
   const outputJumps = count("OUTPUT");
+  // A connection lock that holds queues each of its drops to the one queue.
+  const queue = body === undefined
+    ? queueOf(lockRules[1])
+    : queueOfDrops([rules.name, ...subchains].map(rulesOf));
   // What a lock of this kind may hold, and who may refer to it.
   const mayHold = body === undefined
     ? isNamespaceLockRule
@@ -177,7 +184,7 @@ export function inspectIptablesLock(table: SavedTable, rules: LockRules): Iptabl
     foreign,
     ipv4Only,
     ...(mark === undefined ? {} : { mark }),
-    ...(queueOf(lockRules[1]) === undefined ? {} : { queue: queueOf(lockRules[1]) }),
+    ...(queue === undefined ? {} : { queue }),
   };
 }
 
@@ -221,6 +228,20 @@ const DROP_VERDICT = "-j (?:DROP|NFQUEUE --queue-num [0-9]+)";
 function queueOf(spec: string | undefined): number | undefined {
   const match = spec?.match(/^-j NFQUEUE --queue-num ([0-9]+)$/);
   return match ? Number(match[1]) : undefined;
+}
+
+/** A drop that queues, at the end of a connection lock's rule. */
+const QUEUED = / -j NFQUEUE --queue-num ([0-9]+)$/;
+
+/** The queue of the first of a connection lock's drops (of a connection or a listener's SYNs) that queues. */
+function queueOfDrops(chains: string[][]): number | undefined {
+  for (const specs of chains) {
+    for (const spec of specs) {
+      const match = spec.match(QUEUED);
+      if (match && (isConnectionLockRule(spec) || isListenerDrop(spec))) return Number(match[1]);
+    }
+  }
+  return undefined;
 }
 
 /** Whether a namespace lock's last rule is the one wanted: a drop, or a queue (`any`: either). */

@@ -103,6 +103,7 @@ export async function readLockInventory(request: InventoryRequest): Promise<Foun
           }
           : named);
       lock.families.push(families[i]);
+      if (state.queue !== undefined && lock.kind !== "foreign") lock.queue = state.queue;
       if (lock.kind === "connections") {
         lock.connections = (lock.connections ?? 0) + state.connectionDrops / 2;
         // (A wildcard IPv6 listener is dropped in both families: counted once.)

@@ -20,9 +20,12 @@
  * - `restore`: the same host tree, dumped for good and restored at once
  *   (retried while its PIDs are taken): the time from the freeze to the
  *   end of the restore beside the peer's waits.
+ * - `pods`: as `host`, but the tree in a pod's namespace (CRIU in another,
+ *   the pod's namespace external to the dump and outliving it).
  *
- *   CRIU_BIN=... deno run -A bench/criu_hold.ts [ROUNDS] [pod|host|restore] [PAUSES_MS|CONNECTIONS,...]
- *   (default 5 rounds, every setting: pod at 20,100 ms, host and restore at 200,1000 connections)
+ *   CRIU_BIN=... deno run -A bench/criu_hold.ts [ROUNDS] [pod|host|restore|pods] [PAUSES_MS|CONNECTIONS,...] [WORD,...]
+ *   (default 5 rounds, every setting: pod at 20,100 ms, the others at 200,1000 connections;
+ *   WORDs: only the locks whose name has one, e.g. `drops,holds`)
  *
  * @module
  */
@@ -82,28 +85,33 @@ const HOST_METHODS: HostMethod[] = [
 ];
 
 /**
- * One host dump with `--leave-running` of a tree with `count`
- * connections, or (`restore`) a final dump and its restore, at once (retried
- * while the tree's PIDs are still taken, as users retry).
+ * One dump with `--leave-running` of a tree with `count` connections, or
+ * (`restore`) a final dump and its restore, at once (retried while the
+ * tree's PIDs are still taken, as users retry). `host`: the tree shares
+ * CRIU's namespace; `pod`: the tree is in a pod's namespace, CRIU in
+ * another (`--external net[...]`), its namespace outliving the dump.
  */
-async function hostRound(
+async function treeRound(
   method: HostMethod,
   count: number,
   under: string,
+  where: "host" | "pod",
   restore = false,
 ): Promise<Sample> {
-  // The host and the peer's machine: two namespaces across a veth pair (on
-  // loopback the verdict that lets held segments through also pays for the
-  // peer's processing of the tree's answers).
+  // The tree's namespace and the peer's machine: two namespaces across a
+  // veth pair (on loopback the verdict that lets held segments through also
+  // pays for the peer's processing of the tree's answers).
   await using pod = await createPod(createNetns);
-  const host = pod.pod;
   const images = await Deno.makeTempDir({ prefix: "netlock-criu-hold-", dir: under });
-  const at = { netns: host, address: pod.address };
+  const at = { netns: pod.pod, address: pod.address };
   try {
     await using tree = await startTree(at, 7900, count, 4);
     await using peer = await startPeer(pod.peer, at, 7900, count, 100);
     await peer.flowing(count * 1024);
-    const setting: Setting = { host, ...(method.lock ? { lock: method.lock } : {}) };
+    const setting: Setting = {
+      ...(where === "host" ? { host: pod.pod } : { pod }),
+      ...(method.lock ? { lock: method.lock } : {}),
+    };
     const env = method.env ?? {};
     if (restore) tree.members();
     const dump = await criuDump(setting, tree, images, restore ? [] : ["--leave-running"], env);
@@ -171,6 +179,10 @@ if (import.meta.main) {
     console.log(`criu: skipped: ${found.missing}`);
     Deno.exit(0);
   }
+  const words = Deno.args[3]?.split(",");
+  const methods = HOST_METHODS.filter((method) =>
+    words === undefined || words.some((word) => method.name.includes(word))
+  );
   const add = (samples: Map<string, Sample[]>, key: string, sample: Sample) =>
     samples.set(key, [...samples.get(key) ?? [], sample]);
   if (only === undefined || only === "pod") {
@@ -193,20 +205,30 @@ if (import.meta.main) {
     }
     console.log(`(${rounds} rounds, interleaved, medians)\n`);
   }
-  for (const restore of [false, true]) {
-    if (only !== undefined && only !== (restore ? "restore" : "host")) continue;
+  for (const [restore, where] of [[false, "host"], [true, "host"], [false, "pod"]] as const) {
+    const setting = restore ? "restore" : where === "pod" ? "pods" : "host";
+    if (only !== undefined && only !== setting) continue;
     const counts = (Deno.args[2] ?? "200,1000").split(",").map(Number);
     await using tmpfs = await imagesTmpfs();
     const samples = new Map<string, Sample[]>();
     const failures = new Map<string, string>();
     for (const count of counts) {
       for (let i = 0; i < rounds; i++) {
-        console.error(`  host ${count} connections${restore ? ", restore" : ""}: round ${i + 1}`);
-        for (const method of HOST_METHODS) {
+        console.error(`  ${setting} ${count} connections: round ${i + 1}`);
+        for (const method of methods) {
           const key = `${count}|${method.name}`;
           if (failures.has(key)) continue;
-          await hostRound(method, count, tmpfs.path, restore).then(
-            (sample) => add(samples, key, sample),
+          await treeRound(method, count, tmpfs.path, where, restore).then(
+            (sample) => {
+              // Each round on stderr: single rounds spread widely on this machine.
+              console.error(
+                `    ${method.name}: frozen ${sample.frozen.toFixed(0)} ms, median wait ` +
+                  `${sample.medianWait} ms (beyond ${
+                    (sample.medianWait - (sample.down ?? sample.frozen)).toFixed(0)
+                  })`,
+              );
+              add(samples, key, sample);
+            },
             // CRIU's nftables lock cannot dump 1,000 connections here (RLIMIT_NOFILE);
             // without a lock a restore's peers are reset.
             (error) => failures.set(key, (error as Error).message.split("\n")[0].slice(0, 160)),
@@ -219,7 +241,8 @@ if (import.meta.main) {
         ? "| a tree on the host, connections | dump, then restore | frozen | restore | " +
           "from the freeze to the end of the restore " + HEADER.slice(HEADER.indexOf("| peer")) +
           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        : "| a tree on the host, connections | dump --leave-running " + HEADER +
+        : `| a tree ${where === "pod" ? "in a pod's namespace" : "on the host"}, connections ` +
+          "| dump --leave-running " + HEADER +
           "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     );
     for (const [key, list] of samples) {

@@ -130,6 +130,49 @@ Deno.test({
   },
 });
 
+/** Receives UDP datagrams on 127.0.0.1:PORT until 1 s passes without one; prints how many, and how many distinct. */
+const RECEIVER = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n" +
+  "s.setsockopt(socket.SOL_SOCKET,33,1<<22)\n" +
+  "s.bind(('127.0.0.1',int(__import__('sys').argv[1])))\nprint('ready',flush=True)\n" +
+  "s.settimeout(5)\nseen=[]\ntry:\n  while True:\n    seen.append(s.recv(64))\n" +
+  "    s.settimeout(1)\nexcept socket.timeout:\n  pass\nprint(len(seen),len(set(seen)),flush=True)";
+
+/** Sends `count` datagrams, numbered, to 127.0.0.1:PORT. */
+const SENDER = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n" +
+  "for i in range(int(sys.argv[2])): s.sendto(str(i).encode(),('127.0.0.1',int(sys.argv[1])))";
+
+Deno.test({
+  name: "hold: a release of many held packets (two verdicts at once) delivers every one once",
+  ...integration,
+  async fn() {
+    await using netns = await createNetns();
+    const count = 1000;
+    const receiver = new Deno.Command("nsenter", {
+      args: [`--net=${netns.path}`, "python3", "-c", RECEIVER, String(PORT)],
+      stdout: "piped",
+    }).spawn();
+    const lines = lineReader(receiver.stdout);
+    try {
+      assert.equal(await lines.next(), "ready");
+      const holder = await holdQueue(netns.path);
+      try {
+        const rule = ["INPUT", "-p", "udp", "--dport", String(PORT), "-j", "NFQUEUE"];
+        await netns.run(["iptables", "-w", "-A", ...rule, "--queue-num", String(holder.queue)]);
+        await netns.run(["python3", "-c", SENDER, String(PORT), String(count)]);
+        assert.equal(await holder.held(), count, "every datagram held");
+        await netns.run(["iptables", "-w", "-D", ...rule, "--queue-num", String(holder.queue)]);
+        assert.equal(await holder.release(), count);
+      } finally {
+        await holder.close();
+      }
+      assert.equal(await lines.next(), `${count} ${count}`, "each delivered, none twice");
+      assert.deepEqual(await boundQueues(netns), []);
+    } finally {
+      await receiver.status;
+    }
+  },
+});
+
 Deno.test({
   name: "hold: two holders in one namespace take two queues, each releases its own",
   ...integration,

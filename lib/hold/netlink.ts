@@ -25,6 +25,15 @@ const SYMBOLS = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  // The same call on a thread of its own: batch verdicts at once (their
+  // work, handing held packets on, is done in the sender's system call).
+  send_on_thread: {
+    name: "send",
+    parameters: ["i32", "buffer", "usize", "i32"],
+    result: "isize",
+    nonblocking: true,
+  },
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
   close: { parameters: ["i32"], result: "i32" },
@@ -56,6 +65,16 @@ export interface NetfilterSocket {
    * drop messages to this socket (ENOBUFS).
    */
   receive(timeoutMs: number): Promise<Uint8Array[] | "overrun">;
+  /**
+   * Sends the messages at once, each from a thread of its own (one message:
+   * from this one); throws when one could not be sent whole.
+   */
+  sendAll(messages: Uint8Array[]): Promise<void>;
+  /**
+   * The text of `/proc/net/netfilter/nfnetlink_queue` of the socket's
+   * network namespace (`""` when it cannot be read).
+   */
+  queueStats(): string;
   /** Closes it (the kernel then unbinds its queues and drops what they hold). */
   close(): void;
 }
@@ -105,6 +124,7 @@ function open(
 ): NetfilterSocket {
   let back = -1;
   let fd = -1;
+  let stats = -1;
   try {
     if (netns !== undefined) {
       back = c.open(cString("/proc/thread-self/ns/net"), O_RDONLY | O_CLOEXEC);
@@ -118,6 +138,12 @@ function open(
     }
     fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
     if (fd < 0) throw failure("socket(AF_NETLINK, NETLINK_NETFILTER)");
+    // The queues' statistics of this namespace: a file of /proc/net is the
+    // namespace's it was opened in (-1 without: nothing is split).
+    stats = c.open(
+      cString("/proc/thread-self/net/netfilter/nfnetlink_queue"),
+      O_RDONLY | O_CLOEXEC,
+    );
   } finally {
     if (back >= 0) {
       // Back to this thread's own namespace, whatever happened.
@@ -125,6 +151,7 @@ function open(
       c.close(back);
       if (returned < 0) {
         if (fd >= 0) c.close(fd);
+        if (stats >= 0) c.close(stats);
         // deno-lint-ignore no-unsafe-finally
         throw failure("setns back to netlock's own namespace");
       }
@@ -135,12 +162,14 @@ function open(
   if (c.bind(fd, address, 12) < 0) {
     const why = failure("bind(AF_NETLINK)");
     c.close(fd);
+    if (stats >= 0) c.close(stats);
     throw why;
   }
   const size = new Uint8Array(4);
   new DataView(size.buffer).setInt32(0, receiveBuffer, true);
   c.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4);
   const buffer = new Uint8Array(1 << 16);
+  const statsBuffer = new Uint8Array(1 << 14);
   const pollfd = new Uint8Array(8);
   new DataView(pollfd.buffer).setInt32(0, fd, true);
   new DataView(pollfd.buffer).setInt16(4, POLLIN, true);
@@ -149,6 +178,21 @@ function open(
     send(bytes) {
       const sent = c.send(fd, bytes as Uint8Array<ArrayBuffer>, BigInt(bytes.length), 0);
       if (Number(sent) !== bytes.length) throw failure("send");
+    },
+    async sendAll(messages) {
+      if (messages.length === 1) return this.send(messages[0]);
+      const sent = await Promise.all(
+        messages.map((bytes) =>
+          c.send_on_thread(fd, bytes as Uint8Array<ArrayBuffer>, BigInt(bytes.length), 0)
+        ),
+      );
+      // (errno is per thread: the failed call's is not this thread's to read.)
+      if (sent.some((n, i) => Number(n) !== messages[i].length)) throw new Error("send failed");
+    },
+    queueStats() {
+      if (stats < 0 || closed) return "";
+      const n = Number(c.pread(stats, statsBuffer, BigInt(statsBuffer.length), 0n));
+      return n > 0 ? new TextDecoder().decode(statsBuffer.subarray(0, n)) : "";
     },
     async receive(timeoutMs) {
       if (closed) return [];
@@ -171,6 +215,7 @@ function open(
       if (closed) return;
       closed = true;
       c.close(fd);
+      if (stats >= 0) c.close(stats);
       // (No call is in flight: the caller awaits its receive first.)
       library.close();
     },

@@ -127,6 +127,44 @@ export function encodeAcceptUpTo(queue: number, id: number, seq: number): Uint8A
   return message(MSG_VERDICT_BATCH, queue, seq, [[ATTR_VERDICT_HDR, verdict]]);
 }
 
+/** What the kernel tells of one queue in `/proc/net/netfilter/nfnetlink_queue`. */
+export interface QueueStats {
+  /** How many packets it holds now. */
+  held: number;
+  /** The id it gave the last packet it queued (ids count up from 1 on the binding). */
+  lastId: number;
+}
+
+/**
+ * Reads queue `queue`'s line of `/proc/net/netfilter/nfnetlink_queue`
+ * (the queue, the holder's port id, the packets held, the copy mode and
+ * range, the packets dropped by the kernel and by user space, the last id,
+ * 1); `undefined` when the queue is not there or the line is not of that
+ * shape.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { parseQueueStats } from "./nfqueue.ts";
+ *
+ * const text = "49428  18485  2644 1     0     0     0     2644  1\n";
+ * assert.deepEqual(parseQueueStats(text, 49428), { held: 2644, lastId: 2644 });
+ * assert.equal(parseQueueStats(text, 7), undefined);
+ * ```
+ *
+ * @param text The file's text.
+ * @param queue The queue number.
+ * @returns How many packets it holds and the last id it gave.
+ */
+export function parseQueueStats(text: string, queue: number): QueueStats | undefined {
+  for (const line of text.split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 8 || !fields.every((field) => /^[0-9]+$/.test(field))) continue;
+    if (Number(fields[0]) === queue) return { held: Number(fields[2]), lastId: Number(fields[7]) };
+  }
+  return undefined;
+}
+
 /**
  * The messages in what one `recv` returned: held packets (their ids) and
  * acknowledgements (`errno` 0, or the error's number).

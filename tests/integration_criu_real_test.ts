@@ -17,7 +17,7 @@ import {
   withCriu,
   wrappedHook,
 } from "./helpers/criu.ts";
-import { boundQueues, cli, snapshot } from "./helpers/netns.ts";
+import { boundQueues, cli, cliInside, snapshot } from "./helpers/netns.ts";
 import { assertWhole, podTree } from "./helpers/host_tree.ts";
 
 const PORT = 7300;
@@ -114,9 +114,8 @@ Deno.test({
 
 Deno.test({
   ...withCriu,
-  name:
-    "real CRIU, iptables, NETLOCK_HOLD=1: after a final dump the lock drops (its holder gone), " +
-    "the restore keeps every connection",
+  name: "real CRIU, iptables, NETLOCK_HOLD=1: after a final dump of a tree in a pod's namespace " +
+    "the helper keeps holding until the restore lets it all through; every connection kept",
   async fn() {
     await using live = await podTree(PORT);
     const { pod, images, before, tree, peer } = live;
@@ -125,7 +124,45 @@ Deno.test({
     const dump = await criuDump({ pod }, tree, images, [], env);
     assert.equal(dump.code, 0, dump.errors);
     await tree.gone();
-    assert.ok(await helpersGone(), "the hook's helper ended");
+    // The pod's namespace outlives the tree (CRIU was told it is external):
+    // its lock stays, and what it stops is held for the restore.
+    assert.deepEqual(await kept(pod), ["netns NETLOCK"]);
+    const queues = await boundQueues(pod.pod);
+    assert.equal(queues.length, 1, "the helper still holds its queue");
+    assert.equal(await helpersGone(0), false, "the helper outlives CRIU");
+    const listed = await cliInside(pod.pod, ["list", "--json"]);
+    assert.equal(JSON.parse(listed.stdout.split("\n")[0]).queue, queues[0], listed.stdout);
+    const during = peer.progress();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(peer.progress(), during, "no echo while the tree is dumped (held, not reset)");
+    assert.equal(peer.broken(), 0);
+    const restore = await criuRestore({ pod }, images, env);
+    assert.equal(restore.code, 0, restore.errors);
+    tree.restored(restore.pid);
+    await peer.flowing();
+    assert.ok(await helpersGone(), "the helper ended once it let everything through");
+    assert.deepEqual(await boundQueues(pod.pod), [], "its queue went with it");
+    assert.equal(await snapshot(pod.pod), before, "the restore removed the lock");
+    assertWhole(await peer.stop());
+    const log = await Deno.readTextFile(`${images}/dump.log`);
+    const released = Number(log.match(/let through ([0-9]+) held packet\(s\) at the restore/)?.[1]);
+    assert.ok(released > 0, `what was held went through at the restore: ${released}`);
+  },
+});
+
+Deno.test({
+  ...withCriu,
+  name: "real CRIU, iptables, NETLOCK_HOLD=1: a pod's helper whose time for the restore is up " +
+    "drops what it held (the lock drops); a later restore keeps every connection",
+  async fn() {
+    await using live = await podTree(PORT);
+    const { pod, images, before, tree, peer } = live;
+    const env = { NETLOCK_BACKEND: "iptables", NETLOCK_HOLD: "1", NETLOCK_HOLD_KEEP_MS: "1000" };
+    tree.members();
+    const dump = await criuDump({ pod }, tree, images, [], env);
+    assert.equal(dump.code, 0, dump.errors);
+    await tree.gone();
+    assert.ok(await helpersGone(), "the helper ended when its time was up");
     assert.deepEqual(await boundQueues(pod.pod), [], "its queue went with it");
     assert.deepEqual(await kept(pod), ["netns NETLOCK"]);
     const during = peer.progress();

@@ -22,6 +22,9 @@ export interface DumpedSockets {
 const IMG_COMMON_MAGIC = 0x54564319;
 const FILES_MAGIC = 0x56303138;
 const PSTREE_MAGIC = 0x50273030;
+const NETNS_MAGIC = 0x55933752;
+/** The key of `netns_entry.ext_key` (a namespace CRIU was told is external). */
+const EXT_KEY = 8 * 8 + 2;
 /** The key of `pstree_entry.pid`. */
 const PID_KEY = 1 * 8 + 0;
 /** `fd_types.INETSK`; `file_entry.isk`; TCP; address families; TCP_LISTEN. */
@@ -224,6 +227,43 @@ export function parseDumpedRoot(image: Uint8Array): number {
     field = skip(image, after, end, key % 8);
   }
   throw new RangeError("pstree.img's first process has no PID");
+}
+
+/**
+ * Whether a `netns-ID.img` names a network namespace the dump did not take
+ * but was told is external (`--external net[INODE]:KEY`, a pod's): CRIU
+ * writes only its key (`netns_entry.ext_key`) and the restore joins the
+ * namespace that is still there, which thus outlives the dump.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isExternalNetns } from "./dumped_sockets.ts";
+ *
+ * // The two magics, then one entry of 5 bytes: ext_key "pod".
+ * const image = new Uint8Array([
+ *   0x19, 0x43, 0x56, 0x54, 0x52, 0x37, 0x93, 0x55,
+ *   5, 0, 0, 0, 0x42, 3, 0x70, 0x6f, 0x64,
+ * ]);
+ * assert.equal(isExternalNetns(image), true);
+ * // A namespace the dump took: its settings, no key.
+ * assert.equal(isExternalNetns(new Uint8Array([...image.subarray(0, 8), 2, 0, 0, 0, 0x08, 1])), false);
+ * ```
+ *
+ * @param image The bytes of a `netns-ID.img`.
+ * @returns `true` when its entry holds an external key.
+ */
+export function isExternalNetns(image: Uint8Array): boolean {
+  const view = imageView(image, NETNS_MAGIC, "netns image");
+  if (image.length < 12) return false;
+  const end = 12 + view.getUint32(8, true);
+  if (end > image.length) throw new RangeError("truncated entry");
+  for (let field = 12; field < end;) {
+    const key = varint(image, field, end);
+    if (key === EXT_KEY) return true;
+    field = skip(image, after, end, key % 8);
+  }
+  return false;
 }
 
 /** A view of an image whose magics are checked. */

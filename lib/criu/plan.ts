@@ -152,13 +152,22 @@ async function writePlan(images: string, script: string, plan: string): Promise<
   }
 }
 
-/** Writes the restore's unlock of the namespace lock `lock` into `images`. */
-export async function writeRestorePlan(images: string, lock: RestorePlanned): Promise<void> {
+/**
+ * Writes the restore's unlock of the namespace lock `lock` into `images`;
+ * with `hold`, the helper's directory, whose helper may keep holding what
+ * the lock stopped for the restore (a namespace that outlives the dump:
+ * lib/criu/helper/dump_session.ts).
+ */
+export async function writeRestorePlan(
+  images: string,
+  lock: RestorePlanned,
+  hold?: string,
+): Promise<void> {
   const { script, finish } = renderRestoreUnlock(lock);
   await writePlan(
     images,
     script,
-    renderPlanFile({ tree: "netns", backend: lock.backend, pid: lock.pid, finish }),
+    renderPlanFile({ tree: "netns", backend: lock.backend, pid: lock.pid, finish, hold }),
   );
 }
 

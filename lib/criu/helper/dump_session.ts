@@ -17,7 +17,7 @@
  */
 
 import { type ArmedLock, armNetworkLock } from "../armed.ts";
-import { type DumpedSockets, parseDumpedSockets } from "../dumped_sockets.ts";
+import { type DumpedSockets, isExternalNetns, parseDumpedSockets } from "../dumped_sockets.ts";
 import {
   removeRestorePlan,
   type RestorePlanned,
@@ -25,7 +25,8 @@ import {
   writeTreePlan,
 } from "../plan.ts";
 import type { UnlockSession } from "./unlock_session.ts";
-import { HostHold } from "./host_hold.ts";
+import { HostHold, keepForRestore, KEPT_HOLD_MS } from "./host_hold.ts";
+import type { Channel } from "./channel.ts";
 import {
   completeTreeLock,
   lockTreeBeforeFreeze,
@@ -54,6 +55,11 @@ export interface DumpSettings {
   note?: (line: string) => void;
   /** Hold what the lock stops until the tree can answer (`NETLOCK_HOLD=1`, iptables). */
   hold?: boolean;
+}
+
+/** A hold kept after a final dump: serves the restore's `release PID` until it comes or `keepMs` is up. */
+export interface Kept {
+  keep(channel: Channel, keepMs?: number): Promise<void>;
 }
 
 /** One dump: its armed lock, the dumped tree, and how far the dump went. */
@@ -193,10 +199,17 @@ export class DumpSession {
    * namespace of its own keeps the namespace locked. An armed lock never
    * fired is cancelled.
    *
+   * After a final dump of a held tree whose lock outlives it (a host
+   * tree's connection lock; the lock of a namespace that outlives the tree,
+   * a pod's, which CRIU was told is external), what is held stays held for
+   * the restore: the answer's `keep` serves the restore's `release PID`.
+   * A namespace the dump took dies with the tree: what it held is dropped
+   * (a socket holding its queue would keep it alive).
+   *
    * @param unlocked Whether CRIU's unlock came and succeeded.
-   * @returns After a final dump of a held host tree: its hold, still holding for the restore.
+   * @returns After a final dump of a held tree: the keeping, still holding for the restore.
    */
-  async end(unlocked: boolean): Promise<{ hold: HostHold; pid: number } | undefined> {
+  async end(unlocked: boolean): Promise<Kept | undefined> {
     await this.#narrowed;
     const held = this.#held;
     await held?.stopWatch();
@@ -212,7 +225,20 @@ export class DumpSession {
       await afterCriu(dumped, runs, this.#postDumped, this.#settings.options, this.#settings.log);
     }
     await (await this.#lock?.armed)?.cancel();
-    return kept && held && dumped ? { hold: held, pid: dumped.pid } : undefined;
+    if (kept && held && dumped) {
+      return { keep: (channel, keepMs) => held.keep(channel, dumped.pid, keepMs) };
+    }
+    // A namespace that outlives the tree keeps its whole lock (afterCriu):
+    // what its queue holds waits for the restore too.
+    const outlives = dumped?.place === "netns" && !unlocked && !runs && this.#postDumped &&
+      await namespaceOutlives(this.#settings.images, this.#settings.log);
+    const holder = outlives ? this.#unlocks.takeHolder() : undefined;
+    if (!holder || !dumped) return undefined;
+    const { note = this.#settings.log, log } = this.#settings;
+    return {
+      keep: (channel, keepMs = KEPT_HOLD_MS) =>
+        keepForRestore(holder, channel, dumped.pid, keepMs, note, log),
+    };
   }
 
   #arm(pid: number): { pid: number; armed: Promise<ArmedLock | undefined> } {
@@ -247,9 +273,11 @@ export class DumpSession {
 
   /** The restore's unlock of a namespace lock, next to the images; a failure only costs the restore its fast path (cli.ts finds the lock without it). */
   async #planRestore(lock: RestorePlanned): Promise<void> {
-    const { images, log } = this.#settings;
+    const { images, log, dir } = this.#settings;
     if (!images) return;
-    await writeRestorePlan(images, lock).catch((error) =>
+    // Holding: the helper may keep holding for the restore (end()).
+    const hold = this.#queue !== undefined ? dir : undefined;
+    await writeRestorePlan(images, lock, hold).catch((error) =>
       log(`restore plan not written: ${error.message}`)
     );
   }
@@ -283,6 +311,44 @@ async function afterCriu(
   }
   const kinds = runs || !postDumped ? ["connections", "cgroup"] as const : ["cgroup"] as const;
   await unlockKept(dumped.pid, options, [...kinds]).catch(failed);
+}
+
+/**
+ * Whether the dumped tree's network namespace outlives it: CRIU took no
+ * namespace, but was told of one as external (every `netns-ID.img` holds
+ * only its key: a pod's namespace, which the restore joins). `false` when
+ * the images cannot be read.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { namespaceOutlives } from "./dump_session.ts";
+ *
+ * // No image directory: nothing to tell it by.
+ * assert.equal(await namespaceOutlives(undefined, () => {}), false);
+ * ```
+ *
+ * @param images CRIU's image directory.
+ * @param log Where an image that cannot be read is told.
+ * @returns `true` when every network namespace image is an external one's.
+ */
+export async function namespaceOutlives(
+  images: string | undefined,
+  log: (line: string) => void,
+): Promise<boolean> {
+  if (!images) return false;
+  try {
+    let found = false;
+    for await (const entry of Deno.readDir(images)) {
+      if (!/^netns-[0-9]+\.img$/.test(entry.name)) continue;
+      if (!isExternalNetns(await Deno.readFile(`${images}/${entry.name}`))) return false;
+      found = true;
+    }
+    return found;
+  } catch (error) {
+    log(`whether the namespace outlives the dump was not read from CRIU's images: ${error}`);
+    return false;
+  }
 }
 
 /** The TCP connections and listeners a dump took, from its `files.img`; `undefined` when they cannot be read. */

@@ -142,34 +142,18 @@ export class HostHold {
   }
 
   /**
-   * After a final dump: serves `release PID` (the restore opened the lock:
-   * everything held goes on, the answer after the first round) until it
-   * comes or `keepMs` is up; then the queue closes (what is left dropped).
+   * After a final dump: holds for the restore ({@linkcode keepForRestore}).
    *
    * @param channel The helper's FIFOs, which the restore plan names.
    * @param pid The dumped root (a request for another PID is refused).
    * @param keepMs How long to wait for the restore.
    */
   async keep(channel: Channel, pid: number, keepMs = KEPT_HOLD_MS): Promise<void> {
-    const stop = new AbortController();
-    const timer = setTimeout(() => stop.abort(), keepMs);
+    const holder = this.#holder;
+    this.#holder = undefined;
     try {
-      for await (const line of channel.requests(stop.signal)) {
-        if (line === "exit") break;
-        if (line !== `release ${pid}`) {
-          await channel.answer(`error not the holder of that request: ${line}`);
-          continue;
-        }
-        const holder = this.#holder;
-        this.#holder = undefined;
-        await holder?.release({ afterFirst: () => channel.answer("ok") }).then(
-          (released) => this.#note(`let through ${released} held packet(s) at the restore`),
-          (error) => this.#log(`held packets dropped: ${error.message}`),
-        );
-        break;
-      }
+      if (holder) await keepForRestore(holder, channel, pid, keepMs, this.#note, this.#log);
     } finally {
-      clearTimeout(timer);
       await this.close();
     }
   }
@@ -220,6 +204,51 @@ export class HostHold {
       (released) => this.#note(`let through ${released} held packet(s)`),
       (error) => this.#log(`held packets dropped: ${error.message}`),
     );
+  }
+}
+
+/**
+ * After a final dump: serves `release PID` (the restore opened the lock:
+ * everything held goes on, the answer after the first round) until it
+ * comes or `keepMs` is up; then the queue closes (what is left dropped).
+ * The hold of a host tree's connection lock, and of a namespace that
+ * outlives the dump (a pod's).
+ *
+ * @param holder What the lock queues to.
+ * @param channel The helper's FIFOs, which the restore plan names.
+ * @param pid The dumped root (a request for another PID is refused).
+ * @param keepMs How long to wait for the restore.
+ * @param note Where the released count is told.
+ * @param log Where a failure is told.
+ */
+export async function keepForRestore(
+  holder: Holder,
+  channel: Channel,
+  pid: number,
+  keepMs: number,
+  note: (line: string) => void,
+  log: (line: string) => void,
+): Promise<void> {
+  const stop = new AbortController();
+  const timer = setTimeout(() => stop.abort(), keepMs);
+  let released = false;
+  try {
+    for await (const line of channel.requests(stop.signal)) {
+      if (line === "exit") break;
+      if (line !== `release ${pid}`) {
+        await channel.answer(`error not the holder of that request: ${line}`);
+        continue;
+      }
+      released = true;
+      await holder.release({ afterFirst: () => channel.answer("ok") }).then(
+        (count) => note(`let through ${count} held packet(s) at the restore`),
+        (error) => log(`held packets dropped: ${error.message}`),
+      );
+      break;
+    }
+  } finally {
+    clearTimeout(timer);
+    if (!released) await holder.close();
   }
 }
 

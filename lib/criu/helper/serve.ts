@@ -140,8 +140,8 @@ export async function serveCriuHook(settings: HelperSettings): Promise<void> {
     stop.abort();
     const kept = await dump.end(unlocked);
     await unlocks.cancel();
-    // A final dump of a held host tree: held for its restore, a while.
-    if (kept) await kept.hold.keep(channel, kept.pid, settings.keptHoldMs);
+    // A final dump of a held tree whose lock outlives it: held for its restore, a while.
+    if (kept) await kept.keep(channel, settings.keptHoldMs);
     // New hooks must not find a helper that no longer answers.
     await channel.close();
   }

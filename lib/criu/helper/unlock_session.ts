@@ -67,6 +67,13 @@ export class UnlockSession {
     this.#holder = holder;
   }
 
+  /** The holder of the dump's lock, taken away (no unlock or cancel lets it through or closes it then). */
+  takeHolder(): Holder | undefined {
+    const holder = this.#holder;
+    this.#holder = undefined;
+    return holder;
+  }
+
   /** Whether the unlock armed for `pid` is that of a lock like `lock` (same backend and families). */
   armedFor(pid: number, lock: KnownLock): boolean {
     const armed = this.#armed;

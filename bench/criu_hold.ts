@@ -21,9 +21,10 @@
  *   (retried while its PIDs are taken): the time from the freeze to the
  *   end of the restore beside the peer's waits.
  * - `pods`: as `host`, but the tree in a pod's namespace (CRIU in another,
- *   the pod's namespace external to the dump and outliving it).
+ *   the pod's namespace external to the dump and outliving it);
+ *   `pods-restore`: as `restore`, in the pod's namespace.
  *
- *   CRIU_BIN=... deno run -A bench/criu_hold.ts [ROUNDS] [pod|host|restore|pods] [PAUSES_MS|CONNECTIONS,...] [WORD,...]
+ *   CRIU_BIN=... deno run -A bench/criu_hold.ts [ROUNDS] [pod|host|restore|pods|pods-restore] [PAUSES_MS|CONNECTIONS,...] [WORD,...]
  *   (default 5 rounds, every setting: pod at 20,100 ms, the others at 200,1000 connections;
  *   WORDs: only the locks whose name has one, e.g. `drops,holds`)
  *
@@ -205,8 +206,9 @@ if (import.meta.main) {
     }
     console.log(`(${rounds} rounds, interleaved, medians)\n`);
   }
-  for (const [restore, where] of [[false, "host"], [true, "host"], [false, "pod"]] as const) {
-    const setting = restore ? "restore" : where === "pod" ? "pods" : "host";
+  const settings = [[false, "host"], [true, "host"], [false, "pod"], [true, "pod"]] as const;
+  for (const [restore, where] of settings) {
+    const setting = (where === "pod" ? ["pods", "pods-restore"] : ["host", "restore"])[+restore];
     if (only !== undefined && only !== setting) continue;
     const counts = (Deno.args[2] ?? "200,1000").split(",").map(Number);
     await using tmpfs = await imagesTmpfs();
@@ -238,7 +240,8 @@ if (import.meta.main) {
     }
     console.log(
       restore
-        ? "| a tree on the host, connections | dump, then restore | frozen | restore | " +
+        ? `| a tree ${where === "pod" ? "in a pod's namespace" : "on the host"}, connections ` +
+          "| dump, then restore | frozen | restore | " +
           "from the freeze to the end of the restore " + HEADER.slice(HEADER.indexOf("| peer")) +
           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         : `| a tree ${where === "pod" ? "in a pod's namespace" : "on the host"}, connections ` +

@@ -7,8 +7,8 @@
  * rounds inside their tests; then ROUNDS whole runs of each suite that
  * drives real processes from the outside and reads them: the process-lock
  * suite, the real-CRIU fault tests (the CRIU hook's faults), the
- * holder's (timed against the kernel) and the CRIU hook's holding (timed
- * against a real CRIU).
+ * holder's (timed against the kernel), the CRIU hook's holding (timed
+ * against a real CRIU) and a pod's tree under a real CRIU.
  * Stops at the first failure and shows its output; prints one
  * `N passed, M failed` line per run and a total at the end.
  */
@@ -27,6 +27,9 @@ const REPEATED = [
   "tests/integration_hold_test.ts",
   // Timed too, with a real CRIU: a held SYN connects once the tree runs.
   "tests/integration_criu_hold_test.ts",
+  // Real CRIU, a tree in a pod's namespace: held through network-unlock and
+  // across a final dump until the restore.
+  "tests/integration_criu_real_test.ts",
   // Real CRIU between two hosts: the peers' silence, the control's resets.
   "tests/integration_criu_migration_test.ts",
 ];

@@ -5,8 +5,8 @@
  * network action for such a tree, so criu-hook.sh locks it itself.
  */
 import assert from "node:assert/strict";
-import { createPod, criuDump, criuRestore, type Pod } from "./criu.ts";
-import { cliInside, createNetns, snapshot, type TestNetns } from "./netns.ts";
+import { createPod, criuDump, criuRestore, helpersGone, type Pod } from "./criu.ts";
+import { boundQueues, cliInside, createNetns, snapshot, type TestNetns } from "./netns.ts";
 import { type Cgroup, type Peer, startPeer, startTree, type Tree } from "./tree.ts";
 
 /** Where the tree listens. */
@@ -158,11 +158,35 @@ export function assertWhole(verdict: { ok: boolean; resets: number; errors: stri
  * checks the outcome: the peer's echoes flow again, nothing of the lock is
  * left, every byte came back in order and no connection was reset.
  */
-export async function restoresWhole(live: HostTree, env: Record<string, string>): Promise<void> {
-  const restore = await criuRestore({ host: live.host }, live.images, env);
+export async function restoresWhole(
+  live: HostTree | PodTree,
+  env: Record<string, string>,
+): Promise<void> {
+  const [setting, netns] = "pod" in live
+    ? [{ pod: live.pod }, live.pod.pod]
+    : [{ host: live.host }, live.host];
+  const restore = await criuRestore(setting, live.images, env);
   assert.equal(restore.code, 0, restore.errors);
   live.tree.restored(restore.pid);
   await live.peer.flowing();
-  assert.ok(await clean(live.host, live.before), "the restore removed the lock");
+  assert.ok(await clean(netns, live.before), "the restore removed the lock");
   assertWhole(await live.peer.stop());
+}
+
+/**
+ * The restore of a tree whose dump's helper held for it: every connection
+ * kept, the helper gone once it let what it held through (CRIU's dump log
+ * says how many), its queue gone.
+ */
+export async function restoresHeldWhole(
+  live: HostTree | PodTree,
+  env: Record<string, string>,
+): Promise<void> {
+  await restoresWhole(live, env);
+  assert.ok(await helpersGone(), "the helper ended once it let everything through");
+  const netns = "pod" in live ? live.pod.pod : live.host;
+  assert.deepEqual(await boundQueues(netns), [], "its queue went with it");
+  const log = await Deno.readTextFile(`${live.images}/dump.log`);
+  const released = Number(log.match(/let through ([0-9]+) held packet\(s\) at the restore/)?.[1]);
+  assert.ok(released > 0, `what was held went through at the restore: ${released}`);
 }

@@ -11,8 +11,9 @@
  */
 import assert from "node:assert/strict";
 import { criuDump, helpersGone, queuedAfter, withCriu, wrappedHook } from "./helpers/criu.ts";
-import { boundQueues, cliInside, timedConnect } from "./helpers/netns.ts";
+import { boundQueues, timedConnect } from "./helpers/netns.ts";
 import {
+  assertHeldForRestore,
   assertWhole,
   clean,
   CONNECTIONS,
@@ -110,14 +111,7 @@ Deno.test({
     // The lock stays, and the helper holds what it stops: no echo, no reset.
     assert.ok((await locks(host)).includes(`connections NETLOCK-c${tree.pid}`));
     assert.ok(await stalled(peer, 500), "no echo (and no reset) while the tree is dumped");
-    const queues = await boundQueues(host);
-    assert.equal(queues.length, 1, "the helper still holds its queue");
-    // `list` says so: the connection lock's drops queue to the helper's queue.
-    const listed = await cliInside(host, ["list", "--json"]);
-    const lock = listed.stdout.split("\n").filter(Boolean).map((line) => JSON.parse(line))
-      .find((found) => found.name === `NETLOCK-c${tree.pid}`);
-    assert.equal(lock?.queue, queues[0], listed.stdout);
-    assert.equal(await helpersGone(0), false, "the helper outlives CRIU");
+    await assertHeldForRestore(host, `NETLOCK-c${tree.pid}`);
     await restoresHeldWhole(live, HOLD);
   },
 });

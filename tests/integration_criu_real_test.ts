@@ -17,8 +17,9 @@ import {
   withCriu,
   wrappedHook,
 } from "./helpers/criu.ts";
-import { boundQueues, cli, cliInside, snapshot } from "./helpers/netns.ts";
+import { boundQueues, cli, snapshot } from "./helpers/netns.ts";
 import {
+  assertHeldForRestore,
   assertWhole,
   podTree,
   restoresHeldWhole,
@@ -133,11 +134,7 @@ Deno.test({
     // The pod's namespace outlives the tree (CRIU was told it is external):
     // its lock stays, and what it stops is held for the restore.
     assert.deepEqual(await kept(pod), ["netns NETLOCK"]);
-    const queues = await boundQueues(pod.pod);
-    assert.equal(queues.length, 1, "the helper still holds its queue");
-    assert.equal(await helpersGone(0), false, "the helper outlives CRIU");
-    const listed = await cliInside(pod.pod, ["list", "--json"]);
-    assert.equal(JSON.parse(listed.stdout.split("\n")[0]).queue, queues[0], listed.stdout);
+    await assertHeldForRestore(pod.pod, "NETLOCK");
     assert.ok(await stalled(peer, 500), "no echo (and no reset) while the tree is dumped");
     await restoresHeldWhole(live, env);
   },

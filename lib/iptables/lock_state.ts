@@ -230,15 +230,14 @@ function queueOf(spec: string | undefined): number | undefined {
   return match ? Number(match[1]) : undefined;
 }
 
-/** A drop that queues, at the end of a connection lock's rule. */
-const QUEUED = / -j NFQUEUE --queue-num ([0-9]+)$/;
-
 /** The queue of the first of a connection lock's drops (of a connection or a listener's SYNs) that queues. */
 function queueOfDrops(chains: string[][]): number | undefined {
   for (const specs of chains) {
     for (const spec of specs) {
-      const match = spec.match(QUEUED);
-      if (match && (isConnectionLockRule(spec) || isListenerDrop(spec))) return Number(match[1]);
+      if (!isConnectionLockRule(spec) && !isListenerDrop(spec)) continue;
+      // The drop's verdict is its rule's end: `-j DROP` or a queue.
+      const queue = queueOf(spec.slice(spec.lastIndexOf("-j ")));
+      if (queue !== undefined) return queue;
     }
   }
   return undefined;

@@ -174,6 +174,21 @@ export async function restoresWhole(
 }
 
 /**
+ * After a final dump of a held tree: its helper outlives CRIU and holds
+ * one queue in `netns`, which `list` shows for the lock `name`.
+ */
+export async function assertHeldForRestore(netns: TestNetns, name: string): Promise<void> {
+  const queues = await boundQueues(netns);
+  assert.equal(queues.length, 1, "the helper still holds its queue");
+  // `list` says so: the lock's drops queue to the helper's queue.
+  const listed = await cliInside(netns, ["list", "--json"]);
+  const lock = listed.stdout.split("\n").filter(Boolean).map((line) => JSON.parse(line))
+    .find((found) => found.name === name);
+  assert.equal(lock?.queue, queues[0], listed.stdout);
+  assert.equal(await helpersGone(0), false, "the helper outlives CRIU");
+}
+
+/**
  * The restore of a tree whose dump's helper held for it: every connection
  * kept, the helper gone once it let what it held through (CRIU's dump log
  * says how many), its queue gone.

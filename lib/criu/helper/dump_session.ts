@@ -25,7 +25,7 @@ import {
   writeTreePlan,
 } from "../plan.ts";
 import type { UnlockSession } from "./unlock_session.ts";
-import { HostHold, keepForRestore, KEPT_HOLD_MS } from "./host_hold.ts";
+import { HostHold, keepForRestore } from "./host_hold.ts";
 import type { Channel } from "./channel.ts";
 import {
   completeTreeLock,
@@ -236,8 +236,7 @@ export class DumpSession {
     if (!holder || !dumped) return undefined;
     const { note = this.#settings.log, log } = this.#settings;
     return {
-      keep: (channel, keepMs = KEPT_HOLD_MS) =>
-        keepForRestore(holder, channel, dumped.pid, keepMs, note, log),
+      keep: (channel, keepMs) => keepForRestore(holder, channel, dumped.pid, keepMs, note, log),
     };
   }
 

@@ -148,7 +148,7 @@ export class HostHold {
    * @param pid The dumped root (a request for another PID is refused).
    * @param keepMs How long to wait for the restore.
    */
-  async keep(channel: Channel, pid: number, keepMs = KEPT_HOLD_MS): Promise<void> {
+  async keep(channel: Channel, pid: number, keepMs?: number): Promise<void> {
     const holder = this.#holder;
     this.#holder = undefined;
     try {
@@ -217,7 +217,7 @@ export class HostHold {
  * @param holder What the lock queues to.
  * @param channel The helper's FIFOs, which the restore plan names.
  * @param pid The dumped root (a request for another PID is refused).
- * @param keepMs How long to wait for the restore.
+ * @param keepMs How long to wait for the restore (default `KEPT_HOLD_MS`).
  * @param note Where the released count is told.
  * @param log Where a failure is told.
  */
@@ -225,12 +225,12 @@ export async function keepForRestore(
   holder: Holder,
   channel: Channel,
   pid: number,
-  keepMs: number,
+  keepMs: number | undefined,
   note: (line: string) => void,
   log: (line: string) => void,
 ): Promise<void> {
   const stop = new AbortController();
-  const timer = setTimeout(() => stop.abort(), keepMs);
+  const timer = setTimeout(() => stop.abort(), keepMs ?? KEPT_HOLD_MS);
   let released = false;
   try {
     for await (const line of channel.requests(stop.signal)) {

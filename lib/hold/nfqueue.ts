@@ -101,7 +101,8 @@ export function encodeUnbind(queue: number, seq: number): Uint8Array {
 
 /**
  * A batch verdict: every packet of queue `queue` with an id up to `id`
- * accepted at once. Acknowledged.
+ * accepted at once. Acknowledged, unless `ack` is false (the kernel then
+ * answers an error only).
  *
  * @example
  * ```ts
@@ -117,14 +118,20 @@ export function encodeUnbind(queue: number, seq: number): Uint8Array {
  * @param queue The queue number.
  * @param id The highest packet id accepted.
  * @param seq The request's sequence number.
+ * @param ack Whether the kernel acknowledges it.
  * @returns The netlink message.
  */
-export function encodeAcceptUpTo(queue: number, id: number, seq: number): Uint8Array {
+export function encodeAcceptUpTo(
+  queue: number,
+  id: number,
+  seq: number,
+  ack = true,
+): Uint8Array {
   const verdict = new Uint8Array(8);
   const view = new DataView(verdict.buffer);
   view.setUint32(0, NF_ACCEPT, false);
   view.setUint32(4, id >>> 0, false);
-  return message(MSG_VERDICT_BATCH, queue, seq, [[ATTR_VERDICT_HDR, verdict]]);
+  return message(MSG_VERDICT_BATCH, queue, seq, [[ATTR_VERDICT_HDR, verdict]], ack);
 }
 
 /** What the kernel tells of one queue in `/proc/net/netfilter/nfnetlink_queue`. */
@@ -133,6 +140,8 @@ export interface QueueStats {
   held: number;
   /** The id it gave the last packet it queued (ids count up from 1 on the binding). */
   lastId: number;
+  /** How many packets given an id it dropped because its holder's socket was full. */
+  userDropped: number;
 }
 
 /**
@@ -148,7 +157,7 @@ export interface QueueStats {
  * import { parseQueueStats } from "./nfqueue.ts";
  *
  * const text = "49428  18485  2644 1     0     0     0     2644  1\n";
- * assert.deepEqual(parseQueueStats(text, 49428), { held: 2644, lastId: 2644 });
+ * assert.deepEqual(parseQueueStats(text, 49428), { held: 2644, lastId: 2644, userDropped: 0 });
  * assert.equal(parseQueueStats(text, 7), undefined);
  * ```
  *
@@ -160,7 +169,9 @@ export function parseQueueStats(text: string, queue: number): QueueStats | undef
   for (const line of text.split("\n")) {
     const fields = line.trim().split(/\s+/);
     if (fields.length < 8 || !fields.every((field) => /^[0-9]+$/.test(field))) continue;
-    if (Number(fields[0]) === queue) return { held: Number(fields[2]), lastId: Number(fields[7]) };
+    if (Number(fields[0]) === queue) {
+      return { held: Number(fields[2]), lastId: Number(fields[7]), userDropped: Number(fields[6]) };
+    }
   }
   return undefined;
 }
@@ -222,19 +233,20 @@ function packetId(view: DataView, from: number, to: number): number | undefined 
   return undefined;
 }
 
-/** One nfnetlink message of the queue subsystem, with attributes, asking for an acknowledgement. */
+/** One nfnetlink message of the queue subsystem, with attributes, asking for an acknowledgement (or not). */
 function message(
   msg: number,
   queue: number,
   seq: number,
   attributes: [number, Uint8Array][],
+  ack = true,
 ): Uint8Array {
   const size = 20 + attributes.reduce((sum, [, data]) => sum + align(4 + data.length), 0);
   const bytes = new Uint8Array(size);
   const view = new DataView(bytes.buffer);
   view.setUint32(0, size, true);
   view.setUint16(4, (SUBSYS_QUEUE << 8) | msg, true);
-  view.setUint16(6, NLM_F_REQUEST | NLM_F_ACK, true);
+  view.setUint16(6, ack ? NLM_F_REQUEST | NLM_F_ACK : NLM_F_REQUEST, true);
   view.setUint32(8, seq, true);
   // nfgenmsg: family AF_UNSPEC, version 0, the queue number (big-endian).
   view.setUint16(18, queue, false);

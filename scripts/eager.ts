@@ -118,7 +118,10 @@ export function eagerFunctions(source: string): string {
     const prev = before(i);
     if (prev?.text === "=>") return true;
     if (prev?.text !== ")") return false;
-    const head = before(open.get(i - 1)!);
+    const paren = open.get(i - 1)!;
+    const head = before(paren);
+    // `for await (...) {`: a loop's block too.
+    if (head?.text === "await" && before(paren - 1)?.text === "for") return false;
     return !(head?.kind === "name" && STATEMENT_HEADS.has(head.text));
   };
   const isSwitchBody = (i: number): boolean =>

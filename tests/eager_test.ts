@@ -32,8 +32,10 @@ Deno.test("eager: a declaration in a block is a let of that block; in a body, a 
   const eager = await sameBehaviour(
     "const result=[];{result.push(f());function f(){return 2}}" +
       "function g(e){return e();function e(){return 3}}result.push(g(()=>0));" +
-      "if(result.length){result.push(h());function h(){return 4}}export{result};",
+      "if(result.length){result.push(h());function h(){return 4}}" +
+      "for await(const x of [5]){result.push(k(x));function k(y){return y}}export{result};",
   );
+  assert.match(eager, /for await\(const x of \[5\]\)\{let k=/);
   assert.match(eager, /\{let f=\(function f\(\)\{return 2\}\);result\.push\(f\(\)\);\}/);
   assert.match(eager, /function g\(e\)\{var e=\(function e\(\)\{return 3\}\);return e\(\);\}/);
 });

@@ -113,19 +113,22 @@ export function eagerFunctions(source: string): string {
   /** The significant token before `i`, if any. */
   const before = (i: number): Token | undefined => tokens[i - 1];
 
+  /** The `(...)` a `{` at `i` follows: the token before its `(`, and the one before that. */
+  const parenHead = (i: number): [Token | undefined, Token | undefined] => {
+    if (before(i)?.text !== ")") return [undefined, undefined];
+    const paren = open.get(i - 1)!;
+    return [before(paren), before(paren - 1)];
+  };
   /** Whether the `{` at `i` opens a function's body (not a block). */
   const isBody = (i: number): boolean => {
-    const prev = before(i);
-    if (prev?.text === "=>") return true;
-    if (prev?.text !== ")") return false;
-    const paren = open.get(i - 1)!;
-    const head = before(paren);
+    if (before(i)?.text === "=>") return true;
+    if (before(i)?.text !== ")") return false;
+    const [head, earlier] = parenHead(i);
     // `for await (...) {`: a loop's block too.
-    if (head?.text === "await" && before(paren - 1)?.text === "for") return false;
+    if (head?.text === "await" && earlier?.text === "for") return false;
     return !(head?.kind === "name" && STATEMENT_HEADS.has(head.text));
   };
-  const isSwitchBody = (i: number): boolean =>
-    before(i)?.text === ")" && before(open.get(i - 1)!)?.text === "switch";
+  const isSwitchBody = (i: number): boolean => parenHead(i)[0]?.text === "switch";
 
   interface Frame {
     /** "scope": a `{...}` or the file; "fn": a function being rewritten. */
@@ -206,7 +209,7 @@ export function eagerFunctions(source: string): string {
   }
   top().out.push(source.slice(at));
   if (frames.length !== 1) throw new Error("eager: unbalanced brackets at the end of the bundle");
-  // The file's own declarations go after its leading comments and imports.
+  // The file's own declarations go after its leading comments.
   const text = file.out.join("");
   const head = text.match(/^(?:\s*(?:\/\/[^\n]*\n|\/\*[\s\S]*?\*\/))*\s*/)![0];
   const eager = head + file.hoisted.join("") + text.slice(head.length);
@@ -214,12 +217,11 @@ export function eagerFunctions(source: string): string {
   const again = tokenize(eager);
   matchBrackets(again);
   const functions = (list: Token[]) =>
-    list.filter((t, k) => t.text === "function" && list[k - 1]?.text !== ".");
+    list.flatMap((t, k) => t.text === "function" && list[k - 1]?.text !== "." ? [k] : []);
   const after = functions(again);
-  if (
-    after.length !== functions(tokens).length ||
-    after.some((t) => !/\((?:async\s+)?$/.test(eager.slice(0, t.start)))
-  ) {
+  const opened = (k: number) =>
+    again[k - 1]?.text === "(" || (again[k - 1]?.text === "async" && again[k - 2]?.text === "(");
+  if (after.length !== functions(tokens).length || !after.every(opened)) {
     throw new Error("eager: the rewritten bundle does not scan as expected");
   }
   return eager;

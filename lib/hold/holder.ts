@@ -178,29 +178,19 @@ class QueueState {
   }
 
   /** Sends a request and waits for its answer (the errno; -1: none came). */
-  async request(encode: (seq: number) => Uint8Array): Promise<number> {
-    return (await this.requestAll([encode]))[0];
-  }
-
-  /**
-   * Sends requests at once (each from a thread of its own) and waits for
-   * their answers (the errnos, in order; -1: none came).
-   */
-  requestAll(encodes: ((seq: number) => Uint8Array)[]): Promise<number[]> {
+  request(encode: (seq: number) => Uint8Array): Promise<number> {
     return this.#exclusive(async () => {
-      const seqs = encodes.map(() => ++this.#seq);
-      await this.#socket.sendAll(encodes.map((encode, i) => encode(seqs[i])));
+      const seq = ++this.#seq;
+      this.#socket.send(encode(seq));
       const deadline = performance.now() + ANSWER_MS;
-      while (!seqs.every((seq) => this.#answers.has(seq)) && !this.#stopped) {
+      while (!this.#answers.has(seq) && !this.#stopped) {
         const left = deadline - performance.now();
         if (left <= 0) break;
         await this.#readOnce(Math.ceil(Math.min(20, left)));
       }
-      return seqs.map((seq) => {
-        const errno = this.#answers.get(seq) ?? -1;
-        this.#answers.delete(seq);
-        return errno;
-      });
+      const errno = this.#answers.get(seq) ?? -1;
+      this.#answers.delete(seq);
+      return errno;
     });
   }
 
@@ -266,24 +256,21 @@ class QueueState {
    */
   async #acceptAll(queue: number): Promise<void> {
     const stats = parseQueueStats(this.#socket.queueStats(), queue);
-    const upTo = stats && stats.held >= SPLIT_FROM
-      ? [stats.lastId - Math.floor(stats.held / 2), ACCEPT_ALL]
-      : [ACCEPT_ALL];
-    if (stats) {
-      await this.#exclusive(() =>
-        this.#socket.sendAll(upTo.map((id) => encodeAcceptUpTo(queue, id, ++this.#seq, false)))
-      );
+    if (stats === undefined) {
+      const errno = await this.request((seq) => encodeAcceptUpTo(queue, ACCEPT_ALL, seq));
+      // ENOENT: nothing held (none came, or the kernel dropped it: a hook of
+      // the lock's rules was unregistered before the release).
+      if (errno !== 0 && errno !== 2) {
+        throw new Error(`cannot accept what queue ${queue} holds: errno ${errno}`);
+      }
       return;
     }
-    const errnos = await this.requestAll(
-      upTo.map((id) => (seq: number) => encodeAcceptUpTo(queue, id, seq)),
+    const upTo = stats.held >= SPLIT_FROM
+      ? [stats.lastId - Math.floor(stats.held / 2), ACCEPT_ALL]
+      : [ACCEPT_ALL];
+    await this.#exclusive(() =>
+      this.#socket.sendAll(upTo.map((id) => encodeAcceptUpTo(queue, id, ++this.#seq, false)))
     );
-    // ENOENT: nothing held (none came, or the kernel dropped it: a hook of
-    // the lock's rules was unregistered before the release).
-    const failed = errnos.find((errno) => errno !== 0 && errno !== 2);
-    if (failed !== undefined) {
-      throw new Error(`cannot accept what queue ${queue} holds: errno ${failed}`);
-    }
   }
 
   async stop(): Promise<void> {

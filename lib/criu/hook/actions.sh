@@ -159,8 +159,9 @@ unlock_from_plan() {
 # The lock is open and the tree runs: what the dump's helper ($1) still
 # holds for this restore of PID $2 (NETLOCK_HOLD=1: a tree in CRIU's
 # namespace, or in a namespace that outlived it) goes on now, at once; the
-# answer comes after its first batch. Nothing to do without such a helper (none held, or its time ran
-# out: the lock dropped), nor for a directory not of this host's state.
+# answer comes after its first batch. Nothing to do without such a helper
+# (none held, or its time ran out: the lock dropped), nor for a directory
+# not of this host's state.
 release_held() {
   case $1 in "$base"/criu-[0-9]*.*) ;; *) return 0 ;; esac
   dir=$1

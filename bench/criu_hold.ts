@@ -217,7 +217,8 @@ if (import.meta.main) {
     for (const count of counts) {
       for (let i = 0; i < rounds; i++) {
         console.error(`  ${setting} ${count} connections: round ${i + 1}`);
-        for (const method of methods) {
+        // Every other round in reverse: no lock always follows the same one.
+        for (const method of (i % 2 ? [...methods].reverse() : methods)) {
           const key = `${count}|${method.name}`;
           if (failures.has(key)) continue;
           await treeRound(method, count, tmpfs.path, where, restore).then(

@@ -6,7 +6,7 @@
  * CRIU keeps a tree in tracing stop (`t`) until it lets it go: detached to
  * run on (`--leave-running`, a failed dump), after it took its sockets out
  * of repair mode; or, after a final dump, killed (SIGKILL while still
- * stopped).
+ * stopped, and still traced: CRIU does not detach what it kills).
  *
  * @module
  */
@@ -21,9 +21,12 @@ const PF_EXITING = 0x4;
 
 /**
  * Reads a process's state from its `stat` and `status` texts: `frozen` in
- * tracing stop; `runs` out of it, alive, not exiting and with no SIGKILL
- * pending; `gone` otherwise, or when its start time (field 22) is not
- * `start` (the PID is another process's).
+ * tracing stop, or still traced (a tracer it can see: CRIU running its
+ * parasite, or a process CRIU killed on its way out, which may look running
+ * for a moment once it took its SIGKILL); `runs` out of it, no longer
+ * traced, alive, not exiting and with no SIGKILL pending; `gone` otherwise,
+ * or when its start time (field 22) is not `start` (the PID is another
+ * process's).
  *
  * @example
  * ```ts
@@ -37,6 +40,7 @@ const PF_EXITING = 0x4;
  * assert.equal(parseProcessState(stat("S"), status, "777"), "runs");
  * assert.equal(parseProcessState(stat("S"), status, "778"), "gone");
  * assert.equal(parseProcessState(stat("S"), status.replace("ShdPnd:\t0000000000000000", "ShdPnd:\t0000000000000100"), "777"), "gone");
+ * assert.equal(parseProcessState(stat("R"), `${status}TracerPid:\t31\n`, "777"), "frozen");
  * ```
  *
  * @param stat `/proc/PID/stat` (empty: no such process).
@@ -53,13 +57,16 @@ export function parseProcessState(stat: string, status: string, start: string): 
   if (state === "t") return "frozen";
   if (state === "Z" || state === "X" || state === "x") return "gone";
   if ((Number(fields[6]) & PF_EXITING) !== 0) return "gone";
+  let traced = false;
   for (const line of status.split("\n")) {
     const [key, value] = line.split(":\t");
     if ((key === "SigPnd" || key === "ShdPnd") && /^[0-9a-f]+$/.test(value ?? "")) {
       if ((BigInt(`0x${value}`) & SIGKILL_BIT) !== 0n) return "gone";
     }
+    if (key === "TracerPid" && value !== undefined && value.trim() !== "0") traced = true;
   }
-  return status ? "runs" : "gone";
+  if (!status) return "gone";
+  return traced ? "frozen" : "runs";
 }
 
 const SYMBOLS = {

@@ -3,7 +3,7 @@
  * connection lock queues what it stops to a holder in the helper, in
  * netlock's own namespace, from pre-dump on. CRIU sends no action when it
  * lets such a tree run again, so from post-dump on the helper watches the
- * tree's root (its state every 2 ms, through libc: lib/hold/process_state.ts,
+ * tree's root (its state every 1 ms, through libc: lib/hold/process_state.ts,
  * no process started inside CRIU's window): once it runs (`--leave-running`, a failed dump; its
  * sockets are out of repair mode by then) the lock is opened, everything
  * held let through at once, and the lock removed, without waiting for
@@ -26,8 +26,11 @@ import { ownExec } from "../tree_probe.ts";
 import type { Channel } from "./channel.ts";
 import { openProcessStateReader, type ProcessState } from "../../hold/process_state.ts";
 
-/** How often the watch reads the frozen root's state (ms). */
-const WATCH_MS = 2;
+/**
+ * How often the watch reads the frozen root's state (ms): a later read is
+ * a longer wait for every held peer (1 ms rather than 2: docs/criu.md).
+ */
+const WATCH_MS = 1;
 
 /**
  * How long a helper keeps holding after a final dump, waiting for the
@@ -253,10 +256,11 @@ export async function keepForRestore(
 }
 
 /**
- * Waits until the frozen root runs again (out of tracing stop, alive, not
- * exiting, no SIGKILL pending, and still so one read later: a killed
- * process may show none of it for a moment) or is gone; `frozen` when
- * `stop` ends the wait first, or when libc cannot be opened.
+ * Waits until the frozen root runs again (out of tracing stop, no longer
+ * traced, alive, not exiting, no SIGKILL pending, and still so one read
+ * later: a process killed once CRIU let it go may show none of it for a
+ * moment) or is gone; `frozen` when `stop` ends the wait first, or when
+ * libc cannot be opened.
  */
 async function waitResumed(tree: HeldTree, stop: AbortSignal): Promise<ProcessState> {
   let reader;

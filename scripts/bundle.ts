@@ -2,9 +2,10 @@
  * Writes `lib/exec/shell_programs.ts` (scripts/embed_shell.ts), then
  * `dist/cli.js`, the CLI (`lib/cli/main.ts` and all it imports) as
  * one file, which `cli.ts` runs: a Deno process starts a third faster from
- * one module than from eighty. Its functions are rewritten to compile as the
- * file loads (scripts/eager.ts), which Deno's code cache then keeps. With `--check`, writes nothing and fails
- * (exit 1) when `dist/cli.js` is not exactly what the source bundles to.
+ * one module than from eighty. Its functions are rewritten to compile as
+ * the file loads (scripts/eager.ts), which Deno's code cache then keeps.
+ * With `--check`, writes nothing and fails (exit 1) when `dist/cli.js` is
+ * not exactly what the source bundles to.
  *
  *     deno task bundle            # regenerate
  *     deno task bundle --check    # CI and `deno task check`
@@ -34,7 +35,7 @@ async function bundle(): Promise<string> {
     }).output();
     if (!result.success) throw new Error(`deno bundle exited with code ${result.code}`);
     // Its functions compiled as it loads, so Deno's code cache keeps them
-    // (scripts/eager.ts): about 5 ms of a cold `lock PID`.
+    // (scripts/eager.ts): 2-3 ms of a cold `lock PID` (docs/benchmarks.md).
     return HEADER + eagerFunctions(await Deno.readTextFile(out));
   } finally {
     await Deno.remove(out);

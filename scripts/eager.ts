@@ -153,7 +153,7 @@ export function eagerFunctions(source: string): string {
     const token = tokens[i];
     top().out.push(source.slice(at, token.start));
     at = token.start;
-    const fn = functionAt(tokens, i);
+    const fn = functionAt(tokens, close, i);
     if (fn !== undefined) {
       const body = fn.body;
       const last = close.get(body);
@@ -227,9 +227,10 @@ export function eagerFunctions(source: string): string {
   return eager;
 }
 
-/** A function that starts at token `i` (`function` or `async function`). */
+/** A function that starts at token `i` (`function` or `async function`); `close`: the brackets' pairs. */
 function functionAt(
   tokens: Token[],
+  close: Map<number, number>,
   i: number,
 ): { name?: string; body: number } | undefined {
   let j = i;
@@ -245,14 +246,9 @@ function functionAt(
   let name: string | undefined;
   if (tokens[j]?.kind === "name") name = tokens[j++].text;
   if (tokens[j]?.text !== "(") return undefined;
-  let depth = 0;
-  for (; j < tokens.length; j++) {
-    if (tokens[j].kind !== "punct") continue;
-    if (tokens[j].text === "(") depth++;
-    if (tokens[j].text === ")" && --depth === 0) break;
-  }
-  if (tokens[j + 1]?.text !== "{") return undefined;
-  return { name, body: j + 1 };
+  const parameters = close.get(j);
+  if (parameters === undefined || tokens[parameters + 1]?.text !== "{") return undefined;
+  return { name, body: parameters + 1 };
 }
 
 /** Each opening bracket's token index to its closing one's. */

@@ -16,7 +16,7 @@ const FLOORS: string[][] = [
   ["lock"],
   ["operations.ts"],
   ["criu"],
-  // The CLI routes to the CRIU hook's entry points (dynamic imports).
+  // The CLI routes to the CRIU hook's entry points.
   ["cli"],
 ];
 const LIB = new URL("../lib/", import.meta.url);
@@ -52,7 +52,6 @@ export function relativeImports(text: string): { specifier: string; dynamic: boo
 Deno.test("lib/: every import, dynamic ones included, stays in its folder or goes down a floor", async () => {
   const upward: string[] = [];
   let imports = 0;
-  let dynamic = 0;
   for await (const path of sources(LIB)) {
     const text = await Deno.readTextFile(new URL(path, LIB));
     for (const found of relativeImports(text)) {
@@ -60,13 +59,25 @@ Deno.test("lib/: every import, dynamic ones included, stays in its folder or goe
         .slice(LIB.pathname.length);
       const [from, to] = [path.split("/")[0], target.split("/")[0]];
       imports++;
-      if (found.dynamic) dynamic++;
       if (from !== to && floorOf(from) <= floorOf(to)) upward.push(`${path} -> ${target}`);
     }
   }
   assert.ok(imports > 100, `only ${imports} imports found: the pattern is broken`);
-  assert.ok(dynamic > 10, `only ${dynamic} dynamic imports found: the pattern is broken`);
   assert.deepEqual(upward, []);
+});
+
+// The CLI runs from one bundled file (dist/cli.js), where a dynamic import
+// loads nothing later: it only wraps what it reaches in functions that V8
+// compiles on their first call, in every cold run (docs/benchmarks.md).
+Deno.test("lib/: no dynamic import", async () => {
+  const dynamic: string[] = [];
+  for await (const path of sources(LIB)) {
+    const text = await Deno.readTextFile(new URL(path, LIB));
+    for (const found of relativeImports(text)) {
+      if (found.dynamic) dynamic.push(`${path} -> ${found.specifier}`);
+    }
+  }
+  assert.deepEqual(dynamic, []);
 });
 
 Deno.test("relativeImports() reads dynamic imports, not those in comments", () => {

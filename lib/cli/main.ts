@@ -1,18 +1,29 @@
 /**
- * The command line: routes the arguments to a command, loading only what
- * that command needs (dynamic imports): `--version` loads this file and
- * the version, `--help` the help text, `rules` the parser and the
- * renderers; the library comes with the commands that act on targets.
+ * The command line: routes the arguments to a command.
  *
  * `cli.ts` runs it from `dist/cli.js`, this file and everything it imports
  * bundled into one (`deno task bundle`): a Deno process loads one file
  * faster than eighty (issue 20; `deno task check` fails when the bundle is
- * not this source's).
+ * not this source's). Its imports are static, here and below: in one file
+ * a dynamic import loads nothing later, it only wraps the modules it
+ * reaches in functions that V8 compiles on their first call, every run
+ * (about 1 ms of a cold `lock PID`, docs/benchmarks.md).
  *
  * @module
  */
 
-import type { Invocation } from "./args.ts";
+import {
+  commandWord,
+  type Invocation,
+  jsonRequested,
+  parseInvocation,
+  usageMessage,
+} from "./args.ts";
+import { forTargets, images, list, run } from "./commands.ts";
+import { helpText } from "./help.ts";
+import { jsonUsageError } from "./report.ts";
+import { rulesText } from "./rules_text.ts";
+import { criuHook, internalEntry } from "../criu/entry.ts";
 import { EXIT, printError, readEnv, write } from "../common/output.ts";
 import { VERSION } from "../common/version.ts";
 
@@ -24,29 +35,25 @@ import { VERSION } from "../common/version.ts";
  */
 export async function main(args: string[]): Promise<number> {
   // As CRIU's action script, netlock runs inside the dump's frozen window:
-  // it skips loading the argument parser (node:util alone costs ~10 ms).
+  // it skips the argument parser.
   if (args.length === 0 && readEnv("CRTOOLS_SCRIPT_ACTION") !== undefined) {
-    return await (await import("../criu/entry.ts")).criuHook();
+    return await criuHook();
   }
   // criu-hook.sh's internal entry points (`criu-hook --serve`, ...: not
   // user commands).
   if (args[0] === "criu-hook" && args[1]?.startsWith("--")) {
-    const entry = (await import("../criu/entry.ts")).internalEntry(args[1]);
+    const entry = internalEntry(args[1]);
     if (entry) return await entry(args.slice(2));
   }
   // The version and the help alone need no parser.
   if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) return await version();
   if (args.length === 1 && (args[0] === "--help" || args[0] === "-h")) return await help();
-  const { commandWord, jsonRequested, parseInvocation, usageMessage } = await import(
-    "./args.ts"
-  );
   let invocation: Invocation;
   try {
     invocation = parseInvocation(args);
   } catch (error) {
     const message = usageMessage(error);
     if (jsonRequested(args)) {
-      const { jsonUsageError } = await import("./report.ts");
       await write(Deno.stdout, `${jsonUsageError(commandWord(args), message)}\n`);
     }
     printError(message);
@@ -57,15 +64,12 @@ export async function main(args: string[]): Promise<number> {
       return await help();
     case "version":
       return await version();
-    case "rules": {
-      const { rulesText } = await import("./rules_text.ts");
+    case "rules":
       await write(Deno.stdout, rulesText(invocation.options, invocation.action));
       return EXIT.ok;
-    }
     case "hook":
-      return await (await import("../criu/entry.ts")).criuHook();
-    case "run": {
-      const { run } = await import("./commands.ts");
+      return await criuHook();
+    case "run":
       return await run(
         invocation.target,
         invocation.argv,
@@ -73,18 +77,13 @@ export async function main(args: string[]): Promise<number> {
         invocation.output,
         invocation.hold,
       );
-    }
-    case "list": {
-      const { list } = await import("./commands.ts");
+    case "list":
       return await list(invocation.targets, invocation.options, invocation.output);
-    }
     case "images": {
-      const { images } = await import("./commands.ts");
       const { command, target, options, output } = invocation;
       return await images(command, invocation.images, target, options, output);
     }
     case "targets": {
-      const { forTargets } = await import("./commands.ts");
       const { command, targets, options, output } = invocation;
       return await forTargets(command, targets, options, output);
     }
@@ -97,7 +96,6 @@ async function version(): Promise<number> {
 }
 
 async function help(): Promise<number> {
-  const { helpText } = await import("./help.ts");
   await write(Deno.stdout, helpText(VERSION));
   return EXIT.ok;
 }

@@ -12,8 +12,8 @@ import { runCommand, shellQuote } from "../exec/runner.ts";
 import { nsenterExec } from "../exec/nsenter.ts";
 import type { NetlockOptions, NetworkLock, Target, UnlockResult } from "../common/types.ts";
 import { toTargetRef } from "../netns/target.ts";
-import type { Holder } from "../hold/holder.ts";
-import type { ArmedUnlock } from "../criu/armed.ts";
+import { type Holder, holdQueue } from "../hold/holder.ts";
+import { type ArmedUnlock, armNetworkUnlock } from "../criu/armed.ts";
 
 /** The options of {@linkcode runLocked}: the lock's, and whether it holds. */
 export interface RunLockedOptions extends NetlockOptions {
@@ -160,9 +160,7 @@ export async function runLocked(
     // wait on stdin), so that at the unlock the held packets wait for no
     // spawn.
     if (holder) {
-      opening = import("../criu/armed.ts")
-        .then(({ armNetworkUnlock }) => armNetworkUnlock(target, options, lock))
-        .catch(() => undefined);
+      opening = armNetworkUnlock(target, options, lock).catch(() => undefined);
     }
     await locked?.(lock);
     let exitCode: number;
@@ -240,10 +238,9 @@ export async function runLocked(
   }
 }
 
-/** A holder in the target's network namespace (lib/hold: loaded only for --hold). */
+/** A holder in the target's network namespace (lib/hold), for --hold. */
 async function startHolder(target: Target, options: NetlockOptions): Promise<Holder> {
   const ref = toTargetRef(target, options);
-  const { holdQueue } = await import("../hold/holder.ts");
   return await holdQueue(ref.path ?? `/proc/${ref.pid}/ns/net`);
 }
 

@@ -2,8 +2,7 @@
  * netlock's entry points for CRIU: the plain hook (`cli.ts` run with no
  * arguments while `CRTOOLS_SCRIPT_ACTION` is set, or `netlock criu-hook`)
  * and the internal ones criu-hook.sh runs (`cli.ts criu-hook --WORD ...`:
- * {@linkcode internalEntry}), each named for what it does. Loaded only for
- * them.
+ * {@linkcode internalEntry}), each named for what it does.
  *
  * @module
  */
@@ -14,6 +13,12 @@ import { parsePid } from "../common/options.ts";
 import { lockNetwork, unlockNetwork } from "../operations.ts";
 import type { NetlockOptions } from "../common/types.ts";
 import { EXIT, printError, printWarning, readEnv, writeSync } from "../common/output.ts";
+import { parseDumpedSockets } from "./dumped_sockets.ts";
+import { serveCriuHook } from "./helper/serve.ts";
+import { lockImages } from "./images.ts";
+import { narrowToDumped } from "./narrow.ts";
+import { unlockKept } from "./tree_lock.ts";
+import { identifyTree } from "./tree_probe.ts";
 
 /**
  * The plain hook: locks on `network-lock`, unlocks on `network-unlock`,
@@ -92,7 +97,6 @@ export function internalEntry(
  * restore, and unlock it if it runs again; without it the dump is refused.
  */
 async function refuseHostTree(pid: number, options: NetlockOptions): Promise<number> {
-  const { identifyTree } = await import("./tree_probe.ts");
   try {
     if ((await identifyTree(pid, options)).place === "netns") return EXIT.ok;
   } catch (error) {
@@ -123,7 +127,6 @@ async function criuHelper(args: string[]): Promise<number> {
     args;
   const lifetime = Number(readEnv("NETLOCK_HELPER_LIFETIME_MS") ?? "");
   const kept = Number(readEnv("NETLOCK_HOLD_KEEP_MS") ?? "");
-  const { serveCriuHook } = await import("./helper/serve.ts");
   try {
     if (!dir || !["dump", "restore"].includes(role) || rest.length > 0) {
       throw new TypeError(
@@ -168,7 +171,6 @@ async function unlockRestored(args: string[]): Promise<number> {
     const result = await unlockNetwork(restored, options);
     for (const warning of result.warnings ?? []) printWarning(warning);
     if (dumped !== restored) {
-      const { unlockKept } = await import("./tree_lock.ts");
       await unlockKept(dumped, options, ["connections", "cgroup"], restored);
     }
     return EXIT.ok;
@@ -188,7 +190,6 @@ async function unlockDumpedTree(args: string[]): Promise<number> {
   try {
     if (rest.length > 0) throw new TypeError("criu-hook --unlock-kept takes DUMPED_PID");
     const dumped = parsePid(dumpedText);
-    const { unlockKept } = await import("./tree_lock.ts");
     await unlockKept(dumped, hookOptions((name) => readEnv(name)), ["connections", "cgroup"]);
     return EXIT.ok;
   } catch (error) {
@@ -213,7 +214,6 @@ async function lockMigrated(args: string[]): Promise<number> {
       throw new TypeError("criu-hook --lock-migrated takes IMAGES DUMPED_PID");
     }
     const dumped = parsePid(dumpedText);
-    const { lockImages } = await import("./images.ts");
     const result = await lockImages(images, undefined, hookOptions((name) => readEnv(name)));
     if (result.dumped !== dumped) {
       printWarning(
@@ -257,8 +257,6 @@ async function criuNarrow(args: string[]): Promise<number> {
   }
   try {
     const pid = parsePid(pidText);
-    const { parseDumpedSockets } = await import("./dumped_sockets.ts");
-    const { narrowToDumped } = await import("./narrow.ts");
     const taken = parseDumpedSockets(await Deno.readFile(`${images}/files.img`));
     await narrowToDumped(netns, pid, taken, hookOptions((name) => readEnv(name)));
     return EXIT.ok;

@@ -38,6 +38,7 @@ import { keptNote } from "../notes.ts";
 import { identifyTree, stillRuns, type TreePlace } from "../tree_probe.ts";
 import { lockNetwork, unlockNetwork } from "../../operations.ts";
 import type { NetlockOptions } from "../../common/types.ts";
+import { holdQueue } from "../../hold/holder.ts";
 
 /** What the dump session needs of the helper's settings. */
 export interface DumpSettings {
@@ -260,7 +261,6 @@ export class DumpSession {
       );
     }
     try {
-      const { holdQueue } = await import("../../hold/holder.ts");
       const holder = await holdQueue(place === "host" ? undefined : `/proc/${pid}/ns/net`);
       this.#queue = holder.queue;
       if (place === "netns") this.#unlocks.hold(holder);

@@ -7,7 +7,7 @@
  * not this source's). Its imports are static, here and below: in one file
  * a dynamic import loads nothing later, it only wraps the modules it
  * reaches in functions that V8 compiles on their first call, every run
- * (about 1 ms of a cold `lock PID`, docs/benchmarks.md).
+ * (0.4-1 ms of a cold `lock PID`, docs/benchmarks.md).
  *
  * @module
  */

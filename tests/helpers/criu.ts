@@ -350,29 +350,13 @@ export async function holdPid(pid: number, mode: "zombie" | "live"): Promise<Asy
       throw new Error(`pid_holder: ${freed} (${status.code})`);
     }
   };
-  // Its search takes seconds at most: a holder that hangs is stopped, and
-  // its output ends (its child holds none of it).
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const held = await Promise.race([
-    output.next(),
-    new Promise<string>((resolve) => {
-      timer = setTimeout(() => resolve(`no answer within ${HOLD_MS / 1000} s`), HOLD_MS);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  const held = await output.next();
   if (held !== "held") {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // Already gone.
-    }
     await free().catch(() => {});
     throw new Error(`pid_holder did not hold ${pid}: ${held}`);
   }
   return { [Symbol.asyncDispose]: free };
 }
-
-/** How long {@linkcode holdPid} waits for the holder to hold the PID. */
-const HOLD_MS = 60_000;
 
 /** Waits (`tries` times 50 ms at most: 10 s) until no helper of the hook is left. */
 export async function helpersGone(tries = 200): Promise<boolean> {

@@ -11,6 +11,10 @@
  *   (f) iperf3's throughput beside 10,000 locked connections (bench/throughput.ts),
  *   plus the CLI's peak memory and start-up (--version, --help, rules).
  *
+ * A ratio of two medians comes with its 95% bootstrap interval (ratioInterval
+ * in bench/measure.ts): "met" compares the ratio itself with the target, and
+ * the interval says how much another run of the same rounds could move it.
+ *
  * Options: `--rounds N` (default 20), `--connections N,N,...`, `--json FILE`,
  * `--throughput-connections N` (10000),
  * `--only namespace,cli,connections,many,throughput,criu` (default all). The `criu` part
@@ -27,7 +31,7 @@ import {
 } from "../tests/helpers/netns.ts";
 import { CRIU, type Sequence } from "./criu_sequences.ts";
 import { CRIU_IPTABLES_LOCK } from "../tests/helpers/criu_texts.ts";
-import { median, peakRssKiB, run, time } from "./measure.ts";
+import { median, peakRssKiB, ratioInterval, run, time } from "./measure.ts";
 import { criuHookBench, printCriuTable } from "./criu_hook.ts";
 import { findCriu } from "./criu_stats.ts";
 
@@ -84,11 +88,18 @@ interface Row {
   referenceMs?: number;
   reference?: string;
   target?: number;
+  /** The rounds behind both medians, when the ratio is of two medians (kept in `--json`). */
+  samples?: { netlock: number[]; reference: number[] };
+  /** The ratio's 95% interval (bench/measure.ts ratioInterval). */
+  interval?: [number, number];
 }
 const rows: Row[] = [];
 const add = (row: Row) => {
+  if (row.samples) row.interval = ratioInterval(row.samples.netlock, row.samples.reference);
   rows.push(row);
-  const ratio = row.referenceMs ? ` ratio ${(row.netlockMs / row.referenceMs).toFixed(2)}` : "";
+  const ratio = row.referenceMs
+    ? ` ratio ${(row.netlockMs / row.referenceMs).toFixed(2)}${intervalText(row)}`
+    : "";
   console.error(`  ${row.group} ${row.what}: ${row.netlockMs.toFixed(1)} ms${ratio}`);
 };
 
@@ -141,6 +152,10 @@ async function namespaceLocks(): Promise<void> {
     }
   }
   const m = (key: string) => median(samples.get(key)!);
+  const both = (netlock: string, reference: string) => ({
+    netlock: samples.get(netlock)!,
+    reference: samples.get(reference)!,
+  });
   for (const backend of ["iptables", "nftables"]) {
     add({
       group: `namespace ${backend}`,
@@ -148,6 +163,7 @@ async function namespaceLocks(): Promise<void> {
       netlockMs: m(`${backend} lock`),
       referenceMs: m(`${backend} criu lock`),
       reference: `CRIU's ${backend} lock sequence`,
+      samples: both(`${backend} lock`, `${backend} criu lock`),
       target: 1.0,
     });
     add({
@@ -156,6 +172,7 @@ async function namespaceLocks(): Promise<void> {
       netlockMs: m(`${backend} unlock`),
       referenceMs: m(`${backend} criu unlock`),
       reference: `CRIU's ${backend} unlock sequence`,
+      samples: both(`${backend} unlock`, `${backend} criu unlock`),
       target: backend === "iptables" ? 0.5 : 1.0,
     });
   }
@@ -166,6 +183,7 @@ async function namespaceLocks(): Promise<void> {
     netlockMs: m("nftables unlock"),
     referenceMs: m("iptables criu unlock"),
     reference: "CRIU's iptables unlock sequence",
+    samples: both("nftables unlock", "iptables criu unlock"),
     target: 0.5,
   });
 }
@@ -221,6 +239,7 @@ async function cliEndToEnd(): Promise<void> {
       netlockMs: median(startup[what]),
       referenceMs: median(startup.empty),
       reference: "empty deno run",
+      samples: { netlock: startup[what], reference: startup.empty },
       target: 1.25,
     });
   }
@@ -230,6 +249,7 @@ async function cliEndToEnd(): Promise<void> {
     netlockMs: median(lock),
     referenceMs: median(floorLock),
     reference: "empty deno run + CRIU's lock",
+    samples: { netlock: lock, reference: floorLock },
     target: 1.5,
   });
   add({
@@ -238,6 +258,7 @@ async function cliEndToEnd(): Promise<void> {
     netlockMs: median(lock),
     referenceMs: median(minimal),
     reference: "deno run of CRIU's lock via Deno.Command",
+    samples: { netlock: lock, reference: minimal },
   });
   add({
     group: "cli iptables",
@@ -245,6 +266,7 @@ async function cliEndToEnd(): Promise<void> {
     netlockMs: median(unlock),
     referenceMs: median(floorUnlock),
     reference: "empty deno run + CRIU's unlock",
+    samples: { netlock: unlock, reference: floorUnlock },
     target: 1.5,
   });
   const rss = await peakRssKiB(netlockCli("lock", "-q", String(target.pid)));
@@ -378,7 +400,7 @@ function printTable(): void {
       new Date().toISOString()
     }, ${Deno.build.target}, ${navigator.hardwareConcurrency} cores, medians of ${ROUNDS} rounds`,
   );
-  console.log("| what | netlock | reference | ratio | target | met |");
+  console.log("| what | netlock | reference | ratio (95% interval) | target | met |");
   console.log("| --- | ---: | ---: | ---: | ---: | :-: |");
   for (const row of rows) {
     const ratio = row.referenceMs ? row.netlockMs / row.referenceMs : undefined;
@@ -399,8 +421,13 @@ function printTable(): void {
       : "no";
     console.log(
       `| ${row.group}: ${row.what} | ${value} | ${reference} | ${
-        ratio ? ratio.toFixed(2) : ""
+        ratio ? ratio.toFixed(2) + intervalText(row) : ""
       } | ${target} | ${met} |`,
     );
   }
+}
+
+/** " (0.98-1.16)": the ratio's 95% interval, when the row has one. */
+function intervalText(row: Row): string {
+  return row.interval ? ` (${row.interval[0].toFixed(2)}-${row.interval[1].toFixed(2)})` : "";
 }

@@ -102,6 +102,12 @@ const add = (row: Row) => {
     : "";
   console.error(`  ${row.group} ${row.what}: ${row.netlockMs.toFixed(1)} ms${ratio}`);
 };
+/** A row's two medians and the rounds behind them. */
+const compared = (netlock: number[], reference: number[]) => ({
+  netlockMs: median(netlock),
+  referenceMs: median(reference),
+  samples: { netlock, reference },
+});
 
 try {
   if (ONLY.has("namespace")) await namespaceLocks();
@@ -151,28 +157,21 @@ async function namespaceLocks(): Promise<void> {
       push(`${backend} unlock`, oursUnlock);
     }
   }
-  const m = (key: string) => median(samples.get(key)!);
-  const both = (netlock: string, reference: string) => ({
-    netlock: samples.get(netlock)!,
-    reference: samples.get(reference)!,
-  });
+  const of = (netlock: string, reference: string) =>
+    compared(samples.get(netlock)!, samples.get(reference)!);
   for (const backend of ["iptables", "nftables"]) {
     add({
       group: `namespace ${backend}`,
       what: "library lock",
-      netlockMs: m(`${backend} lock`),
-      referenceMs: m(`${backend} criu lock`),
+      ...of(`${backend} lock`, `${backend} criu lock`),
       reference: `CRIU's ${backend} lock sequence`,
-      samples: both(`${backend} lock`, `${backend} criu lock`),
       target: 1.0,
     });
     add({
       group: `namespace ${backend}`,
       what: "library unlock",
-      netlockMs: m(`${backend} unlock`),
-      referenceMs: m(`${backend} criu unlock`),
+      ...of(`${backend} unlock`, `${backend} criu unlock`),
       reference: `CRIU's ${backend} unlock sequence`,
-      samples: both(`${backend} unlock`, `${backend} criu unlock`),
       target: backend === "iptables" ? 0.5 : 1.0,
     });
   }
@@ -180,10 +179,8 @@ async function namespaceLocks(): Promise<void> {
   add({
     group: "namespace nftables",
     what: "library unlock vs CRIU iptables unlock",
-    netlockMs: m("nftables unlock"),
-    referenceMs: m("iptables criu unlock"),
+    ...of("nftables unlock", "iptables criu unlock"),
     reference: "CRIU's iptables unlock sequence",
-    samples: both("nftables unlock", "iptables criu unlock"),
     target: 0.5,
   });
 }
@@ -236,37 +233,29 @@ async function cliEndToEnd(): Promise<void> {
     add({
       group: "cli start-up",
       what: what === "rules" ? "rules" : `--${what}`,
-      netlockMs: median(startup[what]),
-      referenceMs: median(startup.empty),
+      ...compared(startup[what], startup.empty),
       reference: "empty deno run",
-      samples: { netlock: startup[what], reference: startup.empty },
       target: 1.25,
     });
   }
   add({
     group: "cli iptables",
     what: "lock PID",
-    netlockMs: median(lock),
-    referenceMs: median(floorLock),
+    ...compared(lock, floorLock),
     reference: "empty deno run + CRIU's lock",
-    samples: { netlock: lock, reference: floorLock },
     target: 1.5,
   });
   add({
     group: "cli iptables",
     what: "lock vs the least Deno program",
-    netlockMs: median(lock),
-    referenceMs: median(minimal),
+    ...compared(lock, minimal),
     reference: "deno run of CRIU's lock via Deno.Command",
-    samples: { netlock: lock, reference: minimal },
   });
   add({
     group: "cli iptables",
     what: "unlock PID",
-    netlockMs: median(unlock),
-    referenceMs: median(floorUnlock),
+    ...compared(unlock, floorUnlock),
     reference: "empty deno run + CRIU's unlock",
-    samples: { netlock: unlock, reference: floorUnlock },
     target: 1.5,
   });
   const rss = await peakRssKiB(netlockCli("lock", "-q", String(target.pid)));
